@@ -1,0 +1,39 @@
+// CShims: the C floor of daxlab.
+//
+// This header re-exports libpmem, libndctl and libdaxctl to Swift, and adds prefixed wrappers
+// only for what Swift cannot import or call directly: flag macros from headers that need
+// _GNU_SOURCE, and statx(2). Nothing here decides anything; the Swift layers above do.
+#ifndef CSHIMS_H
+#define CSHIMS_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <libpmem.h>
+#include <ndctl/libndctl.h>
+#include <daxctl/libdaxctl.h>
+
+/// mmap(2) flags that glibc defines only under _GNU_SOURCE.
+extern const int CShims_MAP_SYNC;
+extern const int CShims_MAP_SHARED_VALIDATE;
+
+/// statx(2) attribute bit: the file is currently accessed through DAX (Linux 5.8+).
+extern const uint64_t CShims_STATX_ATTR_DAX;
+
+/// statfs(2) f_type of tmpfs.
+extern const long CShims_TMPFS_MAGIC;
+
+/// major(3) and minor(3) of a dev_t (macros in glibc).
+unsigned int CShims_dev_major(dev_t device);
+unsigned int CShims_dev_minor(dev_t device);
+
+/// fstatfs(2)'s f_type for fd (TMPFS_MAGIC, EXT4_SUPER_MAGIC, ...), or -1 with errno set.
+long CShims_fstatfs_type(int fd);
+
+/// statx(fd, "", AT_EMPTY_PATH) returning the attribute bits and the mask of bits the kernel
+/// supports. Returns 0, or -1 with errno set.
+int CShims_statx_attributes(int fd, uint64_t *attributes, uint64_t *attributes_mask);
+
+
+#endif

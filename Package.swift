@@ -1,0 +1,46 @@
+// swift-tools-version: 6.1
+//
+// daxlab: a userspace laboratory for the Linux DAX "DMA versus truncate" problem.
+// Layers, bottom to top (each imports only the ones below it; see README.md):
+//   CShims -> Pmem -> (DaxFS -> DAX -> DMA -> Race/Bench, later issues) -> DaxlabCLI -> daxlab
+import PackageDescription
+
+let package = Package(
+    name: "daxlab",
+    products: [
+        .executable(name: "daxlab", targets: ["daxlab"]),
+        .library(name: "Pmem", targets: ["Pmem"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // Thin, prefixed C wrappers over libpmem, libndctl, libdaxctl and the Linux bits Swift
+        // cannot import (macros, flags). No logic lives here.
+        .target(
+            name: "CShims",
+            path: "CShims",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [
+                .linkedLibrary("pmem"),
+                .linkedLibrary("ndctl"),
+                .linkedLibrary("daxctl"),
+            ]
+        ),
+        // Mappings of persistent memory, persistence, and device discovery.
+        .target(name: "Pmem", dependencies: ["CShims"]),
+        // The command-line interface, as a library so tests can reach its pieces.
+        .target(
+            name: "DaxlabCLI",
+            dependencies: [
+                "Pmem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "daxlab", dependencies: ["DaxlabCLI"]),
+        // Temporary paths and a runner for the built `daxlab` binary, shared by the test targets.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["daxlab", "DaxlabCLI", "Pmem", "TestSupport"]),
+    ]
+)

@@ -1,0 +1,66 @@
+import ArgumentParser
+import CShims
+import Pmem
+
+/// `daxlab info <path>`: what the Pmem layer knows of a path.
+struct InfoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "info",
+        abstract: "Show what a pmem path is: medium, size, alignment, is-pmem, how it persists.",
+        discussion: """
+            PATH is a device-dax device, a file on an fs-dax mount, or a file on tmpfs or another \
+            file system. It is mapped read-write through libpmem and nothing is written to it.
+            """
+    )
+
+    @Argument(help: "A /dev/daxX.Y device or a file.")
+    var path: String
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Create the file at SIZE (mode 0600) when it does not exist; an existing file must be SIZE.",
+            valueName: "SIZE"))
+    var create: ByteSize?
+
+    @Flag(name: .long, help: "Print one JSON object.")
+    var json = false
+
+    struct Report: Codable {
+        var path: String
+        var medium: Medium
+        var mediumDescription: String
+        var size: Int
+        var alignment: Int
+        var isPmem: Bool
+        var persistence: PersistenceStrategy
+        var mapSync: Bool
+        var autoFlush: Bool
+        var created: Bool
+    }
+
+    func run() throws {
+        let options: MapOptions = self.create.map { .openOrCreate(size: $0.bytes) } ?? .existing
+        let mapping = try PmemMapping(path: self.path, options: options)
+        let report = Report(
+            path: mapping.path, medium: mapping.medium, mediumDescription: mapping.medium.description,
+            size: mapping.length, alignment: mapping.alignment, isPmem: mapping.isPmem,
+            persistence: mapping.persistence, mapSync: mapping.synchronousFaults,
+            autoFlush: pmem_has_auto_flush() == 1, created: mapping.created)
+        if self.json {
+            try Terminal.printJSON(report)
+            return
+        }
+        print(report.path + (report.created ? "  (created)" : ""))
+        print("  medium       \(report.mediumDescription)")
+        print("  size         \(report.size) bytes (\(ByteFormat.binary(report.size)))")
+        print("  alignment    \(ByteFormat.binary(report.alignment))")
+        print(
+            "  is pmem      \(report.isPmem ? "yes" : "no")"
+                + (report.isPmem || report.medium == .deviceDAX ? "" : "  (PMEM_IS_PMEM_FORCE=1 treats it as pmem)"))
+        print(
+            "  persistence  \(report.persistence == .pmem ? "CPU cache flush (pmem_persist)" : "msync (pmem_msync)")")
+        print("  MAP_SYNC     \(report.mapSync ? "yes (synchronous faults)" : "no")")
+        print("  eADR         \(report.autoFlush ? "yes (caches are in the persistence domain)" : "no")")
+    }
+}

@@ -1,0 +1,55 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Output helpers shared by the commands: one-line errors on stderr, JSON on stdout.
+enum Terminal {
+    /// Prints `daxlab: error: <message>` on stderr.
+    static func error(_ message: String) {
+        writeStandardError("daxlab: error: \(message)\n")
+    }
+
+    static func writeStandardError(_ text: String) {
+        var text = text
+        text.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = write(STDERR_FILENO, bytes.baseAddress! + offset, bytes.count - offset)
+                if written <= 0 { break }
+                offset += written
+            }
+        }
+    }
+
+    /// Prints `value` as one JSON document with snake_case keys.
+    static func printJSON<Value: Encodable>(_ value: Value) throws {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = try encoder.encode(value)
+        print(String(decoding: data, as: UTF8.self))
+    }
+
+    /// Whether stdout is a terminal (live progress lines) or a pipe or file (plain output).
+    static var standardOutputIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 }
+}
+
+/// Human-readable byte counts: `268435456 (256 MiB)`.
+enum ByteFormat {
+    static func binary(_ bytes: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1024, unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        if unit == 0 { return "\(bytes) B" }
+        let rounded = value.rounded()
+        return rounded == value ? "\(Int(rounded)) \(units[unit])" : String(format: "%.1f %@", value, units[unit])
+    }
+
+    static func binary(_ bytes: Int) -> String { self.binary(UInt64(max(0, bytes))) }
+}

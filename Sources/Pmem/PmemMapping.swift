@@ -1,0 +1,108 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+
+/// A whole file or device-dax device mapped shared, read-write, through libpmem's `pmem_map_file`.
+///
+/// The mapping is released exactly once, when the last reference goes (`deinit`: `pmem_unmap`,
+/// then the descriptor is closed). Many threads may use one mapping at once on disjoint ranges;
+/// the mapping itself is immutable after `init`.
+///
+/// How data is made durable is decided once, here, from `isPmem` (see `PersistenceStrategy`).
+public final class PmemMapping {
+    /// The path the mapping was made from.
+    public let path: String
+    /// The first mapped byte.
+    public let base: UnsafeMutableRawPointer
+    /// The mapped length in bytes: the whole file or device.
+    public let length: Int
+    /// What backs the mapping.
+    public let medium: Medium
+    /// The alignment the medium requires of mappings and ranges (4096 for files, the device's
+    /// alignment for device-dax).
+    public let alignment: Int
+    /// Whether libpmem judges the range to be persistent memory (`pmem_is_pmem`, which honours
+    /// `PMEM_IS_PMEM_FORCE`; always true for device-dax).
+    public let isPmem: Bool
+    /// Whether page faults on this mapping are synchronous, so that a CPU flush alone makes data and
+    /// the file's metadata durable: MAP_SYNC on fs-dax files, and always on device-dax.
+    public let synchronousFaults: Bool
+    /// How `persist` and friends make data durable: `.pmem` when `isPmem`, else `.msync`, unless
+    /// `MapOptions.persistence` forced one.
+    public let persistence: PersistenceStrategy
+    /// Whether `init` created the file.
+    public let created: Bool
+    /// The open descriptor of the path, held for the mapping's life (file locks use it).
+    public let descriptor: Int32
+
+    /// Maps `path` as `options` say.
+    /// - Parameters:
+    ///   - path: a regular file (on tmpfs, fs-dax or any file system) or a `/dev/daxX.Y` device.
+    ///   - options: whether to create it, at what size, and how to allocate it.
+    /// - Throws: `PmemError`: `.notFound`, `.isDirectory`, `.permissionDenied`, `.invalidSize`,
+    ///   `.sizeMismatch`, `.deviceSizeMismatch`, `.unalignedDevice`, `.unsupportedFileType`,
+    ///   `.alreadyExists`, `.mapFailed`, `.ioFailed`.
+    public init(path: String, options: MapOptions = .existing) throws(PmemError) {
+        let opened = try OpenedPath(path: path, options: options)
+        // Map what was opened and checked, not whatever the path names by now.
+        let procPath = "/proc/self/fd/\(opened.descriptor)"
+        var mappedLength = 0
+        var isPmem: Int32 = 0
+        errno = 0
+        guard let base = pmem_map_file(procPath, 0, 0, 0, &mappedLength, &isPmem) else {
+            let error = errno
+            opened.discard()
+            throw PmemError.libpmem(.mapFailed, "map \(opened.size) bytes", errno: error, path: path)
+        }
+        guard mappedLength == opened.size else {
+            pmem_unmap(base, mappedLength)
+            opened.discard()
+            throw PmemError(.mapFailed, path: path, detail: "mapped \(mappedLength) bytes, expected \(opened.size)")
+        }
+        self.path = path
+        self.base = base
+        self.length = mappedLength
+        self.medium = opened.medium
+        self.alignment = opened.alignment
+        self.isPmem = isPmem != 0 || opened.medium == .deviceDAX
+        self.synchronousFaults =
+            opened.medium == .deviceDAX
+            || Self.supportsMapSync(descriptor: opened.descriptor, length: opened.alignment)
+        self.persistence = options.persistence ?? (self.isPmem ? .pmem : .msync)
+        self.created = opened.created
+        self.descriptor = opened.descriptor
+    }
+
+    deinit {
+        pmem_unmap(self.base, self.length)
+        close(self.descriptor)
+    }
+
+    /// The address of byte `offset` of the mapping.
+    @inlinable
+    public func pointer(at offset: Int) -> UnsafeMutableRawPointer {
+        self.base + offset
+    }
+
+    /// Whether `offset..<offset+length` lies inside the mapping.
+    @inlinable
+    public func contains(offset: Int, length: Int) -> Bool {
+        offset >= 0 && length >= 0 && offset <= self.length && length <= self.length - offset
+    }
+
+    /// Whether the kernel accepts MAP_SYNC for this descriptor: it does for files in DAX state
+    /// (and libpmem then maps with it); tmpfs and page-cache files answer EOPNOTSUPP.
+    private static func supportsMapSync(descriptor: Int32, length: Int) -> Bool {
+        let flags = CShims_MAP_SHARED_VALIDATE | CShims_MAP_SYNC
+        let probe = mmap(nil, length, PROT_READ | PROT_WRITE, flags, descriptor, 0)
+        guard let probe, probe != MAP_FAILED else { return false }
+        munmap(probe, length)
+        return true
+    }
+}
+
+// The stored properties are all `let`s set once in `init`; `base` points at shared memory whose
+// bytes callers partition among threads (one range, one writer), as the kernel's users of a DAX
+// mapping do. Hence the mapping may be shared across threads.
+extension PmemMapping: @unchecked Sendable {}

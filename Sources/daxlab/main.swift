@@ -1,0 +1,3 @@
+import DaxlabCLI
+
+runDaxlab()

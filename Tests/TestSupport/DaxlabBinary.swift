@@ -1,0 +1,65 @@
+import Foundation
+
+/// What a run of the `daxlab` binary printed and how it exited.
+public struct ProcessResult: Sendable {
+    public var status: Int32
+    public var standardOutput: String
+    public var standardError: String
+}
+
+/// The built `daxlab` executable: beside the test bundle in the build folder (SwiftPM builds it
+/// because the CLI tests depend on it), or `$DAXLAB_BINARY`.
+public enum DaxlabBinary {
+    public static var path: String {
+        if let explicit = ProcessInfo.processInfo.environment["DAXLAB_BINARY"] { return explicit }
+        let testBinary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        return URL(fileURLWithPath: testBinary).deletingLastPathComponent().appendingPathComponent("daxlab").path
+    }
+
+    /// Runs `daxlab` with `arguments`, an environment of the test's own plus `environment`, and
+    /// an optional prefix command (`["setpriv", "--reuid=65534", ...]`); waits at most `timeout`.
+    public static func run(
+        _ arguments: [String], environment: [String: String] = [:], prefix: [String] = [],
+        timeout: TimeInterval = 60
+    ) throws -> ProcessResult {
+        let process = Process()
+        let command = prefix + [self.path] + arguments
+        process.executableURL = URL(fileURLWithPath: prefix.isEmpty ? self.path : "/usr/bin/env")
+        process.arguments = prefix.isEmpty ? arguments : command
+        var merged = ProcessInfo.processInfo.environment
+        merged.removeValue(forKey: "PMEM_IS_PMEM_FORCE")
+        for (key, value) in environment { merged[key] = value }
+        process.environment = merged
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Read both pipes while the child runs, so a full pipe cannot stall it.
+        let group = DispatchGroup()
+        nonisolated(unsafe) var outputData = Data()
+        nonisolated(unsafe) var errorData = Data()
+        DispatchQueue.global().async(group: group) { outputData = output.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: group) { errorData = error.fileHandleForReading.readDataToEndOfFile() }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning, Date() < deadline { usleep(10_000) }
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+            throw TimedOut(command: command.joined(separator: " "), seconds: timeout)
+        }
+        process.waitUntilExit()
+        group.wait()
+        return ProcessResult(
+            status: process.terminationStatus,
+            standardOutput: String(decoding: outputData, as: UTF8.self),
+            standardError: String(decoding: errorData, as: UTF8.self))
+    }
+
+    public struct TimedOut: Error, CustomStringConvertible {
+        public var command: String
+        public var seconds: TimeInterval
+        public var description: String { "\(self.command) did not finish in \(self.seconds) s" }
+    }
+}
