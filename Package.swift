@@ -10,9 +10,11 @@ let package = Package(
     products: [
         .executable(name: "daxlab", targets: ["daxlab"]),
         .library(name: "Pmem", targets: ["Pmem"]),
+        .library(name: "DaxFS", targets: ["DaxFS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
     ],
     targets: [
         // Thin, prefixed C wrappers over libpmem, libndctl, libdaxctl and the Linux bits Swift
@@ -29,11 +31,17 @@ let package = Package(
         ),
         // Mappings of persistent memory, persistence, and device discovery.
         .target(name: "Pmem", dependencies: ["CShims"]),
+        // DaxFS: the file system whose blocks live in the mapping (format, log, allocator, fsck).
+        .target(
+            name: "DaxFS",
+            dependencies: ["Pmem", .product(name: "Atomics", package: "swift-atomics")]
+        ),
         // The command-line interface, as a library so tests can reach its pieces.
         .target(
             name: "DaxlabCLI",
             dependencies: [
                 "Pmem",
+                "DaxFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -41,6 +49,7 @@ let package = Package(
         // Temporary paths and a runner for the built `daxlab` binary, shared by the test targets.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["daxlab", "DaxlabCLI", "Pmem", "TestSupport"]),
+        .testTarget(name: "DaxFSTests", dependencies: ["DaxFS", "Pmem", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["daxlab", "DaxlabCLI", "Pmem", "DaxFS", "TestSupport"]),
     ]
 )

@@ -1,0 +1,95 @@
+import Synchronization
+
+/// The volatile free-block pool, rebuilt from the bitmap at mount.
+///
+/// The data area is cut into shards (by default 4 per CPU, at least 8), each a contiguous range of
+/// blocks with its own lock and free stack, so threads allocating for different files rarely meet:
+/// a file's allocations start at the shard its inode number picks and move on only when that
+/// shard is empty. The persistent bitmap changes only through transactions; this pool is the
+/// in-memory answer to "which blocks may be handed out now".
+final class BlockAllocator: Sendable {
+    private final class Shard: Sendable {
+        let range: Range<UInt32>
+        /// Free blocks, highest first, so pops hand out ascending (contiguous) runs.
+        let free: Mutex<[UInt32]>
+        init(range: Range<UInt32>, free: [UInt32]) {
+            self.range = range
+            self.free = Mutex(free)
+        }
+    }
+
+    private let shards: [Shard]
+    private let shardSize: UInt32
+    private let firstBlock: UInt32
+
+    /// - Parameters:
+    ///   - dataRange: the blocks that may hold data or block maps.
+    ///   - isAllocated: whether the bitmap marks a block in use.
+    init(dataRange: Range<UInt32>, shardCount: Int = BlockAllocator.defaultShardCount, isAllocated: (UInt32) -> Bool) {
+        let count = max(1, min(shardCount, dataRange.count))
+        let size = UInt32((dataRange.count + count - 1) / count)
+        self.shardSize = max(size, 1)
+        self.firstBlock = dataRange.lowerBound
+        var shards: [Shard] = []
+        var start = dataRange.lowerBound
+        while start < dataRange.upperBound {
+            let end = min(start + self.shardSize, dataRange.upperBound)
+            var free: [UInt32] = []
+            free.reserveCapacity(Int(end - start))
+            for block in (start..<end).reversed() where !isAllocated(block) { free.append(block) }
+            shards.append(Shard(range: start..<end, free: free))
+            start = end
+        }
+        self.shards = shards
+    }
+
+    static var defaultShardCount: Int {
+        max(8, 4 * sysconf_processors())
+    }
+
+    /// Takes `count` free blocks, preferring the shard `hint` picks.
+    /// - Returns: the blocks, or nil (taking none) when fewer than `count` are free.
+    func allocate(_ count: Int, hint: Int) -> [UInt32]? {
+        var taken: [UInt32] = []
+        taken.reserveCapacity(count)
+        let start = hint % self.shards.count
+        for probe in 0..<self.shards.count where taken.count < count {
+            self.shards[(start + probe) % self.shards.count].free.withLock { free in
+                while taken.count < count, let block = free.popLast() { taken.append(block) }
+            }
+        }
+        guard taken.count == count else {
+            self.release(taken)
+            return nil
+        }
+        return taken
+    }
+
+    /// Returns blocks to their shards (after the transaction that freed them has committed).
+    /// Freed blocks are reused first (LIFO), as a real allocator's hot free lists are: exactly the
+    /// reuse that turns a DMA into a freed block into corruption of another file.
+    func release(_ blocks: [UInt32]) {
+        for block in blocks.reversed() {
+            self.shards[Int((block - self.firstBlock) / self.shardSize)].free.withLock { $0.append(block) }
+        }
+    }
+
+    /// How many blocks are free now.
+    var freeCount: Int {
+        self.shards.reduce(0) { total, shard in total + shard.free.withLock { $0.count } }
+    }
+
+    /// Whether `block` is in the free pool (fsck and tests).
+    func isFree(_ block: UInt32) -> Bool {
+        let shard = self.shards[Int((block - self.firstBlock) / self.shardSize)]
+        return shard.free.withLock { $0.contains(block) }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private func sysconf_processors() -> Int {
+    max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+}

@@ -1,0 +1,60 @@
+/// Where a file page's block pointer lives: one of the inode's 12 direct pointers, an entry of
+/// the single-indirect block, or an entry of a block that the double-indirect block points to.
+/// The analogue of ext2's `ext2_block_to_path`.
+enum BlockMapPath: Equatable {
+    case direct(Int)
+    case indirect(Int)
+    case doubleIndirect(Int, Int)
+
+    static let indirectFirstPage = InodeRecord.directCount
+    static let doubleIndirectFirstPage = indirectFirstPage + InodeRecord.pointersPerBlock
+
+    /// - Returns: nil when `page` lies beyond what the map can reach (about 4 GiB).
+    init?(page: Int) {
+        let perBlock = InodeRecord.pointersPerBlock
+        switch page {
+        case ..<0: return nil
+        case ..<Self.indirectFirstPage: self = .direct(page)
+        case ..<Self.doubleIndirectFirstPage: self = .indirect(page - Self.indirectFirstPage)
+        case ..<InodeRecord.maximumPages:
+            let index = page - Self.doubleIndirectFirstPage
+            self = .doubleIndirect(index / perBlock, index % perBlock)
+        default: return nil
+        }
+    }
+}
+
+extension Geometry {
+    /// Byte offset of entry `index` of block-map block `block`.
+    @inlinable
+    func entryOffset(_ block: UInt32, _ index: Int) -> Int { Int(block) * Geometry.blockSize + index * 4 }
+
+    func inodeOffset(_ number: Int) -> Int { self.inodeTableOffset + number * Geometry.inodeSize }
+}
+
+/// Reads a file's block map straight from the mapping: the read side (lookups, reads, fsck).
+struct BlockMapReader {
+    let base: UnsafeRawPointer
+    let geometry: Geometry
+
+    /// The block holding `page` of the file whose record is `inode`, or 0 for a hole.
+    /// Pointers that do not name a data block read as holes (only a damaged image has them, and
+    /// mount refuses those).
+    func block(of inode: InodeRecord, page: Int) -> UInt32 {
+        guard let path = BlockMapPath(page: page) else { return 0 }
+        switch path {
+        case .direct(let index):
+            return inode.pointer.load(fromByteOffset: InodeRecord.directPointerOffset(index), as: UInt32.self)
+        case .indirect(let index):
+            return self.entry(inode.pointer.load(fromByteOffset: InodeRecord.indirectOffset, as: UInt32.self), index)
+        case .doubleIndirect(let outer, let inner):
+            let top = inode.pointer.load(fromByteOffset: InodeRecord.doubleIndirectOffset, as: UInt32.self)
+            return self.entry(self.entry(top, outer), inner)
+        }
+    }
+
+    func entry(_ mapBlock: UInt32, _ index: Int) -> UInt32 {
+        guard mapBlock != 0, self.geometry.isDataBlock(mapBlock) else { return 0 }
+        return self.base.load(fromByteOffset: self.geometry.entryOffset(mapBlock, index), as: UInt32.self)
+    }
+}

@@ -1,0 +1,138 @@
+/// Changing block maps inside transactions: mapping new blocks (writes, fallocate) and removing
+/// ranges in crash-safe chunks (truncate, punch, unlink, lost+found reclaim).
+extension FileSystem {
+    /// Stages mapping `block` at `page` of inode `number`, allocating block-map blocks on the way.
+    /// - Parameter reserved: collects map blocks taken from the allocator, so a caller whose
+    ///   transaction fails can give them back.
+    /// - Throws: `.noSpace` when a map block cannot be allocated, `.fileTooLarge` beyond 4 GiB.
+    static func stageMap(
+        _ tx: Transaction, allocator: BlockAllocator, inode number: Int, page: Int, block: UInt32,
+        reserved: inout [UInt32]
+    ) throws(FSError) {
+        guard let path = BlockMapPath(page: page) else {
+            throw FSError(.fileTooLarge, "page \(page) is beyond the largest file (4 GiB)")
+        }
+        let geometry = tx.geometry
+        let inodeOffset = geometry.inodeOffset(number)
+        let record = tx.inode(number)
+
+        /// The map block whose pointer lives at `offset` (a field of the staged inode or an entry
+        /// of another map block), allocated and zeroed when absent.
+        func mapBlock(at offset: Int) throws(FSError) -> UInt32 {
+            let existing = tx.load32(offset)
+            if existing != 0 { return existing }
+            guard let fresh = allocator.allocate(1, hint: number)?.first else {
+                throw FSError(.noSpace, "no free block for a block map")
+            }
+            reserved.append(fresh)
+            tx.setAllocated(fresh)
+            tx.zero(Int(fresh) * Geometry.blockSize, Geometry.blockSize)
+            tx.store32(offset, fresh)
+            return fresh
+        }
+
+        switch path {
+        case .direct(let index):
+            tx.store32(inodeOffset + InodeRecord.directPointerOffset(index), block)
+        case .indirect(let index):
+            let map = try mapBlock(at: inodeOffset + InodeRecord.indirectOffset)
+            tx.store32(geometry.entryOffset(map, index), block)
+        case .doubleIndirect(let outer, let inner):
+            let top = try mapBlock(at: inodeOffset + InodeRecord.doubleIndirectOffset)
+            let leaf = try mapBlock(at: geometry.entryOffset(top, outer))
+            tx.store32(geometry.entryOffset(leaf, inner), block)
+        }
+        tx.setAllocated(block)
+        record.blocks += 1
+    }
+
+    /// Removes the blocks of `pages` from inode `number`, last page first, in as many transactions
+    /// as the log slot needs. Each transaction leaves a consistent file: with `newSize` (a
+    /// truncate) the size shrinks with the removed tail and block-map blocks wholly past the new
+    /// end are freed too; without it (a punch) the size stays.
+    /// The caller holds the inode's lock exclusively.
+    /// - Returns: how many data blocks were freed.
+    static func removeBlocks(
+        log: MetadataLog, allocator: BlockAllocator, inode number: Int, pages: Range<Int>, newSize: UInt64?
+    ) throws(FSError) -> Int {
+        let geometry = log.geometry
+        let reader = BlockMapReader(base: log.media.base, geometry: geometry)
+        let perBlock = InodeRecord.pointersPerBlock
+        let keepPages = newSize.map { Int(($0 + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize)) }
+        var cursor = min(pages.upperBound, InodeRecord.maximumPages)  // pages below `cursor` remain
+        var freedTotal = 0
+        repeat {
+            let ((), freed) = try log.transaction { (tx) throws(FSError) in
+                let record = tx.inode(number)
+                let inodeOffset = geometry.inodeOffset(number)
+                while cursor > pages.lowerBound, tx.remainingCapacity > 4 * (LogRecord.headerSize + 8) + 1024 {
+                    let page = cursor - 1
+                    guard let path = BlockMapPath(page: page) else { break }
+                    switch path {
+                    case .direct(let index):
+                        let offset = inodeOffset + InodeRecord.directPointerOffset(index)
+                        Self.clear(tx, record, pointerAt: offset, value: tx.load32(offset))
+                        cursor = page
+                    case .indirect(let index):
+                        let offset = inodeOffset + InodeRecord.indirectOffset
+                        let map = tx.load32(offset)
+                        let first = BlockMapPath.indirectFirstPage
+                        if map == 0 {
+                            cursor = max(first, pages.lowerBound)
+                            continue
+                        }
+                        Self.clear(tx, record, pointerAt: geometry.entryOffset(map, index),
+                                   value: reader.entry(map, index))
+                        cursor = page
+                        if page == first, let keepPages, keepPages <= first {
+                            Self.releaseMap(tx, pointerAt: offset, block: map)
+                        }
+                    case .doubleIndirect(let outer, let inner):
+                        let topOffset = inodeOffset + InodeRecord.doubleIndirectOffset
+                        let top = tx.load32(topOffset)
+                        let leafFirst = BlockMapPath.doubleIndirectFirstPage + outer * perBlock
+                        if top == 0 {
+                            cursor = max(BlockMapPath.doubleIndirectFirstPage, pages.lowerBound)
+                            continue
+                        }
+                        let leafOffset = geometry.entryOffset(top, outer)
+                        let leaf = tx.load32(leafOffset)
+                        if leaf != 0 {
+                            Self.clear(tx, record, pointerAt: geometry.entryOffset(leaf, inner),
+                                       value: reader.entry(leaf, inner))
+                            cursor = page
+                        } else {
+                            cursor = max(leafFirst, pages.lowerBound)
+                        }
+                        if cursor == leafFirst, let keepPages, keepPages <= leafFirst {
+                            if leaf != 0 { Self.releaseMap(tx, pointerAt: leafOffset, block: leaf) }
+                            if outer == 0, keepPages <= BlockMapPath.doubleIndirectFirstPage {
+                                Self.releaseMap(tx, pointerAt: topOffset, block: top)
+                            }
+                        }
+                    }
+                }
+                if let newSize {
+                    let remaining = UInt64(max(cursor, keepPages ?? 0)) * UInt64(Geometry.blockSize)
+                    record.size = max(newSize, min(record.size, remaining))
+                }
+                record.modifiedNanoseconds = FileSystem.now()
+            }
+            allocator.release(freed)
+            freedTotal += freed.count
+        } while cursor > pages.lowerBound
+        return freedTotal
+    }
+
+    private static func clear(_ tx: Transaction, _ record: InodeRecord, pointerAt offset: Int, value: UInt32) {
+        guard value != 0 else { return }
+        tx.store32(offset, 0)
+        tx.setFree(value)
+        record.blocks -= 1
+    }
+
+    private static func releaseMap(_ tx: Transaction, pointerAt offset: Int, block: UInt32) {
+        tx.store32(offset, 0)
+        tx.setFree(block)
+    }
+}

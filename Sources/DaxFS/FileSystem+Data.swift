@@ -1,0 +1,204 @@
+/// File data: read, write, truncate, punch hole, fallocate.
+///
+/// Ordered mode: new blocks are zeroed and filled, and the data made durable, before the
+/// transaction that maps them commits; a crash before the commit leaves them free. Overwrites of
+/// mapped blocks go in place. Invariant kept by every operation: bytes past the end of file
+/// inside the last block are zero, and no block is mapped past the end of file.
+extension FileSystem {
+    static let pageSize = Geometry.blockSize
+    /// Pages one write or fallocate transaction maps at most.
+    static let pagesPerTransaction = 256
+
+    /// Reads up to `count` bytes at `offset`; holes read as zeros; reading past the end returns fewer.
+    public func read(_ id: FileID, offset: Int, count: Int) throws(FSError) -> [UInt8] {
+        guard offset >= 0, count >= 0 else { throw FSError(.invalidArgument, "negative offset or count") }
+        return try self.locks[id.inode].withReadLock { () throws(FSError) -> [UInt8] in
+            let record = try self.checkedRecord(id)
+            let end = min(offset + count, Int(record.size))
+            guard end > offset else { return [] }
+            let reader = self.reader
+            return [UInt8](unsafeUninitializedCapacity: end - offset) { buffer, initialized in
+                var position = offset
+                while position < end {
+                    let page = position / Self.pageSize
+                    let within = position % Self.pageSize
+                    let length = min(Self.pageSize - within, end - position)
+                    let destination = UnsafeMutableRawPointer(buffer.baseAddress! + (position - offset))
+                    let block = reader.block(of: record, page: page)
+                    if block == 0 {
+                        destination.initializeMemory(as: UInt8.self, repeating: 0, count: length)
+                    } else {
+                        destination.copyMemory(
+                            from: self.media.base + Int(block) * Self.pageSize + within, byteCount: length)
+                    }
+                    position += length
+                }
+                initialized = end - offset
+            }
+        }
+    }
+
+    /// Writes `bytes` at `offset`, allocating blocks for holes and growing the file as needed.
+    /// Durable when it returns.
+    /// - Throws: `.noSpace` (nothing of the failing chunk is mapped), `.fileTooLarge`.
+    public func write(_ id: FileID, offset: Int, bytes: UnsafeRawBufferPointer) throws(FSError) {
+        guard offset >= 0 else { throw FSError(.invalidArgument, "negative offset") }
+        guard offset + bytes.count <= InodeRecord.maximumPages * Self.pageSize else {
+            throw FSError(.fileTooLarge, "write past the largest file (4 GiB)")
+        }
+        guard bytes.count > 0 else { return }
+        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+            _ = try self.checkedRecord(id)
+            var position = offset
+            let end = offset + bytes.count
+            while position < end {
+                let chunkEnd = min(end, (position / Self.pageSize + Self.pagesPerTransaction) * Self.pageSize)
+                try self.writeChunk(id.inode, from: position, to: chunkEnd) { destination, fileOffset, length in
+                    destination.copyMemory(from: bytes.baseAddress! + (fileOffset - offset), byteCount: length)
+                }
+                position = chunkEnd
+            }
+        }
+    }
+
+    /// Convenience for `[UInt8]`.
+    public func write(_ id: FileID, offset: Int, bytes: [UInt8]) throws(FSError) {
+        let outcome = bytes.withUnsafeBytes { buffer in
+            Result { () throws(FSError) in try self.write(id, offset: offset, bytes: buffer) }
+        }
+        try outcome.get()
+    }
+
+    /// Fills `start..<end` (within at most `pagesPerTransaction` pages) through `fill`, mapping
+    /// fresh zeroed blocks for holes, then commits the new mappings and the size in one transaction.
+    /// `fill(destination, fileOffset, length)` writes `length` bytes; nil `fill` leaves zeros.
+    private func writeChunk(
+        _ number: Int, from start: Int, to end: Int,
+        fill: ((UnsafeMutableRawPointer, Int, Int) -> Void)?
+    ) throws(FSError) {
+        let record = self.record(number)
+        let reader = self.reader
+        let firstPage = start / Self.pageSize
+        let lastPage = (end - 1) / Self.pageSize
+        var holes: [Int] = []
+        for page in firstPage...lastPage where reader.block(of: record, page: page) == 0 { holes.append(page) }
+        guard let fresh = holes.isEmpty ? [] : self.allocator.allocate(holes.count, hint: number) else {
+            throw FSError(.noSpace, "no space left for \(holes.count) blocks")
+        }
+        var freshByPage: [Int: UInt32] = [:]
+        for (page, block) in zip(holes, fresh) { freshByPage[page] = block }
+
+        for page in firstPage...lastPage {
+            let isFresh = freshByPage[page] != nil
+            let block = freshByPage[page] ?? reader.block(of: record, page: page)
+            let blockOffset = Int(block) * Self.pageSize
+            let from = max(start, page * Self.pageSize)
+            let to = min(end, (page + 1) * Self.pageSize)
+            if isFresh, fill == nil || to - from < Self.pageSize {
+                try self.media.zero(blockOffset, Self.pageSize)
+            }
+            if let fill {
+                fill(self.media.base + blockOffset + (from - page * Self.pageSize), from, to - from)
+            }
+            if isFresh || fill != nil {
+                try self.media.flush(blockOffset, Self.pageSize)
+            }
+        }
+        self.media.barrier()  // data durable before it is mapped
+
+        var reserved: [UInt32] = []
+        do throws(FSError) {
+            _ = try self.log.transaction { (tx) throws(FSError) in
+                for (page, block) in zip(holes, fresh) {
+                    try Self.stageMap(tx, allocator: self.allocator, inode: number, page: page, block: block,
+                                      reserved: &reserved)
+                }
+                let staged = tx.inode(number)
+                staged.size = max(staged.size, UInt64(end))
+                staged.modifiedNanoseconds = FileSystem.now()
+            }
+        } catch {
+            self.allocator.release(fresh + reserved)
+            throw error
+        }
+    }
+
+    /// Sets the file's size. Shrinking frees the blocks past the new end (and zeroes the tail of
+    /// the new last block); growing adds a hole.
+    public func truncate(_ id: FileID, size: Int) throws(FSError) {
+        guard size >= 0, size <= InodeRecord.maximumPages * Self.pageSize else {
+            throw FSError(.invalidArgument, "size \(size) is out of range (0 to 4 GiB)")
+        }
+        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+            let record = try self.checkedRecord(id)
+            let oldSize = Int(record.size)
+            if size >= oldSize {
+                _ = try self.log.transaction { (tx) throws(FSError) in
+                    let staged = tx.inode(id.inode)
+                    staged.size = UInt64(size)
+                    staged.modifiedNanoseconds = FileSystem.now()
+                }
+                return
+            }
+            try self.zeroWithinPage(id.inode, from: size, to: min(oldSize, (size / Self.pageSize + 1) * Self.pageSize))
+            let oldPages = (oldSize + Self.pageSize - 1) / Self.pageSize
+            let newPages = (size + Self.pageSize - 1) / Self.pageSize
+            _ = try Self.removeBlocks(
+                log: self.log, allocator: self.allocator, inode: id.inode, pages: newPages..<oldPages,
+                newSize: UInt64(size))
+        }
+    }
+
+    /// Deallocates `offset..<offset+length`: whole blocks inside it are freed, partial blocks at
+    /// its edges are zeroed; it reads back as zeros and the size does not change.
+    public func punchHole(_ id: FileID, offset: Int, length: Int) throws(FSError) {
+        guard offset >= 0, length >= 0 else { throw FSError(.invalidArgument, "negative offset or length") }
+        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+            let record = try self.checkedRecord(id)
+            let end = min(offset + length, Int(record.size))
+            guard end > offset else { return }
+            let firstWhole = (offset + Self.pageSize - 1) / Self.pageSize
+            let endWhole = end == Int(record.size) ? (end + Self.pageSize - 1) / Self.pageSize : end / Self.pageSize
+            if firstWhole * Self.pageSize > offset {
+                try self.zeroWithinPage(id.inode, from: offset, to: min(end, firstWhole * Self.pageSize))
+            }
+            if endWhole > firstWhole {
+                _ = try Self.removeBlocks(
+                    log: self.log, allocator: self.allocator, inode: id.inode, pages: firstWhole..<endWhole,
+                    newSize: nil)
+            }
+            if end > endWhole * Self.pageSize, endWhole >= firstWhole {
+                try self.zeroWithinPage(id.inode, from: endWhole * Self.pageSize, to: end)
+            }
+        }
+    }
+
+    /// Allocates zeroed blocks for every hole in `offset..<offset+length` and grows the file to
+    /// cover it, so later writes there cannot fail for space.
+    public func fallocate(_ id: FileID, offset: Int, length: Int) throws(FSError) {
+        guard offset >= 0, length > 0 else { throw FSError(.invalidArgument, "offset must be >= 0, length > 0") }
+        guard offset + length <= InodeRecord.maximumPages * Self.pageSize else {
+            throw FSError(.fileTooLarge, "fallocate past the largest file (4 GiB)")
+        }
+        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+            _ = try self.checkedRecord(id)
+            var position = offset
+            let end = offset + length
+            while position < end {
+                let chunkEnd = min(end, (position / Self.pageSize + Self.pagesPerTransaction) * Self.pageSize)
+                try self.writeChunk(id.inode, from: position, to: chunkEnd, fill: nil)
+                position = chunkEnd
+            }
+        }
+    }
+
+    /// Zeroes `from..<to`, which lies within one page, if that page has a block; durable on return.
+    private func zeroWithinPage(_ number: Int, from: Int, to: Int) throws(FSError) {
+        guard to > from else { return }
+        let block = self.reader.block(of: self.record(number), page: from / Self.pageSize)
+        guard block != 0 else { return }
+        let offset = Int(block) * Self.pageSize + from % Self.pageSize
+        try self.media.zero(offset, to - from)
+        try self.media.persist(offset, to - from)
+    }
+}

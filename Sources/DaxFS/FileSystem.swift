@@ -1,0 +1,176 @@
+import Pmem
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// DaxFS: a small file system whose file blocks are blocks of a pmem mapping (the DAX premise).
+///
+/// Metadata (inodes, bitmap, block maps) changes only through `MetadataLog` transactions; file
+/// data is written in place, made durable before the transaction that maps it commits (ordered
+/// mode). Every file has a `ReadWriteLock`; the namespace has one mutex. Lock order: namespace,
+/// then inodes in ascending number. Operations are in `FileSystem+Namespace.swift` and
+/// `FileSystem+Data.swift`; the format is in docs/FORMAT.md.
+public final class FileSystem: Sendable {
+    public let media: Media
+    public let geometry: Geometry
+    let log: MetadataLog
+    let allocator: BlockAllocator
+    /// One lock per inode number.
+    let locks: [ReadWriteLock]
+    let namespace: Mutex<Namespace>
+    private let mounted = Atomic<Bool>(true)
+    /// What mount found and did.
+    public let mountReport: MountReport
+
+    struct Namespace {
+        var names: [String: Int] = [:]
+        /// Names whose unlink is in progress: still on the media, not visible, not reusable yet.
+        var unlinking: Set<String> = []
+        var freeInodes: [Int] = []
+    }
+
+    /// What mount did to bring the image up.
+    public struct MountReport: Sendable, Equatable {
+        /// The image had not been unmounted cleanly.
+        public var wasDirty: Bool
+        /// Committed log transactions replayed.
+        public var replayedTransactions: Int
+        /// Torn or uncommitted transactions ignored.
+        public var discardedTransactions: Int
+        /// Blocks reclaimed from lost+found (sequestered under DMA before a crash).
+        public var reclaimedLostFoundBlocks: Int
+    }
+
+    public var mapping: PmemMapping { self.media.mapping }
+    public var path: String { self.media.mapping.path }
+
+    // MARK: Mount
+
+    /// Mounts the daxlab image at `path`: takes the image's lock, validates the superblock and
+    /// the log, replays committed transactions, validates every inode, block map and the bitmap,
+    /// reclaims lost+found, and marks the image mounted.
+    /// - Parameter persistence: force a persistence strategy (tests); nil lets libpmem decide.
+    /// - Throws: `.pmem` (the path), `.inUse`, `.notAnImage`, `.corrupt` (with the first problem).
+    public static func mount(path: String, persistence: PersistenceStrategy? = nil) throws(FSError) -> FileSystem {
+        let mapping: PmemMapping
+        do { mapping = try PmemMapping(path: path, options: MapOptions(persistence: persistence)) } catch {
+            throw FSError(error)
+        }
+        try Self.lockImage(mapping)
+        return try FileSystem(mapping: mapping)
+    }
+
+    private init(mapping: PmemMapping) throws(FSError) {
+        let (superblock, state, mounts) = try Superblock.read(from: mapping)
+        let geometry = superblock.geometry
+        let media = Media(mapping: mapping)
+        // Validate the log before writing anything; then replay what was committed.
+        let recovery = try MetadataLog.recover(media: media, geometry: geometry, apply: true)
+        if let slot = recovery.invalidSlots.first {
+            throw FSError(.corrupt, "\(mapping.path): log slot \(slot): a record points outside metadata; run daxlab fsck")
+        }
+
+        let check = Checker(media: media, geometry: geometry).check()
+        if let first = check.problems.first {
+            let more = check.problems.count > 1 ? " (and \(check.problems.count - 1) more)" : ""
+            throw FSError(.corrupt, "\(mapping.path): \(first.description)\(more); run daxlab fsck")
+        }
+
+        self.media = media
+        self.geometry = geometry
+        self.log = MetadataLog(media: media, geometry: geometry)
+        let bitmap = Bitmap(base: media.base, geometry: geometry)
+        self.allocator = BlockAllocator(
+            dataRange: UInt32(geometry.dataStart)..<UInt32(geometry.blockCount), isAllocated: bitmap.isAllocated)
+        self.locks = (0..<geometry.inodeCount).map { _ in ReadWriteLock() }
+        var namespace = Namespace()
+        for number in (FileSystem.firstUserInode..<geometry.inodeCount).reversed() {
+            let record = InodeRecord(media.base + geometry.inodeOffset(number))
+            if record.inUse { namespace.names[record.name] = number } else { namespace.freeInodes.append(number) }
+        }
+        self.namespace = Mutex(namespace)
+        let reclaimed = try Self.reclaimLostFound(log: self.log, allocator: self.allocator, geometry: geometry)
+        self.mountReport = MountReport(
+            wasDirty: state == .mounted, replayedTransactions: recovery.replayed,
+            discardedTransactions: recovery.discarded, reclaimedLostFoundBlocks: reclaimed)
+        try self.setState(.mounted, mounts: mounts &+ 1)
+    }
+
+    /// Marks the image clean and releases its lock. The file system must not be used afterwards.
+    public func unmount() throws(FSError) {
+        guard self.mounted.exchange(false, ordering: .acquiring) else { return }
+        let word = self.media.base.load(fromByteOffset: Superblock.stateOffset, as: UInt64.self)
+        try self.setState(.clean, mounts: UInt32(word >> 32))
+        flock(self.mapping.descriptor, LOCK_UN)
+    }
+
+    public var isMounted: Bool { self.mounted.load(ordering: .relaxed) }
+
+    private func setState(_ state: Superblock.MountState, mounts: UInt32) throws(FSError) {
+        self.media.base.storeBytes(
+            of: Superblock.stateWord(state, mounts: mounts), toByteOffset: Superblock.stateOffset, as: UInt64.self)
+        try self.media.persist(Superblock.stateOffset, 8)
+    }
+
+    /// Takes the image's exclusive lock (flock on the mapping's descriptor) for this mount.
+    static func lockImage(_ mapping: PmemMapping) throws(FSError) {
+        if flock(mapping.descriptor, LOCK_EX | LOCK_NB) != 0 {
+            let error = errno
+            if error == EWOULDBLOCK {
+                throw FSError(.inUse, "\(mapping.path): in use (mounted or checked by another daxlab)")
+            }
+            throw FSError(.io, "\(mapping.path): lock: \(String(cString: strerror(error)))")
+        }
+    }
+
+    /// Frees every block of the lost+found inode: after a restart no device can still be writing
+    /// into a sequestered block.
+    private static func reclaimLostFound(
+        log: MetadataLog, allocator: BlockAllocator, geometry: Geometry
+    ) throws(FSError) -> Int {
+        let record = InodeRecord(log.media.base + geometry.inodeOffset(FileSystem.lostFoundInode))
+        guard record.blocks > 0 || record.size > 0 else { return 0 }
+        let pages = Int((record.size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
+        return try FileSystem.removeBlocks(
+            log: log, allocator: allocator, inode: FileSystem.lostFoundInode, pages: 0..<pages, newSize: 0)
+    }
+
+    // MARK: Reserved inodes
+
+    /// Inode 0 marks the root directory; inode 1 is lost+found; files start at 2.
+    public static let rootInode = 0
+    public static let lostFoundInode = 1
+    static let firstUserInode = 2
+
+    static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+
+    func record(_ number: Int) -> InodeRecord { InodeRecord(self.media.base + self.geometry.inodeOffset(number)) }
+
+    var reader: BlockMapReader { BlockMapReader(base: self.media.base, geometry: self.geometry) }
+
+    /// Usage figures.
+    public var usage: FileSystemUsage {
+        let (files, freeInodes) = self.namespace.withLock { ($0.names.count, $0.freeInodes.count) }
+        return FileSystemUsage(
+            blockSize: Geometry.blockSize, totalBlocks: self.geometry.blockCount,
+            dataBlocks: self.geometry.dataBlocks, freeBlocks: self.allocator.freeCount,
+            inodes: self.geometry.inodeCount, freeInodes: freeInodes, files: files)
+    }
+}
+
+/// The allocation bitmap, read from the mapping.
+struct Bitmap {
+    let base: UnsafeRawPointer
+    let geometry: Geometry
+
+    func isAllocated(_ block: UInt32) -> Bool {
+        let word = self.base.load(fromByteOffset: self.geometry.bitmapOffset + Int(block / 64) * 8, as: UInt64.self)
+        return word & (1 << UInt64(block % 64)) != 0
+    }
+}

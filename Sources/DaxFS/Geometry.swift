@@ -1,0 +1,80 @@
+/// Where each on-media structure lives, in 4096-byte blocks from the start of the image.
+///
+/// ```
+/// block 0                superblock
+/// 1 ..< inodeTableStart  metadata log: logSlotCount slots of logSlotBlocks blocks
+/// inodeTableStart ..     inode table: inodeCount records of 512 bytes
+/// bitmapStart ..         allocation bitmap: one bit per block of the image
+/// dataStart ..< count    data and block-map blocks
+/// ```
+/// Everything but `blockCount` and `inodeCount` follows from the rules here, so mount can check
+/// a superblock's numbers against them. See docs/FORMAT.md.
+public struct Geometry: Sendable, Equatable {
+    public static let blockSize = 4096
+    public static let inodeSize = 512
+    public static let inodesPerBlock = blockSize / inodeSize
+    public static let bitsPerBitmapBlock = blockSize * 8
+    /// The smallest image mkfs accepts.
+    public static let minimumImageSize = 1 << 20
+    /// 32-bit block numbers.
+    public static let maximumBlockCount = Int(UInt32.max)
+
+    public let blockCount: Int
+    public let inodeCount: Int
+    public let logSlotCount: Int
+    public let logSlotBlocks: Int
+
+    public var logStart: Int { 1 }
+    public var inodeTableStart: Int { self.logStart + self.logSlotCount * self.logSlotBlocks }
+    public var inodeTableBlocks: Int { self.inodeCount / Self.inodesPerBlock }
+    public var bitmapStart: Int { self.inodeTableStart + self.inodeTableBlocks }
+    public var bitmapBlocks: Int { (self.blockCount + Self.bitsPerBitmapBlock - 1) / Self.bitsPerBitmapBlock }
+    public var dataStart: Int { self.bitmapStart + self.bitmapBlocks }
+    public var dataBlocks: Int { self.blockCount - self.dataStart }
+
+    /// Byte offsets of the structures.
+    public var logOffset: Int { self.logStart * Self.blockSize }
+    public var inodeTableOffset: Int { self.inodeTableStart * Self.blockSize }
+    public var bitmapOffset: Int { self.bitmapStart * Self.blockSize }
+    public var dataOffset: Int { self.dataStart * Self.blockSize }
+
+    init(blockCount: Int, inodeCount: Int, logSlotCount: Int, logSlotBlocks: Int) {
+        self.blockCount = blockCount
+        self.inodeCount = inodeCount
+        self.logSlotCount = logSlotCount
+        self.logSlotBlocks = logSlotBlocks
+    }
+
+    /// The geometry mkfs gives an image of `size` bytes: one inode per 16 blocks (64 to 65536),
+    /// 8 log slots of 64 KiB.
+    /// - Throws: `.invalidArgument` for a size under 1 MiB, over 16 TiB, or not a multiple of 4096.
+    public static func forImage(size: Int) throws(FSError) -> Geometry {
+        guard size >= Self.minimumImageSize else {
+            throw FSError(.invalidArgument, "image size \(size) is below the minimum of \(Self.minimumImageSize) bytes")
+        }
+        guard size % Self.blockSize == 0 else {
+            throw FSError(.invalidArgument, "image size \(size) is not a multiple of \(Self.blockSize)")
+        }
+        let blockCount = size / Self.blockSize
+        guard blockCount <= Self.maximumBlockCount else {
+            throw FSError(.invalidArgument, "image size \(size) exceeds 16 TiB")
+        }
+        let inodes = min(max(blockCount / 16, 64), 65536) / Self.inodesPerBlock * Self.inodesPerBlock
+        return Geometry(blockCount: blockCount, inodeCount: inodes, logSlotCount: 8, logSlotBlocks: 16)
+    }
+
+    /// Whether these numbers are ones mkfs could have written: the check mount applies to a
+    /// superblock before trusting any offset in it.
+    var isPlausible: Bool {
+        self.blockCount * Self.blockSize >= Self.minimumImageSize && self.blockCount <= Self.maximumBlockCount
+            && self.inodeCount >= 64 && self.inodeCount <= 65536 && self.inodeCount % Self.inodesPerBlock == 0
+            && (1...64).contains(self.logSlotCount) && (1...256).contains(self.logSlotBlocks)
+            && self.dataStart < self.blockCount
+    }
+
+    /// Whether block `block` may hold file data or a block map.
+    @inlinable
+    public func isDataBlock(_ block: UInt32) -> Bool {
+        Int(block) >= self.dataStart && Int(block) < self.blockCount
+    }
+}

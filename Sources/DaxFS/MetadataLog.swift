@@ -1,0 +1,210 @@
+import Atomics
+import Synchronization
+
+/// The redo log that makes every metadata update atomic with respect to a crash.
+///
+/// The log is `logSlotCount` independent slots, so transactions on different files commit in
+/// parallel. A transaction stages its records in a slot (not yet valid: the slot's header magic
+/// is 0), then commits by writing the header with a checksum over header and records and making
+/// it durable: one barrier. It then applies the records in place, makes them durable, and retires
+/// the slot by zeroing the magic. Mount replays every slot whose header is valid; replay is
+/// idempotent (byte images, zeroing, and setting or clearing bits).
+///
+/// Why slots never conflict on replay: a transaction holds the lock of every inode it changes
+/// (and so of that inode's block-map blocks) until it retires, and a block it frees returns to
+/// the allocator only after it retires, so at most one unretired transaction touches any byte or
+/// bitmap bit.
+final class MetadataLog: Sendable {
+    static let headerSize = 64
+    static let magic: UInt64 = 0x3130_474F_4C58_4144  // "DAXLOG01"
+
+    let media: Media
+    let geometry: Geometry
+    private let slots: [LogSlot]
+    private let nextSlot = Atomic<Int>(0)
+
+    init(media: Media, geometry: Geometry) {
+        self.media = media
+        self.geometry = geometry
+        self.slots = (0..<geometry.logSlotCount).map { index in
+            let offset = geometry.logOffset + index * geometry.logSlotBlocks * Geometry.blockSize
+            return LogSlot(Transaction(media: media, geometry: geometry, slotOffset: offset,
+                                       capacity: geometry.logSlotBlocks * Geometry.blockSize))
+        }
+    }
+
+    /// Runs `body` with a fresh transaction in a free slot, then commits what it staged.
+    /// If `body` throws, nothing it staged reaches the media.
+    /// - Returns: what `body` returned, and the blocks the transaction freed (now safe to reuse).
+    func transaction<Result: Sendable>(
+        _ body: (Transaction) throws(FSError) -> Result
+    ) throws(FSError) -> (Result, [UInt32]) {
+        let start = self.nextSlot.add(1, ordering: .relaxed).newValue
+        for probe in 0..<self.slots.count {
+            let slot = self.slots[(start + probe) % self.slots.count]
+            if let outcome = try slot.transaction.withLockIfAvailable({ (tx) throws(FSError) in try Self.run(tx, body) }) {
+                return outcome
+            }
+        }
+        return try self.slots[start % self.slots.count].transaction.withLock { (tx) throws(FSError) in try Self.run(tx, body) }
+    }
+
+    private static func run<Result: Sendable>(
+        _ tx: Transaction, _ body: (Transaction) throws(FSError) -> Result
+    ) throws(FSError) -> (Result, [UInt32]) {
+        tx.reset()
+        let result = try body(tx)
+        try tx.commit()
+        return (result, tx.freedBlocks)
+    }
+
+    // MARK: Recovery
+
+    /// What the log holds.
+    struct Recovery {
+        /// Committed transactions replayed (or, without `apply`, waiting to be).
+        var replayed = 0
+        /// Torn or uncommitted transactions ignored.
+        var discarded = 0
+        /// Slots whose checksum holds but whose records point outside metadata: damage.
+        var invalidSlots: [Int] = []
+    }
+
+    /// Checks every slot: a valid committed header whose records all target metadata is replayed
+    /// (with `apply`), a header that fails its checksum is an uncommitted or torn transaction and
+    /// ignored. With `apply` and any invalid slot, nothing is written.
+    static func recover(media: Media, geometry: Geometry, apply: Bool) throws(FSError) -> Recovery {
+        var recovery = Recovery()
+        var pending: [Int] = []
+        for slot in 0..<geometry.logSlotCount {
+            let offset = Self.slotOffset(slot, geometry)
+            let capacity = geometry.logSlotBlocks * Geometry.blockSize
+            let header = UnsafeRawPointer(media.base + offset)
+            guard header.load(as: UInt64.self) == Self.magic else { continue }
+            let bytes = Int(header.load(fromByteOffset: 8, as: UInt32.self))
+            guard bytes <= capacity - Self.headerSize,
+                header.load(fromByteOffset: 16, as: UInt32.self) == Self.checksum(header, recordBytes: bytes)
+            else {
+                recovery.discarded += 1
+                continue
+            }
+            let count = Int(header.load(fromByteOffset: 12, as: UInt32.self))
+            if Self.validate(records: header + Self.headerSize, bytes: bytes, count: count, geometry: geometry) {
+                pending.append(offset)
+            } else {
+                recovery.invalidSlots.append(slot)
+            }
+        }
+        guard apply, recovery.invalidSlots.isEmpty else {
+            recovery.replayed = pending.count
+            return recovery
+        }
+        for offset in pending {
+            let header = media.base + offset
+            let bytes = Int(header.load(fromByteOffset: 8, as: UInt32.self))
+            try Self.apply(records: header + Self.headerSize, bytes: bytes, media: media)
+            media.barrier()
+            try Self.retire(offset: offset, media: media)
+            recovery.replayed += 1
+        }
+        return recovery
+    }
+
+    static func slotOffset(_ slot: Int, _ geometry: Geometry) -> Int {
+        geometry.logOffset + slot * geometry.logSlotBlocks * Geometry.blockSize
+    }
+
+    /// Marks a slot empty.
+    static func retire(offset: Int, media: Media) throws(FSError) {
+        (media.base + offset).storeBytes(of: 0, as: UInt64.self)
+        try media.persist(offset, 8)
+    }
+
+    static func checksum(_ header: UnsafeRawPointer, recordBytes: Int) -> UInt32 {
+        let sum = CRC32C.checksum(header, count: Self.headerSize, skipping: 16)
+        return CRC32C.checksum(header + Self.headerSize, count: recordBytes, seed: sum)
+    }
+
+    /// Whether every record is well formed and targets the inode table, the bitmap or the data area.
+    static func validate(records: UnsafeRawPointer, bytes: Int, count: Int, geometry: Geometry) -> Bool {
+        var cursor = 0
+        var seen = 0
+        let imageEnd = geometry.blockCount * Geometry.blockSize
+        while cursor < bytes {
+            guard cursor + LogRecord.headerSize <= bytes else { return false }
+            let record = LogRecord(at: records + cursor)
+            guard let kind = record.kind else { return false }
+            let end = record.offset.addingReportingOverflow(record.length)
+            guard !end.overflow, record.offset >= geometry.inodeTableOffset, end.partialValue <= imageEnd else {
+                return false
+            }
+            switch kind {
+            case .setBits, .clearBits:
+                guard record.length == 8, record.offset % 8 == 0, record.offset >= geometry.bitmapOffset,
+                    end.partialValue <= geometry.dataOffset
+                else { return false }
+            case .bytes, .zero: break
+            }
+            cursor += record.size
+            seen += 1
+        }
+        return cursor == bytes && seen == count
+    }
+
+    /// Applies records in place and flushes them (the caller drains).
+    static func apply(records: UnsafeRawPointer, bytes: Int, media: Media) throws(FSError) {
+        var cursor = 0
+        while cursor < bytes {
+            let record = LogRecord(at: records + cursor)
+            let target = media.base + record.offset
+            switch record.kind {
+            case .bytes?:
+                target.copyMemory(from: record.payload, byteCount: record.length)
+            case .zero?:
+                target.initializeMemory(as: UInt8.self, repeating: 0, count: record.length)
+            case .setBits?:
+                _ = Self.atomicWord(target).loadThenBitwiseOr(with: record.payload.load(as: UInt64.self), ordering: .relaxed)
+            case .clearBits?:
+                _ = Self.atomicWord(target).loadThenBitwiseAnd(
+                    with: ~record.payload.load(as: UInt64.self), ordering: .relaxed)
+            case nil:
+                preconditionFailure("unvalidated log record")
+            }
+            try media.flush(record.offset, record.length)
+            cursor += record.size
+        }
+    }
+
+    /// A bitmap word in the mapping, updated atomically: concurrent transactions may change
+    /// different bits of one word.
+    static func atomicWord(_ pointer: UnsafeMutableRawPointer) -> UnsafeAtomic<UInt64> {
+        UnsafeAtomic(at: pointer.assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
+    }
+}
+
+/// A log slot: its reusable transaction, behind the lock that makes the slot one writer's.
+private final class LogSlot: Sendable {
+    let transaction: Mutex<Transaction>
+    init(_ transaction: sending Transaction) { self.transaction = Mutex(transaction) }
+}
+
+/// One record in a log slot: a 16-byte header (kind u16, reserved u16, length u32, offset u64)
+/// and, for `bytes` and the bit kinds, a payload padded to 8 bytes.
+struct LogRecord {
+    enum Kind: UInt16 {
+        case bytes = 1, zero = 2, setBits = 3, clearBits = 4
+    }
+
+    static let headerSize = 16
+    let pointer: UnsafeRawPointer
+
+    init(at pointer: UnsafeRawPointer) { self.pointer = pointer }
+
+    var kind: Kind? { Kind(rawValue: self.pointer.load(as: UInt16.self)) }
+    var length: Int { Int(self.pointer.load(fromByteOffset: 4, as: UInt32.self)) }
+    var offset: Int { Int(truncatingIfNeeded: self.pointer.load(fromByteOffset: 8, as: UInt64.self)) }
+    var payload: UnsafeRawPointer { self.pointer + Self.headerSize }
+
+    /// Header plus padded payload.
+    var size: Int { Self.headerSize + (self.kind == .zero ? 0 : (self.length + 7) & ~7) }
+}

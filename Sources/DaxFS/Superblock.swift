@@ -1,0 +1,99 @@
+import Pmem
+
+/// Block 0: what the image is and where its structures are. The first 256 bytes are written once
+/// by mkfs and checksummed; the mount state is one 8-byte word after them, updated with a single
+/// atomic store so a crash can never tear it. See docs/FORMAT.md.
+struct Superblock: Sendable, Equatable {
+    static let magic: UInt64 = 0x5346_4241_4C58_4144  // "DAXLABFS" little-endian
+    static let version: UInt32 = 1
+    static let checksummedLength = 256
+    static let checksumOffset = 252
+    static let stateOffset = 256
+
+    enum MountState: UInt32 {
+        case clean = 1
+        case mounted = 2
+    }
+
+    var geometry: Geometry
+    var uuid: (UInt64, UInt64)
+    var createdNanoseconds: UInt64
+
+    static func == (lhs: Superblock, rhs: Superblock) -> Bool {
+        lhs.geometry == rhs.geometry && lhs.uuid == rhs.uuid && lhs.createdNanoseconds == rhs.createdNanoseconds
+    }
+
+    /// Writes the checksummed part to `base` (the image's first byte) and the state word `clean`.
+    func write(to base: UnsafeMutableRawPointer) {
+        let g = self.geometry
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: Geometry.blockSize)
+        base.storeBytes(of: Self.magic, toByteOffset: 0, as: UInt64.self)
+        base.storeBytes(of: Self.version, toByteOffset: 8, as: UInt32.self)
+        base.storeBytes(of: UInt32(Geometry.blockSize), toByteOffset: 12, as: UInt32.self)
+        base.storeBytes(of: UInt64(g.blockCount), toByteOffset: 16, as: UInt64.self)
+        base.storeBytes(of: UInt32(g.inodeCount), toByteOffset: 24, as: UInt32.self)
+        base.storeBytes(of: UInt32(g.logSlotCount), toByteOffset: 28, as: UInt32.self)
+        base.storeBytes(of: UInt32(g.logSlotBlocks), toByteOffset: 32, as: UInt32.self)
+        base.storeBytes(of: UInt64(g.logStart), toByteOffset: 40, as: UInt64.self)
+        base.storeBytes(of: UInt64(g.inodeTableStart), toByteOffset: 48, as: UInt64.self)
+        base.storeBytes(of: UInt64(g.bitmapStart), toByteOffset: 56, as: UInt64.self)
+        base.storeBytes(of: UInt64(g.dataStart), toByteOffset: 64, as: UInt64.self)
+        base.storeBytes(of: self.uuid.0, toByteOffset: 72, as: UInt64.self)
+        base.storeBytes(of: self.uuid.1, toByteOffset: 80, as: UInt64.self)
+        base.storeBytes(of: self.createdNanoseconds, toByteOffset: 88, as: UInt64.self)
+        let sum = CRC32C.checksum(base, count: Self.checksummedLength, skipping: Self.checksumOffset)
+        base.storeBytes(of: sum, toByteOffset: Self.checksumOffset, as: UInt32.self)
+        base.storeBytes(of: Self.stateWord(.clean, mounts: 0), toByteOffset: Self.stateOffset, as: UInt64.self)
+    }
+
+    static func stateWord(_ state: MountState, mounts: UInt32) -> UInt64 {
+        UInt64(state.rawValue) | UInt64(mounts) << 32
+    }
+
+    /// Reads and validates block 0 of a mapping. Writes nothing.
+    /// - Throws: `.notAnImage` without the magic; `.corrupt` for a bad checksum, version, geometry,
+    ///   state word, or an image whose size differs from the superblock's.
+    static func read(from mapping: PmemMapping) throws(FSError) -> (Superblock, MountState, UInt32) {
+        let base = UnsafeRawPointer(mapping.base)
+        guard mapping.length >= Geometry.blockSize, base.loadUnaligned(as: UInt64.self) == Self.magic else {
+            throw FSError(.notAnImage, "\(mapping.path): no daxlab file system (bad magic); run daxlab mkfs")
+        }
+        func corrupt(_ what: String) -> FSError { FSError(.corrupt, "\(mapping.path): superblock: \(what)") }
+        let stored = base.loadUnaligned(fromByteOffset: Self.checksumOffset, as: UInt32.self)
+        guard stored == CRC32C.checksum(base, count: Self.checksummedLength, skipping: Self.checksumOffset) else {
+            throw corrupt("checksum mismatch")
+        }
+        let version = base.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+        guard version == Self.version else { throw corrupt("unsupported version \(version)") }
+        guard base.loadUnaligned(fromByteOffset: 12, as: UInt32.self) == UInt32(Geometry.blockSize) else {
+            throw corrupt("block size is not \(Geometry.blockSize)")
+        }
+        let geometry = Geometry(
+            blockCount: Int(base.loadUnaligned(fromByteOffset: 16, as: UInt64.self) & 0xFFFF_FFFF_FFFF),
+            inodeCount: Int(base.loadUnaligned(fromByteOffset: 24, as: UInt32.self)),
+            logSlotCount: Int(base.loadUnaligned(fromByteOffset: 28, as: UInt32.self)),
+            logSlotBlocks: Int(base.loadUnaligned(fromByteOffset: 32, as: UInt32.self)))
+        guard geometry.isPlausible,
+            base.loadUnaligned(fromByteOffset: 40, as: UInt64.self) == UInt64(geometry.logStart),
+            base.loadUnaligned(fromByteOffset: 48, as: UInt64.self) == UInt64(geometry.inodeTableStart),
+            base.loadUnaligned(fromByteOffset: 56, as: UInt64.self) == UInt64(geometry.bitmapStart),
+            base.loadUnaligned(fromByteOffset: 64, as: UInt64.self) == UInt64(geometry.dataStart)
+        else { throw corrupt("inconsistent geometry") }
+        guard geometry.blockCount * Geometry.blockSize == mapping.length else {
+            throw FSError(
+                .corrupt,
+                "\(mapping.path): image is \(mapping.length) bytes but its superblock says "
+                    + "\(geometry.blockCount * Geometry.blockSize) (cut short or resized?)")
+        }
+        let word = base.loadUnaligned(fromByteOffset: Self.stateOffset, as: UInt64.self)
+        guard let state = MountState(rawValue: UInt32(truncatingIfNeeded: word)) else {
+            throw corrupt("invalid mount state \(UInt32(truncatingIfNeeded: word))")
+        }
+        let superblock = Superblock(
+            geometry: geometry,
+            uuid: (base.loadUnaligned(fromByteOffset: 72, as: UInt64.self),
+                   base.loadUnaligned(fromByteOffset: 80, as: UInt64.self)),
+            createdNanoseconds: base.loadUnaligned(fromByteOffset: 88, as: UInt64.self))
+        return (superblock, state, UInt32(word >> 32))
+    }
+}

@@ -1,0 +1,156 @@
+/// A metadata transaction being staged in one log slot. Reads through `load32` and `inode(_:)`
+/// see the transaction's own staged changes; nothing reaches the live metadata before `commit`.
+///
+/// One instance per slot, reused; used only while its slot's lock is held.
+final class Transaction {
+    private struct Staged {
+        var kind: LogRecord.Kind
+        var offset: Int
+        var length: Int
+        /// Byte offset of the payload inside the slot's record area.
+        var payload: Int
+    }
+
+    let media: Media
+    let geometry: Geometry
+    private let slotOffset: Int
+    private let capacity: Int
+    private var cursor = 0
+    private var staged: [Staged] = []
+    private var inodeRecords: [Int] = []
+    /// Blocks whose bits this transaction clears; the caller returns them to the allocator after
+    /// the commit.
+    private(set) var freedBlocks: [UInt32] = []
+
+    init(media: Media, geometry: Geometry, slotOffset: Int, capacity: Int) {
+        self.media = media
+        self.geometry = geometry
+        self.slotOffset = slotOffset
+        self.capacity = capacity - MetadataLog.headerSize
+        self.staged.reserveCapacity(1024)
+        self.freedBlocks.reserveCapacity(512)
+    }
+
+    private var records: UnsafeMutableRawPointer { self.media.base + self.slotOffset + MetadataLog.headerSize }
+
+    func reset() {
+        self.cursor = 0
+        self.staged.removeAll(keepingCapacity: true)
+        self.inodeRecords.removeAll(keepingCapacity: true)
+        self.freedBlocks.removeAll(keepingCapacity: true)
+    }
+
+    /// Bytes of record space left; bulk operations stop staging when this runs low and commit.
+    var remainingCapacity: Int { self.capacity - self.cursor }
+
+    var isEmpty: Bool { self.staged.isEmpty }
+
+    // MARK: Staging
+
+    private func append(_ kind: LogRecord.Kind, offset: Int, length: Int) -> Int {
+        let payloadSize = kind == .zero ? 0 : (length + 7) & ~7
+        precondition(self.cursor + LogRecord.headerSize + payloadSize <= self.capacity, "log slot overflow")
+        let header = self.records + self.cursor
+        header.storeBytes(of: kind.rawValue, as: UInt16.self)
+        header.storeBytes(of: 0, toByteOffset: 2, as: UInt16.self)
+        header.storeBytes(of: UInt32(length), toByteOffset: 4, as: UInt32.self)
+        header.storeBytes(of: UInt64(offset), toByteOffset: 8, as: UInt64.self)
+        let payload = self.cursor + LogRecord.headerSize
+        if payloadSize > length {
+            (self.records + payload + length).initializeMemory(as: UInt8.self, repeating: 0, count: payloadSize - length)
+        }
+        self.cursor = payload + payloadSize
+        self.staged.append(Staged(kind: kind, offset: offset, length: length, payload: payload))
+        return payload
+    }
+
+    /// The staged record covering `offset..<offset+length`, newest first.
+    private func find(covering offset: Int, length: Int) -> Staged? {
+        for record in self.staged.reversed() where record.kind == .bytes || record.kind == .zero {
+            if offset >= record.offset && offset + length <= record.offset + record.length { return record }
+        }
+        return nil
+    }
+
+    /// A 32-bit metadata word as this transaction sees it.
+    func load32(_ offset: Int) -> UInt32 {
+        guard let record = self.find(covering: offset, length: 4) else {
+            return self.media.base.load(fromByteOffset: offset, as: UInt32.self)
+        }
+        if record.kind == .zero { return 0 }
+        return (self.records + record.payload + (offset - record.offset)).loadUnaligned(as: UInt32.self)
+    }
+
+    /// Stages a 32-bit store (a block-map entry).
+    func store32(_ offset: Int, _ value: UInt32) {
+        if let record = self.find(covering: offset, length: 4), record.kind == .bytes {
+            (self.records + record.payload + (offset - record.offset)).storeBytes(of: value, as: UInt32.self)
+            return
+        }
+        let payload = self.append(.bytes, offset: offset, length: 4)
+        (self.records + payload).storeBytes(of: value, as: UInt32.self)
+    }
+
+    /// Stages zeroing a range (a new block-map block).
+    func zero(_ offset: Int, _ length: Int) {
+        _ = self.append(.zero, offset: offset, length: length)
+    }
+
+    /// The staged image of inode `number`'s 512-byte record, to modify in place; its checksum is
+    /// recomputed at commit.
+    func inode(_ number: Int) -> InodeRecord {
+        let offset = self.geometry.inodeTableOffset + number * Geometry.inodeSize
+        if let record = self.find(covering: offset, length: Geometry.inodeSize), record.kind == .bytes {
+            return InodeRecord(self.records + record.payload)
+        }
+        let payload = self.append(.bytes, offset: offset, length: Geometry.inodeSize)
+        (self.records + payload).copyMemory(from: self.media.base + offset, byteCount: Geometry.inodeSize)
+        self.inodeRecords.append(payload)
+        return InodeRecord(self.records + payload)
+    }
+
+    /// Stages marking `block` allocated.
+    func setAllocated(_ block: UInt32) {
+        let (word, mask) = self.bitmapWord(block)
+        let payload = self.append(.setBits, offset: word, length: 8)
+        (self.records + payload).storeBytes(of: mask, as: UInt64.self)
+    }
+
+    /// Stages marking `block` free; it is handed back to the allocator after commit.
+    func setFree(_ block: UInt32) {
+        let (word, mask) = self.bitmapWord(block)
+        let payload = self.append(.clearBits, offset: word, length: 8)
+        (self.records + payload).storeBytes(of: mask, as: UInt64.self)
+        self.freedBlocks.append(block)
+    }
+
+    private func bitmapWord(_ block: UInt32) -> (Int, UInt64) {
+        (self.geometry.bitmapOffset + Int(block / 64) * 8, 1 << UInt64(block % 64))
+    }
+
+    // MARK: Commit
+
+    /// Makes the staged records durable as one atomic step, applies them in place, retires the slot.
+    func commit() throws(FSError) {
+        guard !self.staged.isEmpty else { return }
+        for payload in self.inodeRecords { InodeRecord(self.records + payload).sealChecksum() }
+        let header = self.media.base + self.slotOffset
+        header.initializeMemory(as: UInt8.self, repeating: 0, count: MetadataLog.headerSize)
+        header.storeBytes(of: MetadataLog.magic, as: UInt64.self)
+        header.storeBytes(of: UInt32(self.cursor), toByteOffset: 8, as: UInt32.self)
+        header.storeBytes(of: UInt32(self.staged.count), toByteOffset: 12, as: UInt32.self)
+        header.storeBytes(of: MetadataLog.checksum(header, recordBytes: self.cursor), toByteOffset: 16, as: UInt32.self)
+        try self.media.flush(self.slotOffset, MetadataLog.headerSize + self.cursor)
+        self.media.barrier()  // committed: mount replays from here on
+
+        try MetadataLog.apply(records: self.records, bytes: self.cursor, media: self.media)
+        self.media.barrier()  // applied
+
+        header.storeBytes(of: 0, as: UInt64.self)
+        try self.media.persist(self.slotOffset, 8)  // retired
+    }
+}
+
+// A transaction is used only by the thread holding its log slot's mutex (see `MetadataLog`),
+// which orders every access to its fields.
+extension Transaction: @unchecked Sendable {}
