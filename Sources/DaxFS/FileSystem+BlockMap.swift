@@ -112,9 +112,10 @@ extension FileSystem {
                         }
                     }
                 }
-                if let newSize {
-                    let remaining = UInt64(max(cursor, keepPages ?? 0)) * UInt64(Geometry.blockSize)
-                    record.size = max(newSize, min(record.size, remaining))
+                if let newSize, let keepPages {
+                    // Until the last chunk, the file ends where the remaining blocks end.
+                    record.size = cursor > keepPages
+                        ? min(record.size, UInt64(cursor) * UInt64(Geometry.blockSize)) : newSize
                 }
                 record.modifiedNanoseconds = FileSystem.now()
             }

@@ -45,7 +45,7 @@ public struct Geometry: Sendable, Equatable {
         self.logSlotBlocks = logSlotBlocks
     }
 
-    /// The geometry mkfs gives an image of `size` bytes: one inode per 16 blocks (64 to 65536),
+    /// The geometry mkfs gives an image of `size` bytes: one inode per 8 blocks (64 to 65536),
     /// 8 log slots of 64 KiB.
     /// - Throws: `.invalidArgument` for a size under 1 MiB, over 16 TiB, or not a multiple of 4096.
     public static func forImage(size: Int) throws(FSError) -> Geometry {
@@ -59,7 +59,7 @@ public struct Geometry: Sendable, Equatable {
         guard blockCount <= Self.maximumBlockCount else {
             throw FSError(.invalidArgument, "image size \(size) exceeds 16 TiB")
         }
-        let inodes = min(max(blockCount / 16, 64), 65536) / Self.inodesPerBlock * Self.inodesPerBlock
+        let inodes = min(max(blockCount / 8, 64), 65536) / Self.inodesPerBlock * Self.inodesPerBlock
         return Geometry(blockCount: blockCount, inodeCount: inodes, logSlotCount: 8, logSlotBlocks: 16)
     }
 

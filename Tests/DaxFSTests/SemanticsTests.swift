@@ -1,0 +1,214 @@
+import DaxFS
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("DaxFS semantics", .timeLimit(.minutes(2)))
+struct SemanticsTests {
+    @Test("truncate shrinks (freeing blocks, zeroing the tail) and grows (a hole)")
+    func truncate() throws {
+        try withFileSystem { fs, path in
+            let id = try fs.create("t")
+            let data = randomBytes(count: 5 * 4096 + 100, seed: 1)
+            try fs.write(id, offset: 0, bytes: data)
+            let freeBefore = fs.usage.freeBlocks
+            try fs.truncate(id, size: 4096 + 10)
+            #expect(try fs.stat(id).size == 4106)
+            #expect(try fs.stat(id).blocks == 2)
+            #expect(fs.usage.freeBlocks == freeBefore + 4)
+            #expect(try fs.read(id, offset: 0, count: 10_000) == Array(data[..<4106]))
+            try fs.truncate(id, size: 3 * 4096)
+            let grown = try fs.read(id, offset: 0, count: 3 * 4096)
+            #expect(Array(grown[..<4106]) == Array(data[..<4106]))
+            #expect(grown[4106...].allSatisfy { $0 == 0 }, "bytes past the old end read as zeros")
+            #expect(try fs.stat(id).blocks == 2, "growing allocates nothing")
+            try fs.truncate(id, size: 0)
+            #expect(try fs.stat(id).blocks == 0)
+            let after = try remount(fs, path)
+            #expect(try after.stat(after.lookup("t")).size == 0)
+        }
+    }
+
+    @Test("truncating a file that uses indirect and double-indirect maps frees every block")
+    func truncateBigSparseFile() throws {
+        try withFileSystem { fs, _ in
+            let id = try fs.create("big")
+            let freeBefore = fs.usage.freeBlocks
+            for page in [0, 11, 12, 500, 1035, 1036, 3000, 5000] {
+                try fs.write(id, offset: page * 4096, bytes: [UInt8](repeating: UInt8(page % 251), count: 4096))
+            }
+            #expect(try fs.stat(id).blocks == 8)
+            try fs.truncate(id, size: 1036 * 4096)  // drops the double-indirect tree (pages 1036+)
+            #expect(try fs.stat(id).blocks == 5)
+            try fs.truncate(id, size: 0)
+            #expect(fs.usage.freeBlocks == freeBefore, "data and block-map blocks all returned")
+        }
+    }
+
+    @Test("punch hole reads back zeros, keeps the size, frees whole blocks only")
+    func punchHole() throws {
+        try withFileSystem { fs, _ in
+            let id = try fs.create("p")
+            let data = randomBytes(count: 8 * 4096, seed: 2)
+            try fs.write(id, offset: 0, bytes: data)
+            try fs.punchHole(id, offset: 1000, length: 3 * 4096)  // partial, 2 whole, partial
+            var expected = data
+            for index in 1000..<(1000 + 3 * 4096) { expected[index] = 0 }
+            #expect(try fs.read(id, offset: 0, count: data.count) == expected)
+            #expect(try fs.stat(id).size == data.count)
+            #expect(try fs.stat(id).blocks == 6)
+            try fs.punchHole(id, offset: 7 * 4096, length: 1 << 30)  // to past the end
+            #expect(try fs.stat(id).blocks == 5)
+            #expect(try fs.stat(id).size == data.count)
+            try fs.write(id, offset: 4096, bytes: [1, 2, 3])  // refills a hole with a zeroed block
+            let page = try fs.read(id, offset: 4096, count: 4096)
+            #expect(Array(page[..<3]) == [1, 2, 3] && page[3...].allSatisfy { $0 == 0 })
+        }
+    }
+
+    @Test("fallocate maps zeroed blocks and grows the file")
+    func fallocate() throws {
+        try withFileSystem { fs, _ in
+            let id = try fs.create("f")
+            try fs.fallocate(id, offset: 4096, length: 3 * 4096)
+            #expect(try fs.stat(id).size == 4 * 4096)
+            #expect(try fs.stat(id).blocks == 3)
+            #expect(try fs.read(id, offset: 0, count: 4 * 4096).allSatisfy { $0 == 0 })
+        }
+    }
+
+    @Test("create, lookup, rename (replacing), unlink, and their errors")
+    func namespace() throws {
+        try withFileSystem { fs, path in
+            let a = try fs.create("a")
+            try fs.write(a, offset: 0, bytes: [7])
+            #expect(throws: FSError.self) { try fs.create("a") }
+            let b = try fs.create("b")
+            try fs.write(b, offset: 0, bytes: [UInt8](repeating: 9, count: 50_000))
+            let freeWithB = fs.usage.freeBlocks
+            try fs.rename("a", to: "b")
+            // 50,000 bytes: 13 data blocks, the 13th through the indirect map block.
+            #expect(fs.usage.freeBlocks == freeWithB + 14, "the replaced file's blocks are freed")
+            #expect(try fs.read(fs.lookup("b"), offset: 0, count: 10) == [7])
+            #expect(throws: FSError.self) { try fs.lookup("a") }
+            #expect(throws: FSError.self) { try fs.stat(b) }  // the replaced file's ID is stale
+            let long = String(repeating: "n", count: 255)
+            try fs.create(long)
+            for bad in ["", String(repeating: "n", count: 256), "a/b", "x\u{0}y", ".", ".."] {
+                do {
+                    try fs.create(bad)
+                    Issue.record("created \(bad.debugDescription)")
+                } catch let error as FSError { #expect(error.code == .invalidName) }
+            }
+            try fs.unlink("b")
+            do {
+                try fs.unlink("b")
+                Issue.record("unlinked twice")
+            } catch let error as FSError { #expect(error.code == .notFound) }
+            let after = try remount(fs, path)
+            #expect(after.list().map(\.name) == [long])
+        }
+    }
+
+    @Test("thousands of files in the flat directory")
+    func manyFiles() throws {
+        try withFileSystem(size: 128 << 20) { fs, path in
+            #expect(fs.usage.inodes == 4096)
+            for index in 0..<3000 { try fs.create("file-\(index)-" + String(repeating: "x", count: index % 200)) }
+            let after = try remount(fs, path)
+            #expect(after.list().count == 3000)
+            #expect(try after.lookup("file-2999-" + String(repeating: "x", count: 2999 % 200)).inode >= 2)
+        }
+    }
+
+    @Test("running out of space fails cleanly and keeps earlier data")
+    func noSpace() throws {
+        try withFileSystem(size: 1 << 20) { fs, path in
+            let id = try fs.create("fill")
+            let free = fs.usage.freeBlocks
+            do {
+                try fs.write(id, offset: 0, bytes: [UInt8](repeating: 1, count: (free + 10) * 4096))
+                Issue.record("wrote more than the image holds")
+            } catch let error as FSError { #expect(error.code == .noSpace) }
+            let after = try remount(fs, path)
+            let stat = try after.stat(after.lookup("fill"))
+            #expect(try after.read(after.lookup("fill"), offset: 0, count: stat.size).allSatisfy { $0 == 1 })
+            try after.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("one mount at a time: a second mount, and fsck, get 'in use'")
+    func exclusiveMount() throws {
+        try withFileSystem { fs, path in
+            for attempt in [{ _ = try FileSystem.mount(path: path) }, { _ = try Fsck.run(path: path) }] {
+                do {
+                    try attempt()
+                    Issue.record("a second user got in")
+                } catch let error as FSError { #expect(error.code == .inUse) }
+            }
+            try fs.unmount()
+            _ = try FileSystem.mount(path: path)
+        }
+    }
+
+    @Test("mkfs refuses an image or a non-empty target unless forced, changing nothing")
+    func mkfsRefuses() throws {
+        try withTemporaryPath("mkfs") { path in
+            _ = try FileSystem.format(path: path, size: 2 << 20)
+            let before = try Data(contentsOf: URL(fileURLWithPath: path))
+            do {
+                _ = try FileSystem.format(path: path)
+                Issue.record("formatted over an image")
+            } catch let error as FSError { #expect(error.code == .notEmpty) }
+            #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
+            _ = try FileSystem.format(path: path, force: true)
+        }
+        try withTemporaryPath("mkfs") { path in
+            var junk = Data(count: 2 << 20)
+            junk[100] = 1
+            try junk.write(to: URL(fileURLWithPath: path))
+            do {
+                _ = try FileSystem.format(path: path)
+                Issue.record("formatted over data")
+            } catch let error as FSError { #expect(error.code == .notEmpty) }
+            #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == junk)
+        }
+    }
+
+    @Test("threads create, write and truncate distinct files; fsck is clean", .timeLimit(.minutes(2)))
+    func concurrentFiles() async throws {
+        try await withTemporaryPath { path in
+            _ = try FileSystem.format(path: path, size: 128 << 20)
+            let fs = try FileSystem.mount(path: path)
+            let threads = 8
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for thread in 0..<threads {
+                    group.addTask {
+                        var generator = SplitMix64(seed: UInt64(thread))
+                        for round in 0..<40 {
+                            let name = "t\(thread)-\(round % 5)"
+                            let id = try fs.openOrCreate(name)
+                            let size = Int(generator.next() % (300 << 10))
+                            let data = randomBytes(count: size, seed: UInt64(thread * 1000 + round))
+                            try fs.write(id, offset: 0, bytes: data)
+                            try fs.truncate(id, size: size / 2)
+                            #expect(try fs.read(id, offset: 0, count: size) == Array(data[..<(size / 2)]))
+                            if round % 7 == 6 { try fs.unlink(name) }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            try fs.unmount()
+            let report = try Fsck.run(path: path)
+            #expect(report.isClean, "\(report.result.problems.prefix(5))")
+        }
+    }
+}
+
+func withTemporaryPath<Result>(_ body: (String) async throws -> Result) async throws -> Result {
+    let path = "/dev/shm/daxfs-\(getpid())-\(UUID().uuidString.prefix(8))"
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try await body(path)
+}
