@@ -1,4 +1,5 @@
 import ArgumentParser
+import DaxFS
 import Pmem
 
 #if canImport(Glibc)
@@ -18,7 +19,11 @@ public struct Daxlab: ParsableCommand {
             unusable path (one line on stderr says which).
             """,
         version: DaxlabVersion.string,
-        subcommands: [DevicesCommand.self, InfoCommand.self]
+        subcommands: [
+            DevicesCommand.self, InfoCommand.self, MkfsCommand.self, FsckCommand.self, ListCommand.self,
+            WriteCommand.self, ReadCommand.self, RemoveCommand.self, TruncateCommand.self, PunchCommand.self,
+            CrashTestCommand.self,
+        ]
     )
 
     public init() {}
@@ -37,6 +42,9 @@ public func runDaxlab(_ arguments: [String] = Array(CommandLine.arguments.dropFi
         try command.run()
         exit(0)
     } catch let failure as PmemError {
+        Terminal.error("\(failure)")
+        exit(2)
+    } catch let failure as FSError {
         Terminal.error("\(failure)")
         exit(2)
     } catch let failure as CommandFailure {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CShims
+import DaxFS
 import Pmem
 
 /// `daxlab info <path>`: what the Pmem layer knows of a path.
@@ -37,18 +38,29 @@ struct InfoCommand: ParsableCommand {
         var mapSync: Bool
         var autoFlush: Bool
         var created: Bool
+        /// The daxlab file system on it, when there is one.
+        var fileSystem: ImageSummary?
+        /// Why the file system could not be read, when it is damaged.
+        var fileSystemError: String?
     }
 
     func run() throws {
         let options: MapOptions = self.create.map { .openOrCreate(size: $0.bytes) } ?? .existing
         let mapping = try PmemMapping(path: self.path, options: options)
-        let report = Report(
+        var report = Report(
             path: mapping.path, medium: mapping.medium, mediumDescription: mapping.medium.description,
             size: mapping.length, alignment: mapping.alignment, isPmem: mapping.isPmem,
             persistence: mapping.persistence, mapSync: mapping.synchronousFaults,
             autoFlush: pmem_has_auto_flush() == 1, created: mapping.created)
+        do {
+            report.fileSystem = try ImageSummary.read(from: mapping)
+        } catch where error.code == .notAnImage {
+        } catch {
+            report.fileSystemError = error.description
+        }
         if self.json {
             try Terminal.printJSON(report)
+            if report.fileSystemError != nil { throw ExitCode(1) }
             return
         }
         print(report.path + (report.created ? "  (created)" : ""))
@@ -62,5 +74,17 @@ struct InfoCommand: ParsableCommand {
             "  persistence  \(report.persistence == .pmem ? "CPU cache flush (pmem_persist)" : "msync (pmem_msync)")")
         print("  MAP_SYNC     \(report.mapSync ? "yes (synchronous faults)" : "no")")
         print("  eADR         \(report.autoFlush ? "yes (caches are in the persistence domain)" : "no")")
+        if let fs = report.fileSystem {
+            print("file system    daxlab, \(fs.state) (mounted \(fs.mounts) times), uuid \(fs.uuid)")
+            print("  blocks       \(fs.blocks) of 4 KiB; data from block \(fs.dataStart)")
+            print("  data         \(fs.dataBlocks - fs.freeDataBlocks) used, \(fs.freeDataBlocks) free")
+            print("  files        \(fs.files) of \(fs.inodes) inodes")
+            print("  log          \(fs.logSlots) slots, \(fs.pendingLogTransactions) committed transactions to replay")
+        } else if let failure = report.fileSystemError {
+            print("file system    damaged: \(failure)")
+        } else {
+            print("file system    none (daxlab mkfs creates one)")
+        }
+        if report.fileSystemError != nil { throw ExitCode(1) }
     }
 }

@@ -1,0 +1,197 @@
+import ArgumentParser
+import DaxFS
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `daxlab crash-test`: the crash campaign. Runs a mixed workload in a child process, kills it
+/// (SIGKILL, via `DAXLAB_CRASH_AT`) at many persist points, then checks that every recovered
+/// image mounts, is fsck-clean, and holds every operation that returned before the crash.
+struct CrashTestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "crash-test",
+        abstract: "Crash a workload at many persist points and check every recovered image.",
+        discussion: """
+            A dry run counts the workload's persist points (each barrier after a flush); then for \
+            each of --points points spread over them, a fresh image is formatted, a child process \
+            runs the workload with DAXLAB_CRASH_AT set and kills itself there. The child mirrors \
+            every drained flush into a shadow image and, at the crash, only a random half of the \
+            cache lines still in flight: what power loss would leave. The shadow is mounted \
+            (recovery), compared with a model of the operations the child completed, and fsck'd. \
+            Exit 0 when every crash recovered; 1 otherwise.
+            """
+    )
+
+    @Option(name: .long, help: "Crash points to test.") var points = 200
+    @Option(name: .long, help: "Operations in the workload.") var ops = 150
+    @Option(name: .long, help: "Workload seed.") var seed: UInt64 = 1
+    @Option(name: .long, help: "Image size.") var size = ByteSize(bytes: 16 << 20)
+    @Option(name: .long, help: "Where the image and journal go (tmpfs by default).") var directory = "/dev/shm"
+    @Flag(name: .long, help: "Print one JSON object.") var json = false
+
+    // The child's side (internal).
+    @Flag(name: .long, help: .hidden) var child = false
+    @Option(name: .long, help: .hidden) var image: String?
+    @Option(name: .long, help: .hidden) var journal: String?
+
+    struct Report: Codable {
+        var points: Int
+        var totalPersistPoints: Int
+        var operations: Int
+        var recovered: Int
+        var replayedTransactions: Int
+        var failures: [String]
+    }
+
+    func validate() throws {
+        guard self.points > 0, self.ops > 0 else { throw ValidationError("--points and --ops must be positive") }
+    }
+
+    func run() throws {
+        if self.child { return try self.runChild() }
+        let base = "\(self.directory)/daxlab-crash-\(getpid())"
+        let image = base + ".img"
+        let journal = base + ".journal"
+        let durable = base + ".durable"
+        defer {
+            unlink(image)
+            unlink(journal)
+            unlink(durable)
+        }
+        // Dry run: how many persist points the whole workload passes.
+        _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
+        let dry = try self.spawnChild(image: image, journal: journal, crashAt: nil, shadow: nil)
+        guard dry.status == 0, let total = self.readJournal(journal).points else {
+            throw CommandFailure("the workload failed without a crash: \(dry.error)", status: 1)
+        }
+
+        let chosen = Self.spread(self.points, over: total, seed: self.seed)
+        var report = Report(
+            points: chosen.count, totalPersistPoints: total, operations: self.ops, recovered: 0,
+            replayedTransactions: 0, failures: [])
+        let live = !self.json && Terminal.standardOutputIsTerminal
+        for (index, point) in chosen.enumerated() {
+            _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
+            unlink(durable)
+            try FileManager.default.copyItem(atPath: image, toPath: durable)
+            let outcome = try self.spawnChild(image: image, journal: journal, crashAt: point, shadow: durable)
+            let completed = self.readJournal(journal).completed
+            var problems: [String] = []
+            if outcome.status != 128 + SIGKILL {
+                problems.append("child exited with \(outcome.status), not SIGKILL: \(outcome.error)")
+            }
+            do {
+                // What power loss at that point would have left: the durable shadow.
+                let (replayed, differences) = try self.verify(image: durable, completed: completed)
+                report.replayedTransactions += replayed
+                problems += differences
+            } catch {
+                problems.append("\(error)")
+            }
+            if problems.isEmpty {
+                report.recovered += 1
+            } else {
+                report.failures.append("crash at point \(point) after \(completed) ops: " + problems.joined(separator: "; "))
+            }
+            if live {
+                print("\r[\(index + 1)/\(chosen.count)] point \(point): \(problems.isEmpty ? "ok" : "FAILED")  ",
+                      terminator: "")
+                fflush(nil)
+            }
+        }
+        if live { print("") }
+        if self.json {
+            try Terminal.printJSON(report)
+        } else {
+            for failure in report.failures.prefix(20) { print(failure) }
+            print("crash-test: \(report.recovered)/\(report.points) crashes recovered (points spread over "
+                  + "\(total) persist points of \(self.ops) operations; \(report.replayedTransactions) "
+                  + "log transactions replayed)")
+        }
+        if !report.failures.isEmpty { throw ExitCode(1) }
+    }
+
+    /// Mounts the crashed image, compares it with the model, unmounts and fscks.
+    private func verify(image: String, completed: Int) throws -> (Int, [String]) {
+        var workload = CrashWorkload(seed: self.seed)
+        for _ in 0..<completed { workload.apply(workload.next()) }
+        let inFlight = completed < self.ops ? workload.next() : nil
+        let fs = try FileSystem.mount(path: image)
+        var differences = CrashWorkload.compare(fs, expected: workload.model, inFlight: inFlight)
+        let replayed = fs.mountReport.replayedTransactions
+        try fs.unmount()
+        let fsck = try Fsck.run(path: image)
+        if !fsck.isClean {
+            differences.append("fsck: " + fsck.result.problems.prefix(3).map(\.description).joined(separator: ", "))
+        }
+        return (replayed, differences)
+    }
+
+    private func runChild() throws {
+        guard let image = self.image, let journal = self.journal else { throw CommandFailure("--child needs --image and --journal") }
+        let fd = open(journal, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CommandFailure("\(journal): cannot open") }
+        defer { close(fd) }
+        func note(_ line: String) {
+            var text = line + "\n"
+            text.withUTF8 { _ = write(fd, $0.baseAddress, $0.count) }
+        }
+        let fs = try FileSystem.mount(path: image)
+        var workload = CrashWorkload(seed: self.seed)
+        for index in 0..<self.ops {
+            let operation = workload.next()
+            try CrashWorkload.perform(operation, on: fs)
+            workload.apply(operation)
+            note("op \(index + 1)")
+        }
+        try fs.unmount()
+        note("points \(fs.media.persistPoints)")
+    }
+
+    private func readJournal(_ path: String) -> (completed: Int, points: Int?) {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        var completed = 0
+        var points: Int?
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            guard parts.count == 2, let value = Int(parts[1]) else { continue }
+            if parts[0] == "op" { completed = value } else if parts[0] == "points" { points = value }
+        }
+        return (completed, points)
+    }
+
+    private func spawnChild(image: String, journal: String, crashAt: Int?, shadow: String?) throws -> (status: Int32, error: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        process.arguments = [
+            "crash-test", "--child", "--image", image, "--journal", journal, "--seed", String(self.seed),
+            "--ops", String(self.ops),
+        ]
+        var environment = ProcessInfo.processInfo.environment
+        environment["DAXLAB_CRASH_AT"] = crashAt.map(String.init)
+        environment["DAXLAB_CRASH_SHADOW"] = shadow
+        process.environment = environment
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let errorText = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        return (status, errorText.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// `count` distinct points in 1...total, evenly spread with a seeded jitter.
+    static func spread(_ count: Int, over total: Int, seed: UInt64) -> [Int] {
+        guard total > count else { return Array(1...max(total, 1)) }
+        let step = Double(total) / Double(count)
+        var jitter = seed
+        return (0..<count).map { index in
+            jitter = jitter &* 6364136223846793005 &+ 1442695040888963407
+            let offset = Int(Double(jitter >> 11) / Double(1 << 53) * step)
+            return min(total, 1 + Int(Double(index) * step) + offset)
+        }
+    }
+}
