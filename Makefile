@@ -13,14 +13,18 @@ PMEM_FILE ?= /dev/shm/daxlab.pmem
 PMEM_SIZE ?= 256M
 
 RELEASE_BIN := .build/release/daxlab
+# Crash points for `make crash-test` (the test suite runs 200).
+POINTS ?= 2000
 
-.PHONY: help deps build demo test clean
+.PHONY: help deps build demo test tsan crash-test clean
 
 help:
-	@echo "make demo   build (release) and run daxlab's main job on $(PMEM_FILE)"
-	@echo "make test   build and run every test"
-	@echo "make build  build the release binary at $(RELEASE_BIN)"
-	@echo "make clean  remove build folders"
+	@echo "make demo        build (release) and run daxlab's main job on $(PMEM_FILE)"
+	@echo "make test        build and run every test, then the ThreadSanitizer run"
+	@echo "make tsan        the concurrency tests under ThreadSanitizer"
+	@echo "make crash-test  the crash campaign at POINTS=$(POINTS) persist points"
+	@echo "make build       build the release binary at $(RELEASE_BIN)"
+	@echo "make clean       remove build folders"
 
 deps:
 	@scripts/ensure-debs.sh $(DEBS)
@@ -31,10 +35,25 @@ build: deps
 demo: build
 	$(RELEASE_BIN) devices
 	$(RELEASE_BIN) info $(PMEM_FILE) --create $(PMEM_SIZE)
+	@# A file system on the emulated pmem (re-created each run), a file round trip, and fsck.
+	$(RELEASE_BIN) mkfs $(PMEM_FILE) --force
+	$(RELEASE_BIN) write $(PMEM_FILE) README.md --input README.md
+	$(RELEASE_BIN) ls $(PMEM_FILE)
+	$(RELEASE_BIN) read $(PMEM_FILE) README.md | cmp - README.md && echo "read back: identical"
+	$(RELEASE_BIN) fsck $(PMEM_FILE)
 
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
+	$(MAKE) tsan
+
+# The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
+tsan: deps
+	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan \
+		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|PmemTests.MappingTests'
+
+crash-test: build
+	$(RELEASE_BIN) crash-test --points $(POINTS)
 
 clean:
 	rm -rf .build .build-*

@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("daxlab file system commands, end to end", .timeLimit(.minutes(10)))
+struct FileSystemCLITests {
+    private func json(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test("mkfs, write, ls, read, truncate, punch, rm, info, fsck")
+    func fileRoundTrip() throws {
+        try withTemporaryPath("cli-fs") { image in
+            let made = try DaxlabBinary.run(["mkfs", image, "--size", "8M", "--json"])
+            #expect(made.status == 0, "\(made.standardError)")
+            #expect(try self.json(made.standardOutput)["created"] as? Bool == true)
+
+            let payload = Data(randomBytes(count: 300_000, seed: 4))
+            let input = image + ".in"
+            defer { try? FileManager.default.removeItem(atPath: input) }
+            try payload.write(to: URL(fileURLWithPath: input))
+            #expect(try DaxlabBinary.run(["write", image, "data.bin", "--input", input]).status == 0)
+
+            let read = Process()
+            read.executableURL = URL(fileURLWithPath: DaxlabBinary.path)
+            read.arguments = ["read", image, "data.bin"]
+            let pipe = Pipe()
+            read.standardOutput = pipe
+            try read.run()
+            let bytes = pipe.fileHandleForReading.readDataToEndOfFile()
+            read.waitUntilExit()
+            #expect(read.terminationStatus == 0)
+            #expect(bytes == payload)
+
+            #expect(try DaxlabBinary.run(["truncate", image, "data.bin", "100K"]).status == 0)
+            #expect(try DaxlabBinary.run(["punch", image, "data.bin", "4K", "8K"]).status == 0)
+            let listing = try DaxlabBinary.run(["ls", image, "--json"])
+            let entries = try #require(try JSONSerialization.jsonObject(with: Data(listing.standardOutput.utf8)) as? [[String: Any]])
+            #expect(entries.count == 1)
+            #expect(entries.first?["size"] as? Int == 102_400)
+            #expect(entries.first?["blocks"] as? Int == 23)  // 25 pages, 2 punched
+
+            let info = try self.json(try DaxlabBinary.run(["info", image, "--json"]).standardOutput)
+            let fs = try #require(info["file_system"] as? [String: Any])
+            #expect(fs["files"] as? Int == 1)
+            #expect(fs["state"] as? String == "clean")
+
+            let fsck = try DaxlabBinary.run(["fsck", image])
+            #expect(fsck.status == 0)
+            #expect(fsck.standardOutput.contains("clean"))
+
+            #expect(try DaxlabBinary.run(["rm", image, "data.bin"]).status == 0)
+            let missing = try DaxlabBinary.run(["read", image, "data.bin"])
+            #expect(missing.status == 2)
+            #expect(missing.standardError == "daxlab: error: data.bin: no such file\n")
+        }
+    }
+
+    @Test("mkfs refuses an existing image without --force; fsck exit codes 1 and 2; --repair")
+    func refusalsAndRepair() throws {
+        try withTemporaryPath("cli-fsck") { image in
+            #expect(try DaxlabBinary.run(["mkfs", image, "--size", "4M"]).status == 0)
+            let again = try DaxlabBinary.run(["mkfs", image])
+            #expect(again.status == 2)
+            #expect(again.standardError.contains("already holds a daxlab file system"))
+            #expect(try DaxlabBinary.run(["mkfs", image, "--force"]).status == 0)
+
+            // Leak a block: set a bitmap bit no file uses (the last data block).
+            let handle = try #require(FileHandle(forUpdatingAtPath: image))
+            let info = try self.json(try DaxlabBinary.run(["info", image, "--json"]).standardOutput)
+            let blocks = try #require((info["file_system"] as? [String: Any])?["blocks"] as? Int)
+            let bitmapOffset = try self.bitmapOffset(image)
+            try handle.seek(toOffset: UInt64(bitmapOffset + (blocks - 1) / 8))
+            try handle.write(contentsOf: Data([UInt8(1 << ((blocks - 1) % 8))]))
+            try handle.close()
+
+            let mount = try DaxlabBinary.run(["ls", image])
+            #expect(mount.status == 2)
+            #expect(mount.standardError.contains("leaked"))
+            let found = try self.json(try DaxlabBinary.run(["fsck", image, "--json"]).standardOutput)
+            #expect(found["clean"] as? Bool == false)
+            #expect(found["problem_count"] as? Int == 1)
+            #expect(try DaxlabBinary.run(["fsck", image]).status == 1)
+            let repaired = try DaxlabBinary.run(["fsck", image, "--repair"])
+            #expect(repaired.status == 0, "\(repaired.standardOutput)")
+            #expect(try DaxlabBinary.run(["fsck", image]).status == 0)
+            #expect(try DaxlabBinary.run(["ls", image]).status == 0)
+
+            // An unreadable image: exit 2 with one line.
+            try Data(count: 4096).write(to: URL(fileURLWithPath: image))
+            let unreadable = try DaxlabBinary.run(["fsck", image])
+            #expect(unreadable.status == 2)
+            #expect(unreadable.standardError.split(separator: "\n").count == 1)
+            #expect(unreadable.standardError.contains("no daxlab file system"))
+        }
+    }
+
+    /// Block 0's bitmap start field (offset 56), times the block size.
+    private func bitmapOffset(_ image: String) throws -> Int {
+        let handle = try #require(FileHandle(forReadingAtPath: image))
+        defer { try? handle.close() }
+        let header = try #require(try handle.read(upToCount: 64))
+        let start = header[56..<64].reversed().reduce(0) { $0 << 8 | Int($1) }
+        return start * 4096
+    }
+
+    @Test("crash campaign: every crash at 200+ persist points recovers to a mountable, fsck-clean image holding every completed operation")
+    func crashCampaign() throws {
+        let points = ProcessInfo.processInfo.environment["DAXLAB_CRASH_POINTS"].flatMap(Int.init) ?? 200
+        let result = try DaxlabBinary.run(["crash-test", "--points", String(points), "--json"], timeout: 560)
+        #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
+        let report = try self.json(result.standardOutput)
+        #expect(report["points"] as? Int ?? 0 >= min(points, report["total_persist_points"] as? Int ?? 0))
+        #expect(report["points"] as? Int ?? 0 >= 200)
+        #expect(report["recovered"] as? Int == report["points"] as? Int)
+        #expect((report["failures"] as? [Any])?.isEmpty == true)
+        #expect(report["replayed_transactions"] as? Int ?? 0 > 0, "some crashes land between commit and retire")
+    }
+}
