@@ -1,5 +1,3 @@
-import Synchronization
-
 /// The volatile free-block pool, rebuilt from the bitmap at mount.
 ///
 /// The data area is cut into shards (by default 4 per CPU, at least 8), each a contiguous range of
@@ -11,10 +9,10 @@ final class BlockAllocator: Sendable {
     private final class Shard: Sendable {
         let range: Range<UInt32>
         /// Free blocks, highest first, so pops hand out ascending (contiguous) runs.
-        let free: Mutex<[UInt32]>
+        let free: Locked<[UInt32]>
         init(range: Range<UInt32>, free: [UInt32]) {
             self.range = range
-            self.free = Mutex(free)
+            self.free = Locked(free)
         }
     }
 

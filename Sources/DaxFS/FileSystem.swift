@@ -19,7 +19,7 @@ public final class FileSystem: Sendable {
     let allocator: BlockAllocator
     /// One lock per inode number.
     let locks: [ReadWriteLock]
-    let namespace: Mutex<Namespace>
+    let namespace: Locked<Namespace>
     private let mounted = Atomic<Bool>(true)
     /// What mount found and did.
     public let mountReport: MountReport
@@ -90,7 +90,7 @@ public final class FileSystem: Sendable {
             let record = InodeRecord(media.base + geometry.inodeOffset(number))
             if record.inUse { namespace.names[record.name] = number } else { namespace.freeInodes.append(number) }
         }
-        self.namespace = Mutex(namespace)
+        self.namespace = Locked(namespace)
         let reclaimed = try Self.reclaimLostFound(log: self.log, allocator: self.allocator, geometry: geometry)
         self.mountReport = MountReport(
             wasDirty: state == .mounted, replayedTransactions: recovery.replayed,

@@ -21,7 +21,7 @@ public final class Media: Sendable {
     /// The durable image of the crash model, or nil.
     private let shadow: PmemMapping?
     /// Cache-line-aligned ranges flushed since the last barrier (crash model only).
-    private let pending = Mutex<[Range<Int>]>([])
+    private let pending = Locked<[Range<Int>]>([])
     private let points = Atomic<Int>(0)
     static let cacheLine = 64
 
