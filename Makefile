@@ -13,8 +13,9 @@ PMEM_FILE ?= /dev/shm/daxlab.pmem
 PMEM_SIZE ?= 256M
 
 RELEASE_BIN := .build/release/daxlab
-# Crash points for `make crash-test` (the test suite runs 200).
+# Crash points and workload length for `make crash-test` (the test suite runs 200 points of 150 ops).
 POINTS ?= 2000
+OPS ?= 800
 
 .PHONY: help deps build demo test tsan crash-test clean
 
@@ -22,7 +23,7 @@ help:
 	@echo "make demo        build (release) and run daxlab's main job on $(PMEM_FILE)"
 	@echo "make test        build and run every test, then the ThreadSanitizer run"
 	@echo "make tsan        the concurrency tests under ThreadSanitizer"
-	@echo "make crash-test  the crash campaign at POINTS=$(POINTS) persist points"
+	@echo "make crash-test  the crash campaign: POINTS=$(POINTS) persist points of OPS=$(OPS) operations"
 	@echo "make build       build the release binary at $(RELEASE_BIN)"
 	@echo "make clean       remove build folders"
 
@@ -53,7 +54,7 @@ tsan: deps
 		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|PmemTests.MappingTests'
 
 crash-test: build
-	$(RELEASE_BIN) crash-test --points $(POINTS)
+	$(RELEASE_BIN) crash-test --points $(POINTS) --ops $(OPS)
 
 clean:
 	rm -rf .build .build-*
