@@ -1,3 +1,16 @@
+/// How `removeBlocks` lets go of blocks: all freed, or busy ones claimed by the DAX layer and
+/// sequestered or kept from the allocator.
+struct BlockRemoval {
+    var handling: BusyBlockHandling
+    var breaker: LayoutBreaker?
+    /// Stages moving a claimed block into lost+found (policy sequester).
+    var sequester: ((Transaction, UInt32) throws(FSError) -> Void)?
+    /// Undoes volatile bookkeeping of a transaction that failed.
+    var aborted: (() -> Void)?
+
+    static var freeAll: BlockRemoval { BlockRemoval(handling: .free, breaker: nil, sequester: nil, aborted: nil) }
+}
+
 /// Changing block maps inside transactions: mapping new blocks (writes, fallocate) and removing
 /// ranges in crash-safe chunks (truncate, punch, unlink, lost+found reclaim).
 extension FileSystem {
@@ -7,7 +20,7 @@ extension FileSystem {
     /// - Throws: `.noSpace` when a map block cannot be allocated, `.fileTooLarge` beyond 4 GiB.
     static func stageMap(
         _ tx: Transaction, allocator: BlockAllocator, inode number: Int, page: Int, block: UInt32,
-        reserved: inout [UInt32]
+        reserved: inout [UInt32], alreadyAllocated: Bool = false
     ) throws(FSError) {
         guard let path = BlockMapPath(page: page) else {
             throw FSError(.fileTooLarge, "page \(page) is beyond the largest file (4 GiB)")
@@ -42,7 +55,7 @@ extension FileSystem {
             let leaf = try mapBlock(at: geometry.entryOffset(top, outer))
             tx.store32(geometry.entryOffset(leaf, inner), block)
         }
-        tx.setAllocated(block)
+        if !alreadyAllocated { tx.setAllocated(block) }
         record.blocks += 1
     }
 
@@ -50,10 +63,11 @@ extension FileSystem {
     /// as the log slot needs. Each transaction leaves a consistent file: with `newSize` (a
     /// truncate) the size shrinks with the removed tail and block-map blocks wholly past the new
     /// end are freed too; without it (a punch) the size stays.
-    /// The caller holds the inode's lock exclusively.
-    /// - Returns: how many data blocks were freed.
+    /// The caller holds the inode's lock exclusively (and lost+found's, when `removal` sequesters).
+    /// - Returns: how many data blocks left the file.
     static func removeBlocks(
-        log: MetadataLog, allocator: BlockAllocator, inode number: Int, pages: Range<Int>, newSize: UInt64?
+        log: MetadataLog, allocator: BlockAllocator, inode number: Int, pages: Range<Int>, newSize: UInt64?,
+        removal: BlockRemoval = .freeAll
     ) throws(FSError) -> Int {
         let geometry = log.geometry
         let reader = BlockMapReader(base: log.media.base, geometry: geometry)
@@ -61,8 +75,31 @@ extension FileSystem {
         let keepPages = newSize.map { Int(($0 + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize)) }
         var cursor = min(pages.upperBound, InodeRecord.maximumPages)  // pages below `cursor` remain
         var freedTotal = 0
+        var claimed: [UInt32] = []
         repeat {
-            let ((), freed) = try log.transaction { (tx) throws(FSError) in
+            claimed.removeAll(keepingCapacity: true)
+            let outcome: (Int, [UInt32])
+            do throws(FSError) {
+                outcome = try log.transaction { (tx) throws(FSError) -> Int in
+                var removed = 0
+                func clear(pointerAt offset: Int, value: UInt32) throws(FSError) {
+                    guard value != 0 else { return }
+                    tx.store32(offset, 0)
+                    tx.inode(number).blocks -= 1
+                    removed += 1
+                    if removal.handling != .free, let breaker = removal.breaker,
+                        breaker.claimBusy(value, handling: removal.handling)
+                    {
+                        claimed.append(value)
+                        if removal.handling == .sequester {
+                            try removal.sequester!(tx, value)
+                        } else {
+                            tx.setFree(value, toAllocator: false)
+                        }
+                    } else {
+                        tx.setFree(value)
+                    }
+                }
                 let record = tx.inode(number)
                 let inodeOffset = geometry.inodeOffset(number)
                 while cursor > pages.lowerBound, tx.remainingCapacity > 4 * (LogRecord.headerSize + 8) + 1024 {
@@ -71,7 +108,7 @@ extension FileSystem {
                     switch path {
                     case .direct(let index):
                         let offset = inodeOffset + InodeRecord.directPointerOffset(index)
-                        Self.clear(tx, record, pointerAt: offset, value: tx.load32(offset))
+                        try clear(pointerAt: offset, value: tx.load32(offset))
                         cursor = page
                     case .indirect(let index):
                         let offset = inodeOffset + InodeRecord.indirectOffset
@@ -81,8 +118,7 @@ extension FileSystem {
                             cursor = max(first, pages.lowerBound)
                             continue
                         }
-                        Self.clear(tx, record, pointerAt: geometry.entryOffset(map, index),
-                                   value: reader.entry(map, index))
+                        try clear(pointerAt: geometry.entryOffset(map, index), value: reader.entry(map, index))
                         cursor = page
                         if page == first, let keepPages, keepPages <= first {
                             Self.releaseMap(tx, pointerAt: offset, block: map)
@@ -98,8 +134,7 @@ extension FileSystem {
                         let leafOffset = geometry.entryOffset(top, outer)
                         let leaf = tx.load32(leafOffset)
                         if leaf != 0 {
-                            Self.clear(tx, record, pointerAt: geometry.entryOffset(leaf, inner),
-                                       value: reader.entry(leaf, inner))
+                            try clear(pointerAt: geometry.entryOffset(leaf, inner), value: reader.entry(leaf, inner))
                             cursor = page
                         } else {
                             cursor = max(leafFirst, pages.lowerBound)
@@ -118,18 +153,19 @@ extension FileSystem {
                         ? min(record.size, UInt64(cursor) * UInt64(Geometry.blockSize)) : newSize
                 }
                 record.modifiedNanoseconds = FileSystem.now()
+                return removed
             }
+            } catch {
+                if !claimed.isEmpty { removal.breaker?.claimsAborted(claimed) }
+                removal.aborted?()
+                throw error
+            }
+            let (removed, freed) = outcome
             allocator.release(freed)
-            freedTotal += freed.count
+            if !claimed.isEmpty { removal.breaker?.claimsCommitted(claimed) }
+            freedTotal += removed
         } while cursor > pages.lowerBound
         return freedTotal
-    }
-
-    private static func clear(_ tx: Transaction, _ record: InodeRecord, pointerAt offset: Int, value: UInt32) {
-        guard value != 0 else { return }
-        tx.store32(offset, 0)
-        tx.setFree(value)
-        record.blocks -= 1
     }
 
     private static func releaseMap(_ tx: Transaction, pointerAt offset: Int, block: UInt32) {

@@ -72,7 +72,7 @@ extension FileSystem {
     /// Fills `start..<end` (within at most `pagesPerTransaction` pages) through `fill`, mapping
     /// fresh zeroed blocks for holes, then commits the new mappings and the size in one transaction.
     /// `fill(destination, fileOffset, length)` writes `length` bytes; nil `fill` leaves zeros.
-    private func writeChunk(
+    func writeChunk(
         _ number: Int, from start: Int, to end: Int,
         fill: ((UnsafeMutableRawPointer, Int, Int) -> Void)?
     ) throws(FSError) {
@@ -141,11 +141,11 @@ extension FileSystem {
                 return
             }
             try self.zeroWithinPage(id.inode, from: size, to: min(oldSize, (size / Self.pageSize + 1) * Self.pageSize))
-            let oldPages = (oldSize + Self.pageSize - 1) / Self.pageSize
             let newPages = (size + Self.pageSize - 1) / Self.pageSize
-            _ = try Self.removeBlocks(
-                log: self.log, allocator: self.allocator, inode: id.inode, pages: newPages..<oldPages,
-                newSize: UInt64(size))
+            try self.removePages(id.inode, newSize: { UInt64(size) }) { () throws(FSError) -> Range<Int> in
+                let current = Int(try self.checkedRecord(id).size)
+                return newPages..<max(newPages, (current + Self.pageSize - 1) / Self.pageSize)
+            }
         }
     }
 
@@ -163,9 +163,11 @@ extension FileSystem {
                 try self.zeroWithinPage(id.inode, from: offset, to: min(end, firstWhole * Self.pageSize))
             }
             if endWhole > firstWhole {
-                _ = try Self.removeBlocks(
-                    log: self.log, allocator: self.allocator, inode: id.inode, pages: firstWhole..<endWhole,
-                    newSize: nil)
+                try self.removePages(id.inode, newSize: { nil }) { () throws(FSError) -> Range<Int> in
+                    let current = Int(try self.checkedRecord(id).size)
+                    let last = end >= current ? (current + Self.pageSize - 1) / Self.pageSize : endWhole
+                    return firstWhole..<max(firstWhole, min(endWhole, last))
+                }
             }
             if end > endWhole * Self.pageSize, endWhole >= firstWhole {
                 try self.zeroWithinPage(id.inode, from: endWhole * Self.pageSize, to: end)

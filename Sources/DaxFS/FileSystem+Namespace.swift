@@ -86,11 +86,10 @@ extension FileSystem {
 
     /// Frees every block of inode `number` and marks it free; the caller holds its lock.
     private func release(inode number: Int) throws(FSError) {
-        let size = self.record(number).size
-        let pages = Int((size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
-        _ = try Self.removeBlocks(
-            log: self.log, allocator: self.allocator, inode: number, pages: 0..<pages,
-            newSize: 0)
+        try self.removePages(number, newSize: { 0 }) { () -> Range<Int> in
+            let size = self.record(number).size
+            return 0..<Int((size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
+        }
         _ = try self.log.transaction { (tx) throws(FSError) in tx.inode(number).release() }
     }
 

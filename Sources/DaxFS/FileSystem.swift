@@ -20,9 +20,21 @@ public final class FileSystem: Sendable {
     /// One lock per inode number.
     let locks: [ReadWriteLock]
     let namespace: Locked<Namespace>
+    /// The DAX layer, once attached.
+    let breaker = Locked<LayoutBreaker?>(nil)
+    /// Serialise block allocation between faults, which hold a file's lock only shared; striped.
+    let allocationLocks: [Locked<Void>] = (0..<64).map { _ in Locked(()) }
+    /// Which lost+found page holds each sequestered block.
+    let lostFound = Locked(LostFoundPages())
     private let mounted = Atomic<Bool>(true)
     /// What mount found and did.
     public let mountReport: MountReport
+
+    struct LostFoundPages {
+        var pageOfBlock: [UInt32: Int] = [:]
+        var freePages: [Int] = []
+        var nextPage = 0
+    }
 
     struct Namespace {
         var names: [String: Int] = [:]

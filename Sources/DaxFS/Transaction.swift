@@ -116,12 +116,13 @@ final class Transaction {
         (self.records + payload).storeBytes(of: mask, as: UInt64.self)
     }
 
-    /// Stages marking `block` free; it is handed back to the allocator after commit.
-    func setFree(_ block: UInt32) {
+    /// Stages marking `block` free; unless `toAllocator` is false (a busy block whose release
+    /// the DAX layer defers to its last unpin), it is handed back to the allocator after commit.
+    func setFree(_ block: UInt32, toAllocator: Bool = true) {
         let (word, mask) = self.bitmapWord(block)
         let payload = self.append(.clearBits, offset: word, length: 8)
         (self.records + payload).storeBytes(of: mask, as: UInt64.self)
-        self.freedBlocks.append(block)
+        if toAllocator { self.freedBlocks.append(block) }
     }
 
     private func bitmapWord(_ block: UInt32) -> (Int, UInt64) {
