@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "daxlab", targets: ["daxlab"]),
         .library(name: "Pmem", targets: ["Pmem"]),
         .library(name: "DaxFS", targets: ["DaxFS"]),
+        .library(name: "DAX", targets: ["DAX", "DMA"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -36,6 +37,13 @@ let package = Package(
             name: "DaxFS",
             dependencies: ["Pmem", .product(name: "Atomics", package: "swift-atomics")]
         ),
+        // The DAX layer: address spaces (faults), pins, leases, and the truncate policies.
+        .target(
+            name: "DAX",
+            dependencies: ["DaxFS", "Pmem", .product(name: "Atomics", package: "swift-atomics")]
+        ),
+        // Simulated devices that pin file blocks and write into them.
+        .target(name: "DMA", dependencies: ["DAX", "DaxFS", .product(name: "Atomics", package: "swift-atomics")]),
         // The command-line interface, as a library so tests can reach its pieces.
         .target(
             name: "DaxlabCLI",
@@ -50,6 +58,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
         .testTarget(name: "DaxFSTests", dependencies: ["DaxFS", "Pmem", "TestSupport"]),
+        .testTarget(name: "DAXTests", dependencies: ["DAX", "DMA", "DaxFS", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["daxlab", "DaxlabCLI", "Pmem", "DaxFS", "TestSupport"]),
     ]
 )

@@ -151,6 +151,9 @@ public final class FileSystem: Sendable {
 
     // MARK: Reserved inodes
 
+    /// The most pages a file can have (direct, indirect and double-indirect pointers).
+    public static let maximumFilePages = InodeRecord.maximumPages
+
     /// Inode 0 marks the root directory; inode 1 is lost+found; files start at 2.
     public static let rootInode = 0
     public static let lostFoundInode = 1

@@ -8,12 +8,12 @@ import Glibc
 /// pthread mutexes: `Mutex` parks contended threads with futex calls inside the uninstrumented
 /// standard library, so TSan misses the happens-before edge and reports races that are not there,
 /// which would hide real ones in `make tsan`.
-final class Locked<Value>: @unchecked Sendable {
+package final class Locked<Value>: @unchecked Sendable {
     // `value` is read and written only between pthread_mutex_lock and unlock of `mutex`.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private var value: Value
 
-    init(_ value: Value) {
+    package init(_ value: Value) {
         self.value = value
         self.mutex = .allocate(capacity: 1)
         pthread_mutex_init(self.mutex, nil)
@@ -24,14 +24,14 @@ final class Locked<Value>: @unchecked Sendable {
         self.mutex.deallocate()
     }
 
-    func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+    package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         pthread_mutex_lock(self.mutex)
         defer { pthread_mutex_unlock(self.mutex) }
         return try body(&self.value)
     }
 
     /// Runs `body` if the lock is free now; nil if another thread holds it.
-    func withLockIfAvailable<Result, Failure: Error>(
+    package func withLockIfAvailable<Result, Failure: Error>(
         _ body: (inout Value) throws(Failure) -> Result
     ) throws(Failure) -> Result? {
         guard pthread_mutex_trylock(self.mutex) == 0 else { return nil }

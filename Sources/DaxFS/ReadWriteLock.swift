@@ -37,7 +37,10 @@ public final class ReadWriteLock: @unchecked Sendable {
         return try body()
     }
 
-    @usableFromInline func lockShared() { pthread_rwlock_rdlock(self.lock) }
-    @usableFromInline func lockExclusive() { pthread_rwlock_wrlock(self.lock) }
-    @usableFromInline func unlock() { pthread_rwlock_unlock(self.lock) }
+    /// Takes the lock shared (prefer `withReadLock`).
+    public func lockShared() { pthread_rwlock_rdlock(self.lock) }
+    /// Takes the lock exclusively (prefer `withWriteLock`).
+    public func lockExclusive() { pthread_rwlock_wrlock(self.lock) }
+    /// Releases the lock, however it was taken.
+    public func unlock() { pthread_rwlock_unlock(self.lock) }
 }

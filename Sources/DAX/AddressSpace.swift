@@ -1,0 +1,200 @@
+import Atomics
+import DaxFS
+import Pmem
+
+/// One file's DAX address space: its emulated page table, its invalidation sequence, its leases,
+/// and the fault and pin paths. The analogue of a file's `address_space` with `fs/dax.c` on top.
+///
+/// Hot path (page mapped, no invalidation running): a sequence-count read section around one
+/// page-table load; no lock, no allocation. Cold path: the file's invalidate lock shared, the
+/// block map, a new zeroed block for a write to a hole, and the page-table entry installed
+/// before the lock is dropped, so an entry never outlives its block's place in the file.
+public final class AddressSpace: @unchecked Sendable {
+    // All stored properties are set in init; `table`, `sequence` and the pin table are atomic;
+    // `leases` has its own mutex. `dax` is unowned: the file system outlives its spaces.
+    public let id: FileID
+    unowned let dax: DAXFileSystem
+    let lock: ReadWriteLock
+    let table = PageTable()
+    /// Odd while an invalidation is clearing entries: the seqcount of the fault fast path.
+    let sequence = ManagedAtomic<UInt64>(0)
+    let leases = LeaseTable()
+    let pins: PinTable
+    let mapping: PmemMapping
+    let base: UnsafeMutableRawPointer
+
+    init(id: FileID, dax: DAXFileSystem) {
+        self.id = id
+        self.dax = dax
+        self.lock = dax.fs.invalidateLock(for: id)
+        self.pins = dax.pins
+        self.mapping = dax.fs.mapping
+        self.base = dax.fs.mapping.base
+    }
+
+    // MARK: Faults
+
+    /// The address of `page`'s block. A read fault on a hole returns the shared read-only zero
+    /// page; a write fault on a hole allocates, zeroes and maps a block first.
+    /// - Throws: `.invalidArgument` past the end of file (the SIGBUS), `.notFound` for a removed
+    ///   file, `.noSpace`.
+    @inline(__always)
+    public func fault(_ page: Int, write: Bool) throws(FSError) -> UnsafeRawPointer {
+        let block = self.lookup(page)
+        if block != 0 { return UnsafeRawPointer(self.base + Int(block) * 4096) }
+        return try self.faultSlow(page, write: write)
+    }
+
+    /// The mapped block of `page`, or 0 when it is not mapped or an invalidation is running.
+    @inline(__always)
+    func lookup(_ page: Int) -> UInt32 {
+        let before = self.sequence.load(ordering: .acquiring)
+        guard before & 1 == 0, let entry = self.table.entry(page) else { return 0 }
+        let block = entry.load(ordering: .acquiring)
+        return self.sequence.load(ordering: .acquiring) == before ? block : 0
+    }
+
+    @inline(never)
+    private func faultSlow(_ page: Int, write: Bool) throws(FSError) -> UnsafeRawPointer {
+        try self.lock.withReadLock { () throws(FSError) -> UnsafeRawPointer in
+            let block = try self.install(page, write: write)
+            if block == 0 { return UnsafeRawPointer(self.dax.zeroPage) }
+            return UnsafeRawPointer(self.base + Int(block) * 4096)
+        }
+    }
+
+    /// Maps `page` (caller holds the invalidate lock shared): the block it has, or a new one for
+    /// a write to a hole. Returns 0 for a read of a hole (nothing is mapped).
+    private func install(_ page: Int, write: Bool) throws(FSError) -> UInt32 {
+        let entry = self.table.entryCreating(page)
+        let present = entry.load(ordering: .acquiring)
+        if present != 0 { return present }
+        let block = try self.dax.fs.blockForFault(self.id, page: page, allocate: write)
+        guard block != 0 else { return 0 }
+        // Two faults may race here; both found the same block under the shared lock.
+        if entry.compareExchange(expected: 0, desired: block, ordering: .acquiringAndReleasing).exchanged {
+            self.pins.reference(block)
+        }
+        return block
+    }
+
+    // MARK: Pins
+
+    /// Pins `pages` for DMA (the analogue of `pin_user_pages(FOLL_LONGTERM)` on a DAX mapping):
+    /// records a lease over the range first (as the FL_ALLOCATED patch does), then faults each
+    /// page in and raises its block's pin count, rechecking the entry after the increment (the
+    /// gup-fast `pte_same` check) and retrying through the slow path if an invalidation won.
+    /// - Parameters:
+    ///   - write: fault holes in as new blocks (a device that writes); a read pin of a hole pins
+    ///     nothing (the zero page).
+    ///   - holder: told when a truncate breaks the lease.
+    /// - Throws: what `fault` throws (nothing stays pinned then), or `.busy` if the lease was
+    ///   revoked while pinning.
+    public func pin(_ pages: Range<Int>, write: Bool, holder: LeaseHolder? = nil) throws(FSError) -> PinHandle {
+        let batch = self.dax.takeBatch()
+        batch.space = self
+        batch.pages = pages
+        batch.holder = holder
+        batch.leaseID = self.dax.nextLeaseID()
+        batch.blocks.removeAll(keepingCapacity: true)
+        batch.state.store(0, ordering: .releasing)
+        self.leases.add(batch)
+        do {
+            for page in pages { batch.blocks.append(try self.pinOne(page, write: write)) }
+        } catch {
+            self.unpinBlocks(batch)
+            self.finish(batch)
+            throw error
+        }
+        // Published: from here a revoker may drop these pins for us.
+        let previous = batch.state.loadThenBitwiseOr(with: PinBatch.pinnedBit, ordering: .acquiringAndReleasing)
+        if previous & PinBatch.revokedBit != 0 {
+            self.release(batch)
+            throw FSError(.busy, "\(self.id): lease revoked while pinning")
+        }
+        return PinHandle(batch)
+    }
+
+    @inline(__always)
+    private func pinOne(_ page: Int, write: Bool) throws(FSError) -> UInt32 {
+        while true {
+            let before = self.sequence.load(ordering: .sequentiallyConsistent)
+            if before & 1 == 0, let entry = self.table.entry(page) {
+                let block = entry.load(ordering: .sequentiallyConsistent)
+                if block != 0 {
+                    self.pins.pin(block)
+                    if entry.load(ordering: .sequentiallyConsistent) == block,
+                        self.sequence.load(ordering: .sequentiallyConsistent) == before
+                    {
+                        return block
+                    }
+                    self.pins.unpin(block)  // an invalidation won the race: retry
+                    continue
+                }
+            }
+            let faulted = try self.lock.withReadLock { () throws(FSError) -> UInt32 in
+                try self.install(page, write: write)
+            }
+            if faulted == 0 { return 0 }  // read pin of a hole
+        }
+    }
+
+    private func unpinBlocks(_ batch: PinBatch) {
+        for block in batch.blocks where block != 0 { self.pins.unpin(block) }
+    }
+
+    /// Ends a batch: drops its pins unless a revoker did, removes its lease, recycles it.
+    func release(_ batch: PinBatch) {
+        let previous = batch.state.loadThenBitwiseOr(with: PinBatch.releasedBit, ordering: .acquiringAndReleasing)
+        if previous & PinBatch.releasedBit == 0 { self.unpinBlocks(batch) }
+        self.finish(batch)
+    }
+
+    private func finish(_ batch: PinBatch) {
+        self.leases.remove(batch)
+        batch.waitUntilAlone()  // a revoker or breaker that entered before the removal
+        batch.holder = nil
+        batch.space = nil
+        self.dax.returnBatch(batch)
+    }
+
+    /// The file's leases now.
+    public var leaseList: [LeaseInfo] { self.leases.list }
+
+    // MARK: Invalidation (caller holds the invalidate lock exclusively)
+
+    /// Clears the entries of `pages` (the analogue of `unmap_mapping_range`): no fault or pin can
+    /// reach those blocks until the lock is dropped.
+    func unmap(_ pages: Range<Int>) {
+        self.sequence.wrappingIncrement(ordering: .sequentiallyConsistent)
+        defer { self.sequence.wrappingIncrement(ordering: .sequentiallyConsistent) }
+        var page = pages.lowerBound
+        while page < min(pages.upperBound, self.table.maximumPages) {
+            guard let entry = self.table.entry(page) else {
+                page = (page >> PageTable.leafShift + 1) << PageTable.leafShift  // no leaf: skip it
+                continue
+            }
+            let block = entry.exchange(0, ordering: .sequentiallyConsistent)
+            if block != 0 { self.pins.dereference(block) }
+            page += 1
+        }
+    }
+
+    /// Every page-table entry that does not match the file's block map: stale mappings. Takes
+    /// the invalidate lock exclusively; for tests of the fault/truncate races.
+    public func staleMappings() -> [Int] {
+        self.lock.withWriteLock {
+            var stale: [Int] = []
+            for page in 0..<min(self.table.maximumPages, 1 << 16) {
+                guard let entry = self.table.entry(page) else { continue }
+                let block = entry.load(ordering: .relaxed)
+                if block != 0 && block != self.dax.fs.currentBlock(self.id, page: page) { stale.append(page) }
+            }
+            return stale
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

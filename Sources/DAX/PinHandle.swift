@@ -1,0 +1,55 @@
+import DaxFS
+import Pmem
+
+/// The pins of one batch, as `pin_user_pages` returns them: `count` blocks, their addresses, and
+/// a fenced write for DMA. Release with `unpin()`; a handle dropped without it stops the program
+/// ("pin leaked"), since a leaked pin would keep its blocks busy forever.
+///
+/// `~Copyable`, holding its pooled batch unmanaged, so taking and dropping pins allocates nothing.
+public struct PinHandle: ~Copyable {
+    let batch: Unmanaged<PinBatch>
+
+    init(_ batch: PinBatch) { self.batch = Unmanaged.passUnretained(batch) }
+
+    private var object: PinBatch { self.batch.takeUnretainedValue() }
+
+    /// Pages pinned (the batch's page range).
+    public var pages: Range<Int> { self.object.pages }
+    public var count: Int { self.object.blocks.count }
+    public var lease: LeaseInfo { self.object.info }
+
+    /// The block behind the `index`-th pinned page (0 for a read pin of a hole: the zero page).
+    public func block(at index: Int) -> UInt32 { self.object.blocks[index] }
+
+    /// Whether the pins were revoked (lease-break): writes are refused from then on.
+    public var isRevoked: Bool { self.object.state.load(ordering: .acquiring) & PinBatch.revokedBit != 0 }
+
+    /// A device write into the `index`-th pinned block: a non-temporal copy of `count` bytes at
+    /// `offset` in the block, drained before it returns. Fenced against revocation: once the
+    /// lease is revoked the write is refused (nothing lands) and this returns false.
+    @inline(__always)
+    public func write(at index: Int, offset: Int = 0, from source: UnsafeRawPointer, count: Int) -> Bool {
+        let batch = self.object
+        let before = batch.state.loadThenWrappingIncrement(by: PinBatch.inside, ordering: .acquiringAndReleasing)
+        defer { batch.state.wrappingDecrement(by: PinBatch.inside, ordering: .releasing) }
+        guard before & PinBatch.revokedBit == 0 else { return false }
+        let block = batch.blocks[index]
+        precondition(block != 0 && offset >= 0 && offset + count <= 4096, "write outside the pinned block")
+        let mapping = batch.space!.mapping
+        try? mapping.copy(to: Int(block) * 4096 + offset, from: source, count: count, flags: [.nonTemporal, .noDrain])
+        mapping.drain()
+        return true
+    }
+
+    /// Drops the pins (the analogue of `unpin_user_pages`) and ends the lease. After a
+    /// revocation the pins are already gone; this only ends the lease.
+    public consuming func unpin() {
+        let batch = self.object
+        discard self
+        batch.space!.release(batch)
+    }
+
+    deinit {
+        fatalError("PinHandle dropped without unpin(): a leaked pin keeps its blocks busy forever")
+    }
+}

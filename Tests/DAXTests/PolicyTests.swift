@@ -1,0 +1,203 @@
+import DAX
+import DaxFS
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("Truncate policies with a pinned block", .timeLimit(.minutes(2)))
+struct PolicyTests {
+    @Test("none: the pinned block is freed at once (the bug)")
+    func none() throws {
+        let lab = try Lab(policy: .none)
+        let handle = try lab.space.pin(2..<3, write: true)
+        let block = handle.block(at: 0)
+        try lab.dax.truncate(lab.file, size: 4096)
+        #expect(lab.fs.isFreeForAllocation(block), "freed while pinned: a later owner shares it with the device")
+        #expect(lab.dax.statistics.pinnedBlocksFreed.load(ordering: .relaxed) == 1)
+        handle.unpin()
+    }
+
+    @Test("fail: EBUSY, nothing changes; after the unpin the truncate goes through")
+    func fail() throws {
+        let lab = try Lab(policy: .fail)
+        let handle = try lab.space.pin(2..<3, write: true)
+        let block = handle.block(at: 0)
+        do {
+            try lab.dax.truncate(lab.file, size: 4096)
+            Issue.record("truncate over a pinned block succeeded under fail")
+        } catch { #expect(error.code == .busy) }
+        do {
+            try lab.dax.punchHole(lab.file, offset: 8192, length: 4096)
+            Issue.record("punch over a pinned block succeeded under fail")
+        } catch { #expect(error.code == .busy) }
+        #expect(try lab.fs.stat(lab.file).size == 16 * 4096)
+        #expect(lab.fs.currentBlock(lab.file, page: 2) == block)
+        #expect(!lab.fs.isFreeForAllocation(block))
+        #expect(try lab.fs.read(lab.file, offset: 8192, count: 4).allSatisfy { $0 == 0xAA })
+        handle.unpin()
+        try lab.dax.truncate(lab.file, size: 4096)
+        #expect(lab.fs.isFreeForAllocation(block))
+    }
+
+    @Test("wait: blocks until the unpin, woken by the unpin itself (no timer), then frees")
+    func wait() throws {
+        let lab = try Lab(policy: .wait)
+        let handle = try lab.space.pin(2..<3, write: true)
+        let block = handle.block(at: 0)
+        let file = lab.file
+        let truncated = lab.background { try! lab.dax.truncate(file, size: 4096) }
+        // Longer than the seed patch's one-second poll: a timer would have fired by now.
+        #expect(!truncated.wait(seconds: 1.3), "truncate returned while the block was pinned")
+        #expect(!lab.fs.isFreeForAllocation(block))
+        let wakeupsBefore = lab.dax.pins.waitWakeups
+        let released = Date()
+        handle.unpin()
+        #expect(truncated.wait(seconds: 5))
+        let latency = Date().timeIntervalSince(released)
+        #expect(latency < 0.5, "woken \(latency) s after the unpin")
+        #expect(lab.dax.pins.waitWakeups - wakeupsBefore <= 2, "woken by broadcasts, not ticks")
+        #expect(wakeupsBefore == 0, "no wake-up while the block stayed pinned")
+        #expect(lab.dax.pins.wakeBroadcasts >= 1)
+        #expect(lab.fs.isFreeForAllocation(block))
+        #expect(try lab.fs.stat(lab.file).size == 4096)
+    }
+
+    @Test("wait with a timeout: a clear error, and nothing changed")
+    func waitTimeout() throws {
+        let lab = try Lab(policy: .wait, times: PolicyTimes(waitTimeout: .milliseconds(100)))
+        let handle = try lab.space.pin(5..<7, write: true)
+        do {
+            try lab.dax.truncate(lab.file, size: 0)
+            Issue.record("truncate returned under a pin")
+        } catch { #expect(error.code == .timedOut) }
+        #expect(try lab.fs.stat(lab.file).size == 16 * 4096)
+        #expect(try lab.fs.read(lab.file, offset: 5 * 4096, count: 8192).allSatisfy { $0 == 0xAA })
+        handle.unpin()
+    }
+
+    @Test("sequester: the busy block moves to lost+found at once and is freed on its last unpin")
+    func sequester() throws {
+        let lab = try Lab(policy: .sequester)
+        let handle = try lab.space.pin(2..<4, write: true)
+        let blocks = [handle.block(at: 0), handle.block(at: 1)]
+        let idle = lab.fs.currentBlock(lab.file, page: 8)
+        try lab.dax.truncate(lab.file, size: 4096)
+        #expect(try lab.fs.stat(lab.file).size == 4096)
+        #expect(lab.fs.lostFoundBlocks == 2)
+        #expect(blocks.allSatisfy { !lab.fs.isFreeForAllocation($0) })
+        #expect(lab.fs.isFreeForAllocation(idle), "idle blocks are freed at once")
+        // The device keeps writing into its sequestered blocks; nobody else can own them.
+        let data = [UInt8](repeating: 7, count: 4096)
+        #expect(data.withUnsafeBytes { handle.write(at: 0, from: $0.baseAddress!, count: 4096) })
+        handle.unpin()
+        #expect(lab.fs.lostFoundBlocks == 0)
+        #expect(blocks.allSatisfy { lab.fs.isFreeForAllocation($0) })
+        try lab.fs.unmount()
+        #expect(try Fsck.run(path: lab.path).isClean)
+    }
+
+    @Test("sequester: a crash with blocks in lost+found is reclaimed at the next mount")
+    func sequesterReclaimedAtMount() throws {
+        let lab = try Lab(policy: .sequester)
+        let handle = try lab.space.pin(0..<3, write: true)
+        try lab.dax.truncate(lab.file, size: 0)
+        #expect(lab.fs.lostFoundBlocks == 3)
+        // Stand-in for a crash: the image is left as it is, mounted, pins outstanding.
+        let image = try Data(contentsOf: URL(fileURLWithPath: lab.path))
+        handle.unpin()
+        let copy = lab.path + ".crashed"
+        defer { unlink(copy) }
+        try image.write(to: URL(fileURLWithPath: copy))
+        let remounted = try FileSystem.mount(path: copy)
+        #expect(remounted.mountReport.wasDirty)
+        #expect(remounted.mountReport.reclaimedLostFoundBlocks == 3)
+        #expect(remounted.lostFoundBlocks == 0)
+        try remounted.unmount()
+        #expect(try Fsck.run(path: copy).isClean)
+    }
+
+    @Test("deferred: the busy block leaves the file at once but reaches the allocator only on its last unpin")
+    func deferred() throws {
+        let lab = try Lab(policy: .deferred)
+        let handle = try lab.space.pin(3..<4, write: true)
+        let block = handle.block(at: 0)
+        try lab.dax.punchHole(lab.file, offset: 0, length: 8 * 4096)
+        #expect(lab.fs.currentBlock(lab.file, page: 3) == 0)
+        #expect(try lab.fs.read(lab.file, offset: 3 * 4096, count: 4096).allSatisfy { $0 == 0 })
+        #expect(!lab.fs.isFreeForAllocation(block))
+        #expect(lab.fs.lostFoundBlocks == 0, "deferred keeps them in a volatile list, not lost+found")
+        handle.unpin()
+        #expect(lab.fs.isFreeForAllocation(block))
+    }
+
+    @Test("lease-break: the holder is told; past the break time its pins are revoked and its writes refused")
+    func leaseBreakRevokes() throws {
+        let lab = try Lab(policy: .leaseBreak, times: PolicyTimes(leaseBreakTime: .milliseconds(80)))
+        let holder = Holder()
+        let handle = try lab.space.pin(2..<4, write: true, holder: holder)
+        let block = handle.block(at: 0)
+        #expect(lab.space.leaseList.count == 1)
+        let started = Date()
+        try lab.dax.truncate(lab.file, size: 4096)
+        let elapsed = Date().timeIntervalSince(started)
+        #expect(elapsed >= 0.07, "waited the lease-break time (\(elapsed) s)")
+        #expect(holder.breaks.value == 1)
+        let revoked = handle.isRevoked
+        #expect(revoked)
+        #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) == 1)
+        #expect(lab.dax.pins.pinCount(block) == 0, "the revoker dropped the pins")
+        let data = [UInt8](repeating: 9, count: 4096)
+        #expect(!data.withUnsafeBytes { handle.write(at: 0, from: $0.baseAddress!, count: 4096) }, "fenced")
+        #expect(lab.fs.isFreeForAllocation(block))
+        handle.unpin()  // ends the lease; the pins are not dropped twice
+        #expect(lab.dax.pins.pinCount(block) == 0)
+        #expect(lab.space.leaseList.isEmpty)
+    }
+
+    @Test("lease-break: a holder that answers by unpinning is not revoked")
+    func leaseBreakCooperative() throws {
+        let lab = try Lab(policy: .leaseBreak, times: PolicyTimes(leaseBreakTime: .seconds(30)))
+        let holder = Holder()
+        let slot = HandleSlot(try lab.space.pin(2..<4, write: true, holder: holder))
+        holder.onBreak = {
+            Thread { slot.unpin() }.start()
+        }
+        let started = Date()
+        try lab.dax.truncate(lab.file, size: 4096)
+        #expect(Date().timeIntervalSince(started) < 5, "did not sit out the 30 s break time")
+        #expect(holder.breaks.value == 1)
+        #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) == 0)
+    }
+
+    @Test("every policy but none keeps a pinned block out of the allocator", arguments: TruncatePolicy.allCases)
+    func pinnedBlockNeverFreed(policy: TruncatePolicy) throws {
+        let lab = try Lab(policy: policy, times: PolicyTimes(waitTimeout: .milliseconds(50), leaseBreakTime: .seconds(60)))
+        let handle = try lab.space.pin(1..<2, write: true)
+        let block = handle.block(at: 0)
+        let file = lab.file
+        let truncated = lab.background { try? lab.dax.truncate(file, size: 0) }
+        _ = truncated.wait(seconds: 0.3)
+        for _ in 0..<20 {
+            if policy.isProtective {
+                #expect(!lab.fs.isFreeForAllocation(block), "\(policy): a pinned block reached the allocator")
+            }
+            usleep(5_000)
+        }
+        if policy == .none { #expect(lab.fs.isFreeForAllocation(block)) }
+        handle.unpin()
+        #expect(truncated.wait(seconds: 5) || policy == .leaseBreak)
+    }
+}
+
+/// A pin handle another thread may unpin.
+final class HandleSlot: @unchecked Sendable {
+    private let lock = NSLock()
+    private var handle: PinHandle?
+    init(_ handle: consuming PinHandle) { self.handle = consume handle }
+    func unpin() {
+        self.lock.lock()
+        let taken = self.handle.take()
+        self.lock.unlock()
+        taken?.unpin()
+    }
+}
