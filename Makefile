@@ -51,7 +51,7 @@ test: deps
 # The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
 tsan: deps
 	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan \
-		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|PmemTests.MappingTests'
+		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|PmemTests.MappingTests|DAXTests'
 
 crash-test: build
 	$(RELEASE_BIN) crash-test --points $(POINTS) --ops $(OPS)

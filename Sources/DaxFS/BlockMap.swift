@@ -44,7 +44,7 @@ struct BlockMapReader {
         guard let path = BlockMapPath(page: page) else { return 0 }
         switch path {
         case .direct(let index):
-            return inode.pointer.load(fromByteOffset: InodeRecord.directPointerOffset(index), as: UInt32.self)
+            return self.valid(inode.pointer.load(fromByteOffset: InodeRecord.directPointerOffset(index), as: UInt32.self))
         case .indirect(let index):
             return self.entry(inode.pointer.load(fromByteOffset: InodeRecord.indirectOffset, as: UInt32.self), index)
         case .doubleIndirect(let outer, let inner):
@@ -55,6 +55,13 @@ struct BlockMapReader {
 
     func entry(_ mapBlock: UInt32, _ index: Int) -> UInt32 {
         guard mapBlock != 0, self.geometry.isDataBlock(mapBlock) else { return 0 }
-        return self.base.load(fromByteOffset: self.geometry.entryOffset(mapBlock, index), as: UInt32.self)
+        return self.valid(self.base.load(fromByteOffset: self.geometry.entryOffset(mapBlock, index), as: UInt32.self))
     }
+
+    /// `block` if it names a data block, else 0. Mount refuses images with bad pointers, but a
+    /// running file system can still meet one: a device that DMAs into a block after it was freed
+    /// and reused as a block map (policy `none`) writes its data over pointers. Such a pointer is
+    /// a hole to every reader, so corruption never turns into a wild access; fsck reports it.
+    @inline(__always)
+    func valid(_ block: UInt32) -> UInt32 { self.geometry.isDataBlock(block) ? block : 0 }
 }

@@ -7,8 +7,13 @@ struct BlockRemoval {
     var sequester: ((Transaction, UInt32) throws(FSError) -> Void)?
     /// Undoes volatile bookkeeping of a transaction that failed.
     var aborted: (() -> Void)?
+    /// Receives committed claims instead of the breaker, when the caller must pass them on only
+    /// after dropping a lock that the releases they may trigger take (lost+found's).
+    var committed: (([UInt32]) -> Void)?
 
-    static var freeAll: BlockRemoval { BlockRemoval(handling: .free, breaker: nil, sequester: nil, aborted: nil) }
+    static var freeAll: BlockRemoval {
+        BlockRemoval(handling: .free, breaker: nil, sequester: nil, aborted: nil, committed: nil)
+    }
 }
 
 /// Changing block maps inside transactions: mapping new blocks (writes, fallocate) and removing
@@ -33,7 +38,7 @@ extension FileSystem {
         /// of another map block), allocated and zeroed when absent.
         func mapBlock(at offset: Int) throws(FSError) -> UInt32 {
             let existing = tx.load32(offset)
-            if existing != 0 { return existing }
+            if geometry.isDataBlock(existing) { return existing }  // (a garbage pointer is replaced)
             guard let fresh = allocator.allocate(1, hint: number)?.first else {
                 throw FSError(.noSpace, "no free block for a block map")
             }
@@ -84,8 +89,13 @@ extension FileSystem {
                 var removed = 0
                 func clear(pointerAt offset: Int, value: UInt32) throws(FSError) {
                     guard value != 0 else { return }
+                    guard geometry.isDataBlock(value) else {
+                        tx.store32(offset, 0)  // a garbage pointer (see BlockMapReader.valid): drop it
+                        return
+                    }
                     tx.store32(offset, 0)
-                    tx.inode(number).blocks -= 1
+                    let staged = tx.inode(number)
+                    staged.blocks = staged.blocks > 0 ? staged.blocks - 1 : 0  // (saturating: see `valid`)
                     removed += 1
                     if removal.handling != .free, let breaker = removal.breaker,
                         breaker.claimBusy(value, handling: removal.handling)
@@ -112,7 +122,7 @@ extension FileSystem {
                         cursor = page
                     case .indirect(let index):
                         let offset = inodeOffset + InodeRecord.indirectOffset
-                        let map = tx.load32(offset)
+                        let map = reader.valid(tx.load32(offset))
                         let first = BlockMapPath.indirectFirstPage
                         if map == 0 {
                             cursor = max(first, pages.lowerBound)
@@ -125,14 +135,14 @@ extension FileSystem {
                         }
                     case .doubleIndirect(let outer, let inner):
                         let topOffset = inodeOffset + InodeRecord.doubleIndirectOffset
-                        let top = tx.load32(topOffset)
+                        let top = reader.valid(tx.load32(topOffset))
                         let leafFirst = BlockMapPath.doubleIndirectFirstPage + outer * perBlock
                         if top == 0 {
                             cursor = max(BlockMapPath.doubleIndirectFirstPage, pages.lowerBound)
                             continue
                         }
                         let leafOffset = geometry.entryOffset(top, outer)
-                        let leaf = tx.load32(leafOffset)
+                        let leaf = reader.valid(tx.load32(leafOffset))
                         if leaf != 0 {
                             try clear(pointerAt: geometry.entryOffset(leaf, inner), value: reader.entry(leaf, inner))
                             cursor = page
@@ -162,7 +172,9 @@ extension FileSystem {
             }
             let (removed, freed) = outcome
             allocator.release(freed)
-            if !claimed.isEmpty { removal.breaker?.claimsCommitted(claimed) }
+            if !claimed.isEmpty {
+                if let collect = removal.committed { collect(claimed) } else { removal.breaker?.claimsCommitted(claimed) }
+            }
             freedTotal += removed
         } while cursor > pages.lowerBound
         return freedTotal

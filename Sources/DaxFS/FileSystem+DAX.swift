@@ -28,9 +28,10 @@ extension FileSystem {
         let block = self.reader.block(of: record, page: page)
         guard block == 0, allocate else { return block }
         return try self.allocationLocks[id.inode % self.allocationLocks.count].withLock {
-            (_) throws(FSError) -> UInt32 in
+            (allocations) throws(FSError) -> UInt32 in
             let again = self.reader.block(of: record, page: page)
             if again != 0 { return again }  // another fault filled it
+            allocations += 1
             try self.writeChunk(id.inode, from: page * Self.pageSize, to: min(size, (page + 1) * Self.pageSize), fill: nil)
             return self.reader.block(of: record, page: page)
         }
@@ -81,8 +82,15 @@ extension FileSystem {
         guard handling == .sequester else {
             _ = try Self.removeBlocks(
                 log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: newSize,
-                removal: BlockRemoval(handling: handling, breaker: breaker, sequester: nil, aborted: nil))
+                removal: BlockRemoval(handling: handling, breaker: breaker, sequester: nil, aborted: nil, committed: nil))
             return
+        }
+        // Claims committed under lost+found's lock are passed on after it is dropped: passing one
+        // on may release its block at once (its last pin already gone), which takes that lock.
+        let committed = Locked<[UInt32]>([])
+        defer {
+            let blocks = committed.withLock { $0 }
+            if !blocks.isEmpty { breaker.claimsCommitted(blocks) }
         }
         // lost+found's lock comes after the file's; its holders never take another file's lock.
         try self.locks[Self.lostFoundInode].withWriteLock { () throws(FSError) in
@@ -106,11 +114,16 @@ extension FileSystem {
                 },
                 aborted: {
                     self.allocator.release(reserved)
+                    // (claims of earlier, committed chunks stay committed)
                     self.lostFound.withLock { pages in
                         for block in assigned {
                             if let page = pages.pageOfBlock.removeValue(forKey: block) { pages.freePages.append(page) }
                         }
                     }
+                },
+                committed: { blocks in
+                    committed.withLock { $0.append(contentsOf: blocks) }
+                    assigned.removeAll()
                 })
             _ = try Self.removeBlocks(
                 log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: newSize,

@@ -23,7 +23,9 @@ public final class FileSystem: Sendable {
     /// The DAX layer, once attached.
     let breaker = Locked<LayoutBreaker?>(nil)
     /// Serialise block allocation between faults, which hold a file's lock only shared; striped.
-    let allocationLocks: [Locked<Void>] = (0..<64).map { _ in Locked(()) }
+    /// Each counts the fault allocations made under it. (Not `Locked<Void>`: a zero-sized value
+    /// shares its address with the mutex pointer, which ThreadSanitizer reports as a race.)
+    let allocationLocks: [Locked<Int>] = (0..<64).map { _ in Locked(0) }
     /// Which lost+found page holds each sequestered block.
     let lostFound = Locked(LostFoundPages())
     private let mounted = Atomic<Bool>(true)

@@ -38,9 +38,18 @@ public final class ReadWriteLock: @unchecked Sendable {
     }
 
     /// Takes the lock shared (prefer `withReadLock`).
-    public func lockShared() { pthread_rwlock_rdlock(self.lock) }
+    public func lockShared() {
+        let result = pthread_rwlock_rdlock(self.lock)
+        precondition(result == 0, "pthread_rwlock_rdlock: \(result) (EDEADLK: this thread holds it exclusively)")
+    }
     /// Takes the lock exclusively (prefer `withWriteLock`).
-    public func lockExclusive() { pthread_rwlock_wrlock(self.lock) }
+    public func lockExclusive() {
+        let result = pthread_rwlock_wrlock(self.lock)
+        precondition(result == 0, "pthread_rwlock_wrlock: \(result) (EDEADLK: this thread holds it already)")
+    }
     /// Releases the lock, however it was taken.
-    public func unlock() { pthread_rwlock_unlock(self.lock) }
+    public func unlock() {
+        let result = pthread_rwlock_unlock(self.lock)
+        precondition(result == 0, "pthread_rwlock_unlock: \(result)")
+    }
 }

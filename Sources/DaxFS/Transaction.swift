@@ -126,7 +126,8 @@ final class Transaction {
     }
 
     private func bitmapWord(_ block: UInt32) -> (Int, UInt64) {
-        (self.geometry.bitmapOffset + Int(block / 64) * 8, 1 << UInt64(block % 64))
+        precondition(self.geometry.isDataBlock(block), "bitmap change for block \(block) outside the data area")
+        return (self.geometry.bitmapOffset + Int(block / 64) * 8, 1 << UInt64(block % 64))
     }
 
     // MARK: Commit

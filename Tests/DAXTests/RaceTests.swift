@@ -1,0 +1,154 @@
+import Atomics
+import DAX
+import DMA
+import DaxFS
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("Faults, pins and truncates racing", .timeLimit(.minutes(3)))
+struct RaceTests {
+    @Test("Jan Kara's case: a pinner holding block A faults block B while a truncate waits on A",
+          arguments: [TruncatePolicy.wait, .leaseBreak])
+    func karaDeadlock(policy: TruncatePolicy) throws {
+        let lab = try Lab(policy: policy, pages: 64, times: PolicyTimes(leaseBreakTime: .seconds(30)))
+        let file = lab.file
+        for round in 0..<100 {
+            let space = lab.space
+            let handle = try space.pin(0..<1, write: true)  // block A
+            let punched = lab.background { try! lab.dax.punchHole(file, offset: 0, length: 4096) }
+            usleep(UInt32(round % 5) * 200)  // let the punch reach its wait, sometimes
+            // The pinner now needs the invalidate lock to fault B; the punch must not hold it.
+            let b = try space.fault(32 + round % 16, write: true)
+            UnsafeMutableRawPointer(mutating: b).storeBytes(of: UInt8(round), as: UInt8.self)
+            handle.unpin()
+            #expect(punched.wait(seconds: 10), "round \(round): deadlock")
+            try lab.fs.write(file, offset: 0, bytes: [1])  // refill A for the next round
+        }
+    }
+
+    @Test("Dave Chinner's three-way race: two write faults on one page while a third punches it, again and again")
+    func chinnerThreeWay() throws {
+        let lab = try Lab(policy: .wait, pages: 8)
+        let file = lab.file
+        let space = lab.space
+        let stop = ManagedAtomic<Bool>(false)
+        let faults = ManagedAtomic<Int>(0)
+        let punches = ManagedAtomic<Int>(0)
+        let failures = Box<[String]>([])
+        var workers: [Finished] = []
+        for writer in 0..<2 {
+            workers.append(lab.background {
+                while !stop.load(ordering: .relaxed) {
+                    do {
+                        let address = try space.fault(3, write: true)
+                        UnsafeMutableRawPointer(mutating: address).storeBytes(of: UInt8(writer), as: UInt8.self)
+                        faults.wrappingIncrement(ordering: .relaxed)
+                    } catch {
+                        failures.value.append("fault: \(error)")
+                    }
+                }
+            })
+        }
+        workers.append(lab.background {
+            while !stop.load(ordering: .relaxed) {
+                do {
+                    try lab.dax.punchHole(file, offset: 3 * 4096, length: 4096)
+                    punches.wrappingIncrement(ordering: .relaxed)
+                } catch { failures.value.append("punch: \(error)") }
+            }
+        })
+        // A fourth thread checks, under the invalidate lock, that no entry outlives its block.
+        var stale = 0
+        let deadline = Date().addingTimeInterval(2)
+        while Date() < deadline {
+            stale += space.staleMappings().count
+            usleep(1_000)
+        }
+        stop.store(true, ordering: .relaxed)
+        for worker in workers { #expect(worker.wait(seconds: 10), "a racer hung") }
+        #expect(stale == 0, "page-table entries that outlived their block")
+        #expect(failures.value.isEmpty, "\(failures.value.prefix(3))")
+        #expect(faults.load(ordering: .relaxed) > 100)
+        #expect(punches.load(ordering: .relaxed) > 10)
+        try lab.fs.unmount()
+        #expect(try Fsck.run(path: lab.path).isClean)
+    }
+
+    @Test("DMA devices, truncaters and writers on shared files: no pinned block is ever handed out again",
+          .serialized, arguments: TruncatePolicy.allCases)
+    func devicesAndTruncaters(policy: TruncatePolicy) throws {
+        let lab = try Lab(
+            policy: policy, pages: 32, times: PolicyTimes(waitTimeout: .seconds(20), leaseBreakTime: .milliseconds(1)),
+            size: 64 << 20)
+        var created = [lab.file]
+        for index in 1..<4 {
+            let file = try lab.fs.create("f\(index)")
+            try lab.fs.truncate(file, size: 32 * 4096)
+            created.append(file)
+        }
+        let files = created
+        let watcher = PinWatcher(fs: lab.fs)
+        let engine = DMAEngine(
+            dax: lab.dax, files: files,
+            configuration: DMAConfiguration(devices: 3, pinDuration: .milliseconds(3), pagesPerPin: 1...4),
+            observer: watcher)
+        engine.start()
+        let stop = ManagedAtomic<Bool>(false)
+        let truncater = lab.background {
+            var round = 0
+            while !stop.load(ordering: .relaxed) {
+                let file = files[round % files.count]
+                round += 1
+                _ = try? lab.dax.truncate(file, size: (round % 3) * 4096)
+                _ = try? lab.dax.truncate(file, size: 32 * 4096)
+                if round % 2 == 0 { _ = try? lab.dax.punchHole(file, offset: 4096 * (round % 8), length: 8192) }
+            }
+        }
+        // Writers allocate blocks all the while: a freed block gets reused at once.
+        let writer = lab.background {
+            var round = 0
+            while !stop.load(ordering: .relaxed) {
+                let file = files[round % files.count]
+                round += 1
+                _ = try? lab.fs.write(file, offset: 4096 * (round % 32), bytes: [UInt8](repeating: 1, count: 4096))
+            }
+        }
+        Thread.sleep(forTimeInterval: 1.0)
+        stop.store(true, ordering: .relaxed)
+        #expect(truncater.wait(seconds: 30), "\(policy): truncater hung")
+        #expect(writer.wait(seconds: 30), "\(policy): writer hung")
+        engine.stop()
+        #expect(engine.statistics.writes.load(ordering: .relaxed) > 100)
+        let violations = watcher.violations.load(ordering: .relaxed)
+        if policy.isProtective {
+            #expect(violations == 0, "\(policy): \(violations) device writes into blocks the allocator could hand out")
+        }
+        if policy == .leaseBreak {
+            #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) > 0, "a 1 ms break time against 3 ms pins: devices are revoked")
+        }
+        try lab.fs.unmount()
+        let fsck = try Fsck.run(path: lab.path)
+        if policy.isProtective {
+            #expect(fsck.isClean, "\(policy): \(fsck.result.problems.prefix(3))")
+        }
+    }
+}
+
+/// Counts device writes that landed in a block the allocator could hand out at the time: checked
+/// just before the write, counted if the write then landed (a revoked write is refused).
+final class PinWatcher: DMAObserver, @unchecked Sendable {
+    let fs: FileSystem
+    let violations = ManagedAtomic<Int>(0)
+    /// Per device (its writes are sequential): whether the block was free before its last write.
+    private let wasFree = (0..<64).map { _ in ManagedAtomic<Bool>(false) }
+    init(fs: FileSystem) { self.fs = fs }
+    func willWrite(_ tag: BlockTag, block: UInt32) {
+        self.wasFree[tag.writer].store(self.fs.isFreeForAllocation(block), ordering: .relaxed)
+    }
+    func didWrite(_ tag: BlockTag, block: UInt32, landed: Bool) {
+        if landed, self.wasFree[tag.writer].load(ordering: .relaxed) {
+            self.violations.wrappingIncrement(ordering: .relaxed)
+        }
+    }
+}
