@@ -80,17 +80,18 @@ extension FileSystem {
         let reader = self.reader
         let firstPage = start / Self.pageSize
         let lastPage = (end - 1) / Self.pageSize
-        var holes: [Int] = []
-        for page in firstPage...lastPage where reader.block(of: record, page: page) == 0 { holes.append(page) }
+        // Each page's block is read once: under policy `none` a device may be writing into a
+        // block-map block that was freed and reused, so a second read could disagree.
+        var blocks = (firstPage...lastPage).map { reader.block(of: record, page: $0) }
+        let holes = (firstPage...lastPage).filter { blocks[$0 - firstPage] == 0 }
         guard let fresh = holes.isEmpty ? [] : self.allocator.allocate(holes.count, hint: number) else {
             throw FSError(.noSpace, "no space left for \(holes.count) blocks")
         }
-        var freshByPage: [Int: UInt32] = [:]
-        for (page, block) in zip(holes, fresh) { freshByPage[page] = block }
+        for (page, block) in zip(holes, fresh) { blocks[page - firstPage] = block }
 
         for page in firstPage...lastPage {
-            let isFresh = freshByPage[page] != nil
-            let block = freshByPage[page] ?? reader.block(of: record, page: page)
+            let block = blocks[page - firstPage]
+            let isFresh = fresh.contains(block)
             let blockOffset = Int(block) * Self.pageSize
             let from = max(start, page * Self.pageSize)
             let to = min(end, (page + 1) * Self.pageSize)
