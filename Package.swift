@@ -16,6 +16,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         // Thin, prefixed C wrappers over libpmem, libndctl, libdaxctl and the Linux bits Swift
@@ -35,7 +36,7 @@ let package = Package(
         // DaxFS: the file system whose blocks live in the mapping (format, log, allocator, fsck).
         .target(
             name: "DaxFS",
-            dependencies: ["Pmem", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: ["Pmem", "CShims", .product(name: "Atomics", package: "swift-atomics")]
         ),
         // The DAX layer: address spaces (faults), pins, leases, and the truncate policies.
         .target(
@@ -44,12 +45,22 @@ let package = Package(
         ),
         // Simulated devices that pin file blocks and write into them.
         .target(name: "DMA", dependencies: ["DAX", "DaxFS", .product(name: "Atomics", package: "swift-atomics")]),
+        // The race harness and its oracle: devices, truncaters and writers on shared files.
+        .target(
+            name: "Race",
+            dependencies: [
+                "DMA", "DAX", "DaxFS", "Pmem", .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         // The command-line interface, as a library so tests can reach its pieces.
         .target(
             name: "DaxlabCLI",
             dependencies: [
                 "Pmem",
                 "DaxFS",
+                "DAX",
+                "Race",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -59,6 +70,7 @@ let package = Package(
         .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
         .testTarget(name: "DaxFSTests", dependencies: ["DaxFS", "Pmem", "TestSupport"]),
         .testTarget(name: "DAXTests", dependencies: ["DAX", "DMA", "DaxFS", "TestSupport"]),
+        .testTarget(name: "RaceTests", dependencies: ["Race", "DAX", "DaxFS", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["daxlab", "DaxlabCLI", "Pmem", "DaxFS", "TestSupport"]),
     ]
 )

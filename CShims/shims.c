@@ -1,6 +1,7 @@
 #include "CShims.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -33,3 +34,5 @@ long CShims_fstatfs_type(int fd) {
     }
     return (long)buffer.f_type;
 }
+
+int CShims_sched_getcpu(void) { return sched_getcpu(); }

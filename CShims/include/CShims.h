@@ -31,6 +31,9 @@ unsigned int CShims_dev_minor(dev_t device);
 /// fstatfs(2)'s f_type for fd (TMPFS_MAGIC, EXT4_SUPER_MAGIC, ...), or -1 with errno set.
 long CShims_fstatfs_type(int fd);
 
+/// sched_getcpu(3): the CPU the calling thread runs on now, or -1 (a _GNU_SOURCE function).
+int CShims_sched_getcpu(void);
+
 /// statx(fd, "", AT_EMPTY_PATH) returning the attribute bits and the mask of bits the kernel
 /// supports. Returns 0, or -1 with errno set.
 int CShims_statx_attributes(int fd, uint64_t *attributes, uint64_t *attributes_mask);

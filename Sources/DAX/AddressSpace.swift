@@ -135,7 +135,10 @@ public final class AddressSpace: @unchecked Sendable {
             let faulted = try self.lock.withReadLock { () throws(FSError) -> UInt32 in
                 try self.install(page, write: write)
             }
-            if faulted == 0 { return 0 }  // read pin of a hole
+            if faulted == 0 {
+                guard !write else { throw FSError(.io, "\(self.id): page \(page) has no block after a write fault") }
+                return 0  // read pin of a hole: the zero page
+            }
         }
     }
 

@@ -53,6 +53,7 @@ extension DAXFileSystem: LayoutBreaker {
     /// deadlock), sleeps until the last unpin of `block` wakes it, retakes the lock.
     private func sleepUnlocked(_ lock: ReadWriteLock, on block: UInt32, timeout: Duration?) throws(FSError) {
         self.statistics.waits.wrappingIncrement(ordering: .relaxed)
+        Self.call?.slept.store(true, ordering: .relaxed)
         lock.unlock()
         let deadline = timeout.map { WaitQueues.now() + $0.nanoseconds }
         let idle = self.pins.waits.wait(on: block, deadline: deadline) { !self.pins.maybeDMAPinned(block) }
@@ -78,6 +79,7 @@ extension DAXFileSystem: LayoutBreaker {
             }
         }
         let deadline = WaitQueues.now() + self.times.leaseBreakTime.nanoseconds
+        Self.call?.slept.store(true, ordering: .relaxed)
         var expired = false
         for block in busy where !expired {
             self.statistics.waits.wrappingIncrement(ordering: .relaxed)
@@ -104,13 +106,21 @@ extension DAXFileSystem: LayoutBreaker {
 
     public func claimBusy(_ block: UInt32, handling: BusyBlockHandling) -> Bool {
         let claimed = self.pins.claim(block, as: handling == .sequester ? .sequestered : .deferred)
-        if claimed { self.statistics.claimed.wrappingIncrement(ordering: .relaxed) }
+        if claimed {
+            self.statistics.claimed.wrappingIncrement(ordering: .relaxed)
+            self.statistics.enterLimbo(handling)
+        }
         return claimed
     }
 
     public func claimsCommitted(_ blocks: [UInt32]) { self.pins.commit(blocks) }
 
-    public func claimsAborted(_ blocks: [UInt32]) { self.pins.abort(blocks) }
+    public func claimsAborted(_ blocks: [UInt32]) {
+        for block in blocks {
+            self.statistics.leaveLimbo(self.pins.isSequesterClaim(block) ? .sequester : .deferRelease)
+        }
+        self.pins.abort(blocks)
+    }
 }
 
 #if canImport(Glibc)

@@ -20,7 +20,7 @@ public final class DAXFileSystem: @unchecked Sendable {
     private let spaces = Locked<[Int: AddressSpace]>([:])
     private let batchPool = Locked<[PinBatch]>([])
     private let leaseCounter = ManagedAtomic<UInt64>(0)
-    public let statistics = PolicyStatistics()
+    public let statistics: PolicyStatistics
 
     /// Attaches the DAX layer to a mounted file system.
     /// - Parameters:
@@ -33,11 +33,14 @@ public final class DAXFileSystem: @unchecked Sendable {
         let page = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
         mprotect(page, 4096, PROT_READ)
         self.zeroPage = page
+        let statistics = PolicyStatistics()
+        self.statistics = statistics
         self.pins = PinTable(blockCount: fs.geometry.blockCount) { [weak fs] block, kind in
             switch kind {
             case .sequestered: try? fs?.releaseSequestered(block)
             case .deferred: fs?.releaseDeferred(block)
             }
+            statistics.leaveLimbo(kind == .sequestered ? .sequester : .deferRelease)
         }
         self.batchPool.withLock { $0.reserveCapacity(256) }
         fs.attach(self)
@@ -74,19 +77,30 @@ public final class DAXFileSystem: @unchecked Sendable {
         try self.withPolicy(policy) { () throws(FSError) in try self.fs.unlink(name) }
     }
 
-    @TaskLocal static var policyOverride: TruncatePolicy?
+    /// One truncate, punch or unlink in progress on this thread: its policy, and whether it slept.
+    final class Call: Sendable {
+        let policy: TruncatePolicy?
+        let slept = ManagedAtomic<Bool>(false)
+        init(policy: TruncatePolicy?) { self.policy = policy }
+    }
+
+    @TaskLocal static var call: Call?
 
     private func withPolicy(_ policy: TruncatePolicy?, _ body: () throws(FSError) -> Void) throws(FSError) {
         self.statistics.truncates.wrappingIncrement(ordering: .relaxed)
+        let call = Call(policy: policy)
         let start = WaitQueues.now()
-        defer { self.statistics.record(latency: WaitQueues.now() - start) }
-        let result: Result<Void, FSError> = Self.$policyOverride.withValue(policy) {
+        defer {
+            self.statistics.record(latency: WaitQueues.now() - start)
+            if call.slept.load(ordering: .relaxed) { self.statistics.truncatesWaited.wrappingIncrement(ordering: .relaxed) }
+        }
+        let result: Result<Void, FSError> = Self.$call.withValue(call) {
             Result { () throws(FSError) in try body() }
         }
         try result.get()
     }
 
-    var currentPolicy: TruncatePolicy { Self.policyOverride ?? self.defaultPolicy }
+    var currentPolicy: TruncatePolicy { Self.call?.policy ?? self.defaultPolicy }
 
     // MARK: Pin batches
 
@@ -100,6 +114,13 @@ public final class DAXFileSystem: @unchecked Sendable {
 /// Counters of what the policies did, for the race harness and tests.
 public final class PolicyStatistics: Sendable {
     public let truncates = ManagedAtomic<Int>(0)
+    /// Truncates, punches and unlinks that slept at least once (`wait`, `lease-break`).
+    public let truncatesWaited = ManagedAtomic<Int>(0)
+    /// Blocks held in limbo now (sequestered in lost+found, or deferred), and the most at once.
+    public let sequesteredNow = ManagedAtomic<Int>(0)
+    public let sequesteredPeak = ManagedAtomic<Int>(0)
+    public let deferredNow = ManagedAtomic<Int>(0)
+    public let deferredPeak = ManagedAtomic<Int>(0)
     /// `fail`: refused with EBUSY.
     public let refusedBusy = ManagedAtomic<Int>(0)
     /// `wait` and `lease-break`: sleeps on a busy block.
@@ -114,6 +135,21 @@ public final class PolicyStatistics: Sendable {
     private let latencies = Locked<[UInt64]>([])
 
     init() {}
+
+    func enterLimbo(_ handling: BusyBlockHandling) {
+        let (now, peak) = handling == .sequester ? (self.sequesteredNow, self.sequesteredPeak) : (self.deferredNow, self.deferredPeak)
+        let current = now.wrappingIncrementThenLoad(ordering: .relaxed)
+        var seen = peak.load(ordering: .relaxed)
+        while current > seen {
+            let (exchanged, original) = peak.weakCompareExchange(expected: seen, desired: current, ordering: .relaxed)
+            if exchanged { break }
+            seen = original
+        }
+    }
+
+    func leaveLimbo(_ handling: BusyBlockHandling) {
+        (handling == .sequester ? self.sequesteredNow : self.deferredNow).wrappingDecrement(ordering: .relaxed)
+    }
 
     func record(latency: UInt64) { self.latencies.withLock { $0.append(latency) } }
 

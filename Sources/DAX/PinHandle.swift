@@ -27,8 +27,14 @@ public struct PinHandle: ~Copyable {
     /// A device write into the `index`-th pinned block: a non-temporal copy of `count` bytes at
     /// `offset` in the block, drained before it returns. Fenced against revocation: once the
     /// lease is revoked the write is refused (nothing lands) and this returns false.
+    /// - Parameter whileFenced: runs after the write landed, still inside the fence, with the
+    ///   block: a revocation (and so the truncate behind it) waits for it to return. The oracle
+    ///   checks ownership here.
     @inline(__always)
-    public func write(at index: Int, offset: Int = 0, from source: UnsafeRawPointer, count: Int) -> Bool {
+    public func write(
+        at index: Int, offset: Int = 0, from source: UnsafeRawPointer, count: Int,
+        whileFenced: ((UInt32) -> Void)? = nil
+    ) -> Bool {
         let batch = self.object
         let before = batch.state.loadThenWrappingIncrement(by: PinBatch.inside, ordering: .acquiringAndReleasing)
         defer { batch.state.wrappingDecrement(by: PinBatch.inside, ordering: .releasing) }
@@ -38,6 +44,7 @@ public struct PinHandle: ~Copyable {
         let mapping = batch.space!.mapping
         try? mapping.copy(to: Int(block) * 4096 + offset, from: source, count: count, flags: [.nonTemporal, .noDrain])
         mapping.drain()
+        whileFenced?(block)
         return true
     }
 

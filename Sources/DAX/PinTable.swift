@@ -90,6 +90,10 @@ public final class PinTable: @unchecked Sendable {
         Int((self.word(block).load(ordering: .relaxed) & Self.countMask) % Self.pinBias)
     }
 
+    func isSequesterClaim(_ block: UInt32) -> Bool {
+        self.word(block).load(ordering: .relaxed) & Self.sequestered != 0
+    }
+
     /// Whether `block` is claimed for release on its last unpin.
     public func isClaimed(_ block: UInt32) -> Bool {
         self.word(block).load(ordering: .relaxed) & Self.claims != 0

@@ -8,9 +8,13 @@ import Glibc
 
 /// Sees every device write, before and after: the race harness's oracle hooks in here.
 public protocol DMAObserver: AnyObject, Sendable {
+    /// A device pinned `block` as `page` of `file`.
+    func didPin(_ file: FileID, page: Int, block: UInt32)
     /// A device is about to write `tag` into `block`, which it pinned as `tag.page` of `tag.file`.
     func willWrite(_ tag: BlockTag, block: UInt32)
-    /// The write landed, or (`landed == false`) was refused because the lease was revoked.
+    /// The write landed, or (`landed == false`) was refused because the lease was revoked. For a
+    /// landed write this runs inside the pin's revocation fence: the block cannot change hands
+    /// through a lease break before it returns.
     func didWrite(_ tag: BlockTag, block: UInt32, landed: Bool)
 }
 
@@ -142,6 +146,9 @@ final class DMADevice: LeaseHolder, @unchecked Sendable {
             }
             stats.pins.wrappingIncrement(ordering: .relaxed)
             stats.pinnedPages.wrappingIncrement(by: count, ordering: .relaxed)
+            if let observer = engine.observer {
+                for index in 0..<handle.count { observer.didPin(file, page: first + index, block: handle.block(at: index)) }
+            }
             let deadline = Self.now() + pinNanoseconds
             repeat {
                 for index in 0..<handle.count {
@@ -151,8 +158,11 @@ final class DMADevice: LeaseHolder, @unchecked Sendable {
                         file: file, page: first + index, writer: self.index, kind: .device, sequence: self.sequence)
                     tag.fill(self.buffer)
                     engine.observer?.willWrite(tag, block: block)
-                    let landed = handle.write(at: index, from: self.buffer, count: 4096)
-                    engine.observer?.didWrite(tag, block: block, landed: landed)
+                    let observer = engine.observer
+                    let landed = handle.write(at: index, from: self.buffer, count: 4096) { block in
+                        observer?.didWrite(tag, block: block, landed: true)
+                    }
+                    if !landed { observer?.didWrite(tag, block: block, landed: false) }
                     (landed ? stats.writes : stats.refusedWrites).wrappingIncrement(ordering: .relaxed)
                 }
             } while Self.now() < deadline && engine.running.load(ordering: .relaxed)
@@ -174,7 +184,7 @@ final class DMADevice: LeaseHolder, @unchecked Sendable {
 }
 
 /// Starts a joinable thread running `body`.
-func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+package func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
     var thread = pthread_t()
     let context = Unmanaged.passRetained(Box(body)).toOpaque()

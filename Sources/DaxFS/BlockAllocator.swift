@@ -1,11 +1,16 @@
+import Atomics
+import CShims
 /// The volatile free-block pool, rebuilt from the bitmap at mount.
 ///
 /// The data area is cut into shards (by default 4 per CPU, at least 8), each a contiguous range of
-/// blocks with its own lock and free stack, so threads allocating for different files rarely meet:
-/// a file's allocations start at the shard its inode number picks and move on only when that
-/// shard is empty. The persistent bitmap changes only through transactions; this pool is the
+/// blocks with its own lock and free stack. An allocation starts at the shard of the CPU it runs
+/// on (`currentCPUHint`) and moves on only when that shard is empty, so threads on different CPUs
+/// rarely meet, and a block freed on a CPU is soon reused there, by any file (as ext4's per-CPU
+/// locality groups do). The persistent bitmap changes only through transactions; this pool is the
 /// in-memory answer to "which blocks may be handed out now".
-final class BlockAllocator: Sendable {
+///
+/// Sendable by hand: the shards are lock-protected and the free flags are only touched atomically.
+final class BlockAllocator: @unchecked Sendable {
     private final class Shard: Sendable {
         let range: Range<UInt32>
         /// Free blocks, highest first, so pops hand out ascending (contiguous) runs.
@@ -19,6 +24,10 @@ final class BlockAllocator: Sendable {
     private let shards: [Shard]
     private let shardSize: UInt32
     private let firstBlock: UInt32
+    /// One flag per block: in the free pool. Written under the shard's lock, read without it
+    /// (`isFree`, for the race harness's oracle and tests).
+    private let freeFlags: UnsafeMutablePointer<UnsafeAtomic<UInt8>.Storage>
+    private let flagCount: Int
 
     /// - Parameters:
     ///   - dataRange: the blocks that may hold data or block maps.
@@ -28,18 +37,31 @@ final class BlockAllocator: Sendable {
         let size = UInt32((dataRange.count + count - 1) / count)
         self.shardSize = max(size, 1)
         self.firstBlock = dataRange.lowerBound
+        self.flagCount = Int(dataRange.upperBound)
+        self.freeFlags = .allocate(capacity: self.flagCount)
+        self.freeFlags.initialize(repeating: UnsafeAtomic<UInt8>.Storage(0), count: self.flagCount)
         var shards: [Shard] = []
         var start = dataRange.lowerBound
         while start < dataRange.upperBound {
             let end = min(start + self.shardSize, dataRange.upperBound)
             var free: [UInt32] = []
             free.reserveCapacity(Int(end - start))
-            for block in (start..<end).reversed() where !isAllocated(block) { free.append(block) }
+            for block in (start..<end).reversed() where !isAllocated(block) {
+                free.append(block)
+                UnsafeAtomic<UInt8>(at: self.freeFlags + Int(block)).store(1, ordering: .relaxed)
+            }
             shards.append(Shard(range: start..<end, free: free))
             start = end
         }
         self.shards = shards
     }
+
+    deinit { self.freeFlags.deallocate() }
+
+    private func flag(_ block: UInt32) -> UnsafeAtomic<UInt8> { UnsafeAtomic(at: self.freeFlags + Int(block)) }
+
+    /// The shard hint for the calling thread: its CPU.
+    static var currentCPUHint: Int { Int(max(0, CShims_sched_getcpu())) }
 
     static var defaultShardCount: Int {
         max(8, 4 * sysconf_processors())
@@ -53,7 +75,10 @@ final class BlockAllocator: Sendable {
         let start = hint % self.shards.count
         for probe in 0..<self.shards.count where taken.count < count {
             self.shards[(start + probe) % self.shards.count].free.withLock { free in
-                while taken.count < count, let block = free.popLast() { taken.append(block) }
+                while taken.count < count, let block = free.popLast() {
+                    self.flag(block).store(0, ordering: .releasing)
+                    taken.append(block)
+                }
             }
         }
         guard taken.count == count else {
@@ -68,7 +93,10 @@ final class BlockAllocator: Sendable {
     /// reuse that turns a DMA into a freed block into corruption of another file.
     func release(_ blocks: [UInt32]) {
         for block in blocks.reversed() {
-            self.shards[Int((block - self.firstBlock) / self.shardSize)].free.withLock { $0.append(block) }
+            self.shards[Int((block - self.firstBlock) / self.shardSize)].free.withLock { free in
+                self.flag(block).store(1, ordering: .releasing)
+                free.append(block)
+            }
         }
     }
 
@@ -77,10 +105,9 @@ final class BlockAllocator: Sendable {
         self.shards.reduce(0) { total, shard in total + shard.free.withLock { $0.count } }
     }
 
-    /// Whether `block` is in the free pool (fsck and tests).
+    /// Whether `block` is in the free pool now (O(1), without the shard's lock).
     func isFree(_ block: UInt32) -> Bool {
-        let shard = self.shards[Int((block - self.firstBlock) / self.shardSize)]
-        return shard.free.withLock { $0.contains(block) }
+        Int(block) < self.flagCount && self.flag(block).load(ordering: .acquiring) == 1
     }
 }
 

@@ -39,7 +39,7 @@ extension FileSystem {
         func mapBlock(at offset: Int) throws(FSError) -> UInt32 {
             let existing = tx.load32(offset)
             if geometry.isDataBlock(existing) { return existing }  // (a garbage pointer is replaced)
-            guard let fresh = allocator.allocate(1, hint: number)?.first else {
+            guard let fresh = allocator.allocate(1, hint: BlockAllocator.currentCPUHint)?.first else {
                 throw FSError(.noSpace, "no free block for a block map")
             }
             reserved.append(fresh)

@@ -33,7 +33,12 @@ extension FileSystem {
             if again != 0 { return again }  // another fault filled it
             allocations += 1
             try self.writeChunk(id.inode, from: page * Self.pageSize, to: min(size, (page + 1) * Self.pageSize), fill: nil)
-            return self.reader.block(of: record, page: page)
+            let block = self.reader.block(of: record, page: page)
+            guard block != 0 else {
+                // Only a block map overwritten under us (stale DMA, policy none) reads back a hole.
+                throw FSError(.io, "\(id): page \(page) reads back as a hole after allocation (block map corrupted)")
+            }
+            return block
         }
     }
 
@@ -157,4 +162,13 @@ extension FileSystem {
 
     /// Whether `block` is in the allocator's free pool (tests: a pinned block must never be).
     public func isFreeForAllocation(_ block: UInt32) -> Bool { self.allocator.isFree(block) }
+
+    /// Blocks in the allocator's free pool now.
+    public var allocatorFreeBlocks: Int { self.allocator.freeCount }
+
+    /// fsck's checks on the mounted image, without repairing: the caller must have stopped
+    /// every thread that changes it (the race harness does, at the end of a run).
+    public func checkQuiesced() -> CheckResult {
+        Checker(media: self.media, geometry: self.geometry).check()
+    }
 }

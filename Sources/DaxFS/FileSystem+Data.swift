@@ -84,7 +84,7 @@ extension FileSystem {
         // block-map block that was freed and reused, so a second read could disagree.
         var blocks = (firstPage...lastPage).map { reader.block(of: record, page: $0) }
         let holes = (firstPage...lastPage).filter { blocks[$0 - firstPage] == 0 }
-        guard let fresh = holes.isEmpty ? [] : self.allocator.allocate(holes.count, hint: number) else {
+        guard let fresh = holes.isEmpty ? [] : self.allocator.allocate(holes.count, hint: BlockAllocator.currentCPUHint) else {
             throw FSError(.noSpace, "no space left for \(holes.count) blocks")
         }
         for (page, block) in zip(holes, fresh) { blocks[page - firstPage] = block }

@@ -145,6 +145,7 @@ final class PinWatcher: DMAObserver, @unchecked Sendable {
     /// Per device (its writes are sequential): whether the block was free before its last write.
     private let wasFree = (0..<64).map { _ in ManagedAtomic<Bool>(false) }
     init(fs: FileSystem) { self.fs = fs }
+    func didPin(_ file: FileID, page: Int, block: UInt32) {}
     func willWrite(_ tag: BlockTag, block: UInt32) {
         self.wasFree[tag.writer].store(self.fs.isFreeForAllocation(block), ordering: .relaxed)
     }

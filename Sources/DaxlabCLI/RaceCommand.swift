@@ -1,0 +1,128 @@
+import ArgumentParser
+import DAX
+import DaxFS
+import Foundation
+import Race
+
+extension TruncatePolicy: ExpressibleByArgument {}
+
+/// `daxlab race`: one race run under one policy, judged by the oracle.
+struct RaceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "race",
+        abstract: "Race DMA devices against truncate and hole punch under one policy, and judge the result.",
+        discussion: """
+            Formats a fresh image at PATH and runs, for --seconds: DMA devices that pin ranges of \
+            shared files and write tagged blocks into them; truncaters that cut and punch those \
+            files under --policy; writers that allocate and write blocks of their own files. An \
+            independent oracle counts stale DMA writes (a device writing into a block another file \
+            has taken, or the allocator could hand out) and corrupted blocks (a page that does not \
+            hold what its file last wrote); at the end it counts leaked blocks and runs fsck.
+
+            Policies: none (the bug), fail, wait, sequester, deferred, lease-break.
+
+            Exit status: 0 when nothing went wrong; 1 when the oracle saw a stale write, a \
+            corrupted or leaked block, an fsck problem or a deadlock (so --policy none exits 1: \
+            the bug, reproduced); 2 for bad arguments or an unusable path.
+            """
+    )
+
+    static let defaultPath = "/dev/shm/daxlab-race.pmem"
+
+    @Argument(help: "The image to format (a file, created, or with --force a device-dax device).")
+    var path: String = RaceCommand.defaultPath
+
+    @Option(name: .long, help: "The truncate policy: \(TruncatePolicy.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var policy: TruncatePolicy
+
+    @Option(name: .long, help: "How long to race.") var seconds: Double = 5
+    @Option(name: .customLong("dma-threads"), help: "Simulated devices.") var dmaThreads = 4
+    @Option(name: .long, help: "Threads that truncate and punch the shared files.") var truncaters = 2
+    @Option(name: .long, help: "Threads that allocate and write their own files.") var writers = 2
+    @Option(name: .customLong("pin-ms"), help: "How long a device holds each pin batch (ms).") var pinMs: Double = 2
+    @Option(name: .customLong("lease-break-ms"), help: "The lease-break time of policy lease-break (ms).")
+    var leaseBreakMs: Double = 50
+    @Option(name: .long, help: "Size of the image when it is created.") var size = ByteSize(bytes: 64 << 20)
+    @Option(name: .long, help: "Seed for the devices' and threads' choices.") var seed: UInt64 = 1
+    @Flag(name: .long, help: "Keep the image afterwards (it is removed otherwise).") var keep = false
+    @Flag(name: .long, help: "Format PATH even though it exists (its contents are lost).") var force = false
+    @Flag(name: .long, help: "Print one JSON object with the report.") var json = false
+
+    func validate() throws {
+        guard self.seconds > 0, self.seconds <= 3600 else { throw ValidationError("--seconds must be in (0, 3600]") }
+        guard (1...256).contains(self.dmaThreads) else { throw ValidationError("--dma-threads must be 1...256") }
+        guard (0...64).contains(self.truncaters), (0...64).contains(self.writers) else {
+            throw ValidationError("--truncaters and --writers must be 0...64")
+        }
+        guard self.pinMs > 0, self.leaseBreakMs > 0 else { throw ValidationError("--pin-ms and --lease-break-ms must be > 0") }
+    }
+
+    func run() throws {
+        var configuration = RaceConfiguration(policy: self.policy)
+        configuration.seconds = self.seconds
+        configuration.dmaThreads = self.dmaThreads
+        configuration.truncaters = self.truncaters
+        configuration.writers = self.writers
+        configuration.pinMilliseconds = self.pinMs
+        configuration.leaseBreakMilliseconds = self.leaseBreakMs
+        configuration.seed = self.seed
+        let report = try RaceRunner.run(
+            path: self.path, size: self.size.bytes, configuration: configuration,
+            force: self.force || self.path == Self.defaultPath, keep: self.keep, live: !self.json)
+        if self.json {
+            try Terminal.printJSON(report)
+        } else {
+            RaceRunner.printReport(report)
+        }
+        if !report.held { throw ExitCode(1) }
+    }
+}
+
+/// Shared by `race` and `demo`: one run with a progress line and clean-up.
+enum RaceRunner {
+    static func run(
+        path: String, size: Int, configuration: RaceConfiguration, force: Bool, keep: Bool, live: Bool
+    ) throws -> RaceReport {
+        let existed = FileManager.default.fileExists(atPath: path)
+        if existed && !force {
+            throw CommandFailure("\(path): exists; daxlab race formats its image (use --force to overwrite it)")
+        }
+        let harness = try RaceHarness(path: path, size: size, configuration: configuration, force: true)
+        let terminal = live && Terminal.standardOutputIsTerminal
+        let report = harness.run { progress in
+            guard terminal else { return }
+            let line = String(
+                format: "\r[%@ %4.1fs/%gs] writes %d  truncates %d  stale %d  corrupted %d ",
+                configuration.policy.rawValue, progress.elapsed, progress.seconds, progress.dmaWrites,
+                progress.truncates, progress.staleDmaWrites, progress.corruptedBlocks)
+            FileHandle.standardOutput.write(Data(line.utf8))
+        }
+        if terminal { FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8)) }
+        if report.deadlock {
+            // Stuck threads still hold the image: report and leave it for inspection.
+            return report
+        }
+        let isDevice = path.hasPrefix("/dev/dax")
+        if !keep && !isDevice { try? FileManager.default.removeItem(atPath: path) }
+        return report
+    }
+
+    static func printReport(_ report: RaceReport) {
+        let latency = report.truncateLatencyUs
+        print("""
+            policy \(report.policy): \(report.held ? "HELD" : (report.corruptionSeen ? "CORRUPTION" : "FAILED")) \
+            (\(report.seconds) s, is_pmem \(report.isPmem))
+              DMA writes \(report.dmaWrites) in \(report.pins) pins; revoked writes \(report.revokedDmaWrites)
+              truncates \(report.truncates): EBUSY \(report.truncatesBusy), waited \(report.truncatesWaited); \
+            latency p50 \(format(latency.p50)) p99 \(format(latency.p99)) max \(format(latency.max))
+              stale DMA writes \(report.staleDmaWrites), corrupted blocks \(report.corruptedBlocks), \
+            leaked blocks \(report.leakedBlocks)
+              limbo peak: sequestered \(report.sequesteredBlocksPeak), deferred \(report.deferredBlocksPeak); \
+            fsck \(report.fsckClean ? "clean" : "NOT clean")\(report.deadlock ? "; DEADLOCK (no progress for 10 s)" : "")
+            """)
+    }
+
+    static func format(_ microseconds: Double) -> String {
+        microseconds >= 1000 ? String(format: "%.1f ms", microseconds / 1000) : String(format: "%.0f µs", microseconds)
+    }
+}

@@ -1,0 +1,63 @@
+/// What a race run found: the JSON object `daxlab race --json` prints, with exactly these keys.
+public struct RaceReport: Sendable, Codable, Equatable {
+    public struct Latency: Sendable, Codable, Equatable {
+        public var p50: Double
+        public var p99: Double
+        public var max: Double
+    }
+
+    public var policy: String
+    public var seconds: Double
+    public var isPmem: Bool
+    public var dmaWrites: Int
+    public var pins: Int
+    public var truncates: Int
+    public var truncatesBusy: Int
+    public var truncatesWaited: Int
+    public var truncateLatencyUs: Latency
+    public var staleDmaWrites: Int
+    public var corruptedBlocks: Int
+    public var leakedBlocks: Int
+    public var revokedDmaWrites: Int
+    public var sequesteredBlocksPeak: Int
+    public var deferredBlocksPeak: Int
+    public var fsckClean: Bool
+    public var deadlock: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case policy, seconds
+        case isPmem = "is_pmem"
+        case dmaWrites = "dma_writes"
+        case pins, truncates
+        case truncatesBusy = "truncates_busy"
+        case truncatesWaited = "truncates_waited"
+        case truncateLatencyUs = "truncate_latency_us"
+        case staleDmaWrites = "stale_dma_writes"
+        case corruptedBlocks = "corrupted_blocks"
+        case leakedBlocks = "leaked_blocks"
+        case revokedDmaWrites = "revoked_dma_writes"
+        case sequesteredBlocksPeak = "sequestered_blocks_peak"
+        case deferredBlocksPeak = "deferred_blocks_peak"
+        case fsckClean = "fsck_clean"
+        case deadlock
+    }
+
+    /// The run's verdict: no stale write, no corrupted block, no leak, fsck clean, no deadlock.
+    public var held: Bool {
+        self.staleDmaWrites == 0 && self.corruptedBlocks == 0 && self.leakedBlocks == 0 && self.fsckClean
+            && !self.deadlock
+    }
+
+    /// Whether the corruption showed (what `none` must show).
+    public var corruptionSeen: Bool { self.staleDmaWrites > 0 || self.corruptedBlocks > 0 }
+}
+
+/// A live snapshot for the progress line.
+public struct RaceProgress: Sendable {
+    public var elapsed: Double
+    public var seconds: Double
+    public var dmaWrites: Int
+    public var truncates: Int
+    public var staleDmaWrites: Int
+    public var corruptedBlocks: Int
+}
