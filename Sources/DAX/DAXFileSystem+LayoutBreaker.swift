@@ -67,9 +67,9 @@ extension DAXFileSystem: LayoutBreaker {
     /// lease-break time for the busy blocks to be unpinned, then revokes what is still pinned.
     /// Runs without the file's lock.
     private func breakLeases(_ space: AddressSpace, _ pages: Range<Int>, busy: [UInt32]) {
-        let batches = space.leases.enterOverlapping(pages)
+        let batches = space.leases.holdOverlapping(pages)
         defer {
-            for batch in batches { batch.state.wrappingDecrement(by: PinBatch.inside, ordering: .releasing) }
+            for batch in batches { batch.state.wrappingDecrement(by: PinBatch.holding, ordering: .releasing) }
         }
         for batch in batches {
             let previous = batch.state.loadThenBitwiseOr(with: PinBatch.notifiedBit, ordering: .acquiringAndReleasing)
@@ -94,8 +94,9 @@ extension DAXFileSystem: LayoutBreaker {
     private func revoke(_ batch: PinBatch) {
         let previous = batch.state.loadThenBitwiseOr(with: PinBatch.revokedBit, ordering: .acquiringAndReleasing)
         guard previous & (PinBatch.revokedBit | PinBatch.releasedBit) == 0 else { return }
-        // Writes that entered before the revoked bit finish; later ones are refused.
-        while batch.state.load(ordering: .acquiring) >> 16 > 1 { sched_yield() }
+        // Writes that entered before the revoked bit finish; later ones are refused. (Only writes:
+        // another truncate may be revoking the same batch, and neither waits for the other.)
+        batch.waitForWrites()
         self.statistics.revocations.wrappingIncrement(ordering: .relaxed)
         guard previous & PinBatch.pinnedBit != 0 else { return }  // still pinning: the pinner undoes it
         let before = batch.state.loadThenBitwiseOr(with: PinBatch.releasedBit, ordering: .acquiringAndReleasing)

@@ -30,13 +30,19 @@ public struct LeaseInfo: Sendable, Equatable, CustomStringConvertible {
 /// against revocation. Pooled and reused, so pinning allocates nothing once warm.
 ///
 /// State word: bit 0 pinned, bit 1 revoked, bit 2 released (pins dropped), bit 3 break notified;
-/// bits 16 and up count threads inside the batch (a DMA write, or a revoker at work).
+/// bits 16-31 count DMA writes in flight (what a revocation fences), bits 32 and up count
+/// breakers holding the batch (each keeps it from being recycled, none waits for another).
 final class PinBatch: @unchecked Sendable {
     static let pinnedBit: UInt64 = 1
     static let revokedBit: UInt64 = 2
     static let releasedBit: UInt64 = 4
     static let notifiedBit: UInt64 = 8
-    static let inside: UInt64 = 1 << 16
+    /// One DMA write in flight.
+    static let writing: UInt64 = 1 << 16
+    /// One breaker or revoker holding the batch.
+    static let holding: UInt64 = 1 << 32
+
+    static func writesInFlight(_ state: UInt64) -> UInt64 { (state >> 16) & 0xFFFF }
 
     // Written by the pinning thread before the batch enters its address space's lease table (a
     // mutex) and the pinned bit is set; read by others only after taking it from that table.
@@ -56,10 +62,15 @@ final class PinBatch: @unchecked Sendable {
             revoked: state & Self.revokedBit != 0)
     }
 
-    /// Waits until no other thread is inside the batch (a DMA write or a revoker); short: each is
-    /// one block copy or one unpin loop.
+    /// Waits until no DMA write is in flight and no breaker holds the batch; short: each is one
+    /// block copy, or one notification and unpin loop.
     func waitUntilAlone() {
-        while self.state.load(ordering: .acquiring) >= Self.inside { sched_yield() }
+        while self.state.load(ordering: .acquiring) >= Self.writing { sched_yield() }
+    }
+
+    /// Waits until the DMA writes in flight have finished (a revoker, after setting the revoked bit).
+    func waitForWrites() {
+        while Self.writesInFlight(self.state.load(ordering: .acquiring)) > 0 { sched_yield() }
     }
 }
 
@@ -85,12 +96,12 @@ final class LeaseTable: Sendable {
 
     var list: [LeaseInfo] { self.active.withLock { $0.map(\.info) } }
 
-    /// The batches whose range overlaps `pages`, each entered (its inside count raised) so it
-    /// cannot be recycled until `leave`.
-    func enterOverlapping(_ pages: Range<Int>) -> [PinBatch] {
+    /// The batches whose range overlaps `pages`, each held (so it cannot be recycled) until the
+    /// caller drops its hold.
+    func holdOverlapping(_ pages: Range<Int>) -> [PinBatch] {
         self.active.withLock { batches in
             batches.filter { $0.pages.overlaps(pages) }.map { batch in
-                batch.state.wrappingIncrement(by: PinBatch.inside, ordering: .acquiringAndReleasing)
+                batch.state.wrappingIncrement(by: PinBatch.holding, ordering: .acquiringAndReleasing)
                 return batch
             }
         }

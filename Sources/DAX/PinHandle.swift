@@ -36,8 +36,8 @@ public struct PinHandle: ~Copyable {
         whileFenced: ((UInt32) -> Void)? = nil
     ) -> Bool {
         let batch = self.object
-        let before = batch.state.loadThenWrappingIncrement(by: PinBatch.inside, ordering: .acquiringAndReleasing)
-        defer { batch.state.wrappingDecrement(by: PinBatch.inside, ordering: .releasing) }
+        let before = batch.state.loadThenWrappingIncrement(by: PinBatch.writing, ordering: .acquiringAndReleasing)
+        defer { batch.state.wrappingDecrement(by: PinBatch.writing, ordering: .releasing) }
         guard before & PinBatch.revokedBit == 0 else { return false }
         let block = batch.blocks[index]
         precondition(block != 0 && offset >= 0 && offset + count <= 4096, "write outside the pinned block")

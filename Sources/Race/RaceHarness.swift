@@ -1,4 +1,5 @@
 import Atomics
+import Dispatch
 import DAX
 import DMA
 import DaxFS
@@ -109,8 +110,18 @@ public final class RaceHarness: @unchecked Sendable {
             // Threads are stuck: report without joining them, and without touching the image.
             return self.report(engine: engine, elapsed: elapsed, leaked: 0, fsckClean: false, deadlock: true)
         }
-        engine.stop()
-        for thread in threads { pthread_join(thread, nil) }
+        // Stopping is watched too: a thread stuck in the policy would hang the joins.
+        let joined = DispatchSemaphore(value: 0)
+        let joinedThreads = threads
+        let stopper = spawnThread {
+            engine.stop()
+            for thread in joinedThreads { pthread_join(thread, nil) }
+            joined.signal()
+        }
+        if joined.wait(timeout: .now() + config.watchdogSeconds) == .timedOut {
+            return self.report(engine: engine, elapsed: elapsed, leaked: 0, fsckClean: false, deadlock: true)
+        }
+        pthread_join(stopper, nil)
         self.verifyWriters()
         self.verifySharedFiles()
         let leaked = self.countLeaks()
