@@ -11,6 +11,8 @@ DEBS := libpmem-dev libndctl-dev libdaxctl-dev
 # The emulated-pmem default: a file on tmpfs.
 PMEM_FILE ?= /dev/shm/daxlab.pmem
 PMEM_SIZE ?= 256M
+# Seconds each policy races in `make demo`.
+DEMO_SECONDS ?= 3
 
 RELEASE_BIN := .build/release/daxlab
 # Crash points and workload length for `make crash-test` (the test suite runs 200 points of 150 ops).
@@ -42,6 +44,8 @@ demo: build
 	$(RELEASE_BIN) ls $(PMEM_FILE)
 	$(RELEASE_BIN) read $(PMEM_FILE) README.md | cmp - README.md && echo "read back: identical"
 	$(RELEASE_BIN) fsck $(PMEM_FILE)
+	@# The main job: DMA devices against truncate under every policy, judged by the oracle.
+	$(RELEASE_BIN) demo /dev/shm/daxlab-demo.pmem --seconds $(DEMO_SECONDS)
 
 test: deps
 	$(SWIFT) build --build-tests
@@ -51,7 +55,7 @@ test: deps
 # The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
 tsan: deps
 	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan \
-		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|PmemTests.MappingTests|DAXTests'
+		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|PmemTests.MappingTests|DAXTests|RaceTests'
 
 crash-test: build
 	$(RELEASE_BIN) crash-test --points $(POINTS) --ops $(OPS)

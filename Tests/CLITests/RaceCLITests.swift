@@ -1,0 +1,92 @@
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("daxlab race and demo, end to end", .serialized, .timeLimit(.minutes(5)))
+struct RaceCLITests {
+    private func json(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    static let keys: Set<String> = [
+        "policy", "seconds", "is_pmem", "dma_writes", "pins", "truncates", "truncates_busy", "truncates_waited",
+        "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes",
+        "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock",
+    ]
+
+    @Test("race --json: exactly the documented keys; exit 1 under none, 0 under wait; the image is removed")
+    func raceJSON() throws {
+        try withTemporaryPath("race-cli") { path in
+            let none = try DaxlabBinary.run(["race", path, "--policy", "none", "--seconds", "2", "--json"])
+            #expect(none.status == 1, "\(none.standardError)")
+            let report = try self.json(none.standardOutput)
+            #expect(Set(report.keys) == Self.keys)
+            let latency = try #require(report["truncate_latency_us"] as? [String: Any])
+            #expect(Set(latency.keys) == ["p50", "p99", "max"])
+            #expect(report["policy"] as? String == "none")
+            #expect(!FileManager.default.fileExists(atPath: path), "removed without --keep")
+
+            let wait = try DaxlabBinary.run(["race", path, "--policy", "wait", "--seconds", "1", "--json", "--keep"])
+            #expect(wait.status == 0, "\(wait.standardOutput)")
+            #expect(try self.json(wait.standardOutput)["stale_dma_writes"] as? Int == 0)
+            #expect(FileManager.default.fileExists(atPath: path), "kept")
+            #expect(try DaxlabBinary.run(["fsck", path]).status == 0)
+
+            let exists = try DaxlabBinary.run(["race", path, "--policy", "wait", "--seconds", "1"])
+            #expect(exists.status == 2, "an existing path needs --force")
+            #expect(exists.standardError.contains("--force"))
+        }
+    }
+
+    @Test("race: bad arguments exit 2 with one line")
+    func badArguments() throws {
+        for arguments in [["race", "--policy", "sometimes"], ["race", "--policy", "wait", "--seconds", "0"],
+                          ["race", "/nonexistent-dir/x.pmem", "--policy", "wait", "--seconds", "1"]]
+        {
+            let result = try DaxlabBinary.run(arguments)
+            #expect(result.status == 2, "\(arguments): \(result.standardError)")
+            #expect(!result.standardError.isEmpty)
+        }
+    }
+
+    @Test("a sequester race killed with SIGKILL part-way: the next mount reclaims lost+found and fsck is clean")
+    func sequesterKilled() throws {
+        try withTemporaryPath("race-kill") { path in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: DaxlabBinary.path)
+            process.arguments = ["race", path, "--policy", "sequester", "--seconds", "30", "--pin-ms", "300", "--keep"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            Thread.sleep(forTimeInterval: 3)
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            #expect(process.terminationReason == .uncaughtSignal)
+
+            let info = try self.json(try DaxlabBinary.run(["info", path, "--json"]).standardOutput)
+            let fs = try #require(info["file_system"] as? [String: Any])
+            #expect(fs["state"] as? String == "mounted", "left mounted by the kill")
+            // Before recovery, lost+found holds the blocks that were sequestered under DMA.
+            let before = try self.json(try DaxlabBinary.run(["fsck", path, "--json"]).standardOutput)
+            #expect(before["lost_found_blocks"] as? Int ?? 0 > 0, "devices held 300 ms pins: some blocks were sequestered")
+            // Mounting (ls) recovers it: replays the log and frees lost+found; then it is clean.
+            #expect(try DaxlabBinary.run(["ls", path]).status == 0)
+            let fsck = try self.json(try DaxlabBinary.run(["fsck", path, "--json"]).standardOutput)
+            #expect(fsck["clean"] as? Bool == true, "\(fsck)")
+            #expect(fsck["lost_found_blocks"] as? Int == 0)
+        }
+    }
+
+    @Test("demo: every policy raced, a table, exit 0 when every protective policy held")
+    func demo() throws {
+        try withTemporaryPath("demo") { path in
+            let result = try DaxlabBinary.run(["demo", path, "--seconds", "1"], timeout: 240)
+            #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
+            for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break"] {
+                #expect(result.standardOutput.contains(policy))
+            }
+            #expect(result.standardOutput.contains("verdict"))
+            #expect(result.standardOutput.contains("Every protective policy held"))
+        }
+    }
+}
