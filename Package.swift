@@ -29,6 +29,8 @@ let package = Package(
                 .linkedLibrary("pmem"),
                 .linkedLibrary("ndctl"),
                 .linkedLibrary("daxctl"),
+                .linkedLibrary("pmemobj"),
+                .linkedLibrary("uring"),
             ]
         ),
         // Mappings of persistent memory, persistence, and device discovery.
@@ -45,6 +47,11 @@ let package = Package(
         ),
         // Simulated devices that pin file blocks and write into them.
         .target(name: "DMA", dependencies: ["DAX", "DaxFS", .product(name: "Atomics", package: "swift-atomics")]),
+        // The comparison benchmarks of `daxlab bench`: every row against a baseline in the same run.
+        .target(
+            name: "Bench",
+            dependencies: ["DMA", "DAX", "DaxFS", "Pmem", "CShims", .product(name: "Atomics", package: "swift-atomics")]
+        ),
         // The race harness and its oracle: devices, truncaters and writers on shared files.
         .target(
             name: "Race",
@@ -61,6 +68,7 @@ let package = Package(
                 "DaxFS",
                 "DAX",
                 "Race",
+                "Bench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -96,12 +96,20 @@ public final class AddressSpace: @unchecked Sendable {
         batch.pages = pages
         batch.holder = holder
         batch.leaseID = self.dax.nextLeaseID()
-        batch.blocks.removeAll(keepingCapacity: true)
+        batch.count = 0
+        batch.reserve(pages.count)
         batch.state.store(0, ordering: .releasing)
         self.leases.add(batch)
+        let blocks = batch.blocks
+        var pinned = 0
         do {
-            for page in pages { batch.blocks.append(try self.pinOne(page, write: write)) }
+            for page in pages {
+                blocks[pinned] = try self.pinOne(page, write: write)
+                pinned += 1
+            }
+            batch.count = pinned
         } catch {
+            batch.count = pinned
             self.unpinBlocks(batch)
             self.finish(batch)
             throw error
@@ -143,7 +151,7 @@ public final class AddressSpace: @unchecked Sendable {
     }
 
     private func unpinBlocks(_ batch: PinBatch) {
-        for block in batch.blocks where block != 0 { self.pins.unpin(block) }
+        for block in batch.pinned where block != 0 { self.pins.unpin(block) }
     }
 
     /// Ends a batch: drops its pins unless a revoker did, removes its lease, recycles it.

@@ -101,7 +101,7 @@ extension DAXFileSystem: LayoutBreaker {
         guard previous & PinBatch.pinnedBit != 0 else { return }  // still pinning: the pinner undoes it
         let before = batch.state.loadThenBitwiseOr(with: PinBatch.releasedBit, ordering: .acquiringAndReleasing)
         if before & PinBatch.releasedBit == 0 {
-            for block in batch.blocks where block != 0 { self.pins.unpin(block) }
+            for block in batch.pinned where block != 0 { self.pins.unpin(block) }
         }
     }
 

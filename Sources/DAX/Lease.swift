@@ -48,12 +48,32 @@ final class PinBatch: @unchecked Sendable {
     // mutex) and the pinned bit is set; read by others only after taking it from that table.
     var space: AddressSpace?
     var pages: Range<Int> = 0..<0
-    var blocks: [UInt32] = []
+    /// The pinned blocks: a raw buffer (no copy-on-write or exclusivity checks on the pin path),
+    /// `capacity` long, the first `count` in use.
+    private(set) var blocks: UnsafeMutablePointer<UInt32>
+    private(set) var capacity: Int
+    var count = 0
     var holder: LeaseHolder?
     var leaseID: UInt64 = 0
     let state = ManagedAtomic<UInt64>(0)
 
-    init() { self.blocks.reserveCapacity(512) }
+    init() {
+        self.capacity = 512
+        self.blocks = .allocate(capacity: 512)
+    }
+
+    deinit { self.blocks.deallocate() }
+
+    /// Makes room for `pages` blocks (cold: only batches over 512 pages grow).
+    func reserve(_ pages: Int) {
+        guard pages > self.capacity else { return }
+        self.blocks.deallocate()
+        self.capacity = pages
+        self.blocks = .allocate(capacity: pages)
+    }
+
+    /// The pinned blocks, for loops that unpin them.
+    var pinned: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: self.blocks, count: self.count) }
 
     var info: LeaseInfo {
         let state = self.state.load(ordering: .acquiring)

@@ -15,11 +15,15 @@ public struct PinHandle: ~Copyable {
 
     /// Pages pinned (the batch's page range).
     public var pages: Range<Int> { self.object.pages }
-    public var count: Int { self.object.blocks.count }
+    public var count: Int { self.object.count }
     public var lease: LeaseInfo { self.object.info }
 
     /// The block behind the `index`-th pinned page (0 for a read pin of a hole: the zero page).
-    public func block(at index: Int) -> UInt32 { self.object.blocks[index] }
+    public func block(at index: Int) -> UInt32 {
+        let batch = self.object
+        precondition(index >= 0 && index < batch.count, "pin index out of range")
+        return batch.blocks[index]
+    }
 
     /// Whether the pins were revoked (lease-break): writes are refused from then on.
     public var isRevoked: Bool { self.object.state.load(ordering: .acquiring) & PinBatch.revokedBit != 0 }
@@ -39,12 +43,33 @@ public struct PinHandle: ~Copyable {
         let before = batch.state.loadThenWrappingIncrement(by: PinBatch.writing, ordering: .acquiringAndReleasing)
         defer { batch.state.wrappingDecrement(by: PinBatch.writing, ordering: .releasing) }
         guard before & PinBatch.revokedBit == 0 else { return false }
+        precondition(index >= 0 && index < batch.count, "pin index out of range")
         let block = batch.blocks[index]
         precondition(block != 0 && offset >= 0 && offset + count <= 4096, "write outside the pinned block")
         let mapping = batch.space!.mapping
         try? mapping.copy(to: Int(block) * 4096 + offset, from: source, count: count, flags: [.nonTemporal, .noDrain])
         mapping.drain()
         whileFenced?(block)
+        return true
+    }
+
+    /// A device transfer into every pinned block in order, from `source` (4096 bytes per block):
+    /// non-temporal copies, one drain at the end, as a DMA engine completes one descriptor chain.
+    /// Fenced like `write(at:)`.
+    /// - Returns: false (nothing landed) if the lease was revoked.
+    public func writeAll(from source: UnsafeRawPointer) -> Bool {
+        let batch = self.object
+        let before = batch.state.loadThenWrappingIncrement(by: PinBatch.writing, ordering: .acquiringAndReleasing)
+        defer { batch.state.wrappingDecrement(by: PinBatch.writing, ordering: .releasing) }
+        guard before & PinBatch.revokedBit == 0 else { return false }
+        let mapping = batch.space!.mapping
+        for index in 0..<batch.count {
+            let block = batch.blocks[index]
+            precondition(block != 0, "write into a read pin of a hole")
+            try? mapping.copy(
+                to: Int(block) * 4096, from: source + index * 4096, count: 4096, flags: [.nonTemporal, .noDrain])
+        }
+        mapping.drain()
         return true
     }
 

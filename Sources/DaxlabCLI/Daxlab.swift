@@ -22,7 +22,7 @@ public struct Daxlab: ParsableCommand {
         subcommands: [
             DevicesCommand.self, InfoCommand.self, MkfsCommand.self, FsckCommand.self, ListCommand.self,
             WriteCommand.self, ReadCommand.self, RemoveCommand.self, TruncateCommand.self, PunchCommand.self,
-            CrashTestCommand.self, RaceCommand.self, DemoCommand.self,
+            CrashTestCommand.self, RaceCommand.self, DemoCommand.self, BenchCommand.self,
         ]
     )
 

@@ -58,6 +58,13 @@ public final class RaceHarness: @unchecked Sendable {
 
     public var isPmem: Bool { self.fs.mapping.isPmem }
 
+    /// Truncate latency (µs) at each of `percentiles`, after `run()`: for plots.
+    public func latencyPercentiles(_ percentiles: [Double]) -> [Double] {
+        let histogram = self.latencies.withLock { $0 }
+        guard histogram.totalCount > 0 else { return percentiles.map { _ in 0 } }
+        return percentiles.map { Double(histogram.valueAtPercentile($0)) / 1000 }
+    }
+
     /// Runs the race for the configured time and returns what the oracle found.
     /// - Parameter progress: called about four times a second from the watchdog thread.
     public func run(progress: (@Sendable (RaceProgress) -> Void)? = nil) -> RaceReport {

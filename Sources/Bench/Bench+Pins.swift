@@ -1,0 +1,145 @@
+import Atomics
+import CShims
+import DAX
+import DaxFS
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Bench {
+    /// pin.batch512 against atomic inc+dec of the same 512 counters and the kernel's io_uring
+    /// buffer registration (pin_user_pages + unpin); pin.single against process_vm_writev.
+    func pinRows() throws {
+        let (_, space) = try self.mappedFile("pins", pages: 512)
+        let batch = self.measure.nanosecondsPerUnit { count in
+            for _ in 0..<max(1, count / 512) { try! space.pin(0..<512, write: true).unpin() }
+        }
+        let counters = UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>.allocate(capacity: 512)
+        counters.initialize(repeating: UnsafeAtomic<UInt32>.Storage(0), count: 512)
+        defer { counters.deallocate() }
+        let atomic = self.measure.nanosecondsPerUnit { count in
+            for _ in 0..<max(1, count / 512) {
+                for index in 0..<512 { UnsafeAtomic<UInt32>(at: counters + index).wrappingIncrement(by: 1024, ordering: .sequentiallyConsistent) }
+                for index in 0..<512 { UnsafeAtomic<UInt32>(at: counters + index).wrappingDecrement(by: 1024, ordering: .sequentiallyConsistent) }
+            }
+        }
+        self.add("pin.batch512", unit: "ns/page", value: batch, baseline: "atomic.incdec", baselineValue: atomic,
+                 better: "lower", target: ("<= 2.0", { $0 <= 2.0 }))
+        if let uring = self.kernelIOUringRegister() {
+            self.add("pin.batch512", unit: "ns/page", value: batch, baseline: "kernel.io_uring_register",
+                     baselineValue: uring, better: "lower", target: ("<= 0.25", { $0 <= 0.25 }))
+        }
+
+        let single = self.measure.nanosecondsPerUnit { count in
+            for page in 0..<count { try! space.pin((page & 511)..<((page & 511) + 1), write: true).unpin() }
+        }
+        let vmWrite = self.kernelProcessVMWritev()
+        self.add("pin.single", unit: "ns/op", value: single, baseline: "kernel.process_vm_writev", baselineValue: vmWrite,
+                 better: "lower", target: ("<= 0.0667", { $0 <= 1.0 / 15 }))
+    }
+
+    /// io_uring buffer register + unregister of 2 MiB (512 pages): the kernel pins and unpins them.
+    private func kernelIOUringRegister() -> Double? {
+        guard let ring = CShims_uring_create(4) else { return nil }
+        defer { CShims_uring_destroy(ring) }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 512 * 4096, alignment: 4096)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 1, count: 512 * 4096)
+        guard CShims_uring_register_unregister(ring, buffer, 512 * 4096) == 0 else { return nil }
+        return self.measure.nanosecondsPerUnit { count in
+            for _ in 0..<max(1, count / 512) { _ = CShims_uring_register_unregister(ring, buffer, 512 * 4096) }
+        }
+    }
+
+    /// process_vm_writev of one page to this process (GUP pins the destination inside).
+    private func kernelProcessVMWritev() -> Double {
+        let source = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        let destination = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { source.deallocate(); destination.deallocate() }
+        source.initializeMemory(as: UInt8.self, repeating: 2, count: 4096)
+        destination.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        return self.measure.nanosecondsPerUnit { count in
+            for _ in 0..<count { _ = CShims_process_vm_writev_self(destination, source, 4096) }
+        }
+    }
+
+    /// pin.batch512 throughput at N threads on disjoint files, against 1 thread and against a
+    /// naive pin table (one mutex around a dictionary) at N threads.
+    func scalingRows(cpusAvailable: Double) throws {
+        let counts = self.options.threads.filter { $0 >= 1 }
+        let most = counts.max() ?? 1
+        var spaces: [AddressSpace] = []
+        for index in 0..<most { spaces.append(try self.mappedFile("scale-\(index)", pages: 512).1) }
+        var single = 0.0
+        for threads in counts.sorted() {
+            let ours = self.throughput(threads: threads) { thread, stop in
+                var pages = 0
+                while !stop.load(ordering: .relaxed) {
+                    try! spaces[thread].pin(0..<512, write: true).unpin()
+                    pages += 512
+                }
+                return pages
+            }
+            if threads == 1 { single = ours }
+            let naive = NaivePinTable()
+            let naiveRate = self.throughput(threads: threads) { thread, stop in
+                var pages = 0
+                let blocks = (0..<512).map { UInt32(thread * 512 + $0) }
+                while !stop.load(ordering: .relaxed) {
+                    for block in blocks { naive.pin(block) }
+                    for block in blocks { naive.unpin(block) }
+                    pages += 512
+                }
+                return pages
+            }
+            if threads > 1 {
+                let scalingTarget = cpusAvailable >= 1.8 ? 1.6 : nil
+                self.add("pin.batch512", unit: "pages/s", threads: threads, value: ours, baseline: "pin.batch512",
+                         baselineValue: single, better: "higher",
+                         target: scalingTarget.map { bound in (">= \(bound) (both CPUs available)", { $0 >= bound }) })
+                self.add("pin.batch512", unit: "pages/s", threads: threads, value: ours, baseline: "naive.mutex_dict",
+                         baselineThreads: threads, baselineValue: naiveRate, better: "higher",
+                         target: (">= 10", { $0 >= 10 }))
+            }
+        }
+    }
+
+    /// Pages per second of `threads` threads running `body` for the row's budget (median of
+    /// three runs).
+    private func throughput(threads: Int, _ body: @escaping (Int, ManagedAtomic<Bool>) -> Int) -> Double {
+        let seconds = max(0.1, self.options.seconds / 3)
+        return Measure(budget: self.options.seconds, repetitions: 3).median {
+            let stop = ManagedAtomic<Bool>(false)
+            let totals = UnsafeMutablePointer<Int>.allocate(capacity: threads * 16)  // a cache line each
+            defer { totals.deallocate() }
+            let start = Measure.now()
+            let workers = (0..<threads).map { thread in
+                BenchThread.spawn { (totals + thread * 16).pointee = body(thread, stop) }
+            }
+            usleep(UInt32(seconds * 1e6))
+            stop.store(true, ordering: .relaxed)
+            for worker in workers { pthread_join(worker, nil) }
+            let elapsed = Double(Measure.now() - start) / 1e9
+            return Double((0..<threads).reduce(0) { $0 + (totals + $1 * 16).pointee }) / elapsed
+        }
+    }
+}
+
+/// The naive pin table: one mutex around a dictionary of counts.
+final class NaivePinTable: @unchecked Sendable {
+    // `counts` is touched only with `mutex` held.
+    private var mutex = pthread_mutex_t()
+    private var counts: [UInt32: Int] = [:]
+    init() { pthread_mutex_init(&self.mutex, nil) }
+    func pin(_ block: UInt32) {
+        pthread_mutex_lock(&self.mutex)
+        self.counts[block, default: 0] += 1024
+        pthread_mutex_unlock(&self.mutex)
+    }
+    func unpin(_ block: UInt32) {
+        pthread_mutex_lock(&self.mutex)
+        self.counts[block, default: 0] -= 1024
+        pthread_mutex_unlock(&self.mutex)
+    }
+}

@@ -1,0 +1,55 @@
+/// One row of `daxlab bench`: a measurement and its baseline from the same run.
+public struct BenchResult: Sendable, Codable, Equatable {
+    public var name: String
+    public var unit: String
+    public var threads: Int
+    public var value: Double
+    public var baseline: String
+    public var baselineThreads: Int
+    public var baselineValue: Double
+    /// `value / baselineValue`.
+    public var ratio: Double
+    /// `lower` or `higher`: which way is better for `value`.
+    public var better: String
+    /// The target from the issue, as a ratio bound, and whether this run met it (nil: no target).
+    public var target: String?
+    public var met: Bool?
+
+    enum CodingKeys: String, CodingKey {
+        case name, unit, threads, value, baseline
+        case baselineThreads = "baseline_threads"
+        case baselineValue = "baseline_value"
+        case ratio, better, target, met
+    }
+}
+
+/// The machine a run measured.
+public struct BenchMachine: Sendable, Codable, Equatable {
+    public var cpus: Int
+    /// CPUs this process really got while two threads spun (these VMs do not always get both).
+    public var cpusAvailable: Double
+    public var medium: String
+    public var isPmem: Bool
+    public var kernel: String
+
+    enum CodingKeys: String, CodingKey {
+        case cpus
+        case cpusAvailable = "cpus_available"
+        case medium
+        case isPmem = "is_pmem"
+        case kernel
+    }
+}
+
+/// What `daxlab bench --json` writes.
+public struct BenchReport: Sendable, Codable, Equatable {
+    public var machine: BenchMachine
+    public var results: [BenchResult]
+    /// Truncate-and-return latency samples per policy (µs), for the plot.
+    public var truncateLatencies: [String: [Double]]?
+
+    enum CodingKeys: String, CodingKey {
+        case machine, results
+        case truncateLatencies = "truncate_latencies_us"
+    }
+}

@@ -1,0 +1,116 @@
+import ArgumentParser
+import Bench
+import DAX
+import Foundation
+import Race
+
+/// `daxlab bench`: the comparison harness.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time the hot fault and pin paths against the kernel's own and the physical floor.",
+        discussion: """
+            Every row is measured against a baseline in the same run and reported as a ratio \
+            (value / baseline). Rows: fault.hot (vs an array load, vs the kernel's tmpfs read fault), \
+            fault.cold_write (vs the kernel's first-touch fault), pin.batch512 (vs atomic inc+dec, \
+            vs io_uring buffer registration), pin.single (vs process_vm_writev), pin.batch512 at N \
+            threads (vs 1 thread, vs a mutex-and-dictionary pin table), truncate.wake (vs a condvar \
+            wake), dma.copy (vs pmem_memcpy_persist), alloc.block (vs pmemobj_alloc). Method: \
+            warm-up, 5 repetitions, the median. Timing on shared VMs is noisy: compare ratios within \
+            one run.
+            """
+    )
+
+    @Argument(help: "Scratch image (created and removed).") var path: String = "/dev/shm/daxlab-bench.pmem"
+    @Option(name: .long, help: "Thread counts of the scaling rows, comma-separated.") var threads = "1,2"
+    @Option(name: .long, help: "Seconds of measurement per row and per baseline.") var seconds: Double = 2
+    @Option(name: .long, help: ArgumentHelp("Write the report as JSON to FILE ('-' for stdout).", valueName: "FILE"))
+    var json: String?
+    @Option(name: .long, help: ArgumentHelp("Write an SVG plot to FILE: pin throughput against threads, truncate latency per policy.", valueName: "FILE"))
+    var plot: String?
+    @Option(name: .long, help: "Pages of the hot-fault file (the block map's size).") var pages = 65536
+
+    func validate() throws {
+        guard self.seconds > 0 else { throw ValidationError("--seconds must be > 0") }
+        guard self.parsedThreads != nil else { throw ValidationError("--threads must be positive integers, e.g. 1,2,4") }
+        guard (512...(1 << 20)).contains(self.pages) else { throw ValidationError("--pages must be 512...1048576") }
+    }
+
+    var parsedThreads: [Int]? {
+        let values = self.threads.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) >= 1 }) else { return nil }
+        return values.map { $0! }
+    }
+
+    func run() throws {
+        var options = Bench.Options()
+        options.seconds = self.seconds
+        options.threads = Array(Set(self.parsedThreads! + [1])).sorted()
+        options.pages = self.pages
+        let quiet = self.json == "-"
+        let live = !quiet && Terminal.standardOutputIsTerminal
+        let bench = try Bench(path: self.path, options: options) { line in
+            if !quiet { print((live ? "  " : "") + line) }
+        }
+        defer { try? FileManager.default.removeItem(atPath: self.path) }
+        var report = try bench.run()
+        if self.plot != nil { report.truncateLatencies = try self.truncateLatencies(quiet: quiet) }
+        if !quiet { print(Self.table(report)) }
+        if let json = self.json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            let data = try encoder.encode(report)
+            if json == "-" {
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                try data.write(to: URL(fileURLWithPath: json))
+            }
+        }
+        if let plot { try BenchPlot.svg(report).write(toFile: plot, atomically: true, encoding: .utf8) }
+    }
+
+    static let percentiles: [Double] = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
+
+    /// One-second races of each protective policy, for the latency plot.
+    private func truncateLatencies(quiet: Bool) throws -> [String: [Double]] {
+        var curves: [String: [Double]] = [:]
+        for policy in TruncatePolicy.allCases where policy.isProtective {
+            var configuration = RaceConfiguration(policy: policy)
+            configuration.seconds = min(2, self.seconds)
+            configuration.leaseBreakMilliseconds = 1
+            let image = self.path + ".race"
+            defer { try? FileManager.default.removeItem(atPath: image) }
+            let harness = try RaceHarness(path: image, size: 32 << 20, configuration: configuration, force: true)
+            _ = harness.run()
+            curves[policy.rawValue] = harness.latencyPercentiles(Self.percentiles)
+            if !quiet { print("  truncate latency under \(policy): p50 \(curves[policy.rawValue]![4]) us") }
+        }
+        return curves
+    }
+
+    static func table(_ report: BenchReport) -> String {
+        var lines = [String(
+            format: "machine: %d CPUs (%.2f available while two threads spin), %@, is_pmem %@, kernel %@",
+            report.machine.cpus, report.machine.cpusAvailable, report.machine.medium,
+            report.machine.isPmem ? "yes" : "no", report.machine.kernel)]
+        let header = ["row", "threads", "value", "unit", "baseline", "baseline value", "ratio", "target", "met"]
+        var rows = [header]
+        for result in report.results {
+            rows.append([
+                result.name, String(result.threads), Self.number(result.value), result.unit, result.baseline,
+                Self.number(result.baselineValue), String(format: "%.3g", result.ratio), result.target ?? "-",
+                result.met.map { $0 ? "yes" : "NO" } ?? "-",
+            ])
+        }
+        let widths = (0..<header.count).map { column in rows.map { $0[column].count }.max()! }
+        for (index, row) in rows.enumerated() {
+            lines.append(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
+            if index == 0 { lines.append(String(repeating: "-", count: lines.last!.count)) }
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    static func number(_ value: Double) -> String {
+        value >= 1e6 ? String(format: "%.3gM", value / 1e6) : String(format: "%.3g", value)
+    }
+}
