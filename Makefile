@@ -12,6 +12,8 @@ DEBS := libpmem-dev libndctl-dev libdaxctl-dev libpmemobj-dev liburing-dev
 # The emulated-pmem default: a file on tmpfs.
 PMEM_FILE ?= /dev/shm/daxlab.pmem
 PMEM_SIZE ?= 256M
+# Thread counts of the scaling rows of `make bench`.
+BENCH_THREADS ?= 1,2
 # Seconds each policy races in `make demo`.
 DEMO_SECONDS ?= 3
 
@@ -20,13 +22,15 @@ RELEASE_BIN := .build/release/daxlab
 POINTS ?= 2000
 OPS ?= 800
 
-.PHONY: help deps build demo test tsan crash-test clean
+.PHONY: help deps build demo test tsan crash-test bench bench-suites clean
 
 help:
 	@echo "make demo        build (release) and run daxlab's main job on $(PMEM_FILE)"
 	@echo "make test        build and run every test, then the ThreadSanitizer run"
 	@echo "make tsan        the concurrency tests under ThreadSanitizer"
 	@echo "make crash-test  the crash campaign: POINTS=$(POINTS) persist points of OPS=$(OPS) operations"
+	@echo "make bench       daxlab bench (every row against its baseline) -> docs/bench.json, docs/bench.svg,"
+	@echo "                 then the ordo-one/benchmark suites in Benchmarks/ (malloc thresholds)"
 	@echo "make build       build the release binary at $(RELEASE_BIN)"
 	@echo "make clean       remove build folders"
 
@@ -57,6 +61,15 @@ test: deps
 tsan: deps
 	$(SWIFT) test --sanitize=thread --scratch-path .build-tsan \
 		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|PmemTests.MappingTests|DAXTests|RaceTests'
+
+# The comparison harness, then the ordo-one suites (a separate package; its first release build
+# takes several minutes).
+bench: build
+	$(RELEASE_BIN) bench --threads $(BENCH_THREADS) --json docs/bench.json --plot docs/bench.svg
+	$(MAKE) bench-suites
+
+bench-suites: deps
+	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark
 
 crash-test: build
 	$(RELEASE_BIN) crash-test --points $(POINTS) --ops $(OPS)
