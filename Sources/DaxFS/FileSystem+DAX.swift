@@ -52,29 +52,30 @@ extension FileSystem {
     /// Removes the blocks of the pages `range` names (asked again after every wait, since the
     /// file may change while its lock is dropped), through the layout breaker. The caller holds
     /// the file's lock exclusively.
+    /// - Parameter beforeRemoval: changes to make only once the removal will happen (zeroing a
+    ///   partial page): after the policy said proceed, so a refusal (EBUSY, a timeout) leaves the
+    ///   file exactly as it was.
     func removePages(
         _ number: Int, newSize: @escaping () throws(FSError) -> UInt64?,
+        beforeRemoval: () throws(FSError) -> Void = {},
         range: () throws(FSError) -> Range<Int>
     ) throws(FSError) {
         while true {
             let pages = try range()
             let size = try newSize()
-            guard !pages.isEmpty else {
-                if size != nil {
+            guard !pages.isEmpty, let breaker = self.layoutBreaker else {
+                try beforeRemoval()
+                if !pages.isEmpty || size != nil {
                     _ = try Self.removeBlocks(
                         log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: size)
                 }
-                return
-            }
-            guard let breaker = self.layoutBreaker else {
-                _ = try Self.removeBlocks(
-                    log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: size)
                 return
             }
             switch try breaker.breakLayouts(inode: number, pages: pages, lock: self.locks[number]) {
             case .retry:
                 continue
             case .proceed(let handling):
+                try beforeRemoval()
                 try self.removeClaiming(number, pages: pages, newSize: size, handling: handling, breaker: breaker)
                 return
             }

@@ -141,9 +141,15 @@ extension FileSystem {
                 }
                 return
             }
-            try self.zeroWithinPage(id.inode, from: size, to: min(oldSize, (size / Self.pageSize + 1) * Self.pageSize))
             let newPages = (size + Self.pageSize - 1) / Self.pageSize
-            try self.removePages(id.inode, newSize: { UInt64(size) }) { () throws(FSError) -> Range<Int> in
+            // The partial last page stays; its bytes past the new end are zeroed, but only once
+            // the policy lets the truncate happen.
+            let zeroTail = { () throws(FSError) in
+                guard size % Self.pageSize != 0 else { return }
+                try self.zeroWithinPage(id.inode, from: size, to: min(oldSize, newPages * Self.pageSize))
+            }
+            try self.removePages(id.inode, newSize: { UInt64(size) }, beforeRemoval: zeroTail) {
+                () throws(FSError) -> Range<Int> in
                 let current = Int(try self.checkedRecord(id).size)
                 return newPages..<max(newPages, (current + Self.pageSize - 1) / Self.pageSize)
             }
@@ -160,18 +166,25 @@ extension FileSystem {
             guard end > offset else { return }
             let firstWhole = (offset + Self.pageSize - 1) / Self.pageSize
             let endWhole = end == Int(record.size) ? (end + Self.pageSize - 1) / Self.pageSize : end / Self.pageSize
-            if firstWhole * Self.pageSize > offset {
-                try self.zeroWithinPage(id.inode, from: offset, to: min(end, firstWhole * Self.pageSize))
+            // Partial pages at the edges are zeroed, not freed: only once the policy lets the
+            // whole pages go (so EBUSY or a timeout leaves the file as it was).
+            let zeroEdges = { () throws(FSError) in
+                if firstWhole * Self.pageSize > offset {
+                    try self.zeroWithinPage(id.inode, from: offset, to: min(end, firstWhole * Self.pageSize))
+                }
+                if end > endWhole * Self.pageSize, endWhole >= firstWhole {
+                    try self.zeroWithinPage(id.inode, from: endWhole * Self.pageSize, to: end)
+                }
             }
             if endWhole > firstWhole {
-                try self.removePages(id.inode, newSize: { nil }) { () throws(FSError) -> Range<Int> in
+                try self.removePages(id.inode, newSize: { nil }, beforeRemoval: zeroEdges) {
+                    () throws(FSError) -> Range<Int> in
                     let current = Int(try self.checkedRecord(id).size)
                     let last = end >= current ? (current + Self.pageSize - 1) / Self.pageSize : endWhole
                     return firstWhole..<max(firstWhole, min(endWhole, last))
                 }
-            }
-            if end > endWhole * Self.pageSize, endWhole >= firstWhole {
-                try self.zeroWithinPage(id.inode, from: endWhole * Self.pageSize, to: end)
+            } else {
+                try zeroEdges()
             }
         }
     }

@@ -39,6 +39,22 @@ struct PolicyTests {
         #expect(lab.fs.isFreeForAllocation(block))
     }
 
+    @Test("fail: an unaligned truncate and a partial punch refused with EBUSY change not one byte")
+    func failChangesNothing() throws {
+        let lab = try Lab(policy: .fail)
+        let handle = try lab.space.pin(2..<3, write: true)
+        let before = try lab.fs.read(lab.file, offset: 0, count: 16 * 4096)
+        for attempt in [{ try lab.dax.truncate(lab.file, size: 4096 + 100) },
+                        { try lab.dax.punchHole(lab.file, offset: 4096 + 100, length: 3 * 4096) }] {
+            do {
+                try attempt()
+                Issue.record("succeeded over a pinned block")
+            } catch let error as FSError { #expect(error.code == .busy) }
+            #expect(try lab.fs.read(lab.file, offset: 0, count: 16 * 4096) == before, "bytes changed by a refused call")
+        }
+        handle.unpin()
+    }
+
     @Test("wait: blocks until the unpin, woken by the unpin itself (no timer), then frees")
     func wait() throws {
         let lab = try Lab(policy: .wait)
