@@ -127,6 +127,7 @@ extension RaceHarness {
                     }
                     if !good {
                         self.oracle.recordCorruption(Oracle.Corruption(inode: writer.file.inode, page: page, expected: expected))
+                        Self.explain("writer \(writer.index) page \(page): expected #\(expected)", writer.check, bytes)
                     }
                 }
             }
@@ -147,8 +148,26 @@ extension RaceHarness {
                 bytes.withUnsafeBytes { check.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
                 if let tag = BlockTag.read(check), tag.kind == .device, tag.file == file, tag.page == page { continue }
                 self.oracle.recordCorruption(Oracle.Corruption(inode: file.inode, page: page, expected: UInt64.max))
+                Self.explain("shared \(file) page \(page) at the end", check, bytes)
             }
         }
+    }
+
+    /// With DAXLAB_RACE_VERBOSE set, says on stderr what a corrupted page held.
+    static func explain(_ what: String, _ block: UnsafeRawPointer, _ bytes: [UInt8]) {
+        guard getenv("DAXLAB_RACE_VERBOSE") != nil else { return }
+        let zeros = bytes.filter { $0 == 0 }.count
+        var tags: [String] = []
+        for offset in stride(from: 0, to: 4096, by: 512) {
+            let copy = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
+            defer { copy.deallocate() }
+            for index in stride(from: 0, to: 4096, by: BlockTag.size) {
+                copy.advanced(by: index).copyMemory(from: block + offset, byteCount: BlockTag.size)
+            }
+            tags.append(BlockTag.read(copy).map { "\(offset): \($0)" } ?? "\(offset): -")
+        }
+        let line = "corrupted: \(what); \(zeros) zero bytes; " + tags.joined(separator: " | ") + "\n"
+        _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
     }
 
     /// Blocks lost after everything stopped: allocated on the media but used by no file, free on
