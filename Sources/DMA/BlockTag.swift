@@ -56,6 +56,28 @@ public struct BlockTag: Sendable, Equatable, CustomStringConvertible {
             sequence: block.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
     }
 
+    /// The tag of every 32-byte copy in `block`, or nil if any copy is not a tag. Two devices
+    /// that pinned the same page may write it at the same moment, and their copies interleave:
+    /// the block then holds whole tags from both.
+    public static func readEach(_ block: UnsafeRawPointer) -> [BlockTag]? {
+        var tags: [BlockTag] = []
+        tags.reserveCapacity(4096 / Self.size)
+        for offset in stride(from: 0, to: 4096, by: Self.size) {
+            let copy = block + offset
+            guard copy.loadUnaligned(as: UInt32.self) == Self.magic,
+                let kind = Kind(rawValue: copy.loadUnaligned(fromByteOffset: 20, as: UInt32.self))
+            else { return nil }
+            tags.append(BlockTag(
+                file: FileID(
+                    inode: Int(copy.loadUnaligned(fromByteOffset: 4, as: UInt32.self)),
+                    generation: copy.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+                page: Int(copy.loadUnaligned(fromByteOffset: 12, as: UInt32.self)),
+                writer: Int(copy.loadUnaligned(fromByteOffset: 16, as: UInt32.self)), kind: kind,
+                sequence: copy.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
+        }
+        return tags
+    }
+
     public var description: String {
         "\(self.kind == .device ? "device" : "writer") \(self.writer) #\(self.sequence) -> \(self.file) page \(self.page)"
     }
