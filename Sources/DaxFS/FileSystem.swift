@@ -129,13 +129,23 @@ public final class FileSystem: Sendable {
     }
 
     /// Takes the image's exclusive lock (flock on the mapping's descriptor) for this mount.
+    ///
+    /// A flock belongs to the open file description, which a child forked by this process shares
+    /// until its exec closes the (close-on-exec) descriptor: a lock dropped just before such a fork
+    /// can look held for a moment. So a busy lock is tried again for up to 50 ms; a real mount
+    /// holds it far longer and is reported as in use.
     static func lockImage(_ mapping: PmemMapping) throws(FSError) {
-        if flock(mapping.descriptor, LOCK_EX | LOCK_NB) != 0 {
+        var attempts = 0
+        while flock(mapping.descriptor, LOCK_EX | LOCK_NB) != 0 {
             let error = errno
-            if error == EWOULDBLOCK {
+            guard error == EWOULDBLOCK || error == EINTR else {
+                throw FSError(.io, "\(mapping.path): lock: \(String(cString: strerror(error)))")
+            }
+            attempts += 1
+            guard attempts < 10 else {
                 throw FSError(.inUse, "\(mapping.path): in use (mounted or checked by another daxlab)")
             }
-            throw FSError(.io, "\(mapping.path): lock: \(String(cString: strerror(error)))")
+            usleep(5_000)
         }
     }
 
