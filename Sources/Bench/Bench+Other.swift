@@ -25,12 +25,12 @@ extension Bench {
             let truncater = BenchThread.spawn {
                 _ = CShims_bind_to_cpu(1)
                 try! self.dax.truncate(file, size: 4096, policy: .wait)
-                returned.store(Measure.now(), ordering: .releasing)
+                returned.store(MonotonicClock.now(), ordering: .releasing)
             }
             _ = CShims_bind_to_cpu(0)
             while self.dax.statistics.waits.load(ordering: .relaxed) == sleeping { sched_yield() }
             usleep(2000)  // let it fall asleep
-            let released = Measure.now()
+            let released = MonotonicClock.now()
             handle.unpin()
             pthread_join(truncater, nil)
             wakes.append(Double(returned.load(ordering: .acquiring) - released) / 1000)
@@ -59,7 +59,7 @@ extension Bench {
                         pthread_mutex_lock(mutex)
                         state.store(1, ordering: .releasing)
                         while state.load(ordering: .acquiring) != 2 { pthread_cond_wait(condition, mutex) }
-                        woke.store(Measure.now(), ordering: .releasing)
+                        woke.store(MonotonicClock.now(), ordering: .releasing)
                         pthread_mutex_unlock(mutex)
                     }
                     _ = CShims_bind_to_cpu(0)
@@ -67,7 +67,7 @@ extension Bench {
                     usleep(2000)
                     pthread_mutex_lock(mutex)
                     state.store(2, ordering: .releasing)
-                    signalled.store(Measure.now(), ordering: .releasing)
+                    signalled.store(MonotonicClock.now(), ordering: .releasing)
                     pthread_cond_signal(condition)
                     pthread_mutex_unlock(mutex)
                     pthread_join(waiter, nil)

@@ -113,14 +113,14 @@ extension Bench {
             let stop = ManagedAtomic<Bool>(false)
             let totals = UnsafeMutablePointer<Int>.allocate(capacity: threads * 16)  // a cache line each
             defer { totals.deallocate() }
-            let start = Measure.now()
+            let start = MonotonicClock.now()
             let workers = (0..<threads).map { thread in
                 BenchThread.spawn { (totals + thread * 16).pointee = body(thread, stop) }
             }
             usleep(UInt32(seconds * 1e6))
             stop.store(true, ordering: .relaxed)
             for worker in workers { pthread_join(worker, nil) }
-            let elapsed = Double(Measure.now() - start) / 1e9
+            let elapsed = Double(MonotonicClock.now() - start) / 1e9
             return Double((0..<threads).reduce(0) { $0 + (totals + $1 * 16).pointee }) / elapsed
         }
     }

@@ -1,4 +1,5 @@
 import CShims
+import DaxFS
 
 #if canImport(Glibc)
 import Glibc
@@ -16,22 +17,22 @@ struct Measure {
         var count = 16
         // Warm-up and calibration: grow the count until a run takes 5 ms.
         while true {
-            let start = Self.now()
+            let start = MonotonicClock.now()
             body(count)
-            let took = Self.now() - start
+            let took = MonotonicClock.now() - start
             if took > 5_000_000 || count > 1 << 30 { break }
             count *= 4
         }
         let perRep = max(0.005, self.budget / Double(self.repetitions))
-        let start = Self.now()
+        let start = MonotonicClock.now()
         body(count)
-        let unit = Double(Self.now() - start) / Double(count)
+        let unit = Double(MonotonicClock.now() - start) / Double(count)
         let tuned = max(1, Int(perRep * 1e9 / max(unit, 0.01)))
         var samples: [Double] = []
         for _ in 0..<self.repetitions {
-            let begin = Self.now()
+            let begin = MonotonicClock.now()
             body(tuned)
-            samples.append(Double(Self.now() - begin) / Double(tuned))
+            samples.append(Double(MonotonicClock.now() - begin) / Double(tuned))
         }
         return Self.median(samples)
     }
@@ -47,11 +48,6 @@ struct Measure {
         return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
     }
 
-    static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-    }
 
     /// How many CPUs two spinning threads really get: their CPU time over wall time.
     static func availableCPUs(seconds: Double = 0.3) -> Double {
@@ -61,10 +57,10 @@ struct Measure {
             let base = results.baseAddress!
             let threads = (0..<2).map { index in
                 BenchThread.spawn {
-                    let start = Self.now()
+                    let start = MonotonicClock.now()
                     let cpuStart = CShims_thread_cpu_ns()
                     var spin: UInt64 = 0
-                    while Self.now() - start < wall { spin &+= 1 }
+                    while MonotonicClock.now() - start < wall { spin &+= 1 }
                     (base + index).pointee = CShims_thread_cpu_ns() - cpuStart + (spin & 0)
                 }
             }

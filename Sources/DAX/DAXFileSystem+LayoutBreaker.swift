@@ -55,7 +55,7 @@ extension DAXFileSystem: LayoutBreaker {
         self.statistics.waits.wrappingIncrement(ordering: .relaxed)
         Self.call?.slept.store(true, ordering: .relaxed)
         lock.unlock()
-        let deadline = timeout.map { WaitQueues.now() + $0.nanoseconds }
+        let deadline = timeout.map { MonotonicClock.now() + $0.nanoseconds }
         let idle = self.pins.waits.wait(on: block, deadline: deadline) { !self.pins.maybeDMAPinned(block) }
         lock.lockExclusive()
         if !idle {
@@ -78,7 +78,7 @@ extension DAXFileSystem: LayoutBreaker {
                 holder.leaseBroken(batch.info)
             }
         }
-        let deadline = WaitQueues.now() + self.times.leaseBreakTime.nanoseconds
+        let deadline = MonotonicClock.now() + self.times.leaseBreakTime.nanoseconds
         Self.call?.slept.store(true, ordering: .relaxed)
         var expired = false
         for block in busy where !expired {

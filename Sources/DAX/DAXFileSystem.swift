@@ -89,9 +89,9 @@ public final class DAXFileSystem: @unchecked Sendable {
     private func withPolicy(_ policy: TruncatePolicy?, _ body: () throws(FSError) -> Void) throws(FSError) {
         self.statistics.truncates.wrappingIncrement(ordering: .relaxed)
         let call = Call(policy: policy)
-        let start = WaitQueues.now()
+        let start = MonotonicClock.now()
         defer {
-            self.statistics.record(latency: WaitQueues.now() - start)
+            self.statistics.record(latency: MonotonicClock.now() - start)
             if call.slept.load(ordering: .relaxed) { self.statistics.truncatesWaited.wrappingIncrement(ordering: .relaxed) }
         }
         let result: Result<Void, FSError> = Self.$call.withValue(call) {

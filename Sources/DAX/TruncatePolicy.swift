@@ -36,10 +36,3 @@ public struct PolicyTimes: Sendable, Equatable {
         self.leaseBreakTime = leaseBreakTime
     }
 }
-
-extension Duration {
-    var nanoseconds: UInt64 {
-        let (seconds, attoseconds) = self.components
-        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
-    }
-}

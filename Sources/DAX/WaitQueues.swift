@@ -86,11 +86,4 @@ final class WaitQueues: @unchecked Sendable {
         pthread_mutex_unlock(&self.buckets[index].mutex)
         self.broadcasts.wrappingIncrement(ordering: .relaxed)
     }
-
-    /// CLOCK_MONOTONIC now, in ns.
-    static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-    }
 }

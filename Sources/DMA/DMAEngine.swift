@@ -126,7 +126,7 @@ final class DMADevice: LeaseHolder, @unchecked Sendable {
     func run() {
         let engine = self.engine
         let stats = engine.statistics
-        let pinNanoseconds = Self.nanoseconds(engine.configuration.pinDuration)
+        let pinNanoseconds = engine.configuration.pinDuration.nanoseconds
         while engine.running.load(ordering: .relaxed) {
             let file = engine.files[self.random(engine.files.count)]
             guard let size = try? engine.dax.fs.stat(file).size, size >= 4096 else {
@@ -149,7 +149,7 @@ final class DMADevice: LeaseHolder, @unchecked Sendable {
             if let observer = engine.observer {
                 for index in 0..<handle.count { observer.didPin(file, page: first + index, block: handle.block(at: index)) }
             }
-            let deadline = Self.now() + pinNanoseconds
+            let deadline = MonotonicClock.now() + pinNanoseconds
             repeat {
                 for index in 0..<handle.count {
                     let block = handle.block(at: index)
@@ -165,21 +165,10 @@ final class DMADevice: LeaseHolder, @unchecked Sendable {
                     if !landed { observer?.didWrite(tag, block: block, landed: false) }
                     (landed ? stats.writes : stats.refusedWrites).wrappingIncrement(ordering: .relaxed)
                 }
-            } while Self.now() < deadline && engine.running.load(ordering: .relaxed)
+            } while MonotonicClock.now() < deadline && engine.running.load(ordering: .relaxed)
             handle.unpin()
             stats.cycles.wrappingIncrement(ordering: .relaxed)
         }
-    }
-
-    static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-    }
-
-    static func nanoseconds(_ duration: Duration) -> UInt64 {
-        let (seconds, attoseconds) = duration.components
-        return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
     }
 }
 

@@ -76,7 +76,7 @@ public final class RaceHarness: @unchecked Sendable {
                 pinDuration: .microseconds(Int64(config.pinMilliseconds * 1000)), pagesPerPin: 1...8,
                 seed: config.seed),
             observer: self.oracle)
-        let started = Self.now()
+        let started = MonotonicClock.now()
         engine.start()
         var threads: [pthread_t] = []
         for index in 0..<config.truncaters {
@@ -89,11 +89,11 @@ public final class RaceHarness: @unchecked Sendable {
 
         // Watchdog and progress, on this thread.
         var lastProgress = -1
-        var lastChange = Self.now()
+        var lastChange = MonotonicClock.now()
         var deadlock = false
         while true {
             usleep(250_000)
-            let now = Self.now()
+            let now = MonotonicClock.now()
             let elapsed = Double(now - started) / 1e9
             let made = engine.statistics.cycles.load(ordering: .relaxed) + self.truncates.load(ordering: .relaxed)
                 + self.writerWrites.load(ordering: .relaxed)
@@ -112,7 +112,7 @@ public final class RaceHarness: @unchecked Sendable {
             if elapsed >= config.seconds { break }
         }
         self.stop.store(true, ordering: .relaxed)
-        let elapsed = Double(Self.now() - started) / 1e9
+        let elapsed = Double(MonotonicClock.now() - started) / 1e9
         if deadlock {
             // Threads are stuck: report without joining them, and without touching the image.
             return self.report(engine: engine, elapsed: elapsed, leaked: 0, fsckClean: false, deadlock: true)
@@ -161,11 +161,5 @@ public final class RaceHarness: @unchecked Sendable {
             revokedDmaWrites: self.oracle.refusedWrites.load(ordering: .relaxed),
             sequesteredBlocksPeak: stats.sequesteredPeak.load(ordering: .relaxed),
             deferredBlocksPeak: stats.deferredPeak.load(ordering: .relaxed), fsckClean: fsckClean, deadlock: deadlock)
-    }
-
-    static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 }

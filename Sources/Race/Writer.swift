@@ -43,7 +43,7 @@ extension RaceHarness {
         let pages = self.configuration.filePages
         while !self.stop.load(ordering: .relaxed) {
             let file = self.sharedFiles[random(self.sharedFiles.count)]
-            let start = Self.now()
+            let start = MonotonicClock.now()
             do {
                 if random(3) == 0 {
                     let first = random(pages)
@@ -51,7 +51,7 @@ extension RaceHarness {
                 } else {
                     try self.dax.truncate(file, size: random(pages) * 4096)
                 }
-                let took = Self.now() - start
+                let took = MonotonicClock.now() - start
                 _ = self.latencies.withLock { $0.record(took) }
             } catch where error.code == .busy {
                 self.busy.wrappingIncrement(ordering: .relaxed)
