@@ -36,6 +36,8 @@ struct InfoCommand: ParsableCommand {
         var isPmem: Bool
         var persistence: PersistenceStrategy
         var mapSync: Bool
+        /// The kernel's `VmFlags` for the mapping (`sf` is MAP_SYNC), when /proc/self/smaps has them.
+        var vmFlags: [String]?
         var autoFlush: Bool
         var created: Bool
         /// The daxlab file system on it, when there is one.
@@ -50,7 +52,7 @@ struct InfoCommand: ParsableCommand {
         var report = Report(
             path: mapping.path, medium: mapping.medium, mediumDescription: mapping.medium.description,
             size: mapping.length, alignment: mapping.alignment, isPmem: mapping.isPmem,
-            persistence: mapping.persistence, mapSync: mapping.synchronousFaults,
+            persistence: mapping.persistence, mapSync: mapping.synchronousFaults, vmFlags: mapping.kernelFlags,
             autoFlush: pmem_has_auto_flush() == 1, created: mapping.created)
         do {
             report.fileSystem = try ImageSummary.read(from: mapping)
@@ -73,6 +75,7 @@ struct InfoCommand: ParsableCommand {
         print(
             "  persistence  \(report.persistence == .pmem ? "CPU cache flush (pmem_persist)" : "msync (pmem_msync)")")
         print("  MAP_SYNC     \(report.mapSync ? "yes (synchronous faults)" : "no")")
+        if let flags = report.vmFlags { print("  VmFlags      \(flags.joined(separator: " "))") }
         print("  eADR         \(report.autoFlush ? "yes (caches are in the persistence domain)" : "no")")
         if let fs = report.fileSystem {
             print("file system    daxlab, \(fs.state) (mounted \(fs.mounts) times), uuid \(fs.uuid)")

@@ -28,6 +28,9 @@ public final class PmemMapping {
     /// Whether page faults on this mapping are synchronous, so that a CPU flush alone makes data and
     /// the file's metadata durable: MAP_SYNC on fs-dax files, and always on device-dax.
     public let synchronousFaults: Bool
+    /// The kernel's flags for the mapping (`VmFlags` in `/proc/self/smaps`: `sh` shared, `sf`
+    /// MAP_SYNC, ...), or nil when /proc could not tell.
+    public let kernelFlags: [String]?
     /// How `persist` and friends make data durable: `.pmem` when `isPmem`, else `.msync`, unless
     /// `MapOptions.persistence` forced one.
     public let persistence: PersistenceStrategy
@@ -66,9 +69,12 @@ public final class PmemMapping {
         self.medium = opened.medium
         self.alignment = opened.alignment
         self.isPmem = isPmem != 0 || opened.medium == .deviceDAX
+        // The kernel's flags for this very mapping, when /proc says; the probe otherwise.
+        self.kernelFlags = KernelMappingFlags.flags(ofMappingAt: base)
         self.synchronousFaults =
             opened.medium == .deviceDAX
-            || Self.supportsMapSync(descriptor: opened.descriptor, length: opened.alignment)
+            || (self.kernelFlags.map { $0.contains("sf") }
+                ?? Self.supportsMapSync(descriptor: opened.descriptor, length: opened.alignment))
         self.persistence = options.persistence ?? (self.isPmem ? .pmem : .msync)
         self.created = opened.created
         self.descriptor = opened.descriptor

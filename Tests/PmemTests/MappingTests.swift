@@ -81,6 +81,20 @@ struct MappingTests {
         }
     }
 
+    @Test("the kernel's VmFlags for the mapping itself: shared, readable, writable, no MAP_SYNC here")
+    func kernelFlagsDescribeTheMapping() throws {
+        try withTemporaryPath { path in
+            let mapping = try PmemMapping(path: path, options: .create(size: 64 << 10))
+            let flags = try #require(mapping.kernelFlags, "/proc/self/smaps lists every mapping")
+            #expect(Set(["rd", "wr", "sh"]).isSubset(of: Set(flags)))
+            #expect(!flags.contains("sf"), "a tmpfs mapping never gets VM_SYNC")
+            // A second mapping of the same file is found at its own address, not confused with the first.
+            let other = try PmemMapping(path: path)
+            #expect(other.kernelFlags == flags)
+            #expect(other.base != mapping.base)
+        }
+    }
+
     @Test("many threads write disjoint ranges of one mapping")
     func concurrentDisjointWriters() async throws {
         try await withTemporaryPath { path in
