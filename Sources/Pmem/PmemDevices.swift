@@ -6,12 +6,13 @@ public struct PmemNamespace: Sendable, Codable, Equatable {
     public var name: String
     /// `fsdax`, `devdax`, `sector`, `raw` or `unknown`.
     public var mode: String
-    /// Bytes.
+    /// Bytes usable through its device (a pfn, dax or btt device's size, else the namespace's).
     public var size: UInt64
     /// The mapping alignment of its pfn or dax device, when it has one.
     public var alignment: UInt64?
     /// `/dev/pmemX` (fsdax, raw), `/dev/pmemXs` (sector) or `/dev/daxX.Y` (devdax).
     public var devicePath: String?
+    /// Active: enabled, or claimed by an enabled pfn, dax or btt device.
     public var enabled: Bool
 }
 
@@ -106,8 +107,12 @@ public enum PmemDiscovery {
         let mode = ndctl_namespace_get_mode(namespace)
         var alignment: UInt64?
         var devicePath: String?
+        // A namespace claimed by a pfn, dax or btt device offers that device's size: the raw size
+        // less the info block and, with map=dev, the struct pages (as `ndctl list` reports).
+        var size = UInt64(ndctl_namespace_get_size(namespace))
         if mode == NDCTL_NS_MODE_DEVDAX, let dax = ndctl_namespace_get_dax(namespace) {
             alignment = UInt64(ndctl_dax_get_align(dax))
+            if ndctl_dax_get_size(dax) > 0 { size = UInt64(ndctl_dax_get_size(dax)) }
             if let daxRegion = ndctl_dax_get_daxctl_region(dax), let device = daxctl_dev_get_first(daxRegion),
                 let name = string(daxctl_dev_get_devname(device))
             {
@@ -115,8 +120,10 @@ public enum PmemDiscovery {
             }
         } else if mode == NDCTL_NS_MODE_FSDAX, let pfn = ndctl_namespace_get_pfn(namespace) {
             alignment = UInt64(ndctl_pfn_get_align(pfn))
+            if ndctl_pfn_get_size(pfn) > 0 { size = UInt64(ndctl_pfn_get_size(pfn)) }
             devicePath = string(ndctl_pfn_get_block_device(pfn)).map { "/dev/" + $0 }
         } else if mode == NDCTL_NS_MODE_SECTOR, let btt = ndctl_namespace_get_btt(namespace) {
+            if ndctl_btt_get_size(btt) > 0 { size = UInt64(ndctl_btt_get_size(btt)) }
             devicePath = string(ndctl_btt_get_block_device(btt)).map { "/dev/" + $0 }
         }
         if devicePath == nil, let block = string(ndctl_namespace_get_block_device(namespace)), !block.isEmpty {
@@ -125,10 +132,11 @@ public enum PmemDiscovery {
         return PmemNamespace(
             name: string(ndctl_namespace_get_devname(namespace)) ?? "?",
             mode: self.modeName(mode),
-            size: UInt64(ndctl_namespace_get_size(namespace)),
+            size: size,
             alignment: alignment,
             devicePath: devicePath,
-            enabled: ndctl_namespace_is_enabled(namespace) != 0)
+            // Active: enabled itself, or through the pfn, dax or btt device that claims it.
+            enabled: ndctl_namespace_is_active(namespace))
     }
 
     private static func daxctlDevices() throws(PmemError) -> [DAXDevice] {
