@@ -87,7 +87,10 @@ enum RaceRunner {
         if existed && !force {
             throw CommandFailure("\(path): exists; daxlab race formats its image (use --force to overwrite it)")
         }
-        let harness = try RaceHarness(path: path, size: size, configuration: configuration, force: true)
+        // A device-dax device is formatted whole, whatever --size says.
+        let isDevice = Self.isCharacterDevice(path)
+        let harness = try RaceHarness(
+            path: path, size: isDevice ? nil : size, configuration: configuration, force: true)
         let terminal = live && Terminal.standardOutputIsTerminal
         let report = harness.run { progress in
             guard terminal else { return }
@@ -102,9 +105,13 @@ enum RaceRunner {
             // Stuck threads still hold the image: report and leave it for inspection.
             return report
         }
-        let isDevice = path.hasPrefix("/dev/dax")
         if !keep && !isDevice { try? FileManager.default.removeItem(atPath: path) }
         return report
+    }
+
+    static func isCharacterDevice(_ path: String) -> Bool {
+        var status = stat()
+        return stat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFCHR
     }
 
     static func printReport(_ report: RaceReport) {

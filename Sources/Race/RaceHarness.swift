@@ -31,8 +31,9 @@ public final class RaceHarness: @unchecked Sendable {
     let latencies = Locked(Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three))
 
     /// Formats `path` and mounts it with the DAX layer under `configuration.policy`.
-    /// - Parameter size: the image size when `path` must be created.
-    public init(path: String, size: Int, configuration: RaceConfiguration, force: Bool) throws(FSError) {
+    /// - Parameter size: the image size when `path` must be created; nil takes an existing file's
+    ///   size, and a device-dax device is always used whole.
+    public init(path: String, size: Int?, configuration: RaceConfiguration, force: Bool) throws(FSError) {
         self.configuration = configuration
         _ = try FileSystem.format(path: path, size: size, force: force)
         self.fs = try FileSystem.mount(path: path)
