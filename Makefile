@@ -22,11 +22,12 @@ RELEASE_BIN := .build/release/daxlab
 POINTS ?= 2000
 OPS ?= 800
 
-.PHONY: help deps build demo test tsan crash-test bench bench-suites clean
+.PHONY: help deps build demo test test-pmem tsan crash-test bench bench-suites clean
 
 help:
 	@echo "make demo        build (release) and run daxlab's main job on $(PMEM_FILE)"
-	@echo "make test        build and run every test, then the ThreadSanitizer run"
+	@echo "make test        build and run every test, the ThreadSanitizer run, then test-pmem where QEMU can run"
+	@echo "make test-pmem   daxlab on kernel fs-dax and device-dax in QEMU guests (NVDIMM, reboot, memmap=)"
 	@echo "make tsan        the concurrency tests under ThreadSanitizer"
 	@echo "make crash-test  the crash campaign: POINTS=$(POINTS) persist points of OPS=$(OPS) operations"
 	@echo "make bench       daxlab bench (every row against its baseline) -> docs/bench.json, docs/bench.svg,"
@@ -56,6 +57,12 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
 	$(MAKE) tsan
+	@# Real pmem: skipped, with one line saying why, where QEMU or a kernel cannot be had.
+	SWIFT=$(SWIFT) scripts/test-pmem.sh --if-possible
+
+# Real kernel pmem in QEMU guests under software emulation (about 2 minutes; see scripts/test-pmem.sh).
+test-pmem: deps
+	SWIFT=$(SWIFT) scripts/test-pmem.sh
 
 # The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
 tsan: deps

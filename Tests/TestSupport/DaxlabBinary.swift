@@ -22,39 +22,10 @@ public enum DaxlabBinary {
         _ arguments: [String], environment: [String: String] = [:], prefix: [String] = [],
         timeout: TimeInterval = 60
     ) throws -> ProcessResult {
-        let process = Process()
-        let command = prefix + [self.path] + arguments
-        process.executableURL = URL(fileURLWithPath: prefix.isEmpty ? self.path : "/usr/bin/env")
-        process.arguments = prefix.isEmpty ? arguments : command
-        var merged = ProcessInfo.processInfo.environment
-        merged.removeValue(forKey: "PMEM_IS_PMEM_FORCE")
-        for (key, value) in environment { merged[key] = value }
-        process.environment = merged
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        // Read both pipes while the child runs, so a full pipe cannot stall it.
-        let group = DispatchGroup()
-        nonisolated(unsafe) var outputData = Data()
-        nonisolated(unsafe) var errorData = Data()
-        DispatchQueue.global().async(group: group) { outputData = output.fileHandleForReading.readDataToEndOfFile() }
-        DispatchQueue.global().async(group: group) { errorData = error.fileHandleForReading.readDataToEndOfFile() }
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning, Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-            throw TimedOut(command: command.joined(separator: " "), seconds: timeout)
-        }
-        process.waitUntilExit()
-        group.wait()
-        return ProcessResult(
-            status: process.terminationStatus,
-            standardOutput: String(decoding: outputData, as: UTF8.self),
-            standardError: String(decoding: errorData, as: UTF8.self))
+        // The child decides is-pmem for itself unless `environment` forces it.
+        try runProcess(
+            prefix + [self.path] + arguments, environment: environment, removing: ["PMEM_IS_PMEM_FORCE"],
+            timeout: timeout)
     }
 
     public struct TimedOut: Error, CustomStringConvertible {
@@ -62,4 +33,46 @@ public enum DaxlabBinary {
         public var seconds: TimeInterval
         public var description: String { "\(self.command) did not finish in \(self.seconds) s" }
     }
+}
+
+/// Runs `command` (its first element an absolute path, or a name looked up in PATH through
+/// /usr/bin/env) with the test's environment less `removing`, plus `environment`; waits at most
+/// `timeout` and kills it after that.
+public func runProcess(
+    _ command: [String], environment: [String: String] = [:], removing: Set<String> = [],
+    timeout: TimeInterval = 60
+) throws -> ProcessResult {
+    let process = Process()
+    let direct = command[0].hasPrefix("/")
+    process.executableURL = URL(fileURLWithPath: direct ? command[0] : "/usr/bin/env")
+    process.arguments = direct ? Array(command.dropFirst()) : command
+    var merged = ProcessInfo.processInfo.environment
+    for key in removing { merged.removeValue(forKey: key) }
+    for (key, value) in environment { merged[key] = value }
+    process.environment = merged
+    let output = Pipe()
+    let error = Pipe()
+    process.standardOutput = output
+    process.standardError = error
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    // Read both pipes while the child runs, so a full pipe cannot stall it.
+    let group = DispatchGroup()
+    nonisolated(unsafe) var outputData = Data()
+    nonisolated(unsafe) var errorData = Data()
+    DispatchQueue.global().async(group: group) { outputData = output.fileHandleForReading.readDataToEndOfFile() }
+    DispatchQueue.global().async(group: group) { errorData = error.fileHandleForReading.readDataToEndOfFile() }
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning, Date() < deadline { usleep(10_000) }
+    if process.isRunning {
+        process.terminate()
+        process.waitUntilExit()
+        throw DaxlabBinary.TimedOut(command: command.joined(separator: " "), seconds: timeout)
+    }
+    process.waitUntilExit()
+    group.wait()
+    return ProcessResult(
+        status: process.terminationStatus,
+        standardOutput: String(decoding: outputData, as: UTF8.self),
+        standardError: String(decoding: errorData, as: UTF8.self))
 }

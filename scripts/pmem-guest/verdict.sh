@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Judges the consoles of the guests that scripts/test-pmem.sh booted: every expected check must
+# have passed, nothing may have failed, and each guest must have reached its end marker in time.
+# The guest's line protocol is described at the top of scripts/pmem-guest/init.
+#
+# Usage: verdict.sh DIR          judge DIR/{nvdimm,reboot,memmap}.log; exit 0 pass, 1 fail
+#        verdict.sh --expected STAGE   print the checks STAGE must pass, one per line
+set -uo pipefail
+
+policies="none fail wait sequester deferred lease-break"
+races() { for policy in $policies; do echo "race-$1-$policy"; done; }
+trip() { echo "$1-mkfs $1-write $1-read-back $1-fsck"; }
+devices="devices-fsdax devices-devdax devices-pmem-path devices-dax-path"
+info="info-fsdax-medium info-fsdax-is-pmem info-fsdax-map-sync info-fsdax-vm-sync-flag"
+info="$info info-devdax-medium info-devdax-is-pmem"
+
+expected() {
+    case $1 in
+        nvdimm) echo labels-initialised create-fsdax create-devdax $devices mkfs-ext4 mount-dax mount-option-dax \
+            $info $(trip fsdax) $(races fsdax) $(races devdax) $(trip devdax) fsdax-still-intact ;;
+        reboot) echo namespaces-back $devices mount-dax mount-option-dax \
+            fsdax-survived-fsck fsdax-survived-read-back devdax-survived-fsck devdax-survived-read-back ;;
+        memmap) echo reconfigure-fsdax reconfigure-devdax $devices mkfs-ext4 mount-dax mount-option-dax \
+            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) ;;
+        *) echo "verdict: unknown stage '$1'" >&2; return 2 ;;
+    esac
+}
+
+case "${1:-}" in
+    --expected) expected "${2:-}" | tr ' ' '\n'; exit ;;
+    "" | -*) echo "usage: $0 DIR | --expected STAGE" >&2; exit 2 ;;
+esac
+dir=$1
+problems=()
+checks=0
+for stage in nvdimm reboot memmap; do
+    log=$dir/$stage.log
+    if [ ! -s "$log" ]; then problems+=("$stage: no console log ($log)"); continue; fi
+    for name in $(expected "$stage"); do
+        if grep -q "^DAXLAB-CHECK $stage $name PASS" "$log"; then
+            checks=$((checks + 1))
+        else
+            problems+=("$stage: $name did not pass")
+        fi
+    done
+    while read -r line; do problems+=("failed: ${line#DAXLAB-CHECK }"); done < <(grep "^DAXLAB-CHECK $stage .* FAIL" "$log")
+    grep -q "^DAXLAB-HOST $stage TIMEOUT" "$log" && problems+=("$stage: timed out")
+    grep -q "^DAXLAB-GUEST-END stage=$stage failures=0\$" "$log" ||
+        problems+=("$stage: no clean end marker (DAXLAB-GUEST-END stage=$stage failures=0)")
+done
+
+echo "test-pmem: race verdicts"
+cat "$dir"/{nvdimm,memmap}.log 2>/dev/null | grep "^DAXLAB-RACE" | sed 's/^DAXLAB-RACE /  /'
+if [ ${#problems[@]} -ne 0 ]; then
+    printf '  %s\n' "${problems[@]}"
+    echo "test-pmem: FAIL: ${#problems[@]} problem(s); the consoles are in $dir/{nvdimm,reboot,memmap}.log" >&2
+    exit 1
+fi
+echo "test-pmem: PASS: $checks checks in 3 boots (fs-dax and device-dax on an NVDIMM and on memmap= pmem;" \
+    "the data survived the reboot)"
