@@ -45,7 +45,8 @@ cannot() {
 # --- what the host needs -------------------------------------------------------------------------
 mkdir -p "$WORK" || die "cannot create $WORK"
 [ "$(uname -m)" = x86_64 ] || cannot "the guest is x86-64 and this machine is $(uname -m)"
-scripts/ensure-debs.sh $GUEST_DEBS > "$WORK/deps.log" 2>&1 || cannot "$(tail -n 2 "$WORK/deps.log" | head -n 1)"
+scripts/ensure-debs.sh $GUEST_DEBS 2> "$WORK/deps.log" ||
+    cannot "$(grep -m 1 -i 'error' "$WORK/deps.log" | sed 's/^error: //') (see $WORK/deps.log)"
 kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)
 [ -n "$kernel" ] || cannot "no kernel in /boot (linux-image-amd64)"
 kver=${kernel#/boot/vmlinuz-}
