@@ -43,7 +43,7 @@ let package = Package(
         // The DAX layer: address spaces (faults), pins, leases, and the truncate policies.
         .target(
             name: "DAX",
-            dependencies: ["DaxFS", "Pmem", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: ["CShims", "DaxFS", "Pmem", .product(name: "Atomics", package: "swift-atomics")]
         ),
         // Simulated devices that pin file blocks and write into them.
         .target(name: "DMA", dependencies: ["DAX", "DaxFS", .product(name: "Atomics", package: "swift-atomics")]),

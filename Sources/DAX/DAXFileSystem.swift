@@ -18,7 +18,7 @@ public final class DAXFileSystem: @unchecked Sendable {
     /// A 4 KiB page of zeros, mapped read-only: what a read fault on a hole returns.
     let zeroPage: UnsafeMutableRawPointer
     private let spaces = Locked<[Int: AddressSpace]>([:])
-    private let batchPool = Locked<[PinBatch]>([])
+    let batchPool = BatchPool()
     private let leaseCounter = ManagedAtomic<UInt64>(0)
     public let statistics: PolicyStatistics
 
@@ -42,7 +42,6 @@ public final class DAXFileSystem: @unchecked Sendable {
             }
             statistics.leaveLimbo(kind == .sequestered ? .sequester : .deferRelease)
         }
-        self.batchPool.withLock { $0.reserveCapacity(256) }
         fs.attach(self)
     }
 
@@ -104,9 +103,9 @@ public final class DAXFileSystem: @unchecked Sendable {
 
     // MARK: Pin batches
 
-    func takeBatch() -> PinBatch { self.batchPool.withLock { $0.popLast() } ?? PinBatch() }
+    func takeBatch() -> PinBatch { self.batchPool.take() }
 
-    func returnBatch(_ batch: PinBatch) { self.batchPool.withLock { $0.append(batch) } }
+    func returnBatch(_ batch: PinBatch) { self.batchPool.put(batch) }
 
     func nextLeaseID() -> UInt64 { self.leaseCounter.wrappingIncrementThenLoad(ordering: .relaxed) }
 }

@@ -1,0 +1,78 @@
+import Atomics
+import CShims
+
+/// Recycled pin batches, so that pinning allocates nothing once warm.
+///
+/// Lock-free: each slot, a cache line of its own, holds at most one batch, and a batch enters or
+/// leaves a slot with a single atomic compare-exchange or exchange. At every moment a batch is
+/// owned by exactly one side (a slot or a thread), and nothing links batches to one another, so
+/// there is no ABA problem. A thread starts at its CPU's slot, so threads on different CPUs do
+/// not share lines. A full pool lets a returned batch go (ARC frees it).
+final class BatchPool: @unchecked Sendable {
+    private static let slots = 128
+    /// Words per slot: 64 bytes.
+    private static let stride = 8
+    private let words: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
+
+    init() {
+        self.words = .allocate(capacity: Self.slots * Self.stride)
+        self.words.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.slots * Self.stride)
+    }
+
+    deinit {
+        for slot in 0..<Self.slots {
+            let bits = self.slot(slot).exchange(0, ordering: .acquiring)
+            if bits != 0 { Self.batch(bits).release() }
+        }
+        self.words.deallocate()
+    }
+
+    /// A batch from the pool, or a new one.
+    @inline(__always)
+    func take() -> PinBatch {
+        let start = Self.startSlot()
+        for offset in 0..<Self.slots {
+            let slot = self.slot((start + offset) & (Self.slots - 1))
+            // Read before writing, so a scan over empty slots dirties no cache line.
+            guard slot.load(ordering: .relaxed) != 0 else { continue }
+            let bits = slot.exchange(0, ordering: .acquiring)
+            if bits != 0 { return Self.batch(bits).takeRetainedValue() }
+        }
+        return PinBatch()
+    }
+
+    /// Gives `batch` back; the caller must not touch it afterwards.
+    @inline(__always)
+    func put(_ batch: PinBatch) {
+        let reference = Unmanaged.passRetained(batch)
+        let bits = UInt(bitPattern: reference.toOpaque())
+        let start = Self.startSlot()
+        for offset in 0..<Self.slots {
+            let slot = self.slot((start + offset) & (Self.slots - 1))
+            guard slot.load(ordering: .relaxed) == 0 else { continue }
+            if slot.compareExchange(expected: 0, desired: bits, ordering: .releasing).exchanged { return }
+        }
+        reference.release()
+    }
+
+    /// Batches in the pool now (for tests; racy while others take and put).
+    var count: Int {
+        (0..<Self.slots).reduce(0) { $0 + (self.slot($1).load(ordering: .relaxed) != 0 ? 1 : 0) }
+    }
+
+    @inline(__always)
+    private func slot(_ index: Int) -> UnsafeAtomic<UInt> {
+        UnsafeAtomic(at: self.words + index * Self.stride)
+    }
+
+    @inline(__always)
+    private static func batch(_ bits: UInt) -> Unmanaged<PinBatch> {
+        Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits)!)
+    }
+
+    /// The calling thread's CPU's slot (glibc answers from the rseq area, without a system call).
+    @inline(__always)
+    private static func startSlot() -> Int {
+        Int(max(0, CShims_sched_getcpu())) & (Self.slots - 1)
+    }
+}
