@@ -55,11 +55,6 @@ final class BatchPool: @unchecked Sendable {
         reference.release()
     }
 
-    /// Batches in the pool now (for tests; racy while others take and put).
-    var count: Int {
-        (0..<Self.slots).reduce(0) { $0 + (self.slot($1).load(ordering: .relaxed) != 0 ? 1 : 0) }
-    }
-
     @inline(__always)
     private func slot(_ index: Int) -> UnsafeAtomic<UInt> {
         UnsafeAtomic(at: self.words + index * Self.stride)

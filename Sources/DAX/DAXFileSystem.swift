@@ -18,7 +18,7 @@ public final class DAXFileSystem: @unchecked Sendable {
     /// A 4 KiB page of zeros, mapped read-only: what a read fault on a hole returns.
     let zeroPage: UnsafeMutableRawPointer
     private let spaces = Locked<[Int: AddressSpace]>([:])
-    let batchPool = BatchPool()
+    private let batchPool = BatchPool()
     private let leaseCounter = ManagedAtomic<UInt64>(0)
     public let statistics: PolicyStatistics
 
