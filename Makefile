@@ -22,11 +22,12 @@ RELEASE_BIN := .build/release/daxlab
 POINTS ?= 2000
 OPS ?= 800
 
-.PHONY: help deps build demo test test-pmem tsan crash-test bench bench-suites clean
+.PHONY: help deps build demo test check-layers test-pmem tsan crash-test bench bench-suites clean
 
 help:
 	@echo "make demo        build (release) and run daxlab's main job on $(PMEM_FILE)"
 	@echo "make test        build and run every test, the ThreadSanitizer run, then test-pmem where QEMU can run"
+	@echo "make check-layers  every package dependency used, and in layer order (scripts/check-layers.swift)"
 	@echo "make test-pmem   daxlab on kernel fs-dax and device-dax in QEMU guests (NVDIMM, reboot, memmap=)"
 	@echo "make tsan        the concurrency tests under ThreadSanitizer"
 	@echo "make crash-test  the crash campaign: POINTS=$(POINTS) persist points of OPS=$(OPS) operations"
@@ -53,12 +54,16 @@ demo: build
 	@# The main job: DMA devices against truncate under every policy, judged by the oracle.
 	$(RELEASE_BIN) demo /dev/shm/daxlab-demo.pmem --seconds $(DEMO_SECONDS)
 
-test: deps
+test: deps check-layers
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
 	$(MAKE) tsan
 	@# Real pmem: skipped, with one line saying why, where QEMU or a kernel cannot be had.
 	SWIFT=$(SWIFT) scripts/test-pmem.sh --if-possible
+
+# The module graph: no dependency a layer does not import, none that skips the layer order.
+check-layers:
+	$(SWIFT) package dump-package | $(SWIFT) scripts/check-layers.swift
 
 # Real kernel pmem in QEMU guests under software emulation (about 2 minutes; see scripts/test-pmem.sh).
 test-pmem: deps

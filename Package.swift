@@ -1,8 +1,21 @@
 // swift-tools-version: 6.1
 //
 // daxlab: a userspace laboratory for the Linux DAX "DMA versus truncate" problem.
-// Layers, bottom to top (each imports only the ones below it; see README.md):
-//   CShims -> Pmem -> (DaxFS -> DAX -> DMA -> Race/Bench, later issues) -> DaxlabCLI -> daxlab
+//
+// The module graph, bottom to top; each target depends only on targets below it, and only on
+// what it imports (scripts/check-layers.sh checks both):
+//
+//   CShims          C: libpmem, libndctl, libdaxctl re-exported; prefixed wrappers for macros
+//   DaxlabSupport   locks, the monotonic clock, named threads, the seeded generator, syscall errors
+//   Pmem            mappings of persistent memory, persistence, device discovery
+//   DaxFS           the file system in the mapping; its side of the DAX contract (DAXContract.swift)
+//   CrashCampaign   crash injection (a persist observer) and the crash workload
+//   DAX             address spaces, pins, leases, the policies (the layout breaker), the reclaimer
+//   DMA             simulated devices that pin blocks and write into them
+//   Race            the race harness and its oracle
+//   CBenchShims     C: liburing, libpmemobj, process_vm_writev (the baselines of daxlab bench)
+//   Bench           daxlab bench: every row against a baseline in the same run
+//   DaxlabCLI       the commands (swift-argument-parser), and the `daxlab` executable on top
 import PackageDescription
 
 let package = Package(
@@ -11,7 +24,8 @@ let package = Package(
         .executable(name: "daxlab", targets: ["daxlab"]),
         .library(name: "Pmem", targets: ["Pmem"]),
         .library(name: "DaxFS", targets: ["DaxFS"]),
-        .library(name: "DAX", targets: ["DAX", "DMA"]),
+        .library(name: "DAX", targets: ["DAX"]),
+        .library(name: "DMA", targets: ["DMA"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -20,65 +34,91 @@ let package = Package(
     ],
     targets: [
         // Thin, prefixed C wrappers over libpmem, libndctl, libdaxctl and the Linux bits Swift
-        // cannot import (macros, flags). No logic lives here.
+        // cannot import (macros, variadic calls). No logic lives here.
         .target(
             name: "CShims",
             path: "CShims",
             cSettings: [.define("_GNU_SOURCE")],
-            linkerSettings: [
-                .linkedLibrary("pmem"),
-                .linkedLibrary("ndctl"),
-                .linkedLibrary("daxctl"),
-                .linkedLibrary("pmemobj"),
-                .linkedLibrary("uring"),
-            ]
+            linkerSettings: [.linkedLibrary("pmem"), .linkedLibrary("ndctl"), .linkedLibrary("daxctl")]
         ),
+        // The shared tools every layer uses: pthread locks (which ThreadSanitizer understands),
+        // the monotonic clock, named joinable threads, SplitMix64, typed syscall errors.
+        .target(name: "DaxlabSupport", dependencies: ["CShims"]),
         // Mappings of persistent memory, persistence, and device discovery.
         .target(name: "Pmem", dependencies: ["CShims"]),
-        // DaxFS: the file system whose blocks live in the mapping (format, log, allocator, fsck).
+        // DaxFS: the file system whose blocks live in the mapping (format, log, allocator, fsck),
+        // and its side of the DAX contract.
         .target(
             name: "DaxFS",
-            dependencies: ["Pmem", "CShims", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: ["Pmem", "CShims", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics")]
         ),
-        // The DAX layer: address spaces (faults), pins, leases, and the truncate policies.
+        // The crash campaign's pieces: a persist observer that models power loss and kills the
+        // process at a chosen persist point, and the workload it interrupts.
+        .target(name: "CrashCampaign", dependencies: ["DaxFS", "Pmem", "DaxlabSupport"]),
+        // The DAX layer: address spaces (faults), pins, leases, the truncate policies.
         .target(
             name: "DAX",
-            dependencies: ["CShims", "DaxFS", "Pmem", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: [
+                "CShims", "DaxFS", "Pmem", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            // The pin fast path's test hook exists only in debug builds (tests); never in release.
+            swiftSettings: [.define("DAXLAB_TEST_HOOKS", .when(configuration: .debug))]
         ),
         // Simulated devices that pin file blocks and write into them.
-        .target(name: "DMA", dependencies: ["DAX", "DaxFS", .product(name: "Atomics", package: "swift-atomics")]),
-        // The comparison benchmarks of `daxlab bench`: every row against a baseline in the same run.
         .target(
-            name: "Bench",
-            dependencies: ["DMA", "DAX", "DaxFS", "Pmem", "CShims", .product(name: "Atomics", package: "swift-atomics")]
+            name: "DMA",
+            dependencies: ["DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics")]
         ),
         // The race harness and its oracle: devices, truncaters and writers on shared files.
         .target(
             name: "Race",
             dependencies: [
-                "DMA", "DAX", "DaxFS", "Pmem", .product(name: "Atomics", package: "swift-atomics"),
+                "CShims", "DMA", "DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        // The kernel's and libraries' own paths daxlab bench measures against; only Bench links them.
+        .target(
+            name: "CBenchShims",
+            path: "CBenchShims",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("pmemobj")]
+        ),
+        // The comparison benchmarks of `daxlab bench`: every row against a baseline in the same run.
+        .target(
+            name: "Bench",
+            dependencies: [
+                "CBenchShims", "CShims", "DAX", "DaxFS", "Pmem", "DaxlabSupport",
+                .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         // The command-line interface, as a library so tests can reach its pieces.
         .target(
             name: "DaxlabCLI",
             dependencies: [
-                "Pmem",
-                "DaxFS",
-                "DAX",
-                "Race",
-                "Bench",
+                "Pmem", "DaxFS", "CrashCampaign", "Race", "Bench", "DaxlabSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "daxlab", dependencies: ["DaxlabCLI"]),
         // Temporary paths and a runner for the built `daxlab` binary, shared by the test targets.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["DaxlabSupport"], path: "Tests/TestSupport"),
         .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
-        .testTarget(name: "DaxFSTests", dependencies: ["DaxFS", "Pmem", "TestSupport"]),
-        .testTarget(name: "DAXTests", dependencies: ["DAX", "DMA", "DaxFS", "TestSupport"]),
-        .testTarget(name: "RaceTests", dependencies: ["Race", "DAX", "DaxFS", "TestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["daxlab", "DaxlabCLI", "Pmem", "DaxFS", "TestSupport"]),
+        .testTarget(name: "DaxFSTests", dependencies: ["DaxFS", "Pmem", "TestSupport", "DaxlabSupport"]),
+        .testTarget(
+            name: "DAXTests",
+            dependencies: [
+                "DAX", "DMA", "DaxFS", "TestSupport", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            swiftSettings: [.define("DAXLAB_TEST_HOOKS", .when(configuration: .debug))]
+        ),
+        .testTarget(
+            name: "RaceTests",
+            dependencies: ["Race", "DMA", "DAX", "DaxFS", "CShims", "TestSupport"]
+        ),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["daxlab", "DaxlabCLI", "CBenchShims", "TestSupport"]
+        ),
     ]
 )

@@ -2,7 +2,8 @@
 //
 // This header re-exports libpmem, libndctl and libdaxctl to Swift, and adds prefixed wrappers
 // only for what Swift cannot import or call directly: flag macros from headers that need
-// _GNU_SOURCE, and statx(2). Nothing here decides anything; the Swift layers above do.
+// _GNU_SOURCE, variadic calls, and statx(2). Nothing here decides anything; the Swift layers
+// above do. The kernel and library baselines of `daxlab bench` live in CBenchShims.
 #ifndef CSHIMS_H
 #define CSHIMS_H
 
@@ -40,34 +41,11 @@ int CShims_bind_to_cpu(int cpu);
 /// Lets the calling thread run on every online CPU again; 0 or -errno.
 int CShims_unbind_cpu(void);
 
-/// Thread CPU time in ns (CLOCK_THREAD_CPUTIME_ID).
-unsigned long long CShims_thread_cpu_ns(void);
+/// Names the calling thread (prctl PR_SET_NAME, which keeps the first 15 bytes); 0 or -errno.
+int CShims_set_thread_name(const char *name);
 
 /// statx(fd, "", AT_EMPTY_PATH) returning the attribute bits and the mask of bits the kernel
 /// supports. Returns 0, or -1 with errno set.
 int CShims_statx_attributes(int fd, uint64_t *attributes, uint64_t *attributes_mask);
-
-
-// MARK: Kernel and library baselines for `daxlab bench` (thin wrappers; each returns 0 or -errno).
-
-/// An io_uring instance with `entries` slots; NULL on failure (errno set).
-void *CShims_uring_create(unsigned entries);
-void CShims_uring_destroy(void *ring);
-/// io_uring_register_buffers with one buffer, then io_uring_unregister_buffers: the kernel's
-/// pin_user_pages + unpin of `length` bytes at `buffer`.
-int CShims_uring_register_unregister(void *ring, void *buffer, size_t length);
-
-/// process_vm_writev of `length` bytes from `source` to `destination` in this very process
-/// (the kernel pins the destination page with GUP inside). Returns bytes written or -errno.
-long CShims_process_vm_writev_self(void *destination, const void *source, size_t length);
-
-/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
-int CShims_punch_hole(int fd, long offset, long length);
-
-/// A libpmemobj pool at `path` (created, `size` bytes); NULL on failure.
-void *CShims_pmemobj_create(const char *path, size_t size);
-void CShims_pmemobj_close(void *pool);
-/// pmemobj_alloc of `size` bytes then pmemobj_free: one transactional allocation and free.
-int CShims_pmemobj_alloc_free(void *pool, size_t size);
 
 #endif

@@ -1,6 +1,7 @@
-import CShims
+import CBenchShims
 import DAX
 import DaxFS
+import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -32,12 +33,12 @@ extension Bench {
         }
         self.add("fault.hot", unit: "ns/page", value: hot, baseline: "array.load", baselineValue: array, better: "lower",
                  target: ("<= 2.0", { $0 <= 2.0 }))
-        let kernelRead = self.kernelReadFault(pages: min(pages, 16384))
+        let kernelRead = try self.kernelReadFault(pages: min(pages, 16384))
         self.add("fault.hot", unit: "ns/page", value: hot, baseline: "kernel.tmpfs_read_fault", baselineValue: kernelRead,
                  better: "lower", target: ("<= 0.025", { $0 <= 1.0 / 40 }))
 
         let cold = try self.coldWriteFault(pages: 2048)
-        let firstTouch = self.kernelFirstTouch(pages: 2048)
+        let firstTouch = try self.kernelFirstTouch(pages: 2048)
         self.add("fault.cold_write", unit: "ns/page", value: cold, baseline: "kernel.tmpfs_first_touch",
                  baselineValue: firstTouch, better: "lower", target: ("<= 0.5", { $0 <= 0.5 }))
     }
@@ -49,7 +50,7 @@ extension Bench {
         try self.fs.truncate(file, size: pages * 4096)
         let space = self.dax.open(file)
         return self.measure.median {
-            try! self.dax.truncate(file, size: 0)
+            try! self.fs.truncate(file, size: 0)
             try! self.fs.truncate(file, size: pages * 4096)
             let start = MonotonicClock.now()
             for page in 0..<pages { _ = try! space.fault(page, write: true) }
@@ -59,8 +60,8 @@ extension Bench {
 
     /// A tmpfs MAP_SHARED mapping whose pages are in the page cache but not mapped: the kernel's
     /// read fault maps each (madvise(DONTNEED) between repetitions unmaps them again).
-    private func kernelReadFault(pages: Int) -> Double {
-        let (fd, base) = Self.tmpfsMapping(pages: pages)
+    private func kernelReadFault(pages: Int) throws -> Double {
+        let (fd, base) = try Self.tmpfsMapping(pages: pages)
         defer { munmap(base, pages * 4096); close(fd) }
         for page in 0..<pages { (base + page * 4096).storeBytes(of: 1, as: UInt8.self) }
         return self.measure.median {
@@ -74,25 +75,31 @@ extension Bench {
     }
 
     /// First-touch write faults on a new tmpfs page (the hole is punched again between repetitions).
-    private func kernelFirstTouch(pages: Int) -> Double {
-        let (fd, base) = Self.tmpfsMapping(pages: pages)
+    private func kernelFirstTouch(pages: Int) throws -> Double {
+        let (fd, base) = try Self.tmpfsMapping(pages: pages)
         defer { munmap(base, pages * 4096); close(fd) }
         return self.measure.median {
             madvise(base, pages * 4096, MADV_DONTNEED)
-            _ = CShims_punch_hole(fd, 0, pages * 4096)
+            _ = CBenchShims_punch_hole(fd, 0, pages * 4096)
             let start = MonotonicClock.now()
             for page in 0..<pages { (base + page * 4096).storeBytes(of: 1, as: UInt8.self) }
             return Double(MonotonicClock.now() - start) / Double(pages)
         }
     }
 
-    static func tmpfsMapping(pages: Int) -> (Int32, UnsafeMutableRawPointer) {
+    /// An unlinked file on tmpfs of `pages` pages, mapped shared: the kernel baselines' memory.
+    static func tmpfsMapping(pages: Int) throws(SystemCallError) -> (Int32, UnsafeMutableRawPointer) {
         let path = "/dev/shm/daxlab-bench-kernel-\(getpid())"
-        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
-        precondition(fd >= 0, "cannot create \(path)")
+        let fd = try valueOrErrno("create \(path)") { open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
         unlink(path)
-        ftruncate(fd, off_t(pages * 4096))
-        let base = mmap(nil, pages * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)!
-        return (fd, base)
+        do {
+            try valueOrErrno("resize \(path)") { ftruncate(fd, off_t(pages * 4096)) }
+            let base = try mapMemory(
+                "map \(path)", length: pages * 4096, protection: PROT_READ | PROT_WRITE, flags: MAP_SHARED, descriptor: fd)
+            return (fd, base)
+        } catch {
+            close(fd)
+            throw error
+        }
     }
 }

@@ -1,7 +1,9 @@
 import Atomics
+import CBenchShims
 import CShims
 import DAX
 import DaxFS
+import DaxlabSupport
 import Pmem
 
 #if canImport(Glibc)
@@ -16,74 +18,68 @@ extension Bench {
         let space = self.dax.open(file)
         let samples = max(5, Int(self.options.seconds * 20))
         var wakes: [Double] = []
+        defer { _ = CShims_unbind_cpu() }
         for _ in 0..<samples {
             try self.fs.truncate(file, size: 2 * 4096)
             _ = try space.fault(1, write: true)
             let handle = try space.pin(1..<2, write: true)
             let sleeping = self.dax.statistics.waits.load(ordering: .relaxed)
             let returned = ManagedAtomic<UInt64>(0)
-            let truncater = BenchThread.spawn {
-                _ = CShims_bind_to_cpu(1)
-                try! self.dax.truncate(file, size: 4096, policy: .wait)
-                returned.store(MonotonicClock.now(), ordering: .releasing)
+            let truncater: JoinableThread
+            do {
+                truncater = try BenchThread.spawn(name: "daxlab-bench-trunc") {
+                    _ = CShims_bind_to_cpu(1)
+                    _ = try? self.fs.truncate(file, size: 4096, policy: .wait)
+                    returned.store(MonotonicClock.now(), ordering: .releasing)
+                }
+            } catch {
+                handle.unpin()
+                throw error
             }
             _ = CShims_bind_to_cpu(0)
             while self.dax.statistics.waits.load(ordering: .relaxed) == sleeping { sched_yield() }
             usleep(2000)  // let it fall asleep
             let released = MonotonicClock.now()
             handle.unpin()
-            pthread_join(truncater, nil)
+            truncater.join()
             wakes.append(Double(returned.load(ordering: .acquiring) - released) / 1000)
         }
-        unbindCPU()
-        let condvar = Self.condvarWake(samples: samples)
+        let condvar = try Self.condvarWake(samples: samples)
         self.add("truncate.wake", unit: "us", value: Measure.median(wakes), baseline: "condvar.wake",
                  baselineValue: condvar, better: "lower", target: ("<= 2.0", { $0 <= 2.0 }))
     }
 
-    /// µs from pthread_cond_signal on CPU 0 to the waiter running on CPU 1.
-    static func condvarWake(samples: Int) -> Double {
-        var mutex = pthread_mutex_t()
-        var condition = pthread_cond_t()
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&condition, nil)
+    /// µs from a condition-variable signal on CPU 0 to the waiter running on CPU 1.
+    static func condvarWake(samples: Int) throws -> Double {
         var results: [Double] = []
-        withUnsafeMutablePointer(to: &mutex) { mutex in
-            withUnsafeMutablePointer(to: &condition) { condition in
-                for _ in 0..<samples {
-                    let state = ManagedAtomic<Int>(0)  // 0 waiting to sleep, 1 asleep, 2 signalled
-                    let signalled = ManagedAtomic<UInt64>(0)
-                    let woke = ManagedAtomic<UInt64>(0)
-                    let waiter = BenchThread.spawn {
-                        _ = CShims_bind_to_cpu(1)
-                        pthread_mutex_lock(mutex)
-                        state.store(1, ordering: .releasing)
-                        while state.load(ordering: .acquiring) != 2 { pthread_cond_wait(condition, mutex) }
-                        woke.store(MonotonicClock.now(), ordering: .releasing)
-                        pthread_mutex_unlock(mutex)
-                    }
-                    _ = CShims_bind_to_cpu(0)
-                    while state.load(ordering: .acquiring) != 1 { sched_yield() }
-                    usleep(2000)
-                    pthread_mutex_lock(mutex)
-                    state.store(2, ordering: .releasing)
-                    signalled.store(MonotonicClock.now(), ordering: .releasing)
-                    pthread_cond_signal(condition)
-                    pthread_mutex_unlock(mutex)
-                    pthread_join(waiter, nil)
-                    results.append(Double(woke.load(ordering: .acquiring) - signalled.load(ordering: .acquiring)) / 1000)
-                }
+        defer { _ = CShims_unbind_cpu() }
+        for _ in 0..<samples {
+            let state = ConditionLock(0)  // 0 waiting to sleep, 1 asleep, 2 signalled
+            let signalled = ManagedAtomic<UInt64>(0)
+            let woke = ManagedAtomic<UInt64>(0)
+            let waiter = try BenchThread.spawn(name: "daxlab-bench-wait") {
+                _ = CShims_bind_to_cpu(1)
+                state.withLockThenBroadcast { $0 = 1 }
+                _ = state.wait(until: { $0 == 2 }) { _ in woke.store(MonotonicClock.now(), ordering: .releasing) }
             }
+            _ = CShims_bind_to_cpu(0)
+            _ = state.wait(until: { $0 == 1 }) { _ in () }
+            usleep(2000)
+            state.withLockThenBroadcast { value in
+                value = 2
+                signalled.store(MonotonicClock.now(), ordering: .releasing)
+            }
+            waiter.join()
+            results.append(Double(woke.load(ordering: .acquiring) - signalled.load(ordering: .acquiring)) / 1000)
         }
-        unbindCPU()
         return Measure.median(results)
     }
 
     /// dma.copy: a device writing 2 MiB through its pin handle (non-temporal copies into the 512
-    /// pinned blocks, one drain); against pmem_memcpy_persist of the same 2 MiB chunk on the same medium.
+    /// pinned blocks, one drain); against pmem_memcpy_persist of a 2 MiB chunk into a mapping of
+    /// its own on the same medium (next to the image).
     func copyRow() throws {
-        let (file, space) = try self.mappedFile("copy", pages: 512)
-        _ = file
+        let (_, space) = try self.mappedFile("copy", pages: 512)
         let source = UnsafeMutableRawPointer.allocate(byteCount: 2 << 20, alignment: 4096)
         defer { source.deallocate() }
         source.initializeMemory(as: UInt8.self, repeating: 0x33, count: 2 << 20)
@@ -92,10 +88,12 @@ extension Bench {
             for _ in 0..<count { _ = handle.writeAll(from: source) }
         }
         handle.unpin()
-        let mapping = self.fs.mapping
-        let target = mapping.base + Int(self.fs.currentBlock(file, page: 0)) * 4096
+        let scratch = "\(Self.directory(of: self.path))/daxlab-bench-copy-\(getpid())"
+        unlink(scratch)
+        defer { unlink(scratch) }
+        let target = try PmemMapping(path: scratch, options: MapOptions(disposition: .createNew, size: 2 << 20))
         let baseline = self.measure.nanosecondsPerUnit { count in
-            for _ in 0..<count { pmem_memcpy_persist(target, source, 2 << 20) }
+            for _ in 0..<count { pmem_memcpy_persist(target.base, source, 2 << 20) }
         }
         let gigabytes = Double(2 << 20) / 1e9
         self.add("dma.copy", unit: "GB/s", value: gigabytes / (ours / 1e9), baseline: "pmem.memcpy_persist",
@@ -109,43 +107,37 @@ extension Bench {
         let file = try self.fs.create("alloc")
         try self.fs.truncate(file, size: 4096)
         let space = self.dax.open(file)
+        var failure: FSError?
         let ours = self.measure.nanosecondsPerUnit { count in
-            for _ in 0..<count {
-                _ = try! space.fault(0, write: true)
-                try! self.dax.punchHole(file, offset: 0, length: 4096)
+            for _ in 0..<count where failure == nil {
+                do throws(FSError) {
+                    _ = try space.fault(0, write: true)
+                    try self.fs.punchHole(file, offset: 0, length: 4096)
+                } catch { failure = error }
             }
         }
-        let directory = NSStringPath(path: self.path).directory
+        if let failure { throw failure }
+        let directory = Self.directory(of: self.path)
         let poolPath = "\(directory)/daxlab-bench-pool-\(getpid())"
         // The same medium, persisted the same way: libpmemobj honours PMEM_IS_PMEM_FORCE.
         if self.fs.mapping.medium == .tmpfs { setenv("PMEM_IS_PMEM_FORCE", "1", 1) }
         unlink(poolPath)
         defer { unlink(poolPath) }
-        guard let pool = CShims_pmemobj_create(poolPath, 64 << 20) else {
-            self.progress("pmemobj pool could not be created in \(directory): alloc.block has no baseline")
+        guard let pool = CBenchShims_pmemobj_create(poolPath, 64 << 20) else {
+            self.unavailable("pmemobj.alloc", because: "pmemobj_create in \(directory): \(String(cString: strerror(errno)))")
             return
         }
-        defer { CShims_pmemobj_close(pool) }
+        defer { CBenchShims_pmemobj_close(pool) }
         let pmemobj = self.measure.nanosecondsPerUnit { count in
-            for _ in 0..<count { _ = CShims_pmemobj_alloc_free(pool, 4096) }
+            for _ in 0..<count { _ = CBenchShims_pmemobj_alloc_free(pool, 4096) }
         }
         self.add("alloc.block", unit: "ns/op", value: ours, baseline: "pmemobj.alloc", baselineValue: pmemobj,
                  better: "lower", target: ("<= 0.5", { $0 <= 0.5 }))
     }
 
-    /// For the plot: truncate latencies under each protective policy while devices pin.
-    func truncateLatencies() throws {
-        // Filled by the CLI from short race runs (see BenchCommand); nothing here.
+    /// The directory part of a path.
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 }
-
-/// The directory part of a path.
-struct NSStringPath {
-    let path: String
-    var directory: String {
-        guard let slash = self.path.lastIndex(of: "/") else { return "." }
-        return slash == self.path.startIndex ? "/" : String(self.path[..<slash])
-    }
-}
-
-func unbindCPU() { _ = CShims_unbind_cpu() }

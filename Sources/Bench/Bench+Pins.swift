@@ -1,7 +1,8 @@
 import Atomics
-import CShims
+import CBenchShims
 import DAX
 import DaxFS
+import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -41,14 +42,22 @@ extension Bench {
 
     /// io_uring buffer register + unregister of 2 MiB (512 pages): the kernel pins and unpins them.
     private func kernelIOUringRegister() -> Double? {
-        guard let ring = CShims_uring_create(4) else { return nil }
-        defer { CShims_uring_destroy(ring) }
+        guard let ring = CBenchShims_uring_create(4) else {
+            self.unavailable("kernel.io_uring_register", because: "io_uring_setup: \(String(cString: strerror(errno)))")
+            return nil
+        }
+        defer { CBenchShims_uring_destroy(ring) }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 512 * 4096, alignment: 4096)
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 1, count: 512 * 4096)
-        guard CShims_uring_register_unregister(ring, buffer, 512 * 4096) == 0 else { return nil }
+        let registered = CBenchShims_uring_register_unregister(ring, buffer, 512 * 4096)
+        guard registered == 0 else {
+            self.unavailable(
+                "kernel.io_uring_register", because: "io_uring_register_buffers: \(String(cString: strerror(-registered)))")
+            return nil
+        }
         return self.measure.nanosecondsPerUnit { count in
-            for _ in 0..<max(1, count / 512) { _ = CShims_uring_register_unregister(ring, buffer, 512 * 4096) }
+            for _ in 0..<max(1, count / 512) { _ = CBenchShims_uring_register_unregister(ring, buffer, 512 * 4096) }
         }
     }
 
@@ -60,7 +69,7 @@ extension Bench {
         source.initializeMemory(as: UInt8.self, repeating: 2, count: 4096)
         destination.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
         return self.measure.nanosecondsPerUnit { count in
-            for _ in 0..<count { _ = CShims_process_vm_writev_self(destination, source, 4096) }
+            for _ in 0..<count { _ = CBenchShims_process_vm_writev_self(destination, source, 4096) }
         }
     }
 
@@ -73,7 +82,7 @@ extension Bench {
         for index in 0..<most { spaces.append(try self.mappedFile("scale-\(index)", pages: 512).1) }
         var single = 0.0
         for threads in counts.sorted() {
-            let ours = self.throughput(threads: threads) { thread, stop in
+            let ours = try self.throughput(threads: threads) { thread, stop in
                 var pages = 0
                 while !stop.load(ordering: .relaxed) {
                     try! spaces[thread].pin(0..<512, write: true).unpin()
@@ -83,7 +92,7 @@ extension Bench {
             }
             if threads == 1 { single = ours }
             let naive = NaivePinTable()
-            let naiveRate = self.throughput(threads: threads) { thread, stop in
+            let naiveRate = try self.throughput(threads: threads) { thread, stop in
                 var pages = 0
                 let blocks = (0..<512).map { UInt32(thread * 512 + $0) }
                 while !stop.load(ordering: .relaxed) {
@@ -107,19 +116,27 @@ extension Bench {
 
     /// Pages per second of `threads` threads running `body` for the row's budget (median of
     /// three runs).
-    private func throughput(threads: Int, _ body: @escaping (Int, ManagedAtomic<Bool>) -> Int) -> Double {
+    private func throughput(threads: Int, _ body: @escaping (Int, ManagedAtomic<Bool>) -> Int) throws -> Double {
         let seconds = max(0.1, self.options.seconds / 3)
-        return Measure(budget: self.options.seconds, repetitions: 3).median {
+        return try Measure(budget: self.options.seconds, repetitions: 3).median {
             let stop = ManagedAtomic<Bool>(false)
             let totals = UnsafeMutablePointer<Int>.allocate(capacity: threads * 16)  // a cache line each
+            totals.initialize(repeating: 0, count: threads * 16)
             defer { totals.deallocate() }
             let start = MonotonicClock.now()
-            let workers = (0..<threads).map { thread in
-                BenchThread.spawn { (totals + thread * 16).pointee = body(thread, stop) }
+            do {
+                var workers: [JoinableThread] = []
+                defer {
+                    stop.store(true, ordering: .relaxed)
+                    for worker in workers { worker.join() }
+                }
+                for thread in 0..<threads {
+                    workers.append(try BenchThread.spawn(name: "daxlab-bench-\(thread)") {
+                        (totals + thread * 16).pointee = body(thread, stop)
+                    })
+                }
+                usleep(UInt32(seconds * 1e6))
             }
-            usleep(UInt32(seconds * 1e6))
-            stop.store(true, ordering: .relaxed)
-            for worker in workers { pthread_join(worker, nil) }
             let elapsed = Double(MonotonicClock.now() - start) / 1e9
             return Double((0..<threads).reduce(0) { $0 + (totals + $1 * 16).pointee }) / elapsed
         }
@@ -127,19 +144,8 @@ extension Bench {
 }
 
 /// The naive pin table: one mutex around a dictionary of counts.
-final class NaivePinTable: @unchecked Sendable {
-    // `counts` is touched only with `mutex` held.
-    private var mutex = pthread_mutex_t()
-    private var counts: [UInt32: Int] = [:]
-    init() { pthread_mutex_init(&self.mutex, nil) }
-    func pin(_ block: UInt32) {
-        pthread_mutex_lock(&self.mutex)
-        self.counts[block, default: 0] += 1024
-        pthread_mutex_unlock(&self.mutex)
-    }
-    func unpin(_ block: UInt32) {
-        pthread_mutex_lock(&self.mutex)
-        self.counts[block, default: 0] -= 1024
-        pthread_mutex_unlock(&self.mutex)
-    }
+final class NaivePinTable: Sendable {
+    private let counts = Locked<[UInt32: Int]>([:])
+    func pin(_ block: UInt32) { self.counts.withLock { $0[block, default: 0] += 1024 } }
+    func unpin(_ block: UInt32) { self.counts.withLock { $0[block, default: 0] -= 1024 } }
 }

@@ -1,7 +1,7 @@
-import CShims
-import Foundation
 import DAX
 import DaxFS
+import DaxlabSupport
+import Foundation
 import Pmem
 
 #if canImport(Glibc)
@@ -29,6 +29,8 @@ public final class Bench {
     let measure: Measure
     let progress: (String) -> Void
     var results: [BenchResult] = []
+    /// Baselines this machine cannot measure, with why (io_uring refused by a seccomp filter, say).
+    var unavailableBaselines: [UnavailableBaseline] = []
     var latencies: [String: [Double]] = [:]
 
     /// Formats `path` (a scratch image) large enough for the rows.
@@ -41,7 +43,7 @@ public final class Bench {
         // libpmem and libpmemobj (the baselines) persist to the same mapping, not with msync.
         let medium = try PmemMapping(path: path).medium
         self.fs = try FileSystem.mount(path: path, persistence: medium == .tmpfs ? .pmem : nil)
-        self.dax = DAXFileSystem(fs: self.fs, policy: .wait)
+        self.dax = try DAXFileSystem(fs: self.fs, policy: .wait)
         self.measure = Measure(budget: options.seconds)
         self.progress = progress
     }
@@ -49,7 +51,7 @@ public final class Bench {
     /// Runs every row.
     public func run() throws -> BenchReport {
         let machine = BenchMachine(
-            cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpusAvailable: Measure.availableCPUs(),
+            cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpusAvailable: try Measure.availableCPUs(),
             medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.isPmem, kernel: Self.kernelRelease())
         try self.faultRows()
         try self.pinRows()
@@ -57,9 +59,10 @@ public final class Bench {
         try self.wakeRow()
         try self.copyRow()
         try self.allocationRow()
-        try self.truncateLatencies()
         try self.fs.unmount()
-        return BenchReport(machine: machine, results: self.results, truncateLatencies: self.latencies)
+        return BenchReport(
+            machine: machine, results: self.results, unavailable: self.unavailableBaselines,
+            truncateLatencies: self.latencies)
     }
 
     func add(
@@ -72,6 +75,12 @@ public final class Bench {
             baselineThreads: baselineThreads, baselineValue: Self.round(baselineValue), ratio: Self.round(ratio),
             better: better, target: target?.0, met: target.map { $0.1(ratio) }))
         self.progress(String(format: "%@ %.3g %@ vs %@ %.3g: ratio %.3g", name, value, unit, baseline, baselineValue, ratio))
+    }
+
+    /// Records that `baseline` cannot be measured here, and says so.
+    func unavailable(_ baseline: String, because reason: String) {
+        self.unavailableBaselines.append(UnavailableBaseline(baseline: baseline, reason: reason))
+        self.progress("\(baseline) is unavailable here (\(reason)): its rows are left out")
     }
 
     static func round(_ value: Double) -> Double { (value * 1000).rounded() / 1000 }
@@ -94,10 +103,7 @@ public final class Bench {
 
     /// `count` pseudo-random indices below `bound`.
     static func randomIndices(_ count: Int, below bound: Int) -> [Int] {
-        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-        return (0..<count).map { _ in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return Int((state >> 33) % UInt64(bound))
-        }
+        var random = SplitMix64(seed: 0x9E37_79B9_7F4A_7C15)
+        return (0..<count).map { _ in random.next(below: bound) }
     }
 }

@@ -41,15 +41,23 @@ public struct BenchMachine: Sendable, Codable, Equatable {
     }
 }
 
+/// A baseline the machine could not measure, and why.
+public struct UnavailableBaseline: Sendable, Codable, Equatable {
+    public var baseline: String
+    public var reason: String
+}
+
 /// What `daxlab bench --json` writes.
 public struct BenchReport: Sendable, Codable, Equatable {
     public var machine: BenchMachine
     public var results: [BenchResult]
+    /// Baselines left out, with the reason (empty when every one ran).
+    public var unavailable: [UnavailableBaseline]
     /// Truncate-and-return latency samples per policy (µs), for the plot.
     public var truncateLatencies: [String: [Double]]?
 
     enum CodingKeys: String, CodingKey {
-        case machine, results
+        case machine, results, unavailable
         case truncateLatencies = "truncate_latencies_us"
     }
 }

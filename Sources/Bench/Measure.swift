@@ -1,5 +1,5 @@
-import CShims
-import DaxFS
+import CBenchShims
+import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -38,9 +38,9 @@ struct Measure {
     }
 
     /// Median of `repetitions` samples of `body()` (each returns a value).
-    func median(_ body: () -> Double) -> Double {
-        _ = body()  // warm-up
-        return Self.median((0..<self.repetitions).map { _ in body() })
+    func median(_ body: () throws -> Double) rethrows -> Double {
+        _ = try body()  // warm-up
+        return Self.median(try (0..<self.repetitions).map { _ in try body() })
     }
 
     static func median(_ samples: [Double]) -> Double {
@@ -50,38 +50,34 @@ struct Measure {
 
 
     /// How many CPUs two spinning threads really get: their CPU time over wall time.
-    static func availableCPUs(seconds: Double = 0.3) -> Double {
+    static func availableCPUs(seconds: Double = 0.3) throws -> Double {
         let wall = UInt64(seconds * 1e9)
-        var cpu = [UInt64](repeating: 0, count: 2)
-        cpu.withUnsafeMutableBufferPointer { results in
-            let base = results.baseAddress!
-            let threads = (0..<2).map { index in
-                BenchThread.spawn {
+        let cpu = UnsafeMutablePointer<UInt64>.allocate(capacity: 2)
+        cpu.initialize(repeating: 0, count: 2)
+        defer { cpu.deallocate() }
+        do {
+            var threads: [JoinableThread] = []
+            defer { for thread in threads { thread.join() } }
+            for index in 0..<2 {
+                threads.append(try BenchThread.spawn(name: "daxlab-spin-\(index)") {
                     let start = MonotonicClock.now()
-                    let cpuStart = CShims_thread_cpu_ns()
+                    let cpuStart = CBenchShims_thread_cpu_ns()
                     var spin: UInt64 = 0
                     while MonotonicClock.now() - start < wall { spin &+= 1 }
-                    (base + index).pointee = CShims_thread_cpu_ns() - cpuStart + (spin & 0)
-                }
+                    (cpu + index).pointee = CBenchShims_thread_cpu_ns() - cpuStart + (spin & 0)
+                })
             }
-            for thread in threads { pthread_join(thread, nil) }
         }
         return (Double(cpu[0] + cpu[1]) / Double(wall) * 100).rounded() / 100
     }
 }
 
-/// Joinable threads for the benchmarks.
+/// The benchmarks' threads: named joinable threads whose bodies may share unsynchronised
+/// measurement buffers with the caller (each writes its own slot, read after the join).
 enum BenchThread {
-    static func spawn(_ body: @escaping () -> Void) -> pthread_t {
-        final class Box { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(Box(body)).toOpaque()
-        let status = pthread_create(&thread, nil, { context in
-            Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
-            return nil
-        }, context)
-        precondition(status == 0, "pthread_create: \(status)")
-        return thread
+    static func spawn(name: String, _ body: @escaping () -> Void) throws(SystemCallError) -> JoinableThread {
+        nonisolated(unsafe) let body = body
+        return try JoinableThread.spawn(name: name) { body() }
     }
 }
 

@@ -1,5 +1,6 @@
 import Atomics
 import DaxFS
+import DaxlabSupport
 import Pmem
 
 /// One file's DAX address space: its emulated page table, its invalidation sequence, its leases,
@@ -11,7 +12,7 @@ import Pmem
 /// before the lock is dropped, so an entry never outlives its block's place in the file.
 public final class AddressSpace: @unchecked Sendable {
     // All stored properties are set in init; `table`, `sequence` and the pin table are atomic;
-    // `leases` has its own mutex. `dax` is unowned: the file system outlives its spaces.
+    // `leases` has its own mutex. `dax` is unowned: the DAX layer holds its spaces.
     public let id: FileID
     unowned let dax: DAXFileSystem
     let lock: ReadWriteLock
@@ -23,13 +24,20 @@ public final class AddressSpace: @unchecked Sendable {
     let mapping: PmemMapping
     let base: UnsafeMutableRawPointer
 
+    #if DAXLAB_TEST_HOOKS
+    /// Tests only (debug builds): runs in the pin fast path between the page-table load and the
+    /// pin-count increment, with the page and the block it loaded: where an invalidation must be
+    /// caught by the recheck (gup-fast's `pte_same`).
+    nonisolated(unsafe) var pinFastPathHook: ((Int, UInt32) -> Void)?
+    #endif
+
     init(id: FileID, dax: DAXFileSystem) {
         self.id = id
         self.dax = dax
-        self.lock = dax.fs.invalidateLock(for: id)
+        self.lock = dax.source.invalidateLock(for: id)
         self.pins = dax.pins
-        self.mapping = dax.fs.mapping
-        self.base = dax.fs.mapping.base
+        self.mapping = dax.source.mapping
+        self.base = dax.source.mapping.base
     }
 
     // MARK: Faults
@@ -69,7 +77,7 @@ public final class AddressSpace: @unchecked Sendable {
         let entry = self.table.entryCreating(page)
         let present = entry.load(ordering: .acquiring)
         if present != 0 { return present }
-        let block = try self.dax.fs.blockForFault(self.id, page: page, allocate: write)
+        let block = try self.dax.source.blockForFault(self.id, page: page, allocate: write)
         guard block != 0 else { return 0 }
         // Two faults may race here; both found the same block under the shared lock.
         if entry.compareExchange(expected: 0, desired: block, ordering: .acquiringAndReleasing).exchanged {
@@ -90,15 +98,9 @@ public final class AddressSpace: @unchecked Sendable {
     ///   - holder: told when a truncate breaks the lease.
     /// - Throws: what `fault` throws (nothing stays pinned then), or `.busy` if the lease was
     ///   revoked while pinning.
-    public func pin(_ pages: Range<Int>, write: Bool, holder: LeaseHolder? = nil) throws(FSError) -> PinHandle {
+    public func pin(_ pages: Range<Int>, write: Bool, holder: (any LeaseHolder)? = nil) throws(FSError) -> PinHandle {
         let batch = self.dax.takeBatch()
-        batch.space = self
-        batch.pages = pages
-        batch.holder = holder
-        batch.leaseID = self.dax.nextLeaseID()
-        batch.count = 0
-        batch.reserve(pages.count)
-        batch.state.store(0, ordering: .releasing)
+        batch.begin(space: self, pages: pages, holder: holder, leaseID: self.dax.nextLeaseID())
         self.leases.add(batch)
         let blocks = batch.blocks
         var pinned = 0
@@ -115,8 +117,7 @@ public final class AddressSpace: @unchecked Sendable {
             throw error
         }
         // Published: from here a revoker may drop these pins for us.
-        let previous = batch.state.loadThenBitwiseOr(with: PinBatch.pinnedBit, ordering: .acquiringAndReleasing)
-        if previous & PinBatch.revokedBit != 0 {
+        if !batch.publishPinned() {
             self.release(batch)
             throw FSError(.busy, "\(self.id): lease revoked while pinning")
         }
@@ -130,6 +131,9 @@ public final class AddressSpace: @unchecked Sendable {
             if before & 1 == 0, let entry = self.table.entry(page) {
                 let block = entry.load(ordering: .sequentiallyConsistent)
                 if block != 0 {
+                    #if DAXLAB_TEST_HOOKS
+                    self.pinFastPathHook?(page, block)
+                    #endif
                     self.pins.pin(block)
                     if entry.load(ordering: .sequentiallyConsistent) == block,
                         self.sequence.load(ordering: .sequentiallyConsistent) == before
@@ -156,17 +160,19 @@ public final class AddressSpace: @unchecked Sendable {
 
     /// Ends a batch: drops its pins unless a revoker did, removes its lease, recycles it.
     func release(_ batch: PinBatch) {
-        let previous = batch.state.loadThenBitwiseOr(with: PinBatch.releasedBit, ordering: .acquiringAndReleasing)
-        if previous & PinBatch.releasedBit == 0 { self.unpinBlocks(batch) }
+        if batch.claimRelease() { self.unpinBlocks(batch) }
         self.finish(batch)
     }
+
+    /// Drops the pins of a batch a revoker revoked (on the holder's behalf).
+    func unpinRevoked(_ batch: PinBatch) { self.unpinBlocks(batch) }
 
     private func finish(_ batch: PinBatch) {
         self.leases.remove(batch)
         batch.waitUntilAlone()  // a revoker or breaker that entered before the removal
-        batch.holder = nil
-        batch.space = nil
-        self.dax.returnBatch(batch)
+        let dax = self.dax  // (strong: ending the lease may drop the layer's last reference)
+        batch.end()
+        dax.returnBatch(batch)
     }
 
     /// The file's leases now.
@@ -199,7 +205,9 @@ public final class AddressSpace: @unchecked Sendable {
             for page in 0..<min(self.table.maximumPages, 1 << 16) {
                 guard let entry = self.table.entry(page) else { continue }
                 let block = entry.load(ordering: .relaxed)
-                if block != 0 && block != self.dax.fs.currentBlock(self.id, page: page) { stale.append(page) }
+                if block != 0 && block != self.dax.source.mappedBlock(inode: self.id.inode, page: page) {
+                    stale.append(page)
+                }
             }
             return stale
         }

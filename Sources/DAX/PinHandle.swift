@@ -26,7 +26,7 @@ public struct PinHandle: ~Copyable {
     }
 
     /// Whether the pins were revoked (lease-break): writes are refused from then on.
-    public var isRevoked: Bool { self.object.state.load(ordering: .acquiring) & PinBatch.revokedBit != 0 }
+    public var isRevoked: Bool { self.object.isRevoked }
 
     /// A device write into the `index`-th pinned block: a non-temporal copy of `count` bytes at
     /// `offset` in the block, drained before it returns. Fenced against revocation: once the
@@ -40,9 +40,8 @@ public struct PinHandle: ~Copyable {
         whileFenced: ((UInt32) -> Void)? = nil
     ) -> Bool {
         let batch = self.object
-        let before = batch.state.loadThenWrappingIncrement(by: PinBatch.writing, ordering: .acquiringAndReleasing)
-        defer { batch.state.wrappingDecrement(by: PinBatch.writing, ordering: .releasing) }
-        guard before & PinBatch.revokedBit == 0 else { return false }
+        guard batch.beginWrite() else { return false }
+        defer { batch.endWrite() }
         precondition(index >= 0 && index < batch.count, "pin index out of range")
         let block = batch.blocks[index]
         precondition(block != 0 && offset >= 0 && offset + count <= 4096, "write outside the pinned block")
@@ -59,9 +58,8 @@ public struct PinHandle: ~Copyable {
     /// - Returns: false (nothing landed) if the lease was revoked.
     public func writeAll(from source: UnsafeRawPointer) -> Bool {
         let batch = self.object
-        let before = batch.state.loadThenWrappingIncrement(by: PinBatch.writing, ordering: .acquiringAndReleasing)
-        defer { batch.state.wrappingDecrement(by: PinBatch.writing, ordering: .releasing) }
-        guard before & PinBatch.revokedBit == 0 else { return false }
+        guard batch.beginWrite() else { return false }
+        defer { batch.endWrite() }
         let mapping = batch.space!.mapping
         for index in 0..<batch.count {
             let block = batch.blocks[index]

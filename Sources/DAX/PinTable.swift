@@ -1,31 +1,31 @@
 import Atomics
+import DaxFS
 
 /// Per-block reference counts in which a pin weighs `pinBias` (the kernel's
 /// `GUP_PIN_COUNTING_BIAS`, 1024) and an ordinary reference (a mapping in a page table) weighs 1,
 /// so "maybe DMA-pinned" can be asked of any block (`folio_maybe_dma_pinned`).
 ///
-/// The top bits carry the release claims of blocks that left their file while pinned:
-/// `sequestered` or `deferred`, and `committed` once the removing transaction is durable. The
-/// last unpin and the commit race to release the block; clearing the claim with a compare-and-swap
-/// decides which one does it, exactly once.
+/// The top bits carry the release claims of blocks that left their file while pinned: `sequester`
+/// or `deferred` (a `BusyBlockDisposition`), and `committed` once the removing transaction is
+/// durable. The last unpin and the commit race to release the block; clearing the claim with a
+/// compare-and-swap decides which one does it, exactly once. Releasing means handing the block to
+/// `release` (the reclaimer's queue): an unpin never takes a file-system lock.
 public final class PinTable: @unchecked Sendable {
     public static let pinBias: UInt32 = 1024
-    static let sequestered: UInt32 = 1 << 31
-    static let deferred: UInt32 = 1 << 30
-    static let committed: UInt32 = 1 << 29
-    static let countMask: UInt32 = committed - 1
-    static let claims: UInt32 = sequestered | deferred
-
-    /// What releases a claimed block once it is idle and committed.
-    enum Release { case sequestered, deferred }
+    private static let sequestered: UInt32 = 1 << 31
+    private static let deferred: UInt32 = 1 << 30
+    private static let committed: UInt32 = 1 << 29
+    private static let countMask: UInt32 = committed - 1
+    private static let claims: UInt32 = sequestered | deferred
 
     // One atomic word per block of the image, allocated once; only accessed atomically.
     private let words: UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>
     let blockCount: Int
     let waits = WaitQueues()
-    private let release: @Sendable (UInt32, Release) -> Void
+    private let release: @Sendable (UInt32, BusyBlockDisposition) -> Void
 
-    init(blockCount: Int, release: @escaping @Sendable (UInt32, Release) -> Void) {
+    /// - Parameter release: takes a claimed block once it is idle and its removal committed.
+    init(blockCount: Int, release: @escaping @Sendable (UInt32, BusyBlockDisposition) -> Void) {
         self.blockCount = blockCount
         self.words = .allocate(capacity: blockCount)
         self.words.initialize(repeating: UnsafeAtomic<UInt32>.Storage(0), count: blockCount)
@@ -35,7 +35,7 @@ public final class PinTable: @unchecked Sendable {
     deinit { self.words.deallocate() }
 
     @inline(__always)
-    func word(_ block: UInt32) -> UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words + Int(block)) }
+    private func word(_ block: UInt32) -> UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words + Int(block)) }
 
     // MARK: Hot path
 
@@ -85,25 +85,12 @@ public final class PinTable: @unchecked Sendable {
         Int((self.word(block).load(ordering: .relaxed) & Self.countMask) / Self.pinBias)
     }
 
-    /// Ordinary references (mappings) on `block` now.
-    public func referenceCount(_ block: UInt32) -> Int {
-        Int((self.word(block).load(ordering: .relaxed) & Self.countMask) % Self.pinBias)
-    }
-
-    func isSequesterClaim(_ block: UInt32) -> Bool {
-        self.word(block).load(ordering: .relaxed) & Self.sequestered != 0
-    }
-
-    /// Whether `block` is claimed for release on its last unpin.
-    public func isClaimed(_ block: UInt32) -> Bool {
-        self.word(block).load(ordering: .relaxed) & Self.claims != 0
-    }
-
     // MARK: Claims
 
-    /// Claims `block` for release on its last unpin if it is pinned now.
-    func claim(_ block: UInt32, as kind: Release) -> Bool {
-        let flag = kind == .sequestered ? Self.sequestered : Self.deferred
+    /// Claims `block` for release on its last unpin, as `disposition` says, if it is pinned now.
+    func claim(_ block: UInt32, as disposition: BusyBlockDisposition) -> Bool {
+        precondition(disposition != .free, "a block freed at once is not claimed")
+        let flag = disposition == .sequester ? Self.sequestered : Self.deferred
         var current = self.word(block).load(ordering: .sequentiallyConsistent)
         while current & Self.countMask >= Self.pinBias {
             let (exchanged, original) = self.word(block).weakCompareExchange(
@@ -112,6 +99,14 @@ public final class PinTable: @unchecked Sendable {
             current = original
         }
         return false
+    }
+
+    /// The disposition `block` is claimed for, or nil.
+    func claimedDisposition(_ block: UInt32) -> BusyBlockDisposition? {
+        let word = self.word(block).load(ordering: .relaxed)
+        if word & Self.sequestered != 0 { return .sequester }
+        if word & Self.deferred != 0 { return .deferred }
+        return nil
     }
 
     /// The removal that claimed `blocks` committed: release those already idle.
@@ -136,7 +131,7 @@ public final class PinTable: @unchecked Sendable {
             let (exchanged, original) = self.word(block).weakCompareExchange(
                 expected: current, desired: current & ~(Self.claims | Self.committed), ordering: .sequentiallyConsistent)
             if exchanged {
-                self.release(block, current & Self.sequestered != 0 ? .sequestered : .deferred)
+                self.release(block, current & Self.sequestered != 0 ? .sequester : .deferred)
                 return
             }
             current = original

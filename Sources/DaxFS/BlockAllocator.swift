@@ -1,5 +1,11 @@
 import Atomics
 import CShims
+import DaxlabSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The volatile free-block pool, rebuilt from the bitmap at mount.
 ///
 /// The data area is cut into shards (by default 4 per CPU, at least 8), each a contiguous range of
@@ -8,9 +14,7 @@ import CShims
 /// rarely meet, and a block freed on a CPU is soon reused there, by any file (as ext4's per-CPU
 /// locality groups do). The persistent bitmap changes only through transactions; this pool is the
 /// in-memory answer to "which blocks may be handed out now".
-///
-/// Sendable by hand: the shards are lock-protected and the free flags are only touched atomically.
-final class BlockAllocator: @unchecked Sendable {
+final class BlockAllocator: Sendable {
     private final class Shard: Sendable {
         let range: Range<UInt32>
         /// Free blocks, highest first, so pops hand out ascending (contiguous) runs.
@@ -21,13 +25,16 @@ final class BlockAllocator: @unchecked Sendable {
         }
     }
 
+    /// The allocation observer, boxed so it can be published once with an atomic store.
+    private final class ObserverBox: Sendable {
+        let observer: any AllocationObserver
+        init(_ observer: any AllocationObserver) { self.observer = observer }
+    }
+
     private let shards: [Shard]
     private let shardSize: UInt32
     private let firstBlock: UInt32
-    /// One flag per block: in the free pool. Written under the shard's lock, read without it
-    /// (`isFree`, for the race harness's oracle and tests).
-    private let freeFlags: UnsafeMutablePointer<UnsafeAtomic<UInt8>.Storage>
-    private let flagCount: Int
+    private let observer = ManagedAtomicLazyReference<ObserverBox>()
 
     /// - Parameters:
     ///   - dataRange: the blocks that may hold data or block maps.
@@ -37,35 +44,35 @@ final class BlockAllocator: @unchecked Sendable {
         let size = UInt32((dataRange.count + count - 1) / count)
         self.shardSize = max(size, 1)
         self.firstBlock = dataRange.lowerBound
-        self.flagCount = Int(dataRange.upperBound)
-        self.freeFlags = .allocate(capacity: self.flagCount)
-        self.freeFlags.initialize(repeating: UnsafeAtomic<UInt8>.Storage(0), count: self.flagCount)
         var shards: [Shard] = []
         var start = dataRange.lowerBound
         while start < dataRange.upperBound {
             let end = min(start + self.shardSize, dataRange.upperBound)
             var free: [UInt32] = []
             free.reserveCapacity(Int(end - start))
-            for block in (start..<end).reversed() where !isAllocated(block) {
-                free.append(block)
-                UnsafeAtomic<UInt8>(at: self.freeFlags + Int(block)).store(1, ordering: .relaxed)
-            }
+            for block in (start..<end).reversed() where !isAllocated(block) { free.append(block) }
             shards.append(Shard(range: start..<end, free: free))
             start = end
         }
         self.shards = shards
     }
 
-    deinit { self.freeFlags.deallocate() }
-
-    private func flag(_ block: UInt32) -> UnsafeAtomic<UInt8> { UnsafeAtomic(at: self.freeFlags + Int(block)) }
-
     /// The shard hint for the calling thread: its CPU.
     static var currentCPUHint: Int { Int(max(0, CShims_sched_getcpu())) }
 
     static var defaultShardCount: Int {
-        max(8, 4 * sysconf_processors())
+        max(8, 4 * max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
     }
+
+    /// Tells `observer` of every release from now on (allocations are reported by the callers,
+    /// who know what a block is for). Once.
+    func observe(_ observer: any AllocationObserver) -> Bool {
+        let box = ObserverBox(observer)
+        return self.observer.storeIfNilThenLoad(box) === box
+    }
+
+    /// The allocation observer, if one is attached.
+    var allocationObserver: (any AllocationObserver)? { self.observer.load()?.observer }
 
     /// Takes `count` free blocks, preferring the shard `hint` picks.
     /// - Returns: the blocks, or nil (taking none) when fewer than `count` are free.
@@ -75,10 +82,7 @@ final class BlockAllocator: @unchecked Sendable {
         let start = hint % self.shards.count
         for probe in 0..<self.shards.count where taken.count < count {
             self.shards[(start + probe) % self.shards.count].free.withLock { free in
-                while taken.count < count, let block = free.popLast() {
-                    self.flag(block).store(0, ordering: .releasing)
-                    taken.append(block)
-                }
+                while taken.count < count, let block = free.popLast() { taken.append(block) }
             }
         }
         guard taken.count == count else {
@@ -90,11 +94,13 @@ final class BlockAllocator: @unchecked Sendable {
 
     /// Returns blocks to their shards (after the transaction that freed them has committed).
     /// Freed blocks are reused first (LIFO), as a real allocator's hot free lists are: exactly the
-    /// reuse that turns a DMA into a freed block into corruption of another file.
+    /// reuse that turns a DMA into a freed block into corruption of another file. The observer
+    /// hears of each block before it can be handed out again.
     func release(_ blocks: [UInt32]) {
+        let observer = self.allocationObserver
         for block in blocks.reversed() {
             self.shards[Int((block - self.firstBlock) / self.shardSize)].free.withLock { free in
-                self.flag(block).store(1, ordering: .releasing)
+                observer?.didFree(block)
                 free.append(block)
             }
         }
@@ -105,16 +111,12 @@ final class BlockAllocator: @unchecked Sendable {
         self.shards.reduce(0) { total, shard in total + shard.free.withLock { $0.count } }
     }
 
-    /// Whether `block` is in the free pool now (O(1), without the shard's lock).
+    /// Whether `block` is in the free pool now: a linear search of its shard under the shard's
+    /// lock (tests and the oracle's checks; nothing on a hot path asks).
     func isFree(_ block: UInt32) -> Bool {
-        Int(block) < self.flagCount && self.flag(block).load(ordering: .acquiring) == 1
+        guard block >= self.firstBlock else { return false }
+        let index = Int((block - self.firstBlock) / self.shardSize)
+        guard index < self.shards.count else { return false }
+        return self.shards[index].free.withLock { $0.contains(block) }
     }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-private func sysconf_processors() -> Int {
-    max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 }

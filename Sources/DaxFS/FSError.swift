@@ -28,7 +28,6 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         /// A wait for pins ran past its timeout; nothing changed.
         public static let timedOut = Code("timed out")
         public static let io = Code("i/o")
-        public static let readOnly = Code("read only")
     }
 
     public var code: Code

@@ -1,19 +1,16 @@
-/// How `removeBlocks` lets go of blocks: all freed, or busy ones claimed by the DAX layer and
+/// How `removeBlocks` lets go of blocks: all freed, or pinned ones claimed by the DAX layer and
 /// sequestered or kept from the allocator.
 struct BlockRemoval {
-    var handling: BusyBlockHandling
-    var breaker: LayoutBreaker?
-    /// Stages moving a claimed block into lost+found (policy sequester).
-    var sequester: ((Transaction, UInt32) throws(FSError) -> Void)?
+    var disposition: BusyBlockDisposition
+    var breaker: (any LayoutBreaker)?
+    /// Stages moving a claimed block into lost+found (disposition `.sequester`).
+    var sequester: ((Transaction, UInt32) throws(FSError) -> Void)? = nil
     /// Undoes volatile bookkeeping of a transaction that failed.
-    var aborted: (() -> Void)?
-    /// Receives committed claims instead of the breaker, when the caller must pass them on only
-    /// after dropping a lock that the releases they may trigger take (lost+found's).
-    var committed: (([UInt32]) -> Void)?
+    var aborted: (() -> Void)? = nil
+    /// A chunk's transaction committed: its volatile bookkeeping is now final.
+    var chunkCommitted: (() -> Void)? = nil
 
-    static var freeAll: BlockRemoval {
-        BlockRemoval(handling: .free, breaker: nil, sequester: nil, aborted: nil, committed: nil)
-    }
+    static var freeAll: BlockRemoval { BlockRemoval(disposition: .free, breaker: nil) }
 }
 
 /// Changing block maps inside transactions: mapping new blocks (writes, fallocate) and removing
@@ -43,6 +40,7 @@ extension FileSystem {
                 throw FSError(.noSpace, "no free block for a block map")
             }
             reserved.append(fresh)
+            allocator.allocationObserver?.didAllocate(fresh, inode: number, page: nil)
             tx.setAllocated(fresh)
             tx.zero(Int(fresh) * Geometry.blockSize, Geometry.blockSize)
             tx.store32(offset, fresh)
@@ -97,11 +95,11 @@ extension FileSystem {
                     let staged = tx.inode(number)
                     staged.blocks = staged.blocks > 0 ? staged.blocks - 1 : 0  // (saturating: see `valid`)
                     removed += 1
-                    if removal.handling != .free, let breaker = removal.breaker,
-                        breaker.claimBusy(value, handling: removal.handling)
+                    if removal.disposition != .free, let breaker = removal.breaker,
+                        breaker.claimBusy(value, as: removal.disposition)
                     {
                         claimed.append(value)
-                        if removal.handling == .sequester {
+                        if removal.disposition == .sequester {
                             try removal.sequester!(tx, value)
                         } else {
                             tx.setFree(value, toAllocator: false)
@@ -172,9 +170,10 @@ extension FileSystem {
             }
             let (removed, freed) = outcome
             allocator.release(freed)
-            if !claimed.isEmpty {
-                if let collect = removal.committed { collect(claimed) } else { removal.breaker?.claimsCommitted(claimed) }
-            }
+            removal.chunkCommitted?()
+            // Passing claims on enqueues the releases of blocks already idle on the DAX layer's
+            // reclaimer: no file-system lock is taken here, so the locks held now may stay held.
+            if !claimed.isEmpty { removal.breaker?.claimsCommitted(claimed) }
             freedTotal += removed
         } while cursor > pages.lowerBound
         return freedTotal

@@ -87,7 +87,11 @@ extension FileSystem {
         guard let fresh = holes.isEmpty ? [] : self.allocator.allocate(holes.count, hint: BlockAllocator.currentCPUHint) else {
             throw FSError(.noSpace, "no space left for \(holes.count) blocks")
         }
-        for (page, block) in zip(holes, fresh) { blocks[page - firstPage] = block }
+        let observer = self.allocator.allocationObserver
+        for (page, block) in zip(holes, fresh) {
+            blocks[page - firstPage] = block
+            observer?.didAllocate(block, inode: number, page: page)
+        }
 
         for page in firstPage...lastPage {
             let block = blocks[page - firstPage]
@@ -126,7 +130,11 @@ extension FileSystem {
 
     /// Sets the file's size. Shrinking frees the blocks past the new end (and zeroes the tail of
     /// the new last block); growing adds a hole.
-    public func truncate(_ id: FileID, size: Int) throws(FSError) {
+    /// - Parameter policy: what to do with blocks pinned for DMA (nil: the DAX layer's default;
+    ///   see `TruncatePolicy`).
+    /// - Throws: `.busy` or `.timedOut` from the policy (nothing changed then), `.notFound`,
+    ///   `.invalidArgument`.
+    public func truncate(_ id: FileID, size: Int, policy: TruncatePolicy? = nil) throws(FSError) {
         guard size >= 0, size <= InodeRecord.maximumPages * Self.pageSize else {
             throw FSError(.invalidArgument, "size \(size) is out of range (0 to 4 GiB)")
         }
@@ -148,7 +156,7 @@ extension FileSystem {
                 guard size % Self.pageSize != 0 else { return }
                 try self.zeroWithinPage(id.inode, from: size, to: min(oldSize, newPages * Self.pageSize))
             }
-            try self.removePages(id.inode, newSize: { UInt64(size) }, beforeRemoval: zeroTail) {
+            try self.removePages(id.inode, policy: policy, newSize: { UInt64(size) }, beforeRemoval: zeroTail) {
                 () throws(FSError) -> Range<Int> in
                 let current = Int(try self.checkedRecord(id).size)
                 return newPages..<max(newPages, (current + Self.pageSize - 1) / Self.pageSize)
@@ -158,7 +166,8 @@ extension FileSystem {
 
     /// Deallocates `offset..<offset+length`: whole blocks inside it are freed, partial blocks at
     /// its edges are zeroed; it reads back as zeros and the size does not change.
-    public func punchHole(_ id: FileID, offset: Int, length: Int) throws(FSError) {
+    /// - Parameter policy: what to do with blocks pinned for DMA (nil: the DAX layer's default).
+    public func punchHole(_ id: FileID, offset: Int, length: Int, policy: TruncatePolicy? = nil) throws(FSError) {
         guard offset >= 0, length >= 0 else { throw FSError(.invalidArgument, "negative offset or length") }
         try self.locks[id.inode].withWriteLock { () throws(FSError) in
             let record = try self.checkedRecord(id)
@@ -177,7 +186,7 @@ extension FileSystem {
                 }
             }
             if endWhole > firstWhole {
-                try self.removePages(id.inode, newSize: { nil }, beforeRemoval: zeroEdges) {
+                try self.removePages(id.inode, policy: policy, newSize: { nil }, beforeRemoval: zeroEdges) {
                     () throws(FSError) -> Range<Int> in
                     let current = Int(try self.checkedRecord(id).size)
                     let last = end >= current ? (current + Self.pageSize - 1) / Self.pageSize : endWhole

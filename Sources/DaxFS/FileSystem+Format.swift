@@ -50,7 +50,7 @@ extension FileSystem {
                 throw FSError(.notEmpty, "\(path): first block is not empty (use --force to overwrite)")
             }
         }
-        let media = Media(mapping: mapping, crashAt: nil)
+        let media = Media(mapping: mapping)
         try Self.writeEmptyFileSystem(media: media, geometry: geometry)
         return FormatReport(path: path, size: mapping.length, created: mapping.created, geometry: geometry)
     }

@@ -60,8 +60,9 @@ extension FileSystem {
     }
 
     /// Removes `name` and frees its blocks.
-    /// - Throws: `.notFound`.
-    public func unlink(_ name: String) throws(FSError) {
+    /// - Parameter policy: what to do with blocks pinned for DMA (nil: the DAX layer's default).
+    /// - Throws: `.notFound`; `.busy` or `.timedOut` from the policy (the file stays then).
+    public func unlink(_ name: String, policy: TruncatePolicy? = nil) throws(FSError) {
         let number = try self.namespace.withLock { (namespace) throws(FSError) -> Int in
             guard let number = namespace.names.removeValue(forKey: name) else {
                 throw FSError(.notFound, "\(name): no such file")
@@ -70,7 +71,7 @@ extension FileSystem {
             return number
         }
         do throws(FSError) {
-            try self.locks[number].withWriteLock { () throws(FSError) in try self.release(inode: number) }
+            try self.locks[number].withWriteLock { () throws(FSError) in try self.release(inode: number, policy: policy) }
         } catch {
             self.namespace.withLock { namespace in
                 namespace.unlinking.remove(name)
@@ -85,8 +86,8 @@ extension FileSystem {
     }
 
     /// Frees every block of inode `number` and marks it free; the caller holds its lock.
-    private func release(inode number: Int) throws(FSError) {
-        try self.removePages(number, newSize: { 0 }) { () -> Range<Int> in
+    private func release(inode number: Int, policy: TruncatePolicy?) throws(FSError) {
+        try self.removePages(number, policy: policy, newSize: { 0 }) { () -> Range<Int> in
             let size = self.record(number).size
             return 0..<Int((size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
         }
@@ -106,7 +107,9 @@ extension FileSystem {
             guard !namespace.unlinking.contains(target) else { throw FSError(.exists, "\(target): being removed") }
             let replaced = namespace.names[target]
             if let replaced {
-                try self.locks[replaced].withWriteLock { () throws(FSError) in try self.release(inode: replaced) }
+                try self.locks[replaced].withWriteLock { () throws(FSError) in
+                    try self.release(inode: replaced, policy: nil)
+                }
                 namespace.names.removeValue(forKey: target)
                 namespace.freeInodes.append(replaced)
             }

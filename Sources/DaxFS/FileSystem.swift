@@ -1,3 +1,4 @@
+import DaxlabSupport
 import Pmem
 import Synchronization
 
@@ -20,8 +21,9 @@ public final class FileSystem: Sendable {
     /// One lock per inode number.
     let locks: [ReadWriteLock]
     let namespace: Locked<Namespace>
-    /// The DAX layer, once attached.
-    let breaker = Locked<LayoutBreaker?>(nil)
+    /// The DAX layer's layout breaker, once attached: held weakly (the DAX layer holds the file
+    /// system, not the other way round) and dropped at unmount.
+    let breaker = Locked(WeakBreaker())
     /// Serialise block allocation between faults, which hold a file's lock only shared; striped.
     /// Each counts the fault allocations made under it. (Not `Locked<Void>`: a zero-sized value
     /// shares its address with the mutex pointer, which ThreadSanitizer reports as a race.)
@@ -68,18 +70,26 @@ public final class FileSystem: Sendable {
     /// - Parameter persistence: force a persistence strategy (tests); nil lets libpmem decide.
     /// - Throws: `.pmem` (the path), `.inUse`, `.notAnImage`, `.corrupt` (with the first problem).
     public static func mount(path: String, persistence: PersistenceStrategy? = nil) throws(FSError) -> FileSystem {
+        try Self.mount(path: path, persistence: persistence, persistObserver: nil)
+    }
+
+    /// `mount(path:persistence:)` with every flush and barrier reported to `persistObserver`
+    /// (the crash campaign).
+    package static func mount(
+        path: String, persistence: PersistenceStrategy?, persistObserver: (any PersistObserver)?
+    ) throws(FSError) -> FileSystem {
         let mapping: PmemMapping
         do { mapping = try PmemMapping(path: path, options: MapOptions(persistence: persistence)) } catch {
             throw FSError(error)
         }
         try Self.lockImage(mapping)
-        return try FileSystem(mapping: mapping)
+        return try FileSystem(mapping: mapping, persistObserver: persistObserver)
     }
 
-    private init(mapping: PmemMapping) throws(FSError) {
+    private init(mapping: PmemMapping, persistObserver: (any PersistObserver)?) throws(FSError) {
         let (superblock, state, mounts) = try Superblock.read(from: mapping)
         let geometry = superblock.geometry
-        let media = Media(mapping: mapping)
+        let media = Media(mapping: mapping, observer: persistObserver)
         // Validate the log before writing anything; then replay what was committed.
         let recovery = try MetadataLog.recover(media: media, geometry: geometry, apply: true)
         if let slot = recovery.invalidSlots.first {
@@ -112,8 +122,15 @@ public final class FileSystem: Sendable {
         try self.setState(.mounted, mounts: mounts &+ 1)
     }
 
-    /// Marks the image clean and releases its lock. The file system must not be used afterwards.
+    /// Marks the image clean and releases its lock. The attached DAX layer is told first (it
+    /// finishes the limbo releases already due) and detached. The file system must not be used
+    /// afterwards; its mapping goes when the last reference to it does.
     public func unmount() throws(FSError) {
+        let breaker = self.breaker.withLock { slot in
+            defer { slot.value = nil }
+            return slot.value
+        }
+        breaker?.fileSystemWillUnmount()
         guard self.mounted.exchange(false, ordering: .acquiring) else { return }
         let word = self.media.base.load(fromByteOffset: Superblock.stateOffset, as: UInt64.self)
         try self.setState(.clean, mounts: UInt32(word >> 32))

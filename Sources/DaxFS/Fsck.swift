@@ -28,7 +28,7 @@ public enum Fsck {
         try FileSystem.lockImage(mapping)
         let (superblock, state, _) = try Superblock.read(from: mapping)
         let geometry = superblock.geometry
-        let media = Media(mapping: mapping, crashAt: nil)
+        let media = Media(mapping: mapping)
 
         var logProblems: [FsckProblem] = []
         var recovery = try MetadataLog.recover(media: media, geometry: geometry, apply: false)

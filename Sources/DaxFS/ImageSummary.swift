@@ -22,7 +22,7 @@ public struct ImageSummary: Sendable, Codable, Equatable {
     public static func read(from mapping: PmemMapping) throws(FSError) -> ImageSummary {
         let (superblock, state, mounts) = try Superblock.read(from: mapping)
         let geometry = superblock.geometry
-        let media = Media(mapping: mapping, crashAt: nil)
+        let media = Media(mapping: mapping)
         let recovery = try MetadataLog.recover(media: media, geometry: geometry, apply: false)
         let bitmap = Bitmap(base: mapping.base, geometry: geometry)
         var free = 0

@@ -1,3 +1,4 @@
+import DaxlabSupport
 import Atomics
 import Synchronization
 

@@ -43,8 +43,6 @@ final class Transaction {
     /// Bytes of record space left; bulk operations stop staging when this runs low and commit.
     var remainingCapacity: Int { self.capacity - self.cursor }
 
-    var isEmpty: Bool { self.staged.isEmpty }
-
     // MARK: Staging
 
     private func append(_ kind: LogRecord.Kind, offset: Int, length: Int) -> Int {

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Bench
-import DAX
+import DaxFS
 import Foundation
 import Race
 
@@ -81,7 +81,7 @@ struct BenchCommand: ParsableCommand {
             let image = self.path + ".race"
             defer { try? FileManager.default.removeItem(atPath: image) }
             let harness = try RaceHarness(path: image, size: 32 << 20, configuration: configuration, force: true)
-            _ = harness.run()
+            _ = try harness.run()
             curves[policy.rawValue] = harness.latencyPercentiles(Self.percentiles)
             if !quiet { print("  truncate latency under \(policy): p50 \(curves[policy.rawValue]![4]) us") }
         }
@@ -106,6 +106,9 @@ struct BenchCommand: ParsableCommand {
         for (index, row) in rows.enumerated() {
             lines.append(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
             if index == 0 { lines.append(String(repeating: "-", count: lines.last!.count)) }
+        }
+        for missing in report.unavailable {
+            lines.append("not measured here: \(missing.baseline) (\(missing.reason))")
         }
         return lines.joined(separator: "\n")
     }

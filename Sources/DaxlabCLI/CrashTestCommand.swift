@@ -1,5 +1,7 @@
 import ArgumentParser
+import CrashCampaign
 import DaxFS
+import DaxlabSupport
 import Foundation
 
 #if canImport(Glibc)
@@ -7,7 +9,7 @@ import Glibc
 #endif
 
 /// `daxlab crash-test`: the crash campaign. Runs a mixed workload in a child process, kills it
-/// (SIGKILL, via `DAXLAB_CRASH_AT`) at many persist points, then checks that every recovered
+/// (SIGKILL, from its `CrashInjector`) at many persist points, then checks that every recovered
 /// image mounts, is fsck-clean, and holds every operation that returned before the crash.
 struct CrashTestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,7 +18,7 @@ struct CrashTestCommand: ParsableCommand {
         discussion: """
             A dry run counts the workload's persist points (each barrier after a flush); then for \
             each of --points points spread over them, a fresh image is formatted, a child process \
-            runs the workload with DAXLAB_CRASH_AT set and kills itself there. The child mirrors \
+            runs the workload and kills itself at that point. The child mirrors \
             every drained flush into a shadow image and, at the crash, only a random half of the \
             cache lines still in flight: what power loss would leave. The shadow is mounted \
             (recovery), compared with a model of the operations the child completed, and fsck'd. \
@@ -35,6 +37,8 @@ struct CrashTestCommand: ParsableCommand {
     @Flag(name: .long, help: .hidden) var child = false
     @Option(name: .long, help: .hidden) var image: String?
     @Option(name: .long, help: .hidden) var journal: String?
+    @Option(name: .customLong("crash-at"), help: .hidden) var crashAt: Int?
+    @Option(name: .long, help: .hidden) var shadow: String?
 
     struct Report: Codable {
         var points: Int
@@ -138,7 +142,8 @@ struct CrashTestCommand: ParsableCommand {
             var text = line + "\n"
             text.withUTF8 { _ = write(fd, $0.baseAddress, $0.count) }
         }
-        let fs = try FileSystem.mount(path: image)
+        let injector = try CrashInjector(image: image, shadow: self.shadow, crashAt: self.crashAt)
+        let fs = try FileSystem.mount(path: image, persistence: nil, persistObserver: injector)
         var workload = CrashWorkload(seed: self.seed)
         for index in 0..<self.ops {
             let operation = workload.next()
@@ -147,7 +152,7 @@ struct CrashTestCommand: ParsableCommand {
             note("op \(index + 1)")
         }
         try fs.unmount()
-        note("points \(fs.media.persistPoints)")
+        note("points \(injector.persistPoints)")
     }
 
     private func readJournal(_ path: String) -> (completed: Int, points: Int?) {
@@ -168,11 +173,7 @@ struct CrashTestCommand: ParsableCommand {
         process.arguments = [
             "crash-test", "--child", "--image", image, "--journal", journal, "--seed", String(self.seed),
             "--ops", String(self.ops),
-        ]
-        var environment = ProcessInfo.processInfo.environment
-        environment["DAXLAB_CRASH_AT"] = crashAt.map(String.init)
-        environment["DAXLAB_CRASH_SHADOW"] = shadow
-        process.environment = environment
+        ] + (crashAt.map { ["--crash-at", String($0)] } ?? []) + (shadow.map { ["--shadow", $0] } ?? [])
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
@@ -187,10 +188,9 @@ struct CrashTestCommand: ParsableCommand {
     static func spread(_ count: Int, over total: Int, seed: UInt64) -> [Int] {
         guard total > count else { return Array(1...max(total, 1)) }
         let step = Double(total) / Double(count)
-        var jitter = seed
+        var jitter = SplitMix64(seed: seed)
         return (0..<count).map { index in
-            jitter = jitter &* 6364136223846793005 &+ 1442695040888963407
-            let offset = Int(Double(jitter >> 11) / Double(1 << 53) * step)
+            let offset = Int(Double(jitter.next() >> 11) / Double(1 << 53) * step)
             return min(total, 1 + Int(Double(index) * step) + offset)
         }
     }

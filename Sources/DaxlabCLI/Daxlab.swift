@@ -1,5 +1,6 @@
 import ArgumentParser
 import DaxFS
+import DaxlabSupport
 import Pmem
 
 #if canImport(Glibc)
@@ -45,6 +46,9 @@ public func runDaxlab(_ arguments: [String] = Array(CommandLine.arguments.dropFi
         Terminal.error("\(failure)")
         exit(2)
     } catch let failure as FSError {
+        Terminal.error("\(failure)")
+        exit(2)
+    } catch let failure as SystemCallError {
         Terminal.error("\(failure)")
         exit(2)
     } catch let failure as CommandFailure {

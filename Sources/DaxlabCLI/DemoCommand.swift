@@ -1,5 +1,5 @@
 import ArgumentParser
-import DAX
+import DaxFS
 import Foundation
 import Race
 
@@ -21,6 +21,17 @@ struct DemoCommand: ParsableCommand {
     @Option(name: .customLong("pin-ms"), help: "How long a device holds each pin batch (ms).") var pinMs: Double = 2
     @Option(name: .customLong("lease-break-ms"), help: "The lease-break time (ms).") var leaseBreakMs: Double = 1
     @Flag(name: .long, help: "Print one JSON array of the reports.") var json = false
+
+    func validate() throws {
+        guard self.seconds.isFinite, self.seconds > 0, self.seconds <= 3600 else {
+            throw ValidationError("--seconds must be in (0, 3600]")
+        }
+        for (name, value) in [("--pin-ms", self.pinMs), ("--lease-break-ms", self.leaseBreakMs)] {
+            guard value.isFinite, value > 0, value <= 3_600_000 else {
+                throw ValidationError("\(name) must be in (0, 3600000] ms")
+            }
+        }
+    }
 
     func run() throws {
         var reports: [RaceReport] = []
@@ -51,14 +62,15 @@ struct DemoCommand: ParsableCommand {
 
     static func table(_ reports: [RaceReport]) -> String {
         let header = ["policy", "corruption", "stale", "corrupted", "trunc p50", "trunc p99", "EBUSY", "limbo peak",
-                      "revoked", "verdict"]
+                      "revoked", "refused", "verdict"]
         var rows = [header]
         for report in reports {
             rows.append([
                 report.policy, report.corruptionSeen ? "YES" : "no", String(report.staleDmaWrites),
                 String(report.corruptedBlocks), RaceRunner.format(report.truncateLatencyUs.p50),
                 RaceRunner.format(report.truncateLatencyUs.p99), String(report.truncatesBusy),
-                String(max(report.sequesteredBlocksPeak, report.deferredBlocksPeak)), String(report.revokedDmaWrites),
+                String(max(report.sequesteredBlocksPeak, report.deferredBlocksPeak)), String(report.revocations),
+                String(report.revokedDmaWrites),
                 report.policy == "none"
                     ? (report.corruptionSeen ? "bug reproduced" : "bug not seen")
                     : (report.held ? "held" : "FAILED"),

@@ -1,5 +1,4 @@
 import ArgumentParser
-import CShims
 import DaxFS
 import Pmem
 
@@ -53,7 +52,7 @@ struct InfoCommand: ParsableCommand {
             path: mapping.path, medium: mapping.medium, mediumDescription: mapping.medium.description,
             size: mapping.length, alignment: mapping.alignment, isPmem: mapping.isPmem,
             persistence: mapping.persistence, mapSync: mapping.synchronousFaults, vmFlags: mapping.kernelFlags,
-            autoFlush: pmem_has_auto_flush() == 1, created: mapping.created)
+            autoFlush: PmemMapping.platformHasAutoFlush, created: mapping.created)
         do {
             report.fileSystem = try ImageSummary.read(from: mapping)
         } catch where error.code == .notAnImage {

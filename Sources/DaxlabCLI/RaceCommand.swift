@@ -1,5 +1,4 @@
 import ArgumentParser
-import DAX
 import DaxFS
 import Foundation
 import Race
@@ -12,12 +11,16 @@ struct RaceCommand: ParsableCommand {
         commandName: "race",
         abstract: "Race DMA devices against truncate and hole punch under one policy, and judge the result.",
         discussion: """
-            Formats a fresh image at PATH and runs, for --seconds: DMA devices that pin ranges of \
-            shared files and write tagged blocks into them; truncaters that cut and punch those \
-            files under --policy; writers that allocate and write blocks of their own files. An \
-            independent oracle counts stale DMA writes (a device writing into a block another file \
-            has taken, or the allocator could hand out) and corrupted blocks (a page that does not \
-            hold what its file last wrote); at the end it counts leaked blocks and runs fsck.
+            Formats a fresh image at PATH. First the race is made to happen once, on purpose: a \
+            device pins pages of a shared file and keeps them until a truncate over them has \
+            reached its policy's decision, then writes into them again. Then, for --seconds: DMA \
+            devices that pin ranges of shared files and write tagged blocks into them (a quarter \
+            of them, --long-pin-devices, hold pins for --long-pin-ms, longer than the lease-break \
+            time); truncaters that cut and punch those files under --policy; writers that allocate \
+            and write blocks of their own files. An independent oracle counts stale DMA writes (a \
+            device writing into a block that was freed or allocated again since it pinned it) and \
+            corrupted blocks (a page that does not hold what its file last wrote); at the end it \
+            counts leaked blocks and runs fsck.
 
             Policies: none (the bug), fail, wait, sequester, deferred, lease-break.
 
@@ -40,6 +43,10 @@ struct RaceCommand: ParsableCommand {
     @Option(name: .long, help: "Threads that truncate and punch the shared files.") var truncaters = 2
     @Option(name: .long, help: "Threads that allocate and write their own files.") var writers = 2
     @Option(name: .customLong("pin-ms"), help: "How long a device holds each pin batch (ms).") var pinMs: Double = 2
+    @Option(name: .customLong("long-pin-ms"), help: "How long the long-pin devices hold each pin batch (ms).")
+    var longPinMs: Double = 100
+    @Option(name: .customLong("long-pin-devices"), help: "Devices that hold long pins (default: a quarter, at least one).")
+    var longPinDevices: Int?
     @Option(name: .customLong("lease-break-ms"), help: "The lease-break time of policy lease-break (ms).")
     var leaseBreakMs: Double = 50
     @Option(name: .long, help: "Size of the image when it is created.") var size = ByteSize(bytes: 64 << 20)
@@ -47,14 +54,25 @@ struct RaceCommand: ParsableCommand {
     @Flag(name: .long, help: "Keep the image afterwards (it is removed otherwise).") var keep = false
     @Flag(name: .long, help: "Format PATH even though it exists (its contents are lost).") var force = false
     @Flag(name: .long, help: "Print one JSON object with the report.") var json = false
+    @Flag(name: .long, help: "Print a progress line on stderr four times a second, even when it is not a terminal.")
+    var progress = false
 
     func validate() throws {
-        guard self.seconds > 0, self.seconds <= 3600 else { throw ValidationError("--seconds must be in (0, 3600]") }
+        guard self.seconds.isFinite, self.seconds > 0, self.seconds <= 3600 else {
+            throw ValidationError("--seconds must be in (0, 3600]")
+        }
         guard (1...256).contains(self.dmaThreads) else { throw ValidationError("--dma-threads must be 1...256") }
         guard (0...64).contains(self.truncaters), (0...64).contains(self.writers) else {
             throw ValidationError("--truncaters and --writers must be 0...64")
         }
-        guard self.pinMs > 0, self.leaseBreakMs > 0 else { throw ValidationError("--pin-ms and --lease-break-ms must be > 0") }
+        for (name, value) in [("--pin-ms", self.pinMs), ("--long-pin-ms", self.longPinMs), ("--lease-break-ms", self.leaseBreakMs)] {
+            guard value.isFinite, value > 0, value <= 3_600_000 else {
+                throw ValidationError("\(name) must be in (0, 3600000] ms")
+            }
+        }
+        if let devices = self.longPinDevices, !(0...self.dmaThreads).contains(devices) {
+            throw ValidationError("--long-pin-devices must be 0...\(self.dmaThreads) (the --dma-threads)")
+        }
     }
 
     func run() throws {
@@ -64,11 +82,14 @@ struct RaceCommand: ParsableCommand {
         configuration.truncaters = self.truncaters
         configuration.writers = self.writers
         configuration.pinMilliseconds = self.pinMs
+        configuration.longPinMilliseconds = self.longPinMs
+        configuration.longPinDevices = self.longPinDevices
         configuration.leaseBreakMilliseconds = self.leaseBreakMs
         configuration.seed = self.seed
         let report = try RaceRunner.run(
             path: self.path, size: self.size.bytes, configuration: configuration,
-            force: self.force || self.path == Self.defaultPath, keep: self.keep, live: !self.json)
+            force: self.force || self.path == Self.defaultPath, keep: self.keep, live: !self.json,
+            progressLines: self.progress)
         if self.json {
             try Terminal.printJSON(report)
         } else {
@@ -81,7 +102,8 @@ struct RaceCommand: ParsableCommand {
 /// Shared by `race` and `demo`: one run with a progress line and clean-up.
 enum RaceRunner {
     static func run(
-        path: String, size: Int, configuration: RaceConfiguration, force: Bool, keep: Bool, live: Bool
+        path: String, size: Int, configuration: RaceConfiguration, force: Bool, keep: Bool, live: Bool,
+        progressLines: Bool = false
     ) throws -> RaceReport {
         let existed = FileManager.default.fileExists(atPath: path)
         if existed && !force {
@@ -92,12 +114,18 @@ enum RaceRunner {
         let harness = try RaceHarness(
             path: path, size: isDevice ? nil : size, configuration: configuration, force: true)
         let terminal = live && Terminal.standardOutputIsTerminal
-        let report = harness.run { progress in
+        let report = try harness.run { progress in
+            if progressLines {
+                Terminal.writeStandardError(String(
+                    format: "progress elapsed=%.2f dma_writes=%d truncates=%d stale=%d corrupted=%d limbo=%d\n",
+                    progress.elapsed, progress.dmaWrites, progress.truncates, progress.staleDmaWrites,
+                    progress.corruptedBlocks, progress.limboBlocks))
+            }
             guard terminal else { return }
             let line = String(
-                format: "\r[%@ %4.1fs/%gs] writes %d  truncates %d  stale %d  corrupted %d ",
+                format: "\r[%@ %4.1fs/%gs] writes %d  truncates %d  stale %d  corrupted %d  limbo %d ",
                 configuration.policy.rawValue, progress.elapsed, progress.seconds, progress.dmaWrites,
-                progress.truncates, progress.staleDmaWrites, progress.corruptedBlocks)
+                progress.truncates, progress.staleDmaWrites, progress.corruptedBlocks, progress.limboBlocks)
             FileHandle.standardOutput.write(Data(line.utf8))
         }
         if terminal { FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8)) }
@@ -119,13 +147,15 @@ enum RaceRunner {
         print("""
             policy \(report.policy): \(report.held ? "HELD" : (report.corruptionSeen ? "CORRUPTION" : "FAILED")) \
             (\(report.seconds) s, is_pmem \(report.isPmem))
-              DMA writes \(report.dmaWrites) in \(report.pins) pins; revoked writes \(report.revokedDmaWrites)
+              DMA writes \(report.dmaWrites) in \(report.pins) pins; leases revoked \(report.revocations), \
+            writes refused after revocation \(report.revokedDmaWrites)
               truncates \(report.truncates): EBUSY \(report.truncatesBusy), waited \(report.truncatesWaited); \
             latency p50 \(format(latency.p50)) p99 \(format(latency.p99)) max \(format(latency.max))
               stale DMA writes \(report.staleDmaWrites), corrupted blocks \(report.corruptedBlocks), \
             leaked blocks \(report.leakedBlocks)
               limbo peak: sequestered \(report.sequesteredBlocksPeak), deferred \(report.deferredBlocksPeak); \
-            fsck \(report.fsckClean ? "clean" : "NOT clean")\(report.deadlock ? "; DEADLOCK (no progress for 10 s)" : "")
+            fsck \(report.fsckClean ? "clean" : "NOT clean")\
+            \(report.deadlock ? "; DEADLOCK: no progress from " + report.stuckThreads.joined(separator: ", ") : "")
             """)
     }
 

@@ -11,6 +11,13 @@ public enum PersistenceStrategy: String, Sendable, Codable {
     case msync
 }
 
+extension PmemMapping {
+    /// Whether the platform flushes CPU caches on power loss (eADR: the persistence domain
+    /// includes the caches), so a store is durable once it is globally visible
+    /// (`pmem_has_auto_flush`).
+    public static var platformHasAutoFlush: Bool { pmem_has_auto_flush() == 1 }
+}
+
 /// Flags for `copy` and `fill`: libpmem's `PMEM_F_MEM_*`, which are hints except `noDrain`.
 public struct CopyFlags: OptionSet, Sendable, Hashable {
     public let rawValue: UInt32

@@ -1,4 +1,4 @@
-import DAX
+import DaxFS
 
 /// What a race run does.
 public struct RaceConfiguration: Sendable {
@@ -9,6 +9,11 @@ public struct RaceConfiguration: Sendable {
     public var writers = 2
     /// How long a device holds each pin batch.
     public var pinMilliseconds: Double = 2
+    /// How long the long-pin devices hold each pin batch: longer than the lease-break time, so
+    /// `lease-break` has leases to revoke and `wait` has long pins to wait for.
+    public var longPinMilliseconds: Double = 100
+    /// How many devices hold long pins (nil: a quarter of them, at least one).
+    public var longPinDevices: Int?
     /// The lease-break time of policy `lease-break`.
     public var leaseBreakMilliseconds: Double = 50
     /// Pages of each shared file the devices pin and the truncaters cut.
@@ -20,4 +25,9 @@ public struct RaceConfiguration: Sendable {
     public var watchdogSeconds: Double = 10
 
     public init(policy: TruncatePolicy) { self.policy = policy }
+
+    /// The long-pin devices this run has.
+    public var effectiveLongPinDevices: Int {
+        min(self.dmaThreads, self.longPinDevices ?? max(1, (self.dmaThreads + 3) / 4))
+    }
 }

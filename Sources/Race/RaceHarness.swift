@@ -1,21 +1,28 @@
 import Atomics
-import Dispatch
 import DAX
 import DMA
-import DaxFS
+@_spi(Oracle) import DaxFS
+import DaxlabSupport
 import Histogram
-import Pmem
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// One race run on a freshly formatted, mounted image: DMA devices pin ranges of shared files
-/// and write tagged blocks into them, truncaters cut and punch those files under the policy,
-/// writers allocate and write blocks of their own files (so freed blocks are reused at once),
-/// and a verifier checks the writers' files as it goes. The oracle counts what went wrong; at
-/// the end every thread stops, the files are verified once more, leaks are counted, the image
-/// is unmounted and fsck'd.
+/// One race run on a freshly formatted, mounted image.
+///
+/// First the race is made to happen once on purpose (`collide`): a device pins a range of a
+/// shared file and holds it until a truncate over that range has reached its policy's decision,
+/// then writes into its blocks again. Then the statistical phase: DMA devices pin ranges of
+/// shared files and write tagged blocks into them, truncaters cut and punch those files under
+/// the policy, writers allocate and write blocks of their own files (so freed blocks are reused
+/// at once), and a verifier checks the writers' files as it goes. The oracle counts what went
+/// wrong; at the end every thread stops, the files are verified once more, leaks are counted,
+/// the image is unmounted and fsck'd.
+///
+/// Threads: `daxlab-dma-N` (devices), `daxlab-trunc-N`, `daxlab-writer-N`, `daxlab-verify`,
+/// `daxlab-collide` (the first truncate), `daxlab-stopper`, and the DAX layer's `daxlab-reclaim`;
+/// the watchdog runs on the caller's thread.
 public final class RaceHarness: @unchecked Sendable {
     // Set in init; threads share them read-only, or through atomics and locks.
     public let configuration: RaceConfiguration
@@ -24,10 +31,16 @@ public final class RaceHarness: @unchecked Sendable {
     let oracle: Oracle
     let sharedFiles: [FileID]
     let writers: [Writer]
+    /// The writer whose file takes the blocks the collision's truncate freed (policy none).
+    let collisionWriter: Writer
     let stop = ManagedAtomic<Bool>(false)
     let truncates = ManagedAtomic<Int>(0)
     let busy = ManagedAtomic<Int>(0)
     let writerWrites = ManagedAtomic<Int>(0)
+    let truncaterProgress: [ManagedAtomic<Int>]
+    let verifierProgress = ManagedAtomic<Int>(0)
+    /// The collision's device and its counters (the engine's devices come later).
+    let collisionStatistics = DMAStatistics()
     let latencies = Locked(Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three))
 
     /// Formats `path` and mounts it with the DAX layer under `configuration.policy`.
@@ -37,10 +50,10 @@ public final class RaceHarness: @unchecked Sendable {
         self.configuration = configuration
         _ = try FileSystem.format(path: path, size: size, force: force)
         self.fs = try FileSystem.mount(path: path)
-        self.dax = DAXFileSystem(
+        self.dax = try DAXFileSystem(
             fs: self.fs, policy: configuration.policy,
-            times: PolicyTimes(leaseBreakTime: .microseconds(Int64(configuration.leaseBreakMilliseconds * 1000))))
-        self.oracle = Oracle(fs: self.fs)
+            times: PolicyTimes(leaseBreakTime: .milliseconds(configuration.leaseBreakMilliseconds)))
+        self.oracle = try Oracle(fs: self.fs)
         var shared: [FileID] = []
         for index in 0..<max(2, configuration.dmaThreads) {
             let file = try self.fs.create("shared-\(index)")
@@ -55,6 +68,9 @@ public final class RaceHarness: @unchecked Sendable {
             writers.append(Writer(index: index, file: file, pages: configuration.writerPages))
         }
         self.writers = writers
+        self.collisionWriter = Writer(
+            index: configuration.writers, file: try self.fs.create("collision-writer"), pages: 0)
+        self.truncaterProgress = (0..<configuration.truncaters).map { _ in ManagedAtomic(0) }
     }
 
     public var isPmem: Bool { self.fs.mapping.isPmem }
@@ -66,70 +82,45 @@ public final class RaceHarness: @unchecked Sendable {
         return percentiles.map { Double(histogram.valueAtPercentile($0)) / 1000 }
     }
 
-    /// Runs the race for the configured time and returns what the oracle found.
-    /// - Parameter progress: called about four times a second from the watchdog thread.
-    public func run(progress: (@Sendable (RaceProgress) -> Void)? = nil) -> RaceReport {
+    /// Runs the collision, then the race for the configured time, and returns what the oracle found.
+    /// - Parameter progress: called about four times a second from the watchdog (the caller's thread).
+    /// - Throws: `SystemCallError` when a thread cannot be started (nothing is left running then).
+    public func run(progress: (@Sendable (RaceProgress) -> Void)? = nil) throws -> RaceReport {
         let config = self.configuration
+        let started = MonotonicClock.now()
+        let collided = try self.collide()
         let engine = DMAEngine(
             dax: self.dax, files: self.sharedFiles,
             configuration: DMAConfiguration(
-                devices: config.dmaThreads,
-                pinDuration: .microseconds(Int64(config.pinMilliseconds * 1000)), pagesPerPin: 1...8,
-                seed: config.seed),
+                devices: config.dmaThreads, pinDuration: .milliseconds(config.pinMilliseconds),
+                longPinDuration: .milliseconds(config.longPinMilliseconds),
+                longPinDevices: config.effectiveLongPinDevices, pagesPerPin: 1...8, seed: config.seed),
             observer: self.oracle)
-        let started = MonotonicClock.now()
-        engine.start()
-        var threads: [pthread_t] = []
-        for index in 0..<config.truncaters {
-            threads.append(spawnThread { self.truncateLoop(index) })
-        }
-        for writer in self.writers {
-            threads.append(spawnThread { self.writeLoop(writer) })
-        }
-        threads.append(spawnThread { self.verifyLoop() })
-
-        // Watchdog and progress, on this thread.
-        var lastProgress = -1
-        var lastChange = MonotonicClock.now()
-        var deadlock = false
-        while true {
-            usleep(250_000)
-            let now = MonotonicClock.now()
-            let elapsed = Double(now - started) / 1e9
-            let made = engine.statistics.cycles.load(ordering: .relaxed) + self.truncates.load(ordering: .relaxed)
-                + self.writerWrites.load(ordering: .relaxed)
-            if made != lastProgress {
-                lastProgress = made
-                lastChange = now
-            } else if Double(now - lastChange) / 1e9 >= config.watchdogSeconds {
-                deadlock = true
-                break
-            }
-            progress?(RaceProgress(
-                elapsed: elapsed, seconds: config.seconds, dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed),
-                truncates: self.truncates.load(ordering: .relaxed),
-                staleDmaWrites: self.oracle.staleWrites.load(ordering: .relaxed),
-                corruptedBlocks: self.oracle.corruptedBlocks))
-            if elapsed >= config.seconds { break }
-        }
+        let threads = try self.startThreads(engine)
+        let watched = self.progressCounters(engine)
+        let (deadlock, stuck) = collided
+            ? self.watch(watched, started: started, progress: progress)
+            : (true, ["daxlab-collide"])
         self.stop.store(true, ordering: .relaxed)
-        let elapsed = Double(MonotonicClock.now() - started) / 1e9
+        let elapsed = MonotonicClock.seconds(since: started)
         if deadlock {
             // Threads are stuck: report without joining them, and without touching the image.
-            return self.report(engine: engine, elapsed: elapsed, leaked: 0, fsckClean: false, deadlock: true)
+            return self.report(engine: engine, elapsed: elapsed, leaked: 0, fsckClean: false, stuck: stuck)
         }
         // Stopping is watched too: a thread stuck in the policy would hang the joins.
-        let joined = DispatchSemaphore(value: 0)
-        let joinedThreads = threads
-        let stopper = spawnThread {
+        let joined = ConditionLock(false)
+        let stopper = try? JoinableThread.spawn(name: "daxlab-stopper") {
             engine.stop()
-            for thread in joinedThreads { pthread_join(thread, nil) }
-            joined.signal()
+            for thread in threads { thread.join() }
+            joined.withLockThenBroadcast { $0 = true }
         }
-        if joined.wait(timeout: .now() + config.watchdogSeconds) == .timedOut {
-            return self.report(engine: engine, elapsed: elapsed, leaked: 0, fsckClean: false, deadlock: true)
+        let deadline = MonotonicClock.now() + UInt64(self.watchdogWindow * 1e9)
+        guard let stopper, joined.wait(until: { $0 }, deadline: deadline, then: { _ in () }) != nil else {
+            let names = threads.map(\.name) + engine.devices.map { "daxlab-dma-\($0.index)" }
+            return self.report(engine: engine, elapsed: elapsed, leaked: 0, fsckClean: false, stuck: names)
         }
-        pthread_join(stopper, nil)
+        stopper.join()
+        self.dax.waitForReclaims()  // every pin is gone: limbo blocks are released now
         self.verifyWriters()
         self.verifySharedFiles()
         let leaked = self.countLeaks()
@@ -140,18 +131,40 @@ public final class RaceHarness: @unchecked Sendable {
         } catch {
             fsckClean = false
         }
-        return self.report(engine: engine, elapsed: elapsed, leaked: leaked, fsckClean: fsckClean, deadlock: false)
+        return self.report(engine: engine, elapsed: elapsed, leaked: leaked, fsckClean: fsckClean, stuck: [])
     }
 
-    private func report(engine: DMAEngine, elapsed: Double, leaked: Int, fsckClean: Bool, deadlock: Bool) -> RaceReport {
+    /// Starts the truncaters, the writers and the verifier (and the engine's devices); if one
+    /// cannot be started, stops and joins the others and throws.
+    private func startThreads(_ engine: DMAEngine) throws -> [JoinableThread] {
+        var threads: [JoinableThread] = []
+        do {
+            try engine.start()
+            for index in 0..<self.configuration.truncaters {
+                threads.append(try JoinableThread.spawn(name: "daxlab-trunc-\(index)") { self.truncateLoop(index) })
+            }
+            for writer in self.writers {
+                threads.append(try JoinableThread.spawn(name: "daxlab-writer-\(writer.index)") { self.writeLoop(writer) })
+            }
+            threads.append(try JoinableThread.spawn(name: "daxlab-verify") { self.verifyLoop() })
+        } catch {
+            self.stop.store(true, ordering: .relaxed)
+            engine.stop()
+            for thread in threads { thread.join() }
+            throw error
+        }
+        return threads
+    }
+
+    private func report(engine: DMAEngine, elapsed: Double, leaked: Int, fsckClean: Bool, stuck: [String]) -> RaceReport {
         let histogram = self.latencies.withLock { $0 }
         let stats = self.dax.statistics
-        func microseconds(_ value: UInt64) -> Double { (Double(value) / 1000).rounded() / 1 }
+        func microseconds(_ value: UInt64) -> Double { (Double(value) / 1000).rounded() }
+        let pins = engine.statistics.pins.load(ordering: .relaxed) + self.collisionStatistics.pins.load(ordering: .relaxed)
         return RaceReport(
             policy: self.configuration.policy.rawValue, seconds: (elapsed * 10).rounded() / 10, isPmem: self.isPmem,
-            dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed),
-            pins: engine.statistics.pins.load(ordering: .relaxed), truncates: self.truncates.load(ordering: .relaxed),
-            truncatesBusy: self.busy.load(ordering: .relaxed),
+            dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed), pins: pins,
+            truncates: self.truncates.load(ordering: .relaxed), truncatesBusy: self.busy.load(ordering: .relaxed),
             truncatesWaited: stats.truncatesWaited.load(ordering: .relaxed),
             truncateLatencyUs: RaceReport.Latency(
                 p50: histogram.totalCount == 0 ? 0 : microseconds(histogram.valueAtPercentile(50)),
@@ -160,7 +173,9 @@ public final class RaceHarness: @unchecked Sendable {
             staleDmaWrites: self.oracle.staleWrites.load(ordering: .relaxed),
             corruptedBlocks: self.oracle.corruptedBlocks, leakedBlocks: leaked,
             revokedDmaWrites: self.oracle.refusedWrites.load(ordering: .relaxed),
+            revocations: stats.revocations.load(ordering: .relaxed),
             sequesteredBlocksPeak: stats.sequesteredPeak.load(ordering: .relaxed),
-            deferredBlocksPeak: stats.deferredPeak.load(ordering: .relaxed), fsckClean: fsckClean, deadlock: deadlock)
+            deferredBlocksPeak: stats.deferredPeak.load(ordering: .relaxed), fsckClean: fsckClean,
+            deadlock: !stuck.isEmpty, stuckThreads: stuck)
     }
 }

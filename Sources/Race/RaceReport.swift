@@ -19,10 +19,14 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var corruptedBlocks: Int
     public var leakedBlocks: Int
     public var revokedDmaWrites: Int
+    /// Leases revoked by `lease-break` (each fences every later write of its device).
+    public var revocations: Int
     public var sequesteredBlocksPeak: Int
     public var deferredBlocksPeak: Int
     public var fsckClean: Bool
     public var deadlock: Bool
+    /// With a deadlock: the threads that made no progress in the watchdog's last window.
+    public var stuckThreads: [String]
 
     enum CodingKeys: String, CodingKey {
         case policy, seconds
@@ -36,10 +40,12 @@ public struct RaceReport: Sendable, Codable, Equatable {
         case corruptedBlocks = "corrupted_blocks"
         case leakedBlocks = "leaked_blocks"
         case revokedDmaWrites = "revoked_dma_writes"
+        case revocations
         case sequesteredBlocksPeak = "sequestered_blocks_peak"
         case deferredBlocksPeak = "deferred_blocks_peak"
         case fsckClean = "fsck_clean"
         case deadlock
+        case stuckThreads = "stuck_threads"
     }
 
     /// The run's verdict: no stale write, no corrupted block, no leak, fsck clean, no deadlock.
@@ -60,4 +66,6 @@ public struct RaceProgress: Sendable {
     public var truncates: Int
     public var staleDmaWrites: Int
     public var corruptedBlocks: Int
+    /// Blocks held in limbo now (sequestered or deferred).
+    public var limboBlocks: Int
 }

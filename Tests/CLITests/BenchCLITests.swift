@@ -1,6 +1,15 @@
+import CBenchShims
 import Foundation
 import Testing
 import TestSupport
+
+/// Whether this kernel lets the process use io_uring (a seccomp filter, as in many containers,
+/// refuses io_uring_setup with EPERM or ENOSYS).
+let ioUringAvailable: Bool = {
+    guard let ring = CBenchShims_uring_create(4) else { return false }
+    CBenchShims_uring_destroy(ring)
+    return true
+}()
 
 @Suite("daxlab bench, end to end", .timeLimit(.minutes(5)))
 struct BenchCLITests {
@@ -31,7 +40,12 @@ struct BenchCLITests {
             #expect((machine["cpus"] as? Int ?? 0) >= 1)
             #expect((machine["cpus_available"] as? Double ?? 0) > 0)
             let results = try #require(report["results"] as? [[String: Any]])
-            for (name, baseline) in Self.rows {
+            let unavailable = try #require(report["unavailable"] as? [[String: Any]])
+            if !ioUringAvailable {
+                // The row is left out, and the report says why.
+                #expect(unavailable.contains { $0["baseline"] as? String == "kernel.io_uring_register" })
+            }
+            for (name, baseline) in Self.rows where ioUringAvailable || baseline != "kernel.io_uring_register" {
                 let row = results.first { $0["name"] as? String == name && $0["baseline"] as? String == baseline }
                 let found = try #require(row, "\(name) vs \(baseline) missing")
                 for key in ["unit", "threads", "value", "baseline_threads", "baseline_value", "ratio", "better"] {
@@ -48,5 +62,19 @@ struct BenchCLITests {
             #expect(svg.hasPrefix("<svg"))
             #expect(svg.contains("polyline"))
         }
+    }
+}
+
+@Suite("Kernel baselines")
+struct KernelBaselineTests {
+    @Test("io_uring buffer registration pins and unpins a buffer (the pin.batch512 baseline)",
+          .enabled(if: ioUringAvailable, "io_uring_setup is refused here (a seccomp filter or an old kernel)"))
+    func ioUringRegisters() throws {
+        let ring = try #require(CBenchShims_uring_create(4))
+        defer { CBenchShims_uring_destroy(ring) }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4096, alignment: 4096)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 1, count: 16 * 4096)
+        #expect(CBenchShims_uring_register_unregister(ring, buffer, 16 * 4096) == 0)
     }
 }

@@ -11,7 +11,7 @@ struct RaceCLITests {
     static let keys: Set<String> = [
         "policy", "seconds", "is_pmem", "dma_writes", "pins", "truncates", "truncates_busy", "truncates_waited",
         "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes",
-        "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock",
+        "revocations", "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock", "stuck_threads",
     ]
 
     @Test("race --json: exactly the documented keys; exit 1 under none, 0 under wait; the image is removed")
@@ -28,7 +28,10 @@ struct RaceCLITests {
 
             let wait = try DaxlabBinary.run(["race", path, "--policy", "wait", "--seconds", "1", "--json", "--keep"])
             #expect(wait.status == 0, "\(wait.standardOutput)")
-            #expect(try self.json(wait.standardOutput)["stale_dma_writes"] as? Int == 0)
+            let waited = try self.json(wait.standardOutput)
+            #expect(waited["stale_dma_writes"] as? Int == 0)
+            #expect(waited["truncates_waited"] as? Int ?? 0 > 0, "the collision's truncate waits")
+            #expect((waited["stuck_threads"] as? [Any])?.isEmpty == true)
             #expect(FileManager.default.fileExists(atPath: path), "kept")
             #expect(try DaxlabBinary.run(["fsck", path]).status == 0)
 
@@ -41,6 +44,8 @@ struct RaceCLITests {
     @Test("race: bad arguments exit 2 with one line")
     func badArguments() throws {
         for arguments in [["race", "--policy", "sometimes"], ["race", "--policy", "wait", "--seconds", "0"],
+                          ["race", "--policy", "wait", "--seconds", "nan"], ["race", "--policy", "wait", "--pin-ms", "inf"],
+                          ["race", "--policy", "wait", "--long-pin-devices", "9"],
                           ["race", "/nonexistent-dir/x.pmem", "--policy", "wait", "--seconds", "1"]]
         {
             let result = try DaxlabBinary.run(arguments)
@@ -49,18 +54,43 @@ struct RaceCLITests {
         }
     }
 
-    @Test("a sequester race killed with SIGKILL part-way: the next mount reclaims lost+found and fsck is clean")
+    @Test("a sequester race killed with blocks in lost+found: the next mount reclaims them and fsck is clean")
     func sequesterKilled() throws {
         try withTemporaryPath("race-kill") { path in
+            // Devices that hold their pins for a minute: once a truncate has sequestered a block,
+            // it stays in lost+found until the kill. The kill waits for the progress line that
+            // says so, not for a time.
             let process = Process()
             process.executableURL = URL(fileURLWithPath: DaxlabBinary.path)
-            process.arguments = ["race", path, "--policy", "sequester", "--seconds", "30", "--pin-ms", "300", "--keep"]
+            process.arguments = [
+                "race", path, "--policy", "sequester", "--seconds", "120", "--pin-ms", "60000",
+                "--long-pin-devices", "0", "--keep", "--progress",
+            ]
+            let errors = Pipe()
             process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
+            process.standardError = errors
             try process.run()
-            Thread.sleep(forTimeInterval: 3)
-            kill(process.processIdentifier, SIGKILL)
+            let seen = Box(false)
+            let reader = Thread {
+                var text = ""
+                while let chunk = try? errors.fileHandleForReading.read(upToCount: 4096), !chunk.isEmpty {
+                    text += String(decoding: chunk, as: UTF8.self)
+                    let limbo = text.split(separator: "\n").compactMap { line in
+                        line.split(separator: " ").first { $0.hasPrefix("limbo=") }.flatMap { Int($0.dropFirst(6)) }
+                    }
+                    if limbo.contains(where: { $0 > 0 }) {
+                        seen.value = true
+                        kill(process.processIdentifier, SIGKILL)
+                        return
+                    }
+                }
+            }
+            reader.start()
+            let deadline = Date().addingTimeInterval(60)
+            while process.isRunning, Date() < deadline { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
             process.waitUntilExit()
+            try #require(seen.value, "no progress line reported sequestered blocks within 60 s")
             #expect(process.terminationReason == .uncaughtSignal)
 
             let info = try self.json(try DaxlabBinary.run(["info", path, "--json"]).standardOutput)
@@ -68,7 +98,7 @@ struct RaceCLITests {
             #expect(fs["state"] as? String == "mounted", "left mounted by the kill")
             // Before recovery, lost+found holds the blocks that were sequestered under DMA.
             let before = try self.json(try DaxlabBinary.run(["fsck", path, "--json"]).standardOutput)
-            #expect(before["lost_found_blocks"] as? Int ?? 0 > 0, "devices held 300 ms pins: some blocks were sequestered")
+            #expect(before["lost_found_blocks"] as? Int ?? 0 > 0, "\(before)")
             // Mounting (ls) recovers it: replays the log and frees lost+found; then it is clean.
             #expect(try DaxlabBinary.run(["ls", path]).status == 0)
             let fsck = try self.json(try DaxlabBinary.run(["fsck", path, "--json"]).standardOutput)

@@ -1,6 +1,7 @@
 import Atomics
 import DAX
-import DaxFS
+@_spi(Oracle) import DaxFS
+import DaxlabSupport
 import Foundation
 import Testing
 import TestSupport

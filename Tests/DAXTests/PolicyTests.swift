@@ -1,5 +1,5 @@
 import DAX
-import DaxFS
+@_spi(Oracle) import DaxFS
 import Foundation
 import Testing
 import TestSupport
@@ -11,7 +11,7 @@ struct PolicyTests {
         let lab = try Lab(policy: .none)
         let handle = try lab.space.pin(2..<3, write: true)
         let block = handle.block(at: 0)
-        try lab.dax.truncate(lab.file, size: 4096)
+        try lab.fs.truncate(lab.file, size: 4096)
         #expect(lab.fs.isFreeForAllocation(block), "freed while pinned: a later owner shares it with the device")
         #expect(lab.dax.statistics.pinnedBlocksFreed.load(ordering: .relaxed) == 1)
         handle.unpin()
@@ -23,11 +23,11 @@ struct PolicyTests {
         let handle = try lab.space.pin(2..<3, write: true)
         let block = handle.block(at: 0)
         do {
-            try lab.dax.truncate(lab.file, size: 4096)
+            try lab.fs.truncate(lab.file, size: 4096)
             Issue.record("truncate over a pinned block succeeded under fail")
         } catch { #expect(error.code == .busy) }
         do {
-            try lab.dax.punchHole(lab.file, offset: 8192, length: 4096)
+            try lab.fs.punchHole(lab.file, offset: 8192, length: 4096)
             Issue.record("punch over a pinned block succeeded under fail")
         } catch { #expect(error.code == .busy) }
         #expect(try lab.fs.stat(lab.file).size == 16 * 4096)
@@ -35,7 +35,7 @@ struct PolicyTests {
         #expect(!lab.fs.isFreeForAllocation(block))
         #expect(try lab.fs.read(lab.file, offset: 8192, count: 4).allSatisfy { $0 == 0xAA })
         handle.unpin()
-        try lab.dax.truncate(lab.file, size: 4096)
+        try lab.fs.truncate(lab.file, size: 4096)
         #expect(lab.fs.isFreeForAllocation(block))
     }
 
@@ -44,8 +44,8 @@ struct PolicyTests {
         let lab = try Lab(policy: .fail)
         let handle = try lab.space.pin(2..<3, write: true)
         let before = try lab.fs.read(lab.file, offset: 0, count: 16 * 4096)
-        for attempt in [{ try lab.dax.truncate(lab.file, size: 4096 + 100) },
-                        { try lab.dax.punchHole(lab.file, offset: 4096 + 100, length: 3 * 4096) }] {
+        for attempt in [{ try lab.fs.truncate(lab.file, size: 4096 + 100) },
+                        { try lab.fs.punchHole(lab.file, offset: 4096 + 100, length: 3 * 4096) }] {
             do {
                 try attempt()
                 Issue.record("succeeded over a pinned block")
@@ -61,7 +61,7 @@ struct PolicyTests {
         let handle = try lab.space.pin(2..<3, write: true)
         let block = handle.block(at: 0)
         let file = lab.file
-        let truncated = lab.background { try! lab.dax.truncate(file, size: 4096) }
+        let truncated = lab.background { try! lab.fs.truncate(file, size: 4096) }
         // Longer than the seed patch's one-second poll: a timer would have fired by now.
         #expect(!truncated.wait(seconds: 1.3), "truncate returned while the block was pinned")
         #expect(!lab.fs.isFreeForAllocation(block))
@@ -83,7 +83,7 @@ struct PolicyTests {
         let lab = try Lab(policy: .wait, times: PolicyTimes(waitTimeout: .milliseconds(100)))
         let handle = try lab.space.pin(5..<7, write: true)
         do {
-            try lab.dax.truncate(lab.file, size: 0)
+            try lab.fs.truncate(lab.file, size: 0)
             Issue.record("truncate returned under a pin")
         } catch { #expect(error.code == .timedOut) }
         #expect(try lab.fs.stat(lab.file).size == 16 * 4096)
@@ -97,7 +97,7 @@ struct PolicyTests {
         let handle = try lab.space.pin(2..<4, write: true)
         let blocks = [handle.block(at: 0), handle.block(at: 1)]
         let idle = lab.fs.currentBlock(lab.file, page: 8)
-        try lab.dax.truncate(lab.file, size: 4096)
+        try lab.fs.truncate(lab.file, size: 4096)
         #expect(try lab.fs.stat(lab.file).size == 4096)
         #expect(lab.fs.lostFoundBlocks == 2)
         #expect(blocks.allSatisfy { !lab.fs.isFreeForAllocation($0) })
@@ -106,6 +106,7 @@ struct PolicyTests {
         let data = [UInt8](repeating: 7, count: 4096)
         #expect(data.withUnsafeBytes { handle.write(at: 0, from: $0.baseAddress!, count: 4096) })
         handle.unpin()
+        lab.dax.waitForReclaims()  // the release runs on the reclaimer thread, not in the unpin
         #expect(lab.fs.lostFoundBlocks == 0)
         #expect(blocks.allSatisfy { lab.fs.isFreeForAllocation($0) })
         try lab.fs.unmount()
@@ -116,7 +117,7 @@ struct PolicyTests {
     func sequesterReclaimedAtMount() throws {
         let lab = try Lab(policy: .sequester)
         let handle = try lab.space.pin(0..<3, write: true)
-        try lab.dax.truncate(lab.file, size: 0)
+        try lab.fs.truncate(lab.file, size: 0)
         #expect(lab.fs.lostFoundBlocks == 3)
         // Stand-in for a crash: the image is left as it is, mounted, pins outstanding.
         let image = try Data(contentsOf: URL(fileURLWithPath: lab.path))
@@ -137,12 +138,13 @@ struct PolicyTests {
         let lab = try Lab(policy: .deferred)
         let handle = try lab.space.pin(3..<4, write: true)
         let block = handle.block(at: 0)
-        try lab.dax.punchHole(lab.file, offset: 0, length: 8 * 4096)
+        try lab.fs.punchHole(lab.file, offset: 0, length: 8 * 4096)
         #expect(lab.fs.currentBlock(lab.file, page: 3) == 0)
         #expect(try lab.fs.read(lab.file, offset: 3 * 4096, count: 4096).allSatisfy { $0 == 0 })
         #expect(!lab.fs.isFreeForAllocation(block))
         #expect(lab.fs.lostFoundBlocks == 0, "deferred keeps them in a volatile list, not lost+found")
         handle.unpin()
+        lab.dax.waitForReclaims()
         #expect(lab.fs.isFreeForAllocation(block))
     }
 
@@ -154,7 +156,7 @@ struct PolicyTests {
         let block = handle.block(at: 0)
         #expect(lab.space.leaseList.count == 1)
         let started = Date()
-        try lab.dax.truncate(lab.file, size: 4096)
+        try lab.fs.truncate(lab.file, size: 4096)
         let elapsed = Date().timeIntervalSince(started)
         #expect(elapsed >= 0.07, "waited the lease-break time (\(elapsed) s)")
         #expect(holder.breaks.value == 1)
@@ -179,29 +181,48 @@ struct PolicyTests {
             Thread { slot.unpin() }.start()
         }
         let started = Date()
-        try lab.dax.truncate(lab.file, size: 4096)
+        try lab.fs.truncate(lab.file, size: 4096)
         #expect(Date().timeIntervalSince(started) < 5, "did not sit out the 30 s break time")
         #expect(holder.breaks.value == 1)
         #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) == 0)
     }
 
-    @Test("every policy but none keeps a pinned block out of the allocator", arguments: TruncatePolicy.allCases)
+    /// The event each policy reaches with the pin held: the truncate returned (none, fail,
+    /// sequester, deferred) or it sleeps on the pinned block (wait, lease-break). The test waits
+    /// for that event, not for a time, so it cannot pass without the truncate having run.
+    @Test("every policy but none keeps a pinned block out of the allocator until its last unpin",
+          arguments: TruncatePolicy.allCases)
     func pinnedBlockNeverFreed(policy: TruncatePolicy) throws {
-        let lab = try Lab(policy: policy, times: PolicyTimes(waitTimeout: .milliseconds(50), leaseBreakTime: .seconds(60)))
+        let lab = try Lab(policy: policy, times: PolicyTimes(leaseBreakTime: .seconds(60)))
         let handle = try lab.space.pin(1..<2, write: true)
         let block = handle.block(at: 0)
         let file = lab.file
-        let truncated = lab.background { try? lab.dax.truncate(file, size: 0) }
-        _ = truncated.wait(seconds: 0.3)
-        for _ in 0..<20 {
-            if policy.isProtective {
-                #expect(!lab.fs.isFreeForAllocation(block), "\(policy): a pinned block reached the allocator")
-            }
-            usleep(5_000)
+        let statistics = lab.dax.statistics
+        let sleepsBefore = statistics.waits.load(ordering: .relaxed)
+        let truncated = lab.background { _ = try? lab.fs.truncate(file, size: 0) }  // the mount's policy
+        let decided = waitUntil(seconds: 20) {
+            truncated.isDone || statistics.waits.load(ordering: .relaxed) > sleepsBefore
         }
-        if policy == .none { #expect(lab.fs.isFreeForAllocation(block)) }
+        try #require(decided, "\(policy): the truncate neither returned nor slept on the pin")
+        if policy.isProtective {
+            #expect(!lab.fs.isFreeForAllocation(block), "\(policy): a pinned block reached the allocator")
+        } else {
+            #expect(lab.fs.isFreeForAllocation(block), "none frees the pinned block at once (the bug)")
+        }
+        #expect(truncated.isDone == [.none, .fail, .sequester, .deferred].contains(policy),
+                "\(policy): returned while pinned, or slept where it must not")
+
         handle.unpin()
-        #expect(truncated.wait(seconds: 5) || policy == .leaseBreak)
+        #expect(truncated.wait(seconds: 20), "\(policy): the truncate did not finish after the unpin")
+        lab.dax.waitForReclaims()
+        if policy == .fail {
+            #expect(lab.fs.currentBlock(file, page: 1) == block, "EBUSY: the file keeps its block")
+            #expect(!lab.fs.isFreeForAllocation(block))
+        } else {
+            #expect(lab.fs.currentBlock(file, page: 1) == 0)
+            #expect(lab.fs.isFreeForAllocation(block), "\(policy): the block is freed once unpinned")
+        }
+        #expect(lab.fs.lostFoundBlocks == 0)
     }
 }
 
@@ -225,7 +246,7 @@ struct ReadmeExampleTests {
         try withTemporaryPath("readme") { path in
             _ = try FileSystem.format(path: path, size: 8 << 20)
             let fs = try FileSystem.mount(path: path)
-            let dax = DAXFileSystem(
+            let dax = try DAXFileSystem(
                 fs: fs, policy: .wait, times: PolicyTimes(waitTimeout: .seconds(5), leaseBreakTime: .seconds(45)))
             let file = try fs.create("buffer")
             try fs.truncate(file, size: 64 << 10)
@@ -238,9 +259,10 @@ struct ReadmeExampleTests {
             let landed = data.withUnsafeBytes { pins.write(at: 3, from: $0.baseAddress!, count: 4096) }
             #expect(landed)
             #expect(try fs.read(file, offset: 3 * 4096, count: 4096) == data)
-            try dax.truncate(file, size: 0, policy: .sequester)
+            try fs.truncate(file, size: 0, policy: .sequester)
             #expect(fs.lostFoundBlocks == 16)
-            pins.unpin()
+            pins.unpin()                                      // its release is queued for the reclaimer
+            dax.waitForReclaims()
             #expect(fs.lostFoundBlocks == 0)
             try fs.unmount()
             #expect(try Fsck.run(path: path).isClean)

@@ -1,5 +1,6 @@
 import DAX
-import DaxFS
+@_spi(Oracle) import DaxFS
+import DaxlabSupport
 import Foundation
 import TestSupport
 
@@ -14,7 +15,7 @@ final class Lab: @unchecked Sendable {
         self.path = "/dev/shm/daxlab-dax-\(getpid())-\(UUID().uuidString.prefix(8))"
         _ = try FileSystem.format(path: self.path, size: size)
         self.fs = try FileSystem.mount(path: self.path)
-        self.dax = DAXFileSystem(fs: self.fs, policy: policy, times: times)
+        self.dax = try DAXFileSystem(fs: self.fs, policy: policy, times: times)
         self.file = try self.fs.create("data")
         try self.fs.write(self.file, offset: 0, bytes: [UInt8](repeating: 0xAA, count: pages * 4096))
     }
@@ -53,16 +54,17 @@ final class Finished: @unchecked Sendable {
     }
 }
 
-/// A thread-safe box for results of background work.
-final class Box<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Value
-    init(_ value: Value) { self.stored = value }
-    var value: Value {
-        get { self.lock.withLock { self.stored } }
-        set { self.lock.withLock { self.stored = newValue } }
+/// Polls `condition` every millisecond for up to `seconds`.
+/// - Returns: whether it held in time.
+func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = MonotonicClock.now() + UInt64(seconds * 1e9)
+    while !condition() {
+        guard MonotonicClock.now() < deadline else { return condition() }
+        usleep(1000)
     }
+    return true
 }
+
 
 /// A lease holder that counts breaks and can answer them by unpinning.
 final class Holder: LeaseHolder, @unchecked Sendable {

@@ -1,4 +1,5 @@
 import DaxFS
+import DaxlabSupport
 import Foundation
 import Testing
 import TestSupport

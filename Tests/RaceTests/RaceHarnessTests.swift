@@ -1,10 +1,12 @@
-import DAX
 import DaxFS
 import Foundation
 import Race
 import Testing
 import TestSupport
 
+/// Every run starts with the collision made on purpose (`RaceHarness.collide`), so what each
+/// policy does with a pinned block shows in every report, whatever the scheduler does; the
+/// statistical phase after it stays a race, judged by the oracle.
 @Suite("Race harness and oracle", .serialized, .timeLimit(.minutes(5)))
 struct RaceHarnessTests {
     private func race(_ policy: TruncatePolicy, seconds: Double = 2, _ adjust: (inout RaceConfiguration) -> Void = { _ in })
@@ -15,43 +17,36 @@ struct RaceHarnessTests {
             configuration.seconds = seconds
             adjust(&configuration)
             let harness = try RaceHarness(path: path, size: 32 << 20, configuration: configuration, force: false)
-            return harness.run()
+            return try harness.run()
         }
     }
 
-    @Test("none reproduces the corruption: stale DMA writes and corrupted blocks")
+    @Test("none reproduces the corruption: stale DMA writes and a corrupted page, every run")
     func noneCorrupts() throws {
-        let report = try self.race(.none, seconds: 3)
-        #expect(report.dmaWrites > 100, "enough racing to mean something (ThreadSanitizer builds manage a few hundred)")
+        let report = try self.race(.none)
         #expect(report.staleDmaWrites > 0, "\(report)")
         #expect(report.corruptedBlocks > 0, "\(report)")
         #expect(!report.held)
         #expect(!report.deadlock)
     }
 
-    @Test("every protective policy holds: no stale write, no corruption, no leak, fsck clean, no deadlock",
+    @Test("every protective policy holds, and shows what it does with a pinned block",
           arguments: TruncatePolicy.allCases.filter(\.isProtective))
     func protectivePoliciesHold(policy: TruncatePolicy) throws {
         let report = try self.race(policy)
         #expect(report.held, "\(report)")
         #expect(report.dmaWrites > 100, "enough racing to mean something (ThreadSanitizer builds manage a few hundred)")
         #expect(report.truncates > 10)
+        #expect(report.stuckThreads.isEmpty)
         switch policy {
-        case .fail: #expect(report.truncatesBusy > 0, "devices pin constantly: some truncates meet EBUSY")
-        case .wait: #expect(report.truncatesWaited > 0)
+        case .fail: #expect(report.truncatesBusy > 0, "the collision's truncate meets EBUSY")
+        case .wait: #expect(report.truncatesWaited > 0, "the collision's truncate waits for the pin")
         case .sequester: #expect(report.sequesteredBlocksPeak > 0)
         case .deferred: #expect(report.deferredBlocksPeak > 0)
-        default: break
+        case .leaseBreak:
+            #expect(report.revocations > 0, "the collision's device outlives the lease-break time")
+            #expect(report.revokedDmaWrites > 0, "its writes after the revocation are refused")
+        case .none: break
         }
-    }
-
-    @Test("lease-break with a break time shorter than the pins: writes are revoked, and the policy still holds")
-    func leaseBreakRevokes() throws {
-        let report = try self.race(.leaseBreak) { configuration in
-            configuration.leaseBreakMilliseconds = 1
-            configuration.pinMilliseconds = 20
-        }
-        #expect(report.revokedDmaWrites > 0, "\(report)")
-        #expect(report.held, "\(report)")
     }
 }

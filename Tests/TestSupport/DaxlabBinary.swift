@@ -28,6 +28,20 @@ public enum DaxlabBinary {
             timeout: timeout)
     }
 
+    /// A copy of the binary in a fresh folder under /tmp that every user may enter and run
+    /// (for tests that drop privileges: the build folder may be in a 0700 folder).
+    /// - Returns: the copy's path; the caller removes its folder.
+    public static func copyForEveryone() throws -> String {
+        let folder = "/tmp/daxlab-binary-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+        let copy = folder + "/daxlab"
+        try FileManager.default.copyItem(atPath: self.path, toPath: copy)
+        guard chmod(folder, 0o755) == 0, chmod(copy, 0o755) == 0 else {
+            throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: folder])
+        }
+        return copy
+    }
+
     public struct TimedOut: Error, CustomStringConvertible {
         public var command: String
         public var seconds: TimeInterval

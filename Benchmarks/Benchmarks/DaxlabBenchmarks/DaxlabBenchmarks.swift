@@ -34,7 +34,7 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("fault.cold_write (64 pages)", configuration: timed) { benchmark in
         let (file, space) = fixture.cold
         for _ in benchmark.scaledIterations {
-            try fixture.dax.truncate(file, size: 0)
+            try fixture.fs.truncate(file, size: 0)
             try fixture.fs.truncate(file, size: 64 * 4096)
             benchmark.startMeasurement()
             for page in 0..<64 { blackHole(try space.fault(page, write: true)) }
@@ -56,7 +56,7 @@ let benchmarks: @Sendable () -> Void = {
         let (file, space) = fixture.alloc
         for _ in benchmark.scaledIterations {
             blackHole(try space.fault(0, write: true))
-            try fixture.dax.punchHole(file, offset: 0, length: 4096)
+            try fixture.fs.punchHole(file, offset: 0, length: 4096)
         }
     }
 
@@ -74,7 +74,7 @@ let benchmarks: @Sendable () -> Void = {
             try fixture.fs.truncate(file, size: 1024 * 4096)
             for page in 512..<1024 { _ = try space.fault(page, write: true) }
             benchmark.startMeasurement()
-            try fixture.dax.truncate(file, size: 512 * 4096)
+            try fixture.fs.truncate(file, size: 512 * 4096)
             benchmark.stopMeasurement()
         }
     }

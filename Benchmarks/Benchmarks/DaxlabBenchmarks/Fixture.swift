@@ -24,7 +24,7 @@ final class Fixture: @unchecked Sendable {
     private init() throws {
         _ = try FileSystem.format(path: self.path, size: 256 << 20, force: true)
         let fs = try FileSystem.mount(path: self.path, persistence: .pmem)
-        let dax = DAXFileSystem(fs: fs, policy: .wait)
+        let dax = try DAXFileSystem(fs: fs, policy: .wait)
         self.fs = fs
         self.dax = dax
         func mapped(_ name: String, _ pages: Int) throws -> (FileID, AddressSpace) {

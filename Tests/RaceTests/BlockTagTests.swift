@@ -1,5 +1,5 @@
-import DMA
 import DaxFS
+import Race
 import Testing
 
 @Suite("Block tags")
@@ -10,8 +10,8 @@ struct BlockTagTests {
         let other = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { block.deallocate(); other.deallocate() }
         let file = FileID(inode: 2, generation: 1)
-        BlockTag(file: file, page: 20, writer: 1, kind: .device, sequence: 7).fill(block)
-        BlockTag(file: file, page: 20, writer: 0, kind: .device, sequence: 9).fill(other)
+        BlockTag(file: file, page: 20, writer: 1, kind: .device, epoch: 3, stamp: 7).fill(block)
+        BlockTag(file: file, page: 20, writer: 0, kind: .device, epoch: 3, stamp: 9).fill(other)
         block.advanced(by: 3584).copyMemory(from: other.advanced(by: 3584), byteCount: 512)
         #expect(BlockTag.read(block) == nil, "not one identical tag")
         let tags = BlockTag.readEach(block)
@@ -19,7 +19,7 @@ struct BlockTagTests {
         #expect(tags?.allSatisfy { $0.file == file && $0.page == 20 } == true)
         #expect(Set(tags?.map(\.writer) ?? []) == [0, 1])
         // A copy naming another page is not the file's own data.
-        BlockTag(file: file, page: 21, writer: 0, kind: .device, sequence: 9).fill(other)
+        BlockTag(file: file, page: 21, writer: 0, kind: .device, epoch: 3, stamp: 9).fill(other)
         block.copyMemory(from: other, byteCount: 32)
         #expect(BlockTag.readEach(block)?.allSatisfy { $0.page == 20 } == false)
         // Half a tag (a torn 32-byte copy) is no tag at all.

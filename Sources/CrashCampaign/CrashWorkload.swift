@@ -1,3 +1,6 @@
+import DaxFS
+import DaxlabSupport
+
 /// A deterministic mixed workload and the in-memory model of what it leaves, for the crash
 /// campaign: a child process runs the workload on an image and is killed at a chosen persist
 /// point; the parent replays the same operations on the model and checks the recovered image
@@ -27,10 +30,10 @@ public struct CrashWorkload: Sendable {
     /// The files the workload expects: name to content.
     public typealias Model = [String: [UInt8]]
 
-    private var generator: SeededGenerator
+    private var generator: SplitMix64
     public private(set) var model: Model = [:]
 
-    public init(seed: UInt64) { self.generator = SeededGenerator(seed: seed) }
+    public init(seed: UInt64) { self.generator = SplitMix64(seed: seed) }
 
     private static let names = (0..<10).map { "file-\($0)" }
     private static let page = 4096
@@ -66,7 +69,7 @@ public struct CrashWorkload: Sendable {
 
     /// The bytes a write operation writes.
     public static func data(count: Int, fill: UInt64) -> [UInt8] {
-        var generator = SeededGenerator(seed: fill)
+        var generator = SplitMix64(seed: fill)
         var bytes = [UInt8](repeating: 0, count: count)
         for index in stride(from: 0, to: count, by: 8) {
             var word = generator.next()
@@ -158,18 +161,5 @@ public struct CrashWorkload: Sendable {
             differences.append("\(name): present but should not exist")
         }
         return differences
-    }
-}
-
-/// SplitMix64: the workload's seeded generator.
-struct SeededGenerator: Sendable {
-    private var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -4,18 +4,23 @@ import Glibc
 
 /// A value behind a pthread mutex.
 ///
-/// DaxFS uses this rather than `Synchronization.Mutex` because ThreadSanitizer understands
+/// daxlab uses this rather than `Synchronization.Mutex` because ThreadSanitizer understands
 /// pthread mutexes: `Mutex` parks contended threads with futex calls inside the uninstrumented
 /// standard library, so TSan misses the happens-before edge and reports races that are not there,
 /// which would hide real ones in `make tsan`.
+///
+/// `Value` must not be zero-sized: ThreadSanitizer sees a `Void` value at the same address as
+/// the object's first field and reports the lock's own reads as races with the value's writes.
 package final class Locked<Value>: @unchecked Sendable {
-    // `value` is read and written only between pthread_mutex_lock and unlock of `mutex`.
+    // `value` is read and written only between pthread_mutex_lock and unlock of `mutex`, which
+    // lives at a stable heap address for the object's life.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private var value: Value
 
     package init(_ value: Value) {
         self.value = value
         self.mutex = .allocate(capacity: 1)
+        self.mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(self.mutex, nil)
     }
 

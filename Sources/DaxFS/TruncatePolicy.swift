@@ -1,5 +1,10 @@
-/// What truncate and hole punch do when a block in their range is pinned for DMA. The remedies
-/// proposed on linux-fsdevel, 2015-2019 (docs in README.md, "The policies").
+/// What truncate, hole punch and unlink do when a block in their range is pinned for DMA: the
+/// remedies proposed on linux-fsdevel, 2015-2019 (README.md, "The policies").
+///
+/// The policy is an argument of `FileSystem.truncate`, `punchHole` and `unlink`, passed down
+/// to the DAX layer's layout breaker with the call (`LayoutBreakCall`); a call that names none
+/// gets the attached DAX layer's default. Without a DAX layer nothing can be pinned and the
+/// policy does not matter.
 public enum TruncatePolicy: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
     /// Free at once: today's bug, kept so the corruption can be reproduced.
     case none
@@ -21,18 +26,4 @@ public enum TruncatePolicy: String, Sendable, Codable, CaseIterable, CustomStrin
 
     /// Whether the policy keeps a pinned block from being reused (all but `none`).
     public var isProtective: Bool { self != .none }
-}
-
-/// Settings of the policies that wait.
-public struct PolicyTimes: Sendable, Equatable {
-    /// How long `wait` sleeps before giving up with `.timedOut` (nil: forever, as mainline).
-    public var waitTimeout: Duration?
-    /// How long `lease-break` gives holders to unpin before revoking (the kernel's
-    /// `/proc/sys/fs/lease-break-time`, 45 s by default).
-    public var leaseBreakTime: Duration
-
-    public init(waitTimeout: Duration? = nil, leaseBreakTime: Duration = .seconds(45)) {
-        self.waitTimeout = waitTimeout
-        self.leaseBreakTime = leaseBreakTime
-    }
 }

@@ -1,0 +1,33 @@
+// CBenchShims: the kernel's and libraries' own paths that `daxlab bench` measures daxlab
+// against (liburing, libpmemobj, process_vm_writev). Linked only by the Bench target, so the
+// file system and the DAX layer do not carry these libraries.
+#ifndef CBENCHSHIMS_H
+#define CBENCHSHIMS_H
+
+#include <stddef.h>
+
+/// An io_uring instance with `entries` slots; NULL on failure (errno set: ENOSYS, or EPERM
+/// where a seccomp filter refuses io_uring_setup).
+void *CBenchShims_uring_create(unsigned entries);
+void CBenchShims_uring_destroy(void *ring);
+/// io_uring_register_buffers with one buffer, then io_uring_unregister_buffers: the kernel's
+/// pin_user_pages + unpin of `length` bytes at `buffer`. 0 or -errno.
+int CBenchShims_uring_register_unregister(void *ring, void *buffer, size_t length);
+
+/// process_vm_writev of `length` bytes from `source` to `destination` in this very process
+/// (the kernel pins the destination page with GUP inside). Returns bytes written or -errno.
+long CBenchShims_process_vm_writev_self(void *destination, const void *source, size_t length);
+
+/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE); 0 or -errno.
+int CBenchShims_punch_hole(int fd, long offset, long length);
+
+/// A libpmemobj pool at `path` (created, `size` bytes); NULL on failure.
+void *CBenchShims_pmemobj_create(const char *path, size_t size);
+void CBenchShims_pmemobj_close(void *pool);
+/// pmemobj_alloc of `size` bytes then pmemobj_free: one transactional allocation and free. 0 or -errno.
+int CBenchShims_pmemobj_alloc_free(void *pool, size_t size);
+
+/// Thread CPU time in ns (CLOCK_THREAD_CPUTIME_ID).
+unsigned long long CBenchShims_thread_cpu_ns(void);
+
+#endif

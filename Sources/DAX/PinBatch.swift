@@ -1,0 +1,172 @@
+import Atomics
+import DaxFS
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One pin batch: the blocks one `pin` call pinned, its lease, and the state word that orders
+/// everything that can happen to them. Every transition of the word is one method here, named
+/// for what it guarantees; the address space, the pin handle and the lease breaker call these and
+/// never touch the bits. Batches are pooled and reused, so pinning allocates nothing once warm.
+///
+/// The state word:
+///
+/// | bits  | meaning |
+/// |-------|---------|
+/// | 0     | pinned: every pin is taken and published; a revoker may drop them from now on |
+/// | 1     | revoked: lease-break took the lease back; device writes are refused |
+/// | 2     | released: the pins were dropped, by the holder's unpin or by a revoker (once) |
+/// | 3     | notified: the holder was told its lease is breaking (once) |
+/// | 16-31 | device writes in flight: what a revocation waits for (the fence) |
+/// | 32-63 | breakers holding the batch: each keeps it from being recycled, none waits for another |
+///
+/// Life of a batch: `begin` (taken from the pool) → pins taken → `publishPinned` → writes
+/// (`beginWrite`/`endWrite`), perhaps `notifyOnce` and `revoke` → `claimRelease` (the holder's
+/// unpin, or the revoker) → `waitUntilAlone` → `end` → back to the pool.
+final class PinBatch: @unchecked Sendable {
+    // The fields below the state word are written by the pinning thread before the batch enters
+    // its address space's lease table (a mutex) and before `publishPinned`; other threads read
+    // them only after taking the batch from that table, holding it.
+    private static let pinnedBit: UInt64 = 1
+    private static let revokedBit: UInt64 = 2
+    private static let releasedBit: UInt64 = 4
+    private static let notifiedBit: UInt64 = 8
+    private static let writing: UInt64 = 1 << 16
+    private static let holding: UInt64 = 1 << 32
+
+    private let state = ManagedAtomic<UInt64>(0)
+
+    private(set) var space: AddressSpace?
+    /// The DAX layer, held while the batch is a lease: an outstanding pin keeps its layer, its
+    /// file system and its mapping alive (address spaces hold their layer unowned).
+    private var layer: DAXFileSystem?
+    private(set) var pages: Range<Int> = 0..<0
+    private(set) var holder: (any LeaseHolder)?
+    private(set) var leaseID: UInt64 = 0
+    /// The pinned blocks: a raw buffer (no copy-on-write or exclusivity checks on the pin path),
+    /// `capacity` long, the first `count` in use.
+    private(set) var blocks: UnsafeMutablePointer<UInt32>
+    private var capacity: Int
+    var count = 0
+
+    init() {
+        self.capacity = 512
+        self.blocks = .allocate(capacity: 512)
+    }
+
+    deinit { self.blocks.deallocate() }
+
+    /// The pinned blocks, for loops that unpin them.
+    var pinned: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: self.blocks, count: self.count) }
+
+    // MARK: Pinning (the pinning thread)
+
+    /// A fresh lease over `pages` of `space`, nothing pinned yet.
+    func begin(space: AddressSpace, pages: Range<Int>, holder: (any LeaseHolder)?, leaseID: UInt64) {
+        self.space = space
+        self.layer = space.dax
+        self.pages = pages
+        self.holder = holder
+        self.leaseID = leaseID
+        self.count = 0
+        if pages.count > self.capacity {  // cold: only batches over 512 pages grow
+            self.blocks.deallocate()
+            self.capacity = pages.count
+            self.blocks = .allocate(capacity: pages.count)
+        }
+        self.state.store(0, ordering: .releasing)
+    }
+
+    /// Publishes the pins: from now on a revoker may drop them on the holder's behalf.
+    /// - Returns: false when the lease was revoked while pinning: the pinner must undo its pins.
+    func publishPinned() -> Bool {
+        self.state.loadThenBitwiseOr(with: Self.pinnedBit, ordering: .acquiringAndReleasing) & Self.revokedBit == 0
+    }
+
+    /// Forgets the lease before the batch goes back to the pool.
+    func end() {
+        self.holder = nil
+        self.space = nil
+        self.layer = nil
+    }
+
+    // MARK: The write fence (device threads)
+
+    /// Enters the fence for one device write.
+    /// - Returns: false when the lease is revoked: the write must not happen (no `endWrite`).
+    @inline(__always)
+    func beginWrite() -> Bool {
+        let before = self.state.loadThenWrappingIncrement(by: Self.writing, ordering: .acquiringAndReleasing)
+        guard before & Self.revokedBit == 0 else {
+            self.state.wrappingDecrement(by: Self.writing, ordering: .releasing)
+            return false
+        }
+        return true
+    }
+
+    /// Leaves the fence after a write `beginWrite` admitted.
+    @inline(__always)
+    func endWrite() {
+        self.state.wrappingDecrement(by: Self.writing, ordering: .releasing)
+    }
+
+    // MARK: Breaking and revoking (truncating threads)
+
+    /// Keeps the batch from being recycled while a breaker looks at it (taken under the lease
+    /// table's lock, so the batch is still the lease the breaker found).
+    func hold() { self.state.wrappingIncrement(by: Self.holding, ordering: .acquiringAndReleasing) }
+
+    func unhold() { self.state.wrappingDecrement(by: Self.holding, ordering: .releasing) }
+
+    /// Marks the holder notified of the break.
+    /// - Returns: true for exactly one caller over the lease's life: the one that tells the holder.
+    func notifyOnce() -> Bool {
+        self.state.loadThenBitwiseOr(with: Self.notifiedBit, ordering: .acquiringAndReleasing) & Self.notifiedBit == 0
+    }
+
+    /// What `revoke` did.
+    enum Revocation: Equatable {
+        /// Revoked or released before: nothing done.
+        case nothing
+        /// Revoked now; writes in flight have finished and later ones are refused. `mustUnpin`:
+        /// the caller owns dropping the pins (false while still pinning: the pinner undoes them).
+        case revoked(mustUnpin: Bool)
+    }
+
+    /// Revokes the lease, once: sets the revoked bit, then waits for the writes that entered
+    /// the fence before it (only writes: another truncate may be revoking the same batch, and
+    /// neither waits for the other).
+    func revoke() -> Revocation {
+        let previous = self.state.loadThenBitwiseOr(with: Self.revokedBit, ordering: .acquiringAndReleasing)
+        guard previous & (Self.revokedBit | Self.releasedBit) == 0 else { return .nothing }
+        while (self.state.load(ordering: .acquiring) >> 16) & 0xFFFF > 0 { sched_yield() }
+        guard previous & Self.pinnedBit != 0 else { return .revoked(mustUnpin: false) }
+        return .revoked(mustUnpin: self.claimRelease())
+    }
+
+    // MARK: Ending
+
+    /// Claims dropping the pins.
+    /// - Returns: true for exactly one caller (the holder's unpin or a revoker): it drops them.
+    func claimRelease() -> Bool {
+        self.state.loadThenBitwiseOr(with: Self.releasedBit, ordering: .acquiringAndReleasing) & Self.releasedBit == 0
+    }
+
+    /// Waits until no device write is in flight and no breaker holds the batch, so it can be
+    /// recycled; short: each is one block copy, or one notification and unpin loop.
+    func waitUntilAlone() {
+        while self.state.load(ordering: .acquiring) >= Self.writing { sched_yield() }
+    }
+
+    // MARK: Queries
+
+    var isRevoked: Bool { self.state.load(ordering: .acquiring) & Self.revokedBit != 0 }
+
+    var info: LeaseInfo {
+        let state = self.state.load(ordering: .acquiring)
+        return LeaseInfo(
+            id: self.leaseID, file: self.space!.id, pages: self.pages, breaking: state & Self.notifiedBit != 0,
+            revoked: state & Self.revokedBit != 0)
+    }
+}

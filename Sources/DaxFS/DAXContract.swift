@@ -1,0 +1,116 @@
+import DaxlabSupport
+import Pmem
+
+// The contract between DaxFS and the DAX layer, both directions in one place: the analogue of
+// `iomap_ops` (the file system tells fs/dax.c which block backs a page) and of
+// `dax_holder_operations` / `xfs_break_layouts` (the DAX layer is asked before blocks leave a
+// file). Everything else each side does is its own business.
+
+/// What happens to a block that may be pinned for DMA as it leaves its file. One name for it
+/// in DaxFS, in the DAX layer's pin table and in the policies.
+public enum BusyBlockDisposition: Sendable, Equatable, CustomStringConvertible {
+    /// Freed at once, pinned or not (policy `none`; or nothing in the range is pinned).
+    case free
+    /// Moved to lost+found in the transaction that removes it; freed when its last pin drops,
+    /// or by the next mount after a crash.
+    case sequester
+    /// Taken out of the file and the bitmap at once but kept out of the allocator until its
+    /// last pin drops (XFS's busy extents); volatile, so a crash frees it.
+    case deferred
+
+    public var description: String {
+        switch self {
+        case .free: "free"
+        case .sequester: "sequester"
+        case .deferred: "deferred"
+        }
+    }
+}
+
+/// The DAX layer's answer for a range about to lose its blocks.
+public enum LayoutBreakResult: Sendable, Equatable {
+    /// The file's lock was dropped and retaken (the caller slept): the file may have changed, so
+    /// recompute the range and ask again.
+    case retry
+    /// The range is unmapped and no new fault or pin can reach it while the lock is held: remove
+    /// its blocks, treating pinned ones as the disposition says.
+    case proceed(BusyBlockDisposition)
+}
+
+/// One truncate, punch or unlink on its way through the layout breaker: the policy it runs
+/// under and what happened to it so far. The file system makes one per call and passes it down
+/// explicitly (no task-local state), so every removal is judged by its own caller's policy.
+public struct LayoutBreakCall: Sendable {
+    /// The caller's policy, or the DAX layer's default when the caller named none.
+    public let policy: TruncatePolicy
+    /// Whether this call has slept waiting for pins (`wait`, `lease-break`); the breaker sets it.
+    public var slept = false
+
+    package init(policy: TruncatePolicy) { self.policy = policy }
+}
+
+/// The DAX layer's side of the contract: what it offers the file system. DaxFS calls
+/// `breakLayouts` holding the file's lock exclusively before any block leaves the file (the
+/// analogue of XFS calling `xfs_break_layouts`, which reaches `dax_layout_busy_page_range`),
+/// then `claimBusy` for each block as it stages the removal, and `claimsCommitted` once the
+/// removal is durable. The file system holds its breaker weakly and drops it at unmount.
+package protocol LayoutBreaker: AnyObject, Sendable {
+    /// The policy for calls that name none.
+    var defaultPolicy: TruncatePolicy { get }
+
+    /// Unmaps `pages` of inode `inode` and applies `call.policy` to the pinned blocks found.
+    /// May drop and retake `lock` (the file's lock, held exclusively on entry and on return).
+    /// - Throws: `.busy` (policy `fail`) or `.timedOut` (a bounded wait); nothing has changed then.
+    func breakLayouts(
+        _ call: inout LayoutBreakCall, inode: Int, pages: Range<Int>, lock: ReadWriteLock
+    ) throws(FSError) -> LayoutBreakResult
+
+    /// Whether `block` is pinned now; if so it is claimed for `disposition` (`.sequester` or
+    /// `.deferred`): its last unpin has it released (after `claimsCommitted`). False means the
+    /// block is idle and is freed normally.
+    func claimBusy(_ block: UInt32, as disposition: BusyBlockDisposition) -> Bool
+
+    /// The transaction that moved claimed blocks out of their file has committed.
+    func claimsCommitted(_ blocks: [UInt32])
+
+    /// The transaction that was to move claimed blocks failed: they stay in their file, unclaimed.
+    func claimsAborted(_ blocks: [UInt32])
+
+    /// The file system is being unmounted: finish the releases already due, and from now on
+    /// release nothing (a sequestered block still pinned stays in lost+found for the next
+    /// mount; a deferred one is already free on the media).
+    func fileSystemWillUnmount()
+}
+
+/// The file system's side of the contract: what it offers the DAX layer. The DAX layer uses
+/// DaxFS through this and through DaxFS's public file operations, nothing else.
+package protocol DAXBlockSource: AnyObject, Sendable {
+    /// The pmem mapping every block lives in (block `b` at byte `b * 4096`).
+    var mapping: PmemMapping { get }
+    /// Blocks in the image (the size of per-block tables).
+    var blockCount: Int { get }
+
+    /// The file's invalidate lock (the analogue of `mapping->invalidate_lock`): faults hold it
+    /// shared; truncate, punch and unlink hold it exclusively.
+    func invalidateLock(for file: FileID) -> ReadWriteLock
+
+    /// The block behind `page` of `file` for a fault (`iomap_begin`); with `allocate`, a hole
+    /// gets a new zeroed block, durable and mapped before this returns. The caller holds the
+    /// invalidate lock (shared).
+    /// - Returns: the block, or 0 for a hole when not allocating.
+    /// - Throws: `.notFound` (file gone), `.invalidArgument` past the end of file (SIGBUS), `.noSpace`.
+    func blockForFault(_ file: FileID, page: Int, allocate: Bool) throws(FSError) -> UInt32
+
+    /// The block behind `page` of inode `inode`, 0 for a hole: for the breaker's scan of a range,
+    /// with the invalidate lock held exclusively so the block map cannot change under it.
+    func mappedBlock(inode: Int, page: Int) -> UInt32
+
+    /// Releases a block whose last pin dropped after it left its file: a sequestered block leaves
+    /// lost+found (a transaction), a deferred one returns to the allocator. Called by the DAX
+    /// layer's reclaimer thread, never from a device's unpin.
+    func releaseFromLimbo(_ block: UInt32, _ disposition: BusyBlockDisposition) throws(FSError)
+
+    /// Makes `breaker` the one every removal asks from now on (held weakly; dropped at unmount).
+    /// - Throws: `.inUse` when another DAX layer is attached, `.invalidArgument` when unmounted.
+    func attach(_ breaker: any LayoutBreaker) throws(FSError)
+}

@@ -1,0 +1,83 @@
+import DaxlabSupport
+import Pmem
+
+/// DaxFS's side of the DAX contract (`DAXBlockSource`): the invalidate lock, blocks for faults,
+/// the breaker every removal asks, and the release of blocks whose last pin dropped.
+extension FileSystem: DAXBlockSource {
+    package var blockCount: Int { self.geometry.blockCount }
+
+    package func attach(_ breaker: any LayoutBreaker) throws(FSError) {
+        try self.breaker.withLock { (slot) throws(FSError) in
+            guard self.isMounted else { throw FSError(.invalidArgument, "\(self.path): not mounted") }
+            if let attached = slot.value, attached !== breaker {
+                throw FSError(.inUse, "\(self.path): a DAX layer is already attached")
+            }
+            slot.value = breaker
+        }
+    }
+
+    /// The attached breaker, if it is still alive (held weakly: the DAX layer holds the file
+    /// system, never the other way round).
+    var layoutBreaker: (any LayoutBreaker)? { self.breaker.withLock { $0.value } }
+
+    package func invalidateLock(for file: FileID) -> ReadWriteLock { self.locks[file.inode] }
+
+    package func blockForFault(_ file: FileID, page: Int, allocate: Bool) throws(FSError) -> UInt32 {
+        let record = try self.checkedRecord(file)
+        let size = Int(record.size)
+        guard page >= 0, page < (size + Self.pageSize - 1) / Self.pageSize else {
+            throw FSError(.invalidArgument, "\(file): page \(page) is past the end of file (\(size) bytes)")
+        }
+        let block = self.reader.block(of: record, page: page)
+        guard block == 0, allocate else { return block }
+        return try self.allocationLocks[file.inode % self.allocationLocks.count].withLock {
+            (allocations) throws(FSError) -> UInt32 in
+            let again = self.reader.block(of: record, page: page)
+            if again != 0 { return again }  // another fault filled it
+            allocations += 1
+            try self.writeChunk(file.inode, from: page * Self.pageSize, to: min(size, (page + 1) * Self.pageSize), fill: nil)
+            let block = self.reader.block(of: record, page: page)
+            guard block != 0 else {
+                // Only a block map overwritten under us (stale DMA, policy none) reads back a hole.
+                throw FSError(.io, "\(file): page \(page) reads back as a hole after allocation (block map corrupted)")
+            }
+            return block
+        }
+    }
+
+    package func mappedBlock(inode: Int, page: Int) -> UInt32 {
+        self.reader.block(of: self.record(inode), page: page)
+    }
+
+    package func releaseFromLimbo(_ block: UInt32, _ disposition: BusyBlockDisposition) throws(FSError) {
+        guard self.isMounted else { return }  // unmounted: lost+found is reclaimed at the next mount
+        switch disposition {
+        case .free:
+            preconditionFailure("a block freed at once is never in limbo")
+        case .deferred:
+            // Already free on the media; only the allocator did not have it.
+            self.allocator.release([block])
+        case .sequester:
+            try self.locks[Self.lostFoundInode].withWriteLock { () throws(FSError) in
+                guard let page = self.lostFound.withLock({ $0.pageOfBlock[block] }) else { return }
+                _ = try Self.removeBlocks(
+                    log: self.log, allocator: self.allocator, inode: Self.lostFoundInode, pages: page..<(page + 1),
+                    newSize: nil)
+                self.lostFound.withLock { pages in
+                    pages.pageOfBlock.removeValue(forKey: block)
+                    pages.freePages.append(page)
+                }
+            }
+        }
+    }
+
+    /// Blocks in lost+found now: sequestered under DMA, waiting for their last unpin.
+    public var lostFoundBlocks: Int {
+        self.locks[Self.lostFoundInode].withReadLock { Int(self.record(Self.lostFoundInode).blocks) }
+    }
+}
+
+/// The attached layout breaker, held weakly.
+struct WeakBreaker {
+    weak var value: (any LayoutBreaker)?
+}

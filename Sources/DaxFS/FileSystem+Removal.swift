@@ -1,0 +1,92 @@
+import DaxlabSupport
+
+/// Taking blocks out of a file through the layout breaker: truncate, punch and unlink all come
+/// here with their caller's policy, so every removal is judged by the DAX layer first.
+extension FileSystem {
+    /// Removes the blocks of the pages `range` names (asked again after every wait, since the
+    /// file may change while its lock is dropped), through the attached layout breaker under
+    /// `policy` (nil: the breaker's default). The caller holds the file's lock exclusively.
+    /// - Parameter beforeRemoval: changes to make only once the removal will happen (zeroing a
+    ///   partial page): after the policy said proceed, so a refusal (EBUSY, a timeout) leaves the
+    ///   file exactly as it was.
+    func removePages(
+        _ number: Int, policy: TruncatePolicy?, newSize: () throws(FSError) -> UInt64?,
+        beforeRemoval: () throws(FSError) -> Void = {},
+        range: () throws(FSError) -> Range<Int>
+    ) throws(FSError) {
+        let breaker = self.layoutBreaker  // strong for the whole call
+        var call = breaker.map { LayoutBreakCall(policy: policy ?? $0.defaultPolicy) }
+        while true {
+            let pages = try range()
+            let size = try newSize()
+            guard !pages.isEmpty, let breaker, var current = call else {
+                try beforeRemoval()
+                if !pages.isEmpty || size != nil {
+                    _ = try Self.removeBlocks(
+                        log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: size)
+                }
+                return
+            }
+            let result = try breaker.breakLayouts(&current, inode: number, pages: pages, lock: self.locks[number])
+            call = current
+            switch result {
+            case .retry:
+                continue
+            case .proceed(let disposition):
+                try beforeRemoval()
+                try self.removeClaiming(number, pages: pages, newSize: size, disposition: disposition, breaker: breaker)
+                return
+            }
+        }
+    }
+
+    private func removeClaiming(
+        _ number: Int, pages: Range<Int>, newSize: UInt64?, disposition: BusyBlockDisposition,
+        breaker: any LayoutBreaker
+    ) throws(FSError) {
+        guard disposition == .sequester else {
+            _ = try Self.removeBlocks(
+                log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: newSize,
+                removal: BlockRemoval(disposition: disposition, breaker: breaker))
+            return
+        }
+        // lost+found's lock comes after the file's; its holders never take another file's lock.
+        try self.locks[Self.lostFoundInode].withWriteLock { () throws(FSError) in
+            var assigned: [UInt32] = []
+            var reserved: [UInt32] = []
+            let removal = BlockRemoval(
+                disposition: .sequester, breaker: breaker,
+                sequester: { (tx, block) throws(FSError) in
+                    let page = self.lostFound.withLock { pages in
+                        let page = pages.freePages.popLast() ?? pages.nextPage
+                        if page == pages.nextPage { pages.nextPage += 1 }
+                        pages.pageOfBlock[block] = page
+                        return page
+                    }
+                    assigned.append(block)
+                    try Self.stageMap(
+                        tx, allocator: self.allocator, inode: Self.lostFoundInode, page: page, block: block,
+                        reserved: &reserved, alreadyAllocated: true)
+                    let lostFound = tx.inode(Self.lostFoundInode)
+                    lostFound.size = max(lostFound.size, UInt64(page + 1) * UInt64(Self.pageSize))
+                },
+                aborted: {
+                    self.allocator.release(reserved)
+                    // (claims of earlier, committed chunks stay committed)
+                    self.lostFound.withLock { pages in
+                        for block in assigned {
+                            if let page = pages.pageOfBlock.removeValue(forKey: block) { pages.freePages.append(page) }
+                        }
+                    }
+                    assigned.removeAll()
+                },
+                chunkCommitted: {
+                    assigned.removeAll()
+                    reserved.removeAll()
+                })
+            _ = try Self.removeBlocks(
+                log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: newSize,
+                removal: removal)
+        }
+    }
+}

@@ -1,0 +1,89 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A value behind a pthread mutex, with a condition variable to sleep on until the value (or
+/// anything the caller can observe under the mutex) says to go on: the shape of NIO's
+/// `ConditionLock` and of the kernel's wait queues.
+///
+/// The condition variable waits on CLOCK_MONOTONIC, so deadlines are `MonotonicClock.now()`
+/// nanoseconds and a change of the wall clock cannot stretch a wait.
+///
+/// `Value` must not be zero-sized: ThreadSanitizer sees a `Void` value at the same address as
+/// the object's first field and reports the lock's own reads as races with the value's writes.
+package final class ConditionLock<Value>: @unchecked Sendable {
+    // `value` is touched only with `mutex` held; `mutex` and `condition` live at stable heap
+    // addresses for the object's life.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var value: Value
+
+    package init(_ value: Value) {
+        self.value = value
+        self.mutex = .allocate(capacity: 1)
+        self.mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(self.mutex, nil)
+        self.condition = .allocate(capacity: 1)
+        self.condition.initialize(to: pthread_cond_t())
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(self.condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(self.condition)
+        pthread_mutex_destroy(self.mutex)
+        self.condition.deallocate()
+        self.mutex.deallocate()
+    }
+
+    package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+        pthread_mutex_lock(self.mutex)
+        defer { pthread_mutex_unlock(self.mutex) }
+        return try body(&self.value)
+    }
+
+    /// Runs `body` under the lock, then wakes every waiter.
+    package func withLockThenBroadcast<Result>(_ body: (inout Value) -> Result) -> Result {
+        pthread_mutex_lock(self.mutex)
+        defer {
+            pthread_cond_broadcast(self.condition)
+            pthread_mutex_unlock(self.mutex)
+        }
+        return body(&self.value)
+    }
+
+    /// Sleeps until `ready(value)` holds, then runs `body` still holding the lock.
+    /// - Parameters:
+    ///   - deadline: CLOCK_MONOTONIC nanoseconds after which to give up; nil waits forever.
+    ///   - wakeups: called once per return from the condition variable (tests count them).
+    /// - Returns: what `body` returned, or nil when the deadline passed with `ready` still false.
+    package func wait<Result>(
+        until ready: (inout Value) -> Bool, deadline: UInt64? = nil, wakeups: (() -> Void)? = nil,
+        then body: (inout Value) -> Result
+    ) -> Result? {
+        pthread_mutex_lock(self.mutex)
+        defer { pthread_mutex_unlock(self.mutex) }
+        while !ready(&self.value) {
+            if let deadline {
+                var time = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+                if pthread_cond_timedwait(self.condition, self.mutex, &time) == ETIMEDOUT {
+                    return ready(&self.value) ? body(&self.value) : nil
+                }
+            } else {
+                pthread_cond_wait(self.condition, self.mutex)
+            }
+            wakeups?()
+        }
+        return body(&self.value)
+    }
+
+    /// Wakes every waiter (taking the lock, so a waiter between its check and its sleep is not missed).
+    package func broadcast() {
+        pthread_mutex_lock(self.mutex)
+        pthread_cond_broadcast(self.condition)
+        pthread_mutex_unlock(self.mutex)
+    }
+}

@@ -1,0 +1,48 @@
+import Atomics
+import DaxFS
+import DaxlabSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The truncaters (`daxlab-trunc-N`): they cut a shared file to a random size and grow it
+/// back, or punch a random range, under the run's policy, and time each cut.
+extension RaceHarness {
+    func truncateLoop(_ index: Int) {
+        var random = SplitMix64(seed: self.configuration.seed, stream: 0x7452_0000 + UInt64(index))
+        let pages = self.configuration.filePages
+        let progress = self.truncaterProgress[index]
+        while !self.stop.load(ordering: .relaxed) {
+            let file = self.sharedFiles[random.next(below: self.sharedFiles.count)]
+            if random.next(below: 3) == 0 {
+                self.cut(file) { () throws(FSError) in
+                    try self.fs.punchHole(
+                        file, offset: random.next(below: pages) * 4096, length: (1 + random.next(below: 8)) * 4096,
+                        policy: self.configuration.policy)
+                }
+            } else {
+                self.cut(file) { () throws(FSError) in
+                    try self.fs.truncate(file, size: random.next(below: pages) * 4096, policy: self.configuration.policy)
+                }
+            }
+            progress.wrappingIncrement(ordering: .relaxed)
+            usleep(UInt32(200 + random.next(below: 600)))  // let data live a little between cuts
+        }
+    }
+
+    /// One truncate or punch of a shared file, timed and counted, then the file grown back to
+    /// its size (holes, for the devices to fault in).
+    func cut(_ file: FileID, _ body: () throws(FSError) -> Void) {
+        let start = MonotonicClock.now()
+        do {
+            try body()
+            let took = MonotonicClock.now() - start
+            _ = self.latencies.withLock { $0.record(took) }
+        } catch where error.code == .busy {
+            self.busy.wrappingIncrement(ordering: .relaxed)
+        } catch {}
+        self.truncates.wrappingIncrement(ordering: .relaxed)
+        try? self.fs.truncate(file, size: self.configuration.filePages * 4096)
+    }
+}

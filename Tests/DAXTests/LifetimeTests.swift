@@ -1,0 +1,76 @@
+import DAX
+import DaxFS
+import Foundation
+import Testing
+import TestSupport
+
+/// The file system holds its DAX layer weakly and lets go of it at unmount; the DAX layer holds
+/// the file system. So nothing keeps an unmounted image mapped once its users let go: no object
+/// cycle leaks a mapping, a descriptor, a zero page or a reclaimer thread.
+@Suite("Mount and DAX lifetimes", .serialized, .timeLimit(.minutes(2)))
+struct LifetimeTests {
+    /// Mappings and open descriptors of `path` in this process now.
+    private func usage(of path: String) -> (mappings: Int, descriptors: Int) {
+        let maps = (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? ""
+        let mappings = maps.split(separator: "\n").filter { $0.hasSuffix(path) }.count
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        let descriptors = entries.filter {
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)")) == path
+        }.count
+        return (mappings, descriptors)
+    }
+
+    /// Mount, attach the DAX layer, fault, pin, sequester a pinned block, unpin (the reclaimer
+    /// runs), unmount; every reference dropped on return.
+    private func cycle(_ path: String) throws -> (fs: FileSystem?, dax: DAXFileSystem?) {
+        weak var weakFS: FileSystem?
+        weak var weakDAX: DAXFileSystem?
+        try {
+            let fs = try FileSystem.mount(path: path)
+            let dax = try DAXFileSystem(fs: fs, policy: .sequester)
+            weakFS = fs
+            weakDAX = dax
+            let file = try fs.openOrCreate("f")
+            try fs.truncate(file, size: 4 * 4096)
+            let space = dax.open(file)
+            _ = try space.fault(0, write: true)
+            let handle = try space.pin(0..<2, write: true)
+            try fs.truncate(file, size: 0)
+            handle.unpin()
+            dax.waitForReclaims()
+            try fs.unmount()
+        }()
+        return (weakFS, weakDAX)
+    }
+
+    @Test("after unmount the image is unmapped and closed; 200 cycles leave mappings and descriptors flat")
+    func noCycles() throws {
+        try withTemporaryPath("lifetime") { path in
+            _ = try FileSystem.format(path: path, size: 4 << 20)
+            let left = try self.cycle(path)
+            #expect(left.fs == nil, "the file system outlived its last reference")
+            #expect(left.dax == nil, "the DAX layer outlived its last reference")
+            let before = self.usage(of: path)
+            #expect(before.mappings == 0, "the image is still mapped after unmount")
+            #expect(before.descriptors == 0, "the image is still open after unmount")
+            for _ in 0..<200 { _ = try self.cycle(path) }
+            let after = self.usage(of: path)
+            #expect(after.mappings == before.mappings)
+            #expect(after.descriptors == before.descriptors)
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("a second DAX layer on one mount is refused; after unmount none can attach")
+    func attachOnce() throws {
+        try withTemporaryPath("attach") { path in
+            _ = try FileSystem.format(path: path, size: 4 << 20)
+            let fs = try FileSystem.mount(path: path)
+            let first = try DAXFileSystem(fs: fs, policy: .wait)
+            #expect(throws: FSError.self) { try DAXFileSystem(fs: fs, policy: .fail) }
+            try fs.unmount()
+            #expect(throws: FSError.self) { try DAXFileSystem(fs: fs, policy: .wait) }
+            _ = first
+        }
+    }
+}

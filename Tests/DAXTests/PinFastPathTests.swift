@@ -1,0 +1,47 @@
+@testable import DAX
+@_spi(Oracle) import DaxFS
+import Foundation
+import Testing
+import TestSupport
+
+/// The pin fast path's recheck (gup-fast's `pte_same`): a pin raises the block's count and then
+/// checks that the page table still maps the block, undoing and retrying if an invalidation got
+/// there first. The window is a few instructions wide, so races alone never hit it; the test
+/// hook (debug builds only) stops the pinner inside it while a punch runs to completion.
+@Suite("The pin fast path's recheck", .serialized, .timeLimit(.minutes(1)))
+struct PinFastPathTests {
+    @Test("an invalidation between the entry load and the pin-count increment makes the pin retry",
+          arguments: [TruncatePolicy.wait, .none])
+    func invalidationInTheWindow(policy: TruncatePolicy) throws {
+        #if DAXLAB_TEST_HOOKS
+        let lab = try Lab(policy: policy, pages: 4)
+        let file = lab.file
+        let space = lab.space
+        _ = try space.fault(2, write: true)  // mapped: the pin takes the fast path
+        let old = lab.fs.currentBlock(file, page: 2)
+        let fired = Box(false)
+        space.pinFastPathHook = { page, block in
+            guard page == 2, !fired.value else { return }
+            fired.value = true
+            #expect(block == old)
+            // The punch runs whole while this pinner sits between its load and its increment:
+            // nothing is pinned yet, so every policy frees the block.
+            let punched = lab.background { _ = try? lab.fs.punchHole(file, offset: 2 * 4096, length: 4096) }
+            #expect(punched.wait(seconds: 10), "the punch must not wait for a pinner holding no lock")
+            #expect(lab.fs.currentBlock(file, page: 2) == 0)
+        }
+        defer { space.pinFastPathHook = nil }
+        let handle = try space.pin(2..<3, write: true)
+        #expect(fired.value, "the hook ran: the pin went through the fast path")
+        let pinned = handle.block(at: 0)
+        #expect(pinned != 0)
+        #expect(pinned == lab.fs.currentBlock(file, page: 2), "the pin holds the page's block, faulted in again")
+        #expect(!lab.fs.isFreeForAllocation(pinned), "a pinned block is never in the free pool")
+        #expect(lab.dax.pins.pinCount(pinned) == 1)
+        if pinned != old { #expect(lab.dax.pins.pinCount(old) == 0, "the pin taken on the old block was undone") }
+        handle.unpin()
+        #else
+        try Test.cancel("the pin fast path's test hook exists only in debug builds")
+        #endif
+    }
+}

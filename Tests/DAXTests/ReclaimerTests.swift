@@ -1,0 +1,36 @@
+import DAX
+import DaxFS
+import Foundation
+import Testing
+import TestSupport
+
+/// The last unpin of a block that left its file while pinned only queues it; the reclaimer
+/// thread releases it. So a device's unpin never takes a file-system lock, whatever locks other
+/// threads hold.
+@Suite("The reclaimer", .timeLimit(.minutes(1)))
+struct ReclaimerTests {
+    @Test("a device's last unpin of a sequestered block returns while lost+found's lock is held",
+          arguments: [TruncatePolicy.sequester, .deferred])
+    func unpinTakesNoFileSystemLock(policy: TruncatePolicy) throws {
+        let lab = try Lab(policy: policy)
+        let handle = HandleSlot(try lab.space.pin(3..<5, write: true))
+        try lab.fs.truncate(lab.file, size: 4096)
+        #expect(lab.fs.lostFoundBlocks == (policy == .sequester ? 2 : 0))
+        // Hold lost+found's lock (its invalidate lock) exclusively, and the file's, while a
+        // "device" thread unpins: releasing takes the first, and a fault the second.
+        let lostFound = lab.fs.invalidateLock(for: FileID(inode: FileSystem.lostFoundInode, generation: 0))
+        let fileLock = lab.fs.invalidateLock(for: lab.file)
+        lostFound.lockExclusive()
+        fileLock.lockExclusive()
+        let unpinned = lab.background { handle.unpin() }
+        let returned = unpinned.wait(seconds: 5)
+        fileLock.unlock()
+        lostFound.unlock()
+        #expect(returned, "the unpin waited for a file-system lock")
+        lab.dax.waitForReclaims()
+        #expect(lab.fs.lostFoundBlocks == 0)
+        #expect(lab.dax.statistics.limboNow == 0)
+        try lab.fs.unmount()
+        #expect(try Fsck.run(path: lab.path).isClean)
+    }
+}
