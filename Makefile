@@ -5,9 +5,9 @@ SHELL := /bin/bash
 export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT ?= swift
 
-# Libraries the C shim links: libpmem (mapping, persistence), libndctl and libdaxctl (discovery),
-# libpmemobj and liburing (baselines of `daxlab bench`).
-DEBS := libpmem-dev libndctl-dev libdaxctl-dev libpmemobj-dev liburing-dev
+# Libraries the C shims link: libpmem (mapping, persistence), libndctl and libdaxctl (discovery),
+# libblkid (mkfs recognizes data), libpmemobj and liburing (baselines of `daxlab bench`).
+DEBS := libpmem-dev libndctl-dev libdaxctl-dev libblkid-dev libpmemobj-dev liburing-dev
 
 # The emulated-pmem default: a file on tmpfs.
 PMEM_FILE ?= /dev/shm/daxlab.pmem

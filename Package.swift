@@ -5,7 +5,7 @@
 // The module graph, bottom to top; each target depends only on targets below it, and only on
 // what it imports (scripts/check-layers.sh checks both):
 //
-//   CShims          C: libpmem, libndctl, libdaxctl re-exported; prefixed wrappers for macros
+//   CShims          C: libpmem, libndctl, libdaxctl, libblkid; prefixed wrappers for macros
 //   DaxlabSupport   locks, the monotonic clock, named threads, the seeded generator, syscall errors
 //   Pmem            mappings of persistent memory, persistence, device discovery
 //   DaxFS           the file system in the mapping; its side of the DAX contract (DAXContract.swift)
@@ -39,7 +39,9 @@ let package = Package(
             name: "CShims",
             path: "CShims",
             cSettings: [.define("_GNU_SOURCE")],
-            linkerSettings: [.linkedLibrary("pmem"), .linkedLibrary("ndctl"), .linkedLibrary("daxctl")]
+            linkerSettings: [
+                .linkedLibrary("pmem"), .linkedLibrary("ndctl"), .linkedLibrary("daxctl"), .linkedLibrary("blkid"),
+            ]
         ),
         // The shared tools every layer uses: pthread locks (which ThreadSanitizer understands),
         // the monotonic clock, named joinable threads, SplitMix64, typed syscall errors.
@@ -96,7 +98,7 @@ let package = Package(
         .target(
             name: "DaxlabCLI",
             dependencies: [
-                "Pmem", "DaxFS", "CrashCampaign", "Race", "Bench", "DaxlabSupport",
+                "CShims", "Pmem", "DaxFS", "CrashCampaign", "Race", "Bench", "DaxlabSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -14,6 +14,7 @@
 #include <libpmem.h>
 #include <ndctl/libndctl.h>
 #include <daxctl/libdaxctl.h>
+#include <blkid/blkid.h>
 
 /// mmap(2) flags that glibc defines only under _GNU_SOURCE.
 extern const int CShims_MAP_SYNC;
@@ -40,6 +41,25 @@ int CShims_bind_to_cpu(int cpu);
 
 /// Lets the calling thread run on every online CPU again; 0 or -errno.
 int CShims_unbind_cpu(void);
+
+/// libblkid's safe probe of the first `length` bytes at `data` (copied into a memfd, so device-dax
+/// devices, which cannot be read(2), are probed too) for a file system, partition table or RAID
+/// signature, as mkfs.ext4 does before it formats. Returns 1 with the signature's type in
+/// `type` (`length` bytes at most), 0 when none is found, -errno on failure.
+int CShims_blkid_probe_bytes(const void *data, size_t length, char *type, size_t type_length);
+
+/// fallocate(fd, 0, offset, length): allocates the file's blocks in the range (mode 0: no
+/// zeroing of data already there, no size change past what `length` reaches). 0 or -errno
+/// (-EOPNOTSUPP where the file system cannot).
+int CShims_fallocate(int fd, long offset, long length);
+
+/// fflush(stdout), then whether stdout has failed at any time: 0, or an errno (EIO when stdio
+/// recorded an error but errno no longer says which).
+int CShims_flush_stdout(void);
+
+/// prctl(PR_SET_PDEATHSIG, signal): the calling thread's process gets `signal` when its parent
+/// exits. 0 or -errno.
+int CShims_die_with_parent(int signal);
 
 /// Names the calling thread (prctl PR_SET_NAME, which keeps the first 15 bytes); 0 or -errno.
 int CShims_set_thread_name(const char *name);

@@ -15,14 +15,26 @@ public struct CrashWorkload: Sendable {
         case fallocate(String, offset: Int, length: Int)
         case rename(String, to: String)
         case unlink(String)
+        /// A whole new content for a file, written under an unnamed inode and published over the
+        /// name (what `daxlab write` does): all or nothing.
+        case replace(String, count: Int, fill: UInt64)
 
         /// The names whose content the operation may change.
         public var names: [String] {
             switch self {
             case .create(let name), .write(let name, _, _, _), .truncate(let name, _), .punch(let name, _, _),
-                .fallocate(let name, _, _), .unlink(let name):
+                .fallocate(let name, _, _), .unlink(let name), .replace(let name, _, _):
                 [name]
             case .rename(let source, let target): [source, target]
+            }
+        }
+
+        /// Whether a crash must leave the operation not started or complete: every operation but
+        /// the plain data writes (`write`, `fallocate`), which may land in part, as pwrite(2)'s do.
+        public var isAtomic: Bool {
+            switch self {
+            case .write, .fallocate: false
+            default: true
             }
         }
     }
@@ -31,7 +43,7 @@ public struct CrashWorkload: Sendable {
     public typealias Model = [String: [UInt8]]
 
     private var generator: SplitMix64
-    public private(set) var model: Model = [:]
+    public internal(set) var model: Model = [:]
 
     public init(seed: UInt64) { self.generator = SplitMix64(seed: seed) }
 
@@ -60,8 +72,11 @@ public struct CrashWorkload: Sendable {
         case 74..<82:
             let offset = Int(self.generator.next() % UInt64(40 * Self.page))
             return .fallocate(pick(), offset: offset, length: 1 + Int(self.generator.next() % UInt64(8 * Self.page)))
-        case 82..<91:
+        case 82..<89:
             return .rename(pick(), to: Self.names[Int(self.generator.next() % UInt64(Self.names.count))])
+        case 89..<94:
+            let target = Self.names[Int(self.generator.next() % UInt64(Self.names.count))]
+            return .replace(target, count: Int(self.generator.next() % UInt64(20 * Self.page)), fill: self.generator.next())
         default:
             return .unlink(pick())
         }
@@ -115,6 +130,8 @@ public struct CrashWorkload: Sendable {
             self.model[target] = self.model.removeValue(forKey: source)
         case .unlink(let name):
             self.model.removeValue(forKey: name)
+        case .replace(let name, let count, let fill):
+            self.model[name] = Self.data(count: count, fill: fill)
         }
     }
 
@@ -122,43 +139,63 @@ public struct CrashWorkload: Sendable {
     public static func perform(_ operation: Operation, on fs: FileSystem) throws(FSError) {
         switch operation {
         case .create(let name):
-            try fs.create(name)
+            try fs.create(FileName(name))
         case .write(let name, let offset, let count, let fill):
-            try fs.write(fs.lookup(name), offset: offset, bytes: Self.data(count: count, fill: fill))
+            try fs.write(fs.lookup(FileName(name)), offset: offset, bytes: Self.data(count: count, fill: fill))
         case .truncate(let name, let size):
-            try fs.truncate(fs.lookup(name), size: size)
+            try fs.truncate(fs.lookup(FileName(name)), size: size)
         case .punch(let name, let offset, let length):
-            try fs.punchHole(fs.lookup(name), offset: offset, length: length)
+            try fs.punchHole(fs.lookup(FileName(name)), offset: offset, length: length)
         case .fallocate(let name, let offset, let length):
-            try fs.fallocate(fs.lookup(name), offset: offset, length: length)
+            try fs.fallocate(fs.lookup(FileName(name)), offset: offset, length: length)
         case .rename(let source, let target):
-            try fs.rename(source, to: target)
+            try fs.rename(FileName(source), to: FileName(target))
         case .unlink(let name):
-            try fs.unlink(name)
+            try fs.unlink(FileName(name))
+        case .replace(let name, let count, let fill):
+            let unnamed = try fs.createUnnamed()
+            try fs.write(unnamed, offset: 0, bytes: Self.data(count: count, fill: fill))
+            try fs.publish(unnamed, as: FileName(name))
         }
     }
 
     /// Checks a recovered, mounted image against the model after `completed` operations, with
-    /// `inFlight` the operation the crash interrupted (its files may hold either state).
+    /// `inFlight` the operation the crash interrupted. An atomic one must be either not started
+    /// or complete, over all the files it touches together; a plain data write may have landed
+    /// in part, so its file is not compared.
+    /// - Parameter before: the model before `inFlight`.
     /// - Returns: what differs, empty when the image matches.
-    public static func compare(
-        _ fs: FileSystem, expected: Model, inFlight: Operation?
-    ) -> [String] {
+    public static func compare(_ fs: FileSystem, before: Model, inFlight: Operation?) -> [String] {
+        var present: [String: [UInt8]] = [:]
         var differences: [String] = []
-        let loose = Set(inFlight?.names ?? [])
-        let present = Dictionary(uniqueKeysWithValues: fs.list().map { ($0.name, $0) })
-        for (name, content) in expected where !loose.contains(name) {
-            guard let stat = present[name] else {
-                differences.append("\(name): missing")
+        for stat in fs.list() {
+            guard let name = stat.name.string else {
+                differences.append("\(stat.name): a name the workload never made")
                 continue
             }
-            guard let actual = try? fs.read(stat.id, offset: 0, count: stat.size + 1), actual == content else {
-                differences.append("\(name): content differs (size \(stat.size), expected \(content.count))")
+            guard let content = try? fs.read(stat.id, offset: 0, count: stat.size + 1) else {
+                differences.append("\(name): cannot be read")
                 continue
             }
+            present[name] = content
         }
-        for name in present.keys where expected[name] == nil && !loose.contains(name) {
-            differences.append("\(name): present but should not exist")
+        let touched = Set(inFlight?.names ?? [])
+        func matches(_ model: Model, _ names: Set<String>) -> Bool {
+            names.allSatisfy { present[$0] == model[$0] }
+        }
+        for name in Set(before.keys).union(present.keys).subtracting(touched) where present[name] != before[name] {
+            differences.append(
+                before[name] == nil ? "\(name): present but should not exist"
+                    : present[name] == nil ? "\(name): missing"
+                    : "\(name): content differs (size \(present[name]!.count), expected \(before[name]!.count))")
+        }
+        if let inFlight, inFlight.isAtomic {
+            var after = CrashWorkload(seed: 0)
+            after.model = before
+            after.apply(inFlight)
+            if !matches(before, touched) && !matches(after.model, touched) {
+                differences.append("\(inFlight): neither not started nor complete after recovery")
+            }
         }
         return differences
     }

@@ -28,6 +28,8 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         /// A wait for pins ran past its timeout; nothing changed.
         public static let timedOut = Code("timed out")
         public static let io = Code("i/o")
+        /// The file system is mounted read-only.
+        public static let readOnly = Code("read-only")
     }
 
     public var code: Code

@@ -68,9 +68,12 @@ extension FileSystem {
     /// end are freed too; without it (a punch) the size stays.
     /// The caller holds the inode's lock exclusively (and lost+found's, when `removal` sequesters).
     /// - Returns: how many data blocks left the file.
+    /// - Parameter intent: the truncate or punch this removal belongs to. When the removal takes
+    ///   more than one transaction, every transaction but the last records it in the inode, so a
+    ///   crash part-way is finished by the next mount; the last clears it.
     static func removeBlocks(
         log: MetadataLog, allocator: BlockAllocator, inode number: Int, pages: Range<Int>, newSize: UInt64?,
-        removal: BlockRemoval = .freeAll
+        removal: BlockRemoval = .freeAll, intent: InodeRecord.Intent? = nil
     ) throws(FSError) -> Int {
         let geometry = log.geometry
         let reader = BlockMapReader(base: log.media.base, geometry: geometry)
@@ -160,6 +163,7 @@ extension FileSystem {
                     record.size = cursor > keepPages
                         ? min(record.size, UInt64(cursor) * UInt64(Geometry.blockSize)) : newSize
                 }
+                if let intent { record.intent = cursor > pages.lowerBound ? intent : InodeRecord.Intent.none }
                 record.modifiedNanoseconds = FileSystem.now()
                 return removed
             }

@@ -9,6 +9,7 @@ extension FileSystem: DAXBlockSource {
     package func attach(_ breaker: any LayoutBreaker) throws(FSError) {
         try self.breaker.withLock { (slot) throws(FSError) in
             guard self.isMounted else { throw FSError(.invalidArgument, "\(self.path): not mounted") }
+            guard !self.isReadOnly else { throw FSError(.readOnly, "\(self.path): mounted read-only") }
             if let attached = slot.value, attached !== breaker {
                 throw FSError(.inUse, "\(self.path): a DAX layer is already attached")
             }

@@ -8,13 +8,28 @@ extension FileSystem {
     static let pageSize = Geometry.blockSize
     /// Pages one write or fallocate transaction maps at most.
     static let pagesPerTransaction = 256
+    /// The largest file, in bytes: every page the block map can reach (4 GiB + 4 MiB + 48 KiB).
+    public static let maximumFileSize = InodeRecord.maximumPages * Geometry.blockSize
+
+    /// Checks `offset..<offset+length` against the largest file before any arithmetic on it.
+    /// - Throws: `.invalidArgument` for a negative offset or length, `.fileTooLarge` for a range
+    ///   that ends past the largest file (EFBIG, as fallocate(2) says).
+    static func checkRange(_ what: String, offset: Int, length: Int) throws(FSError) {
+        guard offset >= 0 else { throw FSError(.invalidArgument, "\(what): offset \(offset) is negative") }
+        guard length >= 0 else { throw FSError(.invalidArgument, "\(what): length \(length) is negative") }
+        guard offset <= Self.maximumFileSize, length <= Self.maximumFileSize - offset else {
+            throw FSError(
+                .fileTooLarge,
+                "\(what): offset \(offset) + length \(length) is past the largest file (\(Self.maximumFileSize) bytes)")
+        }
+    }
 
     /// Reads up to `count` bytes at `offset`; holes read as zeros; reading past the end returns fewer.
     public func read(_ id: FileID, offset: Int, count: Int) throws(FSError) -> [UInt8] {
-        guard offset >= 0, count >= 0 else { throw FSError(.invalidArgument, "negative offset or count") }
+        guard offset >= 0, count >= 0 else { throw FSError(.invalidArgument, "read: negative offset or count") }
         return try self.locks[id.inode].withReadLock { () throws(FSError) -> [UInt8] in
             let record = try self.checkedRecord(id)
-            let end = min(offset + count, Int(record.size))
+            let end = Int(record.size) - offset < count ? Int(record.size) : offset + count
             guard end > offset else { return [] }
             let reader = self.reader
             return [UInt8](unsafeUninitializedCapacity: end - offset) { buffer, initialized in
@@ -42,10 +57,8 @@ extension FileSystem {
     /// Durable when it returns.
     /// - Throws: `.noSpace` (nothing of the failing chunk is mapped), `.fileTooLarge`.
     public func write(_ id: FileID, offset: Int, bytes: UnsafeRawBufferPointer) throws(FSError) {
-        guard offset >= 0 else { throw FSError(.invalidArgument, "negative offset") }
-        guard offset + bytes.count <= InodeRecord.maximumPages * Self.pageSize else {
-            throw FSError(.fileTooLarge, "write past the largest file (4 GiB)")
-        }
+        try self.checkWritable()
+        try Self.checkRange("write", offset: offset, length: bytes.count)
         guard bytes.count > 0 else { return }
         try self.locks[id.inode].withWriteLock { () throws(FSError) in
             _ = try self.checkedRecord(id)
@@ -135,8 +148,10 @@ extension FileSystem {
     /// - Throws: `.busy` or `.timedOut` from the policy (nothing changed then), `.notFound`,
     ///   `.invalidArgument`.
     public func truncate(_ id: FileID, size: Int, policy: TruncatePolicy? = nil) throws(FSError) {
-        guard size >= 0, size <= InodeRecord.maximumPages * Self.pageSize else {
-            throw FSError(.invalidArgument, "size \(size) is out of range (0 to 4 GiB)")
+        try self.checkWritable()
+        guard size >= 0 else { throw FSError(.invalidArgument, "truncate: size \(size) is negative") }
+        guard size <= Self.maximumFileSize else {
+            throw FSError(.fileTooLarge, "truncate: size \(size) is past the largest file (\(Self.maximumFileSize) bytes)")
         }
         try self.locks[id.inode].withWriteLock { () throws(FSError) in
             let record = try self.checkedRecord(id)
@@ -150,13 +165,21 @@ extension FileSystem {
                 return
             }
             let newPages = (size + Self.pageSize - 1) / Self.pageSize
+            let intent = InodeRecord.Intent.truncate(size: UInt64(size))
             // The partial last page stays; its bytes past the new end are zeroed, but only once
-            // the policy lets the truncate happen.
+            // the policy lets the truncate happen, and only once the intent is durable: a crash
+            // after the zeroing leaves a truncate the next mount finishes, never an old file
+            // with zeros in it.
             let zeroTail = { () throws(FSError) in
                 guard size % Self.pageSize != 0 else { return }
-                try self.zeroWithinPage(id.inode, from: size, to: min(oldSize, newPages * Self.pageSize))
+                try self.recordIntent(id.inode, intent)
+                try Self.zeroWithinPage(
+                    media: self.media, reader: self.reader, record: self.record(id.inode), from: size,
+                    to: min(oldSize, newPages * Self.pageSize))
             }
-            try self.removePages(id.inode, policy: policy, newSize: { UInt64(size) }, beforeRemoval: zeroTail) {
+            try self.removePages(
+                id.inode, policy: policy, newSize: { UInt64(size) }, intent: intent, beforeRemoval: zeroTail
+            ) {
                 () throws(FSError) -> Range<Int> in
                 let current = Int(try self.checkedRecord(id).size)
                 return newPages..<max(newPages, (current + Self.pageSize - 1) / Self.pageSize)
@@ -168,25 +191,27 @@ extension FileSystem {
     /// its edges are zeroed; it reads back as zeros and the size does not change.
     /// - Parameter policy: what to do with blocks pinned for DMA (nil: the DAX layer's default).
     public func punchHole(_ id: FileID, offset: Int, length: Int, policy: TruncatePolicy? = nil) throws(FSError) {
-        guard offset >= 0, length >= 0 else { throw FSError(.invalidArgument, "negative offset or length") }
+        try self.checkWritable()
+        try Self.checkRange("punch", offset: offset, length: length)
         try self.locks[id.inode].withWriteLock { () throws(FSError) in
             let record = try self.checkedRecord(id)
             let end = min(offset + length, Int(record.size))
             guard end > offset else { return }
-            let firstWhole = (offset + Self.pageSize - 1) / Self.pageSize
-            let endWhole = end == Int(record.size) ? (end + Self.pageSize - 1) / Self.pageSize : end / Self.pageSize
+            let intent = InodeRecord.Intent.punch(offset: UInt64(offset), end: UInt64(end))
+            let (firstWhole, endWhole) = Self.wholePages(offset: offset, end: end, size: Int(record.size))
             // Partial pages at the edges are zeroed, not freed: only once the policy lets the
             // whole pages go (so EBUSY or a timeout leaves the file as it was).
+            // The intent is durable before any byte is zeroed (see truncate).
+            let partial = firstWhole * Self.pageSize > offset || (end > endWhole * Self.pageSize && endWhole >= firstWhole)
             let zeroEdges = { () throws(FSError) in
-                if firstWhole * Self.pageSize > offset {
-                    try self.zeroWithinPage(id.inode, from: offset, to: min(end, firstWhole * Self.pageSize))
-                }
-                if end > endWhole * Self.pageSize, endWhole >= firstWhole {
-                    try self.zeroWithinPage(id.inode, from: endWhole * Self.pageSize, to: end)
-                }
+                guard partial else { return }
+                try self.recordIntent(id.inode, intent)
+                try Self.zeroEdges(
+                    media: self.media, reader: self.reader, record: self.record(id.inode), offset: offset, end: end,
+                    firstWhole: firstWhole, endWhole: endWhole)
             }
             if endWhole > firstWhole {
-                try self.removePages(id.inode, policy: policy, newSize: { nil }, beforeRemoval: zeroEdges) {
+                try self.removePages(id.inode, policy: policy, newSize: { nil }, intent: intent, beforeRemoval: zeroEdges) {
                     () throws(FSError) -> Range<Int> in
                     let current = Int(try self.checkedRecord(id).size)
                     let last = end >= current ? (current + Self.pageSize - 1) / Self.pageSize : endWhole
@@ -194,6 +219,7 @@ extension FileSystem {
                 }
             } else {
                 try zeroEdges()
+                if partial { try self.recordIntent(id.inode, .none) }
             }
         }
     }
@@ -201,10 +227,9 @@ extension FileSystem {
     /// Allocates zeroed blocks for every hole in `offset..<offset+length` and grows the file to
     /// cover it, so later writes there cannot fail for space.
     public func fallocate(_ id: FileID, offset: Int, length: Int) throws(FSError) {
-        guard offset >= 0, length > 0 else { throw FSError(.invalidArgument, "offset must be >= 0, length > 0") }
-        guard offset + length <= InodeRecord.maximumPages * Self.pageSize else {
-            throw FSError(.fileTooLarge, "fallocate past the largest file (4 GiB)")
-        }
+        try self.checkWritable()
+        try Self.checkRange("fallocate", offset: offset, length: length)
+        guard length > 0 else { throw FSError(.invalidArgument, "fallocate: length must be > 0") }
         try self.locks[id.inode].withWriteLock { () throws(FSError) in
             _ = try self.checkedRecord(id)
             var position = offset
@@ -217,13 +242,39 @@ extension FileSystem {
         }
     }
 
-    /// Zeroes `from..<to`, which lies within one page, if that page has a block; durable on return.
-    private func zeroWithinPage(_ number: Int, from: Int, to: Int) throws(FSError) {
+    /// Zeroes `from..<to`, which lies within one page of `record`, if that page has a block;
+    /// durable on return. Idempotent (mount repeats it when it finishes an intent).
+    static func zeroWithinPage(
+        media: Media, reader: BlockMapReader, record: InodeRecord, from: Int, to: Int
+    ) throws(FSError) {
         guard to > from else { return }
-        let block = self.reader.block(of: self.record(number), page: from / Self.pageSize)
+        let block = reader.block(of: record, page: from / Self.pageSize)
         guard block != 0 else { return }
         let offset = Int(block) * Self.pageSize + from % Self.pageSize
-        try self.media.zero(offset, to - from)
-        try self.media.persist(offset, to - from)
+        try media.zero(offset, to - from)
+        try media.persist(offset, to - from)
+    }
+
+    /// Zeroes the partial pages at the edges of a punch of `offset..<end` whose whole pages are
+    /// `firstWhole..<endWhole`.
+    static func zeroEdges(
+        media: Media, reader: BlockMapReader, record: InodeRecord, offset: Int, end: Int, firstWhole: Int,
+        endWhole: Int
+    ) throws(FSError) {
+        if firstWhole * Self.pageSize > offset {
+            try Self.zeroWithinPage(
+                media: media, reader: reader, record: record, from: offset, to: min(end, firstWhole * Self.pageSize))
+        }
+        if end > endWhole * Self.pageSize, endWhole >= firstWhole {
+            try Self.zeroWithinPage(media: media, reader: reader, record: record, from: endWhole * Self.pageSize, to: end)
+        }
+    }
+
+    /// The whole pages of a punch of `offset..<end` in a file of `size` bytes: a punch to the
+    /// end of file takes the last partial page too.
+    static func wholePages(offset: Int, end: Int, size: Int) -> (first: Int, end: Int) {
+        let first = (offset + Self.pageSize - 1) / Self.pageSize
+        let last = end == size ? (end + Self.pageSize - 1) / Self.pageSize : end / Self.pageSize
+        return (first, last)
     }
 }

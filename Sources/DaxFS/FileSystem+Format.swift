@@ -19,21 +19,27 @@ extension FileSystem {
     /// Writes an empty daxlab file system to `path`: creates the file at `size` (default 256 MiB)
     /// when it does not exist, or formats an existing file or device-dax device in place.
     ///
-    /// It refuses, changing nothing, when the target already holds a daxlab image or anything
-    /// non-zero in its first block, unless `force`. The old superblock is invalidated first and
-    /// the new one written last, so a crash part-way leaves no image that mounts as valid.
-    /// - Throws: `.pmem` (the path), `.notEmpty`, `.inUse`, `.invalidArgument` (size).
+    /// It refuses, changing nothing, when the target already holds a daxlab image (or its backup
+    /// superblock), a signature libblkid recognizes, or any non-zero byte in its first or last
+    /// MiB, unless `force`. A file's blocks are all allocated before anything is written (a full
+    /// backing file system is a clear error, not a SIGBUS later). The old superblock is
+    /// invalidated first and the new one written last, so a crash part-way leaves no image that
+    /// mounts as valid.
+    /// - Throws: `.pmem` (the path; `.noSpace` when the backing file system is full), `.notEmpty`,
+    ///   `.inUse`, `.invalidArgument` (size).
     public static func format(
         path: String, size: Int? = nil, force: Bool = false, persistence: PersistenceStrategy? = nil
     ) throws(FSError) -> FormatReport {
         if let size { _ = try Geometry.forImage(size: size) }
         let mapping: PmemMapping
         do {
+            // Sparse until the target is known to be ours to overwrite: a refused format must not
+            // fill an existing sparse file's holes.
             mapping = try PmemMapping(
                 path: path,
                 options: MapOptions(
                     disposition: .openOrCreate, size: size ?? (Self.exists(path) ? nil : Self.defaultImageSize),
-                    persistence: persistence))
+                    allocation: .sparse, persistence: persistence))
         } catch { throw FSError(error) }
         let geometry: Geometry
         do { geometry = try Geometry.forImage(size: mapping.length) } catch {
@@ -41,18 +47,36 @@ extension FileSystem {
             throw error
         }
         try Self.lockImage(mapping)
-        if !mapping.created && !force {
-            let first = UnsafeRawBufferPointer(start: mapping.base, count: Geometry.blockSize)
-            if first.loadUnaligned(as: UInt64.self) == Superblock.magic {
-                throw FSError(.notEmpty, "\(path): already holds a daxlab file system (use --force to overwrite)")
-            }
-            if first.contains(where: { $0 != 0 }) {
-                throw FSError(.notEmpty, "\(path): first block is not empty (use --force to overwrite)")
-            }
+        if !mapping.created && !force { try Self.refuseData(mapping) }
+        do { try mapping.allocateBackingStore() } catch {
+            if mapping.created { Glibc.unlink(path) }
+            throw FSError(error)
         }
         let media = Media(mapping: mapping)
         try Self.writeEmptyFileSystem(media: media, geometry: geometry)
         return FormatReport(path: path, size: mapping.length, created: mapping.created, geometry: geometry)
+    }
+
+    /// Refuses a target that holds anything: a daxlab image, a known signature, a non-zero byte.
+    private static func refuseData(_ mapping: PmemMapping) throws(FSError) {
+        let path = mapping.path
+        let backup = Superblock.backupBlock(of: mapping) * Geometry.blockSize
+        if mapping.base.loadUnaligned(as: UInt64.self) == Superblock.magic {
+            throw FSError(.notEmpty, "\(path): already holds a daxlab file system (use --force to overwrite it)")
+        }
+        if backup > 0, mapping.base.loadUnaligned(fromByteOffset: backup, as: UInt64.self) == Superblock.magic {
+            throw FSError(
+                .notEmpty,
+                "\(path): holds a daxlab file system whose superblock is damaged but whose backup is intact "
+                    + "(daxlab fsck --repair restores it; --force overwrites it)")
+        }
+        if let signature = mapping.foreignSignature() {
+            throw FSError(.notEmpty, "\(path): holds a signature libblkid recognizes (\(signature)); use --force to overwrite it")
+        }
+        if let offset = mapping.firstNonZeroByte() {
+            throw FSError(
+                .notEmpty, "\(path): holds data (a non-zero byte at offset \(offset)); use --force to overwrite it")
+        }
     }
 
     private static func exists(_ path: String) -> Bool {
@@ -75,9 +99,10 @@ extension FileSystem {
             }
             record.sealChecksum()
         }
-        // Metadata blocks are allocated; data blocks free; bits past the end stay zero.
+        // Metadata blocks (and the backup superblock) are allocated; data blocks free; bits past
+        // the end stay zero.
         let bitmap = base + geometry.bitmapOffset
-        for block in 0..<geometry.dataStart {
+        for block in Array(0..<geometry.dataStart) + [geometry.backupSuperblock] {
             let word = bitmap + (block / 64) * 8
             word.storeBytes(of: word.load(as: UInt64.self) | 1 << UInt64(block % 64), as: UInt64.self)
         }
@@ -87,6 +112,10 @@ extension FileSystem {
         var generator = SystemRandomNumberGenerator()
         let superblock = Superblock(
             geometry: geometry, uuid: (generator.next(), generator.next()), createdNanoseconds: FileSystem.now())
+        // The backup first, the primary last: until the primary's magic is written nothing mounts.
+        let backup = geometry.backupSuperblock * Geometry.blockSize
+        superblock.write(to: base + backup)
+        try media.persist(backup, Geometry.blockSize)
         superblock.write(to: base)
         try media.persist(0, Geometry.blockSize)
     }

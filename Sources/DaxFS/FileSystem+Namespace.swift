@@ -1,68 +1,82 @@
-/// The flat root directory: create, lookup, unlink, rename, stat, list.
+/// The flat root directory: create, lookup, unlink, rename, publish, stat, list.
 ///
-/// Names live in their inodes (one name per file, no hard links), so creating, renaming or
-/// removing a file is one transaction on one or two inode records. The volatile `names` table is
+/// Names live in their inodes (one name per file, no hard links) and are compared as bytes.
+/// Removing a file is first one transaction that takes its name away and marks it an orphan; its
+/// blocks are freed after that, and a crash part-way is finished by the next mount. So an unlink
+/// or a rename over an existing name happens whole or not at all. The volatile `names` table is
 /// rebuilt from the inode table at mount.
 extension FileSystem {
-    /// Checks a file name: 1 to 255 bytes of UTF-8, no `/`, no NUL, not `.` or `..`.
-    public static func validate(name: String) throws(FSError) {
-        let length = name.utf8.count
-        guard length >= 1, length <= InodeRecord.maximumNameLength, !name.utf8.contains(0),
-            !name.contains("/"), name != ".", name != ".."
-        else {
-            throw FSError(.invalidName, "invalid file name \"\(name)\" (1-255 bytes, no '/' or NUL)")
-        }
+    /// Checks that the format can hold `name`.
+    /// - Throws: `.invalidName`, saying why.
+    public static func validate(name: FileName) throws(FSError) {
+        if let problem = name.problem { throw FSError(.invalidName, "invalid file name \"\(name)\": \(problem)") }
     }
 
     /// Creates an empty file.
     /// - Throws: `.invalidName`, `.exists`, `.noInodes`.
     @discardableResult
-    public func create(_ name: String) throws(FSError) -> FileID {
+    public func create(_ name: FileName) throws(FSError) -> FileID {
+        try self.checkWritable()
         try Self.validate(name: name)
         return try self.namespace.withLock { (namespace) throws(FSError) -> FileID in
             guard namespace.names[name] == nil, !namespace.unlinking.contains(name) else {
                 throw FSError(.exists, "\(name): file exists")
             }
-            guard let number = namespace.freeInodes.popLast() else {
-                throw FSError(.noInodes, "no free inodes (\(self.geometry.inodeCount) in this image)")
-            }
-            do throws(FSError) {
-                let id = try self.locks[number].withWriteLock { () throws(FSError) -> FileID in
-                    let (generation, _) = try self.log.transaction { (tx) throws(FSError) -> UInt32 in
-                        let record = tx.inode(number)
-                        record.initialize(kind: .regular, name: name, now: FileSystem.now())
-                        return record.generation
-                    }
-                    return FileID(inode: number, generation: generation)
+            let id = try self.newInode(named: name, in: &namespace)
+            namespace.names[name] = id.inode
+            return id
+        }
+    }
+
+    /// Creates a file with no name (an orphan, like `O_TMPFILE`): it is freed by the next mount
+    /// unless `publish` gives it a name first.
+    public func createUnnamed() throws(FSError) -> FileID {
+        try self.checkWritable()
+        return try self.namespace.withLock { (namespace) throws(FSError) -> FileID in
+            try self.newInode(named: FileName(bytes: []), in: &namespace)
+        }
+    }
+
+    /// Takes a free inode and initializes it; the caller holds the namespace lock.
+    private func newInode(named name: FileName, in namespace: inout Namespace) throws(FSError) -> FileID {
+        guard let number = namespace.freeInodes.popLast() else {
+            throw FSError(.noInodes, "no free inodes (\(self.geometry.inodeCount) in this image)")
+        }
+        do throws(FSError) {
+            return try self.locks[number].withWriteLock { () throws(FSError) -> FileID in
+                let (generation, _) = try self.log.transaction { (tx) throws(FSError) -> UInt32 in
+                    let record = tx.inode(number)
+                    record.initialize(kind: .regular, name: name, now: FileSystem.now())
+                    return record.generation
                 }
-                namespace.names[name] = number
-                return id
-            } catch {
-                namespace.freeInodes.append(number)
-                throw error
+                return FileID(inode: number, generation: generation)
             }
+        } catch {
+            namespace.freeInodes.append(number)
+            throw error
         }
     }
 
     /// The file called `name`.
     /// - Throws: `.notFound`.
-    public func lookup(_ name: String) throws(FSError) -> FileID {
+    public func lookup(_ name: FileName) throws(FSError) -> FileID {
         let number = self.namespace.withLock { $0.names[name] }
         guard let number else { throw FSError(.notFound, "\(name): no such file") }
         return FileID(inode: number, generation: self.locks[number].withReadLock { self.record(number).generation })
     }
 
     /// Opens `name`, creating it when absent.
-    public func openOrCreate(_ name: String) throws(FSError) -> FileID {
+    public func openOrCreate(_ name: FileName) throws(FSError) -> FileID {
         do { return try self.lookup(name) } catch where error.code == .notFound {
             do { return try self.create(name) } catch where error.code == .exists { return try self.lookup(name) }
         }
     }
 
-    /// Removes `name` and frees its blocks.
+    /// Removes `name` and frees its blocks: whole or not at all, across a crash.
     /// - Parameter policy: what to do with blocks pinned for DMA (nil: the DAX layer's default).
     /// - Throws: `.notFound`; `.busy` or `.timedOut` from the policy (the file stays then).
-    public func unlink(_ name: String, policy: TruncatePolicy? = nil) throws(FSError) {
+    public func unlink(_ name: FileName, policy: TruncatePolicy? = nil) throws(FSError) {
+        try self.checkWritable()
         let number = try self.namespace.withLock { (namespace) throws(FSError) -> Int in
             guard let number = namespace.names.removeValue(forKey: name) else {
                 throw FSError(.notFound, "\(name): no such file")
@@ -71,11 +85,16 @@ extension FileSystem {
             return number
         }
         do throws(FSError) {
-            try self.locks[number].withWriteLock { () throws(FSError) in try self.release(inode: number, policy: policy) }
+            try self.locks[number].withWriteLock { () throws(FSError) in
+                try self.release(inode: number, policy: policy) { () throws(FSError) in
+                    _ = try self.log.transaction { (tx) throws(FSError) in Self.stageOrphan(tx, number) }
+                }
+            }
         } catch {
             self.namespace.withLock { namespace in
                 namespace.unlinking.remove(name)
-                namespace.names[name] = number
+                // Still named unless the orphaning transaction committed before the failure.
+                if self.record(number).intent != .orphan { namespace.names[name] = number }
             }
             throw error
         }
@@ -85,18 +104,35 @@ extension FileSystem {
         }
     }
 
-    /// Frees every block of inode `number` and marks it free; the caller holds its lock.
-    private func release(inode number: Int, policy: TruncatePolicy?) throws(FSError) {
-        try self.removePages(number, policy: policy, newSize: { 0 }) { () -> Range<Int> in
+    /// Frees every block of inode `number` and marks it free; the caller holds its lock. Once the
+    /// policy lets the blocks go, `orphan` commits the transaction that takes the file's name
+    /// away (the point of no return: from it on, mount finishes the release). It takes any other
+    /// inode lock it needs before its transaction: inode locks come before log slots.
+    private func release(
+        inode number: Int, policy: TruncatePolicy?, orphan: () throws(FSError) -> Void
+    ) throws(FSError) {
+        try self.removePages(number, policy: policy, newSize: { 0 }, beforeRemoval: orphan) { () -> Range<Int> in
             let size = self.record(number).size
             return 0..<Int((size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
         }
         _ = try self.log.transaction { (tx) throws(FSError) in tx.inode(number).release() }
     }
 
-    /// Renames `source` to `target`, replacing `target` if it exists (as rename(2) does).
-    /// - Throws: `.notFound`, `.invalidName`.
-    public func rename(_ source: String, to target: String) throws(FSError) {
+    /// Stages turning inode `number` into an orphan: no name, to be freed.
+    static func stageOrphan(_ tx: Transaction, _ number: Int) {
+        let record = tx.inode(number)
+        record.setName(FileName(bytes: []))
+        record.intent = .orphan
+        record.modifiedNanoseconds = FileSystem.now()
+    }
+
+    /// Renames `source` to `target`, replacing `target` if it exists (as rename(2) does): one
+    /// transaction gives `source` the name and makes the replaced file an orphan, so a crash
+    /// leaves either the old two files or the new one.
+    /// - Throws: `.notFound`, `.invalidName`; `.busy` or `.timedOut` when the replaced file's
+    ///   blocks are pinned and the DAX layer's default policy refuses (nothing changed then).
+    public func rename(_ source: FileName, to target: FileName) throws(FSError) {
+        try self.checkWritable()
         try Self.validate(name: target)
         guard source != target else {
             _ = try self.lookup(source)
@@ -105,23 +141,73 @@ extension FileSystem {
         try self.namespace.withLock { (namespace) throws(FSError) in
             guard let number = namespace.names[source] else { throw FSError(.notFound, "\(source): no such file") }
             guard !namespace.unlinking.contains(target) else { throw FSError(.exists, "\(target): being removed") }
-            let replaced = namespace.names[target]
-            if let replaced {
-                try self.locks[replaced].withWriteLock { () throws(FSError) in
-                    try self.release(inode: replaced, policy: nil)
-                }
-                namespace.names.removeValue(forKey: target)
-                namespace.freeInodes.append(replaced)
+            try self.name(number, as: target, replacing: namespace.names[target]) { (tx) throws(FSError) in
+                let record = tx.inode(number)
+                record.setName(target)
+                record.modifiedNanoseconds = FileSystem.now()
             }
-            try self.locks[number].withWriteLock { () throws(FSError) in
-                _ = try self.log.transaction { (tx) throws(FSError) in
-                    let record = tx.inode(number)
-                    record.setName(target)
-                    record.modifiedNanoseconds = FileSystem.now()
-                }
-            }
+            if let replaced = namespace.names[target] { namespace.freeInodes.append(replaced) }
             namespace.names.removeValue(forKey: source)
             namespace.names[target] = number
+        }
+    }
+
+    /// Gives the unnamed file `id` (from `createUnnamed`) the name `name`, replacing a file of
+    /// that name atomically: a write of a whole file that either happened or did not.
+    /// - Throws: `.invalidName`, `.notFound` (not an unnamed file), `.busy`/`.timedOut` as `rename`.
+    public func publish(_ id: FileID, as name: FileName) throws(FSError) {
+        try self.checkWritable()
+        try Self.validate(name: name)
+        try self.namespace.withLock { (namespace) throws(FSError) in
+            guard !namespace.unlinking.contains(name) else { throw FSError(.exists, "\(name): being removed") }
+            try self.locks[id.inode].withReadLock { () throws(FSError) in
+                let record = try self.checkedRecord(id)
+                guard record.intent == .orphan else { throw FSError(.notFound, "\(id): not an unnamed file") }
+            }
+            try self.name(id.inode, as: name, replacing: namespace.names[name]) { (tx) throws(FSError) in
+                let record = tx.inode(id.inode)
+                record.setName(name)
+                record.intent = InodeRecord.Intent.none
+                record.modifiedNanoseconds = FileSystem.now()
+            }
+            if let replaced = namespace.names[name] { namespace.freeInodes.append(replaced) }
+            namespace.names[name] = id.inode
+        }
+    }
+
+    /// Removes an unnamed file (a temporary whose write failed).
+    public func discardUnnamed(_ id: FileID) throws(FSError) {
+        try self.checkWritable()
+        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+            let record = try self.checkedRecord(id)
+            guard record.intent == .orphan else { throw FSError(.notFound, "\(id): not an unnamed file") }
+            try self.release(inode: id.inode, policy: nil) {}
+        }
+        self.namespace.withLock { $0.freeInodes.append(id.inode) }
+    }
+
+    /// Stages naming inode `number` (`stage`) and, when `replaced` is set, makes the replaced file
+    /// an orphan in the same transaction, once the policy lets its blocks go; then frees them.
+    /// The caller holds the namespace lock.
+    private func name(
+        _ number: Int, as target: FileName, replacing replaced: Int?, stage: (Transaction) throws(FSError) -> Void
+    ) throws(FSError) {
+        guard let replaced else {
+            try self.locks[number].withWriteLock { () throws(FSError) in
+                _ = try self.log.transaction { (tx) throws(FSError) in try stage(tx) }
+            }
+            return
+        }
+        try self.locks[replaced].withWriteLock { () throws(FSError) in
+            try self.release(inode: replaced, policy: nil) { () throws(FSError) in
+                // (only namespace operations take two inode locks, and they hold the namespace lock)
+                try self.locks[number].withWriteLock { () throws(FSError) in
+                    _ = try self.log.transaction { (tx) throws(FSError) in
+                        try stage(tx)
+                        Self.stageOrphan(tx, replaced)
+                    }
+                }
+            }
         }
     }
 
@@ -135,7 +221,7 @@ extension FileSystem {
         }
     }
 
-    /// Every file, sorted by name.
+    /// Every named file, sorted by name (bytes).
     public func list() -> [FileStat] {
         let names = self.namespace.withLock { $0.names }
         return names.sorted { $0.key < $1.key }.compactMap { name, number in

@@ -9,9 +9,10 @@ extension FileSystem {
     /// - Parameter beforeRemoval: changes to make only once the removal will happen (zeroing a
     ///   partial page): after the policy said proceed, so a refusal (EBUSY, a timeout) leaves the
     ///   file exactly as it was.
+    /// - Parameter intent: the truncate or punch being done, recorded while it spans transactions.
     func removePages(
         _ number: Int, policy: TruncatePolicy?, newSize: () throws(FSError) -> UInt64?,
-        beforeRemoval: () throws(FSError) -> Void = {},
+        intent: InodeRecord.Intent? = nil, beforeRemoval: () throws(FSError) -> Void = {},
         range: () throws(FSError) -> Range<Int>
     ) throws(FSError) {
         let breaker = self.layoutBreaker  // strong for the whole call
@@ -23,7 +24,8 @@ extension FileSystem {
                 try beforeRemoval()
                 if !pages.isEmpty || size != nil {
                     _ = try Self.removeBlocks(
-                        log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: size)
+                        log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: size,
+                        intent: intent)
                 }
                 return
             }
@@ -34,7 +36,8 @@ extension FileSystem {
                 continue
             case .proceed(let disposition):
                 try beforeRemoval()
-                try self.removeClaiming(number, pages: pages, newSize: size, disposition: disposition, breaker: breaker)
+                try self.removeClaiming(
+                    number, pages: pages, newSize: size, disposition: disposition, breaker: breaker, intent: intent)
                 return
             }
         }
@@ -42,12 +45,12 @@ extension FileSystem {
 
     private func removeClaiming(
         _ number: Int, pages: Range<Int>, newSize: UInt64?, disposition: BusyBlockDisposition,
-        breaker: any LayoutBreaker
+        breaker: any LayoutBreaker, intent: InodeRecord.Intent?
     ) throws(FSError) {
         guard disposition == .sequester else {
             _ = try Self.removeBlocks(
                 log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: newSize,
-                removal: BlockRemoval(disposition: disposition, breaker: breaker))
+                removal: BlockRemoval(disposition: disposition, breaker: breaker), intent: intent)
             return
         }
         // lost+found's lock comes after the file's; its holders never take another file's lock.
@@ -86,7 +89,15 @@ extension FileSystem {
                 })
             _ = try Self.removeBlocks(
                 log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: newSize,
-                removal: removal)
+                removal: removal, intent: intent)
         }
+    }
+}
+
+extension FileSystem {
+    /// Records `intent` in inode `number` in a transaction of its own: before a change that the
+    /// log does not cover (zeroing part of a page), so that a crash after it is finished by mount.
+    func recordIntent(_ number: Int, _ intent: InodeRecord.Intent) throws(FSError) {
+        _ = try self.log.transaction { (tx) throws(FSError) in tx.inode(number).intent = intent }
     }
 }

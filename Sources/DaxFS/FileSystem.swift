@@ -41,9 +41,9 @@ public final class FileSystem: Sendable {
     }
 
     struct Namespace {
-        var names: [String: Int] = [:]
+        var names: [FileName: Int] = [:]
         /// Names whose unlink is in progress: still on the media, not visible, not reusable yet.
-        var unlinking: Set<String> = []
+        var unlinking: Set<FileName> = []
         var freeInodes: [Int] = []
     }
 
@@ -57,6 +57,11 @@ public final class FileSystem: Sendable {
         public var discardedTransactions: Int
         /// Blocks reclaimed from lost+found (sequestered under DMA before a crash).
         public var reclaimedLostFoundBlocks: Int
+        /// Truncates and punches a crash interrupted, finished now.
+        public var finishedOperations: Int
+        /// Unnamed files freed: unlinks and replacing renames a crash interrupted, and temporary
+        /// files of writes that never published.
+        public var freedOrphans: Int
     }
 
     public var mapping: PmemMapping { self.media.mapping }
@@ -66,28 +71,57 @@ public final class FileSystem: Sendable {
 
     /// Mounts the daxlab image at `path`: takes the image's lock, validates the superblock and
     /// the log, replays committed transactions, validates every inode, block map and the bitmap,
-    /// reclaims lost+found, and marks the image mounted.
-    /// - Parameter persistence: force a persistence strategy (tests); nil lets libpmem decide.
-    /// - Throws: `.pmem` (the path), `.inUse`, `.notAnImage`, `.corrupt` (with the first problem).
-    public static func mount(path: String, persistence: PersistenceStrategy? = nil) throws(FSError) -> FileSystem {
-        try Self.mount(path: path, persistence: persistence, persistObserver: nil)
+    /// finishes the operations a crash interrupted, reclaims lost+found, and marks the image
+    /// mounted. A file image has its blocks allocated first, so no later store can fault for space.
+    /// - Parameters:
+    ///   - persistence: force a persistence strategy (tests); nil lets libpmem decide.
+    ///   - readOnly: open the image read-only and take its lock shared: readers coexist, a writer
+    ///     waits for none of them and is refused while they mount it. Recovery of a file image
+    ///     runs in this process's private copy; nothing is written to the image. Mutations throw
+    ///     `.readOnly`.
+    /// - Throws: `.pmem` (the path; `PmemError.Code.noSpace` when the backing file system is
+    ///   full), `.inUse`, `.notAnImage`, `.corrupt` (with the first problem), `.readOnly` (a
+    ///   device-dax image that needs recovery, mounted read-only).
+    public static func mount(
+        path: String, persistence: PersistenceStrategy? = nil, readOnly: Bool = false
+    ) throws(FSError) -> FileSystem {
+        try Self.mount(path: path, persistence: persistence, readOnly: readOnly, persistObserver: nil)
     }
 
-    /// `mount(path:persistence:)` with every flush and barrier reported to `persistObserver`
-    /// (the crash campaign).
+    /// `mount(path:persistence:readOnly:)` with every flush and barrier reported to
+    /// `persistObserver` (the crash campaign).
     package static func mount(
-        path: String, persistence: PersistenceStrategy?, persistObserver: (any PersistObserver)?
+        path: String, persistence: PersistenceStrategy?, readOnly: Bool = false,
+        persistObserver: (any PersistObserver)?
     ) throws(FSError) -> FileSystem {
         let mapping: PmemMapping
-        do { mapping = try PmemMapping(path: path, options: MapOptions(persistence: persistence)) } catch {
+        do {
+            mapping = try PmemMapping(
+                path: path, options: MapOptions(access: readOnly ? .readOnly : .readWrite, persistence: persistence))
+        } catch {
             throw FSError(error)
         }
-        try Self.lockImage(mapping)
+        try Self.lockImage(mapping, shared: readOnly)
         return try FileSystem(mapping: mapping, persistObserver: persistObserver)
     }
 
+    /// Mounts an image fsck --repair has locked and made consistent: finishes what a crash
+    /// interrupted, exactly as a mount would.
+    convenience init(repairedMapping mapping: PmemMapping) throws(FSError) {
+        try self.init(mapping: mapping, persistObserver: nil)
+    }
+
     private init(mapping: PmemMapping, persistObserver: (any PersistObserver)?) throws(FSError) {
-        let (superblock, state, mounts) = try Superblock.read(from: mapping)
+        let (superblock, readState, mounts) = try Superblock.read(from: mapping)
+        guard let state = readState else {
+            throw FSError(.corrupt, "\(mapping.path): superblock: invalid mount state; run daxlab fsck --repair")
+        }
+        // A device mapped read-only cannot take even private stores: it must need no recovery.
+        if mapping.isReadOnly, mapping.medium == .deviceDAX, state != .clean {
+            throw FSError(
+                .readOnly,
+                "\(mapping.path): was not cleanly unmounted, and recovery writes; run a command that writes, or daxlab fsck --repair")
+        }
         let geometry = superblock.geometry
         let media = Media(mapping: mapping, observer: persistObserver)
         // Validate the log before writing anything; then replay what was committed.
@@ -107,19 +141,26 @@ public final class FileSystem: Sendable {
         self.log = MetadataLog(media: media, geometry: geometry)
         let bitmap = Bitmap(base: media.base, geometry: geometry)
         self.allocator = BlockAllocator(
-            dataRange: UInt32(geometry.dataStart)..<UInt32(geometry.blockCount), isAllocated: bitmap.isAllocated)
+            dataRange: UInt32(geometry.dataStart)..<UInt32(geometry.backupSuperblock), isAllocated: bitmap.isAllocated)
         self.locks = (0..<geometry.inodeCount).map { _ in ReadWriteLock() }
+        // Operations a crash interrupted are finished before anything can see the files (in the
+        // private copy of a read-only mount; a clean device mounted read-only has none).
+        let writable = !mapping.isReadOnly || mapping.medium != .deviceDAX
+        let finished = writable
+            ? try Self.finishIntents(log: self.log, allocator: self.allocator, geometry: geometry) : (0, 0)
         var namespace = Namespace()
         for number in (FileSystem.firstUserInode..<geometry.inodeCount).reversed() {
             let record = InodeRecord(media.base + geometry.inodeOffset(number))
             if record.inUse { namespace.names[record.name] = number } else { namespace.freeInodes.append(number) }
         }
         self.namespace = Locked(namespace)
-        let reclaimed = try Self.reclaimLostFound(log: self.log, allocator: self.allocator, geometry: geometry)
+        let reclaimed = writable
+            ? try Self.reclaimLostFound(log: self.log, allocator: self.allocator, geometry: geometry) : 0
         self.mountReport = MountReport(
             wasDirty: state == .mounted, replayedTransactions: recovery.replayed,
-            discardedTransactions: recovery.discarded, reclaimedLostFoundBlocks: reclaimed)
-        try self.setState(.mounted, mounts: mounts &+ 1)
+            discardedTransactions: recovery.discarded, reclaimedLostFoundBlocks: reclaimed,
+            finishedOperations: finished.0, freedOrphans: finished.1)
+        if !mapping.isReadOnly { try self.setState(.mounted, mounts: mounts &+ 1) }
     }
 
     /// Marks the image clean and releases its lock. The attached DAX layer is told first (it
@@ -132,12 +173,22 @@ public final class FileSystem: Sendable {
         }
         breaker?.fileSystemWillUnmount()
         guard self.mounted.exchange(false, ordering: .acquiring) else { return }
-        let word = self.media.base.load(fromByteOffset: Superblock.stateOffset, as: UInt64.self)
-        try self.setState(.clean, mounts: UInt32(word >> 32))
+        if !self.isReadOnly {
+            let word = self.media.base.load(fromByteOffset: Superblock.stateOffset, as: UInt64.self)
+            try self.setState(.clean, mounts: UInt32(word >> 32))
+        }
         flock(self.mapping.descriptor, LOCK_UN)
     }
 
     public var isMounted: Bool { self.mounted.load(ordering: .relaxed) }
+
+    /// Mounted read-only: nothing reaches the image.
+    public var isReadOnly: Bool { self.mapping.isReadOnly }
+
+    /// Refuses a change on a read-only mount.
+    func checkWritable() throws(FSError) {
+        if self.isReadOnly { throw FSError(.readOnly, "\(self.path): mounted read-only") }
+    }
 
     private func setState(_ state: Superblock.MountState, mounts: UInt32) throws(FSError) {
         self.media.base.storeBytes(
@@ -151,9 +202,9 @@ public final class FileSystem: Sendable {
     /// until its exec closes the (close-on-exec) descriptor: a lock dropped just before such a fork
     /// can look held for a moment. So a busy lock is tried again for up to 50 ms; a real mount
     /// holds it far longer and is reported as in use.
-    static func lockImage(_ mapping: PmemMapping) throws(FSError) {
+    static func lockImage(_ mapping: PmemMapping, shared: Bool = false) throws(FSError) {
         var attempts = 0
-        while flock(mapping.descriptor, LOCK_EX | LOCK_NB) != 0 {
+        while flock(mapping.descriptor, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
             let error = errno
             guard error == EWOULDBLOCK || error == EINTR else {
                 throw FSError(.io, "\(mapping.path): lock: \(String(cString: strerror(error)))")
@@ -164,18 +215,6 @@ public final class FileSystem: Sendable {
             }
             usleep(5_000)
         }
-    }
-
-    /// Frees every block of the lost+found inode: after a restart no device can still be writing
-    /// into a sequestered block.
-    private static func reclaimLostFound(
-        log: MetadataLog, allocator: BlockAllocator, geometry: Geometry
-    ) throws(FSError) -> Int {
-        let record = InodeRecord(log.media.base + geometry.inodeOffset(FileSystem.lostFoundInode))
-        guard record.blocks > 0 || record.size > 0 else { return 0 }
-        let pages = Int((record.size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
-        return try FileSystem.removeBlocks(
-            log: log, allocator: allocator, inode: FileSystem.lostFoundInode, pages: 0..<pages, newSize: 0)
     }
 
     // MARK: Reserved inodes

@@ -13,7 +13,7 @@ public struct FileID: Hashable, Sendable, CustomStringConvertible {
 /// What `stat` reports.
 public struct FileStat: Sendable, Equatable {
     public var id: FileID
-    public var name: String
+    public var name: FileName
     public var size: Int
     /// Data blocks mapped (not counting block-map blocks).
     public var blocks: Int

@@ -5,7 +5,8 @@
 /// 1 ..< inodeTableStart  metadata log: logSlotCount slots of logSlotBlocks blocks
 /// inodeTableStart ..     inode table: inodeCount records of 512 bytes
 /// bitmapStart ..         allocation bitmap: one bit per block of the image
-/// dataStart ..< count    data and block-map blocks
+/// dataStart ..< count-1  data and block-map blocks
+/// count - 1              backup superblock (a copy of block 0's checksummed part)
 /// ```
 /// Everything but `blockCount` and `inodeCount` follows from the rules here, so mount can check
 /// a superblock's numbers against them. See docs/FORMAT.md.
@@ -30,7 +31,9 @@ public struct Geometry: Sendable, Equatable {
     public var bitmapStart: Int { self.inodeTableStart + self.inodeTableBlocks }
     public var bitmapBlocks: Int { (self.blockCount + Self.bitsPerBitmapBlock - 1) / Self.bitsPerBitmapBlock }
     public var dataStart: Int { self.bitmapStart + self.bitmapBlocks }
-    public var dataBlocks: Int { self.blockCount - self.dataStart }
+    /// The last block: a copy of the superblock, so one damaged block 0 does not lose the image.
+    public var backupSuperblock: Int { self.blockCount - 1 }
+    public var dataBlocks: Int { self.backupSuperblock - self.dataStart }
 
     /// Byte offsets of the structures.
     public var logOffset: Int { self.logStart * Self.blockSize }
@@ -69,12 +72,12 @@ public struct Geometry: Sendable, Equatable {
         self.blockCount * Self.blockSize >= Self.minimumImageSize && self.blockCount <= Self.maximumBlockCount
             && self.inodeCount >= 64 && self.inodeCount <= 65536 && self.inodeCount % Self.inodesPerBlock == 0
             && (1...64).contains(self.logSlotCount) && (1...256).contains(self.logSlotBlocks)
-            && self.dataStart < self.blockCount
+            && self.dataStart < self.backupSuperblock
     }
 
     /// Whether block `block` may hold file data or a block map.
     @inlinable
     public func isDataBlock(_ block: UInt32) -> Bool {
-        Int(block) >= self.dataStart && Int(block) < self.blockCount
+        Int(block) >= self.dataStart && Int(block) < self.backupSuperblock
     }
 }

@@ -26,7 +26,7 @@ public struct ImageSummary: Sendable, Codable, Equatable {
         let recovery = try MetadataLog.recover(media: media, geometry: geometry, apply: false)
         let bitmap = Bitmap(base: mapping.base, geometry: geometry)
         var free = 0
-        for block in geometry.dataStart..<geometry.blockCount where !bitmap.isAllocated(UInt32(block)) { free += 1 }
+        for block in geometry.dataStart..<geometry.backupSuperblock where !bitmap.isAllocated(UInt32(block)) { free += 1 }
         var files = 0
         for number in FileSystem.firstUserInode..<geometry.inodeCount
         where InodeRecord(mapping.base + geometry.inodeOffset(number)).inUse {
@@ -36,7 +36,7 @@ public struct ImageSummary: Sendable, Codable, Equatable {
         return ImageSummary(
             blockSize: Geometry.blockSize, blocks: geometry.blockCount, dataStart: geometry.dataStart,
             dataBlocks: geometry.dataBlocks, freeDataBlocks: free, inodes: geometry.inodeCount, files: files,
-            logSlots: geometry.logSlotCount, state: state == .clean ? "clean" : "mounted", mounts: Int(mounts),
+            logSlots: geometry.logSlotCount, state: state == .clean ? "clean" : state == .mounted ? "mounted" : "invalid", mounts: Int(mounts),
             uuid: uuid, pendingLogTransactions: recovery.replayed)
     }
 }

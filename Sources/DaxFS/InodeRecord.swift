@@ -5,7 +5,8 @@
 ///   8 size u64          16 data blocks u64        24 mtime ns u64
 ///  32 name length u16   36 checksum u32 (CRC-32C of the record, this field as 0)
 ///  40 direct[12] u32    88 indirect u32           92 double indirect u32
-/// 128 name[256]         96-127 and 384-511 reserved, zero
+///  96 intent u32       104 intent a u64          112 intent b u64
+/// 128 name[256]        100-103, 120-127 and 384-511 reserved, zero
 /// ```
 struct InodeRecord {
     enum Kind: UInt32 {
@@ -24,6 +25,29 @@ struct InodeRecord {
     static let doubleIndirectOffset = 92
     static let nameOffset = 128
     static let checksumOffset = 36
+    static let intentOffset = 96
+
+    /// An operation on the file that spans several transactions, recorded in the inode so that
+    /// mount finishes it after a crash: a truncate or punch is then complete, an unlinked or
+    /// replaced file gone, a file written under a temporary inode gone (the write never happened).
+    enum Intent: Equatable, CustomStringConvertible {
+        case none
+        /// Shrinking to `size` bytes.
+        case truncate(size: UInt64)
+        /// Deallocating `offset..<end` (whole pages freed, partial edge pages zeroed).
+        case punch(offset: UInt64, end: UInt64)
+        /// Nameless: unlinked, replaced by a rename, or a temporary being written. Mount frees it.
+        case orphan
+
+        var description: String {
+            switch self {
+            case .none: "none"
+            case .truncate(let size): "truncate to \(size)"
+            case .punch(let offset, let end): "punch \(offset)..<\(end)"
+            case .orphan: "orphan"
+            }
+        }
+    }
 
     let pointer: UnsafeMutableRawPointer
     init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
@@ -54,33 +78,62 @@ struct InodeRecord {
     var nameLength: Int { Int(self.pointer.load(fromByteOffset: 32, as: UInt16.self)) }
     var storedChecksum: UInt32 { self.pointer.load(fromByteOffset: Self.checksumOffset, as: UInt32.self) }
 
-    var name: String {
+    var name: FileName {
         let length = min(self.nameLength, Self.maximumNameLength)
-        return String(decoding: UnsafeRawBufferPointer(start: self.pointer + Self.nameOffset, count: length), as: UTF8.self)
+        return FileName(bytes: Array(UnsafeRawBufferPointer(start: self.pointer + Self.nameOffset, count: length)))
     }
 
-    func setName(_ name: String) {
-        var name = name
-        let length = name.withUTF8 { bytes in
-            (self.pointer + Self.nameOffset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-            return bytes.count
+    /// Sets the name (an empty one for an orphan); the caller has validated it.
+    func setName(_ name: FileName) {
+        let length = min(name.bytes.count, Self.maximumNameLength)
+        name.bytes.withUnsafeBytes { bytes in
+            if length > 0 { (self.pointer + Self.nameOffset).copyMemory(from: bytes.baseAddress!, byteCount: length) }
         }
         (self.pointer + Self.nameOffset + length).initializeMemory(
             as: UInt8.self, repeating: 0, count: Self.maximumNameLength + 1 - length)
         self.pointer.storeBytes(of: UInt16(length), toByteOffset: 32, as: UInt16.self)
     }
 
+    /// The intent recorded in the inode, or nil for an intent word this version does not know.
+    var intent: Intent? {
+        get {
+            let a = self.pointer.load(fromByteOffset: Self.intentOffset + 8, as: UInt64.self)
+            let b = self.pointer.load(fromByteOffset: Self.intentOffset + 16, as: UInt64.self)
+            switch self.pointer.load(fromByteOffset: Self.intentOffset, as: UInt32.self) {
+            case 0: return a == 0 && b == 0 ? Intent.none : nil
+            case 1: return b == 0 ? .truncate(size: a) : nil
+            case 2: return .punch(offset: a, end: b)
+            case 3: return a == 0 && b == 0 ? .orphan : nil
+            default: return nil
+            }
+        }
+        nonmutating set {
+            let (kind, a, b): (UInt32, UInt64, UInt64)
+            switch newValue ?? Intent.none {
+            case .none: (kind, a, b) = (0, 0, 0)
+            case .truncate(let size): (kind, a, b) = (1, size, 0)
+            case .punch(let offset, let end): (kind, a, b) = (2, offset, end)
+            case .orphan: (kind, a, b) = (3, 0, 0)
+            }
+            self.pointer.storeBytes(of: kind, toByteOffset: Self.intentOffset, as: UInt32.self)
+            self.pointer.storeBytes(of: a, toByteOffset: Self.intentOffset + 8, as: UInt64.self)
+            self.pointer.storeBytes(of: b, toByteOffset: Self.intentOffset + 16, as: UInt64.self)
+        }
+    }
+
     /// The byte offset (within the record) of direct pointer `index`.
     static func directPointerOffset(_ index: Int) -> Int { Self.directOffset + 4 * index }
 
-    /// Makes the record an in-use inode of `kind` with no blocks, bumping the generation.
-    func initialize(kind: Kind, name: String, now: UInt64) {
+    /// Makes the record an in-use inode of `kind` with no blocks, bumping the generation. An empty
+    /// name makes an orphan (a temporary inode that mount frees unless it is published).
+    func initialize(kind: Kind, name: FileName, now: UInt64) {
         let generation = self.generation &+ 1
         self.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: Geometry.inodeSize)
         self.flags = 1 | kind.rawValue << 8
         self.generation = generation
         self.modifiedNanoseconds = now
         self.setName(name)
+        if kind == .regular && name.bytes.isEmpty { self.intent = .orphan }
     }
 
     /// Marks the record free, keeping its generation so the next owner's differs.
@@ -100,7 +153,7 @@ struct InodeRecord {
 
     /// Whether the reserved bytes are zero (part of validation).
     var reservedBytesAreZero: Bool {
-        let spans = [(34, 2), (96, 32), (Self.nameOffset + Self.maximumNameLength + 1, 0), (384, 128)]
+        let spans = [(34, 2), (100, 4), (120, 8), (384, 128)]
         for (start, count) in spans where count > 0 {
             for index in start..<(start + count) where self.pointer.load(fromByteOffset: index, as: UInt8.self) != 0 {
                 return false

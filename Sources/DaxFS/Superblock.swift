@@ -2,10 +2,12 @@ import Pmem
 
 /// Block 0: what the image is and where its structures are. The first 256 bytes are written once
 /// by mkfs and checksummed; the mount state is one 8-byte word after them, updated with a single
-/// atomic store so a crash can never tear it. See docs/FORMAT.md.
+/// atomic store so a crash can never tear it. The image's last block holds a copy (the backup),
+/// from which fsck --repair restores a damaged block 0. See docs/FORMAT.md.
 struct Superblock: Sendable, Equatable {
     static let magic: UInt64 = 0x5346_4241_4C58_4144  // "DAXLABFS" little-endian
-    static let version: UInt32 = 1
+    /// Version 2: the backup superblock in the last block, intents in the inodes, names as bytes.
+    static let version: UInt32 = 2
     static let checksummedLength = 256
     static let checksumOffset = 252
     static let stateOffset = 256
@@ -50,21 +52,37 @@ struct Superblock: Sendable, Equatable {
         UInt64(state.rawValue) | UInt64(mounts) << 32
     }
 
-    /// Reads and validates block 0 of a mapping. Writes nothing.
-    /// - Throws: `.notAnImage` without the magic; `.corrupt` for a bad checksum, version, geometry,
-    ///   state word, or an image whose size differs from the superblock's.
-    static func read(from mapping: PmemMapping) throws(FSError) -> (Superblock, MountState, UInt32) {
-        let base = UnsafeRawPointer(mapping.base)
-        guard mapping.length >= Geometry.blockSize, base.loadUnaligned(as: UInt64.self) == Self.magic else {
-            throw FSError(.notAnImage, "\(mapping.path): no daxlab file system (bad magic); run daxlab mkfs")
+    /// The block of `mapping` that holds the backup: its last.
+    static func backupBlock(of mapping: PmemMapping) -> Int { mapping.length / Geometry.blockSize - 1 }
+
+    /// Reads and validates the superblock at `block` of a mapping (0, or the backup). Writes nothing.
+    /// - Returns: the superblock, its mount state (nil when the state word is not a valid one: the
+    ///   rest is intact and fsck --repair rewrites it) and the mount count.
+    /// - Throws: `.notAnImage` without the magic; `.corrupt` for a bad checksum, version, flags,
+    ///   geometry, or an image whose size differs from the superblock's.
+    static func read(from mapping: PmemMapping, block: Int = 0) throws(FSError) -> (Superblock, MountState?, UInt32) {
+        let where_ = block == 0 ? "superblock" : "backup superblock (block \(block))"
+        guard block >= 0, (block + 1) * Geometry.blockSize <= mapping.length else {
+            throw FSError(.notAnImage, "\(mapping.path): too small to hold a daxlab file system")
         }
-        func corrupt(_ what: String) -> FSError { FSError(.corrupt, "\(mapping.path): superblock: \(what)") }
+        let base = UnsafeRawPointer(mapping.base + block * Geometry.blockSize)
+        guard base.loadUnaligned(as: UInt64.self) == Self.magic else {
+            throw FSError(.notAnImage, "\(mapping.path): no daxlab file system (bad magic in the \(where_)); run daxlab mkfs")
+        }
+        func corrupt(_ what: String) -> FSError { FSError(.corrupt, "\(mapping.path): \(where_): \(what)") }
         let stored = base.loadUnaligned(fromByteOffset: Self.checksumOffset, as: UInt32.self)
         guard stored == CRC32C.checksum(base, count: Self.checksummedLength, skipping: Self.checksumOffset) else {
             throw corrupt("checksum mismatch")
         }
         let version = base.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
-        guard version == Self.version else { throw corrupt("unsupported version \(version)") }
+        guard version == Self.version else {
+            throw corrupt(
+                version < Self.version
+                    ? "format version \(version) is from an older daxlab; re-create the image with daxlab mkfs"
+                    : "unsupported format version \(version)")
+        }
+        let flags = base.loadUnaligned(fromByteOffset: 36, as: UInt32.self)
+        guard flags == 0 else { throw corrupt("unknown flags 0x\(String(flags, radix: 16))") }
         guard base.loadUnaligned(fromByteOffset: 12, as: UInt32.self) == UInt32(Geometry.blockSize) else {
             throw corrupt("block size is not \(Geometry.blockSize)")
         }
@@ -86,9 +104,7 @@ struct Superblock: Sendable, Equatable {
                     + "\(geometry.blockCount * Geometry.blockSize) (cut short or resized?)")
         }
         let word = base.loadUnaligned(fromByteOffset: Self.stateOffset, as: UInt64.self)
-        guard let state = MountState(rawValue: UInt32(truncatingIfNeeded: word)) else {
-            throw corrupt("invalid mount state \(UInt32(truncatingIfNeeded: word))")
-        }
+        let state = MountState(rawValue: UInt32(truncatingIfNeeded: word))
         let superblock = Superblock(
             geometry: geometry,
             uuid: (base.loadUnaligned(fromByteOffset: 72, as: UInt64.self),

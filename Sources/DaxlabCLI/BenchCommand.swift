@@ -31,14 +31,18 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: "Pages of the hot-fault file (the block map's size).") var pages = 65536
 
     func validate() throws {
-        guard self.seconds > 0 else { throw ValidationError("--seconds must be > 0") }
-        guard self.parsedThreads != nil else { throw ValidationError("--threads must be positive integers, e.g. 1,2,4") }
+        guard self.seconds.isFinite, self.seconds > 0, self.seconds <= 600 else {
+            throw ValidationError("--seconds must be in (0, 600]")
+        }
+        guard self.parsedThreads != nil else {
+            throw ValidationError("--threads must be 1 to 16 counts of 1...256, comma-separated, e.g. 1,2,4")
+        }
         guard (512...(1 << 20)).contains(self.pages) else { throw ValidationError("--pages must be 512...1048576") }
     }
 
     var parsedThreads: [Int]? {
         let values = self.threads.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
-        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) >= 1 }) else { return nil }
+        guard (1...16).contains(values.count), values.allSatisfy({ (1...256).contains($0 ?? 0) }) else { return nil }
         return values.map { $0! }
     }
 
@@ -50,23 +54,23 @@ struct BenchCommand: ParsableCommand {
         let quiet = self.json == "-"
         let live = !quiet && Terminal.standardOutputIsTerminal
         let bench = try Bench(path: self.path, options: options) { line in
-            if !quiet { print((live ? "  " : "") + line) }
+            if !quiet { Output.print((live ? "  " : "") + line) }
         }
         defer { try? FileManager.default.removeItem(atPath: self.path) }
         var report = try bench.run()
         if self.plot != nil { report.truncateLatencies = try self.truncateLatencies(quiet: quiet) }
-        if !quiet { print(Self.table(report)) }
+        if !quiet { Output.print(Self.table(report)) }
         if let json = self.json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             let data = try encoder.encode(report)
             if json == "-" {
-                print(String(decoding: data, as: UTF8.self))
+                Output.print(String(decoding: data, as: UTF8.self))
             } else {
-                try data.write(to: URL(fileURLWithPath: json))
+                try writeFile(json, Array(data))
             }
         }
-        if let plot { try BenchPlot.svg(report).write(toFile: plot, atomically: true, encoding: .utf8) }
+        if let plot { try writeFile(plot, Array(BenchPlot.svg(report).utf8)) }
     }
 
     static let percentiles: [Double] = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
@@ -83,7 +87,7 @@ struct BenchCommand: ParsableCommand {
             let harness = try RaceHarness(path: image, size: 32 << 20, configuration: configuration, force: true)
             _ = try harness.run()
             curves[policy.rawValue] = harness.latencyPercentiles(Self.percentiles)
-            if !quiet { print("  truncate latency under \(policy): p50 \(curves[policy.rawValue]![4]) us") }
+            if !quiet { Output.print("  truncate latency under \(policy): p50 \(curves[policy.rawValue]![4]) us") }
         }
         return curves
     }

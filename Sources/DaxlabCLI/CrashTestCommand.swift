@@ -1,4 +1,5 @@
 import ArgumentParser
+import CShims
 import CrashCampaign
 import DaxFS
 import DaxlabSupport
@@ -30,7 +31,8 @@ struct CrashTestCommand: ParsableCommand {
     @Option(name: .long, help: "Operations in the workload.") var ops = 150
     @Option(name: .long, help: "Workload seed.") var seed: UInt64 = 1
     @Option(name: .long, help: "Image size.") var size = ByteSize(bytes: 16 << 20)
-    @Option(name: .long, help: "Where the image and journal go (tmpfs by default).") var directory = "/dev/shm"
+    @Option(name: .long, help: "Where the scratch folder (images, journals) goes: tmpfs by default.")
+    var directory = "/dev/shm"
     @Flag(name: .long, help: "Print one JSON object.") var json = false
 
     // The child's side (internal).
@@ -39,6 +41,7 @@ struct CrashTestCommand: ParsableCommand {
     @Option(name: .long, help: .hidden) var journal: String?
     @Option(name: .customLong("crash-at"), help: .hidden) var crashAt: Int?
     @Option(name: .long, help: .hidden) var shadow: String?
+    @Option(name: .long, help: .hidden) var parent: Int32?
 
     struct Report: Codable {
         var points: Int
@@ -50,24 +53,32 @@ struct CrashTestCommand: ParsableCommand {
     }
 
     func validate() throws {
-        guard self.points > 0, self.ops > 0 else { throw ValidationError("--points and --ops must be positive") }
+        guard (1...100_000).contains(self.points) else { throw ValidationError("--points must be 1...100000") }
+        guard (1...100_000).contains(self.ops) else { throw ValidationError("--ops must be 1...100000") }
+        guard (4 << 20...(1 << 30)).contains(self.size.bytes), self.size.bytes % 4096 == 0 else {
+            throw ValidationError("--size must be 4M...1G, a multiple of 4 KiB")
+        }
     }
 
     func run() throws {
         if self.child { return try self.runChild() }
-        let base = "\(self.directory)/daxlab-crash-\(getpid())"
-        let image = base + ".img"
-        let journal = base + ".journal"
-        let durable = base + ".durable"
-        defer {
-            unlink(image)
-            unlink(journal)
-            unlink(durable)
+        // Everything in a private folder (mode 0700): no planted link can redirect a write, and
+        // an interrupt removes it all (and kills the child: children die with their parent).
+        let scratch = try ScratchDirectory(in: self.directory, prefix: "daxlab-crash-")
+        let running = Locked<pid_t>(0)
+        scratch.removeOnSignal {
+            let pid = running.withLock { $0 }
+            if pid > 0 { kill(pid, SIGKILL) }
         }
+        defer { scratch.remove() }
+        let image = scratch.path + "/image"
+        let durable = scratch.path + "/durable"
+        var runs = 0
+        func journal() -> String { "\(scratch.path)/journal-\(runs)" }
         // Dry run: how many persist points the whole workload passes.
         _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
-        let dry = try self.spawnChild(image: image, journal: journal, crashAt: nil, shadow: nil)
-        guard dry.status == 0, let total = self.readJournal(journal).points else {
+        let dry = try self.spawnChild(image: image, journal: journal(), crashAt: nil, shadow: nil, running: running)
+        guard dry.status == 0, let total = self.readJournal(journal()).points else {
             throw CommandFailure("the workload failed without a crash: \(dry.error)", status: 1)
         }
 
@@ -79,9 +90,12 @@ struct CrashTestCommand: ParsableCommand {
         for (index, point) in chosen.enumerated() {
             _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
             unlink(durable)
-            try FileManager.default.copyItem(atPath: image, toPath: durable)
-            let outcome = try self.spawnChild(image: image, journal: journal, crashAt: point, shadow: durable)
-            let completed = self.readJournal(journal).completed
+            try ScratchDirectory.copy(image, to: durable)
+            unlink(journal())
+            runs += 1
+            let outcome = try self.spawnChild(
+                image: image, journal: journal(), crashAt: point, shadow: durable, running: running)
+            let completed = self.readJournal(journal()).completed
             var problems: [String] = []
             if outcome.status != 128 + SIGKILL {
                 problems.append("child exited with \(outcome.status), not SIGKILL: \(outcome.error)")
@@ -100,17 +114,17 @@ struct CrashTestCommand: ParsableCommand {
                 report.failures.append("crash at point \(point) after \(completed) ops: " + problems.joined(separator: "; "))
             }
             if live {
-                print("\r[\(index + 1)/\(chosen.count)] point \(point): \(problems.isEmpty ? "ok" : "FAILED")  ",
+                Output.print("\r[\(index + 1)/\(chosen.count)] point \(point): \(problems.isEmpty ? "ok" : "FAILED")  ",
                       terminator: "")
                 fflush(nil)
             }
         }
-        if live { print("") }
+        if live { Output.print("") }
         if self.json {
             try Terminal.printJSON(report)
         } else {
-            for failure in report.failures.prefix(20) { print(failure) }
-            print("crash-test: \(report.recovered)/\(report.points) crashes recovered (points spread over "
+            for failure in report.failures.prefix(20) { Output.print(failure) }
+            Output.print("crash-test: \(report.recovered)/\(report.points) crashes recovered (points spread over "
                   + "\(total) persist points of \(self.ops) operations; \(report.replayedTransactions) "
                   + "log transactions replayed)")
         }
@@ -123,7 +137,7 @@ struct CrashTestCommand: ParsableCommand {
         for _ in 0..<completed { workload.apply(workload.next()) }
         let inFlight = completed < self.ops ? workload.next() : nil
         let fs = try FileSystem.mount(path: image)
-        var differences = CrashWorkload.compare(fs, expected: workload.model, inFlight: inFlight)
+        var differences = CrashWorkload.compare(fs, before: workload.model, inFlight: inFlight)
         let replayed = fs.mountReport.replayedTransactions
         try fs.unmount()
         let fsck = try Fsck.run(path: image)
@@ -135,8 +149,11 @@ struct CrashTestCommand: ParsableCommand {
 
     private func runChild() throws {
         guard let image = self.image, let journal = self.journal else { throw CommandFailure("--child needs --image and --journal") }
-        let fd = open(journal, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw CommandFailure("\(journal): cannot open") }
+        // Die with the parent, and not at all if it is already gone.
+        _ = CShims_die_with_parent(SIGKILL)
+        if let parent = self.parent, getppid() != parent { throw CommandFailure("the crash-test parent is gone") }
+        let fd = open(journal, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw CommandFailure("\(journal): cannot create: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         func note(_ line: String) {
             var text = line + "\n"
@@ -167,21 +184,18 @@ struct CrashTestCommand: ParsableCommand {
         return (completed, points)
     }
 
-    private func spawnChild(image: String, journal: String, crashAt: Int?, shadow: String?) throws -> (status: Int32, error: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-        process.arguments = [
-            "crash-test", "--child", "--image", image, "--journal", journal, "--seed", String(self.seed),
-            "--ops", String(self.ops),
+    private func spawnChild(
+        image: String, journal: String, crashAt: Int?, shadow: String?, running: Locked<pid_t>
+    ) throws -> (status: Int32, error: String) {
+        let arguments = [
+            "daxlab", "crash-test", "--child", "--image", image, "--journal", journal, "--seed", String(self.seed),
+            "--ops", String(self.ops), "--parent", String(getpid()),
         ] + (crashAt.map { ["--crash-at", String($0)] } ?? []) + (shadow.map { ["--shadow", $0] } ?? [])
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let errorText = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
-        return (status, errorText.trimmingCharacters(in: .whitespacesAndNewlines))
+        let child = try Subprocess("/proc/self/exe", arguments)
+        running.withLock { $0 = child.pid }
+        defer { running.withLock { $0 = 0 } }
+        let (status, errors) = child.wait()
+        return (status, errors)
     }
 
     /// `count` distinct points in 1...total, evenly spread with a seeded jitter.

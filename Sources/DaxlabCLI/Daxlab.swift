@@ -24,7 +24,9 @@ public struct Daxlab: ParsableCommand {
             DevicesCommand.self, InfoCommand.self, MkfsCommand.self, FsckCommand.self, ListCommand.self,
             WriteCommand.self, ReadCommand.self, RemoveCommand.self, TruncateCommand.self, PunchCommand.self,
             CrashTestCommand.self, RaceCommand.self, DemoCommand.self, BenchCommand.self,
-        ]
+        ],
+        // --help only: a file name such as "-dash" must not be read as -d -a -s -h.
+        helpNames: [.long]
     )
 
     public init() {}
@@ -35,37 +37,71 @@ public enum DaxlabVersion {
     public static let string = "0.1.0"
 }
 
-/// Runs `daxlab` with `arguments` and exits with its status: 0 success, 1 a problem found by a
-/// command that ran, 2 a usage error or an unusable path.
-public func runDaxlab(_ arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Never {
+/// Runs `daxlab` with `arguments` (by default the process's own, read as bytes: see
+/// `RawArguments`) and exits with its status: 0 success, 1 a problem found by a command that ran,
+/// 2 a usage error, an unusable path or a failed operation, each with one line on stderr. A
+/// reader that went away (EPIPE) ends the command quietly with status 141, as SIGPIPE would.
+public func runDaxlab(_ arguments: [String]? = nil) -> Never {
+    Output.prepare()
+    let arguments = arguments ?? RawArguments.current()
+    if let complaint = negativeNumberComplaint(arguments) {
+        Terminal.error(complaint)
+        exit(2)
+    }
+    let status = runCommand(arguments)
+    do { try Output.finish() } catch {
+        if error.brokenPipe { exit(141) }
+        Terminal.error(error.message)
+        exit(2)
+    }
+    exit(status)
+}
+
+private func runCommand(_ arguments: [String]) -> Int32 {
     do {
         var command = try Daxlab.parseAsRoot(arguments)
         try command.run()
-        exit(0)
+        return 0
     } catch let failure as PmemError {
         Terminal.error("\(failure)")
-        exit(2)
     } catch let failure as FSError {
         Terminal.error("\(failure)")
-        exit(2)
     } catch let failure as SystemCallError {
         Terminal.error("\(failure)")
-        exit(2)
+    } catch let failure as Output.Failure {
+        if failure.brokenPipe { return 141 }
+        Terminal.error(failure.message)
     } catch let failure as CommandFailure {
         Terminal.error(failure.message)
-        exit(failure.status)
+        return failure.status
     } catch let status as ExitCode {
-        exit(status.rawValue)
+        return status.rawValue
     } catch {
         let status = Daxlab.exitCode(for: error)
-        let message = Daxlab.fullMessage(for: error)
         if status == .success {
-            print(message)
-            exit(0)
+            Output.print(Daxlab.fullMessage(for: error))
+            return 0
         }
-        Terminal.writeStandardError(message + "\n")
-        exit(2)
+        // One line: what is wrong, and where help is.
+        let message = Daxlab.message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+        let command = arguments.first { !$0.hasPrefix("-") }.map { " \($0)" } ?? ""
+        let hint = arguments.contains { $0.hasPrefix("-") && !$0.hasPrefix("--") && $0.count > 2 }
+            ? "; a name that starts with '-' goes after '--'" : ""
+        Terminal.error(
+            message.replacingOccurrences(of: "Error: ", with: "") + hint + " (see 'daxlab\(command) --help')")
     }
+    return 2
+}
+
+/// `truncate` and `punch` take sizes and offsets, which the argument parser would read as
+/// options when negative: say what is wrong instead.
+private func negativeNumberComplaint(_ arguments: [String]) -> String? {
+    guard let command = arguments.first, ["truncate", "punch"].contains(command) else { return nil }
+    let values = arguments.dropFirst().prefix { $0 != "--" }
+    guard let negative = values.first(where: { $0.count > 1 && $0.hasPrefix("-") && $0.dropFirst().first!.isNumber })
+    else { return nil }
+    let what = command == "truncate" ? "size" : "offset and length"
+    return "\(command): \(what) \(negative) is negative; it must be 0 or more"
 }
 
 /// A failure a command reports with its own exit status and one line of text.

@@ -40,7 +40,7 @@ struct DemoCommand: ParsableCommand {
             configuration.seconds = self.seconds
             configuration.pinMilliseconds = self.pinMs
             configuration.leaseBreakMilliseconds = self.leaseBreakMs
-            if !self.json { print("racing \(policy) for \(self.seconds) s ...") }
+            if !self.json { Output.print("racing \(policy) for \(self.seconds) s ...") }
             reports.append(try RaceRunner.run(
                 path: self.path, size: 64 << 20, configuration: configuration, force: true, keep: false,
                 live: !self.json))
@@ -48,12 +48,12 @@ struct DemoCommand: ParsableCommand {
         if self.json {
             try Terminal.printJSON(reports)
         } else {
-            print(Self.table(reports))
+            Output.print(Self.table(reports))
         }
         let protectiveHeld = reports.filter { $0.policy != "none" }.allSatisfy(\.held)
         let bugShown = reports.first { $0.policy == "none" }?.corruptionSeen ?? false
         if !self.json {
-            print(protectiveHeld
+            Output.print(protectiveHeld
                 ? "Every protective policy held" + (bugShown ? "; none showed the corruption." : ", but none did not show corruption this time.")
                 : "A protective policy FAILED: see its row.")
         }

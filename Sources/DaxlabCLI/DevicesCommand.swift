@@ -24,25 +24,25 @@ struct DevicesCommand: ParsableCommand {
             return
         }
         if inventory.isEmpty {
-            print(Self.nothingFound)
+            Output.print(Self.nothingFound)
             return
         }
         for region in inventory.regions {
-            print(
+            Output.print(
                 "\(region.name)  \(region.provider)  \(region.type)  \(ByteFormat.binary(region.size))"
                     + "  align \(ByteFormat.binary(region.alignment))  persistence \(region.persistenceDomain)"
                     + (region.enabled ? "" : "  (disabled)"))
-            if region.namespaces.isEmpty { print("  (no namespaces)") }
+            if region.namespaces.isEmpty { Output.print("  (no namespaces)") }
             for namespace in region.namespaces {
                 let alignment = namespace.alignment.map { "  align \(ByteFormat.binary($0))" } ?? ""
-                print(
+                Output.print(
                     "  \(namespace.name)  \(namespace.mode)  \(ByteFormat.binary(namespace.size))\(alignment)"
                         + "  \(namespace.devicePath ?? "(no device)")" + (namespace.enabled ? "" : "  (disabled)"))
             }
         }
         let listed = Set(inventory.regions.flatMap { $0.namespaces.compactMap(\.devicePath) })
         for device in inventory.daxDevices where !listed.contains(device.devicePath) {
-            print(
+            Output.print(
                 "dax region \(device.regionID)  \(device.devicePath)  \(ByteFormat.binary(device.size))"
                     + "  align \(ByteFormat.binary(device.alignment))")
         }

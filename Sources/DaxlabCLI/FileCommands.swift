@@ -2,9 +2,10 @@ import ArgumentParser
 import DaxFS
 import Foundation
 
-/// Mounts `path`, runs `body`, and unmounts, also when `body` throws.
-func withMountedImage<Result>(_ path: String, _ body: (FileSystem) throws -> Result) throws -> Result {
-    let fs = try FileSystem.mount(path: path)
+/// Mounts `path` (read-only for the commands that only read: a user with read permission may
+/// run them, and several may at once), runs `body`, and unmounts, also when `body` throws.
+func withMountedImage<Result>(_ path: String, readOnly: Bool = false, _ body: (FileSystem) throws -> Result) throws -> Result {
+    let fs = try FileSystem.mount(path: path, readOnly: readOnly)
     do {
         let result = try body(fs)
         try fs.unmount()
@@ -15,15 +16,24 @@ func withMountedImage<Result>(_ path: String, _ body: (FileSystem) throws -> Res
     }
 }
 
+/// How much of a file `read` and `write` hold in memory at once.
+let streamChunk = 4 << 20
+
 struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "ls", abstract: "List the files of an image: name, size, blocks.")
+        commandName: "ls", abstract: "List the files of an image: size, blocks, name.",
+        discussion: """
+            Names are printed escaped as `ls -b` does (\\\\ for a backslash, '\\ ' for a space, \\n, \\t, \\ooo for \
+            control characters and bytes that are not UTF-8), so a name cannot inject terminal escapes or \
+            fake a line. --json gives each name both escaped and as hex bytes (name_hex).
+            """)
 
     @Argument(help: "The image.") var path: String
-    @Flag(name: .long, help: "Print one JSON array of {name, size, blocks, inode, generation}.") var json = false
+    @Flag(name: .long, help: "Print one JSON array of {name, name_hex, size, blocks, inode, generation}.") var json = false
 
     struct Entry: Codable {
         var name: String
+        var nameHex: String
         var size: Int
         var blocks: Int
         var inode: Int
@@ -31,13 +41,14 @@ struct ListCommand: ParsableCommand {
     }
 
     func run() throws {
-        let files = try withMountedImage(self.path) { $0.list() }
+        let files = try withMountedImage(self.path, readOnly: true) { $0.list() }
         let entries = files.map {
-            Entry(name: $0.name, size: $0.size, blocks: $0.blocks, inode: $0.id.inode, generation: $0.id.generation)
+            Entry(name: $0.name.escaped, nameHex: $0.name.hex, size: $0.size, blocks: $0.blocks, inode: $0.id.inode,
+                  generation: $0.id.generation)
         }
         if self.json { return try Terminal.printJSON(entries) }
         for entry in entries {
-            print("\(String(entry.size).leftPadded(12))  \(String(entry.blocks).leftPadded(8))  \(entry.name)")
+            Output.print("\(String(entry.size).leftPadded(12))  \(String(entry.blocks).leftPadded(8))  \(entry.name)")
         }
     }
 }
@@ -45,62 +56,106 @@ struct ListCommand: ParsableCommand {
 struct WriteCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "write",
-        abstract: "Write a file into an image from stdin or --input (creating or overwriting it).")
+        abstract: "Write a file into an image from stdin or --input (creating or replacing it).",
+        discussion: """
+            All or nothing: the data goes into a new unnamed file, which then takes the name in one \
+            transaction, replacing a file of that name. If the data cannot all be written (no space, \
+            a read error, a crash), an existing file keeps its old content. The data is streamed in \
+            4 MiB chunks, so memory stays small whatever its size. A name is any 1 to 255 bytes \
+            without '/' or NUL; one that starts with '-' goes after '--'.
+            """)
 
     @Argument(help: "The image.") var path: String
-    @Argument(help: "The file's name (1-255 bytes, no '/').") var name: String
+    @Argument(help: "The file's name (1-255 bytes, no '/').") var name: FileName
     @Option(name: .long, help: ArgumentHelp("Read the data from FILE instead of stdin.", valueName: "FILE"))
     var input: String?
 
     func run() throws {
-        let data: Data
-        if let input {
-            guard let contents = FileManager.default.contents(atPath: input) else {
-                throw CommandFailure("\(input): cannot read")
-            }
-            data = contents
-        } else {
-            data = FileHandle.standardInput.readDataToEndOfFile()
-        }
+        try FileSystem.validate(name: self.name)
+        // The input is opened, and its first chunk read, before the image is touched.
+        let input = try InputStream(path: self.input)
+        defer { input.close() }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: streamChunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        var count = try input.read(into: buffer)
         try withMountedImage(self.path) { fs in
-            let id = try fs.openOrCreate(self.name)
-            try fs.truncate(id, size: 0)
-            try fs.write(id, offset: 0, bytes: [UInt8](data))
+            let previous = try? fs.stat(fs.lookup(self.name))
+            let unnamed = try fs.createUnnamed()
+            var offset = 0
+            do {
+                while count > 0 {
+                    try fs.write(unnamed, offset: offset, bytes: UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+                    offset += count
+                    guard count == buffer.count else { break }
+                    count = try input.read(into: buffer)
+                }
+                try fs.publish(unnamed, as: self.name)
+            } catch {
+                try? fs.discardUnnamed(unnamed)
+                let kept = previous.map { "the existing \($0.size)-byte file was kept" } ?? "no file was created"
+                throw CommandFailure("\(self.name): \(Self.describe(error)) after \(offset) bytes; \(kept)")
+            }
         }
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        if let failure = error as? CommandFailure { return failure.message }
+        return "\(error)"
     }
 }
 
 struct ReadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "read", abstract: "Copy a file out of an image to stdout.")
+        commandName: "read", abstract: "Copy a file out of an image to stdout (streamed in 4 MiB chunks).")
 
     @Argument(help: "The image.") var path: String
-    @Argument(help: "The file's name.") var name: String
+    @Argument(help: "The file's name.") var name: FileName
 
     func run() throws {
-        let bytes = try withMountedImage(self.path) { fs in
+        try Output.checkOpen()
+        try withMountedImage(self.path, readOnly: true) { fs in
             let id = try fs.lookup(self.name)
-            return try fs.read(id, offset: 0, count: fs.stat(id).size)
+            let size = try fs.stat(id).size
+            var offset = 0
+            while offset < size {
+                let bytes = try fs.read(id, offset: offset, count: min(streamChunk, size - offset))
+                guard !bytes.isEmpty else { break }
+                try Self.emit(bytes)
+                offset += bytes.count
+            }
         }
-        FileHandle.standardOutput.write(Data(bytes))
+    }
+
+    private static func emit(_ bytes: [UInt8]) throws(Output.Failure) {
+        var failure: Output.Failure?
+        bytes.withUnsafeBytes { buffer in
+            do throws(Output.Failure) { try Output.write(buffer) } catch { failure = error }
+        }
+        if let failure { throw failure }
     }
 }
 
 struct RemoveCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a file from an image.")
+    static let configuration = CommandConfiguration(
+        commandName: "rm", abstract: "Remove a file from an image (whole, or not at all across a crash).")
 
     @Argument(help: "The image.") var path: String
-    @Argument(help: "The file's name.") var name: String
+    @Argument(help: "The file's name.") var name: FileName
 
     func run() throws { try withMountedImage(self.path) { try $0.unlink(self.name) } }
 }
 
 struct TruncateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "truncate", abstract: "Set a file's size (shrinking frees blocks; growing adds a hole).")
+        commandName: "truncate",
+        abstract: "Set a file's size (shrinking frees blocks; growing adds a hole).",
+        discussion: """
+            SIZE is 0 to \(FileSystem.maximumFileSize) bytes (the largest file: 4 GiB + 4 MiB + 48 KiB), \
+            with K, M, G suffixes. A truncate a crash interrupts is finished by the next mount.
+            """)
 
     @Argument(help: "The image.") var path: String
-    @Argument(help: "The file's name.") var name: String
+    @Argument(help: "The file's name.") var name: FileName
     @Argument(help: "The new size (K, M, G suffixes).") var size: ByteSize
 
     func run() throws {
@@ -110,10 +165,15 @@ struct TruncateCommand: ParsableCommand {
 
 struct PunchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "punch", abstract: "Punch a hole in a file: the range reads back as zeros; whole blocks are freed.")
+        commandName: "punch",
+        abstract: "Punch a hole in a file: the range reads back as zeros; whole blocks are freed.",
+        discussion: """
+            OFFSET + LENGTH may reach at most \(FileSystem.maximumFileSize) bytes; the part past the \
+            end of file is ignored. A punch a crash interrupts is finished by the next mount.
+            """)
 
     @Argument(help: "The image.") var path: String
-    @Argument(help: "The file's name.") var name: String
+    @Argument(help: "The file's name.") var name: FileName
     @Argument(help: "Where the hole starts (K, M, G suffixes).") var offset: ByteSize
     @Argument(help: "How long it is.") var length: ByteSize
 

@@ -7,9 +7,14 @@ struct FsckCommand: ParsableCommand {
         commandName: "fsck",
         abstract: "Check a daxlab file system (and repair it with --repair).",
         discussion: """
-            Checks the superblock, the log, every inode and name, every block map against the \
-            allocation bitmap (no block owned twice, none leaked, sizes against maps) and \
-            lost+found. The image must not be mounted.
+            Checks the superblock and its backup, the log, every inode and name, every block map \
+            against the allocation bitmap (no block owned twice, none leaked, sizes against maps) \
+            and lost+found. The image must not be mounted; without --repair it is opened read-only.
+
+            --repair restores a damaged superblock from its backup, corrects an inode with one \
+            flipped bit, recomputes the checksum of one whose fields all check out, keeps the \
+            readable blocks of a damaged file and renames it lost+found#N, rewrites bitmap bits, \
+            and finishes what a crash interrupted. Each repair says what it did.
 
             Exit status: 0 clean (or fully repaired); 1 inconsistencies found (listed); 2 the image \
             cannot be read.
@@ -19,7 +24,7 @@ struct FsckCommand: ParsableCommand {
     @Argument(help: "The image.")
     var path: String
 
-    @Flag(name: .long, help: "Replay the log and fix what is found: leaked blocks, bad pointers, bad inodes.")
+    @Flag(name: .long, help: "Replay the log and fix what can be proven, keeping data (see the discussion).")
     var repair = false
 
     @Flag(name: .long, help: "Print one JSON object.")
@@ -35,6 +40,12 @@ struct FsckCommand: ParsableCommand {
         var usedDataBlocks: Int
         var freeDataBlocks: Int
         var lostFoundBlocks: Int
+        /// Truncates, punches and orphans a crash left for mount (or --repair) to finish.
+        var pendingOperations: Int
+        /// With --repair: files renamed lost+found#N, their readable blocks kept.
+        var salvagedFiles: [String]
+        var finishedOperations: Int
+        var freedOrphans: Int
         var problemCount: Int
         var problems: [FsckProblem]
     }
@@ -46,20 +57,22 @@ struct FsckCommand: ParsableCommand {
             path: outcome.path, clean: outcome.isClean, repaired: outcome.repaired, wasDirty: outcome.wasDirty,
             pendingLogTransactions: outcome.pendingLogTransactions, files: final.files,
             usedDataBlocks: final.usedDataBlocks, freeDataBlocks: final.freeDataBlocks,
-            lostFoundBlocks: final.lostFoundBlocks, problemCount: outcome.result.problemCount,
+            lostFoundBlocks: final.lostFoundBlocks, pendingOperations: outcome.result.pendingOperations,
+            salvagedFiles: outcome.result.salvagedFiles, finishedOperations: outcome.finishedOperations,
+            freedOrphans: outcome.freedOrphans, problemCount: outcome.result.problemCount,
             problems: outcome.result.problems)
         if self.json {
             try Terminal.printJSON(report)
         } else {
             for problem in report.problems {
-                print((problem.repaired ? "repaired: " : "") + problem.description)
+                Output.print(problem.description)
             }
-            if outcome.result.unlistedProblems > 0 { print("... and \(outcome.result.unlistedProblems) more") }
+            if outcome.result.unlistedProblems > 0 { Output.print("... and \(outcome.result.unlistedProblems) more") }
             let verdict =
                 outcome.isClean
                 ? (report.problemCount > 0 ? "repaired \(report.problemCount) problem(s); now clean" : "clean")
                 : "\(report.problemCount) problem(s)" + (self.repair ? " remain" : "; run with --repair to fix")
-            print(
+            Output.print(
                 "\(report.path): \(verdict): \(report.files) files, \(report.usedDataBlocks) blocks used, "
                     + "\(report.freeDataBlocks) free" + (report.wasDirty ? " (was not cleanly unmounted)" : ""))
         }

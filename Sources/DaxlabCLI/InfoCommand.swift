@@ -45,9 +45,20 @@ struct InfoCommand: ParsableCommand {
         var fileSystemError: String?
     }
 
+    /// The image as daxlab maps it for writing when this user may write it (nothing is written,
+    /// no hole is filled), and read-only when the user may only read it.
+    private func map() throws(PmemError) -> PmemMapping {
+        if let create = self.create { return try PmemMapping(path: self.path, options: .openOrCreate(size: create.bytes)) }
+        do {
+            return try PmemMapping(path: self.path, options: MapOptions(allocation: .sparse))
+        } catch {
+            guard error.code == .permissionDenied else { throw error }
+            return try PmemMapping(path: self.path, options: .readOnly)
+        }
+    }
+
     func run() throws {
-        let options: MapOptions = self.create.map { .openOrCreate(size: $0.bytes) } ?? .existing
-        let mapping = try PmemMapping(path: self.path, options: options)
+        let mapping = try self.map()
         var report = Report(
             path: mapping.path, medium: mapping.medium, mediumDescription: mapping.medium.description,
             size: mapping.length, alignment: mapping.alignment, isPmem: mapping.isPmem,
@@ -64,28 +75,28 @@ struct InfoCommand: ParsableCommand {
             if report.fileSystemError != nil { throw ExitCode(1) }
             return
         }
-        print(report.path + (report.created ? "  (created)" : ""))
-        print("  medium       \(report.mediumDescription)")
-        print("  size         \(report.size) bytes (\(ByteFormat.binary(report.size)))")
-        print("  alignment    \(ByteFormat.binary(report.alignment))")
-        print(
+        Output.print(report.path + (report.created ? "  (created)" : ""))
+        Output.print("  medium       \(report.mediumDescription)")
+        Output.print("  size         \(report.size) bytes (\(ByteFormat.binary(report.size)))")
+        Output.print("  alignment    \(ByteFormat.binary(report.alignment))")
+        Output.print(
             "  is pmem      \(report.isPmem ? "yes" : "no")"
                 + (report.isPmem || report.medium == .deviceDAX ? "" : "  (PMEM_IS_PMEM_FORCE=1 treats it as pmem)"))
-        print(
+        Output.print(
             "  persistence  \(report.persistence == .pmem ? "CPU cache flush (pmem_persist)" : "msync (pmem_msync)")")
-        print("  MAP_SYNC     \(report.mapSync ? "yes (synchronous faults)" : "no")")
-        if let flags = report.vmFlags { print("  VmFlags      \(flags.joined(separator: " "))") }
-        print("  eADR         \(report.autoFlush ? "yes (caches are in the persistence domain)" : "no")")
+        Output.print("  MAP_SYNC     \(report.mapSync ? "yes (synchronous faults)" : "no")")
+        if let flags = report.vmFlags { Output.print("  VmFlags      \(flags.joined(separator: " "))") }
+        Output.print("  eADR         \(report.autoFlush ? "yes (caches are in the persistence domain)" : "no")")
         if let fs = report.fileSystem {
-            print("file system    daxlab, \(fs.state) (mounted \(fs.mounts) times), uuid \(fs.uuid)")
-            print("  blocks       \(fs.blocks) of 4 KiB; data from block \(fs.dataStart)")
-            print("  data         \(fs.dataBlocks - fs.freeDataBlocks) used, \(fs.freeDataBlocks) free")
-            print("  files        \(fs.files) of \(fs.inodes) inodes")
-            print("  log          \(fs.logSlots) slots, \(fs.pendingLogTransactions) committed transactions to replay")
+            Output.print("file system    daxlab, \(fs.state) (mounted \(fs.mounts) times), uuid \(fs.uuid)")
+            Output.print("  blocks       \(fs.blocks) of 4 KiB; data from block \(fs.dataStart)")
+            Output.print("  data         \(fs.dataBlocks - fs.freeDataBlocks) used, \(fs.freeDataBlocks) free")
+            Output.print("  files        \(fs.files) of \(fs.inodes) inodes")
+            Output.print("  log          \(fs.logSlots) slots, \(fs.pendingLogTransactions) committed transactions to replay")
         } else if let failure = report.fileSystemError {
-            print("file system    damaged: \(failure)")
+            Output.print("file system    damaged: \(failure)")
         } else {
-            print("file system    none (daxlab mkfs creates one)")
+            Output.print("file system    none (daxlab mkfs creates one)")
         }
         if report.fileSystemError != nil { throw ExitCode(1) }
     }

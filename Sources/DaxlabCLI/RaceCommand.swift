@@ -1,4 +1,5 @@
 import ArgumentParser
+import CShims
 import DaxFS
 import Foundation
 import Race
@@ -105,9 +106,10 @@ enum RaceRunner {
         path: String, size: Int, configuration: RaceConfiguration, force: Bool, keep: Bool, live: Bool,
         progressLines: Bool = false
     ) throws -> RaceReport {
-        let existed = FileManager.default.fileExists(atPath: path)
-        if existed && !force {
-            throw CommandFailure("\(path): exists; daxlab race formats its image (use --force to overwrite it)")
+        var status = stat()
+        if lstat(path, &status) == 0 && !force {
+            let what = status.st_mode & S_IFMT == S_IFREG ? "a file of \(status.st_size) bytes" : "something that is not a file"
+            throw CommandFailure("\(path): exists (\(what)); daxlab race formats its image (use --force to overwrite it)")
         }
         // A device-dax device is formatted whole, whatever --size says.
         let isDevice = Self.isCharacterDevice(path)
@@ -126,9 +128,10 @@ enum RaceRunner {
                 format: "\r[%@ %4.1fs/%gs] writes %d  truncates %d  stale %d  corrupted %d  limbo %d ",
                 configuration.policy.rawValue, progress.elapsed, progress.seconds, progress.dmaWrites,
                 progress.truncates, progress.staleDmaWrites, progress.corruptedBlocks, progress.limboBlocks)
-            FileHandle.standardOutput.write(Data(line.utf8))
+            Output.print(line, terminator: "")
+            _ = CShims_flush_stdout()
         }
-        if terminal { FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8)) }
+        if terminal { Output.print("\r\u{1B}[K", terminator: "") }
         if report.deadlock {
             // Stuck threads still hold the image: report and leave it for inspection.
             return report
@@ -144,7 +147,7 @@ enum RaceRunner {
 
     static func printReport(_ report: RaceReport) {
         let latency = report.truncateLatencyUs
-        print("""
+        Output.print("""
             policy \(report.policy): \(report.held ? "HELD" : (report.corruptionSeen ? "CORRUPTION" : "FAILED")) \
             (\(report.seconds) s, is_pmem \(report.isPmem))
               DMA writes \(report.dmaWrites) in \(report.pins) pins; leases revoked \(report.revocations), \

@@ -3,12 +3,15 @@ import Glibc
 #endif
 import CShims
 
-/// A path opened for reading and writing and checked against `MapOptions`: a regular file of a
-/// valid size, or a device-dax device of a valid geometry. Whoever makes one owns `descriptor`:
-/// it hands it to a mapping, or calls `discard()`.
+/// A path opened as `MapOptions` say and checked against them: a regular file of a valid size,
+/// or a device-dax device of a valid geometry. Whoever makes one owns `descriptor`: it hands it
+/// to a mapping, or calls `discard()`.
 ///
-/// Nothing is written to an existing path here unless `MapOptions.resize` asks for it; a file
-/// created here and then found unusable is removed again.
+/// A final symbolic link is followed only when it leads to a character device (a device-dax
+/// device named through a link): a link planted where daxlab creates or formats an image must
+/// not send the format somewhere else. Nothing is written to an existing path here unless
+/// `MapOptions.resize` asks for it (allocating a file's holes writes no data); a file created
+/// here and then found unusable is removed again.
 struct OpenedPath {
     let path: String
     let descriptor: Int32
@@ -16,6 +19,7 @@ struct OpenedPath {
     let size: Int
     let alignment: Int
     let created: Bool
+    let readOnly: Bool
 
     /// Opens (or creates) `path` as `options` say.
     /// - Throws: `PmemError` with the code of the first check that fails.
@@ -23,10 +27,12 @@ struct OpenedPath {
         if let size = options.size { try Self.checkSize(size, path: path) }
         self.path = path
 
+        self.readOnly = options.access == .readOnly
         var created = false
         var fd: Int32 = -1
+        var followedLink = false
         if options.disposition != .createNew {
-            fd = open(path, O_RDWR | O_CLOEXEC)
+            (fd, followedLink) = try Self.openWithoutFollowing(path, flags: self.readOnly ? O_RDONLY : O_RDWR)
             if fd < 0 {
                 let error = Glibc.errno
                 guard error == ENOENT, options.disposition == .openOrCreate else {
@@ -45,8 +51,14 @@ struct OpenedPath {
         self.created = created
 
         let found: (medium: Medium, size: Int, alignment: Int)
-        do {
+        do throws(PmemError) {
             found = try Self.inspect(fd: fd, path: path, options: options)
+            if followedLink, found.medium != .deviceDAX {
+                throw PmemError(.symbolicLink, path: path, detail: "is a symbolic link that no longer leads to a device")
+            }
+            if found.medium != .deviceDAX, !self.readOnly, options.allocation == .full, !created {
+                try Self.allocateHoles(fd: fd, size: found.size, path: path)
+            }
         } catch {
             close(fd)
             if created { unlink(path) }
@@ -73,11 +85,44 @@ struct OpenedPath {
         }
     }
 
+    /// Opens `path` without following a final symbolic link, unless the link leads to a character
+    /// device. - Returns: the descriptor (-1 with errno set when the open failed), and whether a
+    /// link was followed (the caller checks that what it opened is indeed a device).
+    private static func openWithoutFollowing(_ path: String, flags: Int32) throws(PmemError) -> (Int32, Bool) {
+        let fd = open(path, flags | O_CLOEXEC | O_NOFOLLOW)
+        guard fd < 0, Glibc.errno == ELOOP else { return (fd, false) }
+        var target = stat()
+        guard stat(path, &target) == 0 else {
+            throw PmemError(.symbolicLink, path: path, detail: "is a symbolic link that leads nowhere; daxlab does not follow it")
+        }
+        guard target.st_mode & S_IFMT == S_IFCHR else {
+            throw PmemError(
+                .symbolicLink, path: path,
+                detail: "is a symbolic link; daxlab follows links only to devices (name the file itself)")
+        }
+        return (open(path, flags | O_CLOEXEC), true)
+    }
+
+    /// What is at `path`, for a message: "a regular file of 4096 bytes", "a symbolic link", ...
+    static func describe(_ path: String) -> String {
+        var status = stat()
+        guard lstat(path, &status) == 0 else { return String(cString: strerror(Glibc.errno)).lowercased() }
+        switch status.st_mode & S_IFMT {
+        case S_IFREG: return "a regular file of \(status.st_size) bytes"
+        case S_IFDIR: return "a directory"
+        case S_IFLNK: return "a symbolic link"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        default: return "a special file"
+        }
+    }
+
     private static func openError(errno: Int32, path: String) -> PmemError {
         switch errno {
         case ENOENT: PmemError(.notFound, path: path, detail: "no such file or device", errno: errno)
         case EISDIR: PmemError(.isDirectory, path: path, detail: "is a directory, not a file or device", errno: errno)
         case EACCES, EPERM: PmemError(.permissionDenied, path: path, detail: "permission denied", errno: errno)
+        case EROFS: PmemError(.permissionDenied, path: path, detail: "read-only file system", errno: errno)
         default: PmemError.system("open", errno: errno, path: path)
         }
     }
@@ -88,7 +133,7 @@ struct OpenedPath {
         guard fd >= 0 else {
             let error = Glibc.errno
             if error == EEXIST {
-                throw PmemError(.alreadyExists, path: path, detail: "already exists", errno: error)
+                throw PmemError(.alreadyExists, path: path, detail: "already exists (\(Self.describe(path)))", errno: error)
             }
             throw Self.openError(errno: error, path: path)
         }
@@ -108,10 +153,27 @@ struct OpenedPath {
         if ftruncate(fd, off_t(size)) != 0 {
             throw PmemError.system("resize to \(size) bytes", errno: Glibc.errno, path: path)
         }
-        if allocation == .full {
-            let result = posix_fallocate(fd, 0, off_t(size))
-            if result != 0 { throw PmemError.system("allocate \(size) bytes", errno: result, path: path) }
+        if allocation == .full { try Self.allocateHoles(fd: fd, size: size, path: path) }
+    }
+
+    /// Allocates every block of the file the file system does not hold yet (fallocate mode 0:
+    /// data already there is left alone), so no later store into the mapping can fault for space.
+    /// A file system without fallocate is left as it is.
+    /// - Throws: `.noSpace` when the file system under the image is full.
+    static func allocateHoles(fd: Int32, size: Int, path: String) throws(PmemError) {
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw PmemError.system("stat", errno: Glibc.errno, path: path) }
+        let held = Int(status.st_blocks) * 512
+        guard held < size else { return }
+        let result = CShims_fallocate(fd, 0, size)
+        if result == 0 || result == -EOPNOTSUPP { return }
+        if result == -ENOSPC || result == -EDQUOT {
+            throw PmemError(
+                .noSpace, path: path,
+                detail: "no space on the backing file system: the image needs \(size - held) more bytes of its \(size)",
+                errno: -result)
         }
+        throw PmemError.system("allocate \(size) bytes", errno: -result, path: path)
     }
 
     /// Finds what `fd` is and checks it against `options`.

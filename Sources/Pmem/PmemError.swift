@@ -22,6 +22,8 @@ public struct PmemError: Error, Sendable, Equatable, CustomStringConvertible {
             case unsupportedFileType = "unsupported file type"
             case alreadyExists = "already exists"
             case mapFailed = "map failed"
+            case noSpace = "no space"
+            case symbolicLink = "symbolic link"
             case ioFailed = "i/o failed"
             case discoveryFailed = "discovery failed"
         }
@@ -48,6 +50,11 @@ public struct PmemError: Error, Sendable, Equatable, CustomStringConvertible {
         public static let alreadyExists = Code(.alreadyExists)
         /// libpmem could not map the path.
         public static let mapFailed = Code(.mapFailed)
+        /// The file system under a file image cannot hold all of its blocks.
+        public static let noSpace = Code(.noSpace)
+        /// The path names a symbolic link to something other than a device: daxlab does not follow
+        /// it (a link planted in a shared folder must not redirect a format).
+        public static let symbolicLink = Code(.symbolicLink)
         /// A read, write, resize or sync of the path failed.
         public static let ioFailed = Code(.ioFailed)
         /// libndctl or libdaxctl could not be initialised.
@@ -99,6 +106,7 @@ extension PmemError {
         case EISDIR: code = .isDirectory
         case EACCES, EPERM, EROFS: code = .permissionDenied
         case EEXIST: code = .alreadyExists
+        case ENOSPC, EDQUOT: code = .noSpace
         default: code = .ioFailed
         }
         let reason = String(cString: strerror(errno)).lowercased()

@@ -36,6 +36,9 @@ public final class PmemMapping {
     public let persistence: PersistenceStrategy
     /// Whether `init` created the file.
     public let created: Bool
+    /// Opened read-only: a regular file is mapped private (copy-on-write: stores stay in this
+    /// process), a device read-only.
+    public let isReadOnly: Bool
     /// The open descriptor of the path, held for the mapping's life (file locks use it).
     public let descriptor: Int32
 
@@ -48,15 +51,33 @@ public final class PmemMapping {
     ///   `.alreadyExists`, `.mapFailed`, `.ioFailed`.
     public init(path: String, options: MapOptions = .existing) throws(PmemError) {
         let opened = try OpenedPath(path: path, options: options)
-        // Map what was opened and checked, not whatever the path names by now.
-        let procPath = "/proc/self/fd/\(opened.descriptor)"
         var mappedLength = 0
         var isPmem: Int32 = 0
-        errno = 0
-        guard let base = pmem_map_file(procPath, 0, 0, 0, &mappedLength, &isPmem) else {
-            let error = errno
-            opened.discard()
-            throw PmemError.libpmem(.mapFailed, "map \(opened.size) bytes", errno: error, path: path)
+        let base: UnsafeMutableRawPointer
+        if opened.readOnly {
+            // A device-dax device cannot be mapped private; it is mapped read-only instead.
+            let device = opened.medium == .deviceDAX
+            let mapped = mmap(
+                nil, opened.size, device ? PROT_READ : PROT_READ | PROT_WRITE, device ? MAP_SHARED : MAP_PRIVATE,
+                opened.descriptor, 0)
+            guard let mapped, mapped != MAP_FAILED else {
+                let error = errno
+                opened.discard()
+                throw PmemError.system("map \(opened.size) bytes read-only", errno: error, path: path)
+            }
+            base = mapped
+            mappedLength = opened.size
+            isPmem = pmem_is_pmem(mapped, opened.size)
+        } else {
+            // Map what was opened and checked, not whatever the path names by now.
+            let procPath = "/proc/self/fd/\(opened.descriptor)"
+            errno = 0
+            guard let mapped = pmem_map_file(procPath, 0, 0, 0, &mappedLength, &isPmem) else {
+                let error = errno
+                opened.discard()
+                throw PmemError.libpmem(.mapFailed, "map \(opened.size) bytes", errno: error, path: path)
+            }
+            base = mapped
         }
         guard mappedLength == opened.size else {
             pmem_unmap(base, mappedLength)
@@ -77,6 +98,7 @@ public final class PmemMapping {
                 ?? Self.supportsMapSync(descriptor: opened.descriptor, length: opened.alignment))
         self.persistence = options.persistence ?? (self.isPmem ? .pmem : .msync)
         self.created = opened.created
+        self.isReadOnly = opened.readOnly
         self.descriptor = opened.descriptor
     }
 

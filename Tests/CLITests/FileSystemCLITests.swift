@@ -65,13 +65,16 @@ struct FileSystemCLITests {
             #expect(again.standardError.contains("already holds a daxlab file system"))
             #expect(try DaxlabBinary.run(["mkfs", image, "--force"]).status == 0)
 
-            // Leak a block: set a bitmap bit no file uses (the last data block).
+            // Leak a block: set a bitmap bit no file uses (the last data block; the image's last
+            // block is the backup superblock).
             let handle = try #require(FileHandle(forUpdatingAtPath: image))
             let info = try self.json(try DaxlabBinary.run(["info", image, "--json"]).standardOutput)
             let blocks = try #require((info["file_system"] as? [String: Any])?["blocks"] as? Int)
             let bitmapOffset = try self.bitmapOffset(image)
-            try handle.seek(toOffset: UInt64(bitmapOffset + (blocks - 1) / 8))
-            try handle.write(contentsOf: Data([UInt8(1 << ((blocks - 1) % 8))]))
+            try handle.seek(toOffset: UInt64(bitmapOffset + (blocks - 2) / 8))
+            let byte = try #require(try handle.read(upToCount: 1)?.first)
+            try handle.seek(toOffset: UInt64(bitmapOffset + (blocks - 2) / 8))
+            try handle.write(contentsOf: Data([byte | UInt8(1 << ((blocks - 2) % 8))]))
             try handle.close()
 
             let mount = try DaxlabBinary.run(["ls", image])

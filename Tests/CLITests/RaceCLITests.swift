@@ -99,8 +99,13 @@ struct RaceCLITests {
             // Before recovery, lost+found holds the blocks that were sequestered under DMA.
             let before = try self.json(try DaxlabBinary.run(["fsck", path, "--json"]).standardOutput)
             #expect(before["lost_found_blocks"] as? Int ?? 0 > 0, "\(before)")
-            // Mounting (ls) recovers it: replays the log and frees lost+found; then it is clean.
+            // A read-only command (ls) recovers it in its private copy only: the image stays as it is.
             #expect(try DaxlabBinary.run(["ls", path]).status == 0)
+            let still = try self.json(try DaxlabBinary.run(["fsck", path, "--json"]).standardOutput)
+            #expect(still["lost_found_blocks"] as? Int == before["lost_found_blocks"] as? Int)
+            // fsck --repair (or any command that writes) recovers it: replays the log and frees
+            // lost+found; then it is clean.
+            #expect(try DaxlabBinary.run(["fsck", path, "--repair"]).status == 0)
             let fsck = try self.json(try DaxlabBinary.run(["fsck", path, "--json"]).standardOutput)
             #expect(fsck["clean"] as? Bool == true, "\(fsck)")
             #expect(fsck["lost_found_blocks"] as? Int == 0)

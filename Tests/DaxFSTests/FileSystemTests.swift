@@ -33,7 +33,7 @@ struct FileSystemTests {
                 for index in 0..<6 {
                     let name = "file-\(index)"
                     let data = randomBytes(count: (1 << 20) + index * 12345, seed: UInt64(index))
-                    let id = try fs.create(name)
+                    let id = try fs.create(FileName(name))
                     try fs.write(id, offset: 0, bytes: data)
                     expected[name] = data
                 }
@@ -46,9 +46,9 @@ struct FileSystemTests {
             }
             let fs = try FileSystem.mount(path: path)
             #expect(!fs.mountReport.wasDirty)
-            #expect(Set(fs.list().map(\.name)) == Set(expected.keys))
+            #expect(Set(fs.list().map(\.name)) == Set(expected.keys.map { FileName($0) }))
             for (name, data) in expected {
-                let id = try fs.lookup(name)
+                let id = try fs.lookup(FileName(name))
                 #expect(try fs.stat(id).size == data.count)
                 #expect(try fs.read(id, offset: 0, count: data.count + 100) == data, "\(name)")
             }

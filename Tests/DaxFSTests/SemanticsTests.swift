@@ -94,10 +94,10 @@ struct SemanticsTests {
             #expect(throws: FSError.self) { try fs.lookup("a") }
             #expect(throws: FSError.self) { try fs.stat(b) }  // the replaced file's ID is stale
             let long = String(repeating: "n", count: 255)
-            try fs.create(long)
+            try fs.create(FileName(long))
             for bad in ["", String(repeating: "n", count: 256), "a/b", "x\u{0}y", ".", ".."] {
                 do {
-                    try fs.create(bad)
+                    try fs.create(FileName(bad))
                     Issue.record("created \(bad.debugDescription)")
                 } catch let error as FSError { #expect(error.code == .invalidName) }
             }
@@ -107,7 +107,7 @@ struct SemanticsTests {
                 Issue.record("unlinked twice")
             } catch let error as FSError { #expect(error.code == .notFound) }
             let after = try remount(fs, path)
-            #expect(after.list().map(\.name) == [long])
+            #expect(after.list().map(\.name) == [FileName(long)])
         }
     }
 
@@ -115,10 +115,10 @@ struct SemanticsTests {
     func manyFiles() throws {
         try withFileSystem(size: 128 << 20) { fs, path in
             #expect(fs.usage.inodes == 4096)
-            for index in 0..<3000 { try fs.create("file-\(index)-" + String(repeating: "x", count: index % 200)) }
+            for index in 0..<3000 { try fs.create(FileName("file-\(index)-" + String(repeating: "x", count: index % 200))) }
             let after = try remount(fs, path)
             #expect(after.list().count == 3000)
-            #expect(try after.lookup("file-2999-" + String(repeating: "x", count: 2999 % 200)).inode >= 2)
+            #expect(try after.lookup(FileName("file-2999-" + String(repeating: "x", count: 2999 % 200))).inode >= 2)
         }
     }
 
@@ -189,13 +189,13 @@ struct SemanticsTests {
                         var generator = SplitMix64(seed: UInt64(thread))
                         for round in 0..<40 {
                             let name = "t\(thread)-\(round % 5)"
-                            let id = try fs.openOrCreate(name)
+                            let id = try fs.openOrCreate(FileName(name))
                             let size = Int(generator.next() % (300 << 10))
                             let data = randomBytes(count: size, seed: UInt64(thread * 1000 + round))
                             try fs.write(id, offset: 0, bytes: data)
                             try fs.truncate(id, size: size / 2)
                             #expect(try fs.read(id, offset: 0, count: size) == Array(data[..<(size / 2)]))
-                            if round % 7 == 6 { try fs.unlink(name) }
+                            if round % 7 == 6 { try fs.unlink(FileName(name)) }
                         }
                     }
                 }

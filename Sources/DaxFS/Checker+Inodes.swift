@@ -1,0 +1,277 @@
+/// The inode checks of `Checker`, and the repairs that salvage.
+///
+/// A record that fails its checksum is first tried for one flipped bit: CRC-32C has Hamming
+/// distance 6 over a 4096-bit record, so when exactly one bit flip makes the checksum hold, that
+/// is the original record, and no error of up to four bits can pass for one. Otherwise, when every
+/// field still checks out (kind, flags, reserved bytes, size, name, intent, block map), the
+/// checksum is what broke and is recomputed. A record that is damaged beyond that keeps its
+/// readable blocks: bad pointers become holes, bad fields get their only sane value, and the file
+/// is renamed `lost+found#N` so nobody mistakes it for intact. Only a record that says it is free
+/// is cleared.
+extension Checker {
+    mutating func checkInode(_ number: Int) {
+        let offset = self.geometry.inodeOffset(number)
+        let label = "inode \(number)"
+        let expected: InodeRecord.Kind =
+            number == FileSystem.rootInode ? .rootDirectory : number == FileSystem.lostFoundInode ? .lostFound : .regular
+        // Without repair nothing is written: a corrected copy of the record is checked instead.
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: Geometry.inodeSize, alignment: 8)
+        defer { scratch.deallocate() }
+        var record = InodeRecord(self.media.base + offset)
+        var checksumFailed = false
+        if record.storedChecksum != record.computedChecksum {
+            scratch.copyMemory(from: record.pointer, byteCount: Geometry.inodeSize)
+            if let (byte, bit) = Self.singleBitError(in: scratch) {
+                self.report(label, "checksum mismatch: bit \(bit) of byte \(byte) is flipped", action: "corrected that bit")
+                if self.repair {
+                    record.pointer.storeBytes(
+                        of: record.pointer.load(fromByteOffset: byte, as: UInt8.self) ^ (1 << bit), toByteOffset: byte,
+                        as: UInt8.self)
+                    self.persist(offset, Geometry.inodeSize)
+                } else {
+                    scratch.storeBytes(of: scratch.load(fromByteOffset: byte, as: UInt8.self) ^ (1 << bit), toByteOffset: byte, as: UInt8.self)
+                    record = InodeRecord(scratch)
+                }
+            } else {
+                checksumFailed = true
+            }
+        }
+
+        guard record.inUse else {
+            self.checkFree(number, record, expected: expected, checksumFailed: checksumFailed)
+            return
+        }
+
+        // The fields, each with the repair it gets.
+        var issues: [String] = []
+        var fixes: [(InodeRecord) -> Void] = []
+        func issue(_ text: String, _ fix: @escaping (InodeRecord) -> Void) {
+            issues.append(text)
+            fixes.append(fix)
+        }
+        if record.kind != expected {
+            issue("kind \((record.flags >> 8) & 0xFF) where \(expected) belongs") { $0.flags = 1 | expected.rawValue << 8 }
+        } else if record.flags & ~0xFF01 != 0 {
+            issue("reserved flag bits are set") { $0.flags &= 0xFF01 }
+        }
+        if !record.reservedBytesAreZero {
+            issue("reserved bytes are set") { record in
+                for (start, count) in [(34, 2), (100, 4), (120, 8), (384, 128)] {
+                    (record.pointer + start).initializeMemory(as: UInt8.self, repeating: 0, count: count)
+                }
+            }
+        }
+        if record.size > UInt64(FileSystem.maximumFileSize) {
+            issue("size \(record.size) exceeds the largest file") { $0.size = UInt64(FileSystem.maximumFileSize) }
+        }
+        var salvage = false
+        if number >= FileSystem.firstUserInode {
+            switch record.intent {
+            case nil:
+                issue("unknown intent word") { $0.intent = InodeRecord.Intent.none }
+            case .truncate(let size)? where size > record.size:
+                issue("truncate intent to \(size) is past the size \(record.size)") { $0.intent = InodeRecord.Intent.none }
+            case .punch(let start, let end)? where start >= end || end > UInt64(FileSystem.maximumFileSize):
+                issue("punch intent \(start)..<\(end) is not a range") { $0.intent = InodeRecord.Intent.none }
+            case .orphan? where record.nameLength != 0:
+                issue("an orphan keeps a name") { $0.intent = InodeRecord.Intent.none }
+            default:
+                break
+            }
+            if record.intent != nil, record.intent != InodeRecord.Intent.none { self.result.pendingOperations += 1 }
+            if record.intent != .orphan || record.nameLength != 0 {
+                if let why = self.nameProblem(record) {
+                    issues.append(why)
+                    fixes.append { _ in }
+                    salvage = true
+                } else {
+                    self.names[record.name] = number
+                }
+                self.result.files += 1
+            }
+        } else if record.intent != InodeRecord.Intent.none {
+            issue("a reserved inode holds an intent") { $0.intent = InodeRecord.Intent.none }
+        }
+
+        let map = self.checkBlockMap(number, record)
+        if map.badPointers > 0 {
+            issues.append("\(map.badPointers) block pointer(s) bad: \(map.firstBad ?? "")")
+            fixes.append { _ in }
+            if number >= FileSystem.firstUserInode { salvage = true }
+        }
+        if record.blocks != map.dataBlocks {
+            issue("records \(record.blocks) data blocks but maps \(map.dataBlocks)") { $0.blocks = map.dataBlocks }
+        }
+        if number == FileSystem.lostFoundInode { self.result.lostFoundBlocks = Int(map.dataBlocks) }
+
+        // Report, and repair in place (the pointers were already fixed by the map walk).
+        if checksumFailed && issues.isEmpty {
+            self.report(label, "checksum mismatch, but every field and the block map check out", action: "recomputed the checksum")
+        } else if checksumFailed {
+            self.report(label, "checksum mismatch, and " + issues.joined(separator: "; "),
+                        action: salvage ? "kept the readable blocks; fixed the rest" : "fixed each field")
+        } else {
+            for text in issues { self.report(label, text) }
+        }
+        guard self.repair, checksumFailed || !issues.isEmpty || map.pointersChanged else { return }
+        let live = InodeRecord(self.media.base + offset)
+        for fix in fixes { fix(live) }
+        if salvage { self.toSalvage.append(number) }
+        live.sealChecksum()
+        self.persist(offset, Geometry.inodeSize)
+    }
+
+    /// A free (or reserved-but-missing) inode: it must be blank but for its generation.
+    private mutating func checkFree(_ number: Int, _ record: InodeRecord, expected: InodeRecord.Kind, checksumFailed: Bool) {
+        let label = "inode \(number)"
+        let offset = self.geometry.inodeOffset(number)
+        func reset(_ why: String) {
+            self.report(label, why, action: number < FileSystem.firstUserInode ? "recreated it" : "cleared it")
+            guard self.repair else { return }
+            let live = InodeRecord(self.media.base + offset)
+            if number < FileSystem.firstUserInode {
+                live.initialize(
+                    kind: expected, name: expected == .lostFound ? "lost+found" : FileName(bytes: []), now: FileSystem.now())
+            } else {
+                live.release()
+            }
+            live.sealChecksum()
+            self.persist(offset, Geometry.inodeSize)
+        }
+        if number < FileSystem.firstUserInode { return reset("reserved \(expected) inode is missing") }
+        let blank = UnsafeRawBufferPointer(start: record.pointer, count: Geometry.inodeSize).enumerated()
+            .allSatisfy { index, byte in byte == 0 || (4..<8).contains(index) || (36..<40).contains(index) }
+        if !blank {
+            reset("free inode is not blank")
+        } else if checksumFailed {
+            reset("free inode's checksum does not match")
+        }
+    }
+
+    /// Why inode `record`'s name cannot stand (invalid, or taken by an earlier inode), or nil.
+    private func nameProblem(_ record: InodeRecord) -> String? {
+        let length = record.nameLength
+        let bytes = UnsafeRawBufferPointer(start: record.pointer + InodeRecord.nameOffset, count: 256)
+        guard length <= InodeRecord.maximumNameLength, bytes[length...].allSatisfy({ $0 == 0 }) else {
+            return "name length \(length) does not match its bytes"
+        }
+        let name = record.name
+        if let problem = name.problem { return "invalid name \"\(name)\": \(problem)" }
+        if let other = self.names[name] { return "name \"\(name)\" is also used by inode \(other)" }
+        return nil
+    }
+
+    /// Renames every salvaged file `lost+found#N` (or `lost+found#N-2`, ... when that is taken).
+    mutating func salvageNames() {
+        for number in self.toSalvage {
+            var name = FileName("lost+found#\(number)")
+            var suffix = 2
+            while self.names[name] != nil {
+                name = FileName("lost+found#\(number)-\(suffix)")
+                suffix += 1
+            }
+            self.names[name] = number
+            let offset = self.geometry.inodeOffset(number)
+            let live = InodeRecord(self.media.base + offset)
+            live.setName(name)
+            if live.intent == .orphan { live.intent = InodeRecord.Intent.none }
+            live.sealChecksum()
+            self.persist(offset, Geometry.inodeSize)
+            self.report("inode \(number)", "its readable blocks are kept", action: "renamed it \"\(name)\"")
+            self.result.salvagedFiles.append(name.escaped)
+        }
+    }
+
+    /// The one bit whose flip makes `record`'s checksum hold, if there is exactly one.
+    static func singleBitError(in record: UnsafeMutableRawPointer) -> (byte: Int, bit: Int)? {
+        var found: (Int, Int)?
+        for byte in 0..<Geometry.inodeSize {
+            for bit in 0..<8 {
+                let original = record.load(fromByteOffset: byte, as: UInt8.self)
+                record.storeBytes(of: original ^ (1 << bit), toByteOffset: byte, as: UInt8.self)
+                let holds = InodeRecord(record).storedChecksum == InodeRecord(record).computedChecksum
+                record.storeBytes(of: original, toByteOffset: byte, as: UInt8.self)
+                if holds {
+                    if found != nil { return nil }
+                    found = (byte, bit)
+                }
+            }
+        }
+        return found
+    }
+
+    /// What a block-map walk found.
+    struct MapWalk {
+        var dataBlocks: UInt64 = 0
+        var badPointers = 0
+        var firstBad: String?
+        /// Repair set some pointers to zero.
+        var pointersChanged = false
+    }
+
+    /// Walks every pointer of inode `number`, claiming blocks; under repair a bad pointer (outside
+    /// the data area, a block already claimed, a page past the end of file) becomes a hole.
+    private mutating func checkBlockMap(_ number: Int, _ record: InodeRecord) -> MapWalk {
+        let inodeOffset = self.geometry.inodeOffset(number)
+        let pages = Int((min(record.size, UInt64(FileSystem.maximumFileSize)) + UInt64(Geometry.blockSize) - 1)
+            / UInt64(Geometry.blockSize))
+        var walk = MapWalk()
+
+        /// Checks the pointer at `offset` (in the record, or a map block); returns the block when
+        /// it is valid and now claimed.
+        func visit(_ offset: Int, inRecord: Bool, page: Int?, map: Bool) -> UInt32? {
+            let block = inRecord
+                ? record.pointer.load(fromByteOffset: offset, as: UInt32.self)
+                : self.media.base.load(fromByteOffset: offset, as: UInt32.self)
+            guard block != 0 else { return nil }
+            var why: String?
+            if !self.geometry.isDataBlock(block) {
+                why = "pointer to block \(block) outside the data area"
+            } else if self.owner[Int(block)] != -1 {
+                why = "block \(block) is also used by inode \(self.owner[Int(block)])"
+            } else if let page, page >= pages {
+                why = "block \(block) mapped at page \(page), past the end of file"
+            }
+            if let why {
+                walk.badPointers += 1
+                if walk.firstBad == nil { walk.firstBad = why }
+                if self.repair {
+                    walk.pointersChanged = true
+                    if inRecord {
+                        self.media.base.storeBytes(of: 0, toByteOffset: inodeOffset + offset, as: UInt32.self)
+                    } else {
+                        self.media.base.storeBytes(of: 0, toByteOffset: offset, as: UInt32.self)
+                        self.persist(offset, 4)
+                    }
+                }
+                return nil
+            }
+            self.owner[Int(block)] = Int32(number)
+            if !map { walk.dataBlocks += 1 }
+            return block
+        }
+
+        for index in 0..<InodeRecord.directCount {
+            _ = visit(InodeRecord.directPointerOffset(index), inRecord: true, page: index, map: false)
+        }
+        let perBlock = InodeRecord.pointersPerBlock
+        if let map = visit(InodeRecord.indirectOffset, inRecord: true, page: nil, map: true) {
+            for index in 0..<perBlock {
+                _ = visit(
+                    self.geometry.entryOffset(map, index), inRecord: false, page: BlockMapPath.indirectFirstPage + index,
+                    map: false)
+            }
+        }
+        if let top = visit(InodeRecord.doubleIndirectOffset, inRecord: true, page: nil, map: true) {
+            for outer in 0..<perBlock {
+                guard let leaf = visit(self.geometry.entryOffset(top, outer), inRecord: false, page: nil, map: true)
+                else { continue }
+                let first = BlockMapPath.doubleIndirectFirstPage + outer * perBlock
+                for inner in 0..<perBlock {
+                    _ = visit(self.geometry.entryOffset(leaf, inner), inRecord: false, page: first + inner, map: false)
+                }
+            }
+        }
+        return walk
+    }
+}

@@ -1,0 +1,72 @@
+import DaxlabSupport
+
+/// What mount finishes after a crash, before anything can see the files: the truncates, punches
+/// and unlinks the crash interrupted (recorded as intents in their inodes), and lost+found.
+extension FileSystem {
+    /// Finishes every intent recorded in the inode table: a truncate or punch completes, an
+    /// orphan (unlinked, replaced, or a temporary never published) is freed. Idempotent: a crash
+    /// during it is finished by the next mount.
+    /// - Returns: truncates and punches finished, and orphans freed.
+    static func finishIntents(
+        log: MetadataLog, allocator: BlockAllocator, geometry: Geometry
+    ) throws(FSError) -> (operations: Int, orphans: Int) {
+        let media = log.media
+        let reader = BlockMapReader(base: media.base, geometry: geometry)
+        var operations = 0
+        var orphans = 0
+        for number in FileSystem.firstUserInode..<geometry.inodeCount {
+            let record = InodeRecord(media.base + geometry.inodeOffset(number))
+            guard record.inUse, let intent = record.intent else { continue }
+            let size = Int(record.size)
+            let pages = (size + Self.pageSize - 1) / Self.pageSize
+            switch intent {
+            case .none:
+                continue
+            case .truncate(let target):
+                let target = Int(target)
+                let keep = (target + Self.pageSize - 1) / Self.pageSize
+                if target % Self.pageSize != 0 {
+                    try Self.zeroWithinPage(
+                        media: media, reader: reader, record: record, from: target, to: keep * Self.pageSize)
+                }
+                _ = try Self.removeBlocks(
+                    log: log, allocator: allocator, inode: number, pages: keep..<max(keep, pages),
+                    newSize: UInt64(target), intent: intent)
+                operations += 1
+            case .punch(let offset, let end):
+                let (offset, end) = (Int(offset), min(Int(end), size))
+                let (first, last) = Self.wholePages(offset: offset, end: end, size: size)
+                if end > offset {
+                    try Self.zeroEdges(
+                        media: media, reader: reader, record: record, offset: offset, end: end, firstWhole: first,
+                        endWhole: last)
+                }
+                if last > first {
+                    _ = try Self.removeBlocks(
+                        log: log, allocator: allocator, inode: number, pages: first..<last, newSize: nil, intent: intent)
+                }
+                if record.intent != InodeRecord.Intent.none {
+                    _ = try log.transaction { (tx) throws(FSError) in tx.inode(number).intent = InodeRecord.Intent.none }
+                }
+                operations += 1
+            case .orphan:
+                _ = try Self.removeBlocks(log: log, allocator: allocator, inode: number, pages: 0..<pages, newSize: 0)
+                _ = try log.transaction { (tx) throws(FSError) in tx.inode(number).release() }
+                orphans += 1
+            }
+        }
+        return (operations, orphans)
+    }
+
+    /// Frees every block of the lost+found inode: after a restart no device can still be writing
+    /// into a sequestered block.
+    static func reclaimLostFound(
+        log: MetadataLog, allocator: BlockAllocator, geometry: Geometry
+    ) throws(FSError) -> Int {
+        let record = InodeRecord(log.media.base + geometry.inodeOffset(FileSystem.lostFoundInode))
+        guard record.blocks > 0 || record.size > 0 else { return 0 }
+        let pages = Int((record.size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
+        return try FileSystem.removeBlocks(
+            log: log, allocator: allocator, inode: FileSystem.lostFoundInode, pages: 0..<pages, newSize: 0)
+    }
+}
