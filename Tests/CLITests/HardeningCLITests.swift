@@ -281,6 +281,16 @@ struct HardeningCLITests {
             usleep(200_000)
             let children = try runProcess(["pgrep", "-f", "crash-test --child --image \(folder)"])
             #expect(children.standardOutput.isEmpty, "children outlived their parent: \(children.standardOutput)")
+            // A parent killed outright cannot clean up its folder, but its children still die.
+            _ = try runShell(
+                "\"$DAXLAB\" crash-test --points 5000 --ops 400 --directory '\(folder)' >/dev/null 2>&1 & pid=$!; "
+                    + "sleep 2; kill -KILL $pid; wait $pid")
+            usleep(300_000)
+            let orphans = try runProcess(["pgrep", "-f", "crash-test --child --image \(folder)"])
+            #expect(orphans.standardOutput.isEmpty, "children outlived a SIGKILLed parent: \(orphans.standardOutput)")
+            for entry in try FileManager.default.contentsOfDirectory(atPath: folder) {
+                try FileManager.default.removeItem(atPath: folder + "/" + entry)
+            }
         }
     }
 }

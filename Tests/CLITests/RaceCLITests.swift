@@ -38,6 +38,7 @@ struct RaceCLITests {
             let exists = try DaxlabBinary.run(["race", path, "--policy", "wait", "--seconds", "1"])
             #expect(exists.status == 2, "an existing path needs --force")
             #expect(exists.standardError.contains("--force"))
+            #expect(exists.standardError.contains("exists (a file of"), "says what was found: \(exists.standardError)")
         }
     }
 
