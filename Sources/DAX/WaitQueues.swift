@@ -5,13 +5,19 @@ import DaxlabSupport
 /// hashed wait-queue table. A truncate sleeps on a busy block's queue; the unpin that drops the
 /// block's last pin wakes it. Nothing polls and nothing runs on a timer (a deadline only bounds a
 /// wait that the policy itself bounds).
-final class WaitQueues: Sendable {
+final class WaitQueues: @unchecked Sendable {
     private static let count = 64
     // Each bucket: its lock and condition variable (at stable heap addresses, in the
     // ConditionLock), and how many waiters it has (atomic, read without the lock by `wake`).
-    // The lock's value is unused (an Int, not Void: see `ConditionLock`).
+    // The lock's value is unused (an Int, not Void: see `ConditionLock`). The waiter counts are
+    // raw atomic words, not objects: every unpin that drops a block's last pin reads one, and an
+    // object there would cost a retain and a release shared by every thread.
     private let buckets: [ConditionLock<Int>] = (0..<WaitQueues.count).map { _ in ConditionLock(0) }
-    private let waiters: [ManagedAtomic<Int>] = (0..<WaitQueues.count).map { _ in ManagedAtomic(0) }
+    private let waiters: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage> = {
+        let words = UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>.allocate(capacity: WaitQueues.count)
+        words.initialize(repeating: UnsafeAtomic<Int>.Storage(0), count: WaitQueues.count)
+        return words
+    }()
     /// Condition-variable wake-ups seen by waiters (tests: a waiter woken only by unpins sees one
     /// per unpin that dropped a block it waits on, never one per tick).
     let wakeups = ManagedAtomic<Int>(0)
@@ -19,6 +25,10 @@ final class WaitQueues: Sendable {
     let broadcasts = ManagedAtomic<Int>(0)
 
     init() {}
+
+    deinit { self.waiters.deallocate() }
+
+    private func waiterCount(_ index: Int) -> UnsafeAtomic<Int> { UnsafeAtomic(at: self.waiters + index) }
 
     private func bucket(_ block: UInt32) -> Int { Int((block &* 0x9E37_79B1) >> 26) % Self.count }
 
@@ -28,8 +38,8 @@ final class WaitQueues: Sendable {
         let index = self.bucket(block)
         // Announce the waiter before checking (sequentially consistent on both sides): either the
         // unpinner sees a waiter and broadcasts, or this check sees the pin gone.
-        self.waiters[index].wrappingIncrement(ordering: .sequentiallyConsistent)
-        defer { self.waiters[index].wrappingDecrement(ordering: .sequentiallyConsistent) }
+        self.waiterCount(index).wrappingIncrement(ordering: .sequentiallyConsistent)
+        defer { self.waiterCount(index).wrappingDecrement(ordering: .sequentiallyConsistent) }
         let woken = self.buckets[index].wait(
             until: { _ in isIdle() }, deadline: deadline,
             wakeups: { self.wakeups.wrappingIncrement(ordering: .relaxed) }, then: { _ in true })
@@ -41,7 +51,7 @@ final class WaitQueues: Sendable {
     @inline(__always)
     func wake(_ block: UInt32) {
         let index = self.bucket(block)
-        guard self.waiters[index].load(ordering: .sequentiallyConsistent) > 0 else { return }
+        guard self.waiterCount(index).load(ordering: .sequentiallyConsistent) > 0 else { return }
         self.buckets[index].broadcast()
         self.broadcasts.wrappingIncrement(ordering: .relaxed)
     }
