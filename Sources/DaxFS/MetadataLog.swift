@@ -103,7 +103,7 @@ final class MetadataLog: Sendable {
         for offset in pending {
             let header = media.base + offset
             let bytes = Int(header.load(fromByteOffset: 8, as: UInt32.self))
-            try Self.apply(records: header + Self.headerSize, bytes: bytes, media: media)
+            try Self.apply(records: header + Self.headerSize, bytes: bytes, media: media, dataOffset: geometry.dataOffset)
             media.barrier()
             try Self.retire(offset: offset, media: media)
             recovery.replayed += 1
@@ -152,27 +152,37 @@ final class MetadataLog: Sendable {
         return cursor == bytes && seen == count
     }
 
-    /// Applies records in place and flushes them (the caller drains).
-    static func apply(records: UnsafeRawPointer, bytes: Int, media: Media) throws(FSError) {
-        var cursor = 0
-        while cursor < bytes {
-            let record = LogRecord(at: records + cursor)
-            let target = media.base + record.offset
-            switch record.kind {
-            case .bytes?:
-                target.copyMemory(from: record.payload, byteCount: record.length)
-            case .zero?:
-                target.initializeMemory(as: UInt8.self, repeating: 0, count: record.length)
-            case .setBits?:
-                _ = Self.atomicWord(target).loadThenBitwiseOr(with: record.payload.load(as: UInt64.self), ordering: .relaxed)
-            case .clearBits?:
-                _ = Self.atomicWord(target).loadThenBitwiseAnd(
-                    with: ~record.payload.load(as: UInt64.self), ordering: .relaxed)
-            case nil:
-                preconditionFailure("unvalidated log record")
+    /// Applies records in place and flushes them (the caller drains), in two passes: first the
+    /// records in the data area (new block-map blocks zeroed, map entries set), then the inode
+    /// table and the bitmap, each pass in log order. So a block's contents are in place before
+    /// the pointer that reaches it: a fault that reads the block map without the allocation lock
+    /// (another file's fault, or a pin) never follows a fresh inode pointer into a map block that
+    /// still holds its previous life's bytes. The order does not matter to recovery, which
+    /// replays the whole committed log.
+    static func apply(records: UnsafeRawPointer, bytes: Int, media: Media, dataOffset: Int) throws(FSError) {
+        for dataPass in [true, false] {
+            var cursor = 0
+            while cursor < bytes {
+                let record = LogRecord(at: records + cursor)
+                cursor += record.size
+                guard (record.offset >= dataOffset) == dataPass else { continue }
+                let target = media.base + record.offset
+                switch record.kind {
+                case .bytes?:
+                    target.copyMemory(from: record.payload, byteCount: record.length)
+                case .zero?:
+                    target.initializeMemory(as: UInt8.self, repeating: 0, count: record.length)
+                case .setBits?:
+                    _ = Self.atomicWord(target).loadThenBitwiseOr(with: record.payload.load(as: UInt64.self), ordering: .relaxed)
+                case .clearBits?:
+                    _ = Self.atomicWord(target).loadThenBitwiseAnd(
+                        with: ~record.payload.load(as: UInt64.self), ordering: .relaxed)
+                case nil:
+                    preconditionFailure("unvalidated log record")
+                }
+                try media.flush(record.offset, record.length)
             }
-            try media.flush(record.offset, record.length)
-            cursor += record.size
+            if dataPass { media.barrier() }  // (the contents, durable before the pointers)
         }
     }
 

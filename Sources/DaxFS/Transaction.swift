@@ -143,7 +143,7 @@ final class Transaction {
         try self.media.flush(self.slotOffset, MetadataLog.headerSize + self.cursor)
         self.media.barrier()  // committed: mount replays from here on
 
-        try MetadataLog.apply(records: self.records, bytes: self.cursor, media: self.media)
+        try MetadataLog.apply(records: self.records, bytes: self.cursor, media: self.media, dataOffset: self.geometry.dataOffset)
         self.media.barrier()  // applied
 
         header.storeBytes(of: 0, as: UInt64.self)
