@@ -5,7 +5,8 @@
 // The module graph, bottom to top; each target depends only on targets below it, and only on
 // what it imports (scripts/check-layers.sh checks both):
 //
-//   CShims          C: libpmem, libndctl, libdaxctl, libblkid; prefixed wrappers for macros
+//   CShims          C: libpmem, libndctl, libdaxctl, libblkid; prefixed wrappers; the window fault handler
+//   CRing           C: liburing (the kernel's long-term pins and writes)
 //   DaxlabSupport   locks, the monotonic clock, named threads, the seeded generator, syscall errors
 //   Pmem            mappings of persistent memory, persistence, device discovery
 //   DaxFS           the file system in the mapping; its side of the DAX contract (DAXContract.swift)
@@ -43,6 +44,9 @@ let package = Package(
                 .linkedLibrary("pmem"), .linkedLibrary("ndctl"), .linkedLibrary("daxctl"), .linkedLibrary("blkid"),
             ]
         ),
+        // liburing for the DAX layer's kernel pins and the kernel devices' writes (io_uring fixed
+        // buffers and READ_FIXED).
+        .target(name: "CRing", path: "CRing", cSettings: [.define("_GNU_SOURCE")], linkerSettings: [.linkedLibrary("uring")]),
         // The shared tools every layer uses: pthread locks (which ThreadSanitizer understands),
         // the monotonic clock, named joinable threads, SplitMix64, typed syscall errors.
         .target(name: "DaxlabSupport", dependencies: ["CShims"]),
@@ -61,15 +65,18 @@ let package = Package(
         .target(
             name: "DAX",
             dependencies: [
-                "CShims", "DaxFS", "Pmem", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+                "CShims", "CRing", "DaxFS", "Pmem", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
             ],
             // The pin fast path's test hook exists only in debug builds (tests); never in release.
             swiftSettings: [.define("DAXLAB_TEST_HOOKS", .when(configuration: .debug))]
         ),
-        // Simulated devices that pin file blocks and write into them.
+        // Devices that pin file blocks and write into them: simulated, or the kernel's own
+        // (io_uring fixed buffers, O_DIRECT).
         .target(
             name: "DMA",
-            dependencies: ["DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: [
+                "CShims", "DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+            ]
         ),
         // The race harness and its oracle: devices, truncaters and writers on shared files.
         .target(
@@ -90,7 +97,7 @@ let package = Package(
         .target(
             name: "Bench",
             dependencies: [
-                "CBenchShims", "CShims", "DAX", "DaxFS", "Pmem", "DaxlabSupport",
+                "CBenchShims", "CRing", "CShims", "DAX", "DaxFS", "Pmem", "DaxlabSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
@@ -98,19 +105,19 @@ let package = Package(
         .target(
             name: "DaxlabCLI",
             dependencies: [
-                "CShims", "Pmem", "DaxFS", "CrashCampaign", "Race", "Bench", "DaxlabSupport",
+                "CShims", "Pmem", "DaxFS", "CrashCampaign", "DMA", "Race", "Bench", "DaxlabSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "daxlab", dependencies: ["DaxlabCLI"]),
         // Temporary paths and a runner for the built `daxlab` binary, shared by the test targets.
-        .target(name: "TestSupport", dependencies: ["DaxlabSupport"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["CRing", "CShims", "DaxlabSupport"], path: "Tests/TestSupport"),
         .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
         .testTarget(name: "DaxFSTests", dependencies: ["DaxFS", "Pmem", "TestSupport", "DaxlabSupport"]),
         .testTarget(
             name: "DAXTests",
             dependencies: [
-                "DAX", "DMA", "DaxFS", "TestSupport", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+                "CShims", "DAX", "DMA", "DaxFS", "TestSupport", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
             ],
             swiftSettings: [.define("DAXLAB_TEST_HOOKS", .when(configuration: .debug))]
         ),
@@ -120,7 +127,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["daxlab", "DaxlabCLI", "CBenchShims", "TestSupport"]
+            dependencies: ["daxlab", "DaxlabCLI", "CBenchShims", "CRing", "TestSupport"]
         ),
     ]
 )

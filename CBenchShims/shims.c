@@ -3,30 +3,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
 #include <libpmemobj.h>
 #include <stdlib.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-
-void *CBenchShims_uring_create(unsigned entries) {
-    struct io_uring *ring = malloc(sizeof(struct io_uring));
-    if (ring == NULL) {
-        return NULL;
-    }
-    int result = io_uring_queue_init(entries, ring, 0);
-    if (result < 0) {
-        free(ring);
-        errno = -result;
-        return NULL;
-    }
-    return ring;
-}
-
-void CBenchShims_uring_destroy(void *ring) {
-    io_uring_queue_exit(ring);
-    free(ring);
-}
 
 int CBenchShims_uring_register_unregister(void *ring, void *buffer, size_t length) {
     struct iovec vector = {buffer, length};
@@ -67,4 +51,42 @@ unsigned long long CBenchShims_thread_cpu_ns(void) {
     struct timespec time;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time);
     return (unsigned long long)time.tv_sec * 1000000000ULL + (unsigned long long)time.tv_nsec;
+}
+
+static char *floor_window;
+static int floor_descriptor;
+
+static void floor_handler(int signal_number, siginfo_t *info, void *context) {
+    (void)signal_number;
+    (void)context;
+    char *page = (char *)((unsigned long)info->si_addr & ~4095UL);
+    mmap(page, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, floor_descriptor, page - floor_window);
+}
+
+double CBenchShims_sigsegv_mmap_touch(int fd, size_t pages) {
+    size_t length = pages * 4096;
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)length) != 0) {
+        return -errno;
+    }
+    char *window = mmap(NULL, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (window == MAP_FAILED) {
+        return -errno;
+    }
+    floor_window = window;
+    floor_descriptor = fd;
+    struct sigaction action, previous;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = floor_handler;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &previous);
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (size_t page = 0; page < pages; page++) {
+        ((volatile char *)window)[page * 4096] = 1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    sigaction(SIGSEGV, &previous, NULL);
+    munmap(window, length);
+    return ((end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec)) / (double)pages;
 }

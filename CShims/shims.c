@@ -2,7 +2,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
+#include <ucontext.h>
 #include <sched.h>
 #include <unistd.h>
 #include <linux/magic.h>
@@ -17,6 +20,7 @@ const int CShims_MAP_SYNC = MAP_SYNC;
 const int CShims_MAP_SHARED_VALIDATE = MAP_SHARED_VALIDATE;
 const uint64_t CShims_STATX_ATTR_DAX = STATX_ATTR_DAX;
 const long CShims_TMPFS_MAGIC = TMPFS_MAGIC;
+const long CShims_RAMFS_MAGIC = RAMFS_MAGIC;
 
 int CShims_statx_attributes(int fd, uint64_t *attributes, uint64_t *attributes_mask) {
     struct statx stx;
@@ -118,6 +122,58 @@ int CShims_flush_stdout(void) {
 
 int CShims_die_with_parent(int signal) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
+const int CShims_O_DIRECT = O_DIRECT;
+
+int CShims_memfd(const char *name) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    return fd >= 0 ? fd : -errno;
+}
+
+static CShims_window_fault_callback window_fault_callback;
+static struct sigaction previous_segv;
+
+static void window_fault_handler(int signal_number, siginfo_t *info, void *context) {
+    int is_write = 1;
+#if defined(__x86_64__)
+    ucontext_t *ucontext = context;
+    is_write = (ucontext->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#endif
+    int decision = window_fault_callback != NULL ? window_fault_callback(info->si_addr, is_write) : CShims_FAULT_NOT_OURS;
+    if (decision == CShims_FAULT_MAPPED) {
+        return;
+    }
+    if (decision == CShims_FAULT_SIGBUS) {
+        raise(SIGBUS);
+        return;
+    }
+    // Not a window: whoever handled SIGSEGV before us, or the default action (the access is
+    // retried with it restored, and the process dies as it would have).
+    if (previous_segv.sa_flags & SA_SIGINFO) {
+        if (previous_segv.sa_sigaction != NULL) {
+            previous_segv.sa_sigaction(signal_number, info, context);
+            return;
+        }
+    } else if (previous_segv.sa_handler != SIG_DFL && previous_segv.sa_handler != SIG_IGN) {
+        previous_segv.sa_handler(signal_number);
+        return;
+    }
+    signal(SIGSEGV, SIG_DFL);
+}
+
+int CShims_install_window_fault_handler(CShims_window_fault_callback callback) {
+    static int installed;
+    window_fault_callback = callback;
+    if (__atomic_exchange_n(&installed, 1, __ATOMIC_ACQ_REL)) {
+        return 0;
+    }
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = window_fault_handler;
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    return sigaction(SIGSEGV, &action, &previous_segv) == 0 ? 0 : -errno;
 }
 
 int CShims_set_thread_name(const char *name) {

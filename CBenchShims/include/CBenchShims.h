@@ -1,17 +1,14 @@
 // CBenchShims: the kernel's and libraries' own paths that `daxlab bench` measures daxlab
-// against (liburing, libpmemobj, process_vm_writev). Linked only by the Bench target, so the
+// against (liburing buffer registration, libpmemobj, process_vm_writev, a SIGSEGV-and-mmap window). Linked only by the Bench target, so the
 // file system and the DAX layer do not carry these libraries.
 #ifndef CBENCHSHIMS_H
 #define CBENCHSHIMS_H
 
 #include <stddef.h>
 
-/// An io_uring instance with `entries` slots; NULL on failure (errno set: ENOSYS, or EPERM
-/// where a seccomp filter refuses io_uring_setup).
-void *CBenchShims_uring_create(unsigned entries);
-void CBenchShims_uring_destroy(void *ring);
-/// io_uring_register_buffers with one buffer, then io_uring_unregister_buffers: the kernel's
-/// pin_user_pages + unpin of `length` bytes at `buffer`. 0 or -errno.
+/// io_uring_register_buffers with one buffer, then io_uring_unregister_buffers, on a ring made by
+/// CRing_create(entries, 0): the kernel's pin_user_pages + unpin of `length` bytes at `buffer`.
+/// 0 or -errno.
 int CBenchShims_uring_register_unregister(void *ring, void *buffer, size_t length);
 
 /// process_vm_writev of `length` bytes from `source` to `destination` in this very process
@@ -20,6 +17,13 @@ long CBenchShims_process_vm_writev_self(void *destination, const void *source, s
 
 /// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE); 0 or -errno.
 int CBenchShims_punch_hole(int fd, long offset, long length);
+
+/// The floor of a userspace fault-and-map window: reserves `pages` pages PROT_NONE, installs a
+/// SIGSEGV handler (the previous one is restored before returning) that mmaps the faulting page
+/// of `fd` (MAP_SHARED | MAP_FIXED) and returns, then stores one byte into each page. The pages
+/// of `fd` are punched out first (untimed), so each store also allocates. Returns the ns per
+/// page of the stores, or -errno.
+double CBenchShims_sigsegv_mmap_touch(int fd, size_t pages);
 
 /// A libpmemobj pool at `path` (created, `size` bytes); NULL on failure.
 void *CBenchShims_pmemobj_create(const char *path, size_t size);

@@ -25,6 +25,8 @@ extern const uint64_t CShims_STATX_ATTR_DAX;
 
 /// statfs(2) f_type of tmpfs.
 extern const long CShims_TMPFS_MAGIC;
+/// statfs(2) f_type of ramfs (an initramfs's root).
+extern const long CShims_RAMFS_MAGIC;
 
 /// major(3) and minor(3) of a dev_t (macros in glibc).
 unsigned int CShims_dev_major(dev_t device);
@@ -60,6 +62,31 @@ int CShims_flush_stdout(void);
 /// prctl(PR_SET_PDEATHSIG, signal): the calling thread's process gets `signal` when its parent
 /// exits. 0 or -errno.
 int CShims_die_with_parent(int signal);
+
+/// open(2)'s O_DIRECT (a _GNU_SOURCE flag).
+extern const int CShims_O_DIRECT;
+
+/// memfd_create(name, MFD_CLOEXEC): an anonymous shmem file. The descriptor, or -errno.
+int CShims_memfd(const char *name);
+
+/// What the window fault callback decided about a fault.
+enum {
+    /// The fault was not in a window: the previous SIGSEGV handler (or the default action) runs.
+    CShims_FAULT_NOT_OURS = 0,
+    /// The page is mapped now: the access is retried.
+    CShims_FAULT_MAPPED = 1,
+    /// The access is past the end of file (or found no space): SIGBUS, as the kernel does.
+    CShims_FAULT_SIGBUS = 2,
+};
+
+/// Decides a SIGSEGV at `address`; `is_write` says whether the access was a store (x86-64's page
+/// fault error code; elsewhere every fault counts as a store).
+typedef int (*CShims_window_fault_callback)(void *address, int is_write);
+
+/// Installs the process's SIGSEGV handler once: every fault goes to `callback` first; one it
+/// does not claim goes to the handler that was installed before (chained), or to the default
+/// action. Returns 0, or -errno.
+int CShims_install_window_fault_handler(CShims_window_fault_callback callback);
 
 /// Names the calling thread (prctl PR_SET_NAME, which keeps the first 15 bytes); 0 or -errno.
 int CShims_set_thread_name(const char *name);

@@ -75,7 +75,7 @@ extension Bench {
     }
 
     /// First-touch write faults on a new tmpfs page (the hole is punched again between repetitions).
-    private func kernelFirstTouch(pages: Int) throws -> Double {
+    func kernelFirstTouch(pages: Int) throws -> Double {
         let (fd, base) = try Self.tmpfsMapping(pages: pages)
         defer { munmap(base, pages * 4096); close(fd) }
         return self.measure.median {

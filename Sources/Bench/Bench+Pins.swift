@@ -1,5 +1,6 @@
 import Atomics
 import CBenchShims
+import CRing
 import DAX
 import DaxFS
 import DaxlabSupport
@@ -41,12 +42,12 @@ extension Bench {
     }
 
     /// io_uring buffer register + unregister of 2 MiB (512 pages): the kernel pins and unpins them.
-    private func kernelIOUringRegister() -> Double? {
-        guard let ring = CBenchShims_uring_create(4) else {
+    func kernelIOUringRegister() -> Double? {
+        guard let ring = CRing_create(4, 0) else {
             self.unavailable("kernel.io_uring_register", because: "io_uring_setup: \(String(cString: strerror(errno)))")
             return nil
         }
-        defer { CBenchShims_uring_destroy(ring) }
+        defer { CRing_destroy(ring) }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 512 * 4096, alignment: 4096)
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 1, count: 512 * 4096)

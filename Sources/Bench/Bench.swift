@@ -55,6 +55,7 @@ public final class Bench {
             medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.isPmem, kernel: Self.kernelRelease())
         try self.faultRows()
         try self.pinRows()
+        try self.kernelRows()
         try self.scalingRows(cpusAvailable: machine.cpusAvailable)
         try self.wakeRow()
         try self.copyRow()

@@ -23,6 +23,10 @@ public final class AddressSpace: @unchecked Sendable {
     let pins: PinTable
     let mapping: PmemMapping
     let base: UnsafeMutableRawPointer
+    /// The real MMU window over the file, once asked for (`mapWindow`), and its slot in the
+    /// fault handler's table.
+    let windowReference = ManagedAtomicLazyReference<MappedWindow>()
+    let windowSlot = ManagedAtomic<Int>(-1)
 
     #if DAXLAB_TEST_HOOKS
     /// Tests only (debug builds): runs in the pin fast path between the page-table load and the
@@ -38,6 +42,11 @@ public final class AddressSpace: @unchecked Sendable {
         self.pins = dax.pins
         self.mapping = dax.source.mapping
         self.base = dax.source.mapping.base
+    }
+
+    deinit {
+        let slot = self.windowSlot.load(ordering: .acquiring)
+        if slot >= 0 { WindowFaults.unregister(slot) }
     }
 
     // MARK: Faults
@@ -73,7 +82,7 @@ public final class AddressSpace: @unchecked Sendable {
 
     /// Maps `page` (caller holds the invalidate lock shared): the block it has, or a new one for
     /// a write to a hole. Returns 0 for a read of a hole (nothing is mapped).
-    private func install(_ page: Int, write: Bool) throws(FSError) -> UInt32 {
+    func install(_ page: Int, write: Bool) throws(FSError) -> UInt32 {
         let entry = self.table.entryCreating(page)
         let present = entry.load(ordering: .acquiring)
         if present != 0 { return present }
@@ -98,7 +107,9 @@ public final class AddressSpace: @unchecked Sendable {
     ///   - holder: told when a truncate breaks the lease.
     /// - Throws: what `fault` throws (nothing stays pinned then), or `.busy` if the lease was
     ///   revoked while pinning.
-    public func pin(_ pages: Range<Int>, write: Bool, holder: (any LeaseHolder)? = nil) throws(FSError) -> PinHandle {
+    public func pin(
+        _ pages: Range<Int>, write: Bool, holder: (any LeaseHolder)? = nil, kernel: KernelPin = .none
+    ) throws(FSError) -> PinHandle {
         let batch = self.dax.takeBatch()
         batch.begin(space: self, pages: pages, holder: holder, leaseID: self.dax.nextLeaseID())
         self.leases.add(batch)
@@ -110,6 +121,7 @@ public final class AddressSpace: @unchecked Sendable {
                 pinned += 1
             }
             batch.count = pinned
+            if kernel.isKernel { try self.kernelPin(batch, kernel) }
         } catch {
             batch.count = pinned
             self.unpinBlocks(batch)
@@ -158,9 +170,13 @@ public final class AddressSpace: @unchecked Sendable {
         for block in batch.pinned where block != 0 { self.pins.unpin(block) }
     }
 
-    /// Ends a batch: drops its pins unless a revoker did, removes its lease, recycles it.
+    /// Ends a batch: drops its pins unless a revoker did (the kernel's first, then daxlab's
+    /// mirror of them), removes its lease, recycles it.
     func release(_ batch: PinBatch) {
-        if batch.claimRelease() { self.unpinBlocks(batch) }
+        if batch.claimRelease() {
+            batch.dropKernelPin()
+            self.unpinBlocks(batch)
+        }
         self.finish(batch)
     }
 
@@ -170,6 +186,8 @@ public final class AddressSpace: @unchecked Sendable {
     private func finish(_ batch: PinBatch) {
         self.leases.remove(batch)
         batch.waitUntilAlone()  // a revoker or breaker that entered before the removal
+        batch.dropKernelPin()
+        batch.retireView()
         let dax = self.dax  // (strong: ending the lease may drop the layer's last reference)
         batch.end()
         dax.returnBatch(batch)
@@ -195,6 +213,10 @@ public final class AddressSpace: @unchecked Sendable {
             if block != 0 { self.pins.dereference(block) }
             page += 1
         }
+        // And for real: the window's pages and the kernel pins' views of them go back to
+        // PROT_NONE (TLB shootdown included). The kernel's long-term pins keep their pages.
+        self.windowReference.load()?.unmap(pages)
+        self.leases.forEachOverlapping(pages) { $0.unmapView(overlapping: pages) }
     }
 
     /// Every page-table entry that does not match the file's block map: stale mappings. Takes

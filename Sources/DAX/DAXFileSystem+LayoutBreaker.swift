@@ -14,6 +14,7 @@ extension DAXFileSystem: LayoutBreaker {
         switch call.policy {
         case .none:
             self.statistics.pinnedBlocksFreed.wrappingIncrement(by: busy.count, ordering: .relaxed)
+            if !busy.isEmpty { space.leases.forEachOverlapping(pages) { $0.orphan() } }
             return .proceed(.free)
         case .fail:
             guard busy.isEmpty else {
@@ -92,7 +93,10 @@ extension DAXFileSystem: LayoutBreaker {
         for batch in batches {
             guard case .revoked(let mustUnpin) = batch.revoke() else { continue }
             self.statistics.revocations.wrappingIncrement(ordering: .relaxed)
-            if mustUnpin { batch.space?.unpinRevoked(batch) }
+            if mustUnpin {
+                batch.dropKernelPin()
+                batch.space?.unpinRevoked(batch)
+            }
         }
     }
 

@@ -19,6 +19,14 @@ final class LeaseTable: Sendable {
 
     var list: [LeaseInfo] { self.active.withLock { $0.map(\.info) } }
 
+    /// Runs `body` on each batch whose range overlaps `pages`, under the table's mutex (so none
+    /// of them can end and be recycled meanwhile).
+    func forEachOverlapping(_ pages: Range<Int>, _ body: (PinBatch) -> Void) {
+        self.active.withLock { batches in
+            for batch in batches where batch.pages.overlaps(pages) { body(batch) }
+        }
+    }
+
     /// The batches whose range overlaps `pages`, each held (so it cannot be recycled) until the
     /// caller calls `unhold()` on it.
     func holdOverlapping(_ pages: Range<Int>) -> [PinBatch] {

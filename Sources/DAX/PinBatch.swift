@@ -1,5 +1,6 @@
 import Atomics
 import DaxFS
+import Pmem
 
 #if canImport(Glibc)
 import Glibc
@@ -18,6 +19,7 @@ import Glibc
 /// | 1     | revoked: lease-break took the lease back; device writes are refused |
 /// | 2     | released: the pins were dropped, by the holder's unpin or by a revoker (once) |
 /// | 3     | notified: the holder was told its lease is breaking (once) |
+/// | 4     | orphaned: a truncate under `none` freed blocks of its range under the pin |
 /// | 16-31 | device writes in flight: what a revocation waits for (the fence) |
 /// | 32-63 | breakers holding the batch: each keeps it from being recycled, none waits for another |
 ///
@@ -32,6 +34,7 @@ final class PinBatch: @unchecked Sendable {
     private static let revokedBit: UInt64 = 2
     private static let releasedBit: UInt64 = 4
     private static let notifiedBit: UInt64 = 8
+    private static let orphanedBit: UInt64 = 16
     private static let writing: UInt64 = 1 << 16
     private static let holding: UInt64 = 1 << 32
 
@@ -49,6 +52,19 @@ final class PinBatch: @unchecked Sendable {
     private(set) var blocks: UnsafeMutablePointer<UInt32>
     private var capacity: Int
     var count = 0
+    /// A kernel pin's view of its range: a window of its own whose page `i` maps the `i`-th
+    /// pinned block, where the kernel pins and writes. Created on the batch's first kernel pin
+    /// and kept while the batch is pooled; its pages are mapped by the pinning thread under the
+    /// file's lock (shared) and unmapped by a truncate under that lock (exclusive), by a
+    /// revocation, and when the pin ends.
+    private(set) var view: MappedWindow?
+    /// A long-term kernel pin: the ring and the fixed-buffer slot holding the range. Set by the
+    /// pinning thread before `publishPinned`; dropped once, by `dropKernelPin`.
+    private(set) var kernelRing: KernelRing?
+    private(set) var kernelSlot = -1
+    private let kernelPinned = ManagedAtomic<Bool>(false)
+    /// Whether this pin uses its view (a kernel pin): from `useView` to `retireView`.
+    private let viewInUse = ManagedAtomic<Bool>(false)
 
     init() {
         self.capacity = 512
@@ -89,6 +105,69 @@ final class PinBatch: @unchecked Sendable {
         self.holder = nil
         self.space = nil
         self.layer = nil
+        self.kernelRing = nil
+        self.kernelSlot = -1
+    }
+
+    // MARK: Kernel pins (the pinning thread, before publishing)
+
+    /// The view for this batch's range, created (or grown) on first use; its pages are unmapped.
+    func viewForPinning(_ mapping: PmemMapping) throws(FSError) -> MappedWindow {
+        if let view = self.view, view.pages >= self.pages.count { return view }
+        let view = try MappedWindow(pages: max(self.capacity, self.pages.count), mapping: mapping, tracked: true)
+        self.view = view
+        return view
+    }
+
+    /// Records that this pin maps its view (before it maps a page): from now on truncates,
+    /// revocations and the end of the pin unmap it.
+    func useView() { self.viewInUse.store(true, ordering: .releasing) }
+
+    /// Ends the view's use as the pin ends (the owner's last kernel I/O is done). Its pages stay
+    /// mapped, as a process's mmap stays after an unpin: nothing does I/O through them until a
+    /// later kernel pin of this batch maps its own blocks there (keeping the pages that map them
+    /// already), and no truncate looks at a view that is not in use.
+    func retireView() {
+        self.viewInUse.store(false, ordering: .releasing)
+    }
+
+    func attachKernelPin(_ ring: KernelRing, slot: Int) {
+        self.kernelRing = ring
+        self.kernelSlot = slot
+        self.kernelPinned.store(true, ordering: .releasing)
+    }
+
+    /// Drops the kernel's long-term pin (empties the slot, gives it back), once; the kernel lets
+    /// the pages go after the requests in flight on them complete.
+    func dropKernelPin() {
+        guard self.kernelPinned.exchange(false, ordering: .acquiringAndReleasing), let ring = self.kernelRing else { return }
+        ring.clear(self.kernelSlot)
+        ring.give(self.kernelSlot)
+    }
+
+    /// Unmaps the view's pages for `filePages` of the file (a truncate, under the file's lock
+    /// held exclusively): a short-term I/O started after this faults (EFAULT) instead of landing.
+    func unmapView(overlapping filePages: Range<Int>) {
+        guard self.viewInUse.load(ordering: .acquiring), let view = self.view else { return }
+        let first = self.pages.lowerBound
+        let overlap = filePages.clamped(to: self.pages)
+        view.unmap((overlap.lowerBound - first)..<(overlap.upperBound - first))
+    }
+
+    /// Unmaps the whole view of a kernel pin (a revocation; again is harmless). Only the view's
+    /// owner maps pages, and only inside the write fence or under the file's lock, so an unmap
+    /// after the fence drained cannot be undone by a mapping already under way.
+    func unmapView() {
+        guard self.viewInUse.load(ordering: .acquiring), let view = self.view else { return }
+        view.unmap(0..<self.pages.count)
+    }
+
+    /// Revocation for real: a long-term pin's slot is pointed at a page nobody reads, so later
+    /// requests on the old range fail (EFAULT) without landing (the slot stays taken until
+    /// `dropKernelPin`); the view is unmapped, so a short-term I/O started later faults.
+    func defuseKernelPin() {
+        if self.kernelPinned.load(ordering: .acquiring), let ring = self.kernelRing { ring.defuse(self.kernelSlot) }
+        self.unmapView()
     }
 
     // MARK: The write fence (device threads)
@@ -105,7 +184,14 @@ final class PinBatch: @unchecked Sendable {
         return true
     }
 
-    /// Leaves the fence after a write `beginWrite` admitted.
+    /// Enters the fence for a write the kernel does (submitted whatever the lease's state: the
+    /// kernel refuses it after a revocation), so a revoker waits for it to complete.
+    @inline(__always)
+    func enterFlight() {
+        self.state.wrappingIncrement(by: Self.writing, ordering: .acquiringAndReleasing)
+    }
+
+    /// Leaves the fence after a write `beginWrite` admitted (or `enterFlight` entered).
     @inline(__always)
     func endWrite() {
         self.state.wrappingDecrement(by: Self.writing, ordering: .releasing)
@@ -134,13 +220,18 @@ final class PinBatch: @unchecked Sendable {
         case revoked(mustUnpin: Bool)
     }
 
-    /// Revokes the lease, once: sets the revoked bit, then waits for the writes that entered
-    /// the fence before it (only writes: another truncate may be revoking the same batch, and
-    /// neither waits for the other).
+    /// Revokes the lease, once: sets the revoked bit, defuses a kernel pin (later kernel writes
+    /// fail, and the view is unmapped), then waits for the writes that entered the fence before it (only writes: another
+    /// truncate may be revoking the same batch, and neither waits for the other).
     func revoke() -> Revocation {
         let previous = self.state.loadThenBitwiseOr(with: Self.revokedBit, ordering: .acquiringAndReleasing)
         guard previous & (Self.revokedBit | Self.releasedBit) == 0 else { return .nothing }
+        if previous & Self.pinnedBit != 0 { self.defuseKernelPin() }
         while (self.state.load(ordering: .acquiring) >> 16) & 0xFFFF > 0 { sched_yield() }
+        // A kernel write that entered before the revoked bit may have faulted its view page in
+        // again (`AddressSpace.refault`), even after the unmap above; every later one sees the
+        // bit. Unmap once more, now that none is under way.
+        if previous & Self.pinnedBit != 0 { self.unmapView() }
         guard previous & Self.pinnedBit != 0 else { return .revoked(mustUnpin: false) }
         return .revoked(mustUnpin: self.claimRelease())
     }
@@ -159,7 +250,14 @@ final class PinBatch: @unchecked Sendable {
         while self.state.load(ordering: .acquiring) >= Self.writing { sched_yield() }
     }
 
+    /// Marks the batch's range as cut under it by policy `none` (under the file's lock held
+    /// exclusively): a short-term kernel pin may not fault its pages in again, since the page's
+    /// block may be a new one (even the same block, allocated again).
+    func orphan() { _ = self.state.loadThenBitwiseOr(with: Self.orphanedBit, ordering: .acquiringAndReleasing) }
+
     // MARK: Queries
+
+    var isOrphaned: Bool { self.state.load(ordering: .acquiring) & Self.orphanedBit != 0 }
 
     var isRevoked: Bool { self.state.load(ordering: .acquiring) & Self.revokedBit != 0 }
 

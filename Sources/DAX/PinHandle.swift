@@ -1,6 +1,10 @@
 import DaxFS
 import Pmem
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The pins of one batch, as `pin_user_pages` returns them: `count` blocks, their addresses, and
 /// a fenced write for DMA. Release with `unpin()`; a handle dropped without it stops the program
 /// ("pin leaked"), since a leaked pin would keep its blocks busy forever.
@@ -27,6 +31,45 @@ public struct PinHandle: ~Copyable {
 
     /// Whether the pins were revoked (lease-break): writes are refused from then on.
     public var isRevoked: Bool { self.object.isRevoked }
+
+    /// For a kernel pin: the address of the `index`-th pinned block in the pin's view, where the
+    /// kernel's I/O goes (unmapped once a truncate or a revocation took the range back).
+    public func kernelAddress(at index: Int) -> UnsafeMutableRawPointer {
+        let batch = self.object
+        precondition(index >= 0 && index < batch.count, "pin index out of range")
+        guard let view = batch.view else { preconditionFailure("kernelAddress of a pin without a kernel pin") }
+        return view.address(page: index)
+    }
+
+    /// For a long-term kernel pin: the fixed-buffer slot that holds the range.
+    public var kernelSlot: Int? { self.object.kernelRing == nil ? nil : self.object.kernelSlot }
+
+    /// Runs a write the kernel does into the `index`-th pinned block, inside the revocation
+    /// fence: a revoker waits for it to complete before it lets the blocks go. `body` gets the
+    /// block's address in the pin's view, submits the I/O, waits for it and returns the bytes
+    /// written or -errno. The write is submitted even after a revocation: the kernel itself
+    /// refuses it then (EFAULT).
+    ///
+    /// For a short-term pin, an I/O that faulted because a truncate unmapped the page since
+    /// (EFAULT) is tried again after the page is faulted in again, as the kernel's GUP does, but
+    /// only while the page still has the pinned block and the pin is not revoked.
+    public func kernelWrite(at index: Int, _ body: (UnsafeMutableRawPointer) -> Int32) -> Int32 {
+        let batch = self.object
+        precondition(index >= 0 && index < batch.count, "pin index out of range")
+        guard let view = batch.view else { preconditionFailure("kernelWrite through a pin without a kernel pin") }
+        let address = view.address(page: index)
+        batch.enterFlight()
+        defer { batch.endWrite() }
+        var result = body(address)
+        var tries = 0
+        // (Another truncate may unmap the page again before the retried I/O reaches it: GUP
+        // would fault again too. A few tries, then the write counts as refused.)
+        while result == -EFAULT, tries < 8, batch.kernelRing == nil, batch.space!.refault(batch, index: index) {
+            result = body(address)
+            tries += 1
+        }
+        return result
+    }
 
     /// A device write into the `index`-th pinned block: a non-temporal copy of `count` bytes at
     /// `offset` in the block, drained before it returns. Fenced against revocation: once the

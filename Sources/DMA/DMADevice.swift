@@ -2,9 +2,20 @@ import Atomics
 import DAX
 import DaxFS
 
-/// One simulated device: it pins a range of a file (faulting holes in, `pin_user_pages` with a
-/// lease), writes 4 KiB into each pinned block straight through its pin (a non-temporal copy,
-/// fenced against revocation), and unpins. It holds at most one pin at a time.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One device: it pins a range of a file (faulting holes in, `pin_user_pages` with a lease),
+/// writes 4 KiB into each pinned block, and unpins. It holds at most one pin at a time. Its
+/// `kind` says who writes:
+///
+/// - `simulated`: the device's thread, straight through its pin (a non-temporal copy, fenced
+///   against revocation: a revoked pin's writes are refused);
+/// - `kernel-longterm`, `kernel-direct`: the kernel (`KernelTransport`), into the pin's view of
+///   the blocks, which the kernel pinned for the whole pin or pins for each I/O. The write is
+///   submitted whatever the lease's state; after a revocation or a truncate's unmap the kernel
+///   itself refuses it (EFAULT), and it is counted refused.
 ///
 /// Devices ignore lease breaks (they only count them), as hardware in the middle of a transfer
 /// does; `lease-break` then revokes them and their later writes are refused.
@@ -22,10 +33,24 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
     public private(set) var pinnedBlocks: [UInt32] = []
     private var sequence: UInt64 = 0
     private let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    /// The kernel's machinery, for a kernel device.
+    private let transport: KernelTransport?
+    public var kind: DeviceKind { self.transport?.kind ?? .simulated }
     /// Completed pin-write-unpin cycles: progress, for a watchdog.
     public let cycles = ManagedAtomic<Int>(0)
 
-    public init(index: Int, dax: DAXFileSystem, observer: (any DMAObserver)?, statistics: DMAStatistics) {
+    /// - Parameters:
+    ///   - kind: who writes (see the type's comment).
+    ///   - sourceDirectory: where a `kernel-direct` device keeps its (unnamed) source file: a
+    ///     directory on a block device.
+    /// - Throws: for a kernel device, `.notSupported` where io_uring or O_DIRECT is refused here
+    ///   (one line, with the reason), `.notFound` for a missing source directory.
+    public init(
+        index: Int, dax: DAXFileSystem, observer: (any DMAObserver)?, statistics: DMAStatistics,
+        kind: DeviceKind = .simulated, sourceDirectory: String = DeviceKind.defaultSourceDirectory
+    ) throws(FSError) {
+        self.transport = kind.isKernel
+            ? try KernelTransport(kind: kind, device: index, sourceDirectory: sourceDirectory) : nil
         self.index = index
         self.dax = dax
         self.observer = observer
@@ -44,17 +69,27 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
         self.statistics.leaseBreaks.wrappingIncrement(ordering: .relaxed)
     }
 
-    /// Pins `pages` of `file` for writing (holes are faulted in as new blocks).
+    /// Pins `pages` of `file` for writing (holes are faulted in as new blocks); a kernel device
+    /// takes the kernel's pin too.
     /// - Throws: what `AddressSpace.pin` throws (the range was truncated away, no space, the
-    ///   lease revoked while pinning); nothing is pinned then.
+    ///   lease revoked while pinning; `.notSupported` when the kernel refuses a long-term pin of
+    ///   these pages, as it does on fs-dax); nothing is pinned then.
     public func pin(_ file: FileID, pages: Range<Int>) throws(FSError) {
         precondition(self.current == nil, "DMADevice \(self.index) pins twice")
         let handle: PinHandle
-        do { handle = try self.dax.open(file).pin(pages, write: true, holder: self) } catch {
-            self.statistics.pinFailures.wrappingIncrement(ordering: .relaxed)
+        do {
+            handle = try self.dax.open(file).pin(
+                pages, write: true, holder: self, kernel: self.transport?.kernelPin ?? .none)
+        } catch {
+            if error.code == .notSupported {
+                self.statistics.kernelRefusals.wrappingIncrement(ordering: .relaxed)
+            } else {
+                self.statistics.pinFailures.wrappingIncrement(ordering: .relaxed)
+            }
             throw error
         }
         self.statistics.pins.wrappingIncrement(ordering: .relaxed)
+        if self.transport != nil { self.statistics.kernelPins.wrappingIncrement(ordering: .relaxed) }
         self.statistics.pinnedPages.wrappingIncrement(by: handle.count, ordering: .relaxed)
         self.file = file
         self.cookies.removeAll(keepingCapacity: true)
@@ -94,9 +129,16 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
                 cookie: self.cookies[index])
             self.observer?.fill(self.buffer, for: write)
             let observer = self.observer
-            if handle.write(at: index, from: self.buffer, count: 4096, whileFenced: { block in
-                observer?.didWrite(write, block: block, landed: true)
-            }) {
+            let done: Bool
+            if let transport = self.transport {
+                guard let kernelDone = self.kernelWrite(write, at: index, through: handle, transport) else { continue }
+                done = kernelDone
+            } else {
+                done = handle.write(at: index, from: self.buffer, count: 4096, whileFenced: { block in
+                    observer?.didWrite(write, block: block, landed: true)
+                })
+            }
+            if done {
                 landed += 1
                 self.statistics.writes.wrappingIncrement(ordering: .relaxed)
             } else {
@@ -105,6 +147,39 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
             }
         }
         return landed
+    }
+
+    /// One write done by the kernel: the tagged block is staged in the source file, then the
+    /// kernel copies it into the pin's view inside the revocation fence, and the oracle hears of
+    /// it there, at its completion.
+    /// - Returns: true when it landed, false when the kernel refused it (EFAULT: the range was
+    ///   unmapped or the pin revoked), nil after an error of another kind (counted; the oracle
+    ///   was told it landed if any byte may have).
+    private func kernelWrite(
+        _ write: DMAWrite, at index: Int, through handle: borrowing PinHandle, _ transport: KernelTransport
+    ) -> Bool? {
+        guard transport.stage(self.buffer) == 0 else {
+            self.statistics.kernelErrors.wrappingIncrement(ordering: .relaxed)
+            return nil
+        }
+        let block = handle.block(at: index)
+        let slot = handle.kernelSlot
+        let observer = self.observer
+        let result = handle.kernelWrite(at: index) { address in
+            let result = transport.write(into: address, slot: slot)
+            if result > 0 { observer?.didWrite(write, block: block, landed: true) }
+            return result
+        }
+        switch result {
+        case 4096:
+            self.statistics.kernelWrites.wrappingIncrement(ordering: .relaxed)
+            return true
+        case -EFAULT:
+            return false
+        default:
+            self.statistics.kernelErrors.wrappingIncrement(ordering: .relaxed)
+            return nil
+        }
     }
 
     /// Drops the pin (ends the lease).
@@ -127,5 +202,12 @@ public final class DMAStatistics: Sendable {
     public let pinFailures = ManagedAtomic<Int>(0)
     /// Lease-break notices received.
     public let leaseBreaks = ManagedAtomic<Int>(0)
+    /// Pins that took the kernel's pin too, and writes the kernel landed.
+    public let kernelPins = ManagedAtomic<Int>(0)
+    public let kernelWrites = ManagedAtomic<Int>(0)
+    /// Long-term pins the kernel refused (EOPNOTSUPP: fs-dax pages).
+    public let kernelRefusals = ManagedAtomic<Int>(0)
+    /// Kernel writes that failed otherwise (an I/O error, a short read).
+    public let kernelErrors = ManagedAtomic<Int>(0)
     public init() {}
 }

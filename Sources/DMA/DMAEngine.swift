@@ -7,10 +7,14 @@ import DaxlabSupport
 import Glibc
 #endif
 
-/// How the simulated devices behave.
+/// How the devices behave.
 public struct DMAConfiguration: Sendable {
     /// Device threads.
     public var devices: Int
+    /// Who does their writes: daxlab's simulation or the kernel (`DeviceKind`).
+    public var kind: DeviceKind
+    /// Where `kernel-direct` devices keep their source files (a directory on a block device).
+    public var sourceDirectory: String
     /// How long each device keeps a pin batch and writes into it (short like O_DIRECT, long like RDMA).
     public var pinDuration: Duration
     /// The first `longPinDevices` devices keep each pin this long instead: for a share of pins
@@ -23,9 +27,12 @@ public struct DMAConfiguration: Sendable {
 
     public init(
         devices: Int = 4, pinDuration: Duration = .milliseconds(2), longPinDuration: Duration = .milliseconds(100),
-        longPinDevices: Int = 0, pagesPerPin: ClosedRange<Int> = 1...8, seed: UInt64 = 1
+        longPinDevices: Int = 0, pagesPerPin: ClosedRange<Int> = 1...8, seed: UInt64 = 1,
+        kind: DeviceKind = .simulated, sourceDirectory: String = DeviceKind.defaultSourceDirectory
     ) {
         self.devices = devices
+        self.kind = kind
+        self.sourceDirectory = sourceDirectory
         self.pinDuration = pinDuration
         self.longPinDuration = longPinDuration
         self.longPinDevices = longPinDevices
@@ -34,9 +41,10 @@ public struct DMAConfiguration: Sendable {
     }
 }
 
-/// N simulated devices on threads (`daxlab-dma-0`, `daxlab-dma-1`, ...). Each repeatedly picks a
-/// range of one of the files, pins it, writes into every pinned block for its pin duration, and
-/// unpins (`DMADevice`).
+/// N devices on threads (`daxlab-dma-0`, `daxlab-dma-1`, ...). Each repeatedly picks a range of
+/// one of the files, pins it, writes into every pinned block for its pin duration, and unpins
+/// (`DMADevice`). A device whose long-term pins the kernel refuses stops (counted in
+/// `statistics.kernelRefusals`).
 public final class DMAEngine: Sendable {
     public let dax: DAXFileSystem
     public let files: [FileID]
@@ -46,16 +54,21 @@ public final class DMAEngine: Sendable {
     private let running = ManagedAtomic<Bool>(false)
     private let threads = Locked<[JoinableThread]>([])
 
+    /// - Throws: for kernel devices, what `DMADevice.init` throws (io_uring or O_DIRECT refused).
     public init(
         dax: DAXFileSystem, files: [FileID], configuration: DMAConfiguration, observer: (any DMAObserver)? = nil
-    ) {
+    ) throws(FSError) {
         self.dax = dax
         self.files = files
         self.configuration = configuration
-        let statistics = self.statistics
-        self.devices = (0..<configuration.devices).map { index in
-            DMADevice(index: index, dax: dax, observer: observer, statistics: statistics)
+        var devices: [DMADevice] = []
+        for index in 0..<configuration.devices {
+            devices.append(
+                try DMADevice(
+                    index: index, dax: dax, observer: observer, statistics: self.statistics, kind: configuration.kind,
+                    sourceDirectory: configuration.sourceDirectory))
         }
+        self.devices = devices
     }
 
     /// Completed pin-write-unpin cycles of all devices.
@@ -101,7 +114,10 @@ public final class DMAEngine: Sendable {
             let filePages = size / 4096
             let count = min(filePages, span.lowerBound + random.next(below: span.count))
             let first = random.next(below: filePages - count + 1)
-            guard (try? device.pin(file, pages: first..<(first + count))) != nil else { continue }
+            do { try device.pin(file, pages: first..<(first + count)) } catch {
+                if error.code == .notSupported { return }  // the kernel refuses these pins: stop
+                continue
+            }
             let deadline = MonotonicClock.now() + pinNanoseconds
             repeat {
                 device.transfer()

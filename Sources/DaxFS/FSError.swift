@@ -30,6 +30,9 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         public static let io = Code("i/o")
         /// The file system is mounted read-only.
         public static let readOnly = Code("read-only")
+        /// The kernel (or the medium) refuses what was asked (EOPNOTSUPP): a long-term pin of
+        /// fs-dax pages, a window over a device aligned to more than 4 KiB, io_uring under seccomp.
+        public static let notSupported = Code("not supported")
     }
 
     public var code: Code

@@ -15,7 +15,15 @@ struct BenchCommand: ParsableCommand {
             fault.cold_write (vs the kernel's first-touch fault), pin.batch512 (vs atomic inc+dec, \
             vs io_uring buffer registration), pin.single (vs process_vm_writev), pin.batch512 at N \
             threads (vs 1 thread, vs a mutex-and-dictionary pin table), truncate.wake (vs a condvar \
-            wake), dma.copy (vs pmem_memcpy_persist), alloc.block (vs pmemobj_alloc). Method: \
+            wake), dma.copy (vs pmem_memcpy_persist), alloc.block (vs pmemobj_alloc); with the \
+            kernel in the loop: fault.mapped_hot (a load through the MMU window vs the same load \
+            from an anonymous array), fault.mapped_cold_write (a store into a hole through the \
+            window: SIGSEGV, daxlab's fault path, mmap; vs the kernel's first-touch fault, and vs \
+            floor.sigsegv_mmap, a C handler that only maps the page), pin.kernel_longterm (a \
+            512-page pin the kernel pins too, io_uring fixed buffer; vs registering anonymous \
+            memory), dma.kernel_read_fixed (READ_FIXED into a pinned block vs into anonymous \
+            memory). Rows that need io_uring are left out where it is refused, and the report \
+            says why. Method: \
             warm-up, 5 repetitions, the median. Timing on shared VMs is noisy: compare ratios within \
             one run.
             """

@@ -1,10 +1,12 @@
 import ArgumentParser
 import CShims
+import DMA
 import DaxFS
 import Foundation
 import Race
 
 extension TruncatePolicy: ExpressibleByArgument {}
+extension DeviceKind: ExpressibleByArgument {}
 
 /// `daxlab race`: one race run under one policy, judged by the oracle.
 struct RaceCommand: ParsableCommand {
@@ -25,6 +27,15 @@ struct RaceCommand: ParsableCommand {
 
             Policies: none (the bug), fail, wait, sequester, deferred, lease-break.
 
+            Devices (--devices): simulated (daxlab's threads copy into the pinned blocks); \
+            kernel-longterm (the kernel pins: each pin registers the range as an io_uring fixed \
+            buffer, pin_user_pages(FOLL_LONGTERM), and each write is an IORING_OP_READ_FIXED the \
+            kernel copies into the page it pinned; lease-break revokes by replacing the buffer); \
+            kernel-direct (each write is an O_DIRECT read from a file in --source-dir into the \
+            pinned range: a short-term pin for one I/O and block-layer DMA). Where the kernel \
+            refuses long-term pins (fs-dax: EOPNOTSUPP, mainline's own answer), nothing races and \
+            the run says so, exit 0. Where io_uring or O_DIRECT is refused, one line and exit 2.
+
             Exit status: 0 when nothing went wrong; 1 when the oracle saw a stale write, a \
             corrupted or leaked block, an fsck problem or a deadlock (so --policy none exits 1: \
             the bug, reproduced); 2 for bad arguments or an unusable path.
@@ -40,7 +51,11 @@ struct RaceCommand: ParsableCommand {
     var policy: TruncatePolicy
 
     @Option(name: .long, help: "How long to race.") var seconds: Double = 5
-    @Option(name: .customLong("dma-threads"), help: "Simulated devices.") var dmaThreads = 4
+    @Option(name: .customLong("dma-threads"), help: "Devices (threads).") var dmaThreads = 4
+    @Option(name: .long, help: "Who does the devices' writes: simulated, kernel-longterm or kernel-direct.")
+    var devices: DeviceKind = .simulated
+    @Option(name: .customLong("source-dir"), help: "Where kernel-direct devices keep their source files: a directory on a disk file system (not tmpfs).")
+    var sourceDirectory = DeviceKind.defaultSourceDirectory
     @Option(name: .long, help: "Threads that truncate and punch the shared files.") var truncaters = 2
     @Option(name: .long, help: "Threads that allocate and write their own files.") var writers = 2
     @Option(name: .customLong("pin-ms"), help: "How long a device holds each pin batch (ms).") var pinMs: Double = 2
@@ -80,6 +95,8 @@ struct RaceCommand: ParsableCommand {
         var configuration = RaceConfiguration(policy: self.policy)
         configuration.seconds = self.seconds
         configuration.dmaThreads = self.dmaThreads
+        configuration.devices = self.devices
+        configuration.sourceDirectory = self.sourceDirectory
         configuration.truncaters = self.truncaters
         configuration.writers = self.writers
         configuration.pinMilliseconds = self.pinMs
@@ -147,11 +164,21 @@ enum RaceRunner {
 
     static func printReport(_ report: RaceReport) {
         let latency = report.truncateLatencyUs
+        if report.kernelPinRefused {
+            Output.print("""
+                policy \(report.policy), devices \(report.devices): the kernel REFUSED the long-term pin \
+                (EOPNOTSUPP): it does not pin these pages for long (fs-dax), which is mainline's own answer \
+                to DMA versus truncate; nothing raced (is_pmem \(report.isPmem), fsck \(report.fsckClean ? "clean" : "NOT clean"))
+                """)
+            return
+        }
         Output.print("""
-            policy \(report.policy): \(report.held ? "HELD" : (report.corruptionSeen ? "CORRUPTION" : "FAILED")) \
+            policy \(report.policy), devices \(report.devices): \
+            \(report.held ? "HELD" : (report.corruptionSeen ? "CORRUPTION" : "FAILED")) \
             (\(report.seconds) s, is_pmem \(report.isPmem))
-              DMA writes \(report.dmaWrites) in \(report.pins) pins; leases revoked \(report.revocations), \
-            writes refused after revocation \(report.revokedDmaWrites)
+              DMA writes \(report.dmaWrites) in \(report.pins) pins\
+            \(report.devices == "simulated" ? "" : " (by the kernel: \(report.kernelWrites) writes, \(report.kernelPins) pins\(report.kernelErrors > 0 ? ", \(report.kernelErrors) I/O errors" : ""))"); \
+            leases revoked \(report.revocations), writes refused \(report.revokedDmaWrites)
               truncates \(report.truncates): EBUSY \(report.truncatesBusy), waited \(report.truncatesWaited); \
             latency p50 \(format(latency.p50)) p99 \(format(latency.p99)) max \(format(latency.max))
               stale DMA writes \(report.staleDmaWrites), corrupted blocks \(report.corruptedBlocks), \

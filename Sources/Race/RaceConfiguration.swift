@@ -1,3 +1,4 @@
+import DMA
 import DaxFS
 
 /// What a race run does.
@@ -5,6 +6,10 @@ public struct RaceConfiguration: Sendable {
     public var policy: TruncatePolicy
     public var seconds: Double = 5
     public var dmaThreads = 4
+    /// Who does the devices' writes: daxlab's simulation or the kernel.
+    public var devices: DeviceKind = .simulated
+    /// Where `kernel-direct` devices keep their source files (a directory on a block device).
+    public var sourceDirectory = DeviceKind.defaultSourceDirectory
     public var truncaters = 2
     public var writers = 2
     /// How long a device holds each pin batch.

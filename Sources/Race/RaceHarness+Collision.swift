@@ -34,8 +34,7 @@ extension RaceHarness {
         // collision writer takes come from the same allocator shard, so a freed one is reused.
         _ = CShims_bind_to_cpu(max(0, CShims_sched_getcpu()))
         defer { _ = CShims_unbind_cpu() }
-        let device = DMADevice(
-            index: config.dmaThreads, dax: self.dax, observer: self.oracle, statistics: self.collisionStatistics)
+        let device = self.collisionDevice
         try device.pin(file, pages: pages)
         device.transfer()
 

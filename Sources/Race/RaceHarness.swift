@@ -39,15 +39,20 @@ public final class RaceHarness: @unchecked Sendable {
     let writerWrites = ManagedAtomic<Int>(0)
     let truncaterProgress: [ManagedAtomic<Int>]
     let verifierProgress = ManagedAtomic<Int>(0)
-    /// The collision's device and its counters (the engine's devices come later).
+    /// The collision's device and its counters, and the engine whose devices race after it.
     let collisionStatistics = DMAStatistics()
+    let collisionDevice: DMADevice
+    let engine: DMAEngine
     let latencies = Locked(Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three))
 
-    /// Formats `path` and mounts it with the DAX layer under `configuration.policy`.
+    /// Formats `path` and mounts it with the DAX layer under `configuration.policy`, and makes
+    /// the devices.
     /// - Parameter size: the image size when `path` must be created; nil takes an existing file's
     ///   size, and a device-dax device is always used whole.
+    /// - Throws: for kernel devices, `.notSupported` where io_uring or O_DIRECT is refused here.
     public init(path: String, size: Int?, configuration: RaceConfiguration, force: Bool) throws(FSError) {
         self.configuration = configuration
+        try configuration.devices.checkAvailable(sourceDirectory: configuration.sourceDirectory)
         _ = try FileSystem.format(path: path, size: size, force: force)
         self.fs = try FileSystem.mount(path: path)
         self.dax = try DAXFileSystem(
@@ -71,6 +76,17 @@ public final class RaceHarness: @unchecked Sendable {
         self.collisionWriter = Writer(
             index: configuration.writers, file: try self.fs.create("collision-writer"), pages: 0)
         self.truncaterProgress = (0..<configuration.truncaters).map { _ in ManagedAtomic(0) }
+        self.collisionDevice = try DMADevice(
+            index: configuration.dmaThreads, dax: self.dax, observer: self.oracle, statistics: self.collisionStatistics,
+            kind: configuration.devices, sourceDirectory: configuration.sourceDirectory)
+        self.engine = try DMAEngine(
+            dax: self.dax, files: self.sharedFiles,
+            configuration: DMAConfiguration(
+                devices: configuration.dmaThreads, pinDuration: .milliseconds(configuration.pinMilliseconds),
+                longPinDuration: .milliseconds(configuration.longPinMilliseconds),
+                longPinDevices: configuration.effectiveLongPinDevices, pagesPerPin: 1...8, seed: configuration.seed,
+                kind: configuration.devices, sourceDirectory: configuration.sourceDirectory),
+            observer: self.oracle)
     }
 
     public var isPmem: Bool { self.fs.mapping.isPmem }
@@ -83,19 +99,23 @@ public final class RaceHarness: @unchecked Sendable {
     }
 
     /// Runs the collision, then the race for the configured time, and returns what the oracle found.
+    ///
+    /// Where the kernel refuses the devices' long-term pins (EOPNOTSUPP: fs-dax, mainline's own
+    /// answer to DMA versus truncate), nothing races: the report says so (`kernelPinRefused`),
+    /// and the image is unmounted and checked.
     /// - Parameter progress: called about four times a second from the watchdog (the caller's thread).
     /// - Throws: `SystemCallError` when a thread cannot be started (nothing is left running then).
     public func run(progress: (@Sendable (RaceProgress) -> Void)? = nil) throws -> RaceReport {
-        let config = self.configuration
         let started = MonotonicClock.now()
-        let collided = try self.collide()
-        let engine = DMAEngine(
-            dax: self.dax, files: self.sharedFiles,
-            configuration: DMAConfiguration(
-                devices: config.dmaThreads, pinDuration: .milliseconds(config.pinMilliseconds),
-                longPinDuration: .milliseconds(config.longPinMilliseconds),
-                longPinDevices: config.effectiveLongPinDevices, pagesPerPin: 1...8, seed: config.seed),
-            observer: self.oracle)
+        let engine = self.engine
+        let collided: Bool
+        do {
+            collided = try self.collide()
+        } catch let error as FSError where error.code == .notSupported && self.configuration.devices == .kernelLongterm {
+            return self.report(
+                engine: engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
+                fsckClean: self.unmountAndCheck(), stuck: [], kernelPinRefused: true)
+        }
         let threads = try self.startThreads(engine)
         let watched = self.progressCounters(engine)
         let (deadlock, stuck) = collided
@@ -124,14 +144,17 @@ public final class RaceHarness: @unchecked Sendable {
         self.verifyWriters()
         self.verifySharedFiles()
         let leaked = self.countLeaks()
-        let fsckClean: Bool
+        return self.report(engine: engine, elapsed: elapsed, leaked: leaked, fsckClean: self.unmountAndCheck(), stuck: [])
+    }
+
+    /// Unmounts the image and runs fsck on it: whether it is clean.
+    private func unmountAndCheck() -> Bool {
         do {
             try self.fs.unmount()
-            fsckClean = try Fsck.run(path: self.fs.path).isClean
+            return try Fsck.run(path: self.fs.path).isClean
         } catch {
-            fsckClean = false
+            return false
         }
-        return self.report(engine: engine, elapsed: elapsed, leaked: leaked, fsckClean: fsckClean, stuck: [])
     }
 
     /// Starts the truncaters, the writers and the verifier (and the engine's devices); if one
@@ -156,14 +179,22 @@ public final class RaceHarness: @unchecked Sendable {
         return threads
     }
 
-    private func report(engine: DMAEngine, elapsed: Double, leaked: Int, fsckClean: Bool, stuck: [String]) -> RaceReport {
+    private func report(
+        engine: DMAEngine, elapsed: Double, leaked: Int, fsckClean: Bool, stuck: [String], kernelPinRefused: Bool = false
+    ) -> RaceReport {
         let histogram = self.latencies.withLock { $0 }
         let stats = self.dax.statistics
         func microseconds(_ value: UInt64) -> Double { (Double(value) / 1000).rounded() }
-        let pins = engine.statistics.pins.load(ordering: .relaxed) + self.collisionStatistics.pins.load(ordering: .relaxed)
+        func both(_ counter: KeyPath<DMAStatistics, ManagedAtomic<Int>>) -> Int {
+            engine.statistics[keyPath: counter].load(ordering: .relaxed)
+                + self.collisionStatistics[keyPath: counter].load(ordering: .relaxed)
+        }
         return RaceReport(
-            policy: self.configuration.policy.rawValue, seconds: (elapsed * 10).rounded() / 10, isPmem: self.isPmem,
-            dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed), pins: pins,
+            policy: self.configuration.policy.rawValue, devices: self.configuration.devices.rawValue,
+            seconds: (elapsed * 10).rounded() / 10, isPmem: self.isPmem,
+            dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed), pins: both(\.pins),
+            kernelPins: both(\.kernelPins), kernelWrites: both(\.kernelWrites), kernelErrors: both(\.kernelErrors),
+            kernelPinRefused: kernelPinRefused,
             truncates: self.truncates.load(ordering: .relaxed), truncatesBusy: self.busy.load(ordering: .relaxed),
             truncatesWaited: stats.truncatesWaited.load(ordering: .relaxed),
             truncateLatencyUs: RaceReport.Latency(

@@ -7,10 +7,20 @@ public struct RaceReport: Sendable, Codable, Equatable {
     }
 
     public var policy: String
+    /// Who did the devices' writes: `simulated`, `kernel-longterm` or `kernel-direct`.
+    public var devices: String
     public var seconds: Double
     public var isPmem: Bool
     public var dmaWrites: Int
     public var pins: Int
+    /// Pins the kernel took too, writes the kernel landed, and kernel writes that failed
+    /// otherwise than by a refusal (0 for simulated devices).
+    public var kernelPins: Int
+    public var kernelWrites: Int
+    public var kernelErrors: Int
+    /// The kernel refused the devices' long-term pins (EOPNOTSUPP: fs-dax pages): nothing raced,
+    /// and that is the outcome observed, not a failure.
+    public var kernelPinRefused: Bool
     public var truncates: Int
     public var truncatesBusy: Int
     public var truncatesWaited: Int
@@ -29,10 +39,15 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var stuckThreads: [String]
 
     enum CodingKeys: String, CodingKey {
-        case policy, seconds
+        case policy, devices, seconds
         case isPmem = "is_pmem"
         case dmaWrites = "dma_writes"
-        case pins, truncates
+        case pins
+        case kernelPins = "kernel_pins"
+        case kernelWrites = "kernel_writes"
+        case kernelErrors = "kernel_errors"
+        case kernelPinRefused = "kernel_pin_refused"
+        case truncates
         case truncatesBusy = "truncates_busy"
         case truncatesWaited = "truncates_waited"
         case truncateLatencyUs = "truncate_latency_us"

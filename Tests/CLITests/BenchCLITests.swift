@@ -1,4 +1,5 @@
 import CBenchShims
+import CRing
 import Foundation
 import Testing
 import TestSupport
@@ -6,8 +7,8 @@ import TestSupport
 /// Whether this kernel lets the process use io_uring (a seccomp filter, as in many containers,
 /// refuses io_uring_setup with EPERM or ENOSYS).
 let ioUringAvailable: Bool = {
-    guard let ring = CBenchShims_uring_create(4) else { return false }
-    CBenchShims_uring_destroy(ring)
+    guard let ring = CRing_create(4, 0) else { return false }
+    CRing_destroy(ring)
     return true
 }()
 
@@ -19,7 +20,15 @@ struct BenchCLITests {
         ("pin.batch512", "kernel.io_uring_register"), ("pin.single", "kernel.process_vm_writev"),
         ("pin.batch512", "pin.batch512"), ("pin.batch512", "naive.mutex_dict"), ("truncate.wake", "condvar.wake"),
         ("dma.copy", "pmem.memcpy_persist"), ("alloc.block", "pmemobj.alloc"),
+        ("fault.mapped_hot", "array.load"), ("fault.mapped_cold_write", "kernel.tmpfs_first_touch"),
+        ("fault.mapped_cold_write", "floor.sigsegv_mmap"), ("pin.kernel_longterm", "kernel.io_uring_register"),
+        ("dma.kernel_read_fixed", "kernel.read_fixed_anon"),
     ]
+
+    /// Whether a row needs io_uring (left out, with the reason, where it is refused).
+    static func needsIOUring(_ name: String, _ baseline: String) -> Bool {
+        baseline == "kernel.io_uring_register" || ["pin.kernel_longterm", "dma.kernel_read_fixed"].contains(name)
+    }
 
     @Test("bench --seconds 1 --json F: every row with its baseline, ratio = value / baseline_value, and a plot")
     func everyRow() throws {
@@ -44,8 +53,9 @@ struct BenchCLITests {
             if !ioUringAvailable {
                 // The row is left out, and the report says why.
                 #expect(unavailable.contains { $0["baseline"] as? String == "kernel.io_uring_register" })
+                #expect(unavailable.contains { $0["baseline"] as? String == "kernel.read_fixed_anon" })
             }
-            for (name, baseline) in Self.rows where ioUringAvailable || baseline != "kernel.io_uring_register" {
+            for (name, baseline) in Self.rows where ioUringAvailable || !Self.needsIOUring(name, baseline) {
                 let row = results.first { $0["name"] as? String == name && $0["baseline"] as? String == baseline }
                 let found = try #require(row, "\(name) vs \(baseline) missing")
                 for key in ["unit", "threads", "value", "baseline_threads", "baseline_value", "ratio", "better"] {
@@ -70,11 +80,24 @@ struct KernelBaselineTests {
     @Test("io_uring buffer registration pins and unpins a buffer (the pin.batch512 baseline)",
           .enabled(if: ioUringAvailable, "io_uring_setup is refused here (a seccomp filter or an old kernel)"))
     func ioUringRegisters() throws {
-        let ring = try #require(CBenchShims_uring_create(4))
-        defer { CBenchShims_uring_destroy(ring) }
+        let ring = try #require(CRing_create(4, 0))
+        defer { CRing_destroy(ring) }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 16 * 4096, alignment: 4096)
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 1, count: 16 * 4096)
         #expect(CBenchShims_uring_register_unregister(ring, buffer, 16 * 4096) == 0)
+    }
+
+    @Test("the fault-and-map floor: a C SIGSEGV handler maps each page of a tmpfs file, and the stores land in it")
+    func sigsegvMmapFloor() throws {
+        let path = "/dev/shm/daxlab-floor-\(getpid())"
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        try #require(fd >= 0)
+        unlink(path)
+        defer { close(fd) }
+        try #require(ftruncate(fd, 16 * 4096) == 0)
+        #expect(CBenchShims_sigsegv_mmap_touch(fd, 16) > 0)
+        var byte: UInt8 = 0
+        #expect(pread(fd, &byte, 1, 5 * 4096) == 1 && byte == 1, "the store went through the mapping into the file")
     }
 }

@@ -9,7 +9,8 @@ struct RaceCLITests {
     }
 
     static let keys: Set<String> = [
-        "policy", "seconds", "is_pmem", "dma_writes", "pins", "truncates", "truncates_busy", "truncates_waited",
+        "policy", "devices", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors",
+        "kernel_pin_refused", "truncates", "truncates_busy", "truncates_waited",
         "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes",
         "revocations", "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock", "stuck_threads",
     ]
@@ -24,6 +25,8 @@ struct RaceCLITests {
             let latency = try #require(report["truncate_latency_us"] as? [String: Any])
             #expect(Set(latency.keys) == ["p50", "p99", "max"])
             #expect(report["policy"] as? String == "none")
+            #expect(report["devices"] as? String == "simulated", "the default devices")
+            #expect(report["kernel_pins"] as? Int == 0 && report["kernel_writes"] as? Int == 0)
             #expect(!FileManager.default.fileExists(atPath: path), "removed without --keep")
 
             let wait = try DaxlabBinary.run(["race", path, "--policy", "wait", "--seconds", "1", "--json", "--keep"])
@@ -42,11 +45,57 @@ struct RaceCLITests {
         }
     }
 
+    @Test("race --devices kernel-longterm: the kernel's own writes corrupt under none; lease-break revokes them for real",
+          .enabled(if: KernelFacilities.ioUringRefusal == nil, "io_uring is refused here"))
+    func kernelLongterm() throws {
+        try withTemporaryPath("race-kernel") { path in
+            let none = try DaxlabBinary.run(
+                ["race", path, "--policy", "none", "--devices", "kernel-longterm", "--seconds", "1", "--json"])
+            #expect(none.status == 1, "\(none.standardError)")
+            let report = try self.json(none.standardOutput)
+            #expect(report["devices"] as? String == "kernel-longterm")
+            #expect(report["kernel_pin_refused"] as? Bool == false)
+            #expect(report["kernel_pins"] as? Int ?? 0 > 0 && report["kernel_writes"] as? Int ?? 0 > 0, "\(report)")
+            #expect(report["stale_dma_writes"] as? Int ?? 0 > 0, "the collision's kernel write is stale: \(report)")
+            #expect(report["corrupted_blocks"] as? Int ?? 0 > 0, "and corrupts the collision writer's page: \(report)")
+
+            let revoked = try DaxlabBinary.run(
+                ["race", path, "--policy", "lease-break", "--devices", "kernel-longterm", "--seconds", "1", "--json"])
+            #expect(revoked.status == 0, "\(revoked.standardOutput)\(revoked.standardError)")
+            let held = try self.json(revoked.standardOutput)
+            #expect(held["revocations"] as? Int ?? 0 > 0, "the collision's lease is revoked: \(held)")
+            #expect(held["revoked_dma_writes"] as? Int ?? 0 > 0, "and the kernel refuses its later writes: \(held)")
+            #expect(held["stale_dma_writes"] as? Int == 0 && held["corrupted_blocks"] as? Int == 0)
+        }
+    }
+
+    @Test("race --devices kernel-direct: O_DIRECT devices race and wait holds; a tmpfs --source-dir is refused in one line",
+          .enabled(if: KernelFacilities.directIORefusal == nil, "O_DIRECT in /var/tmp is refused here"))
+    func kernelDirect() throws {
+        try withTemporaryPath("race-direct") { path in
+            let wait = try DaxlabBinary.run(
+                ["race", path, "--policy", "wait", "--devices", "kernel-direct", "--seconds", "1", "--json"])
+            #expect(wait.status == 0, "\(wait.standardOutput)\(wait.standardError)")
+            let report = try self.json(wait.standardOutput)
+            #expect(report["devices"] as? String == "kernel-direct")
+            #expect(report["kernel_writes"] as? Int ?? 0 > 0, "\(report)")
+            #expect(report["stale_dma_writes"] as? Int == 0 && report["corrupted_blocks"] as? Int == 0)
+
+            let tmpfs = try DaxlabBinary.run(
+                ["race", path, "--policy", "wait", "--devices", "kernel-direct", "--source-dir", "/dev/shm", "--seconds", "1"])
+            #expect(tmpfs.status == 2)
+            #expect(tmpfs.standardError.contains("tmpfs"), "\(tmpfs.standardError)")
+            #expect(tmpfs.standardError.split(separator: "\n").count == 1)
+            #expect(!FileManager.default.fileExists(atPath: path), "nothing formatted before the refusal")
+        }
+    }
+
     @Test("race: bad arguments exit 2 with one line")
     func badArguments() throws {
         for arguments in [["race", "--policy", "sometimes"], ["race", "--policy", "wait", "--seconds", "0"],
                           ["race", "--policy", "wait", "--seconds", "nan"], ["race", "--policy", "wait", "--pin-ms", "inf"],
                           ["race", "--policy", "wait", "--long-pin-devices", "9"],
+                          ["race", "--policy", "wait", "--devices", "gpu"],
                           ["race", "/nonexistent-dir/x.pmem", "--policy", "wait", "--seconds", "1"]]
         {
             let result = try DaxlabBinary.run(arguments)
@@ -120,6 +169,11 @@ struct RaceCLITests {
             #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
             for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break"] {
                 #expect(result.standardOutput.contains(policy))
+            }
+            // Each kind of device raced, or was skipped with its reason.
+            for kind in ["simulated", "kernel-longterm", "kernel-direct"] {
+                let raced = result.standardOutput.split(separator: "\n").filter { !$0.hasPrefix("racing") && $0.contains(" \(kind) ") }.count
+                #expect(raced == 6 || result.standardError.contains("\(kind) devices skipped"), "\(kind)")
             }
             #expect(result.standardOutput.contains("verdict"))
             #expect(result.standardOutput.contains("Every protective policy held"))

@@ -78,6 +78,26 @@ struct DAXRaceTests {
     @Test("DMA devices, truncaters and writers on shared files: no pinned block is ever handed out again",
           .serialized, arguments: TruncatePolicy.allCases)
     func devicesAndTruncaters(policy: TruncatePolicy) throws {
+        try self.race(policy: policy, devices: .simulated)
+    }
+
+    @Test("kernel long-term devices (io_uring fixed buffers), truncaters and writers: no kernel write lands in a block the allocator could hand out",
+          .serialized, .enabled(if: KernelFacilities.ioUringRefusal == nil, "io_uring is refused here"),
+          arguments: TruncatePolicy.allCases)
+    func kernelLongtermDevicesAndTruncaters(policy: TruncatePolicy) throws {
+        try self.race(policy: policy, devices: .kernelLongterm)
+    }
+
+    @Test("kernel O_DIRECT devices, truncaters and writers: no kernel write lands in a block the allocator could hand out",
+          .serialized, .enabled(if: KernelFacilities.directIORefusal == nil, "O_DIRECT in /var/tmp is refused here"),
+          arguments: TruncatePolicy.allCases)
+    func kernelDirectDevicesAndTruncaters(policy: TruncatePolicy) throws {
+        try self.race(policy: policy, devices: .kernelDirect)
+    }
+
+    /// One second of `devices` pinning and writing four shared files while a truncater cuts
+    /// and punches them and a writer allocates; the watcher counts writes into free blocks.
+    private func race(policy: TruncatePolicy, devices: DeviceKind) throws {
         let lab = try Lab(
             policy: policy, pages: 32, times: PolicyTimes(waitTimeout: .seconds(20), leaseBreakTime: .milliseconds(1)),
             size: 64 << 20)
@@ -90,9 +110,11 @@ struct DAXRaceTests {
         let files = created
         let watcher = PinWatcher(blockCount: lab.fs.geometry.blockCount)
         try #require(lab.fs.observeAllocations(watcher))
-        let engine = DMAEngine(
+        let engine = try DMAEngine(
             dax: lab.dax, files: files,
-            configuration: DMAConfiguration(devices: 3, pinDuration: .milliseconds(3), pagesPerPin: 1...4),
+            configuration: DMAConfiguration(
+                devices: 3, pinDuration: .milliseconds(3), pagesPerPin: 1...4, kind: devices,
+                sourceDirectory: KernelFacilities.directSourceDirectory),
             observer: watcher)
         try engine.start()
         let stop = ManagedAtomic<Bool>(false)
@@ -122,10 +144,14 @@ struct DAXRaceTests {
         engine.stop()
         let attempts = engine.statistics.writes.load(ordering: .relaxed)
             + engine.statistics.refusedWrites.load(ordering: .relaxed)
-        #expect(attempts > 100, "device writes attempted (under lease-break most are revoked)")
+        #expect(attempts > 100, "\(devices) device writes attempted (under lease-break most are revoked)")
+        if devices.isKernel {
+            #expect(engine.statistics.kernelWrites.load(ordering: .relaxed) > 0, "the kernel did the writes")
+            #expect(engine.statistics.kernelErrors.load(ordering: .relaxed) == 0)
+        }
         let violations = watcher.violations.load(ordering: .relaxed)
         if policy.isProtective {
-            #expect(violations == 0, "\(policy): \(violations) device writes into blocks the allocator could hand out")
+            #expect(violations == 0, "\(policy), \(devices): \(violations) device writes into blocks the allocator could hand out")
         }
         // (Whether this race happened to revoke is left to chance; the revocation itself is
         // tested deterministically: PolicyTests.leaseBreakRevokes and the race harness's collision.)

@@ -28,7 +28,7 @@ struct OracleTests {
             self.oracle = try Oracle(fs: self.fs, attach: attachOracle)
             self.file = try self.fs.create("shared")
             try self.fs.truncate(self.file, size: 4 * 4096)
-            self.device = DMADevice(index: 0, dax: self.dax, observer: self.oracle, statistics: DMAStatistics())
+            self.device = try DMADevice(index: 0, dax: self.dax, observer: self.oracle, statistics: DMAStatistics())
         }
 
         deinit { unlink(self.path) }

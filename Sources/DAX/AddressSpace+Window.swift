@@ -1,0 +1,151 @@
+import DaxFS
+import DaxlabSupport
+import Pmem
+
+/// What a pin asks of the kernel besides daxlab's own pin count.
+public enum KernelPin: Sendable {
+    /// daxlab's pin only (simulated devices).
+    case none
+    /// The pinned blocks are mapped in the pin's view (`PinHandle.kernelAddress`), and the
+    /// caller's own I/O into them pins them for its duration (`FOLL_PIN`, as an O_DIRECT read
+    /// into them does).
+    case shortTerm
+    /// The pinned blocks are mapped in the pin's view and the view is registered as a fixed
+    /// buffer of `ring`: `pin_user_pages(FOLL_WRITE | FOLL_LONGTERM)`, held until the unpin
+    /// (RDMA-like).
+    case longTerm(KernelRing)
+
+    var isKernel: Bool {
+        if case .none = self { return false }
+        return true
+    }
+}
+
+/// The real MMU mapping of a file: its window, the fault path a CPU fault in it takes, and the
+/// kernel's pins of its pages.
+///
+/// The rule that keeps the fault handler from deadlocking: a fault takes the file's invalidate
+/// lock shared and nothing else that the faulting thread could hold, so a window must never be
+/// touched by a thread that holds that lock (daxlab's own code never does: it reaches blocks
+/// through the image mapping). A fault on a file whose lock another thread holds exclusively
+/// (a truncate) waits for it, as a kernel fault waits for `invalidate_lock`; a truncate that
+/// sleeps on pins drops the lock first (Jan Kara's rule), so a pinner faulting another page of
+/// the file goes on.
+extension AddressSpace {
+    /// The file's window, created on first use: `FileSystem.maximumFileSize` bytes of address
+    /// space whose page `p` is page `p` of the file once touched.
+    /// - Returns: its first byte.
+    /// - Throws: `.notSupported` when the image cannot be mapped block by block (see
+    ///   `MappedWindow`), `.readOnly`, `.io`.
+    @discardableResult
+    public func mapWindow() throws(FSError) -> UnsafeMutableRawPointer {
+        try self.window().base
+    }
+
+    func window() throws(FSError) -> MappedWindow {
+        if let window = self.windowReference.load() { return window }
+        let fresh = try MappedWindow(pages: FileSystem.maximumFileSize / 4096, mapping: self.mapping)
+        let window = self.windowReference.storeIfNilThenLoad(fresh)
+        if window === fresh {
+            guard let slot = WindowFaults.register(window, of: self) else {
+                throw FSError(.io, "\(self.id): too many windows open in this process")
+            }
+            self.windowSlot.store(slot, ordering: .releasing)
+        }
+        return window
+    }
+
+    /// Whether the window maps MAP_SYNC (fs-dax and device-dax, not tmpfs).
+    public var windowIsSynchronous: Bool { self.windowReference.load()?.synchronousFaults ?? false }
+
+    /// A CPU fault at `page` of the window, from the SIGSEGV handler: the software fault path
+    /// under the invalidate lock (shared), then the block's page of the image mapped at the
+    /// faulting address, or zeros read-only for a read of a hole.
+    /// - Returns: false for a SIGBUS (past the end of file, the file gone, no space for a hole),
+    ///   as the kernel answers such a fault.
+    func windowFault(_ page: Int, write: Bool) -> Bool {
+        guard let window = self.windowReference.load() else { return false }
+        return self.lock.withReadLock {
+            do {
+                let block = try self.install(page, write: write)
+                if block == 0 { try window.mapZero(page: page) } else { try window.map(page: page, block: block) }
+                return true
+            } catch {
+                return false
+            }
+        }
+    }
+
+    /// Takes the kernel's pin of `batch`'s blocks (pinned by daxlab already): maps them in the
+    /// batch's view and, for a long-term pin, registers the view with the kernel, all under the
+    /// file's lock (shared), after checking that each page's entry still names the pinned block
+    /// (the `pte_same` check): a range a truncate invalidated since it was pinned fails with
+    /// `.busy`, and the kernel never pins a block the batch does not hold.
+    ///
+    /// The view is the pin's own (a second mapping of the file, as two `mmap`s of one file are
+    /// two VMAs), not the file's window, so the oracle knows which block a kernel write can land
+    /// in: in the shared window, a page a truncate unmapped could be mapped again onto the file's
+    /// new block by another pin, and a short-term I/O from the old pin would land there.
+    func kernelPin(_ batch: PinBatch, _ kernel: KernelPin) throws(FSError) {
+        let view = try batch.viewForPinning(self.mapping)
+        let first = batch.pages.lowerBound
+        var slot: Int?
+        if case .longTerm(let ring) = kernel {
+            guard let taken = ring.take() else { throw FSError(.busy, "no free fixed-buffer slot in the device's ring") }
+            slot = taken
+        }
+        do {
+            try self.lock.withReadLock { () throws(FSError) -> Void in
+                batch.useView()  // (before the first map: a failure below unmaps what was mapped)
+                let blocks = batch.blocks  // (read once: the batch's fields are class storage)
+                let count = batch.count
+                let table = self.table
+                var run = 0  // the first index of the run of consecutive blocks being gathered
+                for index in 0...count {
+                    if index < count {
+                        let block = blocks[index]
+                        guard block != 0 else {
+                            throw FSError(.invalidArgument, "\(self.id): a kernel pin needs blocks; page \(first + index) is a hole")
+                        }
+                        guard table.entry(first + index)?.load(ordering: .acquiring) == block else {
+                            throw FSError(.busy, "\(self.id): page \(first + index) was invalidated while it was being pinned")
+                        }
+                        if index == run || block == blocks[index - 1] &+ 1 { continue }
+                    }
+                    // One mmap per run of consecutive blocks (a file's blocks mostly are), none
+                    // for a run the view maps already.
+                    guard index > run else { continue }  // (an empty pin)
+                    if !view.isMapped(pages: run..<index, firstBlock: blocks[run]) {
+                        do throws(SystemCallError) { try view.map(pages: run..<index, firstBlock: blocks[run]) } catch {
+                            throw FSError(.io, error.description)
+                        }
+                    }
+                    run = index
+                }
+                if case .longTerm(let ring) = kernel, let slot {
+                    try ring.register(slot: slot, address: view.base, length: batch.count * pmemPageSize)
+                    batch.attachKernelPin(ring, slot: slot)
+                }
+            }
+        } catch {
+            if case .longTerm(let ring) = kernel, let slot, batch.kernelRing == nil { ring.give(slot) }
+            throw error
+        }
+    }
+
+    /// A short-term pin's I/O found the `index`-th page of its view unmapped (a truncate's unmap
+    /// ran since): faults it in again, as the kernel's GUP does, if the file's page has had the
+    /// pinned block all along (it still has it, and no truncate under `none` cut the range under
+    /// the pin) and the pin is not revoked. Runs inside the batch's write fence, so a
+    /// revocation either is seen here or unmaps the view again after this write ends.
+    /// - Returns: whether the view page is mapped again.
+    func refault(_ batch: PinBatch, index: Int) -> Bool {
+        guard let view = batch.view else { return false }
+        let page = batch.pages.lowerBound + index
+        return self.lock.withReadLock {
+            guard !batch.isRevoked, !batch.isOrphaned, let block = try? self.install(page, write: false), block == batch.blocks[index]
+            else { return false }
+            return (try? view.map(page: index, block: block)) != nil
+        }
+    }
+}

@@ -1,0 +1,231 @@
+import CShims
+import DAX
+import DMA
+@_spi(Oracle) import DaxFS
+import Foundation
+import Testing
+import TestSupport
+
+/// Why io_uring or O_DIRECT cannot be used here, or nil (TestSupport's probes).
+let ioUringRefusal = KernelFacilities.ioUringRefusal
+let directIORefusal = KernelFacilities.directIORefusal
+
+/// One 4 KiB block of a single byte in a file the kernel reads from: a memfd, or for O_DIRECT an
+/// unnamed file in /var/tmp.
+final class TaggedSource {
+    let descriptor: Int32
+    private let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+
+    init(direct: Bool = false) throws {
+        if direct {
+            let path = "\(DeviceKind.defaultSourceDirectory)/.daxlab-test-\(getpid())-\(UUID().uuidString.prefix(8))"
+            self.descriptor = open(path, O_RDWR | O_CREAT | O_EXCL | CShims_O_DIRECT, 0o600)
+            unlink(path)
+        } else {
+            self.descriptor = CShims_memfd("daxlab-test")
+        }
+        try #require(self.descriptor >= 0, "could not open a source file: errno \(errno)")
+    }
+
+    deinit {
+        close(self.descriptor)
+        self.buffer.deallocate()
+    }
+
+    /// Makes the block all `byte`.
+    func fill(_ byte: UInt8) throws {
+        self.buffer.initializeMemory(as: UInt8.self, repeating: byte, count: 4096)
+        try #require(pwrite(self.descriptor, self.buffer, 4096, 0) == 4096)
+    }
+
+    /// IORING_OP_READ_FIXED of the block into `address` (inside `slot`'s buffer of `ring`).
+    func readFixed(_ ring: KernelRing, into address: UnsafeMutableRawPointer, slot: Int) -> Int32 {
+        ring.readFixed(from: self.descriptor, offset: 0, into: address, length: 4096, slot: slot)
+    }
+
+    /// An O_DIRECT read of the block into `address`: -errno on failure.
+    func readDirect(into address: UnsafeMutableRawPointer) -> Int32 {
+        let read = pread(self.descriptor, address, 4096, 0)
+        return read < 0 ? -errno : Int32(read)
+    }
+}
+
+/// Whether every byte of `pages` pages of `file` is `byte`.
+func holds(_ lab: Lab, _ file: FileID, pages: Int, _ byte: UInt8) throws -> Bool {
+    try lab.fs.read(file, offset: 0, count: pages * 4096).allSatisfy { $0 == byte }
+}
+
+/// Creates a file of `pages` pages of 0x42 (the victim) and returns it with the page, if any,
+/// that took `block`.
+func makeVictim(_ lab: Lab, pages: Int, taking block: UInt32) throws -> (file: FileID, page: Int?) {
+    let file = try lab.fs.create("victim")
+    try lab.fs.write(file, offset: 0, bytes: [UInt8](repeating: 0x42, count: pages * 4096))
+    return (file, (0..<pages).first { lab.fs.currentBlock(file, page: $0) == block })
+}
+
+/// Runs `body` with `handle` and unpins it afterwards, whether `body` returned or threw (a
+/// failed `#require` must not leak the pin).
+func holding<Result>(_ handle: consuming PinHandle, _ body: (borrowing PinHandle) throws -> Result) throws -> Result {
+    let result: Result
+    do { result = try body(handle) } catch {
+        handle.unpin()
+        throw error
+    }
+    handle.unpin()
+    return result
+}
+
+/// Binds the calling thread to the CPU it runs on, so the blocks it frees and allocates come
+/// from one allocator shard: a block freed is the next one handed out (LIFO), as in the seed's
+/// story. Undo with `CShims_unbind_cpu()`.
+func stayOnThisCPU() {
+    _ = CShims_bind_to_cpu(max(0, CShims_sched_getcpu()))
+}
+
+/// The kernel's own pins and writes into daxlab's blocks: io_uring fixed buffers (long-term pins,
+/// IORING_OP_READ_FIXED) and O_DIRECT reads (short-term pins). Each race is made to happen on
+/// purpose: the pin is held until the truncate has reached its decision.
+@Suite("Kernel pins and kernel writes", .serialized, .timeLimit(.minutes(2)))
+struct KernelPinTests {
+    @Test("the kernel reproduces the seed's bug: a READ_FIXED through a long-term pin lands in another file's block once none freed it",
+          .enabled(if: ioUringRefusal == nil, "io_uring is refused here (seccomp, io_uring_disabled or an old kernel)"))
+    func kernelReproducesTheBug() throws {
+        stayOnThisCPU()
+        defer { _ = CShims_unbind_cpu() }
+        let lab = try Lab(policy: .none, pages: 4)
+        let ring = try KernelRing(slots: 4)
+        let source = try TaggedSource()
+        let (victim, page) = try holding(try lab.space.pin(0..<1, write: true, kernel: .longTerm(ring))) { (handle: borrowing PinHandle) throws -> (file: FileID, page: Int?) in
+            let block = handle.block(at: 0)
+            let kernelSlot = handle.kernelSlot
+            let slot = try #require(kernelSlot)
+            try source.fill(0xD1)
+            let written = handle.kernelWrite(at: 0) { source.readFixed(ring, into: $0, slot: slot) }
+            #expect(written == 4096)
+            #expect(try holds(lab, lab.file, pages: 1, 0xD1), "the kernel wrote the file's page through its pin")
+
+            try lab.fs.truncate(lab.file, size: 0)
+            #expect(lab.fs.isFreeForAllocation(block), "none freed the block the kernel holds")
+            let (victim, page) = try makeVictim(lab, pages: 32, taking: block)
+            try source.fill(0xD2)
+            let again = handle.kernelWrite(at: 0) { source.readFixed(ring, into: $0, slot: slot) }
+            #expect(again == 4096,
+                    "the kernel's pin outlived the truncate and its unmap")
+            return (file: victim, page: page)
+        }
+        let taken = try #require(page, "the victim took the freed block")
+        let bytes = try lab.fs.read(victim, offset: taken * 4096, count: 4096)
+        #expect(bytes.allSatisfy { $0 == 0xD2 }, "the kernel wrote into the victim's block: the seed's bug")
+    }
+
+    /// The truncate runs on another thread and the test waits for its decision (it returned, or
+    /// it sleeps on the pin) before the victim allocates and the kernel writes.
+    @Test("a long-term kernel pin across a truncate: the kernel's write reaches another file only under none",
+          .enabled(if: ioUringRefusal == nil, "io_uring is refused here (seccomp, io_uring_disabled or an old kernel)"),
+          arguments: TruncatePolicy.allCases)
+    func kernelWriteAcrossTruncate(policy: TruncatePolicy) throws {
+        stayOnThisCPU()
+        defer { _ = CShims_unbind_cpu() }
+        let lab = try Lab(policy: policy, times: PolicyTimes(leaseBreakTime: .seconds(60)))
+        let ring = try KernelRing(slots: 4)
+        let source = try TaggedSource()
+        let file = lab.file
+        let statistics = lab.dax.statistics
+        var truncated: Finished?
+        let (victim, page) = try holding(try lab.space.pin(1..<2, write: true, kernel: .longTerm(ring))) { (handle: borrowing PinHandle) throws -> (file: FileID, page: Int?) in
+            let block = handle.block(at: 0)
+            let kernelSlot = handle.kernelSlot
+            let slot = try #require(kernelSlot)
+            let sleepsBefore = statistics.waits.load(ordering: .relaxed)
+            let running = lab.background { _ = try? lab.fs.truncate(file, size: 0) }
+            truncated = running
+            try #require(waitUntil(seconds: 20) {
+                running.isDone || statistics.waits.load(ordering: .relaxed) > sleepsBefore
+            }, "\(policy): the truncate neither returned nor slept on the pin")
+            let (victim, page) = try makeVictim(lab, pages: 32, taking: block)
+            try source.fill(0xD2)
+            let written = handle.kernelWrite(at: 0) { source.readFixed(ring, into: $0, slot: slot) }
+            #expect(written == 4096)
+            return (file: victim, page: page)
+        }
+        #expect(truncated?.wait(seconds: 20) == true, "\(policy): the truncate did not finish after the unpin")
+        let intact = try holds(lab, victim, pages: 32, 0x42)
+        if policy.isProtective {
+            #expect(page == nil, "\(policy): the pinned block was handed to another file")
+            #expect(intact, "\(policy): the kernel's write reached another file")
+        } else {
+            #expect(page != nil && !intact, "none: the kernel corrupts the victim")
+        }
+    }
+
+    @Test("lease-break revokes a long-term kernel pin for real: a later READ_FIXED fails (EFAULT) and lands nowhere",
+          .enabled(if: ioUringRefusal == nil, "io_uring is refused here (seccomp, io_uring_disabled or an old kernel)"))
+    func revocationDefusesTheKernelPin() throws {
+        stayOnThisCPU()
+        defer { _ = CShims_unbind_cpu() }
+        let lab = try Lab(policy: .leaseBreak, times: PolicyTimes(leaseBreakTime: .milliseconds(50)))
+        let ring = try KernelRing(slots: 4)
+        let source = try TaggedSource()
+        let holder = Holder()  // ignores the break, as hardware in the middle of a transfer does
+        let (victim, page) = try holding(
+            try lab.space.pin(2..<4, write: true, holder: holder, kernel: .longTerm(ring))
+        ) { (handle: borrowing PinHandle) throws -> (file: FileID, page: Int?) in
+            let block = handle.block(at: 0)
+            let kernelSlot = handle.kernelSlot
+            let slot = try #require(kernelSlot)
+            try lab.fs.truncate(lab.file, size: 4096)
+            #expect(holder.breaks.value == 1)
+            let revoked = handle.isRevoked
+            #expect(revoked)
+            #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) == 1)
+            let (victim, page) = try makeVictim(lab, pages: 32, taking: block)
+            try source.fill(0xD2)
+            let written = handle.kernelWrite(at: 0) { source.readFixed(ring, into: $0, slot: slot) }
+            #expect(written == -EFAULT,
+                    "the kernel refused the write into the revoked range")
+            return (file: victim, page: page)
+        }
+        #expect(ring.freeSlots == 4, "the slot went back to the ring, once")
+        #expect(page != nil, "the victim took the revoked pin's block (so a landed write would show)")
+        #expect(try holds(lab, victim, pages: 32, 0x42), "nothing landed in the victim's blocks")
+    }
+
+    @Test("a short-term kernel pin: O_DIRECT lands in the pinned block; after none's truncate it faults (EFAULT) instead of landing in the reused block",
+          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"))
+    func shortTermPin() throws {
+        stayOnThisCPU()
+        defer { _ = CShims_unbind_cpu() }
+        let lab = try Lab(policy: .none, pages: 4)
+        let source = try TaggedSource(direct: true)
+        let (victim, page) = try holding(try lab.space.pin(0..<1, write: true, kernel: .shortTerm)) { (handle: borrowing PinHandle) throws -> (file: FileID, page: Int?) in
+            let block = handle.block(at: 0)
+            try source.fill(0xD1)
+            let written = handle.kernelWrite(at: 0) { source.readDirect(into: $0) }
+            #expect(written == 4096)
+            #expect(try holds(lab, lab.file, pages: 1, 0xD1), "the O_DIRECT read landed in the file's block")
+            try lab.fs.truncate(lab.file, size: 0)
+            let (victim, page) = try makeVictim(lab, pages: 32, taking: block)
+            try source.fill(0xD2)
+            let again = handle.kernelWrite(at: 0) { source.readDirect(into: $0) }
+            #expect(again == -EFAULT,
+                    "the truncate unmapped the pin's view: the kernel's GUP faults")
+            return (file: victim, page: page)
+        }
+        #expect(page != nil, "the victim took the freed block (so a landed write would show)")
+        #expect(try holds(lab, victim, pages: 32, 0x42), "nothing landed in the victim's blocks")
+    }
+
+    @Test("a short-term kernel pin whose page a refused truncate unmapped faults it in again, as GUP does",
+          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"))
+    func shortTermRefault() throws {
+        let lab = try Lab(policy: .fail, pages: 4)
+        let source = try TaggedSource(direct: true)
+        try holding(try lab.space.pin(1..<2, write: true, kernel: .shortTerm)) { (handle: borrowing PinHandle) throws -> Void in
+            #expect(throws: FSError.self) { try lab.fs.truncate(lab.file, size: 0) }  // EBUSY, after unmapping
+            try source.fill(0xD3)
+            let written = handle.kernelWrite(at: 0) { source.readDirect(into: $0) }
+            #expect(written == 4096)
+        }
+        #expect(try lab.fs.read(lab.file, offset: 4096, count: 4096).allSatisfy { $0 == 0xD3 })
+    }
+}

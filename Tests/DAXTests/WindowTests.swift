@@ -1,0 +1,90 @@
+import CShims
+import DAX
+@_spi(Oracle) import DaxFS
+import DaxlabSupport
+import Foundation
+import Testing
+import TestSupport
+
+/// Whether this test process runs under ThreadSanitizer, whose own SIGBUS handler reports a bus
+/// error and exits 66 instead of dying by the signal.
+let underThreadSanitizer = dlsym(nil, "__tsan_init") != nil  // nil: RTLD_DEFAULT
+
+/// Real MMU mappings of a file: CPU faults in its window enter daxlab's fault path, truncate and
+/// punch unmap for real.
+@Suite("The mapped window: real faults", .serialized, .timeLimit(.minutes(1)))
+struct WindowTests {
+    @Test("a store faults a hole in (a new block, mapped by the MMU); a load of a hole maps zeros and allocates nothing")
+    func faultsThroughTheWindow() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        try lab.fs.truncate(lab.file, size: 8 * 4096)  // pages 4..<8 are holes
+        let window = try lab.space.mapWindow()
+        #expect(window.load(fromByteOffset: 0, as: UInt8.self) == 0xAA, "page 0 is the file's data")
+        #expect((window + 5 * 4096).load(as: UInt64.self) == 0, "a hole reads zeros")
+        #expect(lab.fs.currentBlock(lab.file, page: 5) == 0, "a read fault allocates nothing")
+        (window + 5 * 4096 + 100).storeBytes(of: 0x1234_5678, as: UInt32.self)  // the zero page: faults again
+        #expect(lab.fs.currentBlock(lab.file, page: 5) != 0, "the store allocated a block")
+        let bytes = try lab.fs.read(lab.file, offset: 5 * 4096 + 100, count: 4)
+        #expect(bytes == [0x78, 0x56, 0x34, 0x12], "the store went through the MMU into the file's block")
+        (window + 2 * 4096).storeBytes(of: 0x55, as: UInt8.self)
+        #expect(try lab.fs.read(lab.file, offset: 2 * 4096, count: 1) == [0x55])
+    }
+
+    @Test("a punched page reads zeros through the window afterwards; its old mapping is gone")
+    func punchUnmaps() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        let window = try lab.space.mapWindow()
+        #expect((window + 4096).load(as: UInt8.self) == 0xAA)
+        try lab.fs.punchHole(lab.file, offset: 4096, length: 4096)
+        #expect((window + 4096).load(as: UInt64.self) == 0, "the page faults again and finds a hole")
+        #expect((window + 2 * 4096).load(as: UInt8.self) == 0xAA, "the neighbours keep their data")
+    }
+
+    @Test("an access past the end of file after a truncate raises SIGBUS, as the kernel does",
+          .enabled(if: !underThreadSanitizer,
+                   "ThreadSanitizer's SIGBUS handler turns the death into a report ('BUS on unknown address') and exit 66"))
+    func sigbusPastEndOfFile() async {
+        await #expect(processExitsWith: .signal(SIGBUS)) {
+            let lab = try Lab(policy: .wait, pages: 4)
+            let window = try lab.space.mapWindow()
+            (window + 3 * 4096).storeBytes(of: 1, as: UInt8.self)
+            try lab.fs.truncate(lab.file, size: 4096)
+            // A store through the MMU to memory the compiler cannot see the end of: it happens.
+            (window + 3 * 4096).storeBytes(of: 2, as: UInt8.self)
+            Issue.record("the store past the end of file did not raise SIGBUS")
+        }
+    }
+
+    @Test("a fault waits while another thread holds the file's lock, and goes on when it is released")
+    func faultWaitsForTheLock() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        let window = try lab.space.mapWindow()
+        let lock = lab.fs.invalidateLock(for: lab.file)
+        lock.lockExclusive()
+        let address = UInt(bitPattern: window + 2 * 4096)
+        let touched = lab.background { UnsafeMutableRawPointer(bitPattern: address)!.storeBytes(of: 7, as: UInt8.self) }
+        #expect(!touched.wait(seconds: 0.3), "the fault went on while a truncate-like holder had the lock")
+        lock.unlock()
+        #expect(touched.wait(seconds: 10), "the fault did not go on once the lock was released")
+        #expect(try lab.fs.read(lab.file, offset: 2 * 4096, count: 1) == [7])
+    }
+
+    @Test("Jan Kara's case through the MMU: a pinner faults another page while a truncate waits on its pin")
+    func karaThroughTheWindow() throws {
+        let lab = try Lab(policy: .wait, pages: 64)
+        let space = lab.space
+        let window = try space.mapWindow()
+        let file = lab.file
+        for round in 0..<20 {
+            let handle = try space.pin(0..<1, write: true, kernel: .shortTerm)
+            let sleeps = lab.dax.statistics.waits.load(ordering: .relaxed)
+            let punched = lab.background { try? lab.fs.punchHole(file, offset: 0, length: 4096) }
+            #expect(waitUntil(seconds: 10) { lab.dax.statistics.waits.load(ordering: .relaxed) > sleeps })
+            // The punch sleeps on the pin without the lock: this fault of another page goes on.
+            (window + (32 + round % 16) * 4096).storeBytes(of: UInt8(round), as: UInt8.self)
+            handle.unpin()
+            #expect(punched.wait(seconds: 10), "round \(round): deadlock")
+            try lab.fs.write(file, offset: 0, bytes: [1])
+        }
+    }
+}
