@@ -5,8 +5,10 @@
 # ndctl, mke2fs, busybox and the nvdimm/dax kernel modules into an initramfs, and boots Debian's
 # kernel three times (scripts/pmem-guest/init is the guest's PID 1):
 #   nvdimm  an emulated NVDIMM (fresh image): labels, an fsdax namespace mounted ext4 -o dax and a
-#           devdax namespace; daxlab devices, info (is-pmem, MAP_SYNC), mkfs, a file round trip and
-#           a race per policy on /dev/daxX.Y and on a file on the fs-dax mount
+#           devdax namespace (4 KiB aligned); daxlab devices, info (is-pmem, MAP_SYNC), mkfs, a file
+#           round trip and a race per policy on /dev/daxX.Y and on a file on the fs-dax mount, with
+#           simulated devices, then with the kernel's: long-term pins on devdax, the refusal of
+#           long-term pins on fs-dax, short-term (O_DIRECT from a brd RAM disk) on fs-dax
 #   reboot  the same NVDIMM image again: what the first boot wrote must mount, fsck and read back
 #   memmap  memmap= legacy e820 pmem: one region made fsdax (ext4 -o dax), one devdax; the same
 #           round trips and races
@@ -83,7 +85,7 @@ install -m 0755 scripts/pmem-guest/init "$root/init"
 
 # The nvdimm, dax and ext4 modules with their dependencies, in load order. ndctl's modprobe.d
 # file hides libnvdimm's path, hence -C /dev/null.
-for module in libnvdimm nfit nd_e820 nd_pmem nd_btt dax_pmem device_dax ext4; do
+for module in libnvdimm nfit nd_e820 nd_pmem nd_btt dax_pmem device_dax ext4 brd; do
     modprobe -C /dev/null -S "$kver" --show-depends "$module" 2>/dev/null || die "no module $module for $kver"
 done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }' > "$WORK/modules.paths"
 while read -r path; do

@@ -12,8 +12,8 @@ struct PmemGuestVerdictTests {
     static let script = root + "/scripts/pmem-guest/verdict.sh"
     static let stages = ["nvdimm", "reboot", "memmap"]
 
-    private func expected(_ stage: String) throws -> [String] {
-        let result = try runProcess([Self.script, "--expected", stage])
+    private func expected(_ stage: String, kernel: String? = nil) throws -> [String] {
+        let result = try runProcess([Self.script, "--expected", stage] + (kernel.map { [$0] } ?? []))
         #expect(result.status == 0, "\(result.standardError)")
         return result.standardOutput.split(separator: "\n").map(String.init)
     }
@@ -58,6 +58,20 @@ struct PmemGuestVerdictTests {
                      "info-fsdax-map-sync", "info-devdax-is-pmem", "fsdax-read-back", "devdax-read-back"] {
             #expect(nvdimm.contains(name) && memmap.contains(name), "\(name)")
         }
+        // The kernel's own pins: short-term races on both targets; long-term pins refused on fs-dax,
+        // and on device-dax before 6.5 (io_uring's own rule), raced on device-dax from 6.5.
+        for stage in ["nvdimm", "memmap"] {
+            let debian = Set(try self.expected(stage))
+            let newer = Set(try self.expected(stage, kernel: "6.12.9"))
+            for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break"] {
+                for target in ["devdax-direct", "fsdax-direct"] {
+                    #expect(debian.contains("race-\(target)-\(policy)") && newer.contains("race-\(target)-\(policy)"))
+                }
+                #expect(newer.contains("race-devdax-longterm-\(policy)") && !debian.contains("race-devdax-longterm-\(policy)"))
+            }
+            #expect(debian.isSuperset(of: ["fsdax-longterm-refused", "devdax-longterm-refused", "disk-mount"]))
+            #expect(newer.contains("fsdax-longterm-refused") && !newer.contains("devdax-longterm-refused"))
+        }
         let reboot = Set(try self.expected("reboot"))
         #expect(reboot.isSuperset(of: ["fsdax-survived-fsck", "fsdax-survived-read-back",
                                        "devdax-survived-fsck", "devdax-survived-read-back"]))
@@ -90,6 +104,10 @@ struct PmemGuestVerdictTests {
                 $0["reboot"] = $0["reboot"]!!.map { $0.replacingOccurrences(of: "CHECK reboot ", with: "CHECK nvdimm ") }
              }, "reboot: namespaces-back did not pass"),
             ("no console", { $0["memmap"] = .some(nil) }, "memmap: no console log"),
+            // A 6.5+ guest must race long-term pins on device-dax: its refusal alone does not pass.
+            ("newer kernel, long-term pins only refused",
+             { $0["nvdimm"] = $0["nvdimm"]!!.map { $0.replacingOccurrences(of: "kernel 6.1.0-test", with: "kernel 6.12.9-test") } },
+             "nvdimm: race-devdax-longterm-none did not pass"),
         ]
         for (label, damage, message) in damages {
             var consoles = try self.clean()
