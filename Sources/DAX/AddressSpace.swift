@@ -188,8 +188,9 @@ public final class AddressSpace: @unchecked Sendable {
         batch.waitUntilAlone()  // a revoker or breaker that entered before the removal
         batch.dropKernelPin()
         batch.retireView()
-        let dax = self.dax  // (strong: ending the lease may drop the layer's last reference)
-        batch.end()
+        // The lease's own reference to the layer, moved out: ending the lease may drop the
+        // layer's last reference, which must outlive the return to its pool.
+        guard let dax = batch.end() else { return }
         dax.returnBatch(batch)
     }
 

@@ -101,12 +101,13 @@ final class PinBatch: @unchecked Sendable {
     }
 
     /// Forgets the lease before the batch goes back to the pool.
-    func end() {
+    /// - Returns: the layer the lease held (moved out, not retained again), for the pool.
+    func end() -> DAXFileSystem? {
         self.holder = nil
         self.space = nil
-        self.layer = nil
         self.kernelRing = nil
         self.kernelSlot = -1
+        return self.layer.take()
     }
 
     // MARK: Kernel pins (the pinning thread, before publishing)
