@@ -105,7 +105,7 @@ let package = Package(
         .target(
             name: "DaxlabCLI",
             dependencies: [
-                "CShims", "Pmem", "DaxFS", "CrashCampaign", "DMA", "Race", "Bench", "DaxlabSupport",
+                "CShims", "Pmem", "DaxFS", "CrashCampaign", "DAX", "DMA", "Race", "Bench", "DaxlabSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -17,7 +17,7 @@
 #
 # Usage: scripts/test-pmem.sh [--if-possible]
 #   --if-possible  when QEMU or a kernel cannot be had here, say so in one line and exit 0
-# Environment: RACE_SECONDS (per race, default 2), BOOT_TIMEOUT (per boot, default 180 s),
+# Environment: RACE_SECONDS (per race, default 2), BOOT_TIMEOUT (per boot, default 300 s),
 #   PMEM_WORK (work folder, default .build-pmem), SWIFT (default swift).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ esac
 
 WORK=${PMEM_WORK:-.build-pmem}
 RACE_SECONDS=${RACE_SECONDS:-2}
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-180}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
 SWIFT=${SWIFT:-swift}
 GUEST_DEBS="qemu-system-x86 linux-image-amd64 busybox-static kmod cpio e2fsprogs ndctl daxctl"
 

@@ -20,6 +20,8 @@ public final class AddressSpace: @unchecked Sendable {
     /// Odd while an invalidation is clearing entries: the seqcount of the fault fast path.
     let sequence = ManagedAtomic<UInt64>(0)
     let leases = LeaseTable()
+    /// On-demand-paging devices' subscriptions to ranges of the file (`DeviceMirror`).
+    let subscriptions = Locked(Subscriptions())
     let pins: PinTable
     let mapping: PmemMapping
     let base: UnsafeMutableRawPointer
@@ -105,11 +107,22 @@ public final class AddressSpace: @unchecked Sendable {
     ///   - write: fault holes in as new blocks (a device that writes); a read pin of a hole pins
     ///     nothing (the zero page).
     ///   - holder: told when a truncate breaks the lease.
-    /// - Throws: what `fault` throws (nothing stays pinned then), or `.busy` if the lease was
-    ///   revoked while pinning.
+    ///   - term: short-term (one I/O) or long-term (a registration); nil takes the term a kernel
+    ///     pin implies, and long-term for daxlab's own.
+    ///   - kernel: the kernel's pin too (see `KernelPin`).
+    /// - Throws: what `fault` throws (nothing stays pinned then); `.busy` if the lease was
+    ///   revoked while pinning; `.notSupported` for a long-term pin under `mainline` (EOPNOTSUPP,
+    ///   as mm/gup.c refuses `FOLL_LONGTERM` on a DAX file) or where the kernel refuses it;
+    ///   `.invalidArgument` for a term a kernel pin contradicts, or while the file system unmounts.
     public func pin(
-        _ pages: Range<Int>, write: Bool, holder: (any LeaseHolder)? = nil, kernel: KernelPin = .none
+        _ pages: Range<Int>, write: Bool, holder: (any LeaseHolder)? = nil, term: PinTerm? = nil,
+        kernel: KernelPin = .none
     ) throws(FSError) -> PinHandle {
+        let implied = PinTerm.implied(by: kernel)
+        if let term, let implied, term != implied {
+            throw FSError(.invalidArgument, "\(self.id): a \(implied) kernel pin cannot be \(term)")
+        }
+        try self.dax.admitPin(term ?? implied ?? .longTerm, of: self.id)
         let batch = self.dax.takeBatch()
         batch.begin(space: self, pages: pages, holder: holder, leaseID: self.dax.nextLeaseID())
         self.leases.add(batch)

@@ -10,6 +10,9 @@ extension DAXFileSystem: LayoutBreaker {
     ) throws(FSError) -> LayoutBreakResult {
         guard let space = self.space(inode: inode) else { return .proceed(.free) }  // never mapped: no pins
         space.unmap(pages)
+        // The mmu notifiers: on-demand-paging devices drop their translations (under any policy).
+        let invalidated = space.invalidateSubscriptions(pages)
+        self.statistics.odpInvalidations.wrappingIncrement(by: invalidated, ordering: .relaxed)
         let busy = self.busyBlocks(space, pages)
         switch call.policy {
         case .none:
@@ -26,10 +29,11 @@ extension DAXFileSystem: LayoutBreaker {
             return .proceed(.sequester)
         case .deferred:
             return .proceed(.deferred)
-        case .wait:
+        case .wait, .mainline, .odp:
             guard let block = busy.first else { return .proceed(.free) }
             self.sleeping(&call)
-            try self.sleepUnlocked(lock, on: block, timeout: self.times.waitTimeout)
+            // mainline's `dax_break_layout` sleeps until the page is idle, however long.
+            try self.sleepUnlocked(lock, on: block, timeout: call.policy == .wait ? self.times.waitTimeout : nil)
             return .retry
         case .leaseBreak:
             guard !busy.isEmpty else { return .proceed(.free) }
@@ -118,7 +122,71 @@ extension DAXFileSystem: LayoutBreaker {
         self.pins.abort(blocks)
     }
 
+    /// The unmount's final layout break (mainline's `dax_break_layout_final`), under the layer's
+    /// default policy. DMA must not outlive an unmount under a protective policy: after it the
+    /// next mount reclaims lost+found and trusts the on-media bitmap, so a sequestered or
+    /// deferred block, or a pinned block a later truncate frees, would be handed out while a
+    /// device still wrote into it. So, with pins outstanding:
+    /// - `none` unmounts at once and the pins outlive it (the bug, counted);
+    /// - `fail` refuses (EBUSY) and the file system stays mounted;
+    /// - `wait`, `mainline`, `sequester`, `deferred`, `odp` sleep until the last unpin (`wait` within its
+    ///   timeout, else `.timedOut` and still mounted); limbo blocks are released on the way;
+    /// - `lease-break` breaks every lease, gives the holders the lease-break time, and revokes the
+    ///   rest (their later writes are refused, the kernel's fixed buffers replaced).
+    /// Every on-demand-paging subscription is invalidated first, under every policy. New pins are
+    /// refused from the first scan on, and again allowed if the unmount fails.
+    package func breakLayoutsFinal() throws(FSError) {
+        self.unmounting.store(true, ordering: .sequentiallyConsistent)
+        var unmounts = false
+        defer { if !unmounts { self.unmounting.store(false, ordering: .releasing) } }
+        // On-demand-paging devices lose every translation (the notifiers' release at teardown):
+        // a later write faults, and finds the file system gone.
+        for space in self.allSpaces {
+            let invalidated = space.invalidateSubscriptions(0..<Int.max)
+            self.statistics.odpInvalidations.wrappingIncrement(by: invalidated, ordering: .relaxed)
+        }
+        let pinned = self.pinnedBlocks()
+        guard !pinned.isEmpty else {
+            unmounts = true
+            return
+        }
+        switch self.defaultPolicy {
+        case .none:
+            self.statistics.pinsOutlivingUnmount.wrappingIncrement(by: pinned.count, ordering: .relaxed)
+        case .fail:
+            self.statistics.unmountsRefused.wrappingIncrement(ordering: .relaxed)
+            throw FSError(.busy, "\(pinned.count) block(s) still pinned for DMA (EBUSY): unpin them, then unmount")
+        case .wait, .mainline, .sequester, .deferred, .odp:
+            self.statistics.unmountsWaited.wrappingIncrement(ordering: .relaxed)
+            let timeout = self.defaultPolicy == .wait ? self.times.waitTimeout : nil
+            let deadline = timeout.map { MonotonicClock.now() + $0.nanoseconds }
+            var busy = pinned
+            while let block = busy.first {
+                self.statistics.waits.wrappingIncrement(ordering: .relaxed)
+                guard self.pins.waits.wait(on: block, deadline: deadline, until: { !self.pins.maybeDMAPinned(block) })
+                else {
+                    throw FSError(.timedOut, "block \(block) still pinned after \(timeout!): not unmounted")
+                }
+                busy = self.pinnedBlocks()
+            }
+        case .leaseBreak:
+            self.statistics.unmountsWaited.wrappingIncrement(ordering: .relaxed)
+            for space in self.allSpaces {
+                let busy = self.pinnedBlocks()
+                guard !busy.isEmpty else { break }
+                self.breakLeases(space, 0..<Int.max, busy: busy)
+            }
+        }
+        unmounts = true
+    }
+
+    /// Every block pinned now, in block order (the unmount's scan of the whole image).
+    private func pinnedBlocks() -> [UInt32] {
+        (1..<UInt32(self.source.blockCount)).filter { self.pins.maybeDMAPinned($0) }
+    }
+
     package func fileSystemWillUnmount() {
+        self.reclaimer.waitUntilIdle()
         self.reclaimer.stop()
     }
 }

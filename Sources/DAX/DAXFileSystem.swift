@@ -29,6 +29,8 @@ public final class DAXFileSystem {
     private let spaces = Locked<[Int: AddressSpace]>([:])
     private let batchPool = BatchPool()
     private let leaseCounter = ManagedAtomic<UInt64>(0)
+    /// Set by the unmount's final layout break: new pins are refused from then on.
+    let unmounting = ManagedAtomic<Bool>(false)
 
     /// Attaches the DAX layer to a mounted file system.
     /// - Parameters:
@@ -82,6 +84,22 @@ public final class DAXFileSystem {
     }
 
     func space(inode: Int) -> AddressSpace? { self.spaces.withLock { $0[inode] } }
+
+    /// Every address space opened so far.
+    var allSpaces: [AddressSpace] { self.spaces.withLock { Array($0.values) } }
+
+    /// Whether a pin of `term` may be taken now: not while the file system unmounts, and not a
+    /// long-term one under `mainline` (mm/gup.c `check_vma_flags`: `FOLL_LONGTERM` on a DAX
+    /// mapping fails with EOPNOTSUPP).
+    func admitPin(_ term: PinTerm, of file: FileID) throws(FSError) {
+        if term == .longTerm, self.defaultPolicy == .mainline {
+            self.statistics.longTermRefused.wrappingIncrement(ordering: .relaxed)
+            throw FSError(.notSupported, "\(file): a long-term pin of a DAX file is refused under mainline (EOPNOTSUPP)")
+        }
+        if self.unmounting.load(ordering: .acquiring) {
+            throw FSError(.invalidArgument, "\(file): the file system is unmounting")
+        }
+    }
 
     /// Waits until every block whose last pin has dropped is released (back in the allocator or
     /// out of lost+found). The releases run on the reclaimer thread; call this before counting.

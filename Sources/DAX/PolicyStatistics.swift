@@ -4,7 +4,7 @@ import DaxFS
 /// Counters of what the policies did, for the race harness, the benchmarks and tests. All
 /// relaxed atomics: each is a count, none orders anything.
 public final class PolicyStatistics: Sendable {
-    /// Truncates, punches and unlinks that slept at least once (`wait`, `lease-break`).
+    /// Truncates, punches and unlinks that slept at least once (`wait`, `mainline`, `lease-break`).
     public let truncatesWaited = ManagedAtomic<Int>(0)
     /// Blocks held in limbo now (sequestered in lost+found, or deferred), and the most at once.
     public let sequesteredNow = ManagedAtomic<Int>(0)
@@ -13,7 +13,7 @@ public final class PolicyStatistics: Sendable {
     public let deferredPeak = ManagedAtomic<Int>(0)
     /// `fail`: refused with EBUSY.
     public let refusedBusy = ManagedAtomic<Int>(0)
-    /// `wait` and `lease-break`: sleeps on a busy block.
+    /// `wait`, `mainline` and `lease-break`: sleeps on a busy block.
     public let waits = ManagedAtomic<Int>(0)
     /// `sequester`, `deferred`: blocks claimed for release on last unpin.
     public let claimed = ManagedAtomic<Int>(0)
@@ -22,6 +22,16 @@ public final class PolicyStatistics: Sendable {
     public let revocations = ManagedAtomic<Int>(0)
     /// `none`: pinned blocks freed anyway (each one a DMA-after-free waiting to happen).
     public let pinnedBlocksFreed = ManagedAtomic<Int>(0)
+    /// On-demand-paging subscriptions invalidated by truncates and punches (`odp`'s currency).
+    public let odpInvalidations = ManagedAtomic<Int>(0)
+    /// `mainline`: long-term pins refused (EOPNOTSUPP).
+    public let longTermRefused = ManagedAtomic<Int>(0)
+    /// Unmounts with pins outstanding: waited for them (`wait`, `mainline`, `sequester`,
+    /// `deferred`), revoked them (`lease-break`), refused (`fail`, EBUSY), or let them outlive
+    /// the unmount (`none`).
+    public let unmountsWaited = ManagedAtomic<Int>(0)
+    public let unmountsRefused = ManagedAtomic<Int>(0)
+    public let pinsOutlivingUnmount = ManagedAtomic<Int>(0)
 
     init() {}
 

@@ -27,28 +27,44 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
     let observer: (any DMAObserver)?
     let statistics: DMAStatistics
     private var current: PinHandle?
-    private var file = FileID(inode: 0, generation: 0)
-    private var cookies: [UInt64] = []
-    /// The blocks of the pin held now (empty with none).
-    public private(set) var pinnedBlocks: [UInt32] = []
-    private var sequence: UInt64 = 0
-    private let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    /// An on-demand-paging device's mirror of its range, instead of a pin (`DeviceMirror`).
+    var mirror: DeviceMirror?
+    /// Whether the device pages on demand (policy `odp`): translations, never pins.
+    public let onDemandPaging: Bool
+    var mirrors: UInt64 = 0
+    var file = FileID(inode: 0, generation: 0)
+    var cookies: [UInt64] = []
+    /// The blocks of the pin held now, or mirrored now (empty with none).
+    public internal(set) var pinnedBlocks: [UInt32] = []
+    var sequence: UInt64 = 0
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
     /// The kernel's machinery, for a kernel device.
     private let transport: KernelTransport?
     public var kind: DeviceKind { self.transport?.kind ?? .simulated }
+    /// How long its pins are meant to last (a kernel device's kind decides it: `kernel-direct`
+    /// pins are short-term, `kernel-longterm` ones long-term).
+    public let term: PinTerm
     /// Completed pin-write-unpin cycles: progress, for a watchdog.
     public let cycles = ManagedAtomic<Int>(0)
 
     /// - Parameters:
     ///   - kind: who writes (see the type's comment).
+    ///   - term: the term of a simulated device's pins (a kernel device's kind implies its own).
+    ///   - onDemandPaging: mirror ranges instead of pinning them (a simulated device only).
     ///   - sourceDirectory: where a `kernel-direct` device keeps its (unnamed) source file: a
     ///     directory on a block device.
     /// - Throws: for a kernel device, `.notSupported` where io_uring or O_DIRECT is refused here
     ///   (one line, with the reason), `.notFound` for a missing source directory.
     public init(
         index: Int, dax: DAXFileSystem, observer: (any DMAObserver)?, statistics: DMAStatistics,
-        kind: DeviceKind = .simulated, sourceDirectory: String = DeviceKind.defaultSourceDirectory
+        kind: DeviceKind = .simulated, term: PinTerm = .longTerm, onDemandPaging: Bool = false,
+        sourceDirectory: String = DeviceKind.defaultSourceDirectory
     ) throws(FSError) {
+        if onDemandPaging && kind.isKernel {
+            throw FSError(.invalidArgument, "\(kind) devices pin: only simulated devices page on demand")
+        }
+        self.term = kind.impliedTerm ?? term
+        self.onDemandPaging = onDemandPaging
         self.transport = kind.isKernel
             ? try KernelTransport(kind: kind, device: index, sourceDirectory: sourceDirectory) : nil
         self.index = index
@@ -72,17 +88,19 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
     /// Pins `pages` of `file` for writing (holes are faulted in as new blocks); a kernel device
     /// takes the kernel's pin too.
     /// - Throws: what `AddressSpace.pin` throws (the range was truncated away, no space, the
-    ///   lease revoked while pinning; `.notSupported` when the kernel refuses a long-term pin of
-    ///   these pages, as it does on fs-dax); nothing is pinned then.
+    ///   lease revoked while pinning; `.notSupported` when a long-term pin is refused, by the
+    ///   kernel on fs-dax or by policy `mainline`); nothing is pinned then.
     public func pin(_ file: FileID, pages: Range<Int>) throws(FSError) {
-        precondition(self.current == nil, "DMADevice \(self.index) pins twice")
+        precondition(self.current == nil && self.mirror == nil, "DMADevice \(self.index) pins twice")
+        if self.onDemandPaging { return try self.mirror(file, pages: pages) }
         let handle: PinHandle
         do {
             handle = try self.dax.open(file).pin(
-                pages, write: true, holder: self, kernel: self.transport?.kernelPin ?? .none)
+                pages, write: true, holder: self, term: self.transport == nil ? self.term : nil,
+                kernel: self.transport?.kernelPin ?? .none)
         } catch {
             if error.code == .notSupported {
-                self.statistics.kernelRefusals.wrappingIncrement(ordering: .relaxed)
+                self.statistics.longTermRefusals.wrappingIncrement(ordering: .relaxed)
             } else {
                 self.statistics.pinFailures.wrappingIncrement(ordering: .relaxed)
             }
@@ -105,13 +123,14 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
     }
 
     /// Whether the device holds a pin now, and whether its lease was revoked.
-    public var isPinned: Bool { self.current != nil }
+    public var isPinned: Bool { self.current != nil || self.mirror != nil }
     public var isRevoked: Bool { self.current?.isRevoked ?? false }
 
     /// One transfer: writes every pinned page once, each drained before the next.
     /// - Returns: how many writes landed (the others were refused: the lease was revoked).
     @discardableResult
     public func transfer() -> Int {
+        if self.mirror != nil { return self.transferThroughMirror() }
         guard let handle = self.current.take() else { return 0 }
         let landed = self.transfer(through: handle)
         self.current = consume handle
@@ -184,6 +203,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
 
     /// Drops the pin (ends the lease).
     public func unpin() {
+        if self.mirror != nil { return self.unsubscribe() }
         guard let handle = self.current.take() else { return }
         self.pinnedBlocks.removeAll(keepingCapacity: true)
         handle.unpin()
@@ -205,9 +225,11 @@ public final class DMAStatistics: Sendable {
     /// Pins that took the kernel's pin too, and writes the kernel landed.
     public let kernelPins = ManagedAtomic<Int>(0)
     public let kernelWrites = ManagedAtomic<Int>(0)
-    /// Long-term pins the kernel refused (EOPNOTSUPP: fs-dax pages).
-    public let kernelRefusals = ManagedAtomic<Int>(0)
+    /// Long-term pins refused (EOPNOTSUPP): by the kernel (fs-dax pages), or by policy `mainline`.
+    public let longTermRefusals = ManagedAtomic<Int>(0)
     /// Kernel writes that failed otherwise (an I/O error, a short read).
     public let kernelErrors = ManagedAtomic<Int>(0)
+    /// On-demand paging: writes that met a zapped translation and faulted the range in again.
+    public let deviceRefaults = ManagedAtomic<Int>(0)
     public init() {}
 }

@@ -23,14 +23,22 @@ public struct DMAConfiguration: Sendable {
     public var longPinDevices: Int
     /// Pages per pin batch.
     public var pagesPerPin: ClosedRange<Int>
+    /// The term of simulated devices' pins. Short-term pins last a random time between a
+    /// twentieth of `pinDuration` and all of it (O_DIRECT-like: microseconds to a millisecond).
+    public var term: PinTerm
+    /// Devices mirror their ranges instead of pinning them (policy `odp`; simulated only).
+    public var onDemandPaging: Bool
     public var seed: UInt64
 
     public init(
         devices: Int = 4, pinDuration: Duration = .milliseconds(2), longPinDuration: Duration = .milliseconds(100),
         longPinDevices: Int = 0, pagesPerPin: ClosedRange<Int> = 1...8, seed: UInt64 = 1,
-        kind: DeviceKind = .simulated, sourceDirectory: String = DeviceKind.defaultSourceDirectory
+        kind: DeviceKind = .simulated, term: PinTerm = .longTerm, onDemandPaging: Bool = false,
+        sourceDirectory: String = DeviceKind.defaultSourceDirectory
     ) {
         self.devices = devices
+        self.term = term
+        self.onDemandPaging = onDemandPaging
         self.kind = kind
         self.sourceDirectory = sourceDirectory
         self.pinDuration = pinDuration
@@ -43,8 +51,8 @@ public struct DMAConfiguration: Sendable {
 
 /// N devices on threads (`daxlab-dma-0`, `daxlab-dma-1`, ...). Each repeatedly picks a range of
 /// one of the files, pins it, writes into every pinned block for its pin duration, and unpins
-/// (`DMADevice`). A device whose long-term pins the kernel refuses stops (counted in
-/// `statistics.kernelRefusals`).
+/// (`DMADevice`). A device whose long-term pins are refused (by the kernel on fs-dax, or by
+/// policy `mainline`) stops (counted in `statistics.longTermRefusals`).
 public final class DMAEngine: Sendable {
     public let dax: DAXFileSystem
     public let files: [FileID]
@@ -66,6 +74,7 @@ public final class DMAEngine: Sendable {
             devices.append(
                 try DMADevice(
                     index: index, dax: dax, observer: observer, statistics: self.statistics, kind: configuration.kind,
+                    term: configuration.term, onDemandPaging: configuration.onDemandPaging,
                     sourceDirectory: configuration.sourceDirectory))
         }
         self.devices = devices
@@ -104,6 +113,7 @@ public final class DMAEngine: Sendable {
         var random = SplitMix64(seed: self.configuration.seed, stream: UInt64(device.index))
         let pinNanoseconds = (device.index < self.configuration.longPinDevices
             ? self.configuration.longPinDuration : self.configuration.pinDuration).nanoseconds
+        let shortTerm = device.term == .shortTerm
         let span = self.configuration.pagesPerPin
         while self.running.load(ordering: .relaxed) {
             let file = self.files[random.next(below: self.files.count)]
@@ -115,10 +125,11 @@ public final class DMAEngine: Sendable {
             let count = min(filePages, span.lowerBound + random.next(below: span.count))
             let first = random.next(below: filePages - count + 1)
             do { try device.pin(file, pages: first..<(first + count)) } catch {
-                if error.code == .notSupported { return }  // the kernel refuses these pins: stop
+                if error.code == .notSupported { return }  // long-term pins are refused here: stop
                 continue
             }
-            let deadline = MonotonicClock.now() + pinNanoseconds
+            let held = shortTerm ? pinNanoseconds / 20 + UInt64(random.next(below: Int(pinNanoseconds))) : pinNanoseconds
+            let deadline = MonotonicClock.now() + held
             repeat {
                 device.transfer()
             } while MonotonicClock.now() < deadline && self.running.load(ordering: .relaxed)

@@ -24,6 +24,15 @@ public enum DeviceKind: String, CaseIterable, Sendable, CustomStringConvertible 
     /// Whether the kernel does the device's pins and writes.
     public var isKernel: Bool { self != .simulated }
 
+    /// The term of a kernel device's pins; nil for simulated devices (any term).
+    public var impliedTerm: PinTerm? {
+        switch self {
+        case .simulated: nil
+        case .kernelLongterm: .longTerm
+        case .kernelDirect: .shortTerm
+        }
+    }
+
     /// Checks that devices of this kind can run here (io_uring for long-term pins, O_DIRECT in
     /// `sourceDirectory` for short-term ones), before anything is formatted for them.
     /// - Throws: what `DMADevice.init` would throw.

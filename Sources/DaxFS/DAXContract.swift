@@ -76,9 +76,14 @@ package protocol LayoutBreaker: AnyObject, Sendable {
     /// The transaction that was to move claimed blocks failed: they stay in their file, unclaimed.
     func claimsAborted(_ blocks: [UInt32])
 
+    /// Before an unmount, with nothing locked: what to do with pins still outstanding, under the
+    /// default policy (wait for them, revoke them, refuse the unmount, or let them outlive it).
+    /// - Throws: `.busy` or `.timedOut`: the unmount must not proceed (nothing changed).
+    func breakLayoutsFinal() throws(FSError)
+
     /// The file system is being unmounted: finish the releases already due, and from now on
-    /// release nothing (a sequestered block still pinned stays in lost+found for the next
-    /// mount; a deferred one is already free on the media).
+    /// release nothing (under `none` a sequestered or deferred block may still be pinned: it
+    /// stays in lost+found for the next mount, or is already free on the media).
     func fileSystemWillUnmount()
 }
 

@@ -163,10 +163,17 @@ public final class FileSystem: Sendable {
         if !mapping.isReadOnly { try self.setState(.mounted, mounts: mounts &+ 1) }
     }
 
-    /// Marks the image clean and releases its lock. The attached DAX layer is told first (it
-    /// finishes the limbo releases already due) and detached. The file system must not be used
-    /// afterwards; its mapping goes when the last reference to it does.
+    /// Marks the image clean and releases its lock. The attached DAX layer decides first what
+    /// happens to pins still outstanding (its final layout break: wait for them, revoke them,
+    /// refuse, or under `none` let them outlive the unmount), then finishes the limbo releases
+    /// due and is detached. The file system must not be used afterwards; its mapping goes when
+    /// the last reference to it does.
+    /// - Throws: `.busy` (`fail` with pins outstanding) or `.timedOut` (`wait`'s timeout): still
+    ///   mounted, nothing changed; `.io` when the clean state cannot be persisted.
     public func unmount() throws(FSError) {
+        if self.isMounted, let breaker = self.breaker.withLock({ $0.value }) {
+            try breaker.breakLayoutsFinal()  // may sleep for pins, or refuse: still mounted then
+        }
         let breaker = self.breaker.withLock { slot in
             defer { slot.value = nil }
             return slot.value

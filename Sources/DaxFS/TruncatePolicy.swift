@@ -1,5 +1,6 @@
 /// What truncate, hole punch and unlink do when a block in their range is pinned for DMA: the
-/// remedies proposed on linux-fsdevel, 2015-2019 (README.md, "The policies").
+/// remedies proposed on linux-fsdevel, 2015-2019, and what mainline settled on (README.md, "The
+/// policies").
 ///
 /// The policy is an argument of `FileSystem.truncate`, `punchHole` and `unlink`, passed down
 /// to the DAX layer's layout breaker with the call (`LayoutBreakCall`); a call that names none
@@ -21,6 +22,16 @@ public enum TruncatePolicy: String, Sendable, Codable, CaseIterable, CustomStrin
     /// Notify the lease holders, give them the lease-break time to unpin, then revoke their pins:
     /// later DMA writes are fenced and counted (Ira Weiny's F_LONGTERM leases).
     case leaseBreak = "lease-break"
+    /// What mainline does since v6.15 (Alistair Popple's series): a long-term pin of a DAX file is
+    /// refused (EOPNOTSUPP, `check_vma_flags`); truncate unmaps, sleeps without the invalidate
+    /// lock until the busy page is idle, rescans (`dax_break_layout`), with no timeout; unmount
+    /// waits until every page is idle (`dax_break_layout_final`).
+    case mainline
+    /// On-demand paging (RDMA ODP, HMM): devices keep translations, not pins
+    /// (`DeviceMirror`). Truncate invalidates the devices' subscriptions over the range (under
+    /// every policy it does) and goes on: it waits only for a device write in progress, never for
+    /// a pin. A pin someone else holds is waited for as under `wait`.
+    case odp
 
     public var description: String { self.rawValue }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DAX
 import DMA
 import DaxFS
 import Foundation
@@ -10,11 +11,14 @@ struct DemoCommand: ParsableCommand {
         commandName: "demo",
         abstract: "Race every policy for a few seconds and compare them: the bug, and each remedy.",
         discussion: """
-            Runs `daxlab race` under none, fail, wait, sequester, deferred and lease-break on PATH \
-            (re-formatted for each), once for each kind of device in --devices: simulated \
-            (daxlab's threads write), kernel-longterm (the kernel writes through io_uring fixed \
-            buffers it pinned for long) and kernel-direct (O_DIRECT reads from a disk file: the \
-            kernel pins for one I/O). Then it prints a table: corruption seen, truncate latency, \
+            Runs `daxlab race` under none, fail, wait, sequester, deferred, lease-break, mainline \
+            and odp on PATH (re-formatted for each), once for each kind of device in --devices: \
+            simulated (daxlab's threads write; raced twice, with long-term RDMA-like pins and with \
+            short-term O_DIRECT-like ones), kernel-longterm (the kernel writes through io_uring \
+            fixed buffers it pinned for long) and kernel-direct (O_DIRECT reads from a disk file: \
+            the kernel pins for one I/O). Under mainline long-term pins are refused (EOPNOTSUPP): \
+            that row says so; odp (on-demand paging) is raced with simulated devices only, which \
+            mirror instead of pinning. Then it prints a table: corruption seen, truncate latency, \
             EBUSY refusals, blocks held in limbo, revoked and refused writes, and the verdict. A \
             kind of device this machine cannot run (io_uring or O_DIRECT refused) is skipped with \
             one line saying why. Exit 0 when every protective policy held.
@@ -51,17 +55,23 @@ struct DemoCommand: ParsableCommand {
                 Terminal.writeStandardError("daxlab demo: \(kind) devices skipped: \(error.message)\n")
                 continue
             }
-            for policy in TruncatePolicy.allCases {
-                var configuration = RaceConfiguration(policy: policy)
-                configuration.seconds = self.seconds
-                configuration.pinMilliseconds = self.pinMs
-                configuration.leaseBreakMilliseconds = self.leaseBreakMs
-                configuration.devices = kind
-                configuration.sourceDirectory = self.sourceDirectory
-                if !self.json { Output.print("racing \(policy) with \(kind) devices for \(self.seconds) s ...") }
-                reports.append(try RaceRunner.run(
-                    path: self.path, size: 64 << 20, configuration: configuration, force: true, keep: false,
-                    live: !self.json))
+            for profile in kind.impliedTerm.map({ [$0] }) ?? [.longTerm, .shortTerm] {
+                for policy in TruncatePolicy.allCases where policy != .odp || !kind.isKernel {
+                    var configuration = RaceConfiguration(policy: policy)
+                    configuration.seconds = self.seconds
+                    configuration.profile = profile
+                    configuration.pinMilliseconds = kind == .simulated && profile == .shortTerm ? min(1, self.pinMs) : self.pinMs
+                    if kind == .simulated && profile == .shortTerm { configuration.longPinDevices = 0 }
+                    configuration.leaseBreakMilliseconds = self.leaseBreakMs
+                    configuration.devices = kind
+                    configuration.sourceDirectory = self.sourceDirectory
+                    if !self.json {
+                        Output.print("racing \(policy) with \(kind) \(profile) devices for \(self.seconds) s ...")
+                    }
+                    reports.append(try RaceRunner.run(
+                        path: self.path, size: 64 << 20, configuration: configuration, force: true, keep: false,
+                        live: !self.json))
+                }
             }
         }
         if self.json {
@@ -70,7 +80,8 @@ struct DemoCommand: ParsableCommand {
             Output.print(Self.table(reports))
         }
         let protectiveHeld = reports.filter { $0.policy != "none" }.allSatisfy(\.held)
-        let unshown = reports.filter { $0.policy == "none" && !$0.corruptionSeen && !$0.kernelPinRefused }.map(\.devices)
+        let unshown = reports.filter { $0.policy == "none" && !$0.corruptionSeen && !$0.pinsRefused }
+            .map { "\($0.devices) \($0.profile)" }
         if !self.json {
             Output.print(protectiveHeld
                 ? "Every protective policy held"
@@ -83,18 +94,21 @@ struct DemoCommand: ParsableCommand {
     }
 
     static func table(_ reports: [RaceReport]) -> String {
-        let header = ["policy", "devices", "corruption", "stale", "corrupted", "trunc p50", "trunc p99", "EBUSY", "limbo peak",
-                      "revoked", "refused", "verdict"]
+        let header = ["policy", "devices", "profile", "corruption", "stale", "corrupted", "trunc p50", "trunc p99", "EBUSY", "limbo peak",
+                      "revoked", "refused", "invalidated", "verdict"]
         var rows = [header]
         for report in reports {
             rows.append([
-                report.policy, report.devices, report.kernelPinRefused ? "pin refused" : report.corruptionSeen ? "YES" : "no", String(report.staleDmaWrites),
+                report.policy, report.devices, report.profile,
+                report.pinsRefused ? "pin refused" : report.corruptionSeen ? "YES" : "no", String(report.staleDmaWrites),
                 String(report.corruptedBlocks), RaceRunner.format(report.truncateLatencyUs.p50),
                 RaceRunner.format(report.truncateLatencyUs.p99), String(report.truncatesBusy),
                 String(max(report.sequesteredBlocksPeak, report.deferredBlocksPeak)), String(report.revocations),
-                String(report.revokedDmaWrites),
+                String(report.revokedDmaWrites), String(report.odpInvalidations),
                 report.kernelPinRefused
                     ? "kernel refused"
+                    : report.pinsRefused
+                    ? (report.fsckClean ? "refused (EOPNOTSUPP)" : "FAILED")
                     : report.policy == "none"
                         ? (report.corruptionSeen ? "bug reproduced" : "bug not seen")
                         : (report.held ? "held" : "FAILED"),

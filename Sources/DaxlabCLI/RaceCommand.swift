@@ -1,5 +1,6 @@
 import ArgumentParser
 import CShims
+import DAX
 import DMA
 import DaxFS
 import Foundation
@@ -7,6 +8,7 @@ import Race
 
 extension TruncatePolicy: ExpressibleByArgument {}
 extension DeviceKind: ExpressibleByArgument {}
+extension PinTerm: ExpressibleByArgument {}
 
 /// `daxlab race`: one race run under one policy, judged by the oracle.
 struct RaceCommand: ParsableCommand {
@@ -25,7 +27,18 @@ struct RaceCommand: ParsableCommand {
             corrupted blocks (a page that does not hold what its file last wrote); at the end it \
             counts leaked blocks and runs fsck.
 
-            Policies: none (the bug), fail, wait, sequester, deferred, lease-break.
+            Policies: none (the bug), fail, wait, sequester, deferred, lease-break, mainline \
+            (v6.15's rules: long-term pins refused with EOPNOTSUPP, truncate waits for short-term \
+            pins without a timeout), and odp (on-demand paging: the devices keep translations, \
+            not pins; a truncate invalidates them and goes on, and a device's next write faults \
+            its range in again; simulated devices only).
+
+            Profiles (--profile): long-term (RDMA-like: pins held for --pin-ms, and by a quarter \
+            of the devices for --long-pin-ms) or short-term (O_DIRECT-like: each pin held a \
+            random time up to --pin-ms, default 1 ms, no long-pin devices). kernel-direct devices \
+            are short-term and kernel-longterm ones long-term whatever is asked. Under mainline \
+            long-term pins are refused: nothing races and the run says so (longterm_refused), \
+            exit 0.
 
             Devices (--devices): simulated (daxlab's threads copy into the pinned blocks); \
             kernel-longterm (the kernel pins: each pin registers the range as an io_uring fixed \
@@ -58,7 +71,10 @@ struct RaceCommand: ParsableCommand {
     var sourceDirectory = DeviceKind.defaultSourceDirectory
     @Option(name: .long, help: "Threads that truncate and punch the shared files.") var truncaters = 2
     @Option(name: .long, help: "Threads that allocate and write their own files.") var writers = 2
-    @Option(name: .customLong("pin-ms"), help: "How long a device holds each pin batch (ms).") var pinMs: Double = 2
+    @Option(name: .long, help: "The devices' pins: long-term (RDMA-like) or short-term (O_DIRECT-like). Default: what --devices implies, else long-term.")
+    var profile: PinTerm?
+    @Option(name: .customLong("pin-ms"), help: "How long a device holds each pin batch (ms; default 2, or 1 for short-term pins, each held a random time up to it).")
+    var pinMs: Double?
     @Option(name: .customLong("long-pin-ms"), help: "How long the long-pin devices hold each pin batch (ms).")
     var longPinMs: Double = 100
     @Option(name: .customLong("long-pin-devices"), help: "Devices that hold long pins (default: a quarter, at least one).")
@@ -81,10 +97,16 @@ struct RaceCommand: ParsableCommand {
         guard (0...64).contains(self.truncaters), (0...64).contains(self.writers) else {
             throw ValidationError("--truncaters and --writers must be 0...64")
         }
-        for (name, value) in [("--pin-ms", self.pinMs), ("--long-pin-ms", self.longPinMs), ("--lease-break-ms", self.leaseBreakMs)] {
+        for (name, value) in [("--pin-ms", self.pinMs ?? 1), ("--long-pin-ms", self.longPinMs), ("--lease-break-ms", self.leaseBreakMs)] {
             guard value.isFinite, value > 0, value <= 3_600_000 else {
                 throw ValidationError("\(name) must be in (0, 3600000] ms")
             }
+        }
+        if self.policy == .odp && self.devices.isKernel {
+            throw ValidationError("--policy odp runs on-demand-paging devices, which never pin: --devices simulated")
+        }
+        if let profile = self.profile, let implied = self.devices.impliedTerm, profile != implied {
+            throw ValidationError("--devices \(self.devices) pins are \(implied); --profile \(profile) contradicts it")
         }
         if let devices = self.longPinDevices, !(0...self.dmaThreads).contains(devices) {
             throw ValidationError("--long-pin-devices must be 0...\(self.dmaThreads) (the --dma-threads)")
@@ -99,9 +121,11 @@ struct RaceCommand: ParsableCommand {
         configuration.sourceDirectory = self.sourceDirectory
         configuration.truncaters = self.truncaters
         configuration.writers = self.writers
-        configuration.pinMilliseconds = self.pinMs
+        configuration.profile = self.profile
+        let shortTerm = self.profile == .shortTerm
+        configuration.pinMilliseconds = self.pinMs ?? (shortTerm ? 1 : 2)
         configuration.longPinMilliseconds = self.longPinMs
-        configuration.longPinDevices = self.longPinDevices
+        configuration.longPinDevices = self.longPinDevices ?? (shortTerm ? 0 : nil)
         configuration.leaseBreakMilliseconds = self.leaseBreakMs
         configuration.seed = self.seed
         let report = try RaceRunner.run(
@@ -172,13 +196,23 @@ enum RaceRunner {
                 """)
             return
         }
+        if report.pinsRefused {
+            Output.print("""
+                policy \(report.policy), devices \(report.devices): long-term pins REFUSED (EOPNOTSUPP, \
+                \(report.longTermRefused) of them), as mainline refuses FOLL_LONGTERM on a DAX file; nothing \
+                raced (is_pmem \(report.isPmem), fsck \(report.fsckClean ? "clean" : "NOT clean")). Short-term \
+                devices race under mainline: --profile short-term
+                """)
+            return
+        }
         Output.print("""
             policy \(report.policy), devices \(report.devices): \
             \(report.held ? "HELD" : (report.corruptionSeen ? "CORRUPTION" : "FAILED")) \
             (\(report.seconds) s, is_pmem \(report.isPmem))
               DMA writes \(report.dmaWrites) in \(report.pins) pins\
             \(report.devices == "simulated" ? "" : " (by the kernel: \(report.kernelWrites) writes, \(report.kernelPins) pins\(report.kernelErrors > 0 ? ", \(report.kernelErrors) I/O errors" : ""))"); \
-            leases revoked \(report.revocations), writes refused \(report.revokedDmaWrites)
+            leases revoked \(report.revocations), writes refused \(report.revokedDmaWrites)\
+            \(report.policy == "odp" ? "; translations invalidated \(report.odpInvalidations), device refaults \(report.deviceRefaults)" : "")
               truncates \(report.truncates): EBUSY \(report.truncatesBusy), waited \(report.truncatesWaited); \
             latency p50 \(format(latency.p50)) p99 \(format(latency.p99)) max \(format(latency.max))
               stale DMA writes \(report.staleDmaWrites), corrupted blocks \(report.corruptedBlocks), \

@@ -1,3 +1,4 @@
+import DAX
 import DMA
 import DaxFS
 
@@ -29,7 +30,17 @@ public struct RaceConfiguration: Sendable {
     /// With no thread making progress for this long, the run stops and reports a deadlock.
     public var watchdogSeconds: Double = 10
 
+    /// The devices' pins: short-term (O_DIRECT-like) or long-term (RDMA-like); nil takes what
+    /// the device kind implies (`kernel-direct` short-term, the others long-term).
+    public var profile: PinTerm?
+
     public init(policy: TruncatePolicy) { self.policy = policy }
+
+    /// Whether the devices page on demand (policy `odp`): translations, never pins.
+    public var onDemandPaging: Bool { self.policy == .odp }
+
+    /// The term of the devices' pins.
+    public var term: PinTerm { self.devices.impliedTerm ?? self.profile ?? .longTerm }
 
     /// The long-pin devices this run has.
     public var effectiveLongPinDevices: Int {

@@ -78,14 +78,16 @@ public final class RaceHarness: @unchecked Sendable {
         self.truncaterProgress = (0..<configuration.truncaters).map { _ in ManagedAtomic(0) }
         self.collisionDevice = try DMADevice(
             index: configuration.dmaThreads, dax: self.dax, observer: self.oracle, statistics: self.collisionStatistics,
-            kind: configuration.devices, sourceDirectory: configuration.sourceDirectory)
+            kind: configuration.devices, term: configuration.term, onDemandPaging: configuration.onDemandPaging,
+            sourceDirectory: configuration.sourceDirectory)
         self.engine = try DMAEngine(
             dax: self.dax, files: self.sharedFiles,
             configuration: DMAConfiguration(
                 devices: configuration.dmaThreads, pinDuration: .milliseconds(configuration.pinMilliseconds),
                 longPinDuration: .milliseconds(configuration.longPinMilliseconds),
                 longPinDevices: configuration.effectiveLongPinDevices, pagesPerPin: 1...8, seed: configuration.seed,
-                kind: configuration.devices, sourceDirectory: configuration.sourceDirectory),
+                kind: configuration.devices, term: configuration.term, onDemandPaging: configuration.onDemandPaging,
+                sourceDirectory: configuration.sourceDirectory),
             observer: self.oracle)
     }
 
@@ -100,9 +102,10 @@ public final class RaceHarness: @unchecked Sendable {
 
     /// Runs the collision, then the race for the configured time, and returns what the oracle found.
     ///
-    /// Where the kernel refuses the devices' long-term pins (EOPNOTSUPP: fs-dax, mainline's own
-    /// answer to DMA versus truncate), nothing races: the report says so (`kernelPinRefused`),
-    /// and the image is unmounted and checked.
+    /// Where the devices' long-term pins are refused (EOPNOTSUPP: by the kernel on fs-dax, or by
+    /// policy `mainline`: mainline's own answer to DMA versus truncate), nothing races: the
+    /// report says so (`longTermRefused`, and `kernelPinRefused` when the kernel refused), and
+    /// the image is unmounted and checked.
     /// - Parameter progress: called about four times a second from the watchdog (the caller's thread).
     /// - Throws: `SystemCallError` when a thread cannot be started (nothing is left running then).
     public func run(progress: (@Sendable (RaceProgress) -> Void)? = nil) throws -> RaceReport {
@@ -111,10 +114,11 @@ public final class RaceHarness: @unchecked Sendable {
         let collided: Bool
         do {
             collided = try self.collide()
-        } catch let error as FSError where error.code == .notSupported && self.configuration.devices == .kernelLongterm {
+        } catch let error as FSError where error.code == .notSupported && self.configuration.term == .longTerm {
             return self.report(
                 engine: engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
-                fsckClean: self.unmountAndCheck(), stuck: [], kernelPinRefused: true)
+                fsckClean: self.unmountAndCheck(), stuck: [],
+                kernelPinRefused: self.configuration.devices == .kernelLongterm && self.configuration.policy != .mainline)
         }
         let threads = try self.startThreads(engine)
         let watched = self.progressCounters(engine)
@@ -191,10 +195,11 @@ public final class RaceHarness: @unchecked Sendable {
         }
         return RaceReport(
             policy: self.configuration.policy.rawValue, devices: self.configuration.devices.rawValue,
+            profile: self.configuration.term.rawValue,
             seconds: (elapsed * 10).rounded() / 10, isPmem: self.isPmem,
             dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed), pins: both(\.pins),
             kernelPins: both(\.kernelPins), kernelWrites: both(\.kernelWrites), kernelErrors: both(\.kernelErrors),
-            kernelPinRefused: kernelPinRefused,
+            kernelPinRefused: kernelPinRefused, longTermRefused: both(\.longTermRefusals),
             truncates: self.truncates.load(ordering: .relaxed), truncatesBusy: self.busy.load(ordering: .relaxed),
             truncatesWaited: stats.truncatesWaited.load(ordering: .relaxed),
             truncateLatencyUs: RaceReport.Latency(
@@ -205,6 +210,7 @@ public final class RaceHarness: @unchecked Sendable {
             corruptedBlocks: self.oracle.corruptedBlocks, leakedBlocks: leaked,
             revokedDmaWrites: self.oracle.refusedWrites.load(ordering: .relaxed),
             revocations: stats.revocations.load(ordering: .relaxed),
+            odpInvalidations: stats.odpInvalidations.load(ordering: .relaxed), deviceRefaults: both(\.deviceRefaults),
             sequesteredBlocksPeak: stats.sequesteredPeak.load(ordering: .relaxed),
             deferredBlocksPeak: stats.deferredPeak.load(ordering: .relaxed), fsckClean: fsckClean,
             deadlock: !stuck.isEmpty, stuckThreads: stuck)

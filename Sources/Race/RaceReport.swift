@@ -9,6 +9,8 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var policy: String
     /// Who did the devices' writes: `simulated`, `kernel-longterm` or `kernel-direct`.
     public var devices: String
+    /// The devices' pins: `short-term` or `long-term`.
+    public var profile: String
     public var seconds: Double
     public var isPmem: Bool
     public var dmaWrites: Int
@@ -21,6 +23,8 @@ public struct RaceReport: Sendable, Codable, Equatable {
     /// The kernel refused the devices' long-term pins (EOPNOTSUPP: fs-dax pages): nothing raced,
     /// and that is the outcome observed, not a failure.
     public var kernelPinRefused: Bool
+    /// Long-term pins refused (EOPNOTSUPP), by the kernel or by policy `mainline`.
+    public var longTermRefused: Int
     public var truncates: Int
     public var truncatesBusy: Int
     public var truncatesWaited: Int
@@ -31,6 +35,10 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var revokedDmaWrites: Int
     /// Leases revoked by `lease-break` (each fences every later write of its device).
     public var revocations: Int
+    /// `odp`: device subscriptions invalidated by truncates and punches, and device writes that
+    /// met a zapped translation and faulted their range in again.
+    public var odpInvalidations: Int
+    public var deviceRefaults: Int
     public var sequesteredBlocksPeak: Int
     public var deferredBlocksPeak: Int
     public var fsckClean: Bool
@@ -39,7 +47,7 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var stuckThreads: [String]
 
     enum CodingKeys: String, CodingKey {
-        case policy, devices, seconds
+        case policy, devices, profile, seconds
         case isPmem = "is_pmem"
         case dmaWrites = "dma_writes"
         case pins
@@ -47,6 +55,7 @@ public struct RaceReport: Sendable, Codable, Equatable {
         case kernelWrites = "kernel_writes"
         case kernelErrors = "kernel_errors"
         case kernelPinRefused = "kernel_pin_refused"
+        case longTermRefused = "longterm_refused"
         case truncates
         case truncatesBusy = "truncates_busy"
         case truncatesWaited = "truncates_waited"
@@ -56,6 +65,8 @@ public struct RaceReport: Sendable, Codable, Equatable {
         case leakedBlocks = "leaked_blocks"
         case revokedDmaWrites = "revoked_dma_writes"
         case revocations
+        case odpInvalidations = "odp_invalidations"
+        case deviceRefaults = "device_refaults"
         case sequesteredBlocksPeak = "sequestered_blocks_peak"
         case deferredBlocksPeak = "deferred_blocks_peak"
         case fsckClean = "fsck_clean"
@@ -68,6 +79,10 @@ public struct RaceReport: Sendable, Codable, Equatable {
         self.staleDmaWrites == 0 && self.corruptedBlocks == 0 && self.leakedBlocks == 0 && self.fsckClean
             && !self.deadlock
     }
+
+    /// Whether the devices' long-term pins were refused, so that nothing raced (an outcome:
+    /// mainline's answer, by daxlab's `mainline` or by the kernel on fs-dax).
+    public var pinsRefused: Bool { self.kernelPinRefused || (self.longTermRefused > 0 && self.pins == 0) }
 
     /// Whether the corruption showed (what `none` must show).
     public var corruptionSeen: Bool { self.staleDmaWrites > 0 || self.corruptedBlocks > 0 }

@@ -48,7 +48,7 @@ struct PmemGuestVerdictTests {
     func planCoversTheIssue() throws {
         let nvdimm = Set(try self.expected("nvdimm"))
         let memmap = Set(try self.expected("memmap"))
-        for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break"] {
+        for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break", "mainline", "odp"] {
             for target in ["devdax", "fsdax"] {
                 #expect(nvdimm.contains("race-\(target)-\(policy)"))
                 #expect(memmap.contains("race-\(target)-\(policy)"))
@@ -63,12 +63,15 @@ struct PmemGuestVerdictTests {
         for stage in ["nvdimm", "memmap"] {
             let debian = Set(try self.expected(stage))
             let newer = Set(try self.expected(stage, kernel: "6.12.9"))
-            for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break"] {
+            for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break", "mainline"] {
                 for target in ["devdax-direct", "fsdax-direct"] {
                     #expect(debian.contains("race-\(target)-\(policy)") && newer.contains("race-\(target)-\(policy)"))
                 }
-                #expect(newer.contains("race-devdax-longterm-\(policy)") && !debian.contains("race-devdax-longterm-\(policy)"))
+                #expect(!debian.contains("race-devdax-longterm-\(policy)"))
+                // mainline refuses long-term pins: no long-term race under it, on any kernel.
+                #expect(newer.contains("race-devdax-longterm-\(policy)") == (policy != "mainline"))
             }
+            #expect(debian.isSuperset(of: ["fsdax-mainline-refused", "devdax-mainline-refused"]))
             #expect(debian.isSuperset(of: ["fsdax-longterm-refused", "devdax-longterm-refused", "disk-mount"]))
             #expect(newer.contains("fsdax-longterm-refused") && !newer.contains("devdax-longterm-refused"))
         }

@@ -9,10 +9,10 @@ struct RaceCLITests {
     }
 
     static let keys: Set<String> = [
-        "policy", "devices", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors",
-        "kernel_pin_refused", "truncates", "truncates_busy", "truncates_waited",
+        "policy", "devices", "profile", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors",
+        "kernel_pin_refused", "longterm_refused", "truncates", "truncates_busy", "truncates_waited",
         "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes",
-        "revocations", "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock", "stuck_threads",
+        "revocations", "odp_invalidations", "device_refaults", "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock", "stuck_threads",
     ]
 
     @Test("race --json: exactly the documented keys; exit 1 under none, 0 under wait; the image is removed")
@@ -90,12 +90,56 @@ struct RaceCLITests {
         }
     }
 
+    @Test("race --policy mainline: long-term pins refused (EOPNOTSUPP) as the outcome, exit 0; short-term devices race and truncates wait")
+    func mainline() throws {
+        try withTemporaryPath("race-mainline") { path in
+            let refused = try DaxlabBinary.run(["race", path, "--policy", "mainline", "--seconds", "1", "--json"])
+            #expect(refused.status == 0, "\(refused.standardOutput)\(refused.standardError)")
+            let report = try self.json(refused.standardOutput)
+            #expect(report["profile"] as? String == "long-term", "the default profile")
+            #expect(report["longterm_refused"] as? Int ?? 0 > 0, "\(report)")
+            #expect(report["pins"] as? Int == 0 && report["dma_writes"] as? Int == 0, "nothing raced: \(report)")
+            #expect(report["kernel_pin_refused"] as? Bool == false, "daxlab refused, not the kernel")
+            #expect(report["fsck_clean"] as? Bool == true)
+            let text = try DaxlabBinary.run(["race", path, "--policy", "mainline", "--seconds", "1"])
+            #expect(text.status == 0)
+            #expect(text.standardOutput.contains("REFUSED (EOPNOTSUPP"), "\(text.standardOutput)")
+
+            let short = try DaxlabBinary.run(
+                ["race", path, "--policy", "mainline", "--profile", "short-term", "--seconds", "1", "--json"])
+            #expect(short.status == 0, "\(short.standardOutput)\(short.standardError)")
+            let raced = try self.json(short.standardOutput)
+            #expect(raced["profile"] as? String == "short-term")
+            #expect(raced["longterm_refused"] as? Int == 0)
+            #expect(raced["pins"] as? Int ?? 0 > 0 && raced["truncates_waited"] as? Int ?? 0 > 0, "\(raced)")
+            #expect(raced["stale_dma_writes"] as? Int == 0 && raced["corrupted_blocks"] as? Int == 0)
+        }
+    }
+
+    @Test("race --policy odp: devices mirror instead of pinning; truncates invalidate and never wait; it holds")
+    func onDemandPaging() throws {
+        try withTemporaryPath("race-odp") { path in
+            let result = try DaxlabBinary.run(["race", path, "--policy", "odp", "--seconds", "1", "--json"])
+            #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
+            let report = try self.json(result.standardOutput)
+            #expect(report["odp_invalidations"] as? Int ?? 0 > 0, "\(report)")
+            #expect(report["truncates_waited"] as? Int == 0, "no truncate waits: nothing is pinned")
+            #expect(report["dma_writes"] as? Int ?? 0 > 100)
+            #expect(report["stale_dma_writes"] as? Int == 0 && report["corrupted_blocks"] as? Int == 0)
+            let text = try DaxlabBinary.run(["race", path, "--policy", "odp", "--seconds", "1"])
+            #expect(text.standardOutput.contains("translations invalidated"), "\(text.standardOutput)")
+        }
+    }
+
     @Test("race: bad arguments exit 2 with one line")
     func badArguments() throws {
         for arguments in [["race", "--policy", "sometimes"], ["race", "--policy", "wait", "--seconds", "0"],
                           ["race", "--policy", "wait", "--seconds", "nan"], ["race", "--policy", "wait", "--pin-ms", "inf"],
                           ["race", "--policy", "wait", "--long-pin-devices", "9"],
                           ["race", "--policy", "wait", "--devices", "gpu"],
+                          ["race", "--policy", "wait", "--profile", "forever"],
+                          ["race", "--policy", "odp", "--devices", "kernel-direct"],
+                          ["race", "--policy", "wait", "--devices", "kernel-direct", "--profile", "long-term"],
                           ["race", "/nonexistent-dir/x.pmem", "--policy", "wait", "--seconds", "1"]]
         {
             let result = try DaxlabBinary.run(arguments)
@@ -167,14 +211,19 @@ struct RaceCLITests {
         try withTemporaryPath("demo") { path in
             let result = try DaxlabBinary.run(["demo", path, "--seconds", "1"], timeout: 240)
             #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
-            for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break"] {
+            for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break", "mainline", "odp"] {
                 #expect(result.standardOutput.contains(policy))
             }
-            // Each kind of device raced, or was skipped with its reason.
-            for kind in ["simulated", "kernel-longterm", "kernel-direct"] {
-                let raced = result.standardOutput.split(separator: "\n").filter { !$0.hasPrefix("racing") && $0.contains(" \(kind) ") }.count
-                #expect(raced == 6 || result.standardError.contains("\(kind) devices skipped"), "\(kind)")
+            // Each kind of device raced every policy (simulated ones with both profiles), or was
+            // skipped with its reason.
+            let rows = result.standardOutput.split(separator: "\n").filter { !$0.hasPrefix("racing") }
+            for (kind, count) in [("simulated", 16), ("kernel-longterm", 7), ("kernel-direct", 7)] {
+                let raced = rows.filter { $0.contains(" \(kind) ") }.count
+                #expect(raced == count || result.standardError.contains("\(kind) devices skipped"), "\(kind): \(raced)")
             }
+            // mainline with long-term devices: refused, and the table says so.
+            let refusedRow = rows.first { $0.hasPrefix("mainline") && $0.contains(" simulated ") && $0.contains("long-term") }
+            #expect(refusedRow?.contains("refused (EOPNOTSUPP)") == true, "\(refusedRow ?? "no row")")
             #expect(result.standardOutput.contains("verdict"))
             #expect(result.standardOutput.contains("Every protective policy held"))
         }

@@ -83,7 +83,7 @@ struct DAXRaceTests {
 
     @Test("kernel long-term devices (io_uring fixed buffers), truncaters and writers: no kernel write lands in a block the allocator could hand out",
           .serialized, .enabled(if: KernelFacilities.ioUringRefusal == nil, "io_uring is refused here"),
-          arguments: TruncatePolicy.allCases)
+          arguments: TruncatePolicy.allCases.filter { $0 != .mainline })  // (mainline refuses them: MainlineTests)
     func kernelLongtermDevicesAndTruncaters(policy: TruncatePolicy) throws {
         try self.race(policy: policy, devices: .kernelLongterm)
     }
@@ -114,6 +114,7 @@ struct DAXRaceTests {
             dax: lab.dax, files: files,
             configuration: DMAConfiguration(
                 devices: 3, pinDuration: .milliseconds(3), pagesPerPin: 1...4, kind: devices,
+                term: policy == .mainline ? .shortTerm : .longTerm, onDemandPaging: policy == .odp && devices == .simulated,
                 sourceDirectory: KernelFacilities.directSourceDirectory),
             observer: watcher)
         try engine.start()

@@ -188,13 +188,13 @@ struct PolicyTests {
     }
 
     /// The event each policy reaches with the pin held: the truncate returned (none, fail,
-    /// sequester, deferred) or it sleeps on the pinned block (wait, lease-break). The test waits
+    /// sequester, deferred) or it sleeps on the pinned block (wait, mainline, lease-break). The test waits
     /// for that event, not for a time, so it cannot pass without the truncate having run.
     @Test("every policy but none keeps a pinned block out of the allocator until its last unpin",
           arguments: TruncatePolicy.allCases)
     func pinnedBlockNeverFreed(policy: TruncatePolicy) throws {
         let lab = try Lab(policy: policy, times: PolicyTimes(leaseBreakTime: .seconds(60)))
-        let handle = try lab.space.pin(1..<2, write: true)
+        let handle = try lab.space.pin(1..<2, write: true, term: .shortTerm)  // (mainline refuses long-term)
         let block = handle.block(at: 0)
         let file = lab.file
         let statistics = lab.dax.statistics

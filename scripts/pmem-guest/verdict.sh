@@ -8,8 +8,16 @@
 #                                 KERNEL (default 6.1, Debian 12's), one per line
 set -uo pipefail
 
-policies="none fail wait sequester deferred lease-break"
-races() { for policy in $policies; do echo "race-$1-$policy"; done; }
+policies="none fail wait sequester deferred lease-break mainline odp"
+# mainline refuses long-term pins: no devdax-longterm race under it (*-mainline-refused checks
+# that); odp's devices never pin: no kernel-device race under it.
+races() {
+    local policy
+    for policy in $policies; do
+        case $1-$policy in devdax-longterm-mainline | *-longterm-odp | *-direct-odp) continue ;; esac
+        echo "race-$1-$policy"
+    done
+}
 trip() { echo "$1-mkfs $1-write $1-read-back $1-fsck"; }
 devices="devices-fsdax devices-devdax devices-pmem-path devices-dax-path"
 info="info-fsdax-medium info-fsdax-is-pmem info-fsdax-map-sync info-fsdax-vm-sync-flag"
@@ -22,7 +30,8 @@ kernel_checks() {
     minor=${minor%%.*}
     if [ "$major" -gt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -ge 5 ]; }; then longterm=$(races devdax-longterm)
     else longterm=devdax-longterm-refused; fi
-    echo disk-mkfs disk-mount $longterm $(races devdax-direct) fsdax-longterm-refused $(races fsdax-direct)
+    echo disk-mkfs disk-mount $longterm $(races devdax-direct) fsdax-longterm-refused fsdax-mainline-refused \
+        devdax-mainline-refused $(races fsdax-direct)
 }
 
 # expected STAGE [KERNEL]
