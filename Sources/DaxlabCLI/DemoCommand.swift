@@ -116,8 +116,9 @@ struct DemoCommand: ParsableCommand {
         }
         let widths = (0..<header.count).map { column in rows.map { $0[column].count }.max()! }
         return rows.enumerated().map { index, row in
-            let line = zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
-            return index == 0 ? line + "\n" + String(repeating: "-", count: line.count) : line
+            let padded = zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            let line = String(padded.reversed().drop { $0 == " " }.reversed())
+            return index == 0 ? line + "\n" + String(repeating: "-", count: padded.count) : line
         }.joined(separator: "\n")
     }
 }
