@@ -88,6 +88,10 @@ public final class AddressSpace: @unchecked Sendable {
         let entry = self.table.entryCreating(page)
         let present = entry.load(ordering: .acquiring)
         if present != 0 { return present }
+        // Nothing new is mapped (or allocated) once the unmount's final layout break began.
+        if self.dax.unmounting.load(ordering: .acquiring) {
+            throw FSError(.invalidArgument, "\(self.id): the file system is unmounting")
+        }
         let block = try self.dax.source.blockForFault(self.id, page: page, allocate: write)
         guard block != 0 else { return 0 }
         // Two faults may race here; both found the same block under the shared lock.

@@ -106,4 +106,25 @@ struct OnDemandPagingTests {
         try lab.fs.unmount()
         #expect(try Fsck.run(path: lab.path).isClean)
     }
+
+    @Test("unmount invalidates every mirror; a mirror's fault afterwards is refused and allocates nothing on the image")
+    func unmountInvalidates() throws {
+        let lab = try Lab(policy: .odp, pages: 4)
+        try lab.fs.truncate(lab.file, size: 8 * 4096)  // pages 4..<8 are holes
+        let mirror = DeviceMirror(space: lab.space, pages: 0..<2)
+        try mirror.map()
+        try lab.fs.unmount()
+        #expect(mirror.invalidations.load(ordering: .relaxed) == 1)
+        #expect(mirror.translation(at: 0) == 0)
+        let late = DeviceMirror(space: lab.space, pages: 4..<6)
+        do {
+            try late.map()
+            Issue.record("a hole was faulted in after the unmount")
+        } catch { #expect(error.code == .invalidArgument) }
+        let fsck = try Fsck.run(path: lab.path)
+        #expect(fsck.isClean, "\(fsck.result.problems.prefix(3))")
+        let again = try FileSystem.mount(path: lab.path)
+        #expect(again.currentBlock(try again.lookup("data"), page: 4) == 0, "nothing allocated after the unmount")
+        try again.unmount()
+    }
 }
