@@ -12,6 +12,11 @@ public struct CrashWorkload: Sendable {
         case write(String, offset: Int, count: Int, fill: UInt64)
         case truncate(String, size: Int)
         case punch(String, offset: Int, length: Int)
+        /// fallocate(FALLOC_FL_ZERO_RANGE), growing the file unless `keepSize`.
+        case zeroRange(String, offset: Int, length: Int, keepSize: Bool)
+        /// fallocate(FALLOC_FL_COLLAPSE_RANGE) and (FALLOC_FL_INSERT_RANGE), block-aligned.
+        case collapseRange(String, offset: Int, length: Int)
+        case insertRange(String, offset: Int, length: Int)
         case fallocate(String, offset: Int, length: Int)
         case rename(String, to: String)
         case unlink(String)
@@ -23,6 +28,7 @@ public struct CrashWorkload: Sendable {
         public var names: [String] {
             switch self {
             case .create(let name), .write(let name, _, _, _), .truncate(let name, _), .punch(let name, _, _),
+                .zeroRange(let name, _, _, _), .collapseRange(let name, _, _), .insertRange(let name, _, _),
                 .fallocate(let name, _, _), .unlink(let name), .replace(let name, _, _):
                 [name]
             case .rename(let source, let target): [source, target]
@@ -60,7 +66,27 @@ public struct CrashWorkload: Sendable {
             let free = Self.names.filter { self.model[$0] == nil }
             if free.isEmpty { return .unlink(pick()) }
             return .create(free[Int(self.generator.next() % UInt64(free.count))])
-        case 10..<50:
+        case 40..<44:
+            // Collapse needs a block-aligned range ending before the end of file; insert, an
+            // offset before it. A file too small for one gets a write instead.
+            let name = pick()
+            let pages = self.model[name]!.count / Self.page
+            let collapse = self.generator.next() % 2 == 0
+            if collapse, pages >= 2 {
+                let offset = Int(self.generator.next() % UInt64(pages - 1))
+                let length = 1 + Int(self.generator.next() % UInt64(pages - 1 - offset))
+                return .collapseRange(name, offset: offset * Self.page, length: length * Self.page)
+            }
+            if !collapse, pages >= 1, pages < 64 {
+                let offset = Int(self.generator.next() % UInt64(pages))
+                return .insertRange(name, offset: offset * Self.page, length: (1 + Int(self.generator.next() % 8)) * Self.page)
+            }
+            return .write(name, offset: 0, count: 1 + Int(self.generator.next() % UInt64(4 * Self.page)), fill: self.generator.next())
+        case 44..<50:
+            let offset = Int(self.generator.next() % UInt64(52 * Self.page))
+            let length = 1 + Int(self.generator.next() % UInt64(16 * Self.page))
+            return .zeroRange(pick(), offset: offset, length: length, keepSize: self.generator.next() % 2 == 0)
+        case 10..<40:
             let offset = Int(self.generator.next() % UInt64(48 * Self.page))
             let count = 1 + Int(self.generator.next() % UInt64(12 * Self.page))
             return .write(pick(), offset: offset, count: count, fill: self.generator.next())
@@ -119,6 +145,17 @@ public struct CrashWorkload: Sendable {
                 content.replaceSubrange(offset..<end, with: [UInt8](repeating: 0, count: end - offset))
             }
             self.model[name] = content
+        case .collapseRange(let name, let offset, let length):
+            self.model[name]!.removeSubrange(offset..<(offset + length))
+        case .insertRange(let name, let offset, let length):
+            self.model[name]!.insert(contentsOf: [UInt8](repeating: 0, count: length), at: offset)
+        case .zeroRange(let name, let offset, let length, let keepSize):
+            var content = self.model[name]!
+            let newSize = keepSize ? content.count : max(content.count, offset + length)
+            if content.count < newSize { content += [UInt8](repeating: 0, count: newSize - content.count) }
+            let end = min(offset + length, content.count)
+            if end > offset { content.replaceSubrange(offset..<end, with: [UInt8](repeating: 0, count: end - offset)) }
+            self.model[name] = content
         case .fallocate(let name, let offset, let length):
             var content = self.model[name]!
             if content.count < offset + length {
@@ -146,6 +183,12 @@ public struct CrashWorkload: Sendable {
             try fs.truncate(fs.lookup(FileName(name)), size: size)
         case .punch(let name, let offset, let length):
             try fs.punchHole(fs.lookup(FileName(name)), offset: offset, length: length)
+        case .collapseRange(let name, let offset, let length):
+            try fs.collapseRange(fs.lookup(FileName(name)), offset: offset, length: length)
+        case .insertRange(let name, let offset, let length):
+            try fs.insertRange(fs.lookup(FileName(name)), offset: offset, length: length)
+        case .zeroRange(let name, let offset, let length, let keepSize):
+            try fs.zeroRange(fs.lookup(FileName(name)), offset: offset, length: length, keepSize: keepSize)
         case .fallocate(let name, let offset, let length):
             try fs.fallocate(fs.lookup(FileName(name)), offset: offset, length: length)
         case .rename(let source, let target):

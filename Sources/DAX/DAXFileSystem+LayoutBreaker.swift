@@ -25,15 +25,16 @@ extension DAXFileSystem: LayoutBreaker {
                 throw FSError(.busy, "\(space.id): \(busy.count) block(s) pinned for DMA (EBUSY)")
             }
             return .proceed(.free)
-        case .sequester:
+        case .sequester where !call.movesBlocks:
             return .proceed(.sequester)
-        case .deferred:
+        case .deferred where !call.movesBlocks:
             return .proceed(.deferred)
-        case .wait, .mainline, .odp:
+        case .wait, .mainline, .odp, .sequester, .deferred:
+            // (sequester and deferred here: the blocks move within the file, see LayoutBreakCall.)
             guard let block = busy.first else { return .proceed(.free) }
             self.sleeping(&call)
             // mainline's `dax_break_layout` sleeps until the page is idle, however long.
-            try self.sleepUnlocked(lock, on: block, timeout: call.policy == .wait ? self.times.waitTimeout : nil)
+            try self.sleepUnlocked(lock, on: block, timeout: call.policy == .mainline ? nil : self.times.waitTimeout)
             return .retry
         case .leaseBreak:
             guard !busy.isEmpty else { return .proceed(.free) }

@@ -45,8 +45,15 @@ public struct LayoutBreakCall: Sendable {
     public let policy: TruncatePolicy
     /// Whether this call has slept waiting for pins (`wait`, `lease-break`); the breaker sets it.
     public var slept = false
+    /// Blocks of the range move within the file rather than leave it (collapse-range,
+    /// insert-range): a pinned one cannot be held in limbo, so `sequester` and `deferred` wait
+    /// for it as `wait` does.
+    public let movesBlocks: Bool
 
-    package init(policy: TruncatePolicy) { self.policy = policy }
+    package init(policy: TruncatePolicy, movesBlocks: Bool = false) {
+        self.policy = policy
+        self.movesBlocks = movesBlocks
+    }
 }
 
 /// The DAX layer's side of the contract: what it offers the file system. DaxFS calls

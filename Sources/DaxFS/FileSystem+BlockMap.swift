@@ -22,7 +22,7 @@ extension FileSystem {
     /// - Throws: `.noSpace` when a map block cannot be allocated, `.fileTooLarge` beyond 4 GiB.
     static func stageMap(
         _ tx: Transaction, allocator: BlockAllocator, inode number: Int, page: Int, block: UInt32,
-        reserved: inout [UInt32], alreadyAllocated: Bool = false
+        reserved: inout [UInt32], alreadyAllocated: Bool = false, countsBlock: Bool = true
     ) throws(FSError) {
         guard let path = BlockMapPath(page: page) else {
             throw FSError(.fileTooLarge, "page \(page) is beyond the largest file (4 GiB)")
@@ -59,7 +59,27 @@ extension FileSystem {
             tx.store32(geometry.entryOffset(leaf, inner), block)
         }
         if !alreadyAllocated { tx.setAllocated(block) }
-        record.blocks += 1
+        if countsBlock { record.blocks += 1 }
+    }
+
+    /// Where the pointer of `page` of inode `number` lives as `tx` sees the map, or nil when a
+    /// map block on its path is absent (the page is a hole and has no slot yet).
+    static func pointerOffset(_ tx: Transaction, inode number: Int, page: Int) -> Int? {
+        guard let path = BlockMapPath(page: page) else { return nil }
+        let geometry = tx.geometry
+        let inodeOffset = geometry.inodeOffset(number)
+        switch path {
+        case .direct(let index):
+            return inodeOffset + InodeRecord.directPointerOffset(index)
+        case .indirect(let index):
+            let map = tx.load32(inodeOffset + InodeRecord.indirectOffset)
+            return geometry.isDataBlock(map) ? geometry.entryOffset(map, index) : nil
+        case .doubleIndirect(let outer, let inner):
+            let top = tx.load32(inodeOffset + InodeRecord.doubleIndirectOffset)
+            guard geometry.isDataBlock(top) else { return nil }
+            let leaf = tx.load32(geometry.entryOffset(top, outer))
+            return geometry.isDataBlock(leaf) ? geometry.entryOffset(leaf, inner) : nil
+        }
     }
 
     /// Removes the blocks of `pages` from inode `number`, last page first, in as many transactions

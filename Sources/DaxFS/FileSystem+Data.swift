@@ -197,30 +197,87 @@ extension FileSystem {
             let record = try self.checkedRecord(id)
             let end = min(offset + length, Int(record.size))
             guard end > offset else { return }
-            let intent = InodeRecord.Intent.punch(offset: UInt64(offset), end: UInt64(end))
-            let (firstWhole, endWhole) = Self.wholePages(offset: offset, end: end, size: Int(record.size))
-            // Partial pages at the edges are zeroed, not freed: only once the policy lets the
-            // whole pages go (so EBUSY or a timeout leaves the file as it was).
-            // The intent is durable before any byte is zeroed (see truncate).
-            let partial = firstWhole * Self.pageSize > offset || (end > endWhole * Self.pageSize && endWhole >= firstWhole)
-            let zeroEdges = { () throws(FSError) in
-                guard partial else { return }
-                try self.recordIntent(id.inode, intent)
-                try Self.zeroEdges(
-                    media: self.media, reader: self.reader, record: self.record(id.inode), offset: offset, end: end,
-                    firstWhole: firstWhole, endWhole: endWhole)
-            }
-            if endWhole > firstWhole {
-                try self.removePages(id.inode, policy: policy, newSize: { nil }, intent: intent, beforeRemoval: zeroEdges) {
-                    () throws(FSError) -> Range<Int> in
-                    let current = Int(try self.checkedRecord(id).size)
-                    let last = end >= current ? (current + Self.pageSize - 1) / Self.pageSize : endWhole
-                    return firstWhole..<max(firstWhole, min(endWhole, last))
+            try self.punchLocked(id, offset: offset, end: end, size: Int(record.size), policy: policy, growTo: nil)
+        }
+    }
+
+    /// `fallocate(FALLOC_FL_ZERO_RANGE)`: afterwards `offset..<offset+length` reads zeros and
+    /// has zeroed blocks behind it, and unless `keepSize` the file grows to cover it. Inside the
+    /// old size it is a punch (whole pages freed through the layout breaker under `policy`,
+    /// partial edge pages zeroed in place) whose intent also carries the growth, so a crash
+    /// leaves it not started or complete; then the holes get new zeroed blocks, as `fallocate`
+    /// gives them (a crash before that leaves holes, which read zeros as well).
+    /// - Throws: `.busy` or `.timedOut` from the policy (nothing changed), `.invalidArgument`,
+    ///   `.fileTooLarge`, `.noSpace` (the range reads zeros; some holes may stay holes).
+    public func zeroRange(
+        _ id: FileID, offset: Int, length: Int, keepSize: Bool = false, policy: TruncatePolicy? = nil
+    ) throws(FSError) {
+        try self.checkWritable()
+        try Self.checkRange("zero-range", offset: offset, length: length)
+        guard length > 0 else { throw FSError(.invalidArgument, "zero-range: length must be > 0") }
+        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+            let size = Int(try self.checkedRecord(id).size)
+            let end = offset + length
+            let newSize = keepSize ? size : max(size, end)
+            if min(end, size) > offset {
+                try self.punchLocked(
+                    id, offset: offset, end: min(end, size), size: size, policy: policy,
+                    growTo: newSize > size ? newSize : nil)
+            } else if newSize > size {
+                _ = try self.log.transaction { (tx) throws(FSError) in
+                    let staged = tx.inode(id.inode)
+                    staged.size = UInt64(newSize)
+                    staged.modifiedNanoseconds = FileSystem.now()
                 }
-            } else {
-                try zeroEdges()
-                if partial { try self.recordIntent(id.inode, .none) }
             }
+            var position = offset
+            let allocateEnd = min(end, newSize)
+            while position < allocateEnd {
+                let chunkEnd = min(allocateEnd, (position / Self.pageSize + Self.pagesPerTransaction) * Self.pageSize)
+                try self.writeChunk(id.inode, from: position, to: chunkEnd, fill: nil)
+                position = chunkEnd
+            }
+        }
+    }
+
+    /// A punch of `offset..<end` (inside the file's `size`), the file's lock held exclusively.
+    /// With `growTo`, the file first grows to that size in the transaction that records the
+    /// punch's intent, once the policy let the punch happen (zero-range).
+    private func punchLocked(
+        _ id: FileID, offset: Int, end: Int, size: Int, policy: TruncatePolicy?, growTo: Int?
+    ) throws(FSError) {
+        let intent = InodeRecord.Intent.punch(offset: UInt64(offset), end: UInt64(end))
+        let (firstWhole, endWhole) = Self.wholePages(offset: offset, end: end, size: size)
+        // Partial pages at the edges are zeroed, not freed: only once the policy lets the
+        // whole pages go (so EBUSY or a timeout leaves the file as it was).
+        // The intent is durable before any byte is zeroed (see truncate).
+        let partial = firstWhole * Self.pageSize > offset || (end > endWhole * Self.pageSize && endWhole >= firstWhole)
+        let begin = { () throws(FSError) in
+            if let growTo {
+                _ = try self.log.transaction { (tx) throws(FSError) in
+                    let staged = tx.inode(id.inode)
+                    staged.size = UInt64(growTo)
+                    staged.intent = intent
+                    staged.modifiedNanoseconds = FileSystem.now()
+                }
+            } else if partial {
+                try self.recordIntent(id.inode, intent)
+            }
+            guard partial else { return }
+            try Self.zeroEdges(
+                media: self.media, reader: self.reader, record: self.record(id.inode), offset: offset, end: end,
+                firstWhole: firstWhole, endWhole: endWhole)
+        }
+        if endWhole > firstWhole {
+            try self.removePages(id.inode, policy: policy, newSize: { nil }, intent: intent, beforeRemoval: begin) {
+                () throws(FSError) -> Range<Int> in
+                let current = Int(try self.checkedRecord(id).size)
+                let last = end >= current ? (current + Self.pageSize - 1) / Self.pageSize : endWhole
+                return firstWhole..<max(firstWhole, min(endWhole, last))
+            }
+        } else {
+            try begin()
+            if partial || growTo != nil { try self.recordIntent(id.inode, .none) }
         }
     }
 

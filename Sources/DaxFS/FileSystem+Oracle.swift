@@ -11,6 +11,13 @@ import DaxlabSupport
     func didAllocate(_ block: UInt32, inode: Int, page: Int?)
     /// `block` is going back to the free pool; no allocation can hand it out before this returns.
     func didFree(_ block: UInt32)
+    /// `block` stayed allocated but now holds `page` of inode `inode` (collapse-range,
+    /// insert-range), before any new fault or pin can reach it there.
+    func didMove(_ block: UInt32, inode: Int, page: Int)
+}
+
+extension AllocationObserver {
+    public func didMove(_ block: UInt32, inode: Int, page: Int) {}
 }
 
 /// What the oracle and the tests may ask of a mounted file system, beyond its file operations.

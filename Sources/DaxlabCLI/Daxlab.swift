@@ -23,6 +23,7 @@ public struct Daxlab: ParsableCommand {
         subcommands: [
             DevicesCommand.self, InfoCommand.self, MkfsCommand.self, FsckCommand.self, ListCommand.self,
             WriteCommand.self, ReadCommand.self, RemoveCommand.self, TruncateCommand.self, PunchCommand.self,
+            FallocateCommand.self,
             CrashTestCommand.self, RaceCommand.self, DemoCommand.self, BenchCommand.self,
         ],
         // --help only: a file name such as "-dash" must not be read as -d -a -s -h.
@@ -96,7 +97,7 @@ private func runCommand(_ arguments: [String]) -> Int32 {
 /// `truncate` and `punch` take sizes and offsets, which the argument parser would read as
 /// options when negative: say what is wrong instead.
 private func negativeNumberComplaint(_ arguments: [String]) -> String? {
-    guard let command = arguments.first, ["truncate", "punch"].contains(command) else { return nil }
+    guard let command = arguments.first, ["truncate", "punch", "fallocate"].contains(command) else { return nil }
     let values = arguments.dropFirst().prefix { $0 != "--" }
     guard let negative = values.first(where: { $0.count > 1 && $0.hasPrefix("-") && $0.dropFirst().first!.isNumber })
     else { return nil }

@@ -184,6 +184,65 @@ struct PunchCommand: ParsableCommand {
     }
 }
 
+/// The modes of `daxlab fallocate`, named as util-linux's fallocate(1) names them.
+enum FallocateMode: String, CaseIterable, ExpressibleByArgument {
+    case allocate
+    case punchHole = "punch-hole"
+    case zeroRange = "zero-range"
+    case collapseRange = "collapse-range"
+    case insertRange = "insert-range"
+}
+
+struct FallocateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fallocate",
+        abstract: "Allocate, punch or zero a range of a file, as fallocate(2) does.",
+        discussion: """
+            Modes: allocate (the default: zeroed blocks for every hole in the range; the file grows \
+            to cover it unless --keep-size), punch-hole (the range reads zeros, whole blocks are \
+            freed, the size stays: `daxlab punch` is the shorthand), zero-range (the range reads \
+            zeros and has zeroed blocks; the file grows to cover it unless --keep-size), \
+            collapse-range (the range leaves the file: the rest moves down and the file shrinks; \
+            block-aligned, ending before the end of file), insert-range (a hole opens at --offset: \
+            the rest moves up and the file grows; block-aligned, before the end of file). \
+            OFFSET + LENGTH may reach at most \(FileSystem.maximumFileSize) bytes. A punch, \
+            zero-range, collapse or insert a crash interrupts is finished by the next mount or was \
+            never begun (each is all or nothing); \
+            an allocation may be left in part, as fallocate(2)'s may.
+            """)
+
+    @Argument(help: "The image.") var path: String
+    @Argument(help: "The file's name.") var name: FileName
+    @Option(name: .long, help: "allocate, punch-hole, zero-range, collapse-range or insert-range.")
+    var mode: FallocateMode = .allocate
+    @Option(name: .long, help: "Where the range starts (K, M, G suffixes).") var offset = ByteSize(bytes: 0)
+    @Option(name: .long, help: "How long it is.") var length: ByteSize
+    @Flag(name: .customLong("keep-size"), help: "Do not grow the file (allocate, zero-range; punch-hole always keeps it).")
+    var keepSize = false
+
+    func validate() throws {
+        guard self.length.bytes > 0 else { throw ValidationError("--length must be more than 0") }
+    }
+
+    func run() throws {
+        try withMountedImage(self.path) { fs in
+            let file = try fs.lookup(self.name)
+            let (offset, length) = (self.offset.bytes, self.length.bytes)
+            switch self.mode {
+            case .allocate:
+                guard !self.keepSize else {
+                    throw CommandFailure("fallocate: --keep-size with allocate is not supported (blocks past the end of file)")
+                }
+                try fs.fallocate(file, offset: offset, length: length)
+            case .punchHole: try fs.punchHole(file, offset: offset, length: length)
+            case .zeroRange: try fs.zeroRange(file, offset: offset, length: length, keepSize: self.keepSize)
+            case .collapseRange: try fs.collapseRange(file, offset: offset, length: length)
+            case .insertRange: try fs.insertRange(file, offset: offset, length: length)
+            }
+        }
+    }
+}
+
 extension String {
     func leftPadded(_ width: Int) -> String {
         self.count >= width ? self : String(repeating: " ", count: width - self.count) + self

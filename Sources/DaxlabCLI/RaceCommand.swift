@@ -9,6 +9,7 @@ import Race
 extension TruncatePolicy: ExpressibleByArgument {}
 extension DeviceKind: ExpressibleByArgument {}
 extension PinTerm: ExpressibleByArgument {}
+extension RaceScenario: ExpressibleByArgument {}
 
 /// `daxlab race`: one race run under one policy, judged by the oracle.
 struct RaceCommand: ParsableCommand {
@@ -49,6 +50,12 @@ struct RaceCommand: ParsableCommand {
             refuses long-term pins (fs-dax: EOPNOTSUPP, mainline's own answer), nothing races and \
             the run says so, exit 0. Where io_uring or O_DIRECT is refused, one line and exit 2.
 
+            Scenarios (--scenario): mixed (the above) or collision (xfstests' dax group, \
+            generic/503's t_mmap_collision: a device writes into its pinned range of a file while \
+            another thread punches, zero-ranges, truncates down or collapses that file; each of \
+            the four made to happen on purpose, round after round for --seconds, judged by the \
+            same oracle).
+
             Exit status: 0 when nothing went wrong; 1 when the oracle saw a stale write, a \
             corrupted or leaked block, an fsck problem or a deadlock (so --policy none exits 1: \
             the bug, reproduced); 2 for bad arguments or an unusable path.
@@ -71,6 +78,8 @@ struct RaceCommand: ParsableCommand {
     var sourceDirectory = DeviceKind.defaultSourceDirectory
     @Option(name: .long, help: "Threads that truncate and punch the shared files.") var truncaters = 2
     @Option(name: .long, help: "Threads that allocate and write their own files.") var writers = 2
+    @Option(name: .long, help: "mixed (the collision once, then the race) or collision (xfstests' dax collision scenario: punch, zero-range, truncate and collapse each made to collide with a device, round after round).")
+    var scenario: RaceScenario = .mixed
     @Option(name: .long, help: "The devices' pins: long-term (RDMA-like) or short-term (O_DIRECT-like). Default: what --devices implies, else long-term.")
     var profile: PinTerm?
     @Option(name: .customLong("pin-ms"), help: "How long a device holds each pin batch (ms; default 2, or 1 for short-term pins, each held a random time up to it).")
@@ -122,6 +131,7 @@ struct RaceCommand: ParsableCommand {
         configuration.truncaters = self.truncaters
         configuration.writers = self.writers
         configuration.profile = self.profile
+        configuration.scenario = self.scenario
         let shortTerm = self.profile == .shortTerm
         configuration.pinMilliseconds = self.pinMs ?? (shortTerm ? 1 : 2)
         configuration.longPinMilliseconds = self.longPinMs

@@ -32,6 +32,10 @@ package final class Oracle: DMAObserver, AllocationObserver, @unchecked Sendable
     package let landedWrites = ManagedAtomic<Int>(0)
     package let refusedWrites = ManagedAtomic<Int>(0)
     let corruptions = Locked<Set<Corruption>>([])
+    /// Blocks that moved within their file since their last allocation (their content is the
+    /// file's own from another offset), and whether any did (the common case asks nothing more).
+    private let moved = Locked<Set<UInt32>>([])
+    private let anyMoved = ManagedAtomic<Bool>(false)
 
     /// One corrupted page: the file, the page, and the write it should have held.
     struct Corruption: Hashable {
@@ -98,6 +102,7 @@ package final class Oracle: DMAObserver, AllocationObserver, @unchecked Sendable
 
     package func didAllocate(_ block: UInt32, inode: Int, page: Int?) {
         guard let slot = self.slot(block) else { return }
+        if self.anyMoved.load(ordering: .relaxed) { _ = self.moved.withLock { $0.remove(block) } }
         var current = slot.load(ordering: .relaxed)
         while true {
             let next = Self.word(inode: inode, page: page, epoch: UInt64(Self.epoch(of: current)) + 1)
@@ -105,6 +110,17 @@ package final class Oracle: DMAObserver, AllocationObserver, @unchecked Sendable
             if exchanged { return }
             current = original
         }
+    }
+
+    /// A block that moved within its file (collapse-range, insert-range): allocated still, to
+    /// another page, in a new epoch (so a device that pinned it before the move writes stale).
+    /// Its content is the file's own, from its old place: `isOwnDeviceData` takes it as such.
+    package func didMove(_ block: UInt32, inode: Int, page: Int) {
+        guard let slot = self.slot(block) else { return }
+        let word = slot.load(ordering: .relaxed)
+        slot.store(Self.word(inode: inode, page: page, epoch: UInt64(Self.epoch(of: word)) + 1), ordering: .releasing)
+        _ = self.moved.withLock { $0.insert(block) }
+        self.anyMoved.store(true, ordering: .relaxed)
     }
 
     package func didFree(_ block: UInt32) {
@@ -156,6 +172,7 @@ package final class Oracle: DMAObserver, AllocationObserver, @unchecked Sendable
     package func isOwnDeviceData(_ tags: [BlockTag], file: FileID, page: Int, block: UInt32) -> Bool {
         let word = self.owner(of: block)
         guard self.isOwned(block, by: file, page: page) else { return false }
+        if self.anyMoved.load(ordering: .relaxed), self.moved.withLock({ $0.contains(block) }) { return true }
         let epoch = Self.epoch(of: word)
         return tags.allSatisfy { $0.kind == .device && $0.file == file && $0.page == page && $0.epoch == epoch }
     }

@@ -34,6 +34,12 @@ public struct RaceConfiguration: Sendable {
     /// the device kind implies (`kernel-direct` short-term, the others long-term).
     public var profile: PinTerm?
 
+    /// What runs: the mixed race (the collision once, then devices, truncaters and writers for
+    /// `seconds`), or xfstests' collision scenario alone, over and over.
+    public var scenario: RaceScenario = .mixed
+    /// The operations the collision scenario makes collide, in order, each round.
+    public var collisionOperations = CollisionOperation.allCases
+
     public init(policy: TruncatePolicy) { self.policy = policy }
 
     /// Whether the devices page on demand (policy `odp`): translations, never pins.
@@ -46,4 +52,23 @@ public struct RaceConfiguration: Sendable {
     public var effectiveLongPinDevices: Int {
         min(self.dmaThreads, self.longPinDevices ?? max(1, (self.dmaThreads + 3) / 4))
     }
+}
+
+/// What a race run does.
+public enum RaceScenario: String, Sendable, CaseIterable {
+    /// The collision once, then devices, truncaters and writers racing for the run's time.
+    case mixed
+    /// xfstests' dax collision scenario (generic/503, `t_mmap_collision`): a device writing into
+    /// its pinned range of a file while another thread punches, zero-ranges, truncates down or
+    /// collapses that file; each of the four, made to happen on purpose, round after round for
+    /// the run's time.
+    case collision
+}
+
+/// What the collision's other thread does to the file under the device's pin.
+public enum CollisionOperation: String, Sendable, CaseIterable {
+    case punch
+    case zeroRange = "zero-range"
+    case truncate
+    case collapse
 }

@@ -25,8 +25,10 @@ import Glibc
 /// pins, and `lease-break` revokes the lease so the last writes are refused; `sequester` and
 /// `deferred` hold the blocks in limbo.
 extension RaceHarness {
+    /// - Parameter operation: what the other thread does to the pinned range (the mixed race: a
+    ///   truncate to 0).
     /// - Returns: false when the truncate did not decide within the watchdog's window (a deadlock).
-    func collide() throws -> Bool {
+    func collide(_ operation: CollisionOperation = .truncate) throws -> Bool {
         let config = self.configuration
         let file = self.sharedFiles[0]
         let pages = 0..<min(4, config.filePages)
@@ -43,7 +45,7 @@ extension RaceHarness {
         let truncater: JoinableThread
         do {
             truncater = try JoinableThread.spawn(name: "daxlab-collide") {
-                self.cut(file) { () throws(FSError) in try self.fs.truncate(file, size: 0, policy: config.policy) }
+                self.cut(file) { () throws(FSError) in try self.collisionOperation(operation, on: file, pages: pages) }
                 returned.store(true, ordering: .releasing)
             }
         } catch {
@@ -70,6 +72,23 @@ extension RaceHarness {
         device.unpin()  // before the join: under wait the truncate sleeps until this unpin
         truncater.join()
         return true
+    }
+
+    /// The collision's other thread: `operation` over the device's pinned `pages` (the file
+    /// is `filePages` long, grown back after each round).
+    private func collisionOperation(_ operation: CollisionOperation, on file: FileID, pages: Range<Int>) throws(FSError) {
+        let policy = self.configuration.policy
+        switch operation {
+        case .truncate:
+            try self.fs.truncate(file, size: 0, policy: policy)
+        case .punch:
+            try self.fs.punchHole(file, offset: 0, length: pages.count * 4096, policy: policy)
+        case .zeroRange:
+            try self.fs.zeroRange(file, offset: 0, length: pages.count * 4096, keepSize: true, policy: policy)
+        case .collapse:
+            // Half the pinned range leaves the file; the other half moves down into its place.
+            try self.fs.collapseRange(file, offset: 0, length: max(1, pages.count / 2) * 4096, policy: policy)
+        }
     }
 
     /// Lets the collision writer take one of `blocks` if the truncate freed any (per the

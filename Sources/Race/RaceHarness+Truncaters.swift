@@ -7,7 +7,8 @@ import Glibc
 #endif
 
 /// The truncaters (`daxlab-trunc-N`): they cut a shared file to a random size and grow it
-/// back, or punch a random range, under the run's policy, and time each cut.
+/// back, or punch, zero, collapse or insert a random range, under the run's policy, and time
+/// each cut (the file is grown or cut back to its size after each).
 extension RaceHarness {
     func truncateLoop(_ index: Int) {
         var random = SplitMix64(seed: self.configuration.seed, stream: 0x7452_0000 + UInt64(index))
@@ -15,13 +16,36 @@ extension RaceHarness {
         let progress = self.truncaterProgress[index]
         while !self.stop.load(ordering: .relaxed) {
             let file = self.sharedFiles[random.next(below: self.sharedFiles.count)]
-            if random.next(below: 3) == 0 {
+            switch random.next(below: 8) {
+            case 0, 1:
                 self.cut(file) { () throws(FSError) in
                     try self.fs.punchHole(
                         file, offset: random.next(below: pages) * 4096, length: (1 + random.next(below: 8)) * 4096,
                         policy: self.configuration.policy)
                 }
-            } else {
+            case 2:
+                // Zero-range frees the whole pages (through the policy) and gives them new zeroed
+                // blocks at once: a freed block can come straight back to the same file.
+                self.cut(file) { () throws(FSError) in
+                    try self.fs.zeroRange(
+                        file, offset: random.next(below: pages) * 4096, length: (1 + random.next(below: 8)) * 4096,
+                        keepSize: true, policy: self.configuration.policy)
+                }
+            case 3:
+                // Collapse and insert move the whole tail: every block after the offset changes
+                // place, so the policy is asked about all of them.
+                self.cut(file) { () throws(FSError) in
+                    let first = random.next(below: pages - 1)
+                    let length = 1 + random.next(below: min(8, pages - 1 - first))
+                    try self.fs.collapseRange(file, offset: first * 4096, length: length * 4096, policy: self.configuration.policy)
+                }
+            case 4:
+                self.cut(file) { () throws(FSError) in
+                    try self.fs.insertRange(
+                        file, offset: random.next(below: pages) * 4096, length: (1 + random.next(below: 8)) * 4096,
+                        policy: self.configuration.policy)
+                }
+            default:
                 self.cut(file) { () throws(FSError) in
                     try self.fs.truncate(file, size: random.next(below: pages) * 4096, policy: self.configuration.policy)
                 }

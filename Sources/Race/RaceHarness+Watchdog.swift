@@ -67,14 +67,19 @@ extension RaceHarness {
             if now - anyChange >= window || stuck.contains(where: { watched[$0].mustProgress }) {
                 return (true, stuck.map { watched[$0].name })
             }
-            let elapsed = Double(now - started) / 1e9
-            progress?(RaceProgress(
-                elapsed: elapsed, seconds: self.configuration.seconds,
-                dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed),
-                truncates: self.truncates.load(ordering: .relaxed),
-                staleDmaWrites: self.oracle.staleWrites.load(ordering: .relaxed),
-                corruptedBlocks: self.oracle.corruptedBlocks, limboBlocks: self.dax.statistics.limboNow))
-            if elapsed >= self.configuration.seconds { return (false, []) }
+            let snapshot = self.snapshot(started: started)
+            progress?(snapshot)
+            if snapshot.elapsed >= self.configuration.seconds { return (false, []) }
         }
+    }
+
+    /// The run's counters now, for a progress line.
+    func snapshot(started: UInt64) -> RaceProgress {
+        RaceProgress(
+            elapsed: MonotonicClock.seconds(since: started), seconds: self.configuration.seconds,
+            dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed),
+            truncates: self.truncates.load(ordering: .relaxed),
+            staleDmaWrites: self.oracle.staleWrites.load(ordering: .relaxed),
+            corruptedBlocks: self.oracle.corruptedBlocks, limboBlocks: self.dax.statistics.limboNow)
     }
 }

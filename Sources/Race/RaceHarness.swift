@@ -111,6 +111,7 @@ public final class RaceHarness: @unchecked Sendable {
     public func run(progress: (@Sendable (RaceProgress) -> Void)? = nil) throws -> RaceReport {
         let started = MonotonicClock.now()
         let engine = self.engine
+        if self.configuration.scenario == .collision { return try self.runCollisions(started: started, progress: progress) }
         let collided: Bool
         do {
             collided = try self.collide()
@@ -149,6 +150,37 @@ public final class RaceHarness: @unchecked Sendable {
         self.verifySharedFiles()
         let leaked = self.countLeaks()
         return self.report(engine: engine, elapsed: elapsed, leaked: leaked, fsckClean: self.unmountAndCheck(), stuck: [])
+    }
+
+    /// The collision scenario: each of the four operations collides with a device, round after
+    /// round until the run's time is up (at least one round), then the verdict as for any run.
+    private func runCollisions(started: UInt64, progress: (@Sendable (RaceProgress) -> Void)?) throws -> RaceReport {
+        let engine = self.engine
+        repeat {
+            for operation in self.configuration.collisionOperations {
+                let collided: Bool
+                do {
+                    collided = try self.collide(operation)
+                } catch let error as FSError where error.code == .notSupported && self.configuration.term == .longTerm {
+                    return self.report(
+                        engine: engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
+                        fsckClean: self.unmountAndCheck(), stuck: [],
+                        kernelPinRefused: self.configuration.devices == .kernelLongterm && self.configuration.policy != .mainline)
+                }
+                guard collided else {
+                    return self.report(
+                        engine: engine, elapsed: MonotonicClock.seconds(since: started), leaked: 0, fsckClean: false,
+                        stuck: ["daxlab-collide"])
+                }
+            }
+            progress?(self.snapshot(started: started))
+        } while MonotonicClock.seconds(since: started) < self.configuration.seconds
+        self.dax.waitForReclaims()
+        self.verifyWriters()
+        self.verifySharedFiles()
+        return self.report(
+            engine: engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
+            fsckClean: self.unmountAndCheck(), stuck: [])
     }
 
     /// Unmounts the image and runs fsck on it: whether it is clean.
@@ -195,7 +227,7 @@ public final class RaceHarness: @unchecked Sendable {
         }
         return RaceReport(
             policy: self.configuration.policy.rawValue, devices: self.configuration.devices.rawValue,
-            profile: self.configuration.term.rawValue,
+            profile: self.configuration.onDemandPaging ? "odp" : self.configuration.term.rawValue, scenario: self.configuration.scenario.rawValue,
             seconds: (elapsed * 10).rounded() / 10, isPmem: self.isPmem,
             dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed), pins: both(\.pins),
             kernelPins: both(\.kernelPins), kernelWrites: both(\.kernelWrites), kernelErrors: both(\.kernelErrors),

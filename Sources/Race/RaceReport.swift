@@ -9,8 +9,10 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var policy: String
     /// Who did the devices' writes: `simulated`, `kernel-longterm` or `kernel-direct`.
     public var devices: String
-    /// The devices' pins: `short-term` or `long-term`.
+    /// The devices' pins: `short-term` or `long-term`; `odp` for on-demand-paging devices (no pins).
     public var profile: String
+    /// `mixed` or `collision` (`RaceScenario`).
+    public var scenario: String
     public var seconds: Double
     public var isPmem: Bool
     public var dmaWrites: Int
@@ -47,7 +49,7 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var stuckThreads: [String]
 
     enum CodingKeys: String, CodingKey {
-        case policy, devices, profile, seconds
+        case policy, devices, profile, scenario, seconds
         case isPmem = "is_pmem"
         case dmaWrites = "dma_writes"
         case pins

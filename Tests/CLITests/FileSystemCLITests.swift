@@ -8,7 +8,7 @@ struct FileSystemCLITests {
         try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
     }
 
-    @Test("mkfs, write, ls, read, truncate, punch, rm, info, fsck")
+    @Test("mkfs, write, ls, read, truncate, punch, fallocate, rm, info, fsck")
     func fileRoundTrip() throws {
         try withTemporaryPath("cli-fs") { image in
             let made = try DaxlabBinary.run(["mkfs", image, "--size", "8M", "--json"])
@@ -39,6 +39,47 @@ struct FileSystemCLITests {
             #expect(entries.count == 1)
             #expect(entries.first?["size"] as? Int == 102_400)
             #expect(entries.first?["blocks"] as? Int == 23)  // 25 pages, 2 punched
+
+            // fallocate's modes: zero-range gives the punched pages zeroed blocks back and grows
+            // the file; --keep-size does not grow it; punch-hole is punch.
+            let zero = try DaxlabBinary.run(
+                ["fallocate", image, "data.bin", "--mode", "zero-range", "--offset", "4K", "--length", "104K"])
+            #expect(zero.status == 0, "\(zero.standardError)")
+            let zeroed = try #require(try JSONSerialization.jsonObject(
+                with: Data(try DaxlabBinary.run(["ls", image, "--json"]).standardOutput.utf8)) as? [[String: Any]])
+            #expect(zeroed.first?["size"] as? Int == 110_592, "grown to 4K + 104K")
+            #expect(zeroed.first?["blocks"] as? Int == 27, "every page of 0..<108K has a block")
+            let kept = try DaxlabBinary.run(
+                ["fallocate", image, "data.bin", "--mode", "zero-range", "--offset", "200K", "--length", "4K", "--keep-size"])
+            #expect(kept.status == 0)
+            #expect(try DaxlabBinary.run(
+                ["fallocate", image, "data.bin", "--mode", "punch-hole", "--offset", "8K", "--length", "4K"]).status == 0)
+            let after = try #require(try JSONSerialization.jsonObject(
+                with: Data(try DaxlabBinary.run(["ls", image, "--json"]).standardOutput.utf8)) as? [[String: Any]])
+            #expect(after.first?["size"] as? Int == 110_592, "--keep-size and punch-hole keep the size")
+            #expect(after.first?["blocks"] as? Int == 26)
+            let readBack = try DaxlabBinary.run(["read", image, "data.bin"])
+            #expect(readBack.status == 0)
+            // (The first 4 KiB are the random data: only the zeroed range is compared.)
+            #expect(readBack.standardOutput.utf8.suffix(106_496).allSatisfy { $0 == 0 }, "the zeroed range reads zeros")
+            // collapse-range takes 8K out at 0 (the file shrinks by 8K); insert-range puts 4K of
+            // hole back at 4K.
+            #expect(try DaxlabBinary.run(
+                ["fallocate", image, "data.bin", "--mode", "collapse-range", "--offset", "0", "--length", "8K"]).status == 0)
+            #expect(try DaxlabBinary.run(
+                ["fallocate", image, "data.bin", "--mode", "insert-range", "--offset", "4K", "--length", "4K"]).status == 0)
+            let shifted = try #require(try JSONSerialization.jsonObject(
+                with: Data(try DaxlabBinary.run(["ls", image, "--json"]).standardOutput.utf8)) as? [[String: Any]])
+            #expect(shifted.first?["size"] as? Int == 110_592 - 8192 + 4096)
+            for bad in [["--mode", "collapse-range", "--offset", "1000", "--length", "4K"],
+                        ["--mode", "insert-range", "--offset", "10M", "--length", "4K"],
+                        ["--mode", "zero-range", "--length", "0"],
+                        ["--mode", "zero-range", "--offset", "-4K", "--length", "4K"]] {
+                let result = try DaxlabBinary.run(["fallocate", image, "data.bin"] + bad)
+                #expect(result.status == 2, "\(bad)")
+                #expect(result.standardError.split(separator: "\n").count == 1, "\(bad): \(result.standardError)")
+            }
+            #expect(try DaxlabBinary.run(["fsck", image]).status == 0)
 
             let info = try self.json(try DaxlabBinary.run(["info", image, "--json"]).standardOutput)
             let fs = try #require(info["file_system"] as? [String: Any])

@@ -9,7 +9,7 @@ struct RaceCLITests {
     }
 
     static let keys: Set<String> = [
-        "policy", "devices", "profile", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors",
+        "policy", "devices", "profile", "scenario", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors",
         "kernel_pin_refused", "longterm_refused", "truncates", "truncates_busy", "truncates_waited",
         "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes",
         "revocations", "odp_invalidations", "device_refaults", "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock", "stuck_threads",
@@ -131,6 +131,24 @@ struct RaceCLITests {
         }
     }
 
+    @Test("race --scenario collision: xfstests' collision rounds; none corrupts (exit 1), wait holds (exit 0)")
+    func collisionScenario() throws {
+        try withTemporaryPath("race-collision") { path in
+            let none = try DaxlabBinary.run(["race", path, "--policy", "none", "--scenario", "collision", "--seconds", "1", "--json"])
+            #expect(none.status == 1, "\(none.standardError)")
+            let broken = try self.json(none.standardOutput)
+            #expect(broken["scenario"] as? String == "collision")
+            #expect(broken["stale_dma_writes"] as? Int ?? 0 > 0, "\(broken)")
+            let wait = try DaxlabBinary.run(["race", path, "--policy", "wait", "--scenario", "collision", "--seconds", "1", "--json"])
+            #expect(wait.status == 0, "\(wait.standardOutput)\(wait.standardError)")
+            let held = try self.json(wait.standardOutput)
+            #expect(held["truncates_waited"] as? Int ?? 0 >= 4, "each of the four operations waited: \(held)")
+            #expect(held["stale_dma_writes"] as? Int == 0 && held["corrupted_blocks"] as? Int == 0)
+            let odp = try self.json(try DaxlabBinary.run(["race", path, "--policy", "odp", "--seconds", "1", "--json"]).standardOutput)
+            #expect(odp["profile"] as? String == "odp")
+        }
+    }
+
     @Test("race: bad arguments exit 2 with one line")
     func badArguments() throws {
         for arguments in [["race", "--policy", "sometimes"], ["race", "--policy", "wait", "--seconds", "0"],
@@ -139,6 +157,7 @@ struct RaceCLITests {
                           ["race", "--policy", "wait", "--devices", "gpu"],
                           ["race", "--policy", "wait", "--profile", "forever"],
                           ["race", "--policy", "odp", "--devices", "kernel-direct"],
+                          ["race", "--policy", "wait", "--scenario", "sometimes"],
                           ["race", "--policy", "wait", "--devices", "kernel-direct", "--profile", "long-term"],
                           ["race", "/nonexistent-dir/x.pmem", "--policy", "wait", "--seconds", "1"]]
         {
@@ -217,7 +236,7 @@ struct RaceCLITests {
             // Each kind of device raced every policy (simulated ones with both profiles), or was
             // skipped with its reason.
             let rows = result.standardOutput.split(separator: "\n").filter { !$0.hasPrefix("racing") }
-            for (kind, count) in [("simulated", 16), ("kernel-longterm", 7), ("kernel-direct", 7)] {
+            for (kind, count) in [("simulated", 15), ("kernel-longterm", 7), ("kernel-direct", 7)] {
                 let raced = rows.filter { $0.contains(" \(kind) ") }.count
                 #expect(raced == count || result.standardError.contains("\(kind) devices skipped"), "\(kind): \(raced)")
             }

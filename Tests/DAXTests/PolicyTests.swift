@@ -55,6 +55,65 @@ struct PolicyTests {
         handle.unpin()
     }
 
+    @Test("zero-range over a pinned page: fail refuses and changes nothing (not even the size); sequester moves the block away and gives the page a new one")
+    func zeroRangeOverPin() throws {
+        let failing = try Lab(policy: .fail)
+        let handle = try failing.space.pin(2..<3, write: true)
+        do {
+            try failing.fs.zeroRange(failing.file, offset: 4096, length: 20 * 4096)
+            Issue.record("zero-range over a pinned block succeeded under fail")
+        } catch { #expect(error.code == .busy) }
+        #expect(try failing.fs.stat(failing.file).size == 16 * 4096, "not grown")
+        #expect(try failing.fs.read(failing.file, offset: 0, count: 16 * 4096).allSatisfy { $0 == 0xAA })
+        handle.unpin()
+
+        let lab = try Lab(policy: .sequester)
+        let pinned = try lab.space.pin(2..<3, write: true)
+        let block = pinned.block(at: 0)
+        try lab.fs.zeroRange(lab.file, offset: 4096, length: 20 * 4096)
+        #expect(try lab.fs.stat(lab.file).size == 21 * 4096)
+        #expect(lab.fs.lostFoundBlocks == 1, "the pinned block went to lost+found")
+        let now = lab.fs.currentBlock(lab.file, page: 2)
+        #expect(now != 0 && now != block, "the page has a new zeroed block")
+        #expect(try lab.fs.read(lab.file, offset: 4096, count: 20 * 4096).allSatisfy { $0 == 0 })
+        pinned.unpin()
+        lab.dax.waitForReclaims()
+        #expect(lab.fs.lostFoundBlocks == 0)
+    }
+
+    @Test("collapse-range asks about the whole tail: fail refuses over a pinned block after the range; sequester waits for it (a moving block cannot go to limbo); none moves it under the pin")
+    func collapseOverPin() throws {
+        let failing = try Lab(policy: .fail)
+        let held = try failing.space.pin(10..<11, write: true)  // after the collapsed range: it would move
+        do {
+            try failing.fs.collapseRange(failing.file, offset: 2 * 4096, length: 2 * 4096)
+            Issue.record("collapse moved a pinned block under fail")
+        } catch { #expect(error.code == .busy) }
+        #expect(try failing.fs.stat(failing.file).size == 16 * 4096)
+        held.unpin()
+
+        let lab = try Lab(policy: .sequester)
+        let slot = HandleSlot(try lab.space.pin(10..<11, write: true))
+        let block = lab.fs.currentBlock(lab.file, page: 10)
+        let file = lab.file
+        let statistics = lab.dax.statistics
+        let collapsed = lab.background { _ = try? lab.fs.collapseRange(file, offset: 2 * 4096, length: 2 * 4096) }
+        try #require(waitUntil(seconds: 20) { statistics.waits.load(ordering: .relaxed) > 0 }, "the collapse never slept")
+        #expect(!collapsed.isDone, "the collapse moved a pinned block")
+        #expect(lab.fs.lostFoundBlocks == 0)
+        slot.unpin()
+        #expect(collapsed.wait(seconds: 20))
+        #expect(try lab.fs.stat(file).size == 14 * 4096)
+        #expect(lab.fs.currentBlock(file, page: 8) == block, "the block moved down two pages once unpinned")
+
+        let buggy = try Lab(policy: .none)
+        let pinned = try buggy.space.pin(10..<11, write: true)
+        let moved = pinned.block(at: 0)
+        try buggy.fs.collapseRange(buggy.file, offset: 2 * 4096, length: 2 * 4096)
+        #expect(buggy.fs.currentBlock(buggy.file, page: 8) == moved, "none: moved while a device holds it (the bug)")
+        pinned.unpin()
+    }
+
     @Test("wait: blocks until the unpin, woken by the unpin itself (no timer), then frees")
     func wait() throws {
         let lab = try Lab(policy: .wait)

@@ -67,6 +67,104 @@ struct SemanticsTests {
         }
     }
 
+    @Test("zero-range: the range reads zeros and has blocks; the size grows unless kept; against a model over random calls")
+    func zeroRange() throws {
+        try withFileSystem { fs, _ in
+            let id = try fs.create("z")
+            let data = randomBytes(count: 8 * 4096, seed: 5)
+            try fs.write(id, offset: 0, bytes: data)
+            try fs.zeroRange(id, offset: 1000, length: 3 * 4096)  // partial, 2 whole, partial
+            var expected = data
+            for index in 1000..<(1000 + 3 * 4096) { expected[index] = 0 }
+            #expect(try fs.read(id, offset: 0, count: data.count) == expected)
+            #expect(try fs.stat(id).blocks == 8, "the zeroed whole pages have (new) blocks, unlike a punch")
+            try fs.zeroRange(id, offset: 7 * 4096 + 10, length: 3 * 4096)  // past the end: grows
+            #expect(try fs.stat(id).size == 7 * 4096 + 10 + 3 * 4096)
+            #expect(try fs.stat(id).blocks == 11)
+            try fs.zeroRange(id, offset: 20 * 4096, length: 4096, keepSize: true)  // wholly past the end, kept
+            #expect(try fs.stat(id).size == 7 * 4096 + 10 + 3 * 4096)
+            #expect(throws: FSError.self) { try fs.zeroRange(id, offset: 0, length: 0) }
+
+            // Random writes, punches and zero-ranges against a byte model.
+            var model = try fs.read(id, offset: 0, count: Int(try fs.stat(id).size))
+            var random = SplitMix64(seed: 11)
+            for _ in 0..<200 {
+                let offset = random.next(below: 40 * 4096)
+                let length = 1 + random.next(below: 10 * 4096)
+                switch random.next(below: 3) {
+                case 0:
+                    let bytes = randomBytes(count: length, seed: random.next())
+                    try fs.write(id, offset: offset, bytes: bytes)
+                    if model.count < offset + length { model += [UInt8](repeating: 0, count: offset + length - model.count) }
+                    model.replaceSubrange(offset..<(offset + length), with: bytes)
+                case 1:
+                    try fs.punchHole(id, offset: offset, length: length)
+                    let end = min(offset + length, model.count)
+                    if end > offset { model.replaceSubrange(offset..<end, with: [UInt8](repeating: 0, count: end - offset)) }
+                default:
+                    let keep = random.next(below: 2) == 0
+                    try fs.zeroRange(id, offset: offset, length: length, keepSize: keep)
+                    let newSize = keep ? model.count : max(model.count, offset + length)
+                    if model.count < newSize { model += [UInt8](repeating: 0, count: newSize - model.count) }
+                    let end = min(offset + length, model.count)
+                    if end > offset { model.replaceSubrange(offset..<end, with: [UInt8](repeating: 0, count: end - offset)) }
+                }
+                #expect(try fs.stat(id).size == model.count)
+            }
+            #expect(try fs.read(id, offset: 0, count: model.count) == model)
+        }
+    }
+
+    @Test("collapse-range and insert-range move the tail by whole blocks, against a model; misaligned or out-of-range calls change nothing")
+    func collapseAndInsert() throws {
+        try withFileSystem { fs, path in
+            let id = try fs.create("s")
+            let data = randomBytes(count: 20 * 4096 + 100, seed: 9)
+            try fs.write(id, offset: 0, bytes: data)
+            try fs.collapseRange(id, offset: 4096, length: 3 * 4096)
+            var model = data
+            model.removeSubrange(4096..<(4 * 4096))
+            #expect(try fs.read(id, offset: 0, count: model.count) == model)
+            #expect(try fs.stat(id).size == model.count)
+            #expect(try fs.stat(id).blocks == 18)
+            try fs.insertRange(id, offset: 2 * 4096, length: 5 * 4096)
+            model.insert(contentsOf: [UInt8](repeating: 0, count: 5 * 4096), at: 2 * 4096)
+            #expect(try fs.read(id, offset: 0, count: model.count) == model)
+            #expect(try fs.stat(id).blocks == 18, "insert opens holes: no new blocks")
+            for bad in [{ try fs.collapseRange(id, offset: 100, length: 4096) },
+                        { try fs.collapseRange(id, offset: 0, length: 4000) },
+                        { try fs.collapseRange(id, offset: 4096, length: model.count) },  // reaches the end
+                        { try fs.insertRange(id, offset: 1 << 20, length: 4096) },  // past the end
+                        { try fs.insertRange(id, offset: 0, length: 0) }] {
+                #expect(throws: FSError.self) { try bad() }
+                #expect(try fs.read(id, offset: 0, count: model.count) == model, "a refused call changed the file")
+            }
+            // Random collapses and inserts, the tail crossing the indirect and double-indirect maps.
+            var random = SplitMix64(seed: 3)
+            try fs.write(id, offset: 1100 * 4096, bytes: [7, 7, 7])
+            model += [UInt8](repeating: 0, count: 1100 * 4096 - model.count) + [7, 7, 7]
+            for _ in 0..<40 {
+                let pages = model.count / 4096
+                if random.next(below: 2) == 0, pages >= 2 {
+                    let first = random.next(below: pages - 1)
+                    let length = 1 + random.next(below: min(16, pages - 1 - first))
+                    try fs.collapseRange(id, offset: first * 4096, length: length * 4096)
+                    model.removeSubrange((first * 4096)..<((first + length) * 4096))
+                } else {
+                    let first = random.next(below: pages)
+                    let length = 1 + random.next(below: 16)
+                    try fs.insertRange(id, offset: first * 4096, length: length * 4096)
+                    model.insert(contentsOf: [UInt8](repeating: 0, count: length * 4096), at: first * 4096)
+                }
+                #expect(try fs.stat(id).size == model.count)
+            }
+            #expect(try fs.read(id, offset: 0, count: model.count) == model)
+            try fs.unmount()
+            let report = try Fsck.run(path: path)
+            #expect(report.isClean, "\(report.result.problems.prefix(3))")
+        }
+    }
+
     @Test("fallocate maps zeroed blocks and grows the file")
     func fallocate() throws {
         try withFileSystem { fs, _ in

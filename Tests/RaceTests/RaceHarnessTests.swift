@@ -55,4 +55,27 @@ struct RaceHarnessTests {
         case .none: break
         }
     }
+
+    /// xfstests' dax collision scenario (generic/503): one round of one operation against a
+    /// device's pin, made to happen on purpose (the device keeps its pin until the operation has
+    /// reached its policy's decision), judged by the oracle.
+    @Test("the collision scenario: punch, zero-range, truncate and collapse each corrupt under none and are stopped by every protective policy",
+          arguments: CollisionOperation.allCases, TruncatePolicy.allCases)
+    func collisionScenario(operation: CollisionOperation, policy: TruncatePolicy) throws {
+        let report = try self.race(policy, seconds: 0.01) {
+            $0.scenario = .collision
+            $0.collisionOperations = [operation]
+            if policy == .mainline { $0.profile = .shortTerm }
+        }
+        #expect(report.scenario == "collision")
+        #expect(!report.deadlock && report.stuckThreads.isEmpty)
+        #expect(report.truncates >= 1, "\(operation) ran")
+        if policy == .none {
+            #expect(report.staleDmaWrites > 0, "\(operation) under none: the device writes into a block that changed hands: \(report)")
+            #expect(!report.held)
+        } else {
+            #expect(report.held, "\(operation) under \(policy): \(report)")
+            #expect(report.dmaWrites > 0)
+        }
+    }
 }
