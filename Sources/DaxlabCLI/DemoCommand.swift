@@ -96,7 +96,7 @@ struct DemoCommand: ParsableCommand {
 
     static func table(_ reports: [RaceReport]) -> String {
         let header = ["policy", "devices", "profile", "corruption", "stale", "corrupted", "trunc p50", "trunc p99", "EBUSY", "limbo peak",
-                      "revoked", "refused", "invalidated", "verdict"]
+                      "revoked", "refused", "invalidated", "refaults", "verdict"]
         var rows = [header]
         for report in reports {
             rows.append([
@@ -105,7 +105,7 @@ struct DemoCommand: ParsableCommand {
                 String(report.corruptedBlocks), RaceRunner.format(report.truncateLatencyUs.p50),
                 RaceRunner.format(report.truncateLatencyUs.p99), String(report.truncatesBusy),
                 String(max(report.sequesteredBlocksPeak, report.deferredBlocksPeak)), String(report.revocations),
-                String(report.revokedDmaWrites), String(report.odpInvalidations),
+                String(report.revokedDmaWrites), String(report.odpInvalidations), String(report.deviceRefaults),
                 report.kernelPinRefused
                     ? "kernel refused"
                     : report.pinsRefused
