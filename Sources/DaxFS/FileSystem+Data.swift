@@ -230,13 +230,7 @@ extension FileSystem {
                     staged.modifiedNanoseconds = FileSystem.now()
                 }
             }
-            var position = offset
-            let allocateEnd = min(end, newSize)
-            while position < allocateEnd {
-                let chunkEnd = min(allocateEnd, (position / Self.pageSize + Self.pagesPerTransaction) * Self.pageSize)
-                try self.writeChunk(id.inode, from: position, to: chunkEnd, fill: nil)
-                position = chunkEnd
-            }
+            try self.allocateHoles(id.inode, from: offset, to: min(end, newSize))
         }
     }
 
@@ -289,13 +283,18 @@ extension FileSystem {
         guard length > 0 else { throw FSError(.invalidArgument, "fallocate: length must be > 0") }
         try self.locks[id.inode].withWriteLock { () throws(FSError) in
             _ = try self.checkedRecord(id)
-            var position = offset
-            let end = offset + length
-            while position < end {
-                let chunkEnd = min(end, (position / Self.pageSize + Self.pagesPerTransaction) * Self.pageSize)
-                try self.writeChunk(id.inode, from: position, to: chunkEnd, fill: nil)
-                position = chunkEnd
-            }
+            try self.allocateHoles(id.inode, from: offset, to: offset + length)
+        }
+    }
+
+    /// Maps zeroed blocks into every hole of `start..<end`, growing the file to `end` if it is
+    /// shorter, a transaction per `pagesPerTransaction` pages. The caller holds the file's lock.
+    private func allocateHoles(_ number: Int, from start: Int, to end: Int) throws(FSError) {
+        var position = start
+        while position < end {
+            let chunkEnd = min(end, (position / Self.pageSize + Self.pagesPerTransaction) * Self.pageSize)
+            try self.writeChunk(number, from: position, to: chunkEnd, fill: nil)
+            position = chunkEnd
         }
     }
 

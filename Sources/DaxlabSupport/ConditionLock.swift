@@ -20,9 +20,7 @@ package final class ConditionLock<Value>: @unchecked Sendable {
 
     package init(_ value: Value) {
         self.value = value
-        self.mutex = .allocate(capacity: 1)
-        self.mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(self.mutex, nil)
+        self.mutex = HeapMutex.make()
         self.condition = .allocate(capacity: 1)
         self.condition.initialize(to: pthread_cond_t())
         var attributes = pthread_condattr_t()
@@ -34,9 +32,8 @@ package final class ConditionLock<Value>: @unchecked Sendable {
 
     deinit {
         pthread_cond_destroy(self.condition)
-        pthread_mutex_destroy(self.mutex)
         self.condition.deallocate()
-        self.mutex.deallocate()
+        HeapMutex.free(self.mutex)
     }
 
     package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {

@@ -19,15 +19,10 @@ package final class Locked<Value>: @unchecked Sendable {
 
     package init(_ value: Value) {
         self.value = value
-        self.mutex = .allocate(capacity: 1)
-        self.mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(self.mutex, nil)
+        self.mutex = HeapMutex.make()
     }
 
-    deinit {
-        pthread_mutex_destroy(self.mutex)
-        self.mutex.deallocate()
-    }
+    deinit { HeapMutex.free(self.mutex) }
 
     package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         pthread_mutex_lock(self.mutex)
@@ -42,5 +37,21 @@ package final class Locked<Value>: @unchecked Sendable {
         guard pthread_mutex_trylock(self.mutex) == 0 else { return nil }
         defer { pthread_mutex_unlock(self.mutex) }
         return try body(&self.value)
+    }
+}
+
+/// A pthread mutex at a stable heap address (a pthread object must not move, and Swift may move
+/// a stored struct): made and freed for `Locked` and `ConditionLock`.
+enum HeapMutex {
+    static func make() -> UnsafeMutablePointer<pthread_mutex_t> {
+        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        return mutex
+    }
+
+    static func free(_ mutex: UnsafeMutablePointer<pthread_mutex_t>) {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
     }
 }

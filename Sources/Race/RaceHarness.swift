@@ -116,10 +116,7 @@ public final class RaceHarness: @unchecked Sendable {
         do {
             collided = try self.collide()
         } catch let error as FSError where error.code == .notSupported && self.configuration.term == .longTerm {
-            return self.report(
-                engine: engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
-                fsckClean: self.unmountAndCheck(), stuck: [],
-                kernelPinRefused: self.configuration.devices == .kernelLongterm && self.configuration.policy != .mainline)
+            return self.refusedReport(started: started)
         }
         let threads = try self.startThreads(engine)
         let watched = self.progressCounters(engine)
@@ -162,10 +159,7 @@ public final class RaceHarness: @unchecked Sendable {
                 do {
                     collided = try self.collide(operation)
                 } catch let error as FSError where error.code == .notSupported && self.configuration.term == .longTerm {
-                    return self.report(
-                        engine: engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
-                        fsckClean: self.unmountAndCheck(), stuck: [],
-                        kernelPinRefused: self.configuration.devices == .kernelLongterm && self.configuration.policy != .mainline)
+                    return self.refusedReport(started: started)
                 }
                 guard collided else {
                     return self.report(
@@ -181,6 +175,15 @@ public final class RaceHarness: @unchecked Sendable {
         return self.report(
             engine: engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
             fsckClean: self.unmountAndCheck(), stuck: [])
+    }
+
+    /// The report of a run whose long-term pins were refused (by the kernel, or by `mainline`):
+    /// nothing raced; the image is unmounted and checked.
+    private func refusedReport(started: UInt64) -> RaceReport {
+        self.report(
+            engine: self.engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
+            fsckClean: self.unmountAndCheck(), stuck: [],
+            kernelPinRefused: self.configuration.devices == .kernelLongterm && self.configuration.policy != .mainline)
     }
 
     /// Unmounts the image and runs fsck on it: whether it is clean.
