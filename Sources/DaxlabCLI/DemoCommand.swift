@@ -36,6 +36,8 @@ struct DemoCommand: ParsableCommand {
     @Option(name: .customLong("source-dir"), help: "Where kernel-direct devices keep their source files (a disk file system).")
     var sourceDirectory = DeviceKind.defaultSourceDirectory
     @Flag(name: .long, help: "Print one JSON array of the reports.") var json = false
+    @Option(name: .long, help: "Also write the JSON array of the reports to FILE (the table still prints): the run a README table quotes.")
+    var report: String?
 
     func validate() throws {
         guard self.seconds.isFinite, self.seconds > 0, self.seconds <= 3600 else {
@@ -75,6 +77,7 @@ struct DemoCommand: ParsableCommand {
                 }
             }
         }
+        if let file = self.report { try writeFile(file, Array(try Terminal.json(reports)) + [0x0A]) }
         if self.json {
             try Terminal.printJSON(reports)
         } else {

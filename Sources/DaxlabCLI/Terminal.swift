@@ -25,11 +25,15 @@ enum Terminal {
 
     /// Prints `value` as one JSON document with snake_case keys.
     static func printJSON<Value: Encodable>(_ value: Value) throws {
+        Output.print(String(decoding: try Self.json(value), as: UTF8.self))
+    }
+
+    /// `value` as the commands print JSON: snake-case keys, sorted, indented.
+    static func json<Value: Encodable>(_ value: Value) throws -> Data {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        let data = try encoder.encode(value)
-        Output.print(String(decoding: data, as: UTF8.self))
+        return try encoder.encode(value)
     }
 
     /// Whether stdout is a terminal (live progress lines) or a pipe or file (plain output).

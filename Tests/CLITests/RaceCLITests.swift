@@ -228,8 +228,19 @@ struct RaceCLITests {
     @Test("demo: every policy raced, a table, exit 0 when every protective policy held")
     func demo() throws {
         try withTemporaryPath("demo") { path in
-            let result = try DaxlabBinary.run(["demo", path, "--seconds", "1"], timeout: 240)
+            let saved = path + ".json"
+            defer { try? FileManager.default.removeItem(atPath: saved) }
+            let result = try DaxlabBinary.run(["demo", path, "--seconds", "1", "--report", saved], timeout: 240)
             #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
+            // --report keeps the run the table shows: one report per row, with race --json's keys.
+            let reports = try #require(
+                try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: saved))) as? [[String: Any]])
+            let policies: Set<Substring> = ["none", "fail", "wait", "sequester", "deferred", "lease-break", "mainline", "odp"]
+            let tableRows = result.standardOutput.split(separator: "\n").filter {
+                policies.contains($0.split(separator: " ").first ?? "")
+            }
+            #expect(reports.count == tableRows.count && !reports.isEmpty, "\(reports.count) reports, \(tableRows.count) rows")
+            #expect(reports.allSatisfy { Set($0.keys) == Self.keys })
             for policy in ["none", "fail", "wait", "sequester", "deferred", "lease-break", "mainline", "odp"] {
                 #expect(result.standardOutput.contains(policy))
             }
