@@ -125,6 +125,7 @@ let package = Package(
             name: "RaceTests",
             dependencies: ["Race", "DMA", "DAX", "DaxFS", "CShims", "TestSupport"]
         ),
+        .testTarget(name: "BenchTests", dependencies: ["Bench"]),
         .testTarget(
             name: "CLITests",
             dependencies: ["daxlab", "DaxlabCLI", "CBenchShims", "CRing", "TestSupport"]

@@ -14,77 +14,72 @@ extension Bench {
         let pages = self.options.pages
         let (_, space) = try self.mappedFile("hot", pages: pages)
         let indices = Self.randomIndices(1 << 20, below: pages)
-        let hot = indices.withUnsafeBufferPointer { indices in
-            self.measure.nanosecondsPerUnit { count in
+        let table = Self.randomIndices(pages, below: 1 << 30).map { UInt32($0) }
+        let (versusArray, versusKernel) = try indices.withUnsafeBufferPointer { indices in
+            let mask = indices.count - 1
+            let hot = { (count: Int) in
                 var sum = 0
-                for index in 0..<count { sum &+= Int(bitPattern: try! space.fault(indices[index & (indices.count - 1)], write: false)) }
+                for index in 0..<count { sum &+= Int(bitPattern: try! space.fault(indices[index & mask], write: false)) }
                 blackHole(sum)
             }
-        }
-        let table = Self.randomIndices(pages, below: 1 << 30).map { UInt32($0) }
-        let array = indices.withUnsafeBufferPointer { indices in
-            table.withUnsafeBufferPointer { table in
-                self.measure.nanosecondsPerUnit { count in
+            let versusArray = table.withUnsafeBufferPointer { table in
+                self.measure.interleave(hot) { count in
                     var sum: UInt32 = 0
-                    for index in 0..<count { sum &+= table[indices[index & (indices.count - 1)]] }
+                    for index in 0..<count { sum &+= table[indices[index & mask]] }
                     blackHole(sum)
                 }
             }
+            let kernelPages = min(pages, 16384)
+            let (fd, base) = try Self.tmpfsMapping(pages: kernelPages)
+            defer { munmap(base, kernelPages * 4096); close(fd) }
+            for page in 0..<kernelPages { (base + page * 4096).storeBytes(of: 1, as: UInt8.self) }
+            let versusKernel = self.measure.interleave(hot, samples: { Self.kernelReadFault(base, pages: kernelPages) })
+            return (versusArray, versusKernel)
         }
-        self.add("fault.hot", unit: "ns/page", value: hot, baseline: "array.load", baselineValue: array, better: "lower",
-                 target: ("<= 2.0", { $0 <= 2.0 }))
-        let kernelRead = try self.kernelReadFault(pages: min(pages, 16384))
-        self.add("fault.hot", unit: "ns/page", value: hot, baseline: "kernel.tmpfs_read_fault", baselineValue: kernelRead,
-                 better: "lower", target: ("<= 0.025", { $0 <= 1.0 / 40 }))
+        self.add("fault.hot", unit: "ns/page", versusArray, baseline: "array.load", better: "lower", target: .atMost(2))
+        self.add("fault.hot", unit: "ns/page", versusKernel, baseline: "kernel.tmpfs_read_fault", better: "lower",
+                 target: .atMost(1.0 / 40))
 
-        let cold = try self.coldWriteFault(pages: 2048)
-        let firstTouch = try self.kernelFirstTouch(pages: 2048)
-        self.add("fault.cold_write", unit: "ns/page", value: cold, baseline: "kernel.tmpfs_first_touch",
-                 baselineValue: firstTouch, better: "lower", target: ("<= 0.5", { $0 <= 0.5 }))
-    }
-
-    /// Write faults on holes: allocate, zero, persist, map. The file is cut back to holes between
-    /// repetitions (not timed).
-    private func coldWriteFault(pages: Int) throws -> Double {
         let file = try self.fs.create("cold")
-        try self.fs.truncate(file, size: pages * 4096)
-        let space = self.dax.open(file)
-        return self.measure.median {
-            try! self.fs.truncate(file, size: 0)
-            try! self.fs.truncate(file, size: pages * 4096)
-            let start = MonotonicClock.now()
-            for page in 0..<pages { _ = try! space.fault(page, write: true) }
-            return Double(MonotonicClock.now() - start) / Double(pages)
-        }
+        let coldSpace = self.dax.open(file)
+        let (fd, base) = try Self.tmpfsMapping(pages: 2048)
+        defer { munmap(base, 2048 * 4096); close(fd) }
+        let cold = self.measure.interleave(
+            samples: { Self.coldWriteFault(self.fs, file, coldSpace, pages: 2048) },
+            { Self.kernelFirstTouch(fd, base, pages: 2048) })
+        self.add("fault.cold_write", unit: "ns/page", cold, baseline: "kernel.tmpfs_first_touch", better: "lower",
+                 target: .atMost(0.5))
     }
 
-    /// A tmpfs MAP_SHARED mapping whose pages are in the page cache but not mapped: the kernel's
-    /// read fault maps each (madvise(DONTNEED) between repetitions unmaps them again).
-    private func kernelReadFault(pages: Int) throws -> Double {
-        let (fd, base) = try Self.tmpfsMapping(pages: pages)
-        defer { munmap(base, pages * 4096); close(fd) }
+    /// One sample of write faults on holes: allocate, zero, persist, map. The file is cut back to
+    /// holes first (not timed).
+    static func coldWriteFault(_ fs: FileSystem, _ file: FileID, _ space: AddressSpace, pages: Int) -> Double {
+        try! fs.truncate(file, size: 0)
+        try! fs.truncate(file, size: pages * 4096)
+        let start = MonotonicClock.now()
+        for page in 0..<pages { _ = try! space.fault(page, write: true) }
+        return Double(MonotonicClock.now() - start) / Double(pages)
+    }
+
+    /// One sample of the kernel's read fault: a tmpfs MAP_SHARED mapping whose pages are in the
+    /// page cache but not mapped (madvise(DONTNEED) unmaps them first, not timed).
+    static func kernelReadFault(_ base: UnsafeMutableRawPointer, pages: Int) -> Double {
+        madvise(base, pages * 4096, MADV_DONTNEED)
+        var sum = 0
+        let start = MonotonicClock.now()
+        for page in 0..<pages { sum &+= Int(base.load(fromByteOffset: page * 4096, as: UInt8.self)) }
+        blackHole(sum)
+        return Double(MonotonicClock.now() - start) / Double(pages)
+    }
+
+    /// One sample of first-touch write faults on new tmpfs pages (the hole is punched again
+    /// first, not timed).
+    static func kernelFirstTouch(_ fd: Int32, _ base: UnsafeMutableRawPointer, pages: Int) -> Double {
+        madvise(base, pages * 4096, MADV_DONTNEED)
+        _ = CBenchShims_punch_hole(fd, 0, pages * 4096)
+        let start = MonotonicClock.now()
         for page in 0..<pages { (base + page * 4096).storeBytes(of: 1, as: UInt8.self) }
-        return self.measure.median {
-            madvise(base, pages * 4096, MADV_DONTNEED)
-            var sum = 0
-            let start = MonotonicClock.now()
-            for page in 0..<pages { sum &+= Int(base.load(fromByteOffset: page * 4096, as: UInt8.self)) }
-            blackHole(sum)
-            return Double(MonotonicClock.now() - start) / Double(pages)
-        }
-    }
-
-    /// First-touch write faults on a new tmpfs page (the hole is punched again between repetitions).
-    func kernelFirstTouch(pages: Int) throws -> Double {
-        let (fd, base) = try Self.tmpfsMapping(pages: pages)
-        defer { munmap(base, pages * 4096); close(fd) }
-        return self.measure.median {
-            madvise(base, pages * 4096, MADV_DONTNEED)
-            _ = CBenchShims_punch_hole(fd, 0, pages * 4096)
-            let start = MonotonicClock.now()
-            for page in 0..<pages { (base + page * 4096).storeBytes(of: 1, as: UInt8.self) }
-            return Double(MonotonicClock.now() - start) / Double(pages)
-        }
+        return Double(MonotonicClock.now() - start) / Double(pages)
     }
 
     /// An unlinked file on tmpfs of `pages` pages, mapped shared: the kernel baselines' memory.

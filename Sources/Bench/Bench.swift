@@ -12,6 +12,11 @@ import Glibc
 /// same run (an array load, an atomic, the kernel's own path, libpmem, libpmemobj, a naive lock),
 /// reported as a ratio.
 public final class Bench {
+    /// Rows, in groups that share their setup.
+    public enum Group: String, CaseIterable, Sendable {
+        case fault, pin, kernel, scaling, wake, copy, alloc
+    }
+
     public struct Options: Sendable {
         /// Seconds of measurement per row and per baseline.
         public var seconds: Double = 2
@@ -19,6 +24,8 @@ public final class Bench {
         public var threads: [Int] = [1, 2]
         /// Pages of the file the hot-fault rows fault over (the block map's size).
         public var pages = 65536
+        /// The groups of rows to run (nil: all of them).
+        public var groups: Set<Group>?
         public init() {}
     }
 
@@ -50,32 +57,74 @@ public final class Bench {
 
     /// Runs every row.
     public func run() throws -> BenchReport {
-        let machine = BenchMachine(
-            cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpusAvailable: try Measure.availableCPUs(),
+        let before = try Measure.availableCPUs()
+        var machine = BenchMachine(
+            cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpusAvailable: before,
             medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.isPmem, kernel: Self.kernelRelease())
-        try self.faultRows()
-        try self.pinRows()
-        try self.kernelRows()
-        try self.scalingRows(cpusAvailable: machine.cpusAvailable)
-        try self.wakeRow()
-        try self.copyRow()
-        try self.allocationRow()
+        if before < 1.8 { self.progress(String(format: "warning: only %.2f CPUs available: ratios are less certain", before)) }
+        let groups = self.options.groups ?? Set(Group.allCases)
+        if groups.contains(.fault) { try self.faultRows() }
+        if groups.contains(.pin) { try self.pinRows() }
+        if groups.contains(.kernel) { try self.kernelRows() }
+        if groups.contains(.scaling) { try self.scalingRows(cpusAvailable: before) }
+        if groups.contains(.wake) { try self.wakeRow() }
+        if groups.contains(.copy) { try self.copyRow() }
+        if groups.contains(.alloc) { try self.allocationRow() }
         try self.fs.unmount()
+        machine.cpusAvailable = min(before, try Measure.availableCPUs())
         return BenchReport(
             machine: machine, results: self.results, unavailable: self.unavailableBaselines,
             truncateLatencies: self.latencies)
     }
 
+    /// A target from the issue: a bound on the row's median ratio.
+    enum Target {
+        case atMost(Double)
+        case atLeast(Double)
+
+        var bound: Double {
+            switch self {
+            case .atMost(let bound), .atLeast(let bound): bound
+            }
+        }
+        var text: String {
+            switch self {
+            case .atMost(let bound): "<= \(Bench.bound(bound))"
+            case .atLeast(let bound): ">= \(Bench.bound(bound))"
+            }
+        }
+        func isMet(_ ratio: Double) -> Bool {
+            switch self {
+            case .atMost(let bound): ratio <= bound
+            case .atLeast(let bound): ratio >= bound
+            }
+        }
+    }
+
+    /// Records a row from an interleaved comparison.
     func add(
-        _ name: String, unit: String, threads: Int = 1, value: Double, baseline: String, baselineThreads: Int = 1,
-        baselineValue: Double, better: String, target: (String, (Double) -> Bool)? = nil
+        _ name: String, unit: String, threads: Int = 1, _ paired: Measure.Paired, baseline: String,
+        baselineThreads: Int = 1, better: String, target: Target? = nil
     ) {
-        let ratio = baselineValue > 0 ? value / baselineValue : 0
+        let ratio = paired.ratio
+        let wide = paired.isWide(bound: target?.bound)
         self.results.append(BenchResult(
-            name: name, unit: unit, threads: threads, value: Self.round(value), baseline: baseline,
-            baselineThreads: baselineThreads, baselineValue: Self.round(baselineValue), ratio: Self.round(ratio),
-            better: better, target: target?.0, met: target.map { $0.1(ratio) }))
-        self.progress(String(format: "%@ %.3g %@ vs %@ %.3g: ratio %.3g", name, value, unit, baseline, baselineValue, ratio))
+            name: name, unit: unit, threads: threads, value: Self.round(paired.value), baseline: baseline,
+            baselineThreads: baselineThreads, baselineValue: Self.round(paired.baseline), ratio: Self.round(ratio),
+            ratioLow: Self.round(paired.lowerQuartile), ratioHigh: Self.round(paired.upperQuartile),
+            ratioMin: Self.round(paired.ratios.first ?? 0), ratioMax: Self.round(paired.ratios.last ?? 0),
+            pairs: paired.ratios.count, wide: wide, better: better, target: target?.text,
+            met: target.map { $0.isMet(ratio) }))
+        self.progress(String(
+            format: "%@ %.3g %@ vs %@ %.3g: ratio %.3g [%.3g-%.3g over %d pairs]%@", name, paired.value, unit, baseline,
+            paired.baseline, ratio, paired.lowerQuartile, paired.upperQuartile, paired.ratios.count,
+            wide ? " (spread too wide to judge)" : ""))
+    }
+
+    /// A bound as the issue writes it: 1/15 rather than 0.0667.
+    static func bound(_ value: Double) -> String {
+        if value < 1, value > 0, (1 / value).rounded() == 1 / value { return "1/\(Int(1 / value))" }
+        return String(format: "%g", value)
     }
 
     /// Records that `baseline` cannot be measured here, and says so.

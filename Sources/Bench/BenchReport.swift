@@ -7,8 +7,16 @@ public struct BenchResult: Sendable, Codable, Equatable {
     public var baseline: String
     public var baselineThreads: Int
     public var baselineValue: Double
-    /// `value / baselineValue`.
+    /// The median of the pairs' ratios (row sample / baseline sample, measured interleaved).
     public var ratio: Double
+    /// The pairs' ratios: interquartile range and extremes.
+    public var ratioLow: Double
+    public var ratioHigh: Double
+    public var ratioMin: Double
+    public var ratioMax: Double
+    public var pairs: Int
+    /// The spread is too wide to judge the row (see `Measure.Paired.isWide`).
+    public var wide: Bool
     /// `lower` or `higher`: which way is better for `value`.
     public var better: String
     /// The target from the issue, as a ratio bound, and whether this run met it (nil: no target).
@@ -19,14 +27,20 @@ public struct BenchResult: Sendable, Codable, Equatable {
         case name, unit, threads, value, baseline
         case baselineThreads = "baseline_threads"
         case baselineValue = "baseline_value"
-        case ratio, better, target, met
+        case ratio
+        case ratioLow = "ratio_q1"
+        case ratioHigh = "ratio_q3"
+        case ratioMin = "ratio_min"
+        case ratioMax = "ratio_max"
+        case pairs, wide, better, target, met
     }
 }
 
 /// The machine a run measured.
 public struct BenchMachine: Sendable, Codable, Equatable {
     public var cpus: Int
-    /// CPUs this process really got while two threads spun (these VMs do not always get both).
+    /// CPUs this process really got while two threads spun (these VMs do not always get both):
+    /// the lower of the measurements before and after the rows.
     public var cpusAvailable: Double
     public var medium: String
     public var isPmem: Bool

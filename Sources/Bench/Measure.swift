@@ -5,17 +5,89 @@ import DaxlabSupport
 import Glibc
 #endif
 
-/// How a row is measured: a warm-up, then `repetitions` timed runs of about `budget` seconds
-/// shared out among them, reporting the median.
+/// How a row is measured against its baseline: interleaved pairs.
+///
+/// A shared machine's speed drifts over seconds (another guest wakes, the host takes a CPU), so
+/// measuring all of A and then all of B compares two different machines. Here the row and its
+/// baseline alternate, A B B A A B …, one sample each per pair, and each pair gives one ratio: a
+/// drift slower than a sample cancels out of it. The row's ratio is the median of the pairs'
+/// ratios, with their interquartile range and extremes as its spread; a row whose spread is too
+/// wide to judge is flagged (`Paired.isWide`). Every sample lasts about budget / (2 × pairs).
 struct Measure {
+    /// Seconds one comparison (both sides) takes, about.
     var budget: Double
-    var repetitions = 5
+    /// Pairs of samples per comparison.
+    var pairs = 11
 
-    /// Median ns per unit of `body(count)`, which must do `count` units; the count is tuned in
-    /// the warm-up so each repetition lasts about budget / repetitions.
-    func nanosecondsPerUnit(_ body: (Int) -> Void) -> Double {
+    /// A comparison's outcome: the medians of both sides' samples and the pairs' ratios.
+    struct Paired {
+        var value: Double
+        var baseline: Double
+        /// value/baseline of each pair, sorted.
+        var ratios: [Double]
+
+        var ratio: Double { Measure.quantile(self.ratios, 0.5) }
+        var lowerQuartile: Double { Measure.quantile(self.ratios, 0.25) }
+        var upperQuartile: Double { Measure.quantile(self.ratios, 0.75) }
+
+        /// Whether the pairs disagree too much to judge the row: the interquartile range is over
+        /// a quarter of the median, or the target's bound lies strictly inside it.
+        func isWide(bound: Double?) -> Bool {
+            let median = self.ratio
+            guard median > 0 else { return true }
+            if (self.upperQuartile - self.lowerQuartile) / median > 0.25 { return true }
+            if let bound, self.lowerQuartile < bound, bound < self.upperQuartile { return true }
+            return false
+        }
+    }
+
+    /// Interleaves `row` and `baseline`, each a body doing `count` units: both are calibrated
+    /// (warm-up included) so a sample lasts its share of the budget, then timed in pairs.
+    /// `transform` maps ns per unit to the reported figure (a rate, say) before ratios are taken.
+    func interleave(
+        _ row: (Int) -> Void, _ baseline: (Int) -> Void, transform: (Double) -> Double = { $0 }
+    ) -> Paired {
+        let rowCount = self.calibrate(row)
+        let baselineCount = self.calibrate(baseline)
+        return self.interleave(
+            samples: { Self.time(rowCount, row) }, { Self.time(baselineCount, baseline) }, transform: transform)
+    }
+
+    /// Interleaves a body doing `count` units with a baseline that times one fixed sample itself.
+    func interleave(
+        _ row: (Int) -> Void, samples baseline: () throws -> Double, transform: (Double) -> Double = { $0 }
+    ) rethrows -> Paired {
+        let rowCount = self.calibrate(row)
+        return try self.interleave(samples: { Self.time(rowCount, row) }, baseline, transform: transform)
+    }
+
+    /// Interleaves two sample functions (each times one sample and returns its figure), after
+    /// one untimed warm-up call of each: pair i runs the row first when i is even, the baseline
+    /// first when it is odd (A B B A …), so neither side always runs on a cache the other warmed.
+    func interleave(
+        samples row: () throws -> Double, _ baseline: () throws -> Double, transform: (Double) -> Double = { $0 }
+    ) rethrows -> Paired {
+        _ = try row()
+        _ = try baseline()
+        var rows: [Double] = []
+        var baselines: [Double] = []
+        for pair in 0..<self.pairs {
+            if pair % 2 == 0 {
+                rows.append(transform(try row()))
+                baselines.append(transform(try baseline()))
+            } else {
+                baselines.append(transform(try baseline()))
+                rows.append(transform(try row()))
+            }
+        }
+        let ratios = zip(rows, baselines).map { $1 > 0 ? $0 / $1 : 0 }.sorted()
+        return Paired(value: Self.median(rows), baseline: Self.median(baselines), ratios: ratios)
+    }
+
+    /// The count that makes one sample of `body` last its share of the budget (after a warm-up
+    /// that grows the count until a run takes 5 ms).
+    func calibrate(_ body: (Int) -> Void) -> Int {
         var count = 16
-        // Warm-up and calibration: grow the count until a run takes 5 ms.
         while true {
             let start = MonotonicClock.now()
             body(count)
@@ -23,31 +95,28 @@ struct Measure {
             if took > 5_000_000 || count > 1 << 30 { break }
             count *= 4
         }
-        let perRep = max(0.005, self.budget / Double(self.repetitions))
+        let perSample = max(0.005, self.budget / Double(2 * self.pairs))
+        let unit = Self.time(count, body)
+        return max(1, Int(perSample * 1e9 / max(unit, 0.01)))
+    }
+
+    /// ns per unit of one run of `body(count)`.
+    static func time(_ count: Int, _ body: (Int) -> Void) -> Double {
         let start = MonotonicClock.now()
         body(count)
-        let unit = Double(MonotonicClock.now() - start) / Double(count)
-        let tuned = max(1, Int(perRep * 1e9 / max(unit, 0.01)))
-        var samples: [Double] = []
-        for _ in 0..<self.repetitions {
-            let begin = MonotonicClock.now()
-            body(tuned)
-            samples.append(Double(MonotonicClock.now() - begin) / Double(tuned))
-        }
-        return Self.median(samples)
+        return Double(MonotonicClock.now() - start) / Double(count)
     }
 
-    /// Median of `repetitions` samples of `body()` (each returns a value).
-    func median(_ body: () throws -> Double) rethrows -> Double {
-        _ = try body()  // warm-up
-        return Self.median(try (0..<self.repetitions).map { _ in try body() })
-    }
+    static func median(_ samples: [Double]) -> Double { self.quantile(samples.sorted(), 0.5) }
 
-    static func median(_ samples: [Double]) -> Double {
-        let sorted = samples.sorted()
-        return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+    /// The `q` quantile of sorted `samples` (linear between neighbours).
+    static func quantile(_ sorted: [Double], _ q: Double) -> Double {
+        guard !sorted.isEmpty else { return 0 }
+        let position = q * Double(sorted.count - 1)
+        let low = Int(position.rounded(.down))
+        let high = min(sorted.count - 1, low + 1)
+        return sorted[low] + (sorted[high] - sorted[low]) * (position - Double(low))
     }
-
 
     /// How many CPUs two spinning threads really get: their CPU time over wall time.
     static func availableCPUs(seconds: Double = 0.3) throws -> Double {

@@ -1,4 +1,5 @@
 import Atomics
+import Synchronization
 import DaxFS
 import DaxlabSupport
 import Pmem
@@ -6,8 +7,8 @@ import Pmem
 /// One file's DAX address space: its emulated page table, its invalidation sequence, its leases,
 /// and the fault and pin paths. The analogue of a file's `address_space` with `fs/dax.c` on top.
 ///
-/// Hot path (page mapped, no invalidation running): a sequence-count read section around one
-/// page-table load; no lock, no allocation. Cold path: the file's invalidate lock shared, the
+/// Hot path (page mapped): one load from the flat page table, as a CPU's access through a
+/// present PTE is; no lock, no allocation. Cold path: the file's invalidate lock shared, the
 /// block map, a new zeroed block for a write to a hole, and the page-table entry installed
 /// before the lock is dropped, so an entry never outlives its block's place in the file.
 public final class AddressSpace: @unchecked Sendable {
@@ -16,15 +17,26 @@ public final class AddressSpace: @unchecked Sendable {
     public let id: FileID
     unowned let dax: DAXFileSystem
     let lock: ReadWriteLock
-    let table = PageTable()
-    /// Odd while an invalidation is clearing entries: the seqcount of the fault fast path.
-    let sequence = ManagedAtomic<UInt64>(0)
+    let table: PageTable
+    /// The table's entries and size, copied here so the hot lookup loads nothing else.
+    @usableFromInline let entries: UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>
+    @usableFromInline let maximumPages: Int
+    /// Odd while an invalidation is clearing entries: the seqcount of the pin fast path (a pin
+    /// must not take a block whose entry was cleared and set again around it).
+    let sequence = Atomic<UInt64>(0)
     let leases = LeaseTable()
     /// On-demand-paging devices' subscriptions to ranges of the file (`DeviceMirror`).
     let subscriptions = Locked(Subscriptions())
     let pins: PinTable
+    /// The layer's pool, lease counter and unmount flag, held here: the pin path reaches
+    /// them without an unowned load of the layer (a strong-retain attempt each).
+    private let batchPool: BatchPool
+    private let leaseCounter: ManagedAtomic<UInt64>
+    private let unmounting: ManagedAtomic<Bool>
+    /// The layer's policy refuses long-term pins (`mainline`).
+    private let refusesLongTerm: Bool
     let mapping: PmemMapping
-    let base: UnsafeMutableRawPointer
+    @usableFromInline let base: UnsafeMutableRawPointer
     /// The real MMU window over the file, once asked for (`mapWindow`), and its slot in the
     /// fault handler's table.
     let windowReference = ManagedAtomicLazyReference<MappedWindow>()
@@ -39,9 +51,16 @@ public final class AddressSpace: @unchecked Sendable {
 
     init(id: FileID, dax: DAXFileSystem) {
         self.id = id
+        self.table = PageTable()
+        self.entries = self.table.entries
+        self.maximumPages = self.table.maximumPages
         self.dax = dax
         self.lock = dax.source.invalidateLock(for: id)
         self.pins = dax.pins
+        self.batchPool = dax.batchPool
+        self.leaseCounter = dax.leaseCounter
+        self.unmounting = dax.unmounting
+        self.refusesLongTerm = dax.defaultPolicy == .mainline
         self.mapping = dax.source.mapping
         self.base = dax.source.mapping.base
     }
@@ -57,24 +76,25 @@ public final class AddressSpace: @unchecked Sendable {
     /// page; a write fault on a hole allocates, zeroes and maps a block first.
     /// - Throws: `.invalidArgument` past the end of file (the SIGBUS), `.notFound` for a removed
     ///   file, `.noSpace`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func fault(_ page: Int, write: Bool) throws(FSError) -> UnsafeRawPointer {
         let block = self.lookup(page)
         if block != 0 { return UnsafeRawPointer(self.base + Int(block) * 4096) }
         return try self.faultSlow(page, write: write)
     }
 
-    /// The mapped block of `page`, or 0 when it is not mapped or an invalidation is running.
-    @inline(__always)
+    /// The mapped block of `page`, or 0 when it is not mapped: one load. Like a CPU's access
+    /// through a PTE, a lookup that runs while a truncate clears entries sees each entry before
+    /// or after its own clearing (an atomic load), never a block the entry did not hold; a
+    /// returned address is the block's at the moment of the load, as a TLB hit is.
+    @inlinable @inline(__always)
     func lookup(_ page: Int) -> UInt32 {
-        let before = self.sequence.load(ordering: .acquiring)
-        guard before & 1 == 0, let entry = self.table.entry(page) else { return 0 }
-        let block = entry.load(ordering: .acquiring)
-        return self.sequence.load(ordering: .acquiring) == before ? block : 0
+        guard UInt(bitPattern: page) < UInt(bitPattern: self.maximumPages) else { return 0 }
+        return UnsafeAtomic(at: self.entries + page).load(ordering: .acquiring)
     }
 
-    @inline(never)
-    private func faultSlow(_ page: Int, write: Bool) throws(FSError) -> UnsafeRawPointer {
+    @usableFromInline @inline(never)
+    func faultSlow(_ page: Int, write: Bool) throws(FSError) -> UnsafeRawPointer {
         try self.lock.withReadLock { () throws(FSError) -> UnsafeRawPointer in
             let block = try self.install(page, write: write)
             if block == 0 { return UnsafeRawPointer(self.dax.zeroPage) }
@@ -85,7 +105,9 @@ public final class AddressSpace: @unchecked Sendable {
     /// Maps `page` (caller holds the invalidate lock shared): the block it has, or a new one for
     /// a write to a hole. Returns 0 for a read of a hole (nothing is mapped).
     func install(_ page: Int, write: Bool) throws(FSError) -> UInt32 {
-        let entry = self.table.entryCreating(page)
+        guard let entry = self.table.entryForInstall(page) else {
+            throw FSError(.invalidArgument, "\(self.id): page \(page) is past the largest file")
+        }
         let present = entry.load(ordering: .acquiring)
         if present != 0 { return present }
         // Nothing new is mapped (or allocated) once the unmount's final layout break began.
@@ -126,9 +148,12 @@ public final class AddressSpace: @unchecked Sendable {
         if let term, let implied, term != implied {
             throw FSError(.invalidArgument, "\(self.id): a \(implied) kernel pin cannot be \(term)")
         }
-        try self.dax.admitPin(term ?? implied ?? .longTerm, of: self.id)
-        let batch = self.dax.takeBatch()
-        batch.begin(space: self, pages: pages, holder: holder, leaseID: self.dax.nextLeaseID())
+        let resolved = term ?? implied ?? .longTerm
+        if (resolved == .longTerm && self.refusesLongTerm) || self.unmounting.load(ordering: .acquiring) {
+            try self.dax.admitPin(resolved, of: self.id)
+        }
+        let batch = self.batchPool.take()
+        batch.begin(space: self, pages: pages, holder: holder, leaseID: self.leaseCounter.wrappingIncrementThenLoad(ordering: .relaxed))
         self.leases.add(batch)
         let blocks = batch.blocks
         var pinned = 0
@@ -207,8 +232,9 @@ public final class AddressSpace: @unchecked Sendable {
         batch.retireView()
         // The lease's own reference to the layer, moved out: ending the lease may drop the
         // layer's last reference, which must outlive the return to its pool.
-        guard let dax = batch.end() else { return }
-        dax.returnBatch(batch)
+        guard let layer = batch.end() else { return }
+        self.batchPool.put(batch)
+        _ = layer  // (released here, after the batch is back in the pool)
     }
 
     /// The file's leases now.
@@ -219,17 +245,13 @@ public final class AddressSpace: @unchecked Sendable {
     /// Clears the entries of `pages` (the analogue of `unmap_mapping_range`): no fault or pin can
     /// reach those blocks until the lock is dropped.
     func unmap(_ pages: Range<Int>) {
-        self.sequence.wrappingIncrement(ordering: .sequentiallyConsistent)
-        defer { self.sequence.wrappingIncrement(ordering: .sequentiallyConsistent) }
-        var page = pages.lowerBound
-        while page < min(pages.upperBound, self.table.maximumPages) {
-            guard let entry = self.table.entry(page) else {
-                page = (page >> PageTable.leafShift + 1) << PageTable.leafShift  // no leaf: skip it
-                continue
-            }
+        self.sequence.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        defer { self.sequence.wrappingAdd(1, ordering: .sequentiallyConsistent) }
+        self.table.forEachEntry(in: pages) { _, entry in
+            // (A load first: most entries of a large range are holes; it dirties no line.)
+            guard entry.load(ordering: .relaxed) != 0 else { return }
             let block = entry.exchange(0, ordering: .sequentiallyConsistent)
             if block != 0 { self.pins.dereference(block) }
-            page += 1
         }
         // And for real: the window's pages and the kernel pins' views of them go back to
         // PROT_NONE (TLB shootdown included). The kernel's long-term pins keep their pages.
@@ -242,8 +264,7 @@ public final class AddressSpace: @unchecked Sendable {
     public func staleMappings() -> [Int] {
         self.lock.withWriteLock {
             var stale: [Int] = []
-            for page in 0..<min(self.table.maximumPages, 1 << 16) {
-                guard let entry = self.table.entry(page) else { continue }
+            self.table.forEachEntry(in: 0..<(1 << 16)) { page, entry in
                 let block = entry.load(ordering: .relaxed)
                 if block != 0 && block != self.dax.source.mappedBlock(inode: self.id.inode, page: page) {
                     stale.append(page)

@@ -12,8 +12,9 @@ import Glibc
 /// that releases blocks whose last pin dropped after they left their file.
 ///
 /// It uses the file system only through the DAX contract (`DAXBlockSource`) and its public file
-/// operations. It holds the file system; the file system holds it weakly, and lets go of it at
-/// unmount.
+/// operations. It holds the file system, and the file system holds it until unmount: the layer
+/// is part of the mount, and `unmount()` lets go of it (a layer dropped before then stays
+/// attached, as one whose pins are outstanding must).
 public final class DAXFileSystem {
     public let fs: FileSystem
     /// The file system as the DAX contract sees it.
@@ -27,8 +28,8 @@ public final class DAXFileSystem {
     let zeroPage: UnsafeMutableRawPointer
     let reclaimer: Reclaimer
     private let spaces = Locked<[Int: AddressSpace]>([:])
-    private let batchPool = BatchPool()
-    private let leaseCounter = ManagedAtomic<UInt64>(0)
+    let batchPool = BatchPool()
+    let leaseCounter = ManagedAtomic<UInt64>(0)
     /// Set by the unmount's final layout break: new pins are refused from then on.
     let unmounting = ManagedAtomic<Bool>(false)
 
@@ -105,13 +106,6 @@ public final class DAXFileSystem {
     /// out of lost+found). The releases run on the reclaimer thread; call this before counting.
     public func waitForReclaims() { self.reclaimer.waitUntilIdle() }
 
-    // MARK: Pin batches
-
-    func takeBatch() -> PinBatch { self.batchPool.take() }
-
-    func returnBatch(_ batch: PinBatch) { self.batchPool.put(batch) }
-
-    func nextLeaseID() -> UInt64 { self.leaseCounter.wrappingIncrementThenLoad(ordering: .relaxed) }
 
     /// A failure with nobody to return it to (a background release): one line on stderr.
     static func report(_ message: String) {

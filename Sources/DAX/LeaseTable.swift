@@ -1,40 +1,141 @@
+import Atomics
+import Synchronization
+import CShims
 import DaxlabSupport
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A file's leases: the pin batches that hold pages of it (FL_ALLOCATED-style: each pin batch
-/// records its lease before it pins). Listing and breaking take its mutex; pinning takes it
-/// once per batch.
-final class LeaseTable: Sendable {
-    private let active = Locked<[PinBatch]>([])
+/// records its lease before it pins).
+///
+/// Pinning and unpinning take no lock. A lease is a slot: an atomic word holding a retained
+/// reference to its batch, entered with one compare-exchange and left with one store. A pinning
+/// thread starts its search at its CPU's cache line of slots, so pins on different CPUs do not
+/// share lines. The rare lease beyond the slots goes to a mutex-guarded overflow list.
+///
+/// Breakers (truncate, punch, lease-break, `leases`) scan the slots and hold each batch they
+/// find (`PinBatch.hold`) so it cannot be recycled while they look at it. Reclamation is safe by
+/// a quiescent-state rule: a breaker counts itself in `scanners` before its first slot load
+/// and out after its last hold; a lease's end clears its slot, then waits until `scanners` is
+/// zero, and only then lets the batch go (`PinBatch.waitUntilAlone` then waits for the holds
+/// those breakers took). So a breaker that loaded a slot before it was cleared either holds the
+/// batch before the end waits for holds, or sees the slot cleared when it rechecks; it never
+/// touches a batch that was recycled or freed. Both sides are sequentially consistent (the
+/// clear against the count's load, the count's increment against the slot's load), so at least
+/// one of them sees the other. A scan is a bounded loop of loads and holds with nothing that
+/// sleeps, so an ending lease waits at most that long, and only while a breaker runs.
+final class LeaseTable: @unchecked Sendable {
+    /// Slots per file: 8 cache lines of 8 words.
+    static let slotCount = 64
+    private static let slotsPerLine = 8
 
-    init() { self.active.withLock { $0.reserveCapacity(64) } }
+    /// Each slot: 0, or the bits of an `Unmanaged<PinBatch>` retained by the slot.
+    private let slots: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
+    /// Breakers between their first slot load and their last hold.
+    private let scanners = Atomic<Int>(0)
+    private let overflow = Locked<[PinBatch]>([])
 
-    func add(_ batch: PinBatch) { self.active.withLock { $0.append(batch) } }
+    #if DAXLAB_TEST_HOOKS
+    /// Tests only (debug builds): runs in a breaker's scan between its load of a slot and its
+    /// hold of the batch found there: where an ending lease must wait for the breaker.
+    nonisolated(unsafe) var scanHook: ((PinBatch) -> Void)?
+    #endif
 
-    func remove(_ batch: PinBatch) {
-        self.active.withLock { batches in
-            if let index = batches.firstIndex(where: { $0 === batch }) { batches.swapAt(index, batches.count - 1) }
-            batches.removeLast()
-        }
+    init() {
+        self.slots = .allocate(capacity: Self.slotCount)
+        self.slots.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.slotCount)
     }
 
-    var list: [LeaseInfo] { self.active.withLock { $0.map(\.info) } }
+    deinit {
+        // A lease holds its address space, which holds this table: none is left here now.
+        self.slots.deallocate()
+    }
 
-    /// Runs `body` on each batch whose range overlaps `pages`, under the table's mutex (so none
-    /// of them can end and be recycled meanwhile).
-    func forEachOverlapping(_ pages: Range<Int>, _ body: (PinBatch) -> Void) {
-        self.active.withLock { batches in
-            for batch in batches where batch.pages.overlaps(pages) { body(batch) }
+    @inline(__always)
+    private func slot(_ index: Int) -> UnsafeAtomic<UInt> { UnsafeAtomic(at: self.slots + index) }
+
+    /// Records `batch`'s lease (the pinning thread, before it pins).
+    func add(_ batch: PinBatch) {
+        let reference = Unmanaged.passRetained(batch)
+        let bits = UInt(bitPattern: reference.toOpaque())
+        let start = (Int(max(0, CShims_sched_getcpu())) * Self.slotsPerLine) % Self.slotCount
+        for probe in 0..<Self.slotCount {
+            let index = (start + probe) % Self.slotCount
+            let slot = self.slot(index)
+            guard slot.load(ordering: .relaxed) == 0 else { continue }  // (a scan dirties no line)
+            if slot.compareExchange(expected: 0, desired: bits, ordering: .releasing).exchanged {
+                batch.leaseSlot = index
+                return
+            }
         }
+        reference.release()
+        batch.leaseSlot = -1
+        self.overflow.withLock { $0.append(batch) }
+    }
+
+    /// Ends `batch`'s lease. Afterwards no breaker can newly find it, and every breaker that
+    /// found it holds it already (the caller then waits for those holds to go).
+    func remove(_ batch: PinBatch) {
+        let index = batch.leaseSlot
+        guard index >= 0 else {
+            self.overflow.withLock { batches in
+                if let at = batches.firstIndex(where: { $0 === batch }) { batches.swapAt(at, batches.count - 1) }
+                batches.removeLast()
+            }
+            return
+        }
+        let bits = self.slot(index).exchange(0, ordering: .sequentiallyConsistent)
+        while self.scanners.load(ordering: .sequentiallyConsistent) != 0 { sched_yield() }
+        Unmanaged<PinBatch>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).release()
     }
 
     /// The batches whose range overlaps `pages`, each held (so it cannot be recycled) until the
     /// caller calls `unhold()` on it.
-    func holdOverlapping(_ pages: Range<Int>) -> [PinBatch] {
-        self.active.withLock { batches in
-            batches.filter { $0.pages.overlaps(pages) }.map { batch in
-                batch.hold()
-                return batch
+    func holdOverlapping(_ pages: Range<Int>) -> [PinBatch] { self.hold { $0.pages.overlaps(pages) } }
+
+    /// Every batch that `wanted` accepts, held.
+    private func hold(where wanted: (PinBatch) -> Bool) -> [PinBatch] {
+        var held: [PinBatch] = []
+        self.scanners.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        for index in 0..<Self.slotCount {
+            let bits = self.slot(index).load(ordering: .sequentiallyConsistent)
+            guard bits != 0 else { continue }
+            // Alive: its lease's end waits for this scan before it lets the batch go.
+            let batch = Unmanaged<PinBatch>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).takeUnretainedValue()
+            #if DAXLAB_TEST_HOOKS
+            self.scanHook?(batch)
+            #endif
+            batch.hold()
+            guard self.slot(index).load(ordering: .sequentiallyConsistent) == bits, wanted(batch) else {
+                batch.unhold()  // ended meanwhile (its end waits for us), or elsewhere in the file
+                continue
             }
+            held.append(batch)
+        }
+        self.scanners.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+        self.overflow.withLock { batches in
+            for batch in batches where wanted(batch) {
+                batch.hold()
+                held.append(batch)
+            }
+        }
+        return held
+    }
+
+    /// Runs `body` on each batch whose range overlaps `pages`, holding it meanwhile.
+    func forEachOverlapping(_ pages: Range<Int>, _ body: (PinBatch) -> Void) {
+        for batch in self.holdOverlapping(pages) {
+            body(batch)
+            batch.unhold()
+        }
+    }
+
+    var list: [LeaseInfo] {
+        self.hold { _ in true }.map { batch in
+            defer { batch.unhold() }
+            return batch.info
         }
     }
 }

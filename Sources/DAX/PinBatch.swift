@@ -1,4 +1,4 @@
-import Atomics
+import Synchronization
 import DaxFS
 import Pmem
 
@@ -38,7 +38,7 @@ final class PinBatch: @unchecked Sendable {
     private static let writing: UInt64 = 1 << 16
     private static let holding: UInt64 = 1 << 32
 
-    private let state = ManagedAtomic<UInt64>(0)
+    private let state = Atomic<UInt64>(0)
 
     private(set) var space: AddressSpace?
     /// The DAX layer, held while the batch is a lease: an outstanding pin keeps its layer, its
@@ -47,6 +47,8 @@ final class PinBatch: @unchecked Sendable {
     private(set) var pages: Range<Int> = 0..<0
     private(set) var holder: (any LeaseHolder)?
     private(set) var leaseID: UInt64 = 0
+    /// The lease table's slot holding this lease (-1: its overflow list); set by `add`.
+    var leaseSlot = -1
     /// The pinned blocks: a raw buffer (no copy-on-write or exclusivity checks on the pin path),
     /// `capacity` long, the first `count` in use.
     private(set) var blocks: UnsafeMutablePointer<UInt32>
@@ -62,9 +64,9 @@ final class PinBatch: @unchecked Sendable {
     /// pinning thread before `publishPinned`; dropped once, by `dropKernelPin`.
     private(set) var kernelRing: KernelRing?
     private(set) var kernelSlot = -1
-    private let kernelPinned = ManagedAtomic<Bool>(false)
+    private let kernelPinned = Atomic<Bool>(false)
     /// Whether this pin uses its view (a kernel pin): from `useView` to `retireView`.
-    private let viewInUse = ManagedAtomic<Bool>(false)
+    private let viewInUse = Atomic<Bool>(false)
 
     init() {
         self.capacity = 512
@@ -97,7 +99,7 @@ final class PinBatch: @unchecked Sendable {
     /// Publishes the pins: from now on a revoker may drop them on the holder's behalf.
     /// - Returns: false when the lease was revoked while pinning: the pinner must undo its pins.
     func publishPinned() -> Bool {
-        self.state.loadThenBitwiseOr(with: Self.pinnedBit, ordering: .acquiringAndReleasing) & Self.revokedBit == 0
+        self.state.bitwiseOr(Self.pinnedBit, ordering: .acquiringAndReleasing).oldValue & Self.revokedBit == 0
     }
 
     /// Forgets the lease before the batch goes back to the pool.
@@ -177,9 +179,9 @@ final class PinBatch: @unchecked Sendable {
     /// - Returns: false when the lease is revoked: the write must not happen (no `endWrite`).
     @inline(__always)
     func beginWrite() -> Bool {
-        let before = self.state.loadThenWrappingIncrement(by: Self.writing, ordering: .acquiringAndReleasing)
+        let before = self.state.wrappingAdd(Self.writing, ordering: .acquiringAndReleasing).oldValue
         guard before & Self.revokedBit == 0 else {
-            self.state.wrappingDecrement(by: Self.writing, ordering: .releasing)
+            self.state.wrappingSubtract(Self.writing, ordering: .releasing)
             return false
         }
         return true
@@ -189,27 +191,27 @@ final class PinBatch: @unchecked Sendable {
     /// kernel refuses it after a revocation), so a revoker waits for it to complete.
     @inline(__always)
     func enterFlight() {
-        self.state.wrappingIncrement(by: Self.writing, ordering: .acquiringAndReleasing)
+        self.state.wrappingAdd(Self.writing, ordering: .acquiringAndReleasing)
     }
 
     /// Leaves the fence after a write `beginWrite` admitted (or `enterFlight` entered).
     @inline(__always)
     func endWrite() {
-        self.state.wrappingDecrement(by: Self.writing, ordering: .releasing)
+        self.state.wrappingSubtract(Self.writing, ordering: .releasing)
     }
 
     // MARK: Breaking and revoking (truncating threads)
 
     /// Keeps the batch from being recycled while a breaker looks at it (taken under the lease
     /// table's lock, so the batch is still the lease the breaker found).
-    func hold() { self.state.wrappingIncrement(by: Self.holding, ordering: .acquiringAndReleasing) }
+    func hold() { self.state.wrappingAdd(Self.holding, ordering: .acquiringAndReleasing) }
 
-    func unhold() { self.state.wrappingDecrement(by: Self.holding, ordering: .releasing) }
+    func unhold() { self.state.wrappingSubtract(Self.holding, ordering: .releasing) }
 
     /// Marks the holder notified of the break.
     /// - Returns: true for exactly one caller over the lease's life: the one that tells the holder.
     func notifyOnce() -> Bool {
-        self.state.loadThenBitwiseOr(with: Self.notifiedBit, ordering: .acquiringAndReleasing) & Self.notifiedBit == 0
+        self.state.bitwiseOr(Self.notifiedBit, ordering: .acquiringAndReleasing).oldValue & Self.notifiedBit == 0
     }
 
     /// What `revoke` did.
@@ -225,7 +227,7 @@ final class PinBatch: @unchecked Sendable {
     /// fail, and the view is unmapped), then waits for the writes that entered the fence before it (only writes: another
     /// truncate may be revoking the same batch, and neither waits for the other).
     func revoke() -> Revocation {
-        let previous = self.state.loadThenBitwiseOr(with: Self.revokedBit, ordering: .acquiringAndReleasing)
+        let previous = self.state.bitwiseOr(Self.revokedBit, ordering: .acquiringAndReleasing).oldValue
         guard previous & (Self.revokedBit | Self.releasedBit) == 0 else { return .nothing }
         if previous & Self.pinnedBit != 0 { self.defuseKernelPin() }
         while (self.state.load(ordering: .acquiring) >> 16) & 0xFFFF > 0 { sched_yield() }
@@ -242,7 +244,7 @@ final class PinBatch: @unchecked Sendable {
     /// Claims dropping the pins.
     /// - Returns: true for exactly one caller (the holder's unpin or a revoker): it drops them.
     func claimRelease() -> Bool {
-        self.state.loadThenBitwiseOr(with: Self.releasedBit, ordering: .acquiringAndReleasing) & Self.releasedBit == 0
+        self.state.bitwiseOr(Self.releasedBit, ordering: .acquiringAndReleasing).oldValue & Self.releasedBit == 0
     }
 
     /// Waits until no device write is in flight and no breaker holds the batch, so it can be
@@ -254,7 +256,7 @@ final class PinBatch: @unchecked Sendable {
     /// Marks the batch's range as cut under it by policy `none` (under the file's lock held
     /// exclusively): a short-term kernel pin may not fault its pages in again, since the page's
     /// block may be a new one (even the same block, allocated again).
-    func orphan() { _ = self.state.loadThenBitwiseOr(with: Self.orphanedBit, ordering: .acquiringAndReleasing) }
+    func orphan() { _ = self.state.bitwiseOr(Self.orphanedBit, ordering: .acquiringAndReleasing).oldValue }
 
     // MARK: Queries
 

@@ -60,7 +60,7 @@ public struct LayoutBreakCall: Sendable {
 /// `breakLayouts` holding the file's lock exclusively before any block leaves the file (the
 /// analogue of XFS calling `xfs_break_layouts`, which reaches `dax_layout_busy_page_range`),
 /// then `claimBusy` for each block as it stages the removal, and `claimsCommitted` once the
-/// removal is durable. The file system holds its breaker weakly and drops it at unmount.
+/// removal is durable. The file system holds its breaker until unmount, which drops it.
 package protocol LayoutBreaker: AnyObject, Sendable {
     /// The policy for calls that name none.
     var defaultPolicy: TruncatePolicy { get }
@@ -122,7 +122,7 @@ package protocol DAXBlockSource: AnyObject, Sendable {
     /// layer's reclaimer thread, never from a device's unpin.
     func releaseFromLimbo(_ block: UInt32, _ disposition: BusyBlockDisposition) throws(FSError)
 
-    /// Makes `breaker` the one every removal asks from now on (held weakly; dropped at unmount).
+    /// Makes `breaker` the one every removal asks from now on (held until unmount, which drops it).
     /// - Throws: `.inUse` when another DAX layer is attached, `.invalidArgument` when unmounted.
     func attach(_ breaker: any LayoutBreaker) throws(FSError)
 }

@@ -17,8 +17,7 @@ extension FileSystem: DAXBlockSource {
         }
     }
 
-    /// The attached breaker, if it is still alive (held weakly: the DAX layer holds the file
-    /// system, never the other way round).
+    /// The attached breaker (until unmount).
     var layoutBreaker: (any LayoutBreaker)? { self.breaker.withLock { $0.value } }
 
     package func invalidateLock(for file: FileID) -> ReadWriteLock { self.locks[file.inode] }
@@ -78,7 +77,7 @@ extension FileSystem: DAXBlockSource {
     }
 }
 
-/// The attached layout breaker, held weakly.
-struct WeakBreaker {
-    weak var value: (any LayoutBreaker)?
+/// The attached layout breaker, held until unmount.
+struct AttachedBreaker {
+    var value: (any LayoutBreaker)?
 }

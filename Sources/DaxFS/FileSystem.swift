@@ -21,9 +21,11 @@ public final class FileSystem: Sendable {
     /// One lock per inode number.
     let locks: [ReadWriteLock]
     let namespace: Locked<Namespace>
-    /// The DAX layer's layout breaker, once attached: held weakly (the DAX layer holds the file
-    /// system, not the other way round) and dropped at unmount.
-    let breaker = Locked(WeakBreaker())
+    /// The DAX layer's layout breaker, once attached: held until unmount, which drops it. (The
+    /// DAX layer holds the file system too: the layer is part of the mount, and the unmount
+    /// ends the cycle. Not a weak reference: a weakly referenced object pays the slow path of
+    /// every reference count change, and the pin path retains the layer.)
+    let breaker = Locked(AttachedBreaker())
     /// Serialise block allocation between faults, which hold a file's lock only shared; striped.
     /// Each counts the fault allocations made under it. (Not `Locked<Void>`: a zero-sized value
     /// shares its address with the mutex pointer, which ThreadSanitizer reports as a race.)

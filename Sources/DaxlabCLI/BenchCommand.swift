@@ -23,9 +23,12 @@ struct BenchCommand: ParsableCommand {
             512-page pin the kernel pins too, io_uring fixed buffer; vs registering anonymous \
             memory), dma.kernel_read_fixed (READ_FIXED into a pinned block vs into anonymous \
             memory). Rows that need io_uring are left out where it is refused, and the report \
-            says why. Method: \
-            warm-up, 5 repetitions, the median. Timing on shared VMs is noisy: compare ratios within \
-            one run.
+            says why. Method: each row and its baseline run interleaved (A B B A …, 11 pairs of \
+            samples after a warm-up); the ratio is the median of the pairs' ratios, shown with their \
+            interquartile range, and a row whose range is too wide to judge (over 25% of the \
+            median, or straddling the target) is marked ~ and its verdict '?'. A run that had \
+            fewer than 1.8 CPUs is flagged. --from FILE --markdown prints a committed run's table \
+            for the README.
             """
     )
 
@@ -37,6 +40,13 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Write an SVG plot to FILE: pin throughput against threads, truncate latency per policy.", valueName: "FILE"))
     var plot: String?
     @Option(name: .long, help: "Pages of the hot-fault file (the block map's size).") var pages = 65536
+    @Option(name: .long, help: ArgumentHelp("Measure nothing: print the table of a report written by --json (a committed run).", valueName: "FILE"))
+    var from: String?
+    @Flag(name: .long, help: "Print the table as Markdown (for the README).") var markdown = false
+    @Option(name: .long, help: ArgumentHelp(
+        "Run only these groups of rows, comma-separated: \(Bench.Group.allCases.map(\.rawValue).joined(separator: ", ")).",
+        valueName: "GROUPS"))
+    var only: String?
 
     func validate() throws {
         guard self.seconds.isFinite, self.seconds > 0, self.seconds <= 600 else {
@@ -46,6 +56,12 @@ struct BenchCommand: ParsableCommand {
             throw ValidationError("--threads must be 1 to 16 counts of 1...256, comma-separated, e.g. 1,2,4")
         }
         guard (512...(1 << 20)).contains(self.pages) else { throw ValidationError("--pages must be 512...1048576") }
+        if let only = self.only {
+            for name in only.split(separator: ",", omittingEmptySubsequences: false) where Bench.Group(rawValue: String(name)) == nil {
+                throw ValidationError(
+                    "--only: no group '\(name)' (groups: \(Bench.Group.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+        }
     }
 
     var parsedThreads: [Int]? {
@@ -55,10 +71,22 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        if let from = self.from {
+            guard let data = FileManager.default.contents(atPath: from) else {
+                throw ValidationError("cannot read \(from): \(String(cString: strerror(errno)))")
+            }
+            let report: BenchReport
+            do { report = try JSONDecoder().decode(BenchReport.self, from: data) } catch {
+                throw ValidationError("\(from) is not a report of daxlab bench --json (\(error))")
+            }
+            Output.print(self.markdown ? Self.markdown(report) : Self.table(report))
+            return
+        }
         var options = Bench.Options()
         options.seconds = self.seconds
         options.threads = Array(Set(self.parsedThreads! + [1])).sorted()
         options.pages = self.pages
+        options.groups = self.only.map { Set($0.split(separator: ",").compactMap { Bench.Group(rawValue: String($0)) }) }
         let quiet = self.json == "-"
         let live = !quiet && Terminal.standardOutputIsTerminal
         let bench = try Bench(path: self.path, options: options) { line in
@@ -67,7 +95,7 @@ struct BenchCommand: ParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: self.path) }
         var report = try bench.run()
         if self.plot != nil { report.truncateLatencies = try self.truncateLatencies(quiet: quiet) }
-        if !quiet { Output.print(Self.table(report)) }
+        if !quiet { Output.print(self.markdown ? Self.markdown(report) : Self.table(report)) }
         if let json = self.json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -101,17 +129,15 @@ struct BenchCommand: ParsableCommand {
     }
 
     static func table(_ report: BenchReport) -> String {
-        var lines = [String(
-            format: "machine: %d CPUs (%.2f available while two threads spin), %@, is_pmem %@, kernel %@",
-            report.machine.cpus, report.machine.cpusAvailable, report.machine.medium,
-            report.machine.isPmem ? "yes" : "no", report.machine.kernel)]
-        let header = ["row", "threads", "value", "unit", "baseline", "baseline value", "ratio", "target", "met"]
+        var lines = [Self.machineLine(report.machine)]
+        if let warning = Self.cpuWarning(report.machine) { lines.append(warning) }
+        let header = ["row", "threads", "value", "unit", "baseline", "baseline value", "ratio", "[q1-q3]", "target", "met"]
         var rows = [header]
         for result in report.results {
             rows.append([
                 result.name, String(result.threads), Self.number(result.value), result.unit, result.baseline,
-                Self.number(result.baselineValue), String(format: "%.3g", result.ratio), result.target ?? "-",
-                result.met.map { $0 ? "yes" : "NO" } ?? "-",
+                Self.number(result.baselineValue), String(format: "%.3g", result.ratio), Self.spread(result),
+                result.target ?? "-", Self.verdict(result),
             ])
         }
         let widths = (0..<header.count).map { column in rows.map { $0[column].count }.max()! }
@@ -119,10 +145,53 @@ struct BenchCommand: ParsableCommand {
             lines.append(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
             if index == 0 { lines.append(String(repeating: "-", count: lines.last!.count)) }
         }
+        lines.append("ratio: median of \(report.results.first?.pairs ?? 0) interleaved pairs; [q1-q3]: their interquartile range; ~: spread too wide to judge")
         for missing in report.unavailable {
             lines.append("not measured here: \(missing.baseline) (\(missing.reason))")
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// The table as Markdown, for the README (`--from docs/bench.json --markdown`).
+    static func markdown(_ report: BenchReport) -> String {
+        var lines = ["Machine: " + String(Self.machineLine(report.machine).dropFirst("machine: ".count))]
+        if let warning = Self.cpuWarning(report.machine) { lines += ["", "**\(warning)**"] }
+        lines.append("")
+        lines.append("| row | threads | value | baseline | baseline value | ratio (median of pairs) | q1–q3 | target | met |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for result in report.results {
+            let target = result.target.map {
+                $0.replacingOccurrences(of: "<=", with: "≤").replacingOccurrences(of: ">=", with: "≥")
+            }
+            lines.append("| \(result.name) | \(result.threads) | \(Self.number(result.value)) \(result.unit) | \(result.baseline) | "
+                + "\(Self.number(result.baselineValue)) | \(String(format: "%.3g", result.ratio)) | \(Self.spread(result)) | "
+                + "\(target ?? "–") | \(Self.verdict(result)) |")
+        }
+        for missing in report.unavailable { lines += ["", "Not measured: \(missing.baseline) (\(missing.reason))."] }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    static func machineLine(_ machine: BenchMachine) -> String {
+        String(
+            format: "machine: %d CPUs (%.2f available while two threads spin), %@, is_pmem %@, kernel %@",
+            machine.cpus, machine.cpusAvailable, machine.medium, machine.isPmem ? "yes" : "no", machine.kernel)
+    }
+
+    /// A warning when the run did not really have two CPUs: its ratios are less certain.
+    static func cpuWarning(_ machine: BenchMachine) -> String? {
+        guard machine.cpus >= 2, machine.cpusAvailable < 1.8 else { return nil }
+        return String(
+            format: "warning: only %.2f CPUs were available (< 1.8): another load shared this machine, ratios are less certain",
+            machine.cpusAvailable)
+    }
+
+    static func spread(_ result: BenchResult) -> String {
+        String(format: "%.3g-%.3g", result.ratioLow, result.ratioHigh) + (result.wide ? " ~" : "")
+    }
+
+    static func verdict(_ result: BenchResult) -> String {
+        guard let met = result.met else { return "-" }
+        return (met ? "yes" : "NO") + (result.wide ? "?" : "")
     }
 
     static func number(_ value: Double) -> String {

@@ -58,19 +58,31 @@ struct BenchCLITests {
             for (name, baseline) in Self.rows where ioUringAvailable || !Self.needsIOUring(name, baseline) {
                 let row = results.first { $0["name"] as? String == name && $0["baseline"] as? String == baseline }
                 let found = try #require(row, "\(name) vs \(baseline) missing")
-                for key in ["unit", "threads", "value", "baseline_threads", "baseline_value", "ratio", "better"] {
+                for key in ["unit", "threads", "value", "baseline_threads", "baseline_value", "ratio", "better", "pairs", "wide"] {
                     #expect(found[key] != nil, "\(name) vs \(baseline): no \(key)")
                 }
                 let value = try #require(found["value"] as? Double)
                 let baselineValue = try #require(found["baseline_value"] as? Double)
                 let ratio = try #require(found["ratio"] as? Double)
                 #expect(value > 0 && baselineValue > 0, "\(name) vs \(baseline): measured nothing")
-                #expect(abs(ratio - value / baselineValue) <= max(0.002, ratio * 0.01), "\(name) vs \(baseline): ratio")
+                // The ratio is the median of interleaved pairs' ratios, inside their spread.
+                let spread = try ["ratio_min", "ratio_q1", "ratio_q3", "ratio_max"].map { key in
+                    try #require(found[key] as? Double, "\(name) vs \(baseline): no \(key)")
+                }
+                #expect(spread[0] <= spread[1] && spread[1] <= ratio && ratio <= spread[2] && spread[2] <= spread[3],
+                        "\(name) vs \(baseline): ratio \(ratio) outside its spread \(spread)")
+                #expect(ratio > 0, "\(name) vs \(baseline): ratio")
+                #expect((found["pairs"] as? Int ?? 0) >= 5, "\(name) vs \(baseline): pairs")
                 #expect(["lower", "higher"].contains(found["better"] as? String ?? ""))
             }
             let svg = try String(contentsOfFile: plot, encoding: .utf8)
             #expect(svg.hasPrefix("<svg"))
             #expect(svg.contains("polyline"))
+            // The committed run's table, rendered again from its JSON: one Markdown row per result.
+            let table = try DaxlabBinary.run(["bench", "--from", json, "--markdown"], timeout: 60)
+            #expect(table.status == 0, "\(table.standardError)")
+            #expect(table.standardOutput.hasPrefix("Machine: "))
+            #expect(table.standardOutput.components(separatedBy: "\n| ").count - 2 == results.count, "\(table.standardOutput)")
         }
     }
 }

@@ -1,0 +1,116 @@
+@testable import DAX
+@_spi(Oracle) import DaxFS
+import Foundation
+import Testing
+import TestSupport
+
+/// The lock-free lease table's reclamation rule: a lease that ends while a breaker has loaded
+/// its slot but not yet held its batch waits for that breaker (so the batch is never recycled
+/// under it). The window is a few instructions wide; the test hook (debug builds only) stops
+/// the breaker inside it while the holder unpins.
+@Suite("Lease table", .serialized, .timeLimit(.minutes(1)))
+struct LeaseTableTests {
+    @Test("an unpin waits for a breaker between its slot load and its hold; the breaker then skips the ended lease")
+    func endWaitsForScanner() throws {
+        #if DAXLAB_TEST_HOOKS
+        let lab = try Lab(policy: .wait, pages: 4)
+        let space = lab.space
+        _ = try space.fault(1, write: true)
+        let pinned = DispatchSemaphore(value: 0)
+        let unpinNow = DispatchSemaphore(value: 0)
+        let holder = lab.background {
+            let handle = try! space.pin(1..<2, write: true)
+            pinned.signal()
+            unpinNow.wait()
+            handle.unpin()
+        }
+        pinned.wait()
+        let inWindow = DispatchSemaphore(value: 0)
+        let leave = DispatchSemaphore(value: 0)
+        let fired = Box(false)
+        space.leases.scanHook = { batch in
+            guard !fired.value else { return }
+            fired.value = true
+            #expect(batch.pages == 1..<2)
+            inWindow.signal()
+            leave.wait()
+        }
+        defer { space.leases.scanHook = nil }
+        let listed = Box<[LeaseInfo]?>(nil)
+        let breaker = lab.background { listed.value = space.leaseList }
+        #expect(inWindow.wait(timeout: .now() + 10) == .success, "the breaker found the lease")
+        unpinNow.signal()
+        // The unpin has cleared the slot and now waits for the breaker: it cannot return.
+        #expect(!holder.wait(seconds: 0.3), "the lease ended while a breaker could still hold its batch")
+        leave.signal()
+        #expect(holder.wait(seconds: 10), "the unpin returns once the breaker is past its hold")
+        #expect(breaker.wait(seconds: 10))
+        #expect(listed.value == [], "the breaker rechecked the slot and skipped the ended lease")
+        #expect(space.leaseList.isEmpty)
+        #expect(lab.dax.pins.pinCount(lab.fs.currentBlock(lab.file, page: 1)) == 0)
+        #else
+        try Test.cancel("the lease table's test hook exists only in debug builds")
+        #endif
+    }
+
+    @Test("more leases on one file than it has slots: the rest go to the overflow list, and every one is listed and ends")
+    func overflow() throws {
+        let lab = try Lab(policy: .wait, pages: LeaseTable.slotCount + 8)
+        let space = lab.space
+        var listed: [LeaseInfo] = []
+        // (Handles are not copyable: each level of the recursion holds one pin.)
+        func pinFrom(_ page: Int) throws {
+            guard page < LeaseTable.slotCount + 8 else {
+                listed = space.leaseList
+                return
+            }
+            let handle = try space.pin(page..<(page + 1), write: true)
+            do { try pinFrom(page + 1) } catch {
+                handle.unpin()
+                throw error
+            }
+            handle.unpin()
+        }
+        try pinFrom(0)
+        #expect(listed.count == LeaseTable.slotCount + 8)
+        #expect(Set(listed.map(\.pages.lowerBound)) == Set(0..<(LeaseTable.slotCount + 8)))
+        #expect(space.leaseList.isEmpty)
+    }
+
+    @Test("pins and unpins on four threads while two breakers list and punch: every lease ends, nothing stays pinned")
+    func stress() throws {
+        let lab = try Lab(policy: .wait, pages: 64)
+        let space = lab.space
+        for page in 0..<64 { _ = try space.fault(page, write: true) }
+        let stop = Box(false)
+        var workers: [Finished] = []
+        for thread in 0..<4 {
+            workers.append(lab.background {
+                var round = 0
+                while !stop.value {
+                    let first = (thread * 16 + round) % 60
+                    if let handle = try? space.pin(first..<(first + 4), write: true) { handle.unpin() }
+                    round += 1
+                }
+            })
+        }
+        workers.append(lab.background {
+            while !stop.value { _ = space.leaseList }
+        })
+        workers.append(lab.background {
+            var round = 0
+            while !stop.value {
+                _ = try? lab.fs.punchHole(lab.file, offset: (round % 64) * 4096, length: 4096)
+                round += 1
+            }
+        })
+        Thread.sleep(forTimeInterval: 1)
+        stop.value = true
+        for worker in workers { #expect(worker.wait(seconds: 30)) }
+        #expect(space.leaseList.isEmpty)
+        for page in 0..<64 {
+            let block = lab.fs.currentBlock(lab.file, page: page)
+            if block != 0 { #expect(lab.dax.pins.pinCount(block) == 0) }
+        }
+    }
+}
