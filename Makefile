@@ -31,7 +31,7 @@ help:
 	@echo "make test-pmem   daxlab on kernel fs-dax and device-dax in QEMU guests (NVDIMM, reboot, memmap=)"
 	@echo "make tsan        the concurrency tests under ThreadSanitizer"
 	@echo "make crash-test  the crash campaign: POINTS=$(POINTS) persist points of OPS=$(OPS) operations"
-	@echo "make bench       daxlab bench (every row against its baseline) -> docs/bench.json, docs/bench.svg,"
+	@echo "make bench       daxlab bench (every row against its baseline) -> docs/bench.json, .svg, .md,"
 	@echo "                 then the ordo-one/benchmark suites in Benchmarks/ (malloc thresholds)"
 	@echo "make build       build the release binary at $(RELEASE_BIN)"
 	@echo "make clean       remove build folders"
@@ -83,6 +83,8 @@ tsan: deps
 # takes several minutes).
 bench: build
 	$(RELEASE_BIN) bench --threads $(BENCH_THREADS) --json docs/bench.json --plot docs/bench.svg
+	@# The README's table: the committed run's JSON, rendered again.
+	$(RELEASE_BIN) bench --from docs/bench.json --markdown > docs/bench.md
 	$(MAKE) bench-suites
 
 bench-suites: deps

@@ -30,14 +30,14 @@ struct Measure {
         var lowerQuartile: Double { Measure.quantile(self.ratios, 0.25) }
         var upperQuartile: Double { Measure.quantile(self.ratios, 0.75) }
 
-        /// Whether the pairs disagree too much to judge the row: the interquartile range is over
-        /// a quarter of the median, or the target's bound lies strictly inside it.
+        /// Whether the pairs disagree too much to judge the row: with a target, its bound lies
+        /// strictly inside the interquartile range (the middle half of the pairs would give
+        /// both verdicts); without one, that range is over a quarter of the median.
         func isWide(bound: Double?) -> Bool {
             let median = self.ratio
             guard median > 0 else { return true }
-            if (self.upperQuartile - self.lowerQuartile) / median > 0.25 { return true }
-            if let bound, self.lowerQuartile < bound, bound < self.upperQuartile { return true }
-            return false
+            if let bound { return self.lowerQuartile < bound && bound < self.upperQuartile }
+            return (self.upperQuartile - self.lowerQuartile) / median > 0.25
         }
     }
 

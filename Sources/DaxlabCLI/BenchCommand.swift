@@ -25,8 +25,8 @@ struct BenchCommand: ParsableCommand {
             memory). Rows that need io_uring are left out where it is refused, and the report \
             says why. Method: each row and its baseline run interleaved (A B B A …, 11 pairs of \
             samples after a warm-up); the ratio is the median of the pairs' ratios, shown with their \
-            interquartile range, and a row whose range is too wide to judge (over 25% of the \
-            median, or straddling the target) is marked ~ and its verdict '?'. A run that had \
+            interquartile range, and a row whose range is too wide to judge (straddling the target's \
+            bound; without a target, over 25% of the median) is marked ~ and its verdict '?'. A run that had \
             fewer than 1.8 CPUs is flagged. --from FILE --markdown prints a committed run's table \
             for the README.
             """

@@ -42,13 +42,15 @@ struct MeasureTests {
         #expect(paired.baseline == 20 && paired.value == 60)
     }
 
-    @Test("too wide to judge: an interquartile range over a quarter of the median, or one that straddles the bound")
+    @Test("too wide to judge: an interquartile range that straddles the target's bound, or without a target one over a quarter of the median")
     func wide() {
         let tight = Measure.Paired(value: 1, baseline: 1, ratios: [0.95, 0.98, 1, 1.02, 1.05])
         #expect(!tight.isWide(bound: 2))
+        #expect(!tight.isWide(bound: nil))
         #expect(tight.isWide(bound: 1.01), "the bound lies inside q1-q3: the pairs disagree on the verdict")
         let loose = Measure.Paired(value: 1, baseline: 1, ratios: [0.5, 0.7, 1, 1.4, 2])
         #expect(loose.isWide(bound: nil))
+        #expect(!loose.isWide(bound: 10), "far from the bound, a loose spread still gives one verdict")
         #expect(Measure.Paired(value: 0, baseline: 1, ratios: [0, 0, 0]).isWide(bound: nil), "nothing measured")
     }
 

@@ -28,7 +28,7 @@ final class Fixture: @unchecked Sendable {
         self.fs = fs
         self.dax = dax
         func mapped(_ name: String, _ pages: Int) throws -> (FileID, AddressSpace) {
-            let file = try fs.create(name)
+            let file = try fs.create(FileName(name))
             try fs.truncate(file, size: pages * 4096)
             let space = dax.open(file)
             for page in 0..<pages { _ = try space.fault(page, write: true) }
