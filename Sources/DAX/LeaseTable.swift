@@ -11,7 +11,7 @@ import Glibc
 /// records its lease before it pins).
 ///
 /// Pinning and unpinning take no lock. A lease is a slot: an atomic word holding a retained
-/// reference to its batch, entered with one compare-exchange and left with one store. A pinning
+/// reference to its batch, entered with one compare-exchange and left with one exchange. A pinning
 /// thread starts its search at its CPU's cache line of slots, so pins on different CPUs do not
 /// share lines. The rare lease beyond the slots goes to a mutex-guarded overflow list.
 ///
