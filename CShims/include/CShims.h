@@ -95,4 +95,12 @@ int CShims_set_thread_name(const char *name);
 /// supports. Returns 0, or -1 with errno set.
 int CShims_statx_attributes(int fd, uint64_t *attributes, uint64_t *attributes_mask);
 
+/// CRC-32C (Castagnoli) of `count` bytes continuing the raw register `crc` (no pre- or
+/// post-inversion: the caller does those), with SSE4.2's crc32 instruction. Only call it when
+/// `CShims_has_crc32c_instruction()` says 1.
+uint32_t CShims_crc32c_hardware(uint32_t crc, const void *bytes, size_t count);
+
+/// Whether this CPU has the crc32 instruction (x86-64 SSE4.2); 0 elsewhere.
+int CShims_has_crc32c_instruction(void);
+
 #endif
