@@ -97,18 +97,21 @@ extension Bench {
         self.add("dma.copy", unit: "GB/s", copy, baseline: "pmem.memcpy_persist", better: "higher", target: .atLeast(0.9))
     }
 
-    /// alloc.block: allocate a block for a file (zeroed, persisted, mapped by a log transaction)
-    /// and free it (a punch, another transaction); against libpmemobj's pmemobj_alloc + free of
-    /// 4 KiB in a pool on the same medium.
+    /// alloc.block: a write fault allocates a zeroed block for a page of a file and a punch frees
+    /// it, both durable; against libpmemobj's pmemobj_alloc + free of 4 KiB in a pool on the same
+    /// medium. The page is the first past the 12 direct pages (whose pointers live in the
+    /// checksummed inode and so always take a log transaction): there the fault maps a block of
+    /// the file's reserve and the punch returns it there, one persisted pointer each (see
+    /// FileSystem+Reservation).
     func allocationRow() throws {
         let file = try self.fs.create("alloc")
-        try self.fs.truncate(file, size: 4096)
+        let page = 12
+        try self.fs.truncate(file, size: (page + 1) * 4096)
         let space = self.dax.open(file)
         var failure: FSError?
         let directory = Self.directory(of: self.path)
         let poolPath = "\(directory)/daxlab-bench-pool-\(getpid())"
-        // The same medium, persisted the same way: libpmemobj honours PMEM_IS_PMEM_FORCE.
-        if self.fs.mapping.medium == .tmpfs { setenv("PMEM_IS_PMEM_FORCE", "1", 1) }
+        // The same medium, persisted the same way (PMEM_IS_PMEM_FORCE on tmpfs: see `init`).
         unlink(poolPath)
         defer { unlink(poolPath) }
         guard let pool = CBenchShims_pmemobj_create(poolPath, 64 << 20) else {
@@ -119,8 +122,8 @@ extension Bench {
         let allocation = self.measure.interleave({ count in
             for _ in 0..<count where failure == nil {
                 do throws(FSError) {
-                    _ = try space.fault(0, write: true)
-                    try self.fs.punchHole(file, offset: 0, length: 4096)
+                    _ = try space.fault(page, write: true)
+                    try self.fs.punchHole(file, offset: page * 4096, length: 4096)
                 } catch { failure = error }
             }
         }) { count in

@@ -1,3 +1,4 @@
+import CShims
 import DAX
 import DaxFS
 import DaxlabSupport
@@ -45,6 +46,10 @@ public final class Bench {
         self.path = path
         self.options = options
         let size = (options.pages * 4096 * 2 + (64 << 20) + 0xFFFFF) & ~0xFFFFF
+        // libpmem reads PMEM_IS_PMEM_FORCE once, at the first mapping it judges: set before any,
+        // so that libpmemobj (alloc.block's baseline) persists to tmpfs with cache flushes, as
+        // daxlab does there, and not with msync.
+        if Self.isOnTmpfs(Self.directory(of: path)) { setenv("PMEM_IS_PMEM_FORCE", "1", 1) }
         _ = try FileSystem.format(path: path, size: size, force: true)
         // tmpfs is daxlab's emulated pmem: persist with cache flushes as on real pmem, the way
         // libpmem and libpmemobj (the baselines) persist to the same mapping, not with msync.
@@ -55,12 +60,20 @@ public final class Bench {
         self.progress = progress
     }
 
+    /// Whether `directory` is on tmpfs.
+    static func isOnTmpfs(_ directory: String) -> Bool {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return CShims_fstatfs_type(fd) == CShims_TMPFS_MAGIC
+    }
+
     /// Runs every row.
     public func run() throws -> BenchReport {
         let before = try Measure.availableCPUs()
         var machine = BenchMachine(
             cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpusAvailable: before,
-            medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.isPmem, kernel: Self.kernelRelease())
+            medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.medium != .tmpfs && self.fs.mapping.isPmem, kernel: Self.kernelRelease())
         if before < 1.8 { self.progress(String(format: "warning: only %.2f CPUs available: ratios are less certain", before)) }
         let groups = self.options.groups ?? Set(Group.allCases)
         if groups.contains(.fault) { try self.faultRows() }
