@@ -23,13 +23,18 @@ public struct CrashWorkload: Sendable {
         /// A whole new content for a file, written under an unnamed inode and published over the
         /// name (what `daxlab write` does): all or nothing.
         case replace(String, count: Int, fill: UInt64)
+        /// Write faults on `count` pages from `page` (inside the file), as the DAX layer takes
+        /// them: each maps a zeroed block into a hole, most from the file's reserved blocks
+        /// without a transaction of their own. The content does not change; each page that
+        /// returned must still be mapped after a crash.
+        case fault(String, page: Int, count: Int)
 
         /// The names whose content the operation may change.
         public var names: [String] {
             switch self {
             case .create(let name), .write(let name, _, _, _), .truncate(let name, _), .punch(let name, _, _),
                 .zeroRange(let name, _, _, _), .collapseRange(let name, _, _), .insertRange(let name, _, _),
-                .fallocate(let name, _, _), .unlink(let name), .replace(let name, _, _):
+                .fallocate(let name, _, _), .unlink(let name), .replace(let name, _, _), .fault(let name, _, _):
                 [name]
             case .rename(let source, let target): [source, target]
             }
@@ -39,7 +44,7 @@ public struct CrashWorkload: Sendable {
         /// the plain data writes (`write`, `fallocate`), which may land in part, as pwrite(2)'s do.
         public var isAtomic: Bool {
             switch self {
-            case .write, .fallocate: false
+            case .write, .fallocate, .fault: false
             default: true
             }
         }
@@ -50,6 +55,9 @@ public struct CrashWorkload: Sendable {
 
     private var generator: SplitMix64
     public internal(set) var model: Model = [:]
+    /// Pages mapped by a completed `fault` since the last other operation on their file: a
+    /// recovered image must still map every one.
+    public internal(set) var faulted: [String: Set<Int>] = [:]
 
     public init(seed: UInt64) { self.generator = SplitMix64(seed: seed) }
 
@@ -86,15 +94,36 @@ public struct CrashWorkload: Sendable {
             let offset = Int(self.generator.next() % UInt64(52 * Self.page))
             let length = 1 + Int(self.generator.next() % UInt64(16 * Self.page))
             return .zeroRange(pick(), offset: offset, length: length, keepSize: self.generator.next() % 2 == 0)
-        case 10..<40:
+        case 32..<40:
+            let name = pick()
+            let pages = self.model[name]!.count / Self.page
+            guard pages > 0 else { return .truncate(name, size: Int(16 + self.generator.next() % 40) * Self.page) }
+            // Past the direct pages where the file has them: the reserved-block path.
+            let first = pages > 12 ? 12 : 0
+            let page = first + Int(self.generator.next() % UInt64(pages - first))
+            return .fault(name, page: page, count: 1 + Int(self.generator.next() % UInt64(min(8, pages - page))))
+        case 10..<32:
             let offset = Int(self.generator.next() % UInt64(48 * Self.page))
             let count = 1 + Int(self.generator.next() % UInt64(12 * Self.page))
             return .write(pick(), offset: offset, count: count, fill: self.generator.next())
         case 50..<62:
             return .truncate(pick(), size: Int(self.generator.next() % UInt64(56 * Self.page)))
         case 62..<74:
+            if let (name, pages) = self.faulted.min(by: { $0.key < $1.key }), self.generator.next() % 2 == 0 {
+                // One page a fault mapped: a reserved block, whose punch is a persisted pointer
+                // with no transaction.
+                let sorted = pages.sorted()
+                let page = sorted[Int(self.generator.next() % UInt64(sorted.count))]
+                return .punch(name, offset: page * Self.page, length: Self.page)
+            }
+            let name = pick()
+            let pages = self.model[name]!.count / Self.page
+            if pages > 12, self.generator.next() % 3 == 0 {
+                let page = 12 + Int(self.generator.next() % UInt64(pages - 12))
+                return .punch(name, offset: page * Self.page, length: Self.page)
+            }
             let offset = Int(self.generator.next() % UInt64(48 * Self.page))
-            return .punch(pick(), offset: offset, length: 1 + Int(self.generator.next() % UInt64(16 * Self.page)))
+            return .punch(name, offset: offset, length: 1 + Int(self.generator.next() % UInt64(16 * Self.page)))
         case 74..<82:
             let offset = Int(self.generator.next() % UInt64(40 * Self.page))
             return .fallocate(pick(), offset: offset, length: 1 + Int(self.generator.next() % UInt64(8 * Self.page)))
@@ -124,6 +153,11 @@ public struct CrashWorkload: Sendable {
 
     /// Applies `operation` to the model, as the file system applies it to the image.
     public mutating func apply(_ operation: Operation) {
+        if case .fault(let name, let page, let count) = operation {
+            self.faulted[name, default: []].formUnion(page..<(page + count))
+            return  // holes and zeroed blocks read alike
+        }
+        for name in operation.names { self.faulted.removeValue(forKey: name) }
         switch operation {
         case .create(let name):
             self.model[name] = []
@@ -169,6 +203,8 @@ public struct CrashWorkload: Sendable {
             self.model.removeValue(forKey: name)
         case .replace(let name, let count, let fill):
             self.model[name] = Self.data(count: count, fill: fill)
+        case .fault:
+            break
         }
     }
 
@@ -199,6 +235,9 @@ public struct CrashWorkload: Sendable {
             let unnamed = try fs.createUnnamed()
             try fs.write(unnamed, offset: 0, bytes: Self.data(count: count, fill: fill))
             try fs.publish(unnamed, as: FileName(name))
+        case .fault(let name, let page, let count):
+            let id = try fs.lookup(FileName(name))
+            for page in page..<(page + count) { _ = try fs.blockForFault(id, page: page, allocate: true) }
         }
     }
 
@@ -206,9 +245,12 @@ public struct CrashWorkload: Sendable {
     /// `inFlight` the operation the crash interrupted. An atomic one must be either not started
     /// or complete, over all the files it touches together; a plain data write may have landed
     /// in part, so its file is not compared.
+    /// Every page in `faulted` (of a file `inFlight` does not touch) must be mapped.
     /// - Parameter before: the model before `inFlight`.
     /// - Returns: what differs, empty when the image matches.
-    public static func compare(_ fs: FileSystem, before: Model, inFlight: Operation?) -> [String] {
+    public static func compare(
+        _ fs: FileSystem, before: Model, faulted: [String: Set<Int>] = [:], inFlight: Operation?
+    ) -> [String] {
         var present: [String: [UInt8]] = [:]
         var differences: [String] = []
         for stat in fs.list() {
@@ -231,6 +273,13 @@ public struct CrashWorkload: Sendable {
                 before[name] == nil ? "\(name): present but should not exist"
                     : present[name] == nil ? "\(name): missing"
                     : "\(name): content differs (size \(present[name]!.count), expected \(before[name]!.count))")
+        }
+        for (name, pages) in faulted where !touched.contains(name) {
+            guard let id = try? fs.lookup(FileName(name)) else { continue }  // (reported above)
+            let holes = pages.filter { (try? fs.blockForFault(id, page: $0, allocate: false)) ?? 0 == 0 }
+            if !holes.isEmpty {
+                differences.append("\(name): pages \(holes.sorted()) were faulted in before the crash but are holes now")
+            }
         }
         if let inFlight, inFlight.isAtomic {
             var after = CrashWorkload(seed: 0)

@@ -56,7 +56,7 @@ extension Checker {
         }
         if !record.reservedBytesAreZero {
             issue("reserved bytes are set") { record in
-                for (start, count) in [(34, 2), (100, 4), (120, 8), (384, 128)] {
+                for (start, count) in InodeRecord.reservedSpans {
                     (record.pointer + start).initializeMemory(as: UInt8.self, repeating: 0, count: count)
                 }
             }
@@ -99,8 +99,11 @@ extension Checker {
             fixes.append { _ in }
             if number >= FileSystem.firstUserInode { salvage = true }
         }
-        if record.blocks != map.dataBlocks {
-            issue("records \(record.blocks) data blocks but maps \(map.dataBlocks)") { $0.blocks = map.dataBlocks }
+        let reserved = self.checkReservation(number, record, issue: issue)
+        let owned = map.dataBlocks + UInt64(reserved)
+        if record.blocks != owned {
+            let what = reserved > 0 ? "maps \(map.dataBlocks) and holds \(reserved) in reserve" : "maps \(map.dataBlocks)"
+            issue("records \(record.blocks) data blocks but \(what)") { $0.blocks = owned }
         }
         if number == FileSystem.lostFoundInode { self.result.lostFoundBlocks = Int(map.dataBlocks) }
 
@@ -198,6 +201,40 @@ extension Checker {
             }
         }
         return found
+    }
+
+    /// Checks the blocks inode `number` holds in reserve for its write faults (after its map
+    /// walk): each must be a data block that this file maps or nobody claims. Claims the
+    /// unmapped ones for the file and returns how many; a bad reservation is an issue whose
+    /// repair drops it (its unmapped blocks are then leaked, and the bitmap pass frees them).
+    private mutating func checkReservation(
+        _ number: Int, _ record: InodeRecord, issue: (String, @escaping (InodeRecord) -> Void) -> Void
+    ) -> Int {
+        guard record.reservationCount != 0 || !record.reservationIsWellFormed else { return 0 }
+        var why: String?
+        var unmapped: [UInt32] = []
+        if !record.reservationIsWellFormed {
+            why = "reservation count \(record.reservationCount) is over \(InodeRecord.maximumReservation) or has stray entries"
+        } else {
+            for block in record.reservation {
+                if !self.geometry.isDataBlock(block) {
+                    why = "reserved block \(block) is outside the data area"
+                } else if self.owner[Int(block)] == Int32(number) {
+                    continue  // mapped by this file
+                } else if self.owner[Int(block)] != -1 || unmapped.contains(block) {
+                    why = "reserved block \(block) is also used by inode \(self.owner[Int(block)])"
+                } else {
+                    unmapped.append(block)
+                }
+                if why != nil { break }
+            }
+        }
+        if let why {
+            issue(why) { $0.reservation = [] }
+            return 0
+        }
+        for block in unmapped { self.owner[Int(block)] = Int32(number) }
+        return unmapped.count
     }
 
     /// What a block-map walk found.

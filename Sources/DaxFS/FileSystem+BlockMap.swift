@@ -117,6 +117,7 @@ extension FileSystem {
                     tx.store32(offset, 0)
                     let staged = tx.inode(number)
                     staged.blocks = staged.blocks > 0 ? staged.blocks - 1 : 0  // (saturating: see `valid`)
+                    Self.dropFromReservation(staged, value)
                     removed += 1
                     if removal.disposition != .free, let breaker = removal.breaker,
                         breaker.claimBusy(value, as: removal.disposition)

@@ -30,11 +30,11 @@ extension FileSystem: DAXBlockSource {
         }
         let block = self.reader.block(of: record, page: page)
         guard block == 0, allocate else { return block }
-        return try self.allocationLocks[file.inode % self.allocationLocks.count].withLock {
-            (allocations) throws(FSError) -> UInt32 in
+        return try self.stripe(file.inode).withLock { (stripe) throws(FSError) -> UInt32 in
             let again = self.reader.block(of: record, page: page)
             if again != 0 { return again }  // another fault filled it
-            allocations += 1
+            stripe.allocations += 1
+            if let block = try self.mapReserved(file.inode, page: page, stripe: &stripe) { return block }
             try self.writeChunk(file.inode, from: page * Self.pageSize, to: min(size, (page + 1) * Self.pageSize), fill: nil)
             let block = self.reader.block(of: record, page: page)
             guard block != 0 else {

@@ -118,8 +118,8 @@ extension FileSystem {
             if let fill {
                 fill(self.media.base + blockOffset + (from - page * Self.pageSize), from, to - from)
             }
-            if isFresh || fill != nil {
-                try self.media.flush(blockOffset, Self.pageSize)
+            if fill != nil {
+                try self.media.flush(blockOffset, Self.pageSize)  // (a zeroed block is flushed already)
             }
         }
         self.media.barrier()  // data durable before it is mapped

@@ -115,7 +115,13 @@ extension FileSystem {
             let size = self.record(number).size
             return 0..<Int((size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
         }
-        _ = try self.log.transaction { (tx) throws(FSError) in tx.inode(number).release() }
+        // Its reserved blocks go with it; the map is empty now, so none is mapped.
+        let (_, freed) = try self.log.transaction { (tx) throws(FSError) in
+            Self.stageReleaseReservation(tx, inode: number)
+            tx.inode(number).release()
+        }
+        self.forgetReservation(number)
+        self.allocator.release(freed)
     }
 
     /// Stages turning inode `number` into an orphan: no name, to be freed.

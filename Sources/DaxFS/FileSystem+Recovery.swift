@@ -51,7 +51,11 @@ extension FileSystem {
                 operations += 1
             case .orphan:
                 _ = try Self.removeBlocks(log: log, allocator: allocator, inode: number, pages: 0..<pages, newSize: 0)
-                _ = try log.transaction { (tx) throws(FSError) in tx.inode(number).release() }
+                let (_, freed) = try log.transaction { (tx) throws(FSError) in
+                    Self.stageReleaseReservation(tx, inode: number)
+                    tx.inode(number).release()
+                }
+                allocator.release(freed)
                 orphans += 1
             }
         }

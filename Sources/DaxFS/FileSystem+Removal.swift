@@ -22,6 +22,7 @@ extension FileSystem {
             let size = try newSize()
             guard !pages.isEmpty, let breaker, var current = call else {
                 try beforeRemoval()
+                if size == nil, try self.unmapReserved(number, pages: pages) { return }
                 if !pages.isEmpty || size != nil {
                     _ = try Self.removeBlocks(
                         log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: size,
@@ -36,6 +37,7 @@ extension FileSystem {
                 continue
             case .proceed(let disposition):
                 try beforeRemoval()
+                if size == nil, disposition == .free, try self.unmapReserved(number, pages: pages) { return }
                 try self.removeClaiming(
                     number, pages: pages, newSize: size, disposition: disposition, breaker: breaker, intent: intent)
                 return

@@ -103,6 +103,7 @@ extension FileSystem {
                     for page in first..<(first - delta) {
                         guard let block = try take(page) else { continue }
                         record.blocks = record.blocks > 0 ? record.blocks - 1 : 0
+                        Self.dropFromReservation(record, block)
                         tx.setFree(block)
                     }
                     for page in (first - delta)..<max(first - delta, pages) {

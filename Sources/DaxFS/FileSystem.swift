@@ -26,10 +26,9 @@ public final class FileSystem: Sendable {
     /// ends the cycle. Not a weak reference: a weakly referenced object pays the slow path of
     /// every reference count change, and the pin path retains the layer.)
     let breaker = Locked(AttachedBreaker())
-    /// Serialise block allocation between faults, which hold a file's lock only shared; striped.
-    /// Each counts the fault allocations made under it. (Not `Locked<Void>`: a zero-sized value
-    /// shares its address with the mutex pointer, which ThreadSanitizer reports as a race.)
-    let allocationLocks: [Locked<Int>] = (0..<64).map { _ in Locked(0) }
+    /// Serialise block allocation between faults, which hold a file's lock only shared; striped
+    /// by inode. Each stripe holds its files' unused reserved blocks (`FileSystem+Reservation`).
+    let allocationLocks: [Locked<FaultStripe>] = (0..<64).map { _ in Locked(FaultStripe()) }
     /// Which lost+found page holds each sequestered block.
     let lostFound = Locked(LostFoundPages())
     private let mounted = Atomic<Bool>(true)
@@ -64,6 +63,8 @@ public final class FileSystem: Sendable {
         /// Unnamed files freed: unlinks and replacing renames a crash interrupted, and temporary
         /// files of writes that never published.
         public var freedOrphans: Int
+        /// Reserved blocks that no page mapped, freed (see `FileSystem+Reservation`).
+        public var reclaimedReservedBlocks: Int = 0
     }
 
     public var mapping: PmemMapping { self.media.mapping }
@@ -150,6 +151,8 @@ public final class FileSystem: Sendable {
         let writable = !mapping.isReadOnly || mapping.medium != .deviceDAX
         let finished = writable
             ? try Self.finishIntents(log: self.log, allocator: self.allocator, geometry: geometry) : (0, 0)
+        let unreserved = writable
+            ? try Self.reclaimReservations(log: self.log, allocator: self.allocator, geometry: geometry) : 0
         var namespace = Namespace()
         for number in (FileSystem.firstUserInode..<geometry.inodeCount).reversed() {
             let record = InodeRecord(media.base + geometry.inodeOffset(number))
@@ -161,7 +164,7 @@ public final class FileSystem: Sendable {
         self.mountReport = MountReport(
             wasDirty: state == .mounted, replayedTransactions: recovery.replayed,
             discardedTransactions: recovery.discarded, reclaimedLostFoundBlocks: reclaimed,
-            finishedOperations: finished.0, freedOrphans: finished.1)
+            finishedOperations: finished.0, freedOrphans: finished.1, reclaimedReservedBlocks: unreserved)
         if !mapping.isReadOnly { try self.setState(.mounted, mounts: mounts &+ 1) }
     }
 

@@ -6,7 +6,8 @@
 ///  32 name length u16   36 checksum u32 (CRC-32C of the record, this field as 0)
 ///  40 direct[12] u32    88 indirect u32           92 double indirect u32
 ///  96 intent u32       104 intent a u64          112 intent b u64
-/// 128 name[256]        100-103, 120-127 and 384-511 reserved, zero
+/// 128 name[256]       384 reservation count u32   388 reserved blocks u32[31]
+/// 100-103 and 120-127 reserved, zero
 /// ```
 struct InodeRecord {
     enum Kind: UInt32 {
@@ -26,6 +27,9 @@ struct InodeRecord {
     static let nameOffset = 128
     static let checksumOffset = 36
     static let intentOffset = 96
+    static let reservationOffset = 384
+    /// The most blocks one file holds in reserve for its write faults (see `FileSystem+Reservation`).
+    static let maximumReservation = 31
 
     /// An operation on the file that spans several transactions, recorded in the inode so that
     /// mount finishes it after a crash: a truncate or punch is then complete, an unlinked or
@@ -121,6 +125,47 @@ struct InodeRecord {
         }
     }
 
+    /// Blocks allocated to the file ahead of its write faults: each is either mapped by this
+    /// file (at most once) or not mapped at all; `blocks` counts every one of them, mapped or
+    /// not. Mount frees the unmapped ones. Entries past the count are zero.
+    var reservation: [UInt32] {
+        get {
+            let count = min(Int(self.reservationCount), Self.maximumReservation)
+            return (0..<count).map { self.pointer.load(fromByteOffset: Self.reservationOffset + 4 + 4 * $0, as: UInt32.self) }
+        }
+        nonmutating set {
+            precondition(newValue.count <= Self.maximumReservation, "reservation of \(newValue.count) blocks")
+            self.pointer.storeBytes(of: UInt32(newValue.count), toByteOffset: Self.reservationOffset, as: UInt32.self)
+            for index in 0..<Self.maximumReservation {
+                self.pointer.storeBytes(
+                    of: index < newValue.count ? newValue[index] : 0, toByteOffset: Self.reservationOffset + 4 + 4 * index,
+                    as: UInt32.self)
+            }
+        }
+    }
+
+    /// Whether the reservation lists `block` (no array: the punch path asks).
+    func reservationContains(_ block: UInt32) -> Bool {
+        let count = min(Int(self.reservationCount), Self.maximumReservation)
+        for index in 0..<count
+        where self.pointer.load(fromByteOffset: Self.reservationOffset + 4 + 4 * index, as: UInt32.self) == block {
+            return true
+        }
+        return false
+    }
+
+    /// The stored reservation count (validation reads it raw).
+    var reservationCount: UInt32 { self.pointer.load(fromByteOffset: Self.reservationOffset, as: UInt32.self) }
+
+    /// Whether the reservation's count is in range and the entries past it are zero.
+    var reservationIsWellFormed: Bool {
+        let count = Int(self.reservationCount)
+        guard count <= Self.maximumReservation else { return false }
+        return (count..<Self.maximumReservation).allSatisfy {
+            self.pointer.load(fromByteOffset: Self.reservationOffset + 4 + 4 * $0, as: UInt32.self) == 0
+        }
+    }
+
     /// The byte offset (within the record) of direct pointer `index`.
     static func directPointerOffset(_ index: Int) -> Int { Self.directOffset + 4 * index }
 
@@ -151,9 +196,12 @@ struct InodeRecord {
         self.pointer.storeBytes(of: self.computedChecksum, toByteOffset: Self.checksumOffset, as: UInt32.self)
     }
 
+    /// Byte ranges that must be zero.
+    static let reservedSpans = [(34, 2), (100, 4), (120, 8)]
+
     /// Whether the reserved bytes are zero (part of validation).
     var reservedBytesAreZero: Bool {
-        let spans = [(34, 2), (100, 4), (120, 8), (384, 128)]
+        let spans = Self.reservedSpans
         for (start, count) in spans where count > 0 {
             for index in start..<(start + count) where self.pointer.load(fromByteOffset: index, as: UInt8.self) != 0 {
                 return false

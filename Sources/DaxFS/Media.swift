@@ -41,10 +41,12 @@ public final class Media: Sendable {
         self.barrier()
     }
 
-    /// Zeroes a range without draining; the caller flushes it and calls `barrier()`.
+    /// Zeroes a range and starts writing it back (non-temporal stores on pmem, msync otherwise),
+    /// without draining: durable after the next `barrier()`, like a `flush`.
     func zero(_ offset: Int, _ length: Int) throws(FSError) {
         do { try self.mapping.fill(offset: offset, byte: 0, count: length, flags: [.noDrain]) } catch {
             throw FSError(error)
         }
+        self.observer?.didFlush(offset: offset, length: length)
     }
 }

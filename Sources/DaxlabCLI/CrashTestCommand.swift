@@ -137,7 +137,8 @@ struct CrashTestCommand: ParsableCommand {
         for _ in 0..<completed { workload.apply(workload.next()) }
         let inFlight = completed < self.ops ? workload.next() : nil
         let fs = try FileSystem.mount(path: image)
-        var differences = CrashWorkload.compare(fs, before: workload.model, inFlight: inFlight)
+        var differences = CrashWorkload.compare(
+            fs, before: workload.model, faulted: workload.faulted, inFlight: inFlight)
         let replayed = fs.mountReport.replayedTransactions
         try fs.unmount()
         let fsck = try Fsck.run(path: image)

@@ -1,0 +1,193 @@
+import DaxlabSupport
+
+/// Reserved blocks: how a write fault to a hole avoids a log transaction of its own.
+///
+/// A file takes up to `InodeRecord.maximumReservation` blocks at once, from the allocator shard
+/// of the CPU it runs on, in one transaction that sets their bitmap bits, lists them in the
+/// inode's reservation and counts them in its `blocks`; before that transaction commits they
+/// are zeroed with non-temporal stores, so its barrier makes the zeros durable too (XFS's
+/// speculative preallocation and ext4's delayed allocation also pay for many allocations with
+/// one metadata update). A later write fault to a hole whose pointer slot lies in a block-map
+/// block that already exists takes one of those blocks and makes one 4-byte store durable: the
+/// pointer. Nothing else on the media changes: the block was already allocated, zeroed and
+/// counted.
+///
+/// The crash guarantee: a fault that returned survives with its block mapped and zeroed (the
+/// pointer was durable before it returned, the zeros before the reservation was). A block the
+/// reservation lists and no page maps is freed by the next mount (`reclaimReservations`); one
+/// that leaves the file (truncate, punch, collapse, unlink) leaves the reservation in the same
+/// transaction. Direct pages (0-11) keep the transaction path: their pointers live in the
+/// checksummed inode. So does a fault whose map block is missing (it is made then).
+extension FileSystem {
+    /// One stripe of fault allocation, behind its lock.
+    struct FaultStripe {
+        /// Fault allocations made under this stripe (tests).
+        var allocations = 0
+        /// Per inode: its reserved blocks that no page maps, zero on the media, lowest last.
+        var unused: [Int: [UInt32]] = [:]
+    }
+
+    /// Free blocks per reserved block: a file reserves only while the allocator has at least
+    /// this many times the reservation free, so reservations never starve other files.
+    static let reservationHeadroom = 64
+
+    func stripe(_ inode: Int) -> Locked<FaultStripe> { self.allocationLocks[inode % self.allocationLocks.count] }
+
+    /// Maps a reserved block at `page` of inode `number` (a hole), taking a new reservation
+    /// first when the file has no unused reserved block. The caller holds the file's lock
+    /// (shared at least) and its stripe's lock.
+    /// - Returns: the block, durable in the map; nil when the page must take the transaction
+    ///   path (a direct page, a missing map block, or too little free space to reserve).
+    func mapReserved(_ number: Int, page: Int, stripe: inout FaultStripe) throws(FSError) -> UInt32? {
+        guard let slot = self.mapSlot(number, page: page) else { return nil }
+        if stripe.unused[number]?.isEmpty ?? true {
+            guard try self.takeReservation(number, stripe: &stripe) else { return nil }
+        }
+        let block = stripe.unused[number]!.removeLast()
+        self.allocator.allocationObserver?.didAllocate(block, inode: number, page: page)
+        self.media.base.storeBytes(of: block, toByteOffset: slot, as: UInt32.self)
+        do {
+            try self.media.persist(slot, 4)
+        } catch {
+            self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
+            stripe.unused[number]!.append(block)
+            throw error
+        }
+        return block
+    }
+
+    /// Punches `pages` of inode `number` without a transaction when it is one page whose block
+    /// is reserved and whose pointer lies in a map block: the pointer is cleared and made
+    /// durable (the punch has happened), then the block is zeroed, drained, and goes back to
+    /// the file's unused reserve. It stays allocated and counted, so nothing else changes on the
+    /// media; a crash before it is reused leaves it to mount's reclaim. The caller holds the
+    /// file's lock exclusively, and the layout breaker has let the block go (`.free`).
+    /// - Returns: false (nothing done) when the punch needs the transaction path: more than one
+    ///   page, a direct page, a block not reserved, or an intent recorded on the file.
+    func unmapReserved(_ number: Int, pages: Range<Int>) throws(FSError) -> Bool {
+        guard pages.count == 1, let slot = self.mapSlot(number, page: pages.lowerBound) else { return false }
+        let record = self.record(number)
+        let block = self.reader.valid(self.media.base.load(fromByteOffset: slot, as: UInt32.self))
+        guard block != 0, record.intent == InodeRecord.Intent.none, record.reservationContains(block) else {
+            return false
+        }
+        try self.stripe(number).withLock { (stripe) throws(FSError) in
+            self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
+            try self.media.persist(slot, 4)
+            // Unmapped now; a device still writing (policy none) writes into the reserve.
+            self.allocator.allocationObserver?.didFree(block)
+            try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
+            self.media.barrier()  // zero before any later fault maps it, on whatever thread
+            stripe.unused[number, default: []].append(block)
+        }
+        return true
+    }
+
+    /// Where the pointer of `page` of inode `number` lives, when it lies in a block-map block
+    /// that exists; nil for a direct page (its pointer is in the checksummed inode) or a
+    /// missing map block.
+    private func mapSlot(_ number: Int, page: Int) -> Int? {
+        guard let path = BlockMapPath(page: page) else { return nil }
+        let record = self.record(number)
+        let reader = self.reader
+        switch path {
+        case .direct:
+            return nil
+        case .indirect(let index):
+            let map = reader.valid(record.pointer.load(fromByteOffset: InodeRecord.indirectOffset, as: UInt32.self))
+            return map == 0 ? nil : self.geometry.entryOffset(map, index)
+        case .doubleIndirect(let outer, let inner):
+            let top = record.pointer.load(fromByteOffset: InodeRecord.doubleIndirectOffset, as: UInt32.self)
+            let leaf = reader.entry(top, outer)
+            return leaf == 0 ? nil : self.geometry.entryOffset(leaf, inner)
+        }
+    }
+
+    /// Reserves blocks for inode `number`, whose earlier reservation is all mapped: zeroes them
+    /// (non-temporal stores, flushed) and commits one transaction that allocates them, lists
+    /// them in the inode and counts them. The blocks of the earlier reservation stay mapped and
+    /// counted, as ordinary blocks of the file.
+    /// - Returns: false (nothing changed) when free space is too low to reserve.
+    private func takeReservation(_ number: Int, stripe: inout FaultStripe) throws(FSError) -> Bool {
+        let count = min(InodeRecord.maximumReservation, self.allocator.freeCount / Self.reservationHeadroom)
+        guard count >= 2, let blocks = self.allocator.allocate(count, hint: BlockAllocator.currentCPUHint) else {
+            return false
+        }
+        do throws(FSError) {
+            for block in blocks { try self.media.zero(Int(block) * Self.pageSize, Self.pageSize) }
+            _ = try self.log.transaction { (tx) throws(FSError) in
+                let staged = tx.inode(number)
+                for block in blocks { tx.setAllocated(block) }
+                staged.reservation = blocks
+                staged.blocks += UInt64(blocks.count)
+            }
+        } catch {
+            self.allocator.release(blocks)
+            throw error
+        }
+        stripe.unused[number] = blocks.reversed()
+        return true
+    }
+
+    /// Forgets inode `number`'s unused reserved blocks (its release has staged freeing them).
+    func forgetReservation(_ number: Int) {
+        _ = self.stripe(number).withLock { $0.unused.removeValue(forKey: number) }
+    }
+
+    /// Stages dropping `block` from the reservation of the staged inode `record`, if it is
+    /// there: the block is leaving the file (truncate, punch, collapse).
+    static func dropFromReservation(_ record: InodeRecord, _ block: UInt32) {
+        guard record.reservationContains(block) else { return }
+        var blocks = record.reservation
+        guard let index = blocks.firstIndex(of: block) else { return }
+        blocks.remove(at: index)
+        record.reservation = blocks
+    }
+
+    /// Stages freeing the reserved blocks of inode `number` that `isMapped` says no page maps,
+    /// and empties its reservation.
+    /// - Returns: how many were freed.
+    @discardableResult
+    static func stageReleaseReservation(
+        _ tx: Transaction, inode number: Int, isMapped: (UInt32) -> Bool = { _ in false }
+    ) -> Int {
+        let staged = tx.inode(number)
+        guard staged.reservationCount != 0 else { return 0 }
+        var freed = 0
+        for block in staged.reservation where !isMapped(block) {
+            tx.setFree(block)
+            freed += 1
+        }
+        staged.blocks = staged.blocks >= UInt64(freed) ? staged.blocks - UInt64(freed) : 0
+        staged.reservation = []
+        return freed
+    }
+
+    /// Frees, at mount, every reserved block no page maps (the faults that would have used them
+    /// died with the last mount), and empties every reservation.
+    /// - Returns: blocks freed.
+    static func reclaimReservations(
+        log: MetadataLog, allocator: BlockAllocator, geometry: Geometry
+    ) throws(FSError) -> Int {
+        let media = log.media
+        let reader = BlockMapReader(base: media.base, geometry: geometry)
+        var reclaimed = 0
+        for number in FileSystem.firstUserInode..<geometry.inodeCount {
+            let record = InodeRecord(media.base + geometry.inodeOffset(number))
+            guard record.inUse, record.reservationCount != 0 else { continue }
+            var pending = Set(record.reservation)
+            var mapped: Set<UInt32> = []
+            let pages = Int((record.size + UInt64(Self.pageSize) - 1) / UInt64(Self.pageSize))
+            for page in 0..<min(pages, InodeRecord.maximumPages) where !pending.isEmpty {
+                let block = reader.block(of: record, page: page)
+                if pending.remove(block) != nil { mapped.insert(block) }
+            }
+            let (freed, blocks) = try log.transaction { (tx) throws(FSError) -> Int in
+                Self.stageReleaseReservation(tx, inode: number, isMapped: mapped.contains)
+            }
+            allocator.release(blocks)
+            reclaimed += freed
+        }
+        return reclaimed
+    }
+}

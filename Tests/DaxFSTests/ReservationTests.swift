@@ -1,0 +1,211 @@
+@_spi(Oracle) @testable import DaxFS
+import DaxlabSupport
+import Foundation
+import Pmem
+import Synchronization
+import Testing
+import TestSupport
+
+/// Counts persist points (barriers) of a mount.
+private final class BarrierCounter: PersistObserver {
+    let barriers = Atomic<Int>(0)
+    func didFlush(offset: Int, length: Int) {}
+    func didBarrier() { self.barriers.add(1, ordering: .relaxed) }
+}
+
+/// Write faults served from per-file reserved blocks (FileSystem+Reservation).
+@Suite("Reserved blocks for write faults", .serialized, .timeLimit(.minutes(2)))
+struct ReservationTests {
+    /// A mounted 64 MiB image whose free blocks hold stale bytes (a deleted file's), with a
+    /// 64-page hole file; the body gets the image's path too.
+    private func withDirtyImage(
+        observer: BarrierCounter? = nil, _ body: (FileSystem, FileID, String) throws -> Void
+    ) throws {
+        try withTemporaryPath("daxfs-reserve") { path in
+            _ = try FileSystem.format(path: path, size: 64 << 20)
+            let fs = try FileSystem.mount(path: path, persistence: nil, persistObserver: observer)
+            let junk = try fs.create("junk")
+            try fs.write(junk, offset: 0, bytes: [UInt8](repeating: 0xAB, count: 300 * 4096))
+            try fs.unlink("junk")
+            let id = try fs.create("r")
+            try fs.truncate(id, size: 64 * 4096)
+            try body(fs, id, path)
+        }
+    }
+
+    @Test("a fault past the direct pages maps a reserved block with one persist point; the blocks are zeroed and counted")
+    func fastFault() throws {
+        let counter = BarrierCounter()
+        try self.withDirtyImage(observer: counter) { fs, id, path in
+            let freeBefore = fs.usage.freeBlocks
+            _ = try fs.blockForFault(id, page: 12, allocate: true)  // a transaction: makes the indirect block
+            #expect(try fs.stat(id).blocks == 1)
+            let first = try fs.blockForFault(id, page: 13, allocate: true)  // takes the reservation
+            let reserve = InodeRecord.maximumReservation
+            #expect(try fs.stat(id).blocks == 1 + reserve, "the reserve is counted as the file's")
+            var blocks: Set<UInt32> = [first]
+            for page in 14..<(13 + reserve) {
+                let before = counter.barriers.load(ordering: .relaxed)
+                blocks.insert(try fs.blockForFault(id, page: page, allocate: true))
+                #expect(counter.barriers.load(ordering: .relaxed) - before == 1, "page \(page): only the pointer is persisted")
+            }
+            #expect(blocks.count == reserve, "distinct blocks")
+            #expect(try fs.stat(id).blocks == 1 + reserve, "mapping reserved blocks counts nothing new")
+            let before = counter.barriers.load(ordering: .relaxed)
+            _ = try fs.blockForFault(id, page: 13 + reserve, allocate: true)  // the reserve is spent: a new one
+            #expect(counter.barriers.load(ordering: .relaxed) - before > 1)
+            #expect(try fs.stat(id).blocks == 1 + 2 * reserve)
+            #expect(try fs.read(id, offset: 0, count: 64 * 4096).allSatisfy { $0 == 0 }, "faulted blocks read zeros, not the old file's bytes")
+            for page in 12...(13 + reserve) {
+                let block = try fs.blockForFault(id, page: page, allocate: false)
+                let bytes = UnsafeRawBufferPointer(start: fs.mapping.base + Int(block) * 4096, count: 4096)
+                #expect(bytes.allSatisfy { $0 == 0 }, "page \(page)'s block is zero on the media")
+            }
+            #expect(fs.checkQuiesced().problems.isEmpty, "the checker accepts a reservation while mounted")
+
+            try fs.unmount()
+            let fsck = try Fsck.run(path: path)
+            #expect(fsck.isClean, "an image left with a reservation is consistent: \(fsck.result.problems)")
+            let again = try FileSystem.mount(path: path)
+            #expect(again.mountReport.reclaimedReservedBlocks == reserve - 1, "mount frees the unused reserve")
+            let mapped = 2 + reserve  // pages 12 ... 13 + reserve
+            #expect(again.usage.freeBlocks == freeBefore - 1 - mapped, "only the indirect block and the mapped pages stay allocated")
+            #expect(try again.stat(again.lookup("r")).blocks == mapped)
+            for page in 12...(13 + reserve) {
+                #expect(try again.blockForFault(again.lookup("r"), page: page, allocate: false) != 0, "page \(page) stays mapped")
+            }
+            try again.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("a one-page punch of a reserved block persists the cleared pointer and keeps the block in reserve, zeroed")
+    func fastPunch() throws {
+        let counter = BarrierCounter()
+        try self.withDirtyImage(observer: counter) { fs, id, path in
+            for page in 12..<16 { _ = try fs.blockForFault(id, page: page, allocate: true) }
+            try fs.write(id, offset: 14 * 4096, bytes: [UInt8](repeating: 0x5A, count: 4096))
+            let block = try fs.blockForFault(id, page: 14, allocate: false)
+            let owned = try fs.stat(id).blocks
+            let before = counter.barriers.load(ordering: .relaxed)
+            try fs.punchHole(id, offset: 14 * 4096, length: 4096)
+            #expect(counter.barriers.load(ordering: .relaxed) - before == 2, "the pointer, then the zeroed block")
+            #expect(try fs.blockForFault(id, page: 14, allocate: false) == 0)
+            #expect(try fs.read(id, offset: 14 * 4096, count: 4096).allSatisfy { $0 == 0 })
+            #expect(try fs.stat(id).blocks == owned, "still the file's, in reserve")
+            #expect(UnsafeRawBufferPointer(start: fs.mapping.base + Int(block) * 4096, count: 4096).allSatisfy { $0 == 0 })
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            let again = try fs.blockForFault(id, page: 30, allocate: true)
+            #expect(again == block, "the next fault reuses it")
+            #expect(try fs.read(id, offset: 30 * 4096, count: 4096).allSatisfy { $0 == 0 })
+            try fs.punchHole(id, offset: 30 * 4096, length: 4096)
+            try fs.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+            let remounted = try FileSystem.mount(path: path)
+            #expect(remounted.mountReport.reclaimedReservedBlocks == InodeRecord.maximumReservation - 2, "pages 13 and 15 keep theirs")
+            try remounted.unmount()
+        }
+    }
+
+    @Test("reserved blocks leave the reservation with their page (punch, collapse, truncate); unlink frees the rest")
+    func blocksLeave() throws {
+        try self.withDirtyImage { fs, id, path in
+            let freeBefore = fs.usage.freeBlocks
+            for page in 12..<30 { _ = try fs.blockForFault(id, page: page, allocate: true) }
+            try fs.punchHole(id, offset: 15 * 4096, length: 2 * 4096)
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            try fs.collapseRange(id, offset: 20 * 4096, length: 4096)
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            try fs.truncate(id, size: 25 * 4096)
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            // The freed blocks went back to the allocator, not into the reserve: faults after them
+            // still get blocks nobody maps.
+            for page in 15..<17 { _ = try fs.blockForFault(id, page: page, allocate: true) }
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            #expect(try fs.read(id, offset: 0, count: 25 * 4096).allSatisfy { $0 == 0 })
+            try fs.unlink("r")
+            #expect(fs.usage.freeBlocks == freeBefore, "unlink returns the mapped and the reserved blocks")
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            try fs.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("concurrent faults on two files (some on the same pages) each get one block per page, all distinct")
+    func concurrentFaults() throws {
+        try self.withDirtyImage { fs, id, path in
+            let other = try fs.create("s")
+            try fs.truncate(other, size: 400 * 4096)
+            try fs.truncate(id, size: 400 * 4096)
+            let seen = Locked<[FileID: [Int: UInt32]]>([:])
+            let failures = Locked<[String]>([])
+            let threads = try (0..<4).map { index in
+                try JoinableThread.spawn(name: "fault-\(index)") {
+                    let file = index % 2 == 0 ? id : other
+                    // Threads 0 and 2 share file r and walk its pages in opposite orders; so do 1 and 3.
+                    let pages = index < 2 ? Array(12..<400) : Array((12..<400).reversed())
+                    for page in pages {
+                        do throws(FSError) {
+                            let block = try fs.invalidateLock(for: file).withReadLock { () throws(FSError) in
+                                try fs.blockForFault(file, page: page, allocate: true)
+                            }
+                            seen.withLock { map in
+                                if let earlier = map[file]?[page], earlier != block {
+                                    failures.withLock { $0.append("\(file) page \(page): \(earlier) then \(block)") }
+                                }
+                                map[file, default: [:]][page] = block
+                            }
+                        } catch {
+                            failures.withLock { $0.append("\(error)") }
+                        }
+                    }
+                }
+            }
+            for thread in threads { thread.join() }
+            #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0.prefix(3) })")
+            let all = seen.withLock { $0.values.flatMap { $0.values } }
+            #expect(all.count == 2 * 388)
+            #expect(Set(all).count == all.count, "no block mapped twice")
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            try fs.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("a file does not reserve when free space is short: faults then take a transaction each")
+    func noReserveWhenShort() throws {
+        try withTemporaryPath("daxfs-reserve-small") { path in
+            _ = try FileSystem.format(path: path, size: 1 << 20)
+            let fs = try FileSystem.mount(path: path)
+            let id = try fs.create("r")
+            try fs.truncate(id, size: 40 * 4096)
+            for page in 12..<40 { _ = try fs.blockForFault(id, page: page, allocate: true) }
+            #expect(try fs.stat(id).blocks == 28, "no block held in reserve")
+            try fs.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("a reservation naming a block outside the data area is damage: mount refuses, fsck --repair drops it")
+    func damagedReservation() throws {
+        try self.withDirtyImage { fs, id, path in
+            for page in 12..<16 { _ = try fs.blockForFault(id, page: page, allocate: true) }
+            try fs.unmount()
+            let mapping = try PmemMapping(path: path, options: .existing)
+            let record = InodeRecord(mapping.base + fs.geometry.inodeOffset(id.inode))
+            var reservation = record.reservation
+            #expect(reservation.count == InodeRecord.maximumReservation)
+            reservation[0] = 1  // a log block
+            record.reservation = reservation
+            record.sealChecksum()
+            try mapping.persist(offset: fs.geometry.inodeOffset(id.inode), length: 512)
+            #expect(throws: FSError.self) { try FileSystem.mount(path: path) }
+            let repaired = try Fsck.run(path: path, repair: true)
+            #expect(repaired.result.problems.contains { $0.message.contains("reserved block 1") })
+            #expect(repaired.isClean)
+            let again = try FileSystem.mount(path: path)
+            #expect(try again.stat(again.lookup("r")).blocks == 4)
+            try again.unmount()
+        }
+    }
+}
