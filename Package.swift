@@ -91,7 +91,7 @@ let package = Package(
             name: "CBenchShims",
             path: "CBenchShims",
             cSettings: [.define("_GNU_SOURCE")],
-            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("pmemobj")]
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("pmemobj"), .linkedLibrary("pmem")]
         ),
         // The comparison benchmarks of `daxlab bench`: every row against a baseline in the same run.
         .target(

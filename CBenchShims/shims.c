@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <libpmem.h>
 #include <libpmemobj.h>
 #include <stdlib.h>
 #include <sys/uio.h>
@@ -45,6 +46,17 @@ int CBenchShims_pmemobj_alloc_free(void *pool, size_t size) {
     }
     pmemobj_free(&oid);
     return 0;
+}
+
+void CBenchShims_persist_floor(uint32_t *slot, void *block, uint32_t value, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        *(volatile uint32_t *)slot = value;
+        pmem_persist(slot, 4);
+        pmem_memset(block, 0, 4096, PMEM_F_MEM_NONTEMPORAL | PMEM_F_MEM_NODRAIN);
+        pmem_drain();
+        *(volatile uint32_t *)slot = 0;
+        pmem_persist(slot, 4);
+    }
 }
 
 unsigned long long CBenchShims_thread_cpu_ns(void) {

@@ -5,6 +5,7 @@
 #define CBENCHSHIMS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /// io_uring_register_buffers with one buffer, then io_uring_unregister_buffers, on a ring made by
 /// CRing_create(entries, 0): the kernel's pin_user_pages + unpin of `length` bytes at `buffer`.
@@ -30,6 +31,11 @@ void *CBenchShims_pmemobj_create(const char *path, size_t size);
 void CBenchShims_pmemobj_close(void *pool);
 /// pmemobj_alloc of `size` bytes then pmemobj_free: one transactional allocation and free. 0 or -errno.
 int CBenchShims_pmemobj_alloc_free(void *pool, size_t size);
+
+/// The persist work of `count` block allocations and frees at the floor, with libpmem's own
+/// primitives: a 4-byte pointer stored and persisted, the 4 KiB block zeroed with non-temporal
+/// stores and drained, the pointer cleared and persisted. No bookkeeping at all.
+void CBenchShims_persist_floor(uint32_t *slot, void *block, uint32_t value, size_t count);
 
 /// Thread CPU time in ns (CLOCK_THREAD_CPUTIME_ID).
 unsigned long long CBenchShims_thread_cpu_ns(void);

@@ -132,6 +132,27 @@ extension Bench {
         if let failure { throw failure }
         self.add("alloc.block", unit: "ns/op", allocation, baseline: "pmemobj.alloc", better: "lower",
                  target: .atMost(0.5))
+
+        // The floor: the same three persists and the zeroing, with nothing around them, on a
+        // scratch mapping of the same medium.
+        let scratch = "\(directory)/daxlab-bench-floor-\(getpid())"
+        unlink(scratch)
+        defer { unlink(scratch) }
+        let floorMapping = try PmemMapping(
+            path: scratch, options: MapOptions(disposition: .createNew, size: 1 << 20, persistence: .pmem))
+        let slot = floorMapping.base.assumingMemoryBound(to: UInt32.self)
+        let floor = self.measure.interleave({ count in
+            for _ in 0..<count where failure == nil {
+                do throws(FSError) {
+                    _ = try space.fault(page, write: true)
+                    try self.fs.punchHole(file, offset: page * 4096, length: 4096)
+                } catch { failure = error }
+            }
+        }) { count in
+            CBenchShims_persist_floor(slot, floorMapping.base + 4096, 7, count)
+        }
+        if let failure { throw failure }
+        self.add("alloc.block", unit: "ns/op", floor, baseline: "floor.persist_alloc_free", better: "lower", target: nil)
     }
 
     /// The directory part of a path.

@@ -19,12 +19,44 @@ import DaxlabSupport
 /// transaction. Direct pages (0-11) keep the transaction path: their pointers live in the
 /// checksummed inode. So does a fault whose map block is missing (it is made then).
 extension FileSystem {
+    /// How many fault stripes there are; inode `n` belongs to stripe `n % faultStripes`.
+    static let faultStripes = 64
+
     /// One stripe of fault allocation, behind its lock.
     struct FaultStripe {
         /// Fault allocations made under this stripe (tests).
         var allocations = 0
-        /// Per inode: its reserved blocks that no page maps, zero on the media, lowest last.
-        var unused: [Int: [UInt32]] = [:]
+        /// Per inode of the stripe (inode `n` at `n / faultStripes`): its reserved blocks that no
+        /// page maps, zero on the media, lowest last. An array, not a dictionary: no hashing on
+        /// the fault path.
+        private var unused: [[UInt32]] = []
+
+        private static func index(_ number: Int) -> Int { number / FileSystem.faultStripes }
+
+        func hasUnused(_ number: Int) -> Bool {
+            let index = Self.index(number)
+            return index < self.unused.count && !self.unused[index].isEmpty
+        }
+
+        /// The next unused reserved block of inode `number` (`hasUnused` said there is one).
+        mutating func takeUnused(_ number: Int) -> UInt32 { self.unused[Self.index(number)].removeLast() }
+
+        /// Gives a reserved block back to inode `number`'s unused ones.
+        mutating func putUnused(_ number: Int, _ block: UInt32) {
+            self.grow(to: number)
+            self.unused[Self.index(number)].append(block)
+        }
+
+        /// Replaces inode `number`'s unused reserved blocks (empty: forgets them).
+        mutating func setUnused(_ number: Int, _ blocks: [UInt32]) {
+            self.grow(to: number)
+            self.unused[Self.index(number)] = blocks
+        }
+
+        private mutating func grow(to number: Int) {
+            let index = Self.index(number)
+            if index >= self.unused.count { self.unused += Array(repeating: [], count: index + 1 - self.unused.count) }
+        }
     }
 
     /// Free blocks per reserved block: a file reserves only while the allocator has at least
@@ -40,17 +72,17 @@ extension FileSystem {
     ///   path (a direct page, a missing map block, or too little free space to reserve).
     func mapReserved(_ number: Int, page: Int, stripe: inout FaultStripe) throws(FSError) -> UInt32? {
         guard let slot = self.mapSlot(number, page: page) else { return nil }
-        if stripe.unused[number]?.isEmpty ?? true {
+        if !stripe.hasUnused(number) {
             guard try self.takeReservation(number, stripe: &stripe) else { return nil }
         }
-        let block = stripe.unused[number]!.removeLast()
+        let block = stripe.takeUnused(number)
         self.allocator.allocationObserver?.didAllocate(block, inode: number, page: page)
         self.media.base.storeBytes(of: block, toByteOffset: slot, as: UInt32.self)
         do {
             try self.media.persist(slot, 4)
         } catch {
             self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
-            stripe.unused[number]!.append(block)
+            stripe.putUnused(number, block)
             throw error
         }
         return block
@@ -78,7 +110,7 @@ extension FileSystem {
             self.allocator.allocationObserver?.didFree(block)
             try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
             self.media.barrier()  // zero before any later fault maps it, on whatever thread
-            stripe.unused[number, default: []].append(block)
+            stripe.putUnused(number, block)
         }
         return true
     }
@@ -125,13 +157,13 @@ extension FileSystem {
             self.allocator.release(blocks)
             throw error
         }
-        stripe.unused[number] = blocks.reversed()
+        stripe.setUnused(number, blocks.reversed())
         return true
     }
 
     /// Forgets inode `number`'s unused reserved blocks (its release has staged freeing them).
     func forgetReservation(_ number: Int) {
-        _ = self.stripe(number).withLock { $0.unused.removeValue(forKey: number) }
+        self.stripe(number).withLock { $0.setUnused(number, []) }
     }
 
     /// Stages dropping `block` from the reservation of the staged inode `record`, if it is

@@ -28,7 +28,7 @@ public final class FileSystem: Sendable {
     let breaker = Locked(AttachedBreaker())
     /// Serialise block allocation between faults, which hold a file's lock only shared; striped
     /// by inode. Each stripe holds its files' unused reserved blocks (`FileSystem+Reservation`).
-    let allocationLocks: [Locked<FaultStripe>] = (0..<64).map { _ in Locked(FaultStripe()) }
+    let allocationLocks: [Locked<FaultStripe>] = (0..<FileSystem.faultStripes).map { _ in Locked(FaultStripe()) }
     /// Which lost+found page holds each sequestered block.
     let lostFound = Locked(LostFoundPages())
     private let mounted = Atomic<Bool>(true)
