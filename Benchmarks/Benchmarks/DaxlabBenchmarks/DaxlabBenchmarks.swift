@@ -52,6 +52,17 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations { try fixture.pins.pin(0..<512, write: true).unpin() }
     }
 
+    Benchmark("block alloc+free from the reserve (fault page 12, punch it; x1000)", configuration: zeroMallocs) {
+        benchmark in
+        let (file, space) = fixture.alloc
+        for _ in benchmark.scaledIterations {
+            for _ in 0..<1000 {
+                blackHole(try space.fault(12, write: true))
+                try fixture.fs.punchHole(file, offset: 12 * 4096, length: 4096)
+            }
+        }
+    }
+
     Benchmark("block alloc+free (write fault on a hole, punch)", configuration: timed) { benchmark in
         let (file, space) = fixture.alloc
         for _ in benchmark.scaledIterations {

@@ -16,7 +16,8 @@ final class Fixture: @unchecked Sendable {
     let pins: AddressSpace
     /// A file whose pages are cut back to holes between cold-fault rounds.
     let cold: (FileID, AddressSpace)
-    /// One page, faulted in and punched out again.
+    /// 13 pages: page 0 (a direct pointer, the log path) and page 12 (a reserved block, the
+    /// persisted-pointer path) are faulted in and punched out again.
     let alloc: (FileID, AddressSpace)
     /// 1024 mapped pages whose upper half is truncated away and refilled.
     let truncated: (FileID, AddressSpace)
@@ -38,7 +39,10 @@ final class Fixture: @unchecked Sendable {
         self.pins = try mapped("pins", 512).1
         self.cold = try mapped("cold", 0)
         self.alloc = try mapped("alloc", 0)
-        try fs.truncate(self.alloc.0, size: 4096)
+        try fs.truncate(self.alloc.0, size: 13 * 4096)
+        // Page 12 gets its map block and the file its reserve now, not in a measured sample.
+        _ = try self.alloc.1.fault(12, write: true)
+        try fs.punchHole(self.alloc.0, offset: 12 * 4096, length: 4096)
         self.truncated = try mapped("truncated", 1024)
         atexit { unlink(Fixture.shared.path) }
     }
