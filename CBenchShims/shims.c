@@ -59,6 +59,15 @@ void CBenchShims_persist_floor(uint32_t *slot, void *block, uint32_t value, size
     }
 }
 
+int CBenchShims_pmemobj_zalloc_free(void *pool, size_t size) {
+    PMEMoid oid;
+    if (pmemobj_zalloc(pool, &oid, size, 0) != 0) {
+        return -errno;
+    }
+    pmemobj_free(&oid);
+    return 0;
+}
+
 unsigned long long CBenchShims_thread_cpu_ns(void) {
     struct timespec time;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time);

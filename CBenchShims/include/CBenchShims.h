@@ -31,6 +31,8 @@ void *CBenchShims_pmemobj_create(const char *path, size_t size);
 void CBenchShims_pmemobj_close(void *pool);
 /// pmemobj_alloc of `size` bytes then pmemobj_free: one transactional allocation and free. 0 or -errno.
 int CBenchShims_pmemobj_alloc_free(void *pool, size_t size);
+/// pmemobj_zalloc (zeroed, as a daxlab block is) of `size` bytes then pmemobj_free. 0 or -errno.
+int CBenchShims_pmemobj_zalloc_free(void *pool, size_t size);
 
 /// The persist work of `count` block allocations and frees at the floor, with libpmem's own
 /// primitives: a 4-byte pointer stored and persisted, the 4 KiB block zeroed with non-temporal

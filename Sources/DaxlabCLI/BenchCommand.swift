@@ -15,7 +15,9 @@ struct BenchCommand: ParsableCommand {
             fault.cold_write (vs the kernel's first-touch fault), pin.batch512 (vs atomic inc+dec, \
             vs io_uring buffer registration), pin.single (vs process_vm_writev), pin.batch512 at N \
             threads (vs 1 thread, vs a mutex-and-dictionary pin table), truncate.wake (vs a condvar \
-            wake), dma.copy (vs pmem_memcpy_persist), alloc.block (vs pmemobj_alloc); with the \
+            wake), dma.copy (vs pmem_memcpy_persist), alloc.block (a write fault maps a zeroed block \
+            and a punch frees it; vs pmemobj_alloc+free, vs pmemobj_zalloc+free, and vs \
+            floor.persist_alloc_free, the same persists and zeroing alone); with the \
             kernel in the loop: fault.mapped_hot (a load through the MMU window vs the same load \
             from an anonymous array), fault.mapped_cold_write (a store into a hole through the \
             window: SIGSEGV, daxlab's fault path, mmap; vs the kernel's first-touch fault, and vs \
