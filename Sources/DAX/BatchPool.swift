@@ -1,5 +1,5 @@
 import Atomics
-import CShims
+import DaxlabSupport
 
 /// Recycled pin batches, so that pinning allocates nothing once warm.
 ///
@@ -68,6 +68,6 @@ final class BatchPool: @unchecked Sendable {
     /// The calling thread's CPU's slot (glibc answers from the rseq area, without a system call).
     @inline(__always)
     private static func startSlot() -> Int {
-        Int(max(0, CShims_sched_getcpu())) & (Self.slots - 1)
+        CurrentCPU.index & (Self.slots - 1)
     }
 }

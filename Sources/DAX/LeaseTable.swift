@@ -1,6 +1,5 @@
 import Atomics
 import Synchronization
-import CShims
 import DaxlabSupport
 
 #if canImport(Glibc)
@@ -60,7 +59,7 @@ final class LeaseTable: @unchecked Sendable {
     func add(_ batch: PinBatch) {
         let reference = Unmanaged.passRetained(batch)
         let bits = UInt(bitPattern: reference.toOpaque())
-        let start = (Int(max(0, CShims_sched_getcpu())) * Self.slotsPerLine) % Self.slotCount
+        let start = (CurrentCPU.index * Self.slotsPerLine) % Self.slotCount
         for probe in 0..<Self.slotCount {
             let index = (start + probe) % Self.slotCount
             let slot = self.slot(index)

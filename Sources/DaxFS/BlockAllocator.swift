@@ -1,5 +1,4 @@
 import Atomics
-import CShims
 import DaxlabSupport
 
 #if canImport(Glibc)
@@ -58,7 +57,7 @@ final class BlockAllocator: Sendable {
     }
 
     /// The shard hint for the calling thread: its CPU.
-    static var currentCPUHint: Int { Int(max(0, CShims_sched_getcpu())) }
+    static var currentCPUHint: Int { CurrentCPU.index }
 
     static var defaultShardCount: Int {
         max(8, 4 * max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
