@@ -1,4 +1,5 @@
 import DaxlabSupport
+import Synchronization
 
 /// Reserved blocks: how a write fault to a hole avoids a log transaction of its own.
 ///
@@ -38,6 +39,11 @@ extension FileSystem {
             return index < self.unused.count && !self.unused[index].isEmpty
         }
 
+        func unusedCount(_ number: Int) -> Int {
+            let index = Self.index(number)
+            return index < self.unused.count ? self.unused[index].count : 0
+        }
+
         /// The next unused reserved block of inode `number` (`hasUnused` said there is one).
         mutating func takeUnused(_ number: Int) -> UInt32 { self.unused[Self.index(number)].removeLast() }
 
@@ -59,8 +65,10 @@ extension FileSystem {
         }
     }
 
-    /// Free blocks per reserved block: a file reserves only while the allocator has at least
-    /// this many times the reservation free, so reservations never starve other files.
+    /// Free blocks per reserved block: a file reserves only while the allocator has at least this
+    /// many times every file's unused reserved blocks, its new ones included, free. So at most
+    /// about 1/64 of the space that was free can sit unused in reserves when the image fills up
+    /// (until the files fault it in, or the next mount frees it).
     static let reservationHeadroom = 64
 
     func stripe(_ inode: Int) -> Locked<FaultStripe> { self.allocationLocks[inode % self.allocationLocks.count] }
@@ -76,6 +84,7 @@ extension FileSystem {
             guard try self.takeReservation(number, stripe: &stripe) else { return nil }
         }
         let block = stripe.takeUnused(number)
+        self.unusedReserved.subtract(1, ordering: .relaxed)
         self.allocator.allocationObserver?.didAllocate(block, inode: number, page: page)
         self.media.base.storeBytes(of: block, toByteOffset: slot, as: UInt32.self)
         do {
@@ -83,6 +92,7 @@ extension FileSystem {
         } catch {
             self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
             stripe.putUnused(number, block)
+            self.unusedReserved.add(1, ordering: .relaxed)
             throw error
         }
         return block
@@ -111,6 +121,7 @@ extension FileSystem {
             try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
             self.media.barrier()  // zero before any later fault maps it, on whatever thread
             stripe.putUnused(number, block)
+            self.unusedReserved.add(1, ordering: .relaxed)
         }
         return true
     }
@@ -141,7 +152,8 @@ extension FileSystem {
     /// counted, as ordinary blocks of the file.
     /// - Returns: false (nothing changed) when free space is too low to reserve.
     private func takeReservation(_ number: Int, stripe: inout FaultStripe) throws(FSError) -> Bool {
-        let count = min(InodeRecord.maximumReservation, self.allocator.freeCount / Self.reservationHeadroom)
+        let allowed = self.allocator.freeCount / Self.reservationHeadroom - self.unusedReserved.load(ordering: .relaxed)
+        let count = min(InodeRecord.maximumReservation, allowed)
         guard count >= 2, let blocks = self.allocator.allocate(count, hint: BlockAllocator.currentCPUHint) else {
             return false
         }
@@ -158,12 +170,17 @@ extension FileSystem {
             throw error
         }
         stripe.setUnused(number, blocks.reversed())
+        self.unusedReserved.add(blocks.count, ordering: .relaxed)
         return true
     }
 
     /// Forgets inode `number`'s unused reserved blocks (its release has staged freeing them).
     func forgetReservation(_ number: Int) {
-        self.stripe(number).withLock { $0.setUnused(number, []) }
+        let forgotten = self.stripe(number).withLock { stripe in
+            defer { stripe.setUnused(number, []) }
+            return stripe.unusedCount(number)
+        }
+        self.unusedReserved.subtract(forgotten, ordering: .relaxed)
     }
 
     /// Stages dropping `block` from the reservation of the staged inode `record`, if it is

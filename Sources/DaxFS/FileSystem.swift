@@ -29,6 +29,9 @@ public final class FileSystem: Sendable {
     /// Serialise block allocation between faults, which hold a file's lock only shared; striped
     /// by inode. Each stripe holds its files' unused reserved blocks (`FileSystem+Reservation`).
     let allocationLocks: [Locked<FaultStripe>] = (0..<FileSystem.faultStripes).map { _ in Locked(FaultStripe()) }
+    /// Reserved blocks no page maps, over every file: what a full image cannot hand out until the
+    /// files use them or the next mount frees them (kept under `freeBlocks / reservationHeadroom`).
+    let unusedReserved = Atomic<Int>(0)
     /// Which lost+found page holds each sequestered block.
     let lostFound = Locked(LostFoundPages())
     private let mounted = Atomic<Bool>(true)
@@ -255,6 +258,7 @@ public final class FileSystem: Sendable {
         return FileSystemUsage(
             blockSize: Geometry.blockSize, totalBlocks: self.geometry.blockCount,
             dataBlocks: self.geometry.dataBlocks, freeBlocks: self.allocator.freeCount,
+            reservedBlocks: self.unusedReserved.load(ordering: .relaxed),
             inodes: self.geometry.inodeCount, freeInodes: freeInodes, files: files)
     }
 }

@@ -26,6 +26,9 @@ public struct FileSystemUsage: Sendable, Equatable, Codable {
     public var totalBlocks: Int
     public var dataBlocks: Int
     public var freeBlocks: Int
+    /// Blocks files hold in reserve for their write faults and have not used: not free, but
+    /// the next mount frees them.
+    public var reservedBlocks: Int = 0
     public var inodes: Int
     public var freeInodes: Int
     public var files: Int

@@ -55,6 +55,7 @@ struct ReservationTests {
             _ = try fs.blockForFault(id, page: 13 + reserve, allocate: true)  // the reserve is spent: a new one
             #expect(counter.barriers.load(ordering: .relaxed) - before > 1)
             #expect(try fs.stat(id).blocks == 1 + 2 * reserve)
+            #expect(fs.usage.reservedBlocks == reserve - 1, "the new reserve less the block just mapped")
             #expect(try fs.read(id, offset: 0, count: 64 * 4096).allSatisfy { $0 == 0 }, "faulted blocks read zeros, not the old file's bytes")
             for page in 12...(13 + reserve) {
                 let block = try fs.blockForFault(id, page: page, allocate: false)
@@ -93,6 +94,7 @@ struct ReservationTests {
             #expect(try fs.blockForFault(id, page: 14, allocate: false) == 0)
             #expect(try fs.read(id, offset: 14 * 4096, count: 4096).allSatisfy { $0 == 0 })
             #expect(try fs.stat(id).blocks == owned, "still the file's, in reserve")
+            #expect(fs.usage.reservedBlocks == InodeRecord.maximumReservation - 3 + 1)
             #expect(UnsafeRawBufferPointer(start: fs.mapping.base + Int(block) * 4096, count: 4096).allSatisfy { $0 == 0 })
             #expect(fs.checkQuiesced().problems.isEmpty)
             let again = try fs.blockForFault(id, page: 30, allocate: true)
@@ -125,6 +127,7 @@ struct ReservationTests {
             #expect(try fs.read(id, offset: 0, count: 25 * 4096).allSatisfy { $0 == 0 })
             try fs.unlink("r")
             #expect(fs.usage.freeBlocks == freeBefore, "unlink returns the mapped and the reserved blocks")
+            #expect(fs.usage.reservedBlocks == 0)
             #expect(fs.checkQuiesced().problems.isEmpty)
             try fs.unmount()
             #expect(try Fsck.run(path: path).isClean)
@@ -182,6 +185,48 @@ struct ReservationTests {
             for page in 12..<40 { _ = try fs.blockForFault(id, page: page, allocate: true) }
             #expect(try fs.stat(id).blocks == 28, "no block held in reserve")
             try fs.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("reserves stay under 1/64 of the free space however many files take one; a full image strands no more, and remount frees them")
+    func fullImage() throws {
+        try withTemporaryPath("daxfs-reserve-full") { path in
+            _ = try FileSystem.format(path: path, size: 16 << 20)
+            let fs = try FileSystem.mount(path: path)
+            let free = fs.usage.freeBlocks
+            for index in 0..<40 {
+                let id = try fs.create(FileName("f\(index)"))
+                try fs.truncate(id, size: 16 * 4096)
+                for page in 12..<14 { _ = try fs.blockForFault(id, page: page, allocate: true) }
+            }
+            let reserved = fs.usage.reservedBlocks
+            #expect(reserved > 0, "some files reserved")
+            #expect(reserved <= free / FileSystem.reservationHeadroom, "\(reserved) reserved of \(free) free")
+            // Fill the image: the writes get every block but the reserves.
+            let big = try fs.create("big")
+            var offset = 0
+            let chunk = [UInt8](repeating: 7, count: 64 * 4096)
+            while true {
+                do throws(FSError) {
+                    try fs.write(big, offset: offset, bytes: chunk)
+                    offset += chunk.count
+                } catch {
+                    #expect(error.code == .noSpace)
+                    break
+                }
+            }
+            // Single pages until the last block (and map blocks) are gone.
+            while (try? fs.write(big, offset: offset, bytes: [UInt8](repeating: 7, count: 4096))) != nil { offset += 4096 }
+            #expect(fs.usage.freeBlocks == 0)
+            #expect(fs.usage.reservedBlocks == reserved, "the reserves are what a full image strands")
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            try fs.unmount()
+            let again = try FileSystem.mount(path: path)
+            #expect(again.mountReport.reclaimedReservedBlocks == reserved)
+            #expect(again.usage.freeBlocks == reserved)
+            #expect(again.usage.reservedBlocks == 0)
+            try again.unmount()
             #expect(try Fsck.run(path: path).isClean)
         }
     }
