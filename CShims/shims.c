@@ -43,7 +43,10 @@ long CShims_fstatfs_type(int fd) {
     return (long)buffer.f_type;
 }
 
-int CShims_sched_getcpu(void) { return sched_getcpu(); }
+int CShims_current_cpu(void) {
+    int cpu = sched_getcpu();
+    return cpu < 0 ? 0 : cpu;
+}
 
 int CShims_bind_to_cpu(int cpu) {
     cpu_set_t set;

@@ -35,8 +35,10 @@ unsigned int CShims_dev_minor(dev_t device);
 /// fstatfs(2)'s f_type for fd (TMPFS_MAGIC, EXT4_SUPER_MAGIC, ...), or -1 with errno set.
 long CShims_fstatfs_type(int fd);
 
-/// sched_getcpu(3): the CPU the calling thread runs on now, or -1 (a _GNU_SOURCE function).
-int CShims_sched_getcpu(void);
+/// sched_getcpu(3), 0 where it fails (a _GNU_SOURCE function): the CPU the calling thread runs
+/// on now, the hint that spreads per-CPU structures (allocator shards, lease slots, batch pools)
+/// so threads on different CPUs rarely share a cache line. A hint: the thread may move at once.
+int CShims_current_cpu(void);
 
 /// Binds the calling thread to `cpu` (sched_setaffinity); 0 or -errno.
 int CShims_bind_to_cpu(int cpu);

@@ -1,5 +1,5 @@
 import Atomics
-import DaxlabSupport
+import CShims
 
 /// Recycled pin batches, so that pinning allocates nothing once warm.
 ///
@@ -68,6 +68,6 @@ final class BatchPool: @unchecked Sendable {
     /// The calling thread's CPU's slot (glibc answers from the rseq area, without a system call).
     @inline(__always)
     private static func startSlot() -> Int {
-        CurrentCPU.index & (Self.slots - 1)
+        Int(CShims_current_cpu()) & (Self.slots - 1)
     }
 }

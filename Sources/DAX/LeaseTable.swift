@@ -1,5 +1,6 @@
 import Atomics
 import Synchronization
+import CShims
 import DaxlabSupport
 
 #if canImport(Glibc)
@@ -59,7 +60,7 @@ final class LeaseTable: @unchecked Sendable {
     func add(_ batch: PinBatch) {
         let reference = Unmanaged.passRetained(batch)
         let bits = UInt(bitPattern: reference.toOpaque())
-        let start = (CurrentCPU.index * Self.slotsPerLine) % Self.slotCount
+        let start = (Int(CShims_current_cpu()) * Self.slotsPerLine) % Self.slotCount
         for probe in 0..<Self.slotCount {
             let index = (start + probe) % Self.slotCount
             let slot = self.slot(index)

@@ -1,4 +1,5 @@
 import Atomics
+import CShims
 import DaxlabSupport
 
 #if canImport(Glibc)
@@ -57,7 +58,7 @@ final class BlockAllocator: Sendable {
     }
 
     /// The shard hint for the calling thread: its CPU.
-    static var currentCPUHint: Int { CurrentCPU.index }
+    static var currentCPUHint: Int { Int(CShims_current_cpu()) }
 
     static var defaultShardCount: Int {
         max(8, 4 * max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))

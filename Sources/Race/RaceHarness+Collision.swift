@@ -34,7 +34,7 @@ extension RaceHarness {
         let pages = 0..<min(4, config.filePages)
         // One CPU for the whole collision: the blocks the device faults in and the blocks the
         // collision writer takes come from the same allocator shard, so a freed one is reused.
-        _ = CShims_bind_to_cpu(max(0, CShims_sched_getcpu()))
+        _ = CShims_bind_to_cpu(CShims_current_cpu())
         defer { _ = CShims_unbind_cpu() }
         let device = self.collisionDevice
         try device.pin(file, pages: pages)

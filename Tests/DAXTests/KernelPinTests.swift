@@ -79,7 +79,7 @@ func holding<Result>(_ handle: consuming PinHandle, _ body: (borrowing PinHandle
 /// from one allocator shard: a block freed is the next one handed out (LIFO), as in the seed's
 /// story. Undo with `CShims_unbind_cpu()`.
 func stayOnThisCPU() {
-    _ = CShims_bind_to_cpu(max(0, CShims_sched_getcpu()))
+    _ = CShims_bind_to_cpu(CShims_current_cpu())
 }
 
 /// The kernel's own pins and writes into daxlab's blocks: io_uring fixed buffers (long-term pins,

@@ -39,7 +39,7 @@ struct OracleTests {
     /// One CPU for the whole scene: a freed block goes back to the shard this thread allocates
     /// from, so the next allocation is that very block (the allocator is LIFO per shard).
     private func onOneCPU<Result>(_ body: () throws -> Result) rethrows -> Result {
-        _ = CShims_bind_to_cpu(max(0, CShims_sched_getcpu()))
+        _ = CShims_bind_to_cpu(CShims_current_cpu())
         defer { _ = CShims_unbind_cpu() }
         return try body()
     }
