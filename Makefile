@@ -20,9 +20,11 @@ DEMO_SECONDS ?= 3
 RELEASE_BIN := .build/release/daxlab
 # Crash points and workload length for `make crash-test` (the test suite runs 200 points of 150 ops).
 POINTS ?= 2000
+# Thread counts of `make bench-scaling`.
+SCALING_THREADS ?= 1,2,4,8,16
 OPS ?= 800
 
-.PHONY: help deps build demo test check-layers test-pmem tsan crash-test bench bench-suites clean
+.PHONY: help deps build demo test check-layers test-pmem tsan crash-test bench bench-suites bench-scaling clean
 
 help:
 	@echo "make demo        build (release) and run daxlab's main job on $(PMEM_FILE)"
@@ -33,6 +35,8 @@ help:
 	@echo "make crash-test  the crash campaign: POINTS=$(POINTS) persist points of OPS=$(OPS) operations"
 	@echo "make bench       daxlab bench (every row against its baseline) -> docs/bench.json, .svg, .md,"
 	@echo "                 then the ordo-one/benchmark suites in Benchmarks/ (malloc thresholds)"
+	@echo "make bench-scaling  on a many-core machine: a static build, then only the thread-scaling rows"
+	@echo "                 (SCALING_THREADS=$(SCALING_THREADS)) -> docs/bench-scaling.json and .svg"
 	@echo "make build       build the release binary at $(RELEASE_BIN)"
 	@echo "make clean       remove build folders"
 
@@ -86,6 +90,14 @@ bench: build
 	@# The README's table: the committed run's JSON, rendered again.
 	$(RELEASE_BIN) bench --from docs/bench.json --markdown > docs/bench.md
 	$(MAKE) bench-suites
+
+# The pin-scaling curve (and the naive mutex+dictionary pin table beside it) on a machine with
+# many cores: the static build test-pmem uses (no Swift runtime needed where it runs), the
+# scaling rows only.
+bench-scaling: deps
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build-static --product daxlab
+	.build-static/release/daxlab bench --only scaling --threads $(SCALING_THREADS) \
+		--json docs/bench-scaling.json --plot docs/bench-scaling.svg
 
 bench-suites: deps
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark
