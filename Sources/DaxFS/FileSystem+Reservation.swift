@@ -18,7 +18,9 @@ import Synchronization
 /// reservation lists and no page maps is freed by the next mount (`reclaimReservations`); one
 /// that leaves the file (truncate, punch, collapse, unlink) leaves the reservation in the same
 /// transaction. Direct pages (0-11) keep the transaction path: their pointers live in the
-/// checksummed inode. So does a fault whose map block is missing (it is made then).
+/// checksummed inode. So does a fault whose map block is missing (it is made then). Neither
+/// path without a transaction touches the inode, so neither changes the file's modification
+/// time (a write fault through the log, and every write, truncate and larger punch, do).
 extension FileSystem {
     /// How many fault stripes there are; inode `n` belongs to stripe `n % faultStripes`.
     static let faultStripes = 64
@@ -118,6 +120,8 @@ extension FileSystem {
             try self.media.persist(slot, 4)
             // Unmapped now; a device still writing (policy none) writes into the reserve.
             self.allocator.allocationObserver?.didFree(block)
+            // (Should zeroing fail, a media error, the block stays out of the unused ones: no
+            // fault gets it, and it leaks until fsck --repair frees it.)
             try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
             self.media.barrier()  // zero before any later fault maps it, on whatever thread
             stripe.putUnused(number, block)
