@@ -149,6 +149,7 @@ public final class AddressSpace: @unchecked Sendable {
             throw FSError(.invalidArgument, "\(self.id): a \(implied) kernel pin cannot be \(term)")
         }
         let resolved = term ?? implied ?? .longTerm
+        // `admitPin` decides; it is asked only when it could refuse (a plain pin skips the call).
         if (resolved == .longTerm && self.refusesLongTerm) || self.unmounting.load(ordering: .acquiring) {
             try self.dax.admitPin(resolved, of: self.id)
         }

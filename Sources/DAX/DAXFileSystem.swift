@@ -106,7 +106,6 @@ public final class DAXFileSystem {
     /// out of lost+found). The releases run on the reclaimer thread; call this before counting.
     public func waitForReclaims() { self.reclaimer.waitUntilIdle() }
 
-
     /// A failure with nobody to return it to (a background release): one line on stderr.
     static func report(_ message: String) {
         let line = "daxlab: " + message + "\n"

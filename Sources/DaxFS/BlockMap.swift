@@ -42,15 +42,33 @@ struct BlockMapReader {
     /// mount refuses those).
     func block(of inode: InodeRecord, page: Int) -> UInt32 {
         guard let path = BlockMapPath(page: page) else { return 0 }
-        switch path {
-        case .direct(let index):
+        if case .direct(let index) = path {
             return self.valid(inode.pointer.load(fromByteOffset: InodeRecord.directPointerOffset(index), as: UInt32.self))
-        case .indirect(let index):
-            return self.entry(inode.pointer.load(fromByteOffset: InodeRecord.indirectOffset, as: UInt32.self), index)
-        case .doubleIndirect(let outer, let inner):
-            let top = inode.pointer.load(fromByteOffset: InodeRecord.doubleIndirectOffset, as: UInt32.self)
-            return self.entry(self.entry(top, outer), inner)
         }
+        guard let slot = self.mapSlot(of: inode, path) else { return 0 }
+        return self.valid(self.base.load(fromByteOffset: slot, as: UInt32.self))
+    }
+
+    /// Where the pointer of `page` lives in a block-map block (a byte offset in the mapping), or
+    /// nil for a direct page (its pointer is in the inode) or a map block that does not exist.
+    func mapSlot(of inode: InodeRecord, page: Int) -> Int? {
+        BlockMapPath(page: page).flatMap { self.mapSlot(of: inode, $0) }
+    }
+
+    private func mapSlot(of inode: InodeRecord, _ path: BlockMapPath) -> Int? {
+        let map: UInt32
+        let index: Int
+        switch path {
+        case .direct:
+            return nil
+        case .indirect(let entry):
+            map = self.valid(inode.pointer.load(fromByteOffset: InodeRecord.indirectOffset, as: UInt32.self))
+            index = entry
+        case .doubleIndirect(let outer, let inner):
+            map = self.entry(inode.pointer.load(fromByteOffset: InodeRecord.doubleIndirectOffset, as: UInt32.self), outer)
+            index = inner
+        }
+        return map == 0 ? nil : self.geometry.entryOffset(map, index)
     }
 
     func entry(_ mapBlock: UInt32, _ index: Int) -> UInt32 {

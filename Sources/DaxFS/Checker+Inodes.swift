@@ -210,7 +210,7 @@ extension Checker {
     private mutating func checkReservation(
         _ number: Int, _ record: InodeRecord, issue: (String, @escaping (InodeRecord) -> Void) -> Void
     ) -> Int {
-        guard record.reservationCount != 0 || !record.reservationIsWellFormed else { return 0 }
+        if record.reservationCount == 0 && record.reservationIsWellFormed { return 0 }  // none
         var why: String?
         var unmapped: [UInt32] = []
         if !record.reservationIsWellFormed {

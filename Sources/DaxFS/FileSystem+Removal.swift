@@ -22,11 +22,9 @@ extension FileSystem {
             let size = try newSize()
             guard !pages.isEmpty, let breaker, var current = call else {
                 try beforeRemoval()
-                if size == nil, try self.unmapReserved(number, pages: pages) { return }
                 if !pages.isEmpty || size != nil {
-                    _ = try Self.removeBlocks(
-                        log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: size,
-                        intent: intent)
+                    try self.removeClaiming(
+                        number, pages: pages, newSize: size, disposition: .free, breaker: nil, intent: intent)
                 }
                 return
             }
@@ -37,7 +35,6 @@ extension FileSystem {
                 continue
             case .proceed(let disposition):
                 try beforeRemoval()
-                if size == nil, disposition == .free, try self.unmapReserved(number, pages: pages) { return }
                 try self.removeClaiming(
                     number, pages: pages, newSize: size, disposition: disposition, breaker: breaker, intent: intent)
                 return
@@ -45,11 +42,15 @@ extension FileSystem {
         }
     }
 
+    /// Removes `pages` once the breaker (if any) has said how: a one-page punch of a reserved
+    /// block with nothing pinned to keep needs no transaction (`unmapReserved`); otherwise the
+    /// blocks go through the log, pinned ones claimed as `disposition` says.
     private func removeClaiming(
         _ number: Int, pages: Range<Int>, newSize: UInt64?, disposition: BusyBlockDisposition,
-        breaker: any LayoutBreaker, intent: InodeRecord.Intent?
+        breaker: (any LayoutBreaker)?, intent: InodeRecord.Intent?
     ) throws(FSError) {
-        guard disposition == .sequester else {
+        if newSize == nil, disposition == .free, try self.unmapReserved(number, pages: pages) { return }
+        guard disposition == .sequester, let breaker else {
             _ = try Self.removeBlocks(
                 log: self.log, allocator: self.allocator, inode: number, pages: pages, newSize: newSize,
                 removal: BlockRemoval(disposition: disposition, breaker: breaker), intent: intent)

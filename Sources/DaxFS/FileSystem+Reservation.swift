@@ -131,23 +131,9 @@ extension FileSystem {
     }
 
     /// Where the pointer of `page` of inode `number` lives, when it lies in a block-map block
-    /// that exists; nil for a direct page (its pointer is in the checksummed inode) or a
-    /// missing map block.
+    /// that exists (not a direct page: its pointer is in the checksummed inode).
     private func mapSlot(_ number: Int, page: Int) -> Int? {
-        guard let path = BlockMapPath(page: page) else { return nil }
-        let record = self.record(number)
-        let reader = self.reader
-        switch path {
-        case .direct:
-            return nil
-        case .indirect(let index):
-            let map = reader.valid(record.pointer.load(fromByteOffset: InodeRecord.indirectOffset, as: UInt32.self))
-            return map == 0 ? nil : self.geometry.entryOffset(map, index)
-        case .doubleIndirect(let outer, let inner):
-            let top = record.pointer.load(fromByteOffset: InodeRecord.doubleIndirectOffset, as: UInt32.self)
-            let leaf = reader.entry(top, outer)
-            return leaf == 0 ? nil : self.geometry.entryOffset(leaf, inner)
-        }
+        self.reader.mapSlot(of: self.record(number), page: page)
     }
 
     /// Reserves blocks for inode `number`, whose earlier reservation is all mapped: zeroes them
@@ -191,10 +177,7 @@ extension FileSystem {
     /// there: the block is leaving the file (truncate, punch, collapse).
     static func dropFromReservation(_ record: InodeRecord, _ block: UInt32) {
         guard record.reservationContains(block) else { return }
-        var blocks = record.reservation
-        guard let index = blocks.firstIndex(of: block) else { return }
-        blocks.remove(at: index)
-        record.reservation = blocks
+        record.reservation = record.reservation.filter { $0 != block }
     }
 
     /// Stages freeing the reserved blocks of inode `number` that `isMapped` says no page maps,

@@ -177,9 +177,7 @@ struct ReservationTests {
 
     @Test("a file does not reserve when free space is short: faults then take a transaction each")
     func noReserveWhenShort() throws {
-        try withTemporaryPath("daxfs-reserve-small") { path in
-            _ = try FileSystem.format(path: path, size: 1 << 20)
-            let fs = try FileSystem.mount(path: path)
+        try withFileSystem(size: 1 << 20) { fs, path in
             let id = try fs.create("r")
             try fs.truncate(id, size: 40 * 4096)
             for page in 12..<40 { _ = try fs.blockForFault(id, page: page, allocate: true) }
@@ -191,9 +189,7 @@ struct ReservationTests {
 
     @Test("reserves stay under 1/64 of the free space however many files take one; a full image strands no more, and remount frees them")
     func fullImage() throws {
-        try withTemporaryPath("daxfs-reserve-full") { path in
-            _ = try FileSystem.format(path: path, size: 16 << 20)
-            let fs = try FileSystem.mount(path: path)
+        try withFileSystem(size: 16 << 20) { fs, path in
             let free = fs.usage.freeBlocks
             for index in 0..<40 {
                 let id = try fs.create(FileName("f\(index)"))
