@@ -48,15 +48,16 @@ int CBenchShims_pmemobj_alloc_free(void *pool, size_t size) {
     return 0;
 }
 
-void CBenchShims_persist_floor(uint32_t *slot, void *block, uint32_t value, size_t count) {
+void CBenchShims_persist_floor(uint32_t *slot, char *blocks, size_t batch, uint32_t value, size_t count) {
     for (size_t i = 0; i < count; i++) {
         *(volatile uint32_t *)slot = value;
         pmem_persist(slot, 4);
-        pmem_memset(block, 0, 4096, PMEM_F_MEM_NONTEMPORAL | PMEM_F_MEM_NODRAIN);
-        pmem_drain();
         *(volatile uint32_t *)slot = 0;
         pmem_persist(slot, 4);
+        pmem_memset(blocks + (i % batch) * 4096, 0, 4096, PMEM_F_MEM_NONTEMPORAL | PMEM_F_MEM_NODRAIN);
+        if (i % batch == batch - 1) pmem_drain();
     }
+    pmem_drain();
 }
 
 int CBenchShims_pmemobj_zalloc_free(void *pool, size_t size) {

@@ -35,9 +35,10 @@ int CBenchShims_pmemobj_alloc_free(void *pool, size_t size);
 int CBenchShims_pmemobj_zalloc_free(void *pool, size_t size);
 
 /// The persist work of `count` block allocations and frees at the floor, with libpmem's own
-/// primitives: a 4-byte pointer stored and persisted, the 4 KiB block zeroed with non-temporal
-/// stores and drained, the pointer cleared and persisted. No bookkeeping at all.
-void CBenchShims_persist_floor(uint32_t *slot, void *block, uint32_t value, size_t count);
+/// primitives: a 4-byte pointer stored and persisted, the pointer cleared and persisted, and the
+/// 4 KiB block zeroed with non-temporal stores, the zeroing drained once per `batch` blocks
+/// (`blocks` holds `batch` of them, used in turn). No bookkeeping at all.
+void CBenchShims_persist_floor(uint32_t *slot, char *blocks, size_t batch, uint32_t value, size_t count);
 
 /// Thread CPU time in ns (CLOCK_THREAD_CPUTIME_ID).
 unsigned long long CBenchShims_thread_cpu_ns(void);

@@ -143,8 +143,8 @@ extension Bench {
         if let failure { throw failure }
         self.add("alloc.block", unit: "ns/op", zeroed, baseline: "pmemobj.zalloc", better: "lower", target: nil)
 
-        // The floor: the same three persists and the zeroing, with nothing around them, on a
-        // scratch mapping of the same medium.
+        // The floor: the same two pointer persists and the zeroing, drained once per reserve's
+        // worth of blocks, with nothing around them, on a scratch mapping of the same medium.
         let scratch = "\(directory)/daxlab-bench-floor-\(getpid())"
         unlink(scratch)
         defer { unlink(scratch) }
@@ -152,7 +152,8 @@ extension Bench {
             path: scratch, options: MapOptions(disposition: .createNew, size: 1 << 20, persistence: .pmem))
         let slot = floorMapping.base.assumingMemoryBound(to: UInt32.self)
         let floor = self.measure.interleave(cycle) { count in
-            CBenchShims_persist_floor(slot, floorMapping.base + 4096, 7, count)
+            CBenchShims_persist_floor(
+                slot, floorMapping.base.assumingMemoryBound(to: CChar.self) + 4096, FileSystem.reservationSize, 7, count)
         }
         if let failure { throw failure }
         self.add("alloc.block", unit: "ns/op", floor, baseline: "floor.persist_alloc_free", better: "lower", target: nil)

@@ -28,13 +28,19 @@ public struct CrashWorkload: Sendable {
         /// without a transaction of their own. The content does not change; each page that
         /// returned must still be mapped after a crash.
         case fault(String, page: Int, count: Int)
+        /// `times` cycles of a write fault, a one-page write and a punch on one page past the
+        /// direct pages (the alloc.block pattern), then a last fault. More cycles than a
+        /// reservation holds, so the punches' blocks, which still hold the written bytes, are
+        /// scrubbed and faulted in again: the page ends mapped and must read zeros.
+        case churn(String, page: Int, times: Int, fill: UInt64)
 
         /// The names whose content the operation may change.
         public var names: [String] {
             switch self {
             case .create(let name), .write(let name, _, _, _), .truncate(let name, _), .punch(let name, _, _),
                 .zeroRange(let name, _, _, _), .collapseRange(let name, _, _), .insertRange(let name, _, _),
-                .fallocate(let name, _, _), .unlink(let name), .replace(let name, _, _), .fault(let name, _, _):
+                .fallocate(let name, _, _), .unlink(let name), .replace(let name, _, _), .fault(let name, _, _),
+                .churn(let name, _, _, _):
                 [name]
             case .rename(let source, let target): [source, target]
             }
@@ -44,7 +50,7 @@ public struct CrashWorkload: Sendable {
         /// the plain data writes (`write`, `fallocate`), which may land in part, as pwrite(2)'s do.
         public var isAtomic: Bool {
             switch self {
-            case .write, .fallocate, .fault: false
+            case .write, .fallocate, .fault, .churn: false
             default: true
             }
         }
@@ -101,6 +107,9 @@ public struct CrashWorkload: Sendable {
             // Past the direct pages where the file has them: the reserved-block path.
             let first = pages > 12 ? 12 : 0
             let page = first + Int(self.generator.next() % UInt64(pages - first))
+            if roll == 39, first == 12 {
+                return .churn(name, page: page, times: FileSystem.reservationSize + 1, fill: self.generator.next())
+            }
             return .fault(name, page: page, count: 1 + Int(self.generator.next() % UInt64(min(8, pages - page))))
         case 10..<32:
             let offset = Int(self.generator.next() % UInt64(48 * Self.page))
@@ -157,6 +166,12 @@ public struct CrashWorkload: Sendable {
             self.faulted[name, default: []].formUnion(page..<(page + count))
             return  // holes and zeroed blocks read alike
         }
+        if case .churn(let name, let page, _, _) = operation {
+            self.faulted[name, default: []].insert(page)
+            self.model[name]!.replaceSubrange(
+                page * Self.page..<((page + 1) * Self.page), with: [UInt8](repeating: 0, count: Self.page))
+            return
+        }
         for name in operation.names { self.faulted.removeValue(forKey: name) }
         switch operation {
         case .create(let name):
@@ -203,7 +218,7 @@ public struct CrashWorkload: Sendable {
             self.model.removeValue(forKey: name)
         case .replace(let name, let count, let fill):
             self.model[name] = Self.data(count: count, fill: fill)
-        case .fault:
+        case .fault, .churn:
             break
         }
     }
@@ -238,6 +253,15 @@ public struct CrashWorkload: Sendable {
         case .fault(let name, let page, let count):
             let id = try fs.lookup(FileName(name))
             for page in page..<(page + count) { _ = try fs.blockForFault(id, page: page, allocate: true) }
+        case .churn(let name, let page, let times, let fill):
+            let id = try fs.lookup(FileName(name))
+            let bytes = Self.data(count: Self.page, fill: fill)
+            for _ in 0..<times {
+                _ = try fs.blockForFault(id, page: page, allocate: true)
+                try fs.write(id, offset: page * Self.page, bytes: bytes)
+                try fs.punchHole(id, offset: page * Self.page, length: Self.page)
+            }
+            _ = try fs.blockForFault(id, page: page, allocate: true)
         }
     }
 

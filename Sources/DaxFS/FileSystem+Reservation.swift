@@ -22,6 +22,10 @@ import Synchronization
 /// path without a transaction touches the inode, so neither changes the file's modification
 /// time (a write fault through the log, and every write, truncate and larger punch, do).
 extension FileSystem {
+    /// The most blocks one file holds in reserve for its write faults: also how many punched
+    /// blocks one scrub zeroes at most.
+    public static var reservationSize: Int { InodeRecord.maximumReservation }
+
     /// How many fault stripes there are; inode `n` belongs to stripe `n % faultStripes`.
     static let faultStripes = 64
 
@@ -30,40 +34,69 @@ extension FileSystem {
         /// Fault allocations made under this stripe (tests).
         var allocations = 0
         /// Per inode of the stripe (inode `n` at `n / faultStripes`): its reserved blocks that no
-        /// page maps, zero on the media, lowest last. An array, not a dictionary: no hashing on
-        /// the fault path.
-        private var unused: [[UInt32]] = []
+        /// page maps, in two lists. `zeroed` ones are zero on the media (drained), lowest last;
+        /// `punched` ones left a page in a punch and still hold its bytes until a fault that
+        /// finds no zeroed one scrubs them all (non-temporal zeroing, one drain). Arrays, not
+        /// dictionaries: no hashing on the fault path.
+        private var zeroed: [[UInt32]] = []
+        private var punched: [[UInt32]] = []
 
         private static func index(_ number: Int) -> Int { number / FileSystem.faultStripes }
 
-        func hasUnused(_ number: Int) -> Bool {
+        func hasZeroed(_ number: Int) -> Bool {
             let index = Self.index(number)
-            return index < self.unused.count && !self.unused[index].isEmpty
+            return index < self.zeroed.count && !self.zeroed[index].isEmpty
         }
 
+        /// Inode `number`'s punched blocks waiting to be zeroed.
+        func punchedBlocks(_ number: Int) -> [UInt32] {
+            let index = Self.index(number)
+            return index < self.punched.count ? self.punched[index] : []
+        }
+
+        /// Inode `number`'s reserved blocks no page maps, zeroed or not.
         func unusedCount(_ number: Int) -> Int {
             let index = Self.index(number)
-            return index < self.unused.count ? self.unused[index].count : 0
+            return index < self.zeroed.count ? self.zeroed[index].count + self.punched[index].count : 0
         }
 
-        /// The next unused reserved block of inode `number` (`hasUnused` said there is one).
-        mutating func takeUnused(_ number: Int) -> UInt32 { self.unused[Self.index(number)].removeLast() }
+        /// The next zeroed reserved block of inode `number` (`hasZeroed` said there is one).
+        mutating func takeZeroed(_ number: Int) -> UInt32 { self.zeroed[Self.index(number)].removeLast() }
 
-        /// Gives a reserved block back to inode `number`'s unused ones.
-        mutating func putUnused(_ number: Int, _ block: UInt32) {
+        /// Gives a zeroed reserved block back to inode `number`.
+        mutating func putZeroed(_ number: Int, _ block: UInt32) {
             self.grow(to: number)
-            self.unused[Self.index(number)].append(block)
+            self.zeroed[Self.index(number)].append(block)
         }
 
-        /// Replaces inode `number`'s unused reserved blocks (empty: forgets them).
-        mutating func setUnused(_ number: Int, _ blocks: [UInt32]) {
+        /// Gives a reserved block that a punch unmapped back to inode `number`, not yet zeroed.
+        mutating func putPunched(_ number: Int, _ block: UInt32) {
             self.grow(to: number)
-            self.unused[Self.index(number)] = blocks
+            self.punched[Self.index(number)].append(block)
+        }
+
+        /// Moves inode `number`'s punched blocks to its zeroed ones (they have been zeroed and
+        /// drained), but for `lost`, whose zeroing failed.
+        mutating func scrubbed(_ number: Int, lost: UInt32?) {
+            let index = Self.index(number)
+            for block in self.punched[index] where block != lost { self.zeroed[index].append(block) }
+            self.punched[index].removeAll(keepingCapacity: true)
+        }
+
+        /// Replaces inode `number`'s unused reserved blocks with `blocks`, zeroed (empty: forgets
+        /// them all).
+        mutating func setZeroed(_ number: Int, _ blocks: [UInt32]) {
+            self.grow(to: number)
+            self.zeroed[Self.index(number)] = blocks
+            self.punched[Self.index(number)] = []
         }
 
         private mutating func grow(to number: Int) {
             let index = Self.index(number)
-            if index >= self.unused.count { self.unused += Array(repeating: [], count: index + 1 - self.unused.count) }
+            if index >= self.zeroed.count {
+                self.zeroed += Array(repeating: [], count: index + 1 - self.zeroed.count)
+                self.punched += Array(repeating: [], count: index + 1 - self.punched.count)
+            }
         }
     }
 
@@ -82,10 +115,13 @@ extension FileSystem {
     ///   path (a direct page, a missing map block, or too little free space to reserve).
     func mapReserved(_ number: Int, page: Int, stripe: inout FaultStripe) throws(FSError) -> UInt32? {
         guard let slot = self.mapSlot(number, page: page) else { return nil }
-        if !stripe.hasUnused(number) {
+        if !stripe.hasZeroed(number) {
+            try self.scrubPunched(number, stripe: &stripe)
+        }
+        if !stripe.hasZeroed(number) {
             guard try self.takeReservation(number, stripe: &stripe) else { return nil }
         }
-        let block = stripe.takeUnused(number)
+        let block = stripe.takeZeroed(number)
         self.unusedReserved.subtract(1, ordering: .relaxed)
         self.allocator.allocationObserver?.didAllocate(block, inode: number, page: page)
         self.media.base.storeBytes(of: block, toByteOffset: slot, as: UInt32.self)
@@ -93,19 +129,44 @@ extension FileSystem {
             try self.media.persist(slot, 4)
         } catch {
             self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
-            stripe.putUnused(number, block)
+            stripe.putZeroed(number, block)
             self.unusedReserved.add(1, ordering: .relaxed)
             throw error
         }
         return block
     }
 
+    /// Zeroes every block punches gave back to inode `number`'s reserve since the last scrub
+    /// (non-temporal stores) and drains once: one barrier for up to a reservation's worth of
+    /// punches, instead of one per punch. The caller holds the stripe's lock, so no fault maps
+    /// a block before its zeros are durable.
+    private func scrubPunched(_ number: Int, stripe: inout FaultStripe) throws(FSError) {
+        let punched = stripe.punchedBlocks(number)
+        guard !punched.isEmpty else { return }
+        var lost: UInt32?
+        do throws(FSError) {
+            for block in punched {
+                lost = block
+                try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
+            }
+            lost = nil
+        } catch {
+            // A media error: that block stays out of the reserve (no fault gets it) and leaks
+            // until fsck --repair frees it; the ones zeroed before it are drained below.
+            self.unusedReserved.subtract(1, ordering: .relaxed)
+        }
+        self.media.barrier()
+        stripe.scrubbed(number, lost: lost)
+    }
+
     /// Punches `pages` of inode `number` without a transaction when it is one page whose block
     /// is reserved and whose pointer lies in a map block: the pointer is cleared and made
-    /// durable (the punch has happened), then the block is zeroed, drained, and goes back to
-    /// the file's unused reserve. It stays allocated and counted, so nothing else changes on the
-    /// media; a crash before it is reused leaves it to mount's reclaim. The caller holds the
-    /// file's lock exclusively, and the layout breaker has let the block go (`.free`).
+    /// durable (the punch has happened: one persist point), and the block goes back to the
+    /// file's reserve with the page's bytes still in it; a later fault zeroes it, with others,
+    /// before mapping it (`scrubPunched`). It stays allocated and counted, so nothing else
+    /// changes on the media; a crash before it is reused leaves it to mount's reclaim, and the
+    /// allocator zeroes every block it hands out. The caller holds the file's lock exclusively,
+    /// and the layout breaker has let the block go (`.free`).
     /// - Returns: false (nothing done) when the punch needs the transaction path: more than one
     ///   page, a direct page, a block not reserved, or an intent recorded on the file.
     func unmapReserved(_ number: Int, pages: Range<Int>) throws(FSError) -> Bool {
@@ -120,11 +181,7 @@ extension FileSystem {
             try self.media.persist(slot, 4)
             // Unmapped now; a device still writing (policy none) writes into the reserve.
             self.allocator.allocationObserver?.didFree(block)
-            // (Should zeroing fail, a media error, the block stays out of the unused ones: no
-            // fault gets it, and it leaks until fsck --repair frees it.)
-            try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
-            self.media.barrier()  // zero before any later fault maps it, on whatever thread
-            stripe.putUnused(number, block)
+            stripe.putPunched(number, block)
             self.unusedReserved.add(1, ordering: .relaxed)
         }
         return true
@@ -159,7 +216,7 @@ extension FileSystem {
             self.allocator.release(blocks)
             throw error
         }
-        stripe.setUnused(number, blocks.reversed())
+        stripe.setZeroed(number, blocks.reversed())
         self.unusedReserved.add(blocks.count, ordering: .relaxed)
         return true
     }
@@ -167,7 +224,7 @@ extension FileSystem {
     /// Forgets inode `number`'s unused reserved blocks (its release has staged freeing them).
     func forgetReservation(_ number: Int) {
         let forgotten = self.stripe(number).withLock { stripe in
-            defer { stripe.setUnused(number, []) }
+            defer { stripe.setZeroed(number, []) }
             return stripe.unusedCount(number)
         }
         self.unusedReserved.subtract(forgotten, ordering: .relaxed)

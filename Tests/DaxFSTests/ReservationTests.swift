@@ -80,31 +80,58 @@ struct ReservationTests {
         }
     }
 
-    @Test("a one-page punch of a reserved block persists the cleared pointer and keeps the block in reserve, zeroed")
+    @Test("a one-page punch of a reserved block persists only the cleared pointer; a fault that finds no zeroed block scrubs the punched ones with one drain")
     func fastPunch() throws {
         let counter = BarrierCounter()
         try self.withDirtyImage(observer: counter) { fs, id, path in
-            for page in 12..<16 { _ = try fs.blockForFault(id, page: page, allocate: true) }
-            try fs.write(id, offset: 14 * 4096, bytes: [UInt8](repeating: 0x5A, count: 4096))
-            let block = try fs.blockForFault(id, page: 14, allocate: false)
+            let reserve = InodeRecord.maximumReservation
+            for page in 12..<16 { _ = try fs.blockForFault(id, page: page, allocate: true) }  // 3 of the reserve mapped
+            try fs.write(id, offset: 14 * 4096, bytes: [UInt8](repeating: 0x5A, count: 2 * 4096))
+            let punched: Set<UInt32> = [
+                try fs.blockForFault(id, page: 14, allocate: false), try fs.blockForFault(id, page: 15, allocate: false),
+            ]
             let owned = try fs.stat(id).blocks
-            let before = counter.barriers.load(ordering: .relaxed)
-            try fs.punchHole(id, offset: 14 * 4096, length: 4096)
-            #expect(counter.barriers.load(ordering: .relaxed) - before == 2, "the pointer, then the zeroed block")
-            #expect(try fs.blockForFault(id, page: 14, allocate: false) == 0)
-            #expect(try fs.read(id, offset: 14 * 4096, count: 4096).allSatisfy { $0 == 0 })
+            for page in 14..<16 {
+                let before = counter.barriers.load(ordering: .relaxed)
+                try fs.punchHole(id, offset: page * 4096, length: 4096)
+                #expect(counter.barriers.load(ordering: .relaxed) - before == 1, "page \(page): the cleared pointer only")
+                #expect(try fs.blockForFault(id, page: page, allocate: false) == 0)
+            }
+            #expect(try fs.read(id, offset: 14 * 4096, count: 2 * 4096).allSatisfy { $0 == 0 }, "holes read zeros")
             #expect(try fs.stat(id).blocks == owned, "still the file's, in reserve")
-            #expect(fs.usage.reservedBlocks == InodeRecord.maximumReservation - 3 + 1)
-            #expect(UnsafeRawBufferPointer(start: fs.mapping.base + Int(block) * 4096, count: 4096).allSatisfy { $0 == 0 })
+            #expect(fs.usage.reservedBlocks == reserve - 3 + 2)
             #expect(fs.checkQuiesced().problems.isEmpty)
-            let again = try fs.blockForFault(id, page: 30, allocate: true)
-            #expect(again == block, "the next fault reuses it")
-            #expect(try fs.read(id, offset: 30 * 4096, count: 4096).allSatisfy { $0 == 0 })
-            try fs.punchHole(id, offset: 30 * 4096, length: 4096)
+
+            // The zeroed blocks go first, one persist point each; none is a punched one.
+            var page = 30
+            for _ in 0..<(reserve - 3) {
+                let before = counter.barriers.load(ordering: .relaxed)
+                let block = try fs.blockForFault(id, page: page, allocate: true)
+                #expect(counter.barriers.load(ordering: .relaxed) - before == 1)
+                #expect(!punched.contains(block), "page \(page) got a block a punch left unzeroed")
+                page += 1
+            }
+            // Then one fault zeroes both punched blocks and drains once, before its pointer.
+            var before = counter.barriers.load(ordering: .relaxed)
+            var reused = [try fs.blockForFault(id, page: page, allocate: true)]
+            #expect(counter.barriers.load(ordering: .relaxed) - before == 2, "the scrub's drain, then the pointer")
+            before = counter.barriers.load(ordering: .relaxed)
+            reused.append(try fs.blockForFault(id, page: page + 1, allocate: true))
+            #expect(counter.barriers.load(ordering: .relaxed) - before == 1, "already scrubbed")
+            #expect(Set(reused) == punched, "the punched blocks come back once zeroed")
+            #expect(fs.usage.reservedBlocks == 0)
+            for block in reused {
+                #expect(UnsafeRawBufferPointer(start: fs.mapping.base + Int(block) * 4096, count: 4096).allSatisfy { $0 == 0 })
+            }
+            #expect(try fs.read(id, offset: page * 4096, count: 2 * 4096).allSatisfy { $0 == 0 })
+
+            // A punched block not yet scrubbed when the image is unmounted: the next mount frees it.
+            try fs.punchHole(id, offset: page * 4096, length: 4096)
             try fs.unmount()
             #expect(try Fsck.run(path: path).isClean)
             let remounted = try FileSystem.mount(path: path)
-            #expect(remounted.mountReport.reclaimedReservedBlocks == InodeRecord.maximumReservation - 2, "pages 13 and 15 keep theirs")
+            #expect(remounted.mountReport.reclaimedReservedBlocks == 1)
+            #expect(try remounted.read(remounted.lookup("r"), offset: page * 4096, count: 4096).allSatisfy { $0 == 0 })
             try remounted.unmount()
         }
     }
@@ -165,10 +192,53 @@ struct ReservationTests {
                 }
             }
             for thread in threads { thread.join() }
-            #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0.prefix(3) })")
+            #expect(failures.withLock { $0.isEmpty }, "\(failures.withLock { $0.prefix(3) })")
             let all = seen.withLock { $0.values.flatMap { $0.values } }
             #expect(all.count == 2 * 388)
             #expect(Set(all).count == all.count, "no block mapped twice")
+            #expect(fs.checkQuiesced().problems.isEmpty)
+            try fs.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("two files of one fault stripe churn (fault, write, punch) from two threads: every fault maps a zeroed block the other file does not hold")
+    func stripeChurn() throws {
+        try self.withDirtyImage { fs, id, path in
+            // A second file whose inode shares r's stripe: their reserves live in one FaultStripe.
+            var other = try fs.create("s0")
+            var made = 1
+            while other.inode % FileSystem.faultStripes != id.inode % FileSystem.faultStripes {
+                other = try fs.create(FileName("s\(made)"))
+                made += 1
+            }
+            try fs.truncate(other, size: 64 * 4096)
+            let failures = Locked<[String]>([])
+            let cycles = 4 * FileSystem.reservationSize
+            let threads = try [id, other].enumerated().map { index, file in
+                try JoinableThread.spawn(name: "churn-\(index)") {
+                    let page = 20 + index
+                    let fill = [UInt8](repeating: UInt8(0xA0 + index), count: 4096)
+                    for cycle in 0..<cycles {
+                        do throws(FSError) {
+                            let block = try fs.invalidateLock(for: file).withReadLock { () throws(FSError) in
+                                try fs.blockForFault(file, page: page, allocate: true)
+                            }
+                            let bytes = UnsafeRawBufferPointer(start: fs.mapping.base + Int(block) * 4096, count: 4096)
+                            if !bytes.allSatisfy({ $0 == 0 }) {
+                                failures.withLock { $0.append("\(file) cycle \(cycle): block \(block) not zeroed") }
+                            }
+                            try fs.write(file, offset: page * 4096, bytes: fill)
+                            try fs.punchHole(file, offset: page * 4096, length: 4096)
+                        } catch {
+                            failures.withLock { $0.append("\(error)") }
+                        }
+                    }
+                }
+            }
+            for thread in threads { thread.join() }
+            #expect(failures.withLock { $0.isEmpty }, "\(failures.withLock { $0.prefix(3) })")
+            #expect(fs.usage.reservedBlocks == 2 * FileSystem.reservationSize, "every block back in its file's reserve")
             #expect(fs.checkQuiesced().problems.isEmpty)
             try fs.unmount()
             #expect(try Fsck.run(path: path).isClean)
