@@ -75,12 +75,14 @@ extension FileSystem {
             self.punched[Self.index(number)].append(block)
         }
 
-        /// Moves inode `number`'s punched blocks to its zeroed ones (they have been zeroed and
-        /// drained), but for `lost`, whose zeroing failed.
-        mutating func scrubbed(_ number: Int, lost: UInt32?) {
+        /// Moves the first `count` of inode `number`'s punched blocks to its zeroed ones (they have
+        /// been zeroed and drained) and, when `dropNext`, forgets the one after them (its zeroing
+        /// failed); the rest stay punched.
+        mutating func scrubbed(_ number: Int, count: Int, dropNext: Bool) {
             let index = Self.index(number)
-            for block in self.punched[index] where block != lost { self.zeroed[index].append(block) }
-            self.punched[index].removeAll(keepingCapacity: true)
+            let end = min(self.punched[index].count, count + (dropNext ? 1 : 0))
+            self.zeroed[index] += self.punched[index][..<count]
+            self.punched[index].removeSubrange(..<end)
         }
 
         /// Replaces inode `number`'s unused reserved blocks with `blocks`, zeroed (empty: forgets
@@ -143,20 +145,26 @@ extension FileSystem {
     private func scrubPunched(_ number: Int, stripe: inout FaultStripe) throws(FSError) {
         let punched = stripe.punchedBlocks(number)
         guard !punched.isEmpty else { return }
-        var lost: UInt32?
-        do throws(FSError) {
-            for block in punched {
-                lost = block
+        var zeroed = 0
+        var failure: FSError?
+        for block in punched {
+            do throws(FSError) {
                 try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
+            } catch {
+                failure = error
+                break
             }
-            lost = nil
-        } catch {
-            // A media error: that block stays out of the reserve (no fault gets it) and leaks
-            // until fsck --repair frees it; the ones zeroed before it are drained below.
-            self.unusedReserved.subtract(1, ordering: .relaxed)
+            zeroed += 1
         }
         self.media.barrier()
-        stripe.scrubbed(number, lost: lost)
+        stripe.scrubbed(number, count: zeroed, dropNext: failure != nil)
+        if let failure {
+            // A media error (msync's EIO; non-temporal stores on pmem do not fail): that block
+            // leaves the reserve, so no fault maps it, and leaks until fsck --repair frees it;
+            // the fault fails with the error, and the blocks after it wait for the next scrub.
+            self.unusedReserved.subtract(1, ordering: .relaxed)
+            throw failure
+        }
     }
 
     /// Punches `pages` of inode `number` without a transaction when it is one page whose block
