@@ -245,6 +245,24 @@ struct ReservationTests {
         }
     }
 
+    @Test("a scrub whose zeroing fails part-way keeps the blocks before the failure, drops the failed one, and leaves the rest punched")
+    func partialScrub() {
+        var stripe = FileSystem.FaultStripe()
+        let inode = 3 + FileSystem.faultStripes  // the second slot of stripe 3
+        for block: UInt32 in [100, 101, 102, 103] { stripe.putPunched(inode, block) }
+        #expect(!stripe.hasZeroed(inode))
+        #expect(stripe.unusedCount(inode) == 4)
+        stripe.scrubbed(inode, count: 1, dropNext: true)  // 100 zeroed, 101 failed
+        #expect(stripe.unusedCount(inode) == 3)
+        #expect(stripe.punchedBlocks(inode) == [102, 103], "not zeroed yet: not handed out")
+        #expect(stripe.takeZeroed(inode) == 100)
+        #expect(!stripe.hasZeroed(inode))
+        stripe.scrubbed(inode, count: 2, dropNext: false)  // the next scrub
+        #expect(stripe.punchedBlocks(inode).isEmpty)
+        #expect(stripe.unusedCount(inode) == 2)
+        #expect(stripe.unusedCount(3) == 0, "another inode of the stripe holds nothing")
+    }
+
     @Test("a file does not reserve when free space is short: faults then take a transaction each")
     func noReserveWhenShort() throws {
         try withFileSystem(size: 1 << 20) { fs, path in
