@@ -110,9 +110,10 @@ extension FileSystem {
 
     func stripe(_ inode: Int) -> Locked<FaultStripe> { self.allocationLocks[inode % self.allocationLocks.count] }
 
-    /// Maps a reserved block at `page` of inode `number` (a hole), taking a new reservation
-    /// first when the file has no unused reserved block. The caller holds the file's lock
-    /// (shared at least) and its stripe's lock.
+    /// Maps a reserved block at `page` of inode `number` (a hole). When the file has no zeroed
+    /// reserved block it first scrubs the ones punches gave back, and when it has none of those
+    /// either it takes a new reservation. The caller holds the file's lock (shared at least) and
+    /// its stripe's lock.
     /// - Returns: the block, durable in the map; nil when the page must take the transaction
     ///   path (a direct page, a missing map block, or too little free space to reserve).
     func mapReserved(_ number: Int, page: Int, stripe: inout FaultStripe) throws(FSError) -> UInt32? {
