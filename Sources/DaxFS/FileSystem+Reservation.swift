@@ -31,48 +31,53 @@ extension FileSystem {
 
     /// One stripe of fault allocation, behind its lock.
     struct FaultStripe {
+        /// One inode's reserved blocks that no page maps. `zeroed` ones are zero on the media
+        /// (drained), lowest last; `punched` ones left a page in a punch and still hold its bytes
+        /// until a fault that finds no zeroed one scrubs them all (non-temporal zeroing, one
+        /// drain).
+        private struct Reserve {
+            var zeroed: [UInt32] = []
+            var punched: [UInt32] = []
+        }
+
         /// Fault allocations made under this stripe (tests).
         var allocations = 0
-        /// Per inode of the stripe (inode `n` at `n / faultStripes`): its reserved blocks that no
-        /// page maps, in two lists. `zeroed` ones are zero on the media (drained), lowest last;
-        /// `punched` ones left a page in a punch and still hold its bytes until a fault that
-        /// finds no zeroed one scrubs them all (non-temporal zeroing, one drain). Arrays, not
-        /// dictionaries: no hashing on the fault path.
-        private var zeroed: [[UInt32]] = []
-        private var punched: [[UInt32]] = []
+        /// Per inode of the stripe (inode `n` at `n / faultStripes`): an array, not a dictionary,
+        /// so there is no hashing on the fault path.
+        private var reserves: [Reserve] = []
 
         private static func index(_ number: Int) -> Int { number / FileSystem.faultStripes }
 
         func hasZeroed(_ number: Int) -> Bool {
             let index = Self.index(number)
-            return index < self.zeroed.count && !self.zeroed[index].isEmpty
+            return index < self.reserves.count && !self.reserves[index].zeroed.isEmpty
         }
 
         /// Inode `number`'s punched blocks waiting to be zeroed.
         func punchedBlocks(_ number: Int) -> [UInt32] {
             let index = Self.index(number)
-            return index < self.punched.count ? self.punched[index] : []
+            return index < self.reserves.count ? self.reserves[index].punched : []
         }
 
         /// Inode `number`'s reserved blocks no page maps, zeroed or not.
         func unusedCount(_ number: Int) -> Int {
             let index = Self.index(number)
-            return index < self.zeroed.count ? self.zeroed[index].count + self.punched[index].count : 0
+            return index < self.reserves.count ? self.reserves[index].zeroed.count + self.reserves[index].punched.count : 0
         }
 
         /// The next zeroed reserved block of inode `number` (`hasZeroed` said there is one).
-        mutating func takeZeroed(_ number: Int) -> UInt32 { self.zeroed[Self.index(number)].removeLast() }
+        mutating func takeZeroed(_ number: Int) -> UInt32 { self.reserves[Self.index(number)].zeroed.removeLast() }
 
         /// Gives a zeroed reserved block back to inode `number`.
         mutating func putZeroed(_ number: Int, _ block: UInt32) {
             self.grow(to: number)
-            self.zeroed[Self.index(number)].append(block)
+            self.reserves[Self.index(number)].zeroed.append(block)
         }
 
         /// Gives a reserved block that a punch unmapped back to inode `number`, not yet zeroed.
         mutating func putPunched(_ number: Int, _ block: UInt32) {
             self.grow(to: number)
-            self.punched[Self.index(number)].append(block)
+            self.reserves[Self.index(number)].punched.append(block)
         }
 
         /// Moves the first `count` of inode `number`'s punched blocks to its zeroed ones (they have
@@ -80,24 +85,22 @@ extension FileSystem {
         /// failed); the rest stay punched.
         mutating func scrubbed(_ number: Int, count: Int, dropNext: Bool) {
             let index = Self.index(number)
-            let end = min(self.punched[index].count, count + (dropNext ? 1 : 0))
-            self.zeroed[index] += self.punched[index][..<count]
-            self.punched[index].removeSubrange(..<end)
+            let end = min(self.reserves[index].punched.count, count + (dropNext ? 1 : 0))
+            self.reserves[index].zeroed += self.reserves[index].punched[..<count]
+            self.reserves[index].punched.removeSubrange(..<end)
         }
 
         /// Replaces inode `number`'s unused reserved blocks with `blocks`, zeroed (empty: forgets
         /// them all).
         mutating func setZeroed(_ number: Int, _ blocks: [UInt32]) {
             self.grow(to: number)
-            self.zeroed[Self.index(number)] = blocks
-            self.punched[Self.index(number)] = []
+            self.reserves[Self.index(number)] = Reserve(zeroed: blocks)
         }
 
         private mutating func grow(to number: Int) {
             let index = Self.index(number)
-            if index >= self.zeroed.count {
-                self.zeroed += Array(repeating: [], count: index + 1 - self.zeroed.count)
-                self.punched += Array(repeating: [], count: index + 1 - self.punched.count)
+            if index >= self.reserves.count {
+                self.reserves += Array(repeating: Reserve(), count: index + 1 - self.reserves.count)
             }
         }
     }
