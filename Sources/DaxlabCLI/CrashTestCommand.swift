@@ -66,7 +66,9 @@ struct CrashTestCommand: ParsableCommand {
         // an interrupt removes it all (and kills the child: children die with their parent).
         let scratch = try ScratchDirectory(in: self.directory, prefix: "daxlab-crash-")
         let running = Locked<pid_t>(0)
-        scratch.removeOnSignal {
+        scratch.stopOnSignal {
+            // After the handler recorded the signal: a child spawned before is killed here, and
+            // none is spawned after (spawnChild checks under the same lock).
             let pid = running.withLock { $0 }
             if pid > 0 { kill(pid, SIGKILL) }
         }
@@ -77,7 +79,8 @@ struct CrashTestCommand: ParsableCommand {
         func journal() -> String { "\(scratch.path)/journal-\(runs)" }
         // Dry run: how many persist points the whole workload passes.
         _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
-        let dry = try self.spawnChild(image: image, journal: journal(), crashAt: nil, shadow: nil, running: running)
+        let dry = try self.spawnChild(
+            image: image, journal: journal(), crashAt: nil, shadow: nil, running: running, scratch: scratch)
         guard dry.status == 0, let total = self.readJournal(journal()).points else {
             throw CommandFailure("the workload failed without a crash: \(dry.error)", status: 1)
         }
@@ -88,13 +91,14 @@ struct CrashTestCommand: ParsableCommand {
             replayedTransactions: 0, failures: [])
         let live = !self.json && Terminal.standardOutputIsTerminal
         for (index, point) in chosen.enumerated() {
+            try scratch.checkSignal()
             _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
             unlink(durable)
             try ScratchDirectory.copy(image, to: durable)
             unlink(journal())
             runs += 1
             let outcome = try self.spawnChild(
-                image: image, journal: journal(), crashAt: point, shadow: durable, running: running)
+                image: image, journal: journal(), crashAt: point, shadow: durable, running: running, scratch: scratch)
             let completed = self.readJournal(journal()).completed
             var problems: [String] = []
             if outcome.status != 128 + SIGKILL {
@@ -186,16 +190,24 @@ struct CrashTestCommand: ParsableCommand {
     }
 
     private func spawnChild(
-        image: String, journal: String, crashAt: Int?, shadow: String?, running: Locked<pid_t>
+        image: String, journal: String, crashAt: Int?, shadow: String?, running: Locked<pid_t>,
+        scratch: ScratchDirectory
     ) throws -> (status: Int32, error: String) {
         let arguments = [
             "daxlab", "crash-test", "--child", "--image", image, "--journal", journal, "--seed", String(self.seed),
             "--ops", String(self.ops), "--parent", String(getpid()),
         ] + (crashAt.map { ["--crash-at", String($0)] } ?? []) + (shadow.map { ["--shadow", $0] } ?? [])
-        let child = try Subprocess("/proc/self/exe", arguments)
-        running.withLock { $0 = child.pid }
+        // Spawned and registered under the lock the signal handler kills under: a signal either
+        // finds this child registered or stops it from being spawned.
+        let child = try running.withLock { pid in
+            try scratch.checkSignal()
+            let child = try Subprocess("/proc/self/exe", arguments)
+            pid = child.pid
+            return child
+        }
         defer { running.withLock { $0 = 0 } }
         let (status, errors) = child.wait()
+        try scratch.checkSignal()  // killed by the handler: the run stops, it is no crash to verify
         return (status, errors)
     }
 

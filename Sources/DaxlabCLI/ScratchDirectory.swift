@@ -1,17 +1,30 @@
+import ArgumentParser
 import Dispatch
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// A private folder for scratch files (`mkdtemp`, mode 0700): nobody else can plant a link or a
-/// file in it, so predictable names inside are safe. Removed with everything in it by `remove()`,
-/// and also on SIGINT or SIGTERM (after `onSignal`), so an interrupted run leaves nothing behind.
+/// file in it, so predictable names inside are safe. Removed with everything in it by `remove()`.
+///
+/// SIGINT and SIGTERM are requests to stop (`stopOnSignal`): the handler records the signal and
+/// stops what is running (kills the child); the run notices at its next `checkSignal()`, throws,
+/// and removes the folder as it unwinds. Only the run's own thread creates files in the folder,
+/// so none can appear after it is removed (a handler that removed it itself would race with a
+/// run still formatting or copying into it, and leave files behind).
 final class ScratchDirectory: @unchecked Sendable {
     // `path` is set once; `signalSources` only touched on the creating thread.
     let path: String
     private var signalSources: [DispatchSourceSignal] = []
+    /// The signal that asked the run to stop, or 0.
+    private let signalled = Atomic<Int32>(0)
+
+    /// How long the run has to stop after a signal before the handler removes the folder and
+    /// exits by itself (a run stuck in a system call must not hang an interrupt).
+    static let stopGrace: Double = 10
 
     /// Creates `<parent>/<prefix>XXXXXX`.
     /// - Throws: `CommandFailure` naming the folder and the errno.
@@ -23,21 +36,31 @@ final class ScratchDirectory: @unchecked Sendable {
         self.path = String(cString: made)
     }
 
-    /// On SIGINT or SIGTERM: runs `onSignal` (stop children), removes the folder, exits with
-    /// 128 + the signal.
-    func removeOnSignal(_ onSignal: @escaping @Sendable () -> Void) {
+    /// On SIGINT or SIGTERM: records the signal, runs `onSignal` (stop the child), and leaves the
+    /// rest to the run's next `checkSignal()`; after `stopGrace` seconds without an exit it removes
+    /// the folder and exits with 128 + the signal itself.
+    func stopOnSignal(_ onSignal: @escaping @Sendable () -> Void) {
         for number in [SIGINT, SIGTERM] {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             let path = self.path
-            source.setEventHandler {
+            source.setEventHandler { [self] in
+                self.signalled.store(number, ordering: .sequentiallyConsistent)
                 onSignal()
-                ScratchDirectory.remove(path)
-                exit(128 + number)
+                DispatchQueue.global().asyncAfter(deadline: .now() + Self.stopGrace) {
+                    ScratchDirectory.remove(path)
+                    exit(128 + number)
+                }
             }
             source.resume()
             self.signalSources.append(source)
         }
+    }
+
+    /// Throws `ExitCode(128 + signal)` once SIGINT or SIGTERM has asked the run to stop.
+    func checkSignal() throws {
+        let number = self.signalled.load(ordering: .sequentiallyConsistent)
+        if number != 0 { throw ExitCode(128 + number) }
     }
 
     func remove() { Self.remove(self.path) }

@@ -271,13 +271,17 @@ struct HardeningCLITests {
     func crashTestCleansUp() throws {
         try withTemporaryPath("crash-scratch") { folder in
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
-            let result = try runShell(
-                "\"$DAXLAB\" crash-test --points 5000 --ops 400 --directory '\(folder)' >/dev/null 2>&4 & pid=$!; "
-                    + "sleep 2; ls '\(folder)' >&3; kill -TERM $pid; wait $pid; echo status=$? >&3")
-            let text = String(decoding: result.standardOutput, as: UTF8.self)
-            #expect(text.contains("daxlab-crash-"), "a private folder while it runs: \(text)")
-            #expect(text.contains("status=143"), "\(text)")
-            #expect(try FileManager.default.contentsOfDirectory(atPath: folder).isEmpty, "left behind")
+            // At different moments of the run (the dry run, formatting, copying, a child running,
+            // verifying): the signal must never leave a file behind, whatever the run was doing.
+            for delay in ["0.3", "0.8", "1.3", "2"] {
+                let result = try runShell(
+                    "\"$DAXLAB\" crash-test --points 5000 --ops 400 --directory '\(folder)' >/dev/null 2>&4 & pid=$!; "
+                        + "sleep \(delay); ls '\(folder)' >&3; kill -TERM $pid; wait $pid; echo status=$? >&3")
+                let text = String(decoding: result.standardOutput, as: UTF8.self)
+                #expect(text.contains("daxlab-crash-"), "a private folder while it runs (\(delay) s): \(text)")
+                #expect(text.contains("status=143"), "\(delay) s: \(text)")
+                #expect(try FileManager.default.contentsOfDirectory(atPath: folder).isEmpty, "left behind (SIGTERM after \(delay) s)")
+            }
             usleep(200_000)
             let children = try runProcess(["pgrep", "-f", "crash-test --child --image \(folder)"])
             #expect(children.standardOutput.isEmpty, "children outlived their parent: \(children.standardOutput)")
