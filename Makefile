@@ -65,7 +65,7 @@ demo: build
 # a millisecond "exceeded 60 s". One at a time, a time limit measures its own test only.
 test: deps check-layers
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --no-parallel
+	scripts/run-tests.sh .build/test.log $(SWIFT) test --no-parallel
 	$(MAKE) tsan
 	@# Real pmem: skipped, with one line saying why, where QEMU or a kernel cannot be had.
 	SWIFT=$(SWIFT) scripts/test-pmem.sh --if-possible
@@ -80,7 +80,7 @@ test-pmem: deps
 
 # The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
 tsan: deps
-	$(SWIFT) test --no-parallel --sanitize=thread --scratch-path .build-tsan \
+	scripts/run-tests.sh .build-tsan/test.log $(SWIFT) test --no-parallel --sanitize=thread --scratch-path .build-tsan \
 		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|DaxFSTests.ReservationTests|PmemTests.MappingTests|DAXTests|RaceTests'
 
 # The comparison harness, then the ordo-one suites (a separate package; its first release build
