@@ -71,7 +71,8 @@ extension Bench {
     }
 
     /// pin.batch512 throughput at N threads on disjoint files, against 1 thread and against a
-    /// naive pin table (one mutex around a dictionary) at N threads.
+    /// naive pin table (one mutex around a dictionary) at N threads; fault.hot throughput at N
+    /// threads faulting one shared file, against 1 thread.
     func scalingRows(cpusAvailable: Double) throws {
         let counts = self.options.threads.filter { $0 >= 1 }
         let most = counts.max() ?? 1
@@ -110,6 +111,44 @@ extension Bench {
             let versusNaive = try measure.interleave(samples: { try ours(threads) }, { try naiveRate(threads) })
             self.add("pin.batch512", unit: "pages/s", threads: threads, versusNaive, baseline: "naive.mutex_dict",
                      baselineThreads: threads, better: "higher", target: .atLeast(10))
+        }
+        try self.faultScalingRows(counts: counts, cpusAvailable: cpusAvailable, measure: measure)
+    }
+
+    /// The shared file of the fault-scaling rows: 64 MiB, its block map in cache.
+    static let faultScalingPages = 16384
+
+    /// fault.hot throughput at N threads, all faulting one mapped file (the readers of one
+    /// mapping: the seqcount read path shares the file's block map and writes nothing), against 1
+    /// thread.
+    private func faultScalingRows(counts: [Int], cpusAvailable: Double, measure: Measure) throws {
+        let pages = Self.faultScalingPages
+        let (_, space) = try self.mappedFile("scale-fault", pages: pages)
+        let indices = Self.randomIndices(1 << 16, below: pages)
+        let faults = { (threads: Int) throws -> Double in
+            try indices.withUnsafeBufferPointer { indices in
+                try self.throughput(threads: threads) { thread, stop in
+                    let mask = indices.count - 1
+                    var done = 0
+                    var sum = 0
+                    var next = thread * 4099  // each thread its own walk through the indices
+                    while !stop.load(ordering: .relaxed) {
+                        for _ in 0..<1024 {
+                            sum &+= Int(bitPattern: try! space.fault(indices[next & mask], write: false))
+                            next &+= 1
+                        }
+                        done += 1024
+                    }
+                    blackHole(sum)
+                    return done
+                }
+            }
+        }
+        for threads in counts.sorted() where threads > 1 {
+            let scaling = try measure.interleave(samples: { try faults(threads) }, { try faults(1) })
+            let scalingTarget: Target? = cpusAvailable >= 1.8 && threads == 2 ? .atLeast(1.6) : nil
+            self.add("fault.hot", unit: "faults/s", threads: threads, scaling, baseline: "fault.hot",
+                     better: "higher", target: scalingTarget)
         }
     }
 

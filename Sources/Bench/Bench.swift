@@ -45,7 +45,10 @@ public final class Bench {
     public init(path: String, options: Options, progress: @escaping (String) -> Void) throws {
         self.path = path
         self.options = options
-        let size = (options.pages * 4096 * 2 + (64 << 20) + 0xFFFFF) & ~0xFFFFF
+        // The hot-fault file twice over, a 512-page file per scaling thread and the shared
+        // fault-scaling file, and room for the rest.
+        let pages = options.pages * 2 + (options.threads.max() ?? 1) * 512 + Self.faultScalingPages
+        let size = (pages * 4096 + (64 << 20) + 0xFFFFF) & ~0xFFFFF
         // libpmem reads PMEM_IS_PMEM_FORCE once, at the first mapping it judges: set before any,
         // so that libpmemobj (alloc.block's baseline) persists to tmpfs with cache flushes, as
         // daxlab does there, and not with msync.

@@ -14,7 +14,8 @@ struct BenchCommand: ParsableCommand {
             (value / baseline). Rows: fault.hot (vs an array load, vs the kernel's tmpfs read fault), \
             fault.cold_write (vs the kernel's first-touch fault), pin.batch512 (vs atomic inc+dec, \
             vs io_uring buffer registration), pin.single (vs process_vm_writev), pin.batch512 at N \
-            threads (vs 1 thread, vs a mutex-and-dictionary pin table), truncate.wake (vs a condvar \
+            threads (vs 1 thread, vs a mutex-and-dictionary pin table), fault.hot at N threads \
+            faulting one shared file (vs 1 thread), truncate.wake (vs a condvar \
             wake), dma.copy (vs pmem_memcpy_persist), alloc.block (a write fault maps a zeroed block \
             and a punch frees it; vs pmemobj_alloc+free, vs pmemobj_zalloc+free, and vs \
             floor.persist_alloc_free, the same persists and zeroing alone); with the \
@@ -30,7 +31,7 @@ struct BenchCommand: ParsableCommand {
             interquartile range, and a row whose range is too wide to judge (straddling the target's \
             bound; without a target, over 25% of the median) is marked ~ and its verdict '?'. A run that had \
             fewer than 1.8 CPUs is flagged. --from FILE --markdown prints a committed run's table \
-            for the README.
+            for the README (--from FILE --plot SVG draws its plot again).
             """
     )
 
@@ -39,7 +40,7 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: "Seconds of measurement per row and per baseline.") var seconds: Double = 2
     @Option(name: .long, help: ArgumentHelp("Write the report as JSON to FILE ('-' for stdout).", valueName: "FILE"))
     var json: String?
-    @Option(name: .long, help: ArgumentHelp("Write an SVG plot to FILE: pin throughput against threads, truncate latency per policy.", valueName: "FILE"))
+    @Option(name: .long, help: ArgumentHelp("Write an SVG plot to FILE: pin and fault throughput against threads, truncate latency per policy.", valueName: "FILE"))
     var plot: String?
     @Option(name: .long, help: "Pages of the hot-fault file (the block map's size).") var pages = 65536
     @Option(name: .long, help: ArgumentHelp("Measure nothing: print the table of a report written by --json (a committed run).", valueName: "FILE"))
@@ -82,6 +83,7 @@ struct BenchCommand: ParsableCommand {
                 throw ValidationError("\(from) is not a report of daxlab bench --json (\(error))")
             }
             Output.print(self.markdown ? Self.markdown(report) : Self.table(report))
+            if let plot { try writeFile(plot, Array(BenchPlot.svg(report).utf8)) }
             return
         }
         var options = Bench.Options()

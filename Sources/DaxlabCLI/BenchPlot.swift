@@ -2,52 +2,82 @@ import Bench
 import Foundation
 
 /// The benchmark plot as a self-contained SVG: pin.batch512 throughput against threads (ours and
-/// the naive pin table), and the truncate-latency percentiles of each protective policy.
+/// the naive pin table), fault.hot throughput against threads, each beside the linear scaling of
+/// its one-thread rate (dashed), and the truncate-latency percentiles of each protective policy.
 enum BenchPlot {
     static func svg(_ report: BenchReport) -> String {
         var svg = """
-            <svg xmlns="http://www.w3.org/2000/svg" width="980" height="400" font-family="sans-serif" font-size="12">
-            <rect width="980" height="400" fill="white"/>
+            <svg xmlns="http://www.w3.org/2000/svg" width="1440" height="400" font-family="sans-serif" font-size="12">
+            <rect width="1440" height="400" fill="white"/>
 
             """
-        svg += self.throughputPanel(report, x: 60, y: 40, width: 380, height: 300)
-        svg += self.latencyPanel(report, x: 540, y: 40, width: 400, height: 300)
+        let pins = self.scaling(report, row: "pin.batch512", unit: "pages/s")
+        let naive = report.results
+            .filter { $0.name == "pin.batch512" && $0.unit == "pages/s" && $0.baseline == "naive.mutex_dict" }
+            .map { (Double($0.baselineThreads), $0.baselineValue) }.sorted { $0.0 < $1.0 }
+        svg += self.throughputPanel(
+            title: "pin.batch512 throughput (pages/s)", unit: "pages/s",
+            curves: [("daxlab pin table", "#1f77b4", pins), ("one mutex + dictionary", "#d62728", naive)],
+            x: 60, y: 40, width: 380, height: 300)
+        svg += self.throughputPanel(
+            title: "fault.hot throughput, one shared file (faults/s)", unit: "faults/s",
+            curves: [("daxlab hot fault", "#2ca02c", self.scaling(report, row: "fault.hot", unit: "faults/s"))],
+            x: 540, y: 40, width: 380, height: 300)
+        svg += self.latencyPanel(report, x: 1000, y: 40, width: 400, height: 300)
         svg += "</svg>\n"
         return svg
     }
 
-    private static func throughputPanel(_ report: BenchReport, x: Double, y: Double, width: Double, height: Double) -> String {
-        var ours: [(Double, Double)] = []
-        var naive: [(Double, Double)] = []
-        for result in report.results where result.name == "pin.batch512" && result.unit == "pages/s" {
-            if result.baseline == "pin.batch512" {
-                ours.append((1, result.baselineValue))
-                ours.append((Double(result.threads), result.value))
-            } else if result.baseline == "naive.mutex_dict" {
-                naive.append((Double(result.baselineThreads), result.baselineValue))
-            }
+    /// A scaling row's curve: its one-thread baseline (the median over the row's thread counts)
+    /// and its value at each count.
+    private static func scaling(_ report: BenchReport, row: String, unit: String) -> [(Double, Double)] {
+        let results = report.results.filter { $0.name == row && $0.unit == unit && $0.baseline == row }
+        guard !results.isEmpty else { return [] }
+        let single = results.map(\.baselineValue).sorted()[results.count / 2]
+        return [(1, single)] + results.map { (Double($0.threads), $0.value) }.sorted { $0.0 < $1.0 }
+    }
+
+    /// Throughput against threads on log-log axes: linear scaling is a line of slope one (dashed,
+    /// from each curve's one-thread rate), and a table a hundred times slower still shows its shape.
+    private static func throughputPanel(
+        title: String, unit: String, curves: [(label: String, color: String, points: [(Double, Double)])],
+        x: Double, y: Double, width: Double, height: Double
+    ) -> String {
+        let all = curves.flatMap(\.points).filter { $0.0 >= 1 && $0.1 > 0 }
+        let maxThreads = max(2, all.map(\.0).max() ?? 2)
+        let lowDecade = floor(log10(all.map(\.1).min() ?? 1))
+        let highDecade = max(lowDecade + 1, ceil(log10(max(1, all.map(\.1).max() ?? 1) * 1.2)))
+        func px(_ threads: Double) -> Double { x + log2(threads) / log2(maxThreads) * width }
+        func py(_ rate: Double) -> Double { y + height - (log10(rate) - lowDecade) / (highDecade - lowDecade) * height }
+        var out = self.axes(x: x, y: y, width: width, height: height, title: title, xLabel: "threads (log)",
+                            yLabel: "\(unit) (log)")
+        for threads in Set(all.map(\.0)).sorted() {
+            out += String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#555\">%d</text>\n",
+                          px(threads) - 4, y + height + 14, Int(threads))
         }
-        ours = Array(Set(ours.map { "\($0.0),\($0.1)" })).compactMap { pair in
-            let parts = pair.split(separator: ",").compactMap { Double($0) }
-            return parts.count == 2 ? (parts[0], parts[1]) : nil
-        }.sorted { $0.0 < $1.0 }
-        let maxThreads = max(2, (ours + naive).map(\.0).max() ?? 2)
-        let maxRate = max(1, (ours + naive).map(\.1).max() ?? 1) * 1.1
-        func px(_ threads: Double) -> Double { x + (threads - 1) / max(1, maxThreads - 1) * width }
-        func py(_ rate: Double) -> Double { y + height - rate / maxRate * height }
-        var out = self.axes(x: x, y: y, width: width, height: height, title: "pin.batch512 throughput (pages/s)",
-                            xLabel: "threads", yLabel: String(format: "%.3g pages/s", maxRate))
-        out += self.polyline(ours.map { (px($0.0), py($0.1)) }, color: "#1f77b4")
-        out += self.polyline(naive.sorted { $0.0 < $1.0 }.map { (px($0.0), py($0.1)) }, color: "#d62728")
-        out += "<text x=\"\(x + 10)\" y=\"\(y + 16)\" fill=\"#1f77b4\">daxlab pin table</text>\n"
-        out += "<text x=\"\(x + 10)\" y=\"\(y + 32)\" fill=\"#d62728\">one mutex + dictionary</text>\n"
+        for decade in stride(from: lowDecade, through: highDecade, by: 1) {
+            out += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n",
+                          x, py(pow(10, decade)), x + width, py(pow(10, decade)))
+            out += String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#555\" text-anchor=\"end\">1e%d</text>\n",
+                          x - 4, py(pow(10, decade)) + 4, Int(decade))
+        }
+        for (index, curve) in curves.enumerated() {
+            let points = curve.points.filter { $0.0 >= 1 && $0.1 > 0 }
+            if let single = points.first(where: { $0.0 == 1 }), points.count > 1 {
+                out += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%@\" stroke-dasharray=\"4 4\" opacity=\"0.6\"/>\n",
+                              px(1), py(single.1), px(maxThreads), py(single.1 * maxThreads), curve.color)
+            }
+            out += self.polyline(points.map { (px($0.0), py($0.1)) }, color: curve.color)
+            out += "<text x=\"\(x + 10)\" y=\"\(y + 16 + Double(index) * 16)\" fill=\"\(curve.color)\">\(curve.label)</text>\n"
+        }
+        out += "<text x=\"\(x + 10)\" y=\"\(y + 16 + Double(curves.count) * 16)\" fill=\"#555\">dashed: linear from 1 thread</text>\n"
         return out
     }
 
     private static func latencyPanel(_ report: BenchReport, x: Double, y: Double, width: Double, height: Double) -> String {
         let curves = report.truncateLatencies ?? [:]
         let colors = ["fail": "#2ca02c", "wait": "#d62728", "sequester": "#1f77b4", "deferred": "#9467bd",
-                      "lease-break": "#ff7f0e"]
+                      "lease-break": "#ff7f0e", "mainline": "#8c564b", "odp": "#e377c2"]
         let percentiles = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
         let maxLatency = max(10, curves.values.flatMap { $0 }.max() ?? 10)
         func px(_ microseconds: Double) -> Double { x + log10(max(1, microseconds)) / log10(maxLatency * 1.2) * width }

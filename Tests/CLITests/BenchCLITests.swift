@@ -18,7 +18,7 @@ struct BenchCLITests {
         ("fault.hot", "array.load"), ("fault.hot", "kernel.tmpfs_read_fault"),
         ("fault.cold_write", "kernel.tmpfs_first_touch"), ("pin.batch512", "atomic.incdec"),
         ("pin.batch512", "kernel.io_uring_register"), ("pin.single", "kernel.process_vm_writev"),
-        ("pin.batch512", "pin.batch512"), ("pin.batch512", "naive.mutex_dict"), ("truncate.wake", "condvar.wake"),
+        ("pin.batch512", "pin.batch512"), ("pin.batch512", "naive.mutex_dict"), ("fault.hot", "fault.hot"), ("truncate.wake", "condvar.wake"),
         ("dma.copy", "pmem.memcpy_persist"), ("alloc.block", "pmemobj.alloc"),
         ("fault.mapped_hot", "array.load"), ("fault.mapped_cold_write", "kernel.tmpfs_first_touch"),
         ("fault.mapped_cold_write", "floor.sigsegv_mmap"), ("pin.kernel_longterm", "kernel.io_uring_register"),
@@ -77,7 +77,11 @@ struct BenchCLITests {
             }
             let svg = try String(contentsOfFile: plot, encoding: .utf8)
             #expect(svg.hasPrefix("<svg"))
-            #expect(svg.contains("polyline"))
+            // Both scaling curves (ours at 1 and 2 threads, the naive table at 2) and the latency curves.
+            for title in ["pin.batch512 throughput", "fault.hot throughput", "truncate latency"] {
+                #expect(svg.contains(title), "plot: no \(title) panel")
+            }
+            #expect(svg.components(separatedBy: "<polyline").count - 1 >= 4, "plot: too few curves")
             // The committed run's table, rendered again from its JSON: one Markdown row per result.
             let table = try DaxlabBinary.run(["bench", "--from", json, "--markdown"], timeout: 60)
             #expect(table.status == 0, "\(table.standardError)")
