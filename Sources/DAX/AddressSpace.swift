@@ -153,9 +153,30 @@ public final class AddressSpace: @unchecked Sendable {
         if (resolved == .longTerm && self.refusesLongTerm) || self.unmounting.load(ordering: .acquiring) {
             try self.dax.admitPin(resolved, of: self.id)
         }
-        let batch = self.batchPool.take()
+        // The lease's reference to its batch, from the pool and back to it at the lease's end:
+        // the batch is used unretained in between (no reference counting on the pin path).
+        let lease = self.batchPool.take()
+        var failure: FSError?
+        lease._withUnsafeGuaranteedRef { batch in
+            do throws(FSError) {
+                try self.pin(batch, lease, pages, write: write, holder: holder, kernel: kernel)
+            } catch {
+                failure = error
+            }
+        }
+        if let failure { throw failure }
+        return PinHandle(lease)
+    }
+
+    /// The pin itself, in `batch` (the lease's, from the pool); on failure nothing stays pinned
+    /// and the batch is back in the pool.
+    @inline(__always)
+    private func pin(
+        _ batch: PinBatch, _ lease: Unmanaged<PinBatch>, _ pages: Range<Int>, write: Bool, holder: (any LeaseHolder)?,
+        kernel: KernelPin
+    ) throws(FSError) {
         batch.begin(space: self, pages: pages, holder: holder, leaseID: self.leaseCounter.wrappingIncrementThenLoad(ordering: .relaxed))
-        self.leases.add(batch)
+        self.leases.add(lease)
         let blocks = batch.blocks
         var pinned = 0
         do {
@@ -176,7 +197,6 @@ public final class AddressSpace: @unchecked Sendable {
             self.release(batch)
             throw FSError(.busy, "\(self.id): lease revoked while pinning")
         }
-        return PinHandle(batch)
     }
 
     @inline(__always)
@@ -232,10 +252,13 @@ public final class AddressSpace: @unchecked Sendable {
         batch.dropKernelPin()
         batch.retireView()
         // The lease's own reference to the layer, moved out: ending the lease may drop the
-        // layer's last reference, which must outlive the return to its pool.
-        guard let layer = batch.end() else { return }
-        self.batchPool.put(batch)
-        _ = layer  // (released here, after the batch is back in the pool)
+        // layer's last reference, which must outlive the return to its pool. Nothing here
+        // touches the batch or this address space after the put: another thread may take the
+        // batch at once and point it at another file, and this space may then go with it (the
+        // unpin path holds it only through the batch).
+        withExtendedLifetime(batch.end()) {
+            self.batchPool.put(Unmanaged.passUnretained(batch))  // (the lease's reference, given back)
+        }
     }
 
     /// The file's leases now.

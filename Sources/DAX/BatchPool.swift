@@ -8,6 +8,10 @@ import CShims
 /// owned by exactly one side (a slot or a thread), and nothing links batches to one another, so
 /// there is no ABA problem. A thread starts at its CPU's slot, so threads on different CPUs do
 /// not share lines. A full pool lets a returned batch go (ARC frees it).
+///
+/// The pool hands out and takes back one strong reference per batch, unmanaged: the reference a
+/// slot held becomes the lease's (the lease table names it without retaining it again), and the
+/// lease gives it back here. A pin and an unpin touch no reference count for the batch.
 final class BatchPool: @unchecked Sendable {
     private static let slots = 128
     /// Words per slot: 64 bytes.
@@ -20,31 +24,37 @@ final class BatchPool: @unchecked Sendable {
     }
 
     deinit {
+        self.drain()
+        self.words.deallocate()
+    }
+
+    /// Lets every pooled batch go. A pooled batch keeps its last address space, and an address
+    /// space keeps this pool: the layer drains it as it goes, which breaks that cycle.
+    func drain() {
         for slot in 0..<Self.slots {
             let bits = self.slot(slot).exchange(0, ordering: .acquiring)
             if bits != 0 { Self.batch(bits).release() }
         }
-        self.words.deallocate()
     }
 
-    /// A batch from the pool, or a new one.
+    /// A batch from the pool, or a new one: one strong reference, the caller's to give back
+    /// with `put` (or to release).
     @inline(__always)
-    func take() -> PinBatch {
+    func take() -> Unmanaged<PinBatch> {
         let start = Self.startSlot()
         for offset in 0..<Self.slots {
             let slot = self.slot((start + offset) & (Self.slots - 1))
             // Read before writing, so a scan over empty slots dirties no cache line.
             guard slot.load(ordering: .relaxed) != 0 else { continue }
             let bits = slot.exchange(0, ordering: .acquiring)
-            if bits != 0 { return Self.batch(bits).takeRetainedValue() }
+            if bits != 0 { return Self.batch(bits) }
         }
-        return PinBatch()
+        return Unmanaged.passRetained(PinBatch())
     }
 
-    /// Gives `batch` back; the caller must not touch it afterwards.
+    /// Gives back the reference `take` handed out; the caller must not touch the batch afterwards.
     @inline(__always)
-    func put(_ batch: PinBatch) {
-        let reference = Unmanaged.passRetained(batch)
+    func put(_ reference: Unmanaged<PinBatch>) {
         let bits = UInt(bitPattern: reference.toOpaque())
         let start = Self.startSlot()
         for offset in 0..<Self.slots {

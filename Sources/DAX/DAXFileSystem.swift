@@ -71,6 +71,7 @@ public final class DAXFileSystem {
 
     deinit {
         self.reclaimer.stop()
+        self.batchPool.drain()  // (pooled batches hold address spaces, which hold the pool)
         munmap(self.zeroPage, 4096)
     }
 

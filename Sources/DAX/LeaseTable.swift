@@ -10,8 +10,10 @@ import Glibc
 /// A file's leases: the pin batches that hold pages of it (FL_ALLOCATED-style: each pin batch
 /// records its lease before it pins).
 ///
-/// Pinning and unpinning take no lock. A lease is a slot: an atomic word holding a retained
-/// reference to its batch, entered with one compare-exchange and left with one exchange. A pinning
+/// Pinning and unpinning take no lock. A lease is a slot: an atomic word naming its batch, entered
+/// with one compare-exchange and left with one exchange. The slot does not retain the batch: the
+/// lease owns the reference it took from the batch pool and gives it back when it ends, after
+/// its slot is cleared (`AddressSpace.finish`). A pinning
 /// thread starts its search at its CPU's cache line of slots, so pins on different CPUs do not
 /// share lines. The rare lease beyond the slots goes to a mutex-guarded overflow list.
 ///
@@ -31,7 +33,7 @@ final class LeaseTable: @unchecked Sendable {
     static let slotCount = 64
     private static let slotsPerLine = 8
 
-    /// Each slot: 0, or the bits of an `Unmanaged<PinBatch>` retained by the slot.
+    /// Each slot: 0, or the bits of an `Unmanaged<PinBatch>` whose lease owns its reference.
     private let slots: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
     /// Breakers between their first slot load and their last hold.
     private let scanners = Atomic<Int>(0)
@@ -57,8 +59,7 @@ final class LeaseTable: @unchecked Sendable {
     private func slot(_ index: Int) -> UnsafeAtomic<UInt> { UnsafeAtomic(at: self.slots + index) }
 
     /// Records `batch`'s lease (the pinning thread, before it pins).
-    func add(_ batch: PinBatch) {
-        let reference = Unmanaged.passRetained(batch)
+    func add(_ reference: Unmanaged<PinBatch>) {
         let bits = UInt(bitPattern: reference.toOpaque())
         let start = (Int(CShims_current_cpu()) * Self.slotsPerLine) % Self.slotCount
         for probe in 0..<Self.slotCount {
@@ -66,13 +67,13 @@ final class LeaseTable: @unchecked Sendable {
             let slot = self.slot(index)
             guard slot.load(ordering: .relaxed) == 0 else { continue }  // (a scan dirties no line)
             if slot.compareExchange(expected: 0, desired: bits, ordering: .releasing).exchanged {
-                batch.leaseSlot = index
+                reference._withUnsafeGuaranteedRef { $0.leaseSlot = index }
                 return
             }
         }
-        reference.release()
+        let batch = reference.takeUnretainedValue()
         batch.leaseSlot = -1
-        self.overflow.withLock { $0.append(batch) }
+        self.overflow.withLock { $0.append(batch) }  // (a reference of the list's own)
     }
 
     /// Ends `batch`'s lease. Afterwards no breaker can newly find it, and every breaker that
@@ -86,9 +87,8 @@ final class LeaseTable: @unchecked Sendable {
             }
             return
         }
-        let bits = self.slot(index).exchange(0, ordering: .sequentiallyConsistent)
+        self.slot(index).store(0, ordering: .sequentiallyConsistent)
         while self.scanners.load(ordering: .sequentiallyConsistent) != 0 { sched_yield() }
-        Unmanaged<PinBatch>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).release()
     }
 
     /// The batches whose range overlaps `pages`, each held (so it cannot be recycled) until the

@@ -40,7 +40,13 @@ final class PinBatch: @unchecked Sendable {
 
     private let state = Atomic<UInt64>(0)
 
+    /// The address space of the lease (nil before the batch's first lease). Kept while the
+    /// batch is pooled, so that the next lease of the same file sets nothing (a pooled batch
+    /// keeps its last file's address space alive until it is reused or the layer goes).
     private(set) var space: AddressSpace?
+    /// `space`, unretained: the unpin path calls it without touching its reference count (valid
+    /// while `space` holds it).
+    private(set) var owner: Unmanaged<AddressSpace>?
     /// The DAX layer, held while the batch is a lease: an outstanding pin keeps its layer, its
     /// file system and its mapping alive (address spaces hold their layer unowned).
     private var layer: DAXFileSystem?
@@ -73,6 +79,7 @@ final class PinBatch: @unchecked Sendable {
         self.blocks = .allocate(capacity: 512)
     }
 
+
     deinit { self.blocks.deallocate() }
 
     /// The pinned blocks, for loops that unpin them.
@@ -82,7 +89,10 @@ final class PinBatch: @unchecked Sendable {
 
     /// A fresh lease over `pages` of `space`, nothing pinned yet.
     func begin(space: AddressSpace, pages: Range<Int>, holder: (any LeaseHolder)?, leaseID: UInt64) {
-        self.space = space
+        if self.space !== space {
+            self.space = space
+            self.owner = Unmanaged.passUnretained(space)
+        }
         self.layer = space.dax
         self.pages = pages
         self.holder = holder
@@ -106,7 +116,6 @@ final class PinBatch: @unchecked Sendable {
     /// - Returns: the layer the lease held (moved out, not retained again), for the pool.
     func end() -> DAXFileSystem? {
         self.holder = nil
-        self.space = nil
         self.kernelRing = nil
         self.kernelSlot = -1
         return self.layer.take()
@@ -143,7 +152,11 @@ final class PinBatch: @unchecked Sendable {
     /// Drops the kernel's long-term pin (empties the slot, gives it back), once; the kernel lets
     /// the pages go after the requests in flight on them complete.
     func dropKernelPin() {
-        guard self.kernelPinned.exchange(false, ordering: .acquiringAndReleasing), let ring = self.kernelRing else { return }
+        // (A load first: most pins have no kernel pin, and only the pinning thread, before it
+        // published the batch, sets the flag; the exchange decides between two droppers.)
+        guard self.kernelPinned.load(ordering: .acquiring),
+            self.kernelPinned.exchange(false, ordering: .acquiringAndReleasing), let ring = self.kernelRing
+        else { return }
         ring.clear(self.kernelSlot)
         ring.give(self.kernelSlot)
     }

@@ -13,7 +13,7 @@ import Glibc
 public struct PinHandle: ~Copyable {
     let batch: Unmanaged<PinBatch>
 
-    init(_ batch: PinBatch) { self.batch = Unmanaged.passUnretained(batch) }
+    init(_ batch: Unmanaged<PinBatch>) { self.batch = batch }
 
     private var object: PinBatch { self.batch.takeUnretainedValue() }
 
@@ -117,9 +117,9 @@ public struct PinHandle: ~Copyable {
     /// Drops the pins (the analogue of `unpin_user_pages`) and ends the lease. After a
     /// revocation the pins are already gone; this only ends the lease.
     public consuming func unpin() {
-        let batch = self.object
+        let lease = self.batch
         discard self
-        batch.space!.release(batch)
+        lease._withUnsafeGuaranteedRef { batch in batch.owner!._withUnsafeGuaranteedRef { $0.release(batch) } }
     }
 
     deinit {

@@ -50,7 +50,11 @@ public final class PinTable: @unchecked Sendable {
     func unpin(_ block: UInt32) {
         let after = self.word(block).loadThenWrappingDecrement(by: Self.pinBias, ordering: .sequentiallyConsistent)
             &- Self.pinBias
-        if after & Self.countMask < Self.pinBias { self.lastPinDropped(block, after) }
+        // The last pin: a claimed block is released, and a truncate sleeping on the block's
+        // queue is woken. Mostly neither: two loads, no call.
+        if after & Self.countMask < Self.pinBias, after & Self.claims != 0 || self.waits.hasWaiters(block) {
+            self.lastPinDropped(block, after)
+        }
     }
 
     @inline(never)

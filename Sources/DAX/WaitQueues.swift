@@ -28,8 +28,10 @@ final class WaitQueues: @unchecked Sendable {
 
     deinit { self.waiters.deallocate() }
 
+    @inline(__always)
     private func waiterCount(_ index: Int) -> UnsafeAtomic<Int> { UnsafeAtomic(at: self.waiters + index) }
 
+    @inline(__always)
     private func bucket(_ block: UInt32) -> Int { Int((block &* 0x9E37_79B1) >> 26) % Self.count }
 
     /// Sleeps until `isIdle()` holds, or until `deadline` (CLOCK_MONOTONIC ns) passes.
@@ -44,6 +46,12 @@ final class WaitQueues: @unchecked Sendable {
             until: { _ in isIdle() }, deadline: deadline,
             wakeups: { self.wakeups.wrappingIncrement(ordering: .relaxed) }, then: { _ in true })
         return woken ?? false
+    }
+
+    /// Whether `block`'s bucket has waiters (the load `wake` starts with, for an inline check).
+    @inline(__always)
+    func hasWaiters(_ block: UInt32) -> Bool {
+        self.waiterCount(self.bucket(block)).load(ordering: .sequentiallyConsistent) > 0
     }
 
     /// Wakes the waiters of `block`'s bucket, if there are any. Called by the unpin that drops a
