@@ -24,7 +24,7 @@ POINTS ?= 2000
 SCALING_THREADS ?= 1,2,4,8,16
 OPS ?= 800
 
-.PHONY: help deps build demo test check-layers test-pmem tsan crash-test bench bench-suites bench-scaling clean
+.PHONY: help deps build demo test check-layers test-pmem tsan crash-test bench bench-suites bench-scaling count-locked clean
 
 help:
 	@echo "make demo        build (release) and run daxlab's main job on $(PMEM_FILE)"
@@ -37,6 +37,8 @@ help:
 	@echo "                 then the ordo-one/benchmark suites in Benchmarks/ (malloc thresholds)"
 	@echo "make bench-scaling  on a many-core machine: a static build, then only the thread-scaling rows"
 	@echo "                 (SCALING_THREADS=$(SCALING_THREADS)) -> docs/bench-scaling.json and .svg"
+	@echo "make count-locked  the instructions and locked instructions of one pin+unpin (1 and 512 pages),"
+	@echo "                 stepped in gdb: a count no noisy machine can move"
 	@echo "make build       build the release binary at $(RELEASE_BIN)"
 	@echo "make clean       remove build folders"
 
@@ -98,6 +100,12 @@ bench-scaling: deps
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build-static --product daxlab
 	.build-static/release/daxlab bench --only scaling --threads $(SCALING_THREADS) \
 		--json docs/bench-scaling.json --plot docs/bench-scaling.svg
+
+# What one pin+unpin executes (instructions, and locked ones with where they run), stepped in gdb.
+count-locked: build
+	@scripts/ensure-debs.sh gdb
+	@for pages in 1 512; do gdb -batch -ex "py PAGES=$$pages" -x scripts/count-locked.py $(RELEASE_BIN) 2>&1 \
+		| sed -n '/^pin+unpin/,$$p' | grep -v '^\[Inferior'; done
 
 bench-suites: deps
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark

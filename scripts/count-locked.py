@@ -8,8 +8,8 @@
 #   gdb -batch -ex 'py PAGES=1' -x scripts/count-locked.py .build/release/daxlab
 #
 # It runs `daxlab bench --only pin` (which pins one page and 512 pages of one file over and
-# over), stops at the 50th pin of PAGES pages, and steps until the next one begins: one
-# iteration of the bench's loop (pin, unpin, the loop's own few instructions).
+# over), stops at the 50th pin of PAGES pages, and steps until the unpin that follows has
+# returned to the bench's loop: one pin and one unpin, the handle's few instructions between.
 import gdb
 
 PAGES = globals().get("PAGES", 1)
@@ -22,9 +22,10 @@ gdb.execute("break " + PIN + " if $rsi - $rdi == %d" % PAGES)
 gdb.execute("run bench /dev/shm/daxlab-count-locked.pmem --only pin --seconds 0.3 > /dev/null 2>&1")
 for _ in range(49):
     gdb.execute("continue")
-start = int(gdb.parse_and_eval("$pc"))
+caller = gdb.selected_frame().older().name()
 gdb.execute("delete")
 steps = 0
+unpinned = False
 locked = {}
 per_function = {}
 limit = 2000 + 200 * PAGES
@@ -32,10 +33,12 @@ while steps < limit:
     gdb.execute("stepi", to_string=True)
     steps += 1
     pc = int(gdb.parse_and_eval("$pc"))
-    if pc == start:
-        break
     frame = gdb.selected_frame()
     name = frame.name() or hex(pc)
+    if "unpin" in name:
+        unpinned = True
+    elif unpinned and name == caller:
+        break
     per_function[name] = per_function.get(name, 0) + 1
     asm = frame.architecture().disassemble(pc)[0]["asm"]
     if asm.startswith("lock") or asm.startswith("xchg"):

@@ -178,10 +178,11 @@ public final class AddressSpace: @unchecked Sendable {
         batch.begin(space: self, pages: pages, holder: holder, leaseID: self.leaseCounter.wrappingIncrementThenLoad(ordering: .relaxed))
         self.leases.add(lease)
         let blocks = batch.blocks
-        var pinned = 0
+        // (A one-page pin goes straight to `pinOne`: its recheck is the same two loads.)
+        var pinned = pages.count > 1 ? self.pinMapped(pages, into: blocks) : 0
         do {
-            for page in pages {
-                blocks[pinned] = try self.pinOne(page, write: write)
+            while pinned < pages.count {
+                blocks[pinned] = try self.pinOne(pages.lowerBound + pinned, write: write)
                 pinned += 1
             }
             batch.count = pinned
@@ -197,6 +198,35 @@ public final class AddressSpace: @unchecked Sendable {
             self.release(batch)
             throw FSError(.busy, "\(self.id): lease revoked while pinning")
         }
+    }
+
+    /// The fast path for a run of mapped pages (gup-fast over a range): pins the pages from the
+    /// first on while their entries hold blocks, and checks the invalidation sequence once, after
+    /// the last increment, instead of after each. An unchanged sequence means no invalidation
+    /// began before that check (it would have moved the count), so none began before any of the
+    /// increments either, and the truncate's scan of pin counts, which follows its invalidation,
+    /// sees them all; faults only fill holes, so no entry changed meanwhile. If the sequence
+    /// moved, every pin taken here is dropped and `pinOne` redoes the pages one by one.
+    /// - Returns: how many pages from the first are pinned (their blocks in `blocks`).
+    @inline(never)  // (called for ranges only; inlined, it made the one-page path slower)
+    private func pinMapped(_ pages: Range<Int>, into blocks: UnsafeMutablePointer<UInt32>) -> Int {
+        let before = self.sequence.load(ordering: .sequentiallyConsistent)
+        guard before & 1 == 0 else { return 0 }
+        var count = 0
+        for page in pages {
+            guard let entry = self.table.entry(page) else { break }
+            let block = entry.load(ordering: .sequentiallyConsistent)
+            guard block != 0 else { break }
+            #if DAXLAB_TEST_HOOKS
+            self.pinFastPathHook?(page, block)
+            #endif
+            self.pins.pin(block)
+            blocks[count] = block
+            count += 1
+        }
+        guard count > 0, self.sequence.load(ordering: .sequentiallyConsistent) != before else { return count }
+        for index in 0..<count { self.pins.unpin(blocks[index]) }  // an invalidation won the race
+        return 0
     }
 
     @inline(__always)

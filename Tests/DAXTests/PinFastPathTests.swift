@@ -44,4 +44,44 @@ struct PinFastPathTests {
         try Test.cancel("the pin fast path's test hook exists only in debug builds")
         #endif
     }
+
+    @Test("a range pin checks the invalidation sequence once: an invalidation of its third page, after two pins, undoes them all and redoes each page",
+          arguments: [TruncatePolicy.wait, .none])
+    func invalidationInsideARange(policy: TruncatePolicy) throws {
+        #if DAXLAB_TEST_HOOKS
+        let lab = try Lab(policy: policy, pages: 4)
+        let file = lab.file
+        let space = lab.space
+        for page in 0..<4 { _ = try space.fault(page, write: true) }  // all mapped: one fast run
+        let before = (0..<4).map { lab.fs.currentBlock(file, page: $0) }
+        let fired = Box(false)
+        let pinnedWhenFired = Box<[Int]>([])
+        space.pinFastPathHook = { page, block in
+            guard page == 2, !fired.value else { return }
+            fired.value = true
+            #expect(block == before[2])
+            // Pages 0 and 1 are pinned by now: the punch of page 2 (unpinned) runs whole.
+            pinnedWhenFired.value = (0..<4).map { lab.dax.pins.pinCount(before[$0]) }
+            let punched = lab.background { _ = try? lab.fs.punchHole(file, offset: 2 * 4096, length: 4096) }
+            #expect(punched.wait(seconds: 10), "the punch must not wait: page 2 is not pinned")
+        }
+        defer { space.pinFastPathHook = nil }
+        let handle = try space.pin(0..<4, write: true)
+        #expect(fired.value, "the hook ran: the range went through the fast path")
+        #expect(pinnedWhenFired.value == [1, 1, 0, 0], "pages 0 and 1 were pinned before page 2's load")
+        let now = (0..<4).map { lab.fs.currentBlock(file, page: $0) }
+        #expect(now[2] != 0, "page 2 was faulted in again")
+        for index in 0..<4 {
+            #expect(handle.block(at: index) == now[index], "page \(index): the pin holds the page's block now")
+            #expect(lab.dax.pins.pinCount(now[index]) == 1, "page \(index): pinned once, the undone pin dropped")
+        }
+        if now[2] != before[2] {
+            #expect(lab.dax.pins.pinCount(before[2]) == 0, "the pin taken on page 2's old block was undone")
+        }
+        handle.unpin()
+        for index in 0..<4 { #expect(lab.dax.pins.pinCount(now[index]) == 0) }
+        #else
+        try Test.cancel("the pin fast path's test hook exists only in debug builds")
+        #endif
+    }
 }
