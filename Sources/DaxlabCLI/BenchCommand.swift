@@ -122,10 +122,14 @@ struct BenchCommand: ParsableCommand {
             var configuration = RaceConfiguration(policy: policy)
             configuration.seconds = min(2, self.seconds)
             configuration.leaseBreakMilliseconds = 1
+            // mainline refuses long-term pins (nothing would race): its truncates wait for
+            // short-term ones.
+            if policy == .mainline { configuration.profile = .shortTerm }
             let image = self.path + ".race"
             defer { try? FileManager.default.removeItem(atPath: image) }
             let harness = try RaceHarness(path: image, size: 32 << 20, configuration: configuration, force: true)
-            _ = try harness.run()
+            let report = try harness.run()
+            guard report.truncates > 0 else { continue }  // (no truncate ran: no curve)
             curves[policy.rawValue] = harness.latencyPercentiles(Self.percentiles)
             if !quiet { Output.print("  truncate latency under \(policy): p50 \(curves[policy.rawValue]![4]) us") }
         }

@@ -75,7 +75,8 @@ enum BenchPlot {
     }
 
     private static func latencyPanel(_ report: BenchReport, x: Double, y: Double, width: Double, height: Double) -> String {
-        let curves = report.truncateLatencies ?? [:]
+        // (A policy under which no truncate ran has no curve; older reports kept zeros for it.)
+        let curves = (report.truncateLatencies ?? [:]).filter { $0.value.contains { $0 > 0 } }
         let colors = ["fail": "#2ca02c", "wait": "#d62728", "sequester": "#1f77b4", "deferred": "#9467bd",
                       "lease-break": "#ff7f0e", "mainline": "#8c564b", "odp": "#e377c2"]
         let percentiles = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
