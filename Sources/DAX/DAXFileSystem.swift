@@ -49,9 +49,12 @@ public final class DAXFileSystem {
         }
         let statistics = PolicyStatistics()
         let source: any DAXBlockSource = fs
-        // The reclaimer's thread must not keep the file system (or this layer) alive.
-        let reclaimer = Reclaimer { [weak fs] block, disposition in
-            do { try fs?.releaseFromLimbo(block, disposition) } catch {
+        // The reclaimer's thread must not keep the file system (or this layer) alive. Unowned,
+        // not weak: this layer holds the file system and stops the reclaimer before it lets it
+        // go, and a weak reference would give the file system a side table, which sends every
+        // retain and release of it down the runtime's slow path (every fault and punch).
+        let reclaimer = Reclaimer { [unowned fs] block, disposition in
+            do { try fs.releaseFromLimbo(block, disposition) } catch {
                 Self.report("could not release block \(block) (\(disposition)): \(error)")
             }
             statistics.leaveLimbo(disposition)

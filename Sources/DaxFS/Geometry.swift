@@ -25,19 +25,21 @@ public struct Geometry: Sendable, Equatable {
     public let logSlotCount: Int
     public let logSlotBlocks: Int
 
+    // Derived from the four numbers above once, in `init`: the fault and punch paths ask for
+    // them several times each.
     public var logStart: Int { 1 }
-    public var inodeTableStart: Int { self.logStart + self.logSlotCount * self.logSlotBlocks }
+    public let inodeTableStart: Int
     public var inodeTableBlocks: Int { self.inodeCount / Self.inodesPerBlock }
-    public var bitmapStart: Int { self.inodeTableStart + self.inodeTableBlocks }
+    public let bitmapStart: Int
     public var bitmapBlocks: Int { (self.blockCount + Self.bitsPerBitmapBlock - 1) / Self.bitsPerBitmapBlock }
-    public var dataStart: Int { self.bitmapStart + self.bitmapBlocks }
+    public let dataStart: Int
     /// The last block: a copy of the superblock, so one damaged block 0 does not lose the image.
     public var backupSuperblock: Int { self.blockCount - 1 }
     public var dataBlocks: Int { self.backupSuperblock - self.dataStart }
 
     /// Byte offsets of the structures.
     public var logOffset: Int { self.logStart * Self.blockSize }
-    public var inodeTableOffset: Int { self.inodeTableStart * Self.blockSize }
+    public let inodeTableOffset: Int
     public var bitmapOffset: Int { self.bitmapStart * Self.blockSize }
     public var dataOffset: Int { self.dataStart * Self.blockSize }
 
@@ -46,6 +48,12 @@ public struct Geometry: Sendable, Equatable {
         self.inodeCount = inodeCount
         self.logSlotCount = logSlotCount
         self.logSlotBlocks = logSlotBlocks
+        // (Wrapping: a damaged superblock's numbers reach here before `isPlausible` rejects them,
+        // and must not trap; nothing reads these for an implausible geometry.)
+        self.inodeTableStart = 1 &+ logSlotCount &* logSlotBlocks
+        self.bitmapStart = self.inodeTableStart &+ inodeCount / Self.inodesPerBlock
+        self.dataStart = self.bitmapStart &+ (blockCount &+ (Self.bitsPerBitmapBlock - 1)) / Self.bitsPerBitmapBlock
+        self.inodeTableOffset = self.inodeTableStart &* Self.blockSize
     }
 
     /// The geometry mkfs gives an image of `size` bytes: one inode per 8 blocks (64 to 65536),
