@@ -28,11 +28,14 @@ public final class AddressSpace: @unchecked Sendable {
     /// On-demand-paging devices' subscriptions to ranges of the file (`DeviceMirror`).
     let subscriptions = Locked(Subscriptions())
     let pins: PinTable
-    /// The layer's pool, lease counter and unmount flag, held here: the pin path reaches
-    /// them without an unowned load of the layer (a strong-retain attempt each).
+    /// The layer's pool, lease counter and unmount flag, held here: the pin and fault paths
+    /// reach them without an unowned load of the layer (a strong-retain attempt each).
     private let batchPool: BatchPool
     private let leaseCounter: ManagedAtomic<UInt64>
     private let unmounting: ManagedAtomic<Bool>
+    /// The file system, held here for the fault path likewise (the layer holds it too; this
+    /// space goes with the layer, or with the last pooled batch that names it).
+    private let source: any DAXBlockSource
     /// The layer's policy refuses long-term pins (`mainline`).
     private let refusesLongTerm: Bool
     let mapping: PmemMapping
@@ -60,6 +63,7 @@ public final class AddressSpace: @unchecked Sendable {
         self.batchPool = dax.batchPool
         self.leaseCounter = dax.leaseCounter
         self.unmounting = dax.unmounting
+        self.source = dax.source
         self.refusesLongTerm = dax.defaultPolicy == .mainline
         self.mapping = dax.source.mapping
         self.base = dax.source.mapping.base
@@ -111,10 +115,10 @@ public final class AddressSpace: @unchecked Sendable {
         let present = entry.load(ordering: .acquiring)
         if present != 0 { return present }
         // Nothing new is mapped (or allocated) once the unmount's final layout break began.
-        if self.dax.unmounting.load(ordering: .acquiring) {
+        if self.unmounting.load(ordering: .acquiring) {
             throw FSError(.invalidArgument, "\(self.id): the file system is unmounting")
         }
-        let block = try self.dax.source.blockForFault(self.id, page: page, allocate: write)
+        let block = try self.source.blockForFault(self.id, page: page, allocate: write)
         guard block != 0 else { return 0 }
         // Two faults may race here; both found the same block under the shared lock.
         if entry.compareExchange(expected: 0, desired: block, ordering: .acquiringAndReleasing).exchanged {
