@@ -119,8 +119,8 @@ extension Bench {
     static let faultScalingPages = 16384
 
     /// fault.hot throughput at N threads, all faulting one mapped file (the readers of one
-    /// mapping: the seqcount read path shares the file's block map and writes nothing), against 1
-    /// thread.
+    /// mapping: each hot fault is a load of the file's page table and writes nothing shared),
+    /// against 1 thread.
     private func faultScalingRows(counts: [Int], cpusAvailable: Double, measure: Measure) throws {
         let pages = Self.faultScalingPages
         let (_, space) = try self.mappedFile("scale-fault", pages: pages)

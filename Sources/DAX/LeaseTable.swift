@@ -11,11 +11,11 @@ import Glibc
 /// records its lease before it pins).
 ///
 /// Pinning and unpinning take no lock. A lease is a slot: an atomic word naming its batch, entered
-/// with one compare-exchange and left with one exchange. The slot does not retain the batch: the
+/// with one compare-exchange and left with one store. The slot does not retain the batch: the
 /// lease owns the reference it took from the batch pool and gives it back when it ends, after
-/// its slot is cleared (`AddressSpace.finish`). A pinning
-/// thread starts its search at its CPU's cache line of slots, so pins on different CPUs do not
-/// share lines. The rare lease beyond the slots goes to a mutex-guarded overflow list.
+/// its slot is cleared (`AddressSpace.finish`). A pinning thread starts its search at its CPU's
+/// cache line of slots, so pins on different CPUs do not share lines. The rare lease beyond the
+/// slots goes to a mutex-guarded overflow list.
 ///
 /// Breakers (truncate, punch, lease-break, `leases`) scan the slots and hold each batch they
 /// find (`PinBatch.hold`) so it cannot be recycled while they look at it. Reclamation is safe by

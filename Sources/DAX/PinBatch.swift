@@ -79,7 +79,6 @@ final class PinBatch: @unchecked Sendable {
         self.blocks = .allocate(capacity: 512)
     }
 
-
     deinit { self.blocks.deallocate() }
 
     /// The pinned blocks, for loops that unpin them.

@@ -29,9 +29,9 @@ public struct Geometry: Sendable, Equatable {
     // them several times each.
     public var logStart: Int { 1 }
     public let inodeTableStart: Int
-    public var inodeTableBlocks: Int { self.inodeCount / Self.inodesPerBlock }
+    public let inodeTableBlocks: Int
     public let bitmapStart: Int
-    public var bitmapBlocks: Int { (self.blockCount + Self.bitsPerBitmapBlock - 1) / Self.bitsPerBitmapBlock }
+    public let bitmapBlocks: Int
     public let dataStart: Int
     /// The last block: a copy of the superblock, so one damaged block 0 does not lose the image.
     public var backupSuperblock: Int { self.blockCount - 1 }
@@ -50,9 +50,11 @@ public struct Geometry: Sendable, Equatable {
         self.logSlotBlocks = logSlotBlocks
         // (Wrapping: a damaged superblock's numbers reach here before `isPlausible` rejects them,
         // and must not trap; nothing reads these for an implausible geometry.)
-        self.inodeTableStart = 1 &+ logSlotCount &* logSlotBlocks
-        self.bitmapStart = self.inodeTableStart &+ inodeCount / Self.inodesPerBlock
-        self.dataStart = self.bitmapStart &+ (blockCount &+ (Self.bitsPerBitmapBlock - 1)) / Self.bitsPerBitmapBlock
+        self.inodeTableStart = 1 &+ logSlotCount &* logSlotBlocks  // (the log starts at block 1)
+        self.inodeTableBlocks = inodeCount / Self.inodesPerBlock
+        self.bitmapStart = self.inodeTableStart &+ self.inodeTableBlocks
+        self.bitmapBlocks = (blockCount &+ (Self.bitsPerBitmapBlock - 1)) / Self.bitsPerBitmapBlock
+        self.dataStart = self.bitmapStart &+ self.bitmapBlocks
         self.inodeTableOffset = self.inodeTableStart &* Self.blockSize
     }
 
