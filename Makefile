@@ -37,8 +37,9 @@ help:
 	@echo "                 then the ordo-one/benchmark suites in Benchmarks/ (malloc thresholds)"
 	@echo "make bench-scaling  on a many-core machine: a static build, then only the thread-scaling rows"
 	@echo "                 (SCALING_THREADS=$(SCALING_THREADS)) -> docs/bench-scaling.json and .svg"
-	@echo "make count-locked  the instructions and locked instructions of one pin+unpin (1 and 512 pages),"
-	@echo "                 stepped in gdb: a count no noisy machine can move"
+	@echo "make count-locked  the instructions and locked instructions of one pin+unpin (1 and 512 pages)"
+	@echo "                 and of one alloc.block cycle (write fault + punch), stepped in gdb: counts no"
+	@echo "                 noisy machine can move"
 	@echo "make build       build the release binary at $(RELEASE_BIN)"
 	@echo "make clean       remove build folders"
 
@@ -106,6 +107,8 @@ count-locked: build
 	@scripts/ensure-debs.sh gdb
 	@for pages in 1 512; do gdb -batch -ex "py PAGES=$$pages" -x scripts/count-locked.py $(RELEASE_BIN) 2>&1 \
 		| sed -n '/^pin+unpin/,$$p' | grep -v '^\[Inferior'; done
+	@gdb -batch -ex 'py CYCLE="alloc"' -x scripts/count-locked.py $(RELEASE_BIN) 2>&1 \
+		| sed -n '/^write fault/,$$p' | grep -v '^\[Inferior'
 
 bench-suites: deps
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark

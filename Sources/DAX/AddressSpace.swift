@@ -27,6 +27,8 @@ public final class AddressSpace: @unchecked Sendable {
     let leases = LeaseTable()
     /// On-demand-paging devices' subscriptions to ranges of the file (`DeviceMirror`).
     let subscriptions = Locked(Subscriptions())
+    /// Set by the file's first subscription (under the invalidate lock), never cleared.
+    let everSubscribed = Atomic<Bool>(false)
     let pins: PinTable
     /// The layer's pool, lease counter and unmount flag, held here: the pin and fault paths
     /// reach them without an unowned load of the layer (a strong-retain attempt each).
@@ -303,13 +305,20 @@ public final class AddressSpace: @unchecked Sendable {
     /// Clears the entries of `pages` (the analogue of `unmap_mapping_range`): no fault or pin can
     /// reach those blocks until the lock is dropped.
     func unmap(_ pages: Range<Int>) {
-        self.sequence.wrappingAdd(1, ordering: .sequentiallyConsistent)
-        defer { self.sequence.wrappingAdd(1, ordering: .sequentiallyConsistent) }
+        // The file's lock, held exclusively, serializes everything that writes the sequence or
+        // the entries (faults install under it shared), so both change by plain stores, no
+        // read-modify-write. The opening store is sequentially consistent: it must come before
+        // the breaker's loads of lease slots and pin counts, against a pinner's increment and
+        // its load of the sequence. The closing one only releases the clears before it (as
+        // `write_seqcount_end` does).
+        let start = self.sequence.load(ordering: .relaxed)
+        self.sequence.store(start &+ 1, ordering: .sequentiallyConsistent)
+        defer { self.sequence.store(start &+ 2, ordering: .releasing) }
         self.table.forEachEntry(in: pages) { _, entry in
-            // (A load first: most entries of a large range are holes; it dirties no line.)
-            guard entry.load(ordering: .relaxed) != 0 else { return }
-            let block = entry.exchange(0, ordering: .sequentiallyConsistent)
-            if block != 0 { self.pins.dereference(block) }
+            let block = entry.load(ordering: .relaxed)
+            guard block != 0 else { return }  // (most entries of a large range are holes)
+            entry.store(0, ordering: .releasing)
+            self.pins.dereference(block)
         }
         // And for real: the window's pages and the kernel pins' views of them go back to
         // PROT_NONE (TLB shootdown included). The kernel's long-term pins keep their pages.

@@ -8,11 +8,11 @@ extension DAXFileSystem: LayoutBreaker {
     package func breakLayouts(
         _ call: inout LayoutBreakCall, inode: Int, pages: Range<Int>, lock: ReadWriteLock
     ) throws(FSError) -> LayoutBreakResult {
-        guard let space = self.space(inode: inode) else { return .proceed(.free) }  // never mapped: no pins
+        guard let space = self.spaceForBreaker(inode: inode) else { return .proceed(.free) }  // never mapped: no pins
         space.unmap(pages)
         // The mmu notifiers: on-demand-paging devices drop their translations (under any policy).
         let invalidated = space.invalidateSubscriptions(pages)
-        self.statistics.odpInvalidations.wrappingIncrement(by: invalidated, ordering: .relaxed)
+        if invalidated != 0 { self.statistics.odpInvalidations.wrappingIncrement(by: invalidated, ordering: .relaxed) }
         let busy = self.busyBlocks(space, pages)
         switch call.policy {
         case .none:

@@ -27,7 +27,14 @@ public final class DAXFileSystem {
     /// A 4 KiB page of zeros, mapped read-only: what a read fault on a hole returns.
     let zeroPage: UnsafeMutableRawPointer
     let reclaimer: Reclaimer
-    private let spaces = Locked<[Int: AddressSpace]>([:])
+    /// By inode number (an array: a punch finds its space without hashing).
+    private let spaces = Locked<[AddressSpace?]>([])
+    /// The same spaces, unretained, one atomic slot per inode, for the breaker: a slot is written
+    /// only under its file's lock (shared) and the table's mutex, and the breaker reads it holding
+    /// the file's lock exclusively, so no write of the slot, and no release of the space it
+    /// names, can happen meanwhile: no mutex on the punch path.
+    private let spaceSlots: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
+    private let inodeCount: Int
     let batchPool = BatchPool()
     let leaseCounter = ManagedAtomic<UInt64>(0)
     /// Set by the unmount's final layout break: new pins are refused from then on.
@@ -66,6 +73,9 @@ public final class DAXFileSystem {
         self.zeroPage = page
         self.statistics = statistics
         self.reclaimer = reclaimer
+        self.inodeCount = source.inodeCount
+        self.spaceSlots = .allocate(capacity: max(1, source.inodeCount))
+        self.spaceSlots.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: max(1, source.inodeCount))
         self.pins = PinTable(blockCount: source.blockCount) { block, disposition in
             reclaimer.enqueue(block, disposition)
         }
@@ -76,22 +86,48 @@ public final class DAXFileSystem {
         self.reclaimer.stop()
         self.batchPool.drain()  // (pooled batches hold address spaces, which hold the pool)
         munmap(self.zeroPage, 4096)
+        self.spaceSlots.deallocate()
     }
 
-    /// The address space of `id` (one per file, created on first use).
+    /// The address space of `id` (one per file, created on first use). A removed file's id
+    /// (its inode may belong to another file by now) gets a space of its own that the layer
+    /// does not keep: every fault and pin through it fails (`.notFound`), and it never displaces
+    /// the space of the file that has the inode now, which the breaker must find.
     public func open(_ id: FileID) -> AddressSpace {
-        self.spaces.withLock { spaces in
-            if let space = spaces[id.inode], space.id == id { return space }
-            let space = AddressSpace(id: id, dax: self)
-            spaces[id.inode] = space
-            return space
+        if let space = self.space(inode: id.inode), space.id == id { return space }
+        // Decided under the file's lock, so no removal or creation of the inode interleaves
+        // (lock order: the file's lock, then the table's, as in the breaker). Traps, as the
+        // lock's lookup does, for an inode number out of range.
+        return self.source.invalidateLock(for: id).withReadLock {
+            let current = self.source.isCurrent(id)
+            return self.spaces.withLock { spaces in
+                if id.inode < spaces.count, let space = spaces[id.inode], space.id == id { return space }
+                let space = AddressSpace(id: id, dax: self)
+                guard current else { return space }
+                if id.inode >= spaces.count { spaces += Array(repeating: nil, count: id.inode + 1 - spaces.count) }
+                spaces[id.inode] = space  // (releases a removed file's space, which no breaker reads now)
+                UnsafeAtomic<UInt>(at: self.spaceSlots + id.inode).store(
+                    UInt(bitPattern: Unmanaged.passUnretained(space).toOpaque()), ordering: .releasing)
+                return space
+            }
         }
     }
 
-    func space(inode: Int) -> AddressSpace? { self.spaces.withLock { $0[inode] } }
+    func space(inode: Int) -> AddressSpace? {
+        self.spaces.withLock { spaces in inode >= 0 && inode < spaces.count ? spaces[inode] : nil }
+    }
 
-    /// Every address space opened so far.
-    var allSpaces: [AddressSpace] { self.spaces.withLock { Array($0.values) } }
+    /// The space of inode `inode`, for a caller that holds the file's lock exclusively (the
+    /// breaker): one load, no mutex (see `spaceSlots`).
+    func spaceForBreaker(inode: Int) -> AddressSpace? {
+        guard inode >= 0, inode < self.inodeCount else { return nil }
+        let bits = UnsafeAtomic<UInt>(at: self.spaceSlots + inode).load(ordering: .acquiring)
+        guard let opaque = UnsafeRawPointer(bitPattern: bits) else { return nil }
+        return Unmanaged<AddressSpace>.fromOpaque(opaque).takeUnretainedValue()
+    }
+
+    /// Every address space opened so far, in inode order.
+    var allSpaces: [AddressSpace] { self.spaces.withLock { $0.compactMap { $0 } } }
 
     /// Whether a pin of `term` may be taken now: not while the file system unmounts, and not a
     /// long-term one under `mainline` (mm/gup.c `check_vma_flags`: `FOLL_LONGTERM` on a DAX

@@ -160,7 +160,15 @@ struct Subscriptions {
 }
 
 extension AddressSpace {
-    func subscribe(_ mirror: DeviceMirror) { self.subscriptions.withLock { $0.add(mirror) } }
+    /// Under the file's invalidate lock (shared), as the breaker invalidates with it held
+    /// exclusively: a breaker either runs wholly before the subscription (and the device's
+    /// mapping, which comes after, sees its unmap) or wholly after it (and sees the flag set).
+    func subscribe(_ mirror: DeviceMirror) {
+        self.lock.withReadLock {
+            self.subscriptions.withLock { $0.add(mirror) }
+            self.everSubscribed.store(true, ordering: .releasing)
+        }
+    }
 
     func unsubscribe(_ mirror: DeviceMirror) { self.subscriptions.withLock { $0.remove(mirror) } }
 
@@ -169,6 +177,8 @@ extension AddressSpace {
     /// - Returns: how many were invalidated.
     @discardableResult
     func invalidateSubscriptions(_ pages: Range<Int>) -> Int {
+        // (A file no device ever subscribed to: one load, not the subscriptions' mutex.)
+        guard self.everSubscribed.load(ordering: .acquiring) else { return 0 }
         let mirrors = self.subscriptions.withLock { $0.overlapping(pages) }
         for mirror in mirrors { mirror.invalidate(pages) }
         return mirrors.count

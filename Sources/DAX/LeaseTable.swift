@@ -28,6 +28,14 @@ import Glibc
 /// clear against the count's load, the count's increment against the slot's load), so at least
 /// one of them sees the other. A scan is a bounded loop of loads and holds with nothing that
 /// sleeps, so an ending lease waits at most that long, and only while a breaker runs.
+///
+/// A file that never had a lease costs a breaker one load (`everLeased`), as a Linux inode with
+/// no `i_flctx` costs `break_layout` one: the flag is set, sequentially consistent, before a
+/// file's first lease takes its slot, and never cleared. A breaker that has moved the file's
+/// invalidation sequence and then loads it false is ahead, in the total order, of every store
+/// of the flag, and each pinner's sequence check comes after its own store of the flag, or
+/// after its acquiring load of someone's: so that pinner sees the sequence moved and retries
+/// behind the breaker's lock; there is no lease of this file for the breaker to find.
 final class LeaseTable: @unchecked Sendable {
     /// Slots per file: 8 cache lines of 8 words.
     static let slotCount = 64
@@ -38,6 +46,8 @@ final class LeaseTable: @unchecked Sendable {
     /// Breakers between their first slot load and their last hold.
     private let scanners = Atomic<Int>(0)
     private let overflow = Locked<[PinBatch]>([])
+    /// Set before the file's first lease takes a slot; never cleared (see above).
+    private let everLeased = Atomic<Bool>(false)
 
     #if DAXLAB_TEST_HOOKS
     /// Tests only (debug builds): runs in a breaker's scan between its load of a slot and its
@@ -60,6 +70,7 @@ final class LeaseTable: @unchecked Sendable {
 
     /// Records `batch`'s lease (the pinning thread, before it pins).
     func add(_ reference: Unmanaged<PinBatch>) {
+        if !self.everLeased.load(ordering: .acquiring) { self.everLeased.store(true, ordering: .sequentiallyConsistent) }
         let bits = UInt(bitPattern: reference.toOpaque())
         let start = (Int(CShims_current_cpu()) * Self.slotsPerLine) % Self.slotCount
         for probe in 0..<Self.slotCount {
@@ -92,14 +103,18 @@ final class LeaseTable: @unchecked Sendable {
     }
 
     /// The batches whose range overlaps `pages`, each held (so it cannot be recycled) until the
-    /// caller calls `unhold()` on it.
+    /// caller calls `unhold()` on it. A breaker calls it after moving the file's invalidation
+    /// sequence (`AddressSpace.unmap`).
     func holdOverlapping(_ pages: Range<Int>) -> [PinBatch] { self.hold { $0.pages.overlaps(pages) } }
 
     /// Every batch that `wanted` accepts, held.
     private func hold(where wanted: (PinBatch) -> Bool) -> [PinBatch] {
+        guard self.everLeased.load(ordering: .sequentiallyConsistent) else { return [] }
         var held: [PinBatch] = []
         self.scanners.wrappingAdd(1, ordering: .sequentiallyConsistent)
-        for index in 0..<Self.slotCount {
+        var index = 0
+        while index < Self.slotCount {  // (a `for` over the range left a call and a witness per slot)
+            defer { index += 1 }
             let bits = self.slot(index).load(ordering: .sequentiallyConsistent)
             guard bits != 0 else { continue }
             // Alive: its lease's end waits for this scan before it lets the batch go.

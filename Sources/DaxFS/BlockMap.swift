@@ -11,15 +11,18 @@ enum BlockMapPath: Equatable {
 
     /// - Returns: nil when `page` lies beyond what the map can reach (about 4 GiB).
     init?(page: Int) {
+        // (Comparisons, not `case ..<n` patterns: those ran as generic `contains` calls, on
+        // every fault and punch.)
         let perBlock = InodeRecord.pointersPerBlock
-        switch page {
-        case ..<0: return nil
-        case ..<Self.indirectFirstPage: self = .direct(page)
-        case ..<Self.doubleIndirectFirstPage: self = .indirect(page - Self.indirectFirstPage)
-        case ..<InodeRecord.maximumPages:
+        if page < 0 || page >= InodeRecord.maximumPages {
+            return nil
+        } else if page < Self.indirectFirstPage {
+            self = .direct(page)
+        } else if page < Self.doubleIndirectFirstPage {
+            self = .indirect(page - Self.indirectFirstPage)
+        } else {
             let index = page - Self.doubleIndirectFirstPage
             self = .doubleIndirect(index / perBlock, index % perBlock)
-        default: return nil
         }
     }
 }

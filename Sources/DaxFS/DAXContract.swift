@@ -101,10 +101,17 @@ package protocol DAXBlockSource: AnyObject, Sendable {
     var mapping: PmemMapping { get }
     /// Blocks in the image (the size of per-block tables).
     var blockCount: Int { get }
+    /// Inodes in the image (the size of per-file tables); inode numbers are below it.
+    var inodeCount: Int { get }
 
     /// The file's invalidate lock (the analogue of `mapping->invalidate_lock`): faults hold it
     /// shared; truncate, punch and unlink hold it exclusively.
     func invalidateLock(for file: FileID) -> ReadWriteLock
+
+    /// Whether `file` names a file that exists now (its inode in use, with that generation),
+    /// not a removed one whose inode may belong to another file. The caller holds the
+    /// invalidate lock.
+    func isCurrent(_ file: FileID) -> Bool
 
     /// The block behind `page` of `file` for a fault (`iomap_begin`); with `allocate`, a hole
     /// gets a new zeroed block, durable and mapped before this returns. The caller holds the

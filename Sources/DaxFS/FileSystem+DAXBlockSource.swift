@@ -6,6 +6,8 @@ import Pmem
 extension FileSystem: DAXBlockSource {
     package var blockCount: Int { self.geometry.blockCount }
 
+    package var inodeCount: Int { self.geometry.inodeCount }
+
     package func attach(_ breaker: any LayoutBreaker) throws(FSError) {
         try self.breaker.withLock { (slot) throws(FSError) in
             guard self.isMounted else { throw FSError(.invalidArgument, "\(self.path): not mounted") }
@@ -22,6 +24,15 @@ extension FileSystem: DAXBlockSource {
 
     package func invalidateLock(for file: FileID) -> ReadWriteLock { self.locks[file.inode] }
 
+    package func isCurrent(_ file: FileID) -> Bool {
+        do {
+            _ = try self.checkedRecord(file)
+            return true
+        } catch {
+            return false
+        }
+    }
+
     package func blockForFault(_ file: FileID, page: Int, allocate: Bool) throws(FSError) -> UInt32 {
         let record = try self.checkedRecord(file)
         let size = Int(record.size)
@@ -30,7 +41,7 @@ extension FileSystem: DAXBlockSource {
         }
         let block = self.reader.block(of: record, page: page)
         guard block == 0, allocate else { return block }
-        return try self.stripe(file.inode).withLock { (stripe) throws(FSError) -> UInt32 in
+        return try self.withStripe(file.inode) { (stripe) throws(FSError) -> UInt32 in
             let again = self.reader.block(of: record, page: page)
             if again != 0 { return again }  // another fault filled it
             stripe.allocations += 1

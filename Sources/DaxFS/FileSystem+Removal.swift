@@ -15,22 +15,28 @@ extension FileSystem {
         intent: InodeRecord.Intent? = nil, beforeRemoval: () throws(FSError) -> Void = {},
         range: () throws(FSError) -> Range<Int>
     ) throws(FSError) {
-        let breaker = self.layoutBreaker  // strong for the whole call
-        var call = breaker.map { LayoutBreakCall(policy: policy ?? $0.defaultPolicy) }
+        // Nothing to break (no pages, or no DAX layer attached): straight to the removal.
+        func withoutBreaker(_ pages: Range<Int>, _ size: UInt64?) throws(FSError) {
+            try beforeRemoval()
+            if !pages.isEmpty || size != nil {
+                try self.removeClaiming(number, pages: pages, newSize: size, disposition: .free, breaker: nil, intent: intent)
+            }
+        }
+        // Strong for the whole call, and unwrapped once: calls through an optional existential
+        // cost a retain and a release each, on every punch.
+        guard let breaker = self.layoutBreaker else {
+            try withoutBreaker(try range(), try newSize())
+            return
+        }
+        var call = LayoutBreakCall(policy: policy ?? breaker.defaultPolicy)
         while true {
             let pages = try range()
             let size = try newSize()
-            guard !pages.isEmpty, let breaker, var current = call else {
-                try beforeRemoval()
-                if !pages.isEmpty || size != nil {
-                    try self.removeClaiming(
-                        number, pages: pages, newSize: size, disposition: .free, breaker: nil, intent: intent)
-                }
+            guard !pages.isEmpty else {
+                try withoutBreaker(pages, size)
                 return
             }
-            let result = try breaker.breakLayouts(&current, inode: number, pages: pages, lock: self.locks[number])
-            call = current
-            switch result {
+            switch try breaker.breakLayouts(&call, inode: number, pages: pages, lock: self.locks[number]) {
             case .retry:
                 continue
             case .proceed(let disposition):

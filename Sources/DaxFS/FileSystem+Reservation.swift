@@ -1,3 +1,4 @@
+import Atomics
 import DaxlabSupport
 import Synchronization
 
@@ -111,7 +112,13 @@ extension FileSystem {
     /// (until the files fault it in, or the next mount frees it).
     static let reservationHeadroom = 64
 
-    func stripe(_ inode: Int) -> Locked<FaultStripe> { self.allocationLocks[inode % self.allocationLocks.count] }
+    /// Runs `body` with inode `inode`'s fault stripe locked.
+    @inline(__always)
+    func withStripe<Result, Failure: Error>(
+        _ inode: Int, _ body: (inout FaultStripe) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        try self.allocationLocks.withLock(inode % Self.faultStripes, body)
+    }
 
     /// Maps a reserved block at `page` of inode `number` (a hole). When the file has no zeroed
     /// reserved block it first scrubs the ones punches gave back, and when it has none of those
@@ -128,7 +135,7 @@ extension FileSystem {
             guard try self.takeReservation(number, stripe: &stripe) else { return nil }
         }
         let block = stripe.takeZeroed(number)
-        self.unusedReserved.subtract(1, ordering: .relaxed)
+        self.unusedReserved.add(-1, stripeOf: number)
         self.allocator.allocationObserver?.didAllocate(block, inode: number, page: page)
         self.media.base.storeBytes(of: block, toByteOffset: slot, as: UInt32.self)
         do {
@@ -136,7 +143,7 @@ extension FileSystem {
         } catch {
             self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
             stripe.putZeroed(number, block)
-            self.unusedReserved.add(1, ordering: .relaxed)
+            self.unusedReserved.add(1, stripeOf: number)
             throw error
         }
         return block
@@ -166,7 +173,7 @@ extension FileSystem {
             // A media error (msync's EIO; non-temporal stores on pmem do not fail): that block
             // leaves the reserve, so no fault maps it, and leaks until fsck --repair frees it;
             // the fault fails with the error, and the blocks after it wait for the next scrub.
-            self.unusedReserved.subtract(1, ordering: .relaxed)
+            self.unusedReserved.add(-1, stripeOf: number)
             throw failure
         }
     }
@@ -188,13 +195,13 @@ extension FileSystem {
         guard block != 0, record.intent == InodeRecord.Intent.none, record.reservationContains(block) else {
             return false
         }
-        try self.stripe(number).withLock { (stripe) throws(FSError) in
+        try self.withStripe(number) { (stripe) throws(FSError) in
             self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
             try self.media.persist(slot, 4)
             // Unmapped now; a device still writing (policy none) writes into the reserve.
             self.allocator.allocationObserver?.didFree(block)
             stripe.putPunched(number, block)
-            self.unusedReserved.add(1, ordering: .relaxed)
+            self.unusedReserved.add(1, stripeOf: number)
         }
         return true
     }
@@ -211,7 +218,7 @@ extension FileSystem {
     /// counted, as ordinary blocks of the file.
     /// - Returns: false (nothing changed) when free space is too low to reserve.
     private func takeReservation(_ number: Int, stripe: inout FaultStripe) throws(FSError) -> Bool {
-        let allowed = self.allocator.freeCount / Self.reservationHeadroom - self.unusedReserved.load(ordering: .relaxed)
+        let allowed = self.allocator.freeCount / Self.reservationHeadroom - self.unusedReserved.total
         let count = min(InodeRecord.maximumReservation, allowed)
         guard count >= 2, let blocks = self.allocator.allocate(count, hint: BlockAllocator.currentCPUHint) else {
             return false
@@ -229,17 +236,16 @@ extension FileSystem {
             throw error
         }
         stripe.setZeroed(number, blocks.reversed())
-        self.unusedReserved.add(blocks.count, ordering: .relaxed)
+        self.unusedReserved.add(blocks.count, stripeOf: number)
         return true
     }
 
     /// Forgets inode `number`'s unused reserved blocks (its release has staged freeing them).
     func forgetReservation(_ number: Int) {
-        let forgotten = self.stripe(number).withLock { stripe in
-            defer { stripe.setZeroed(number, []) }
-            return stripe.unusedCount(number)
+        self.withStripe(number) { stripe in
+            self.unusedReserved.add(-stripe.unusedCount(number), stripeOf: number)
+            stripe.setZeroed(number, [])
         }
-        self.unusedReserved.subtract(forgotten, ordering: .relaxed)
     }
 
     /// Stages dropping `block` from the reservation of the staged inode `record`, if it is
@@ -294,5 +300,34 @@ extension FileSystem {
             reclaimed += freed
         }
         return reclaimed
+    }
+}
+
+/// Reserved blocks no page maps, counted per fault stripe: each stripe's count changes only under
+/// that stripe's lock, by a load and a store (no read-modify-write on the fault and punch
+/// paths), and on a cache line of its own; the total is a relaxed sum of the stripes (a
+/// snapshot, as the single relaxed counter it replaces was).
+final class StripeCounts: @unchecked Sendable {
+    private static let spacing = 8  // counts a cache line apart
+    private let counts: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>
+    private let stripes: Int
+
+    init(stripes: Int) {
+        self.stripes = stripes
+        self.counts = .allocate(capacity: stripes * Self.spacing)
+        self.counts.initialize(repeating: UnsafeAtomic<Int>.Storage(0), count: stripes * Self.spacing)
+    }
+
+    deinit { self.counts.deallocate() }
+
+    /// Adds `delta` to the stripe of inode `number`; the caller holds that stripe's lock.
+    func add(_ delta: Int, stripeOf number: Int) {
+        let count = UnsafeAtomic<Int>(at: self.counts + (number % self.stripes) * Self.spacing)
+        count.store(count.load(ordering: .relaxed) &+ delta, ordering: .relaxed)
+    }
+
+    /// Every stripe's count, summed.
+    var total: Int {
+        (0..<self.stripes).reduce(0) { $0 &+ UnsafeAtomic<Int>(at: self.counts + $1 * Self.spacing).load(ordering: .relaxed) }
     }
 }

@@ -16,10 +16,16 @@ import Glibc
 public final class FileSystem: Sendable {
     public let media: Media
     public let geometry: Geometry
+    /// The block map's reader, and where inode 0's record is: made once (the fault and punch
+    /// paths read them several times each, and building the reader copies the geometry).
+    /// (Pointers into the mapping, which every thread reads and writes by the file system's
+    /// locking rules, as through `media`; the properties themselves never change.)
+    nonisolated(unsafe) let reader: BlockMapReader
+    nonisolated(unsafe) private let inodeTable: UnsafeMutableRawPointer
     let log: MetadataLog
     let allocator: BlockAllocator
     /// One lock per inode number.
-    let locks: [ReadWriteLock]
+    let locks: ReadWriteLocks
     let namespace: Locked<Namespace>
     /// The DAX layer's layout breaker, once attached: held until unmount, which drops it. (The
     /// DAX layer holds the file system too: the layer is part of the mount, and the unmount
@@ -28,10 +34,10 @@ public final class FileSystem: Sendable {
     let breaker = Locked(AttachedBreaker())
     /// Serialise block allocation between faults, which hold a file's lock only shared; striped
     /// by inode. Each stripe holds its files' unused reserved blocks (`FileSystem+Reservation`).
-    let allocationLocks: [Locked<FaultStripe>] = (0..<FileSystem.faultStripes).map { _ in Locked(FaultStripe()) }
+    let allocationLocks = LockedArray<FaultStripe>(count: FileSystem.faultStripes) { _ in FaultStripe() }
     /// Reserved blocks no page maps, over every file: what a full image cannot hand out until the
     /// files use them or the next mount frees them (kept under `freeBlocks / reservationHeadroom`).
-    let unusedReserved = Atomic<Int>(0)
+    let unusedReserved = StripeCounts(stripes: FileSystem.faultStripes)
     /// Which lost+found page holds each sequestered block.
     let lostFound = Locked(LostFoundPages())
     private let mounted = Atomic<Bool>(true)
@@ -144,11 +150,13 @@ public final class FileSystem: Sendable {
 
         self.media = media
         self.geometry = geometry
+        self.reader = BlockMapReader(base: media.base, geometry: geometry)
+        self.inodeTable = media.base + geometry.inodeTableOffset
         self.log = MetadataLog(media: media, geometry: geometry)
         let bitmap = Bitmap(base: media.base, geometry: geometry)
         self.allocator = BlockAllocator(
             dataRange: UInt32(geometry.dataStart)..<UInt32(geometry.backupSuperblock), isAllocated: bitmap.isAllocated)
-        self.locks = (0..<geometry.inodeCount).map { _ in ReadWriteLock() }
+        self.locks = ReadWriteLocks(count: geometry.inodeCount)
         // Operations a crash interrupted are finished before anything can see the files (in the
         // private copy of a read-only mount; a clean device mounted read-only has none).
         let writable = !mapping.isReadOnly || mapping.medium != .deviceDAX
@@ -248,9 +256,7 @@ public final class FileSystem: Sendable {
         return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 
-    func record(_ number: Int) -> InodeRecord { InodeRecord(self.media.base + self.geometry.inodeOffset(number)) }
-
-    var reader: BlockMapReader { BlockMapReader(base: self.media.base, geometry: self.geometry) }
+    func record(_ number: Int) -> InodeRecord { InodeRecord(self.inodeTable + number * Geometry.inodeSize) }
 
     /// Usage figures.
     public var usage: FileSystemUsage {
@@ -258,7 +264,7 @@ public final class FileSystem: Sendable {
         return FileSystemUsage(
             blockSize: Geometry.blockSize, totalBlocks: self.geometry.blockCount,
             dataBlocks: self.geometry.dataBlocks, freeBlocks: self.allocator.freeCount,
-            reservedBlocks: self.unusedReserved.load(ordering: .relaxed),
+            reservedBlocks: self.unusedReserved.total,
             inodes: self.geometry.inodeCount, freeInodes: freeInodes, files: files)
     }
 }

@@ -147,9 +147,12 @@ struct InodeRecord {
     /// Whether the reservation lists `block` (no array: the punch path asks).
     func reservationContains(_ block: UInt32) -> Bool {
         let count = min(Int(self.reservationCount), Self.maximumReservation)
-        for index in 0..<count
-        where self.pointer.load(fromByteOffset: Self.reservationOffset + 4 + 4 * index, as: UInt32.self) == block {
-            return true
+        var index = 0
+        while index < count {  // (a `for` over the range left a call and a witness per entry)
+            if self.pointer.load(fromByteOffset: Self.reservationOffset + 4 + 4 * index, as: UInt32.self) == block {
+                return true
+            }
+            index += 1
         }
         return false
     }

@@ -73,4 +73,31 @@ struct LifetimeTests {
             _ = first
         }
     }
+
+    /// A file's address space is found by inode number. Opening the address space of a removed
+    /// file whose inode now belongs to a new file (a stale FileID, held by a device that has not
+    /// heard of the removal) must not displace the live file's space: the breaker would then
+    /// unmap the stale space's empty table and leave the live file's mappings pointing at the
+    /// blocks a truncate frees.
+    @Test("opening a removed file's stale id leaves the live file's address space to the breaker")
+    func staleOpenKeepsLiveSpace() throws {
+        let lab = try Lab(policy: .wait)
+        let removed = try lab.fs.create("removed")
+        try lab.fs.truncate(removed, size: 4096)
+        _ = try lab.dax.open(removed).fault(0, write: true)
+        try lab.fs.unlink("removed")
+        let live = try lab.fs.create("live")
+        #expect(live.inode == removed.inode, "the inode was not reused; the test needs it to be")
+        try lab.fs.truncate(live, size: 2 * 4096)
+        let space = lab.dax.open(live)
+        _ = try space.fault(0, write: true)
+        _ = try space.fault(1, write: true)
+        let stale = lab.dax.open(removed)
+        #expect(stale !== space)
+        #expect(throws: FSError.self) { _ = try stale.fault(0, write: true) }  // the removed file is gone
+        #expect(lab.dax.open(live) === space, "the stale open displaced the live file's space")
+        try lab.fs.truncate(live, size: 4096)
+        #expect(space.staleMappings().isEmpty, "page 1 is still mapped to the block the truncate freed")
+        #expect(try lab.fs.stat(live).size == 4096)
+    }
 }
