@@ -13,7 +13,9 @@
 # that follows has returned to the bench's loop: one pin and one unpin, the handle's few
 # instructions between. CYCLE "alloc" runs `--only alloc` and steps one alloc.block cycle from
 # its 50th write fault on a hole (the fault's slow path) until the punch that follows returns:
-# one block allocated and freed, durably.
+# one block allocated and freed, durably. (One fault in 31 also scrubs the blocks punches gave
+# back, thousands of instructions more; when the 50th is such a one, the count stops at its step
+# limit and says so: run it again.)
 import gdb
 
 CYCLE = globals().get("CYCLE", "pin")

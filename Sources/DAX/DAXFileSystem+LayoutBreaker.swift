@@ -8,21 +8,26 @@ extension DAXFileSystem: LayoutBreaker {
     package func breakLayouts(
         _ call: inout LayoutBreakCall, inode: Int, pages: Range<Int>, lock: ReadWriteLock
     ) throws(FSError) -> LayoutBreakResult {
-        guard let space = self.spaceForBreaker(inode: inode) else { return .proceed(.free) }  // never mapped: no pins
-        space.unmap(pages)
-        // The mmu notifiers: on-demand-paging devices drop their translations (under any policy).
-        let invalidated = space.invalidateSubscriptions(pages)
-        if invalidated != 0 { self.statistics.odpInvalidations.wrappingIncrement(by: invalidated, ordering: .relaxed) }
-        let busy = self.busyBlocks(space, pages)
+        // Unretained: the layer's table keeps the space while this thread holds the file's lock,
+        // which every replacement of it needs (shared); `leaseBreak` takes a reference of its
+        // own before it drops the lock.
+        guard let found = self.spaceForBreaker(inode: inode) else { return .proceed(.free) }  // never mapped: no pins
+        let busy = found._withUnsafeGuaranteedRef { space in
+            space.unmap(pages)
+            // The mmu notifiers: on-demand-paging devices drop their translations (any policy).
+            let invalidated = space.invalidateSubscriptions(pages)
+            if invalidated != 0 { self.statistics.odpInvalidations.wrappingIncrement(by: invalidated, ordering: .relaxed) }
+            return self.busyBlocks(space, pages)
+        }
         switch call.policy {
         case .none:
             self.statistics.pinnedBlocksFreed.wrappingIncrement(by: busy.count, ordering: .relaxed)
-            if !busy.isEmpty { space.leases.forEachOverlapping(pages) { $0.orphan() } }
+            if !busy.isEmpty { found.takeUnretainedValue().leases.forEachOverlapping(pages) { $0.orphan() } }
             return .proceed(.free)
         case .fail:
             guard busy.isEmpty else {
                 self.statistics.refusedBusy.wrappingIncrement(ordering: .relaxed)
-                throw FSError(.busy, "\(space.id): \(busy.count) block(s) pinned for DMA (EBUSY)")
+                throw FSError(.busy, "\(found.takeUnretainedValue().id): \(busy.count) block(s) pinned for DMA (EBUSY)")
             }
             return .proceed(.free)
         case .sequester where !call.movesBlocks:
@@ -39,9 +44,10 @@ extension DAXFileSystem: LayoutBreaker {
         case .leaseBreak:
             guard !busy.isEmpty else { return .proceed(.free) }
             self.sleeping(&call)
+            let held = found.takeUnretainedValue()  // (a reference of its own, taken under the lock)
             lock.unlock()
             defer { lock.lockExclusive() }
-            self.breakLeases(space, pages, busy: busy)
+            self.breakLeases(held, pages, busy: busy)
             return .retry
         }
     }

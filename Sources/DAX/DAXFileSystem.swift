@@ -117,13 +117,14 @@ public final class DAXFileSystem {
         self.spaces.withLock { spaces in inode >= 0 && inode < spaces.count ? spaces[inode] : nil }
     }
 
-    /// The space of inode `inode`, for a caller that holds the file's lock exclusively (the
-    /// breaker): one load, no mutex (see `spaceSlots`).
-    func spaceForBreaker(inode: Int) -> AddressSpace? {
+    /// The space of inode `inode`, unretained, for a caller that holds the file's lock
+    /// exclusively (the breaker): one load, no mutex (see `spaceSlots`). Valid while that lock
+    /// is held.
+    func spaceForBreaker(inode: Int) -> Unmanaged<AddressSpace>? {
         guard inode >= 0, inode < self.inodeCount else { return nil }
         let bits = UnsafeAtomic<UInt>(at: self.spaceSlots + inode).load(ordering: .acquiring)
         guard let opaque = UnsafeRawPointer(bitPattern: bits) else { return nil }
-        return Unmanaged<AddressSpace>.fromOpaque(opaque).takeUnretainedValue()
+        return Unmanaged<AddressSpace>.fromOpaque(opaque)
     }
 
     /// Every address space opened so far, in inode order.

@@ -74,6 +74,9 @@ struct BlockMapReader {
         return map == 0 ? nil : self.geometry.entryOffset(map, index)
     }
 
+    /// The block the pointer at byte `slot` of the mapping names (0: a hole; see `valid`).
+    func pointer(at slot: Int) -> UInt32 { self.valid(self.base.load(fromByteOffset: slot, as: UInt32.self)) }
+
     func entry(_ mapBlock: UInt32, _ index: Int) -> UInt32 {
         guard mapBlock != 0, self.geometry.isDataBlock(mapBlock) else { return 0 }
         return self.valid(self.base.load(fromByteOffset: self.geometry.entryOffset(mapBlock, index), as: UInt32.self))

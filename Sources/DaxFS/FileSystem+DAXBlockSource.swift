@@ -39,13 +39,19 @@ extension FileSystem: DAXBlockSource {
         guard page >= 0, page < (size + Self.pageSize - 1) / Self.pageSize else {
             throw FSError(.invalidArgument, "\(file): page \(page) is past the end of file (\(size) bytes)")
         }
-        let block = self.reader.block(of: record, page: page)
+        // Where the page's pointer lives, when a block-map block holds it (nil: a direct page, or
+        // a map block not made yet). Map blocks leave a file only under its lock held
+        // exclusively, so the slot stays right while this fault holds it shared.
+        let slot = self.reader.mapSlot(of: record, page: page)
+        let block = slot.map(self.reader.pointer(at:)) ?? self.reader.block(of: record, page: page)
         guard block == 0, allocate else { return block }
         return try self.withStripe(file.inode) { (stripe) throws(FSError) -> UInt32 in
-            let again = self.reader.block(of: record, page: page)
+            let again = slot.map(self.reader.pointer(at:)) ?? self.reader.block(of: record, page: page)
             if again != 0 { return again }  // another fault filled it
             stripe.allocations += 1
-            if let block = try self.mapReserved(file.inode, page: page, stripe: &stripe) { return block }
+            if let slot, let block = try self.mapReserved(file.inode, slot: slot, page: page, stripe: &stripe) {
+                return block
+            }
             try self.writeChunk(file.inode, from: page * Self.pageSize, to: min(size, (page + 1) * Self.pageSize), fill: nil)
             let block = self.reader.block(of: record, page: page)
             guard block != 0 else {

@@ -120,14 +120,14 @@ extension FileSystem {
         try self.allocationLocks.withLock(inode % Self.faultStripes, body)
     }
 
-    /// Maps a reserved block at `page` of inode `number` (a hole). When the file has no zeroed
-    /// reserved block it first scrubs the ones punches gave back, and when it has none of those
-    /// either it takes a new reservation. The caller holds the file's lock (shared at least) and
-    /// its stripe's lock.
+    /// Maps a reserved block at `page` of inode `number` (a hole), whose pointer lives at `slot`
+    /// in a block-map block (`BlockMapReader.mapSlot`; direct pages and pages whose map block is
+    /// missing take the transaction path). When the file has no zeroed reserved block it first
+    /// scrubs the ones punches gave back, and when it has none of those either it takes a new
+    /// reservation. The caller holds the file's lock (shared at least) and its stripe's lock.
     /// - Returns: the block, durable in the map; nil when the page must take the transaction
-    ///   path (a direct page, a missing map block, or too little free space to reserve).
-    func mapReserved(_ number: Int, page: Int, stripe: inout FaultStripe) throws(FSError) -> UInt32? {
-        guard let slot = self.mapSlot(number, page: page) else { return nil }
+    ///   path (too little free space to reserve).
+    func mapReserved(_ number: Int, slot: Int, page: Int, stripe: inout FaultStripe) throws(FSError) -> UInt32? {
         if !stripe.hasZeroed(number) {
             try self.scrubPunched(number, stripe: &stripe)
         }
@@ -189,9 +189,9 @@ extension FileSystem {
     /// - Returns: false (nothing done) when the punch needs the transaction path: more than one
     ///   page, a direct page, a block not reserved, or an intent recorded on the file.
     func unmapReserved(_ number: Int, pages: Range<Int>) throws(FSError) -> Bool {
-        guard pages.count == 1, let slot = self.mapSlot(number, page: pages.lowerBound) else { return false }
         let record = self.record(number)
-        let block = self.reader.valid(self.media.base.load(fromByteOffset: slot, as: UInt32.self))
+        guard pages.count == 1, let slot = self.reader.mapSlot(of: record, page: pages.lowerBound) else { return false }
+        let block = self.reader.pointer(at: slot)
         guard block != 0, record.intent == InodeRecord.Intent.none, record.reservationContains(block) else {
             return false
         }
@@ -204,12 +204,6 @@ extension FileSystem {
             self.unusedReserved.add(1, stripeOf: number)
         }
         return true
-    }
-
-    /// Where the pointer of `page` of inode `number` lives, when it lies in a block-map block
-    /// that exists (not a direct page: its pointer is in the checksummed inode).
-    private func mapSlot(_ number: Int, page: Int) -> Int? {
-        self.reader.mapSlot(of: self.record(number), page: page)
     }
 
     /// Reserves blocks for inode `number`, whose earlier reservation is all mapped: zeroes them
