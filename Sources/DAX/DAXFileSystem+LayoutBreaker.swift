@@ -38,18 +38,29 @@ extension DAXFileSystem: LayoutBreaker {
             // (sequester and deferred here: the blocks move within the file, see LayoutBreakCall.)
             guard let block = busy.first else { return .proceed(.free) }
             self.sleeping(&call)
+            let own = self.ownReference()
+            defer { own.release() }
             // mainline's `dax_break_layout` sleeps until the page is idle, however long.
             try self.sleepUnlocked(lock, on: block, timeout: call.policy == .mainline ? nil : self.times.waitTimeout)
             return .retry
         case .leaseBreak:
             guard !busy.isEmpty else { return .proceed(.free) }
             self.sleeping(&call)
+            let own = self.ownReference()
+            defer { own.release() }
             let held = found.takeUnretainedValue()  // (a reference of its own, taken under the lock)
             lock.unlock()
             defer { lock.lockExclusive() }
             self.breakLeases(held, pages, busy: busy)
             return .retry
         }
+    }
+
+    /// A reference to this layer held across a sleep with the file's lock dropped: the file
+    /// system lends its breaker unretained, only while the caller holds that lock (`BreakerSlot`
+    /// in DaxFS), so an unmount meanwhile could otherwise drop the last reference under us.
+    private func ownReference() -> Unmanaged<DAXFileSystem> {
+        Unmanaged.passRetained(self)
     }
 
     /// Counts a call that sleeps, once.

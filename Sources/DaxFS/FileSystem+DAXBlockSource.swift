@@ -9,18 +9,20 @@ extension FileSystem: DAXBlockSource {
     package var inodeCount: Int { self.geometry.inodeCount }
 
     package func attach(_ breaker: any LayoutBreaker) throws(FSError) {
-        try self.breaker.withLock { (slot) throws(FSError) in
-            guard self.isMounted else { throw FSError(.invalidArgument, "\(self.path): not mounted") }
-            guard !self.isReadOnly else { throw FSError(.readOnly, "\(self.path): mounted read-only") }
-            if let attached = slot.value, attached !== breaker {
-                throw FSError(.inUse, "\(self.path): a DAX layer is already attached")
-            }
-            slot.value = breaker
+        guard self.isMounted else { throw FSError(.invalidArgument, "\(self.path): not mounted") }
+        guard !self.isReadOnly else { throw FSError(.readOnly, "\(self.path): mounted read-only") }
+        switch self.breaker.attach(breaker) {
+        case .attached: return
+        case .another: throw FSError(.inUse, "\(self.path): a DAX layer is already attached")
+        case .detached: throw FSError(.invalidArgument, "\(self.path): not mounted")
         }
     }
 
-    /// The attached breaker (until unmount).
-    var layoutBreaker: (any LayoutBreaker)? { self.breaker.withLock { $0.value } }
+    /// A removal whose breaker slept (the file's lock dropped) finds the DAX layer detached:
+    /// the file system is being unmounted under it.
+    func unmountedWhileSleeping() -> FSError {
+        FSError(.invalidArgument, "\(self.path): unmounted while the call waited for pins; nothing changed")
+    }
 
     package func invalidateLock(for file: FileID) -> ReadWriteLock { self.locks[file.inode] }
 
@@ -92,9 +94,4 @@ extension FileSystem: DAXBlockSource {
     public var lostFoundBlocks: Int {
         self.locks[Self.lostFoundInode].withReadLock { Int(self.record(Self.lostFoundInode).blocks) }
     }
-}
-
-/// The attached layout breaker, held until unmount.
-struct AttachedBreaker {
-    var value: (any LayoutBreaker)?
 }

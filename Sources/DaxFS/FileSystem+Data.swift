@@ -246,7 +246,8 @@ extension FileSystem {
         // whole pages go (so EBUSY or a timeout leaves the file as it was).
         // The intent is durable before any byte is zeroed (see truncate).
         let partial = firstWhole * Self.pageSize > offset || (end > endWhole * Self.pageSize && endWhole >= firstWhole)
-        let begin = { () throws(FSError) in
+        // (A local function, not a closure in a `let`: that one's context is allocated.)
+        func begin() throws(FSError) {
             if let growTo {
                 _ = try self.log.transaction { (tx) throws(FSError) in
                     let staged = tx.inode(id.inode)

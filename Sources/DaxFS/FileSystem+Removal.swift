@@ -22,29 +22,30 @@ extension FileSystem {
                 try self.removeClaiming(number, pages: pages, newSize: size, disposition: .free, breaker: nil, intent: intent)
             }
         }
-        // Strong for the whole call, and unwrapped once: calls through an optional existential
-        // cost a retain and a release each, on every punch.
-        guard let breaker = self.layoutBreaker else {
+        // Borrowed from the slot, not retained, so good only while the file's lock is held: a
+        // sleep in the breaker drops it, and if the file system was unmounted meanwhile the
+        // breaker is gone (`BreakerSlot`).
+        try self.breaker.withCurrent { (breaker) throws(FSError) in
+            var call = LayoutBreakCall(policy: policy ?? breaker.defaultPolicy)
+            while true {
+                let pages = try range()
+                let size = try newSize()
+                guard !pages.isEmpty else {
+                    try withoutBreaker(pages, size)
+                    return
+                }
+                switch try breaker.breakLayouts(&call, inode: number, pages: pages, lock: self.locks[number]) {
+                case .retry:
+                    guard self.breaker.isAttached else { throw self.unmountedWhileSleeping() }
+                case .proceed(let disposition):
+                    try beforeRemoval()
+                    try self.removeClaiming(
+                        number, pages: pages, newSize: size, disposition: disposition, breaker: breaker, intent: intent)
+                    return
+                }
+            }
+        } none: { () throws(FSError) in
             try withoutBreaker(try range(), try newSize())
-            return
-        }
-        var call = LayoutBreakCall(policy: policy ?? breaker.defaultPolicy)
-        while true {
-            let pages = try range()
-            let size = try newSize()
-            guard !pages.isEmpty else {
-                try withoutBreaker(pages, size)
-                return
-            }
-            switch try breaker.breakLayouts(&call, inode: number, pages: pages, lock: self.locks[number]) {
-            case .retry:
-                continue
-            case .proceed(let disposition):
-                try beforeRemoval()
-                try self.removeClaiming(
-                    number, pages: pages, newSize: size, disposition: disposition, breaker: breaker, intent: intent)
-                return
-            }
         }
     }
 

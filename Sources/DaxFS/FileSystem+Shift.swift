@@ -68,16 +68,18 @@ extension FileSystem {
         let number = id.inode
         var size = Int(try self.checkedRecord(id).size)
         _ = try newSize(size)
-        if let breaker = self.layoutBreaker {
+        // (Borrowed, good while the lock is held: see `removePages`.)
+        try self.breaker.withCurrent { (breaker) throws(FSError) in
             var call = LayoutBreakCall(policy: policy ?? breaker.defaultPolicy, movesBlocks: true)
             while true {
                 let pages = first..<max(first, (size + Self.pageSize - 1) / Self.pageSize)
                 let result = try breaker.breakLayouts(&call, inode: number, pages: pages, lock: self.locks[number])
                 guard result == .retry else { break }
+                guard self.breaker.isAttached else { throw self.unmountedWhileSleeping() }
                 size = Int(try self.checkedRecord(id).size)  // (the file may have changed while it slept)
                 _ = try newSize(size)
             }
-        }
+        } none: { () throws(FSError) in }
         let finalSize = try newSize(size)
         let pages = (size + Self.pageSize - 1) / Self.pageSize
         var reserved: [UInt32] = []

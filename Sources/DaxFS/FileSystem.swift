@@ -31,7 +31,7 @@ public final class FileSystem: Sendable {
     /// DAX layer holds the file system too: the layer is part of the mount, and the unmount
     /// ends the cycle. Not a weak reference: a weakly referenced object pays the slow path of
     /// every reference count change, and the pin path retains the layer.)
-    let breaker = Locked(AttachedBreaker())
+    let breaker = BreakerSlot()
     /// Serialise block allocation between faults, which hold a file's lock only shared; striped
     /// by inode. Each stripe holds its files' unused reserved blocks (`FileSystem+Reservation`).
     let allocationLocks = LockedArray<FaultStripe>(count: FileSystem.faultStripes) { _ in FaultStripe() }
@@ -187,14 +187,10 @@ public final class FileSystem: Sendable {
     /// - Throws: `.busy` (`fail` with pins outstanding) or `.timedOut` (`wait`'s timeout): still
     ///   mounted, nothing changed; `.io` when the clean state cannot be persisted.
     public func unmount() throws(FSError) {
-        if self.isMounted, let breaker = self.breaker.withLock({ $0.value }) {
+        if self.isMounted, let breaker = self.breaker.retained {
             try breaker.breakLayoutsFinal()  // may sleep for pins, or refuse: still mounted then
         }
-        let breaker = self.breaker.withLock { slot in
-            defer { slot.value = nil }
-            return slot.value
-        }
-        breaker?.fileSystemWillUnmount()
+        self.breaker.detach(waitingOut: self.locks)?.fileSystemWillUnmount()
         guard self.mounted.exchange(false, ordering: .acquiring) else { return }
         if !self.isReadOnly {
             let word = self.media.base.load(fromByteOffset: Superblock.stateOffset, as: UInt64.self)

@@ -4,7 +4,7 @@ import Foundation
 import Testing
 import TestSupport
 
-/// The file system holds its DAX layer weakly and lets go of it at unmount; the DAX layer holds
+/// The file system holds its DAX layer until unmount and lets go of it there; the DAX layer holds
 /// the file system. So nothing keeps an unmounted image mapped once its users let go: no object
 /// cycle leaks a mapping, a descriptor, a zero page or a reclaimer thread.
 @Suite("Mount and DAX lifetimes", .serialized, .timeLimit(.minutes(2)))
@@ -99,5 +99,46 @@ struct LifetimeTests {
         try lab.fs.truncate(live, size: 4096)
         #expect(space.staleMappings().isEmpty, "page 1 is still mapped to the block the truncate freed")
         #expect(try lab.fs.stat(live).size == 4096)
+    }
+
+    /// The file system lends its layout breaker to a removal unretained, for as long as the
+    /// removal holds the file's lock (`BreakerSlot`); unmount detaches it only after every
+    /// file's lock has been free once. A punch that sleeps for a pin drops its lock, so an
+    /// unmount can detach the breaker under it: on waking it must find it gone and fail,
+    /// changing nothing, not use it (or remove blocks from an image already marked clean).
+    @Test("a punch asleep for a pin when the file system is unmounted wakes to an error and changes nothing")
+    func unmountUnderSleepingPunch() throws {
+        try withTemporaryPath("unmount-sleeper") { path in
+            _ = try FileSystem.format(path: path, size: 4 << 20)
+            let fs = try FileSystem.mount(path: path)
+            // Default policy none: the unmount lets the pin outlive it instead of waiting for it.
+            let dax = try DAXFileSystem(fs: fs, policy: .none, times: PolicyTimes(waitTimeout: .seconds(60)))
+            let file = try fs.create("f")
+            try fs.write(file, offset: 0, bytes: [UInt8](repeating: 0xAB, count: 2 * 4096))
+            let space = dax.open(file)
+            let handle = try space.pin(0..<1, write: true)
+            let failure = Box<FSError?>(nil)
+            let finished = Finished()
+            Thread {
+                do throws(FSError) {
+                    try fs.punchHole(file, offset: 0, length: 4096, policy: .wait)
+                } catch {
+                    failure.value = error
+                }
+                finished.signal()
+            }.start()
+            #expect(waitUntil(seconds: 30) { dax.statistics.truncatesWaited.load(ordering: .relaxed) == 1 })
+            #expect(!finished.isDone, "the punch did not wait for the pin")
+            try fs.unmount()  // passes the file's lock, which the sleeping punch dropped
+            handle.unpin()
+            #expect(finished.wait(seconds: 30), "the punch never woke")
+            let error = try #require(failure.value, "the punch went on after the unmount")
+            #expect(error.message.contains("unmounted while the call waited"), "\(error)")
+            #expect(try Fsck.run(path: path).isClean)
+            let again = try FileSystem.mount(path: path)
+            let id = try again.lookup("f")
+            #expect(try again.read(id, offset: 0, count: 4096) == [UInt8](repeating: 0xAB, count: 4096))
+            try again.unmount()
+        }
     }
 }
