@@ -84,7 +84,7 @@ test-pmem: deps
 # The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
 tsan: deps
 	scripts/run-tests.sh .build-tsan/test.log $(SWIFT) test --no-parallel --sanitize=thread --scratch-path .build-tsan \
-		--filter 'DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|DaxFSTests.ReservationTests|PmemTests.MappingTests|DAXTests|RaceTests'
+		--filter 'DaxlabSupportTests|DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|DaxFSTests.ReservationTests|PmemTests.MappingTests|DAXTests|RaceTests'
 
 # The comparison harness, then the ordo-one suites (a separate package; its first release build
 # takes several minutes).

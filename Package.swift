@@ -49,7 +49,7 @@ let package = Package(
         .target(name: "CRing", path: "CRing", cSettings: [.define("_GNU_SOURCE")], linkerSettings: [.linkedLibrary("uring")]),
         // The shared tools every layer uses: pthread locks (which ThreadSanitizer understands),
         // the monotonic clock, named joinable threads, SplitMix64, typed syscall errors.
-        .target(name: "DaxlabSupport", dependencies: ["CShims"]),
+        .target(name: "DaxlabSupport", dependencies: ["CShims", .product(name: "Atomics", package: "swift-atomics")]),
         // Mappings of persistent memory, persistence, and device discovery.
         .target(name: "Pmem", dependencies: ["CShims"]),
         // DaxFS: the file system whose blocks live in the mapping (format, log, allocator, fsck),
@@ -112,6 +112,7 @@ let package = Package(
         .executableTarget(name: "daxlab", dependencies: ["DaxlabCLI"]),
         // Temporary paths and a runner for the built `daxlab` binary, shared by the test targets.
         .target(name: "TestSupport", dependencies: ["CRing", "CShims", "DaxlabSupport"], path: "Tests/TestSupport"),
+        .testTarget(name: "DaxlabSupportTests", dependencies: ["DaxlabSupport", .product(name: "Atomics", package: "swift-atomics")]),
         .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
         .testTarget(name: "DaxFSTests", dependencies: ["DaxFS", "Pmem", "TestSupport", "DaxlabSupport"]),
         .testTarget(

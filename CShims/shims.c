@@ -8,10 +8,12 @@
 #include <ucontext.h>
 #include <sched.h>
 #include <unistd.h>
+#include <linux/futex.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
@@ -209,3 +211,12 @@ uint32_t CShims_crc32c_hardware(uint32_t crc, const void *bytes, size_t count) {
 
 int CShims_has_crc32c_instruction(void) { return 0; }
 #endif
+
+int CShims_futex_wait(void *word, uint32_t expected) {
+    return syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0) == 0 ? 0 : errno;
+}
+
+int CShims_futex_wake(void *word, int32_t count) {
+    long woken = syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+    return woken < 0 ? -errno : (int)woken;
+}

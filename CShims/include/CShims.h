@@ -105,4 +105,20 @@ uint32_t CShims_crc32c_hardware(uint32_t crc, const void *bytes, size_t count);
 /// Whether this CPU has the crc32 instruction (x86-64 SSE4.2); 0 elsewhere.
 int CShims_has_crc32c_instruction(void);
 
+/// FUTEX_WAIT_PRIVATE on the 32-bit word at `word`: sleeps while it holds `expected`, until a
+/// wake-up (or a signal, or at once when it no longer holds it). Returns 0, or the errno
+/// (EAGAIN, EINTR: the caller looks again either way).
+int CShims_futex_wait(void *word, uint32_t expected);
+
+/// FUTEX_WAKE_PRIVATE: wakes up to `count` threads sleeping on `word`. Returns how many woke,
+/// or -errno.
+int CShims_futex_wake(void *word, int32_t count);
+
+/// A spin-wait hint (x86 `pause`), for loops that poll a word another CPU will change.
+static inline void CShims_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 #endif

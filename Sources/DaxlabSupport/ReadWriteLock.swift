@@ -1,19 +1,50 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import Atomics
+import CShims
 
-/// A reader-writer lock (pthread_rwlock, writer-preferring): a file's lock, shared by reads and
-/// faults, exclusive for changes to its size or block map. The analogue of a file system's
-/// per-inode `i_rwsem` / `invalidate_lock`.
+/// A reader-writer lock on a futex word: a file's lock, shared by reads and faults, exclusive
+/// for changes to its size or block map (the analogue of a file system's per-inode `i_rwsem` /
+/// `invalidate_lock`). Writer-preferring, like the `PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP`
+/// rwlock it replaces: once a writer waits, new readers wait behind it, so a truncate is not
+/// starved by a stream of faults. Not recursive: a thread that takes it twice exclusively, or
+/// exclusively while it holds it shared, deadlocks.
 ///
-/// A handle, not an object: the pthread_rwlock_t lives in a `ReadWriteLocks` table, which must
-/// outlive every handle to it (a file system holds its table; an address space holds the file
-/// system). So taking a file's lock counts no references.
+/// Why not pthread_rwlock: one uncontended shared lock, unlock and exclusive lock, unlock cost
+/// glibc nine locked instructions and about 250 others (its rwlock keeps phases and a separate
+/// writer futex in every operation); here each costs one locked instruction and a handful of
+/// others, the floor for a lock that readers share. A write fault plus a punch takes both.
+///
+/// The algorithm is the one of Rust's standard library (`sys/sync/rwlock/futex.rs`), written
+/// anew. `state` holds the number of readers in its low 30 bits (all ones: a writer holds it),
+/// bit 30 says readers sleep, bit 31 says writers sleep. Readers sleep on `state`; writers
+/// sleep on `writerWakeups`, a counter bumped before every wake-up of a writer, so a writer
+/// about to sleep cannot miss one. The uncontended paths are one compare-exchange (lock) or
+/// one subtraction (unlock); only the contended ones spin briefly and then call futex.
+///
+/// A handle, not an object: the two words live in a `ReadWriteLocks` table, which must outlive
+/// every handle to it (a file system holds its table; an address space holds the file system).
+/// So taking a file's lock counts no references.
 public struct ReadWriteLock: @unchecked Sendable {
-    // A stable heap address, owned by the table; pthread guards what is there.
-    @usableFromInline let lock: UnsafeMutablePointer<pthread_rwlock_t>
+    /// `state`, then `writerWakeups`, in one cache line of the table.
+    @usableFromInline let words: UnsafeMutablePointer<UInt32.AtomicRepresentation>
 
-    @usableFromInline init(_ lock: UnsafeMutablePointer<pthread_rwlock_t>) { self.lock = lock }
+    @usableFromInline init(_ words: UnsafeMutablePointer<UInt32.AtomicRepresentation>) { self.words = words }
+
+    @usableFromInline var state: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words) }
+    @usableFromInline var writerWakeups: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words + 1) }
+
+    /// The low bits: readers holding the lock, or `writeLocked`.
+    @usableFromInline static var mask: UInt32 { (1 << 30) - 1 }
+    @usableFromInline static var writeLocked: UInt32 { mask }
+    @usableFromInline static var maxReaders: UInt32 { mask - 1 }
+    @usableFromInline static var readersWaiting: UInt32 { 1 << 30 }
+    @usableFromInline static var writersWaiting: UInt32 { 1 << 31 }
+
+    /// A reader may take it: no writer holds it, there is room, and nobody sleeps (a sleeping
+    /// writer goes first; sleeping readers are woken together when the writer leaves).
+    @inlinable
+    static func isReadLockable(_ state: UInt32) -> Bool {
+        state & mask < maxReaders && state & (readersWaiting | writersWaiting) == 0
+    }
 
     @inlinable
     public func withReadLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
@@ -30,48 +61,175 @@ public struct ReadWriteLock: @unchecked Sendable {
     }
 
     /// Takes the lock shared (prefer `withReadLock`).
+    @inlinable
     public func lockShared() {
-        let result = pthread_rwlock_rdlock(self.lock)
-        precondition(result == 0, "pthread_rwlock_rdlock: \(result) (EDEADLK: this thread holds it exclusively)")
+        let state = self.state.load(ordering: .relaxed)
+        if Self.isReadLockable(state),
+            self.state.weakCompareExchange(
+                expected: state, desired: state + 1, successOrdering: .acquiring, failureOrdering: .relaxed
+            ).exchanged
+        {
+            return
+        }
+        self.lockSharedContended()
     }
+
     /// Takes the lock exclusively (prefer `withWriteLock`).
+    @inlinable
     public func lockExclusive() {
-        let result = pthread_rwlock_wrlock(self.lock)
-        precondition(result == 0, "pthread_rwlock_wrlock: \(result) (EDEADLK: this thread holds it already)")
+        if self.state.compareExchange(
+            expected: 0, desired: Self.writeLocked, successOrdering: .acquiring, failureOrdering: .relaxed
+        ).exchanged {
+            return
+        }
+        self.lockExclusiveContended()
     }
-    /// Releases the lock, however it was taken.
+
+    /// Releases the lock, however this thread took it.
+    @inlinable
     public func unlock() {
-        let result = pthread_rwlock_unlock(self.lock)
-        precondition(result == 0, "pthread_rwlock_unlock: \(result)")
+        // Only the holder changes the low bits from here: a writer sees its own `writeLocked`,
+        // a reader a count of at least its own one.
+        if self.state.load(ordering: .relaxed) & Self.mask == Self.writeLocked {
+            let state = self.state.loadThenWrappingDecrement(by: Self.writeLocked, ordering: .releasing) - Self.writeLocked
+            if state & (Self.readersWaiting | Self.writersWaiting) != 0 { self.wake(state) }
+        } else {
+            let state = self.state.loadThenWrappingDecrement(ordering: .releasing) &- 1
+            precondition(state & Self.mask != Self.mask, "unlock of a ReadWriteLock nobody holds")
+            // The last reader out lets a sleeping writer in (readers only sleep behind one).
+            if state & Self.mask == 0, state & Self.writersWaiting != 0 { self.wake(state) }
+        }
+    }
+
+    // MARK: the contended paths
+
+    @usableFromInline
+    func lockSharedContended() {
+        var state = self.spin { state in state & Self.mask != Self.writeLocked || state & ~Self.mask != 0 }
+        while true {
+            if Self.isReadLockable(state) {
+                let (exchanged, current) = self.state.weakCompareExchange(
+                    expected: state, desired: state + 1, successOrdering: .acquiring, failureOrdering: .relaxed)
+                if exchanged { return }
+                state = current
+                continue
+            }
+            precondition(state & Self.mask != Self.maxReaders, "ReadWriteLock: too many readers")
+            // Say that readers sleep before sleeping, so the writer's unlock wakes us.
+            if state & Self.readersWaiting == 0 {
+                let (exchanged, current) = self.state.compareExchange(
+                    expected: state, desired: state | Self.readersWaiting, ordering: .relaxed)
+                if !exchanged {
+                    state = current
+                    continue
+                }
+            }
+            _ = CShims_futex_wait(UnsafeMutableRawPointer(self.words), state | Self.readersWaiting)
+            state = self.spin { state in state & Self.mask != Self.writeLocked || state & ~Self.mask != 0 }
+        }
+    }
+
+    @usableFromInline
+    func lockExclusiveContended() {
+        var state = self.spin { state in state & Self.mask == 0 || state & Self.writersWaiting != 0 }
+        // Once this writer has slept, others may sleep too: it takes the lock leaving the bit set,
+        // so its unlock wakes one of them (or finds none and wakes the readers).
+        var otherWritersWaiting: UInt32 = 0
+        while true {
+            if state & Self.mask == 0 {
+                let (exchanged, current) = self.state.weakCompareExchange(
+                    expected: state, desired: state | Self.writeLocked | otherWritersWaiting,
+                    successOrdering: .acquiring, failureOrdering: .relaxed)
+                if exchanged { return }
+                state = current
+                continue
+            }
+            if state & Self.writersWaiting == 0 {
+                let (exchanged, current) = self.state.compareExchange(
+                    expected: state, desired: state | Self.writersWaiting, ordering: .relaxed)
+                if !exchanged {
+                    state = current
+                    continue
+                }
+            }
+            otherWritersWaiting = Self.writersWaiting
+            // Read the wake-up count before checking the state again: a wake-up after this
+            // check bumps it, and the futex then refuses to sleep.
+            let wakeups = self.writerWakeups.load(ordering: .acquiring)
+            state = self.state.load(ordering: .relaxed)
+            if state & Self.mask == 0 || state & Self.writersWaiting == 0 { continue }
+            _ = CShims_futex_wait(UnsafeMutableRawPointer(self.words + 1), wakeups)
+            state = self.spin { state in state & Self.mask == 0 || state & Self.writersWaiting != 0 }
+        }
+    }
+
+    /// The lock was just released (`state` has no holder) with sleepers: wakes one writer if
+    /// one sleeps (writer preference), else every reader.
+    @usableFromInline
+    func wake(_ state: UInt32) {
+        var state = state
+        if state == Self.writersWaiting {
+            let (exchanged, current) = self.state.compareExchange(expected: state, desired: 0, ordering: .relaxed)
+            if exchanged {
+                self.wakeWriter()
+                return
+            }
+            state = current
+        }
+        if state == Self.readersWaiting | Self.writersWaiting {
+            // Readers keep sleeping; if no writer was asleep after all (one about to sleep
+            // saw the bump and went round again), the readers are woken instead.
+            guard self.state.compareExchange(expected: state, desired: Self.readersWaiting, ordering: .relaxed).exchanged
+            else { return }  // changed meanwhile: whoever holds it now wakes at its unlock
+            if self.wakeWriter() { return }
+            state = Self.readersWaiting
+        }
+        if state == Self.readersWaiting,
+            self.state.compareExchange(expected: state, desired: 0, ordering: .relaxed).exchanged
+        {
+            _ = CShims_futex_wake(UnsafeMutableRawPointer(self.words), Int32.max)
+        }
+    }
+
+    /// Wakes one sleeping writer. - Returns: whether one was asleep.
+    @discardableResult
+    func wakeWriter() -> Bool {
+        self.writerWakeups.wrappingIncrement(ordering: .releasing)
+        return CShims_futex_wake(UnsafeMutableRawPointer(self.words + 1), 1) > 0
+    }
+
+    /// Spins a little (a holder is usually out soon) until `done` holds; the state last seen.
+    @usableFromInline
+    func spin(until done: (UInt32) -> Bool) -> UInt32 {
+        var left = 100
+        while true {
+            let state = self.state.load(ordering: .relaxed)
+            if done(state) || left == 0 { return state }
+            CShims_cpu_relax()
+            left -= 1
+        }
     }
 }
 
 /// `count` reader-writer locks in one allocation, one cache line each (two files' locks never
-/// share a line), destroyed with the table.
+/// share a line).
 public final class ReadWriteLocks: @unchecked Sendable {
     public let count: Int
-    @usableFromInline let storage: UnsafeMutableRawPointer
-    @usableFromInline static let stride = (MemoryLayout<pthread_rwlock_t>.stride + 63) & ~63
+    @usableFromInline let storage: UnsafeMutablePointer<UInt32.AtomicRepresentation>
+    /// Words per lock: a cache line.
+    @usableFromInline static var stride: Int { 64 / MemoryLayout<UInt32.AtomicRepresentation>.stride }
 
     public init(count: Int) {
         precondition(count >= 0, "a negative count of locks")
         self.count = count
-        self.storage = .allocate(byteCount: max(1, count) * Self.stride, alignment: 64)
-        var attributes = pthread_rwlockattr_t()
-        pthread_rwlockattr_init(&attributes)
-        pthread_rwlockattr_setkind_np(&attributes, Int32(PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP))
-        for index in 0..<count {
-            let lock = (self.storage + index * Self.stride).bindMemory(to: pthread_rwlock_t.self, capacity: 1)
-            lock.initialize(to: pthread_rwlock_t())
-            pthread_rwlock_init(lock, &attributes)
-        }
-        pthread_rwlockattr_destroy(&attributes)
+        let words = max(1, count) * Self.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: words * MemoryLayout<UInt32.AtomicRepresentation>.stride, alignment: 64)
+        self.storage = raw.bindMemory(to: UInt32.AtomicRepresentation.self, capacity: words)
+        self.storage.initialize(repeating: UInt32.AtomicRepresentation(0), count: words)
     }
 
     deinit {
-        for index in 0..<self.count {
-            pthread_rwlock_destroy((self.storage + index * Self.stride).assumingMemoryBound(to: pthread_rwlock_t.self))
-        }
+        self.storage.deinitialize(count: max(1, self.count) * Self.stride)
         self.storage.deallocate()
     }
 
@@ -79,6 +237,6 @@ public final class ReadWriteLocks: @unchecked Sendable {
     @inlinable
     public subscript(index: Int) -> ReadWriteLock {
         precondition(UInt(bitPattern: index) < UInt(bitPattern: self.count), "lock \(index) of \(self.count)")
-        return ReadWriteLock((self.storage + index * Self.stride).assumingMemoryBound(to: pthread_rwlock_t.self))
+        return ReadWriteLock(self.storage + index * Self.stride)
     }
 }

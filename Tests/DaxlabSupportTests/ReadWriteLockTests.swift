@@ -1,0 +1,179 @@
+import Atomics
+@testable import DaxlabSupport
+import Foundation
+import Testing
+
+/// The file lock (`ReadWriteLock`, a futex reader-writer lock): readers share it, a writer has
+/// it alone, a waiting writer goes before readers that come after it, and every sleeper is woken.
+/// The mechanism tests make each interleaving happen on purpose (a thread is known to be asleep
+/// in the lock before the next step); the stress test drives the contended paths at random.
+@Suite("the file lock (futex reader-writer lock)", .serialized, .timeLimit(.minutes(2)))
+struct ReadWriteLockTests {
+    /// A thread running `body`, with a flag for when it has returned.
+    private final class Worker: @unchecked Sendable {
+        let done = ManagedAtomic<Bool>(false)
+        init(_ body: @escaping @Sendable () -> Void) {
+            Thread {
+                body()
+                self.done.store(true, ordering: .releasing)
+            }.start()
+        }
+        var isDone: Bool { self.done.load(ordering: .acquiring) }
+    }
+
+    /// Polls `condition` for up to 30 seconds.
+    private func eventually(_ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(200)
+        }
+        return condition()
+    }
+
+    /// (A load outside `#expect`, whose expansion does not take swift-atomics' orderings.)
+    private static func value<Value: AtomicValue>(_ atomic: ManagedAtomic<Value>) -> Value where Value.AtomicRepresentation: AtomicStorage {
+        atomic.load(ordering: .acquiring)
+    }
+
+    /// The lock's state word: the reader count (all ones: a writer) and the sleeper bits.
+    private func state(_ lock: ReadWriteLock) -> UInt32 { lock.state.load(ordering: .relaxed) }
+
+    @Test("readers share it; a writer waits for them and then has it alone")
+    func sharedThenExclusive() {
+        let locks = ReadWriteLocks(count: 2)
+        let lock = locks[1]
+        lock.lockShared()
+        lock.lockShared()  // a second reader while the first holds it (same thread: not recursive only for writers)
+        #expect(self.state(lock) == 2)
+        let inside = ManagedAtomic<Bool>(false)
+        let writer = Worker {
+            lock.withWriteLock { inside.store(true, ordering: .relaxed) }
+        }
+        #expect(self.eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 }, "the writer never slept")
+        #expect(!Self.value(inside), "the writer got in while readers held the lock")
+        lock.unlock()
+        #expect(!Self.value(inside), "the writer got in while a reader held the lock")
+        lock.unlock()
+        #expect(self.eventually { writer.isDone }, "the last reader's unlock did not wake the writer")
+        #expect(Self.value(inside))
+        #expect(self.state(lock) == 0, "sleeper bits left behind: \(self.state(lock))")
+        #expect(self.state(locks[0]) == 0, "the neighbouring lock changed")
+    }
+
+    @Test("a waiting writer goes before readers that come after it, and those readers are woken when it leaves")
+    func writerPreference() {
+        let locks = ReadWriteLocks(count: 1)
+        let lock = locks[0]
+        let order = ManagedAtomic<Int>(0)
+        let writerTurn = ManagedAtomic<Int>(-1)
+        let readerTurns = [ManagedAtomic<Int>(-1), ManagedAtomic<Int>(-1)]
+        lock.lockShared()
+        let writer = Worker {
+            lock.withWriteLock { writerTurn.store(order.loadThenWrappingIncrement(ordering: .relaxed), ordering: .relaxed) }
+        }
+        #expect(self.eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 }, "the writer never slept")
+        // Two readers arrive while the writer waits: they must sleep, though only a reader holds it.
+        let readers = readerTurns.map { turn in
+            Worker { lock.withReadLock { turn.store(order.loadThenWrappingIncrement(ordering: .relaxed), ordering: .relaxed) } }
+        }
+        #expect(self.eventually { self.state(lock) & ReadWriteLock.readersWaiting != 0 }, "the new readers never slept")
+        #expect(readerTurns.allSatisfy { Self.value($0) == -1 }, "a reader overtook the waiting writer")
+        lock.unlock()
+        #expect(self.eventually { writer.isDone && readers.allSatisfy(\.isDone) }, "a sleeper was never woken")
+        #expect(Self.value(writerTurn) == 0, "the writer was not first")
+        #expect(Set(readerTurns.map { Self.value($0) }) == [1, 2])
+        #expect(self.state(lock) == 0)
+    }
+
+    @Test("writers queue: each one sleeping behind another is woken in turn, none lost")
+    func writersInTurn() {
+        let locks = ReadWriteLocks(count: 1)
+        let lock = locks[0]
+        let entered = ManagedAtomic<Int>(0)
+        lock.lockExclusive()
+        let writers = (0..<3).map { _ in
+            Worker { lock.withWriteLock { entered.wrappingIncrement(ordering: .relaxed) } }
+        }
+        #expect(self.eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 })
+        usleep(20_000)  // (not needed for correctness: lets all three reach their sleep)
+        #expect(Self.value(entered) == 0, "a writer got in while another held the lock")
+        lock.unlock()
+        #expect(self.eventually { writers.allSatisfy(\.isDone) }, "a sleeping writer was never woken")
+        #expect(Self.value(entered) == 3)
+        #expect(self.state(lock) == 0)
+    }
+
+    @Test("a writer gets in past readers that never all let go at once")
+    func writerNotStarved() {
+        let locks = ReadWriteLocks(count: 1)
+        let lock = locks[0]
+        let stop = ManagedAtomic<Bool>(false)
+        // Two readers whose holds overlap: without writer preference the lock is never free.
+        let readers = (0..<2).map { _ in
+            Worker {
+                while !stop.load(ordering: .relaxed) { _ = lock.withReadLock { usleep(200) } }
+            }
+        }
+        usleep(5_000)
+        let writer = Worker { lock.withWriteLock {} }
+        #expect(self.eventually { writer.isDone }, "the writer starved behind the readers")
+        stop.store(true, ordering: .relaxed)
+        #expect(self.eventually { readers.allSatisfy(\.isDone) })
+        #expect(self.state(lock) == 0)
+    }
+
+    /// Checked state for the stress test: how many hold the lock of each kind, and a plain
+    /// counter only writers touch (a lost update, or ThreadSanitizer, catches a writer that
+    /// was not alone).
+    private final class Shared: @unchecked Sendable {
+        let readers = ManagedAtomic<Int>(0)
+        let writers = ManagedAtomic<Int>(0)
+        let violations = ManagedAtomic<Int>(0)
+        var counter = 0
+    }
+
+    @Test("4 threads x 20 000 random shared and exclusive sections: never a writer beside anyone, no update lost")
+    func stress() {
+        let locks = ReadWriteLocks(count: 1)
+        let lock = locks[0]
+        let shared = Shared()
+        let writes = ManagedAtomic<Int>(0)
+        let workers = (0..<4).map { thread in
+            Worker {
+                var random = SplitMix64(seed: UInt64(thread) &+ 17)
+                for _ in 0..<20_000 {
+                    let roll = random.next() % 16
+                    if roll < 5 {
+                        lock.withWriteLock {
+                            if shared.writers.loadThenWrappingIncrement(ordering: .relaxed) != 0
+                                || shared.readers.load(ordering: .relaxed) != 0
+                            {
+                                shared.violations.wrappingIncrement(ordering: .relaxed)
+                            }
+                            shared.counter += 1
+                            if roll == 0 { usleep(50) }  // long enough for the others to sleep
+                            shared.writers.wrappingDecrement(ordering: .relaxed)
+                        }
+                        writes.wrappingIncrement(ordering: .relaxed)
+                    } else {
+                        lock.withReadLock {
+                            shared.readers.wrappingIncrement(ordering: .relaxed)
+                            if shared.writers.load(ordering: .relaxed) != 0 {
+                                shared.violations.wrappingIncrement(ordering: .relaxed)
+                            }
+                            _ = shared.counter  // a read that must not race a writer
+                            if roll == 15 { usleep(50) }
+                            shared.readers.wrappingDecrement(ordering: .relaxed)
+                        }
+                    }
+                }
+            }
+        }
+        #expect(self.eventually { workers.allSatisfy(\.isDone) }, "a thread never finished (a lost wake-up)")
+        #expect(Self.value(shared.violations) == 0)
+        let written = Self.value(writes)
+        lock.withWriteLock { #expect(shared.counter == written) }
+        #expect(self.state(lock) == 0, "sleeper bits left behind: \(self.state(lock))")
+    }
+}
