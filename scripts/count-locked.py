@@ -45,6 +45,10 @@ counted = {}
 per_function_last = ()
 # Names (substrings) of functions whose callers to list too: WHO_CALLS=["Hasher"].
 WHO_CALLS = globals().get("WHO_CALLS", [])
+# TRACE=1: also print, in order, the step of every locked instruction, cache-line write-back and
+# fence: how much work lies between a persist and the locked instruction that waits for it.
+TRACE = globals().get("TRACE", 0)
+trace = []
 limit = 2000 + 200 * PAGES if CYCLE == "pin" else 20000
 while steps < limit:
     gdb.execute("stepi", to_string=True)
@@ -75,8 +79,15 @@ while steps < limit:
         if name.startswith("swift_") and frame.older() is not None:
             name += " <- " + (frame.older().name() or "?")
         locked[name] = locked.get(name, 0) + 1
+        if TRACE:
+            trace.append("%6d  locked  %s" % (steps, name[:150]))
+    elif TRACE and asm.split()[0] in ("clwb", "clflushopt", "clflush", "sfence", "mfence"):
+        older = frame.older().name() if frame.older() else "?"
+        trace.append("%6d  %-7s %s <- %s" % (steps, asm.split()[0], name[:60], (older or "?")[:90]))
 print("%s: %d instructions, %d locked%s" % (
     WHAT, steps, sum(locked.values()), "" if steps < limit else " (stopped at the step limit)"))
+for line in trace:
+    print(line)
 for name, count in sorted(locked.items(), key=lambda item: -item[1]):
     print("  locked %4d  %s" % (count, name[:140]))
 for name, count in sorted(per_function.items(), key=lambda item: -item[1])[:int(globals().get("TOP", 12))]:
