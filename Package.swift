@@ -3,9 +3,9 @@
 // daxlab: a userspace laboratory for the Linux DAX "DMA versus truncate" problem.
 //
 // The module graph, bottom to top; each target depends only on targets below it, and only on
-// what it imports (scripts/check-layers.sh checks both):
+// what it imports (scripts/check-layers.swift checks both):
 //
-//   CShims          C: libpmem, libndctl, libdaxctl, libblkid; prefixed wrappers; the window fault handler
+//   CShims          C: libpmem, libndctl, libdaxctl, libblkid; prefixed wrappers; futex; the window fault handler
 //   CRing           C: liburing (the kernel's long-term pins and writes)
 //   DaxlabSupport   locks, the monotonic clock, named threads, the seeded generator, syscall errors
 //   Pmem            mappings of persistent memory, persistence, device discovery
