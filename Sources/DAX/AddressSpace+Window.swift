@@ -136,8 +136,18 @@ extension AddressSpace {
     /// A short-term pin's I/O found the `index`-th page of its view unmapped (a truncate's unmap
     /// ran since): faults it in again, as the kernel's GUP does, if the file's page has had the
     /// pinned block all along (it still has it, and no truncate under `none` cut the range under
-    /// the pin) and the pin is not revoked. Runs inside the batch's write fence, so a
-    /// revocation either is seen here or unmaps the view again after this write ends.
+    /// the pin) and the pin is not revoked. Runs inside the batch's write fence.
+    ///
+    /// The revocation check is made again after the page is mapped, and a revoked pin's page is
+    /// unmapped before returning. A revoker (which holds no file lock) sets the revoked bit,
+    /// unmaps the view, waits for the writes in the fence, and unmaps once more; without the
+    /// second check, a refault whose first check ran just before the bit could map the page
+    /// after the revoker's first unmap, and the device's *next* write, entering the fence after
+    /// the revoker stopped waiting but before its last unmap, would have the kernel pin the
+    /// page through that mapping and land in the block after it was freed (the rare
+    /// lease-break / kernel-direct stale write). The two mapping calls are ordered by the
+    /// kernel (both take the process's `mmap_lock` for writing): a map after the revoker's
+    /// unmap sees the bit the revoker set before it; a map before it is undone by it.
     /// - Returns: whether the view page is mapped again.
     func refault(_ batch: PinBatch, index: Int) -> Bool {
         guard let view = batch.view else { return false }
@@ -145,7 +155,12 @@ extension AddressSpace {
         return self.lock.withReadLock {
             guard !batch.isRevoked, !batch.isOrphaned, let block = try? self.install(page, write: false), block == batch.blocks[index]
             else { return false }
-            return (try? view.map(page: index, block: block)) != nil
+            guard (try? view.map(page: index, block: block)) != nil else { return false }
+            if batch.isRevoked {
+                view.unmap(index..<(index + 1))
+                return false
+            }
+            return true
         }
     }
 }
