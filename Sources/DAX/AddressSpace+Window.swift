@@ -155,6 +155,9 @@ extension AddressSpace {
         return self.lock.withReadLock {
             guard !batch.isRevoked, !batch.isOrphaned, let block = try? self.install(page, write: false), block == batch.blocks[index]
             else { return false }
+            #if DAXLAB_TEST_HOOKS
+            self.refaultHook?()
+            #endif
             guard (try? view.map(page: index, block: block)) != nil else { return false }
             if batch.isRevoked {
                 view.unmap(index..<(index + 1))

@@ -52,6 +52,12 @@ public final class AddressSpace: @unchecked Sendable {
     /// pin-count increment, with the page and the block it loaded: where an invalidation must be
     /// caught by the recheck (gup-fast's `pte_same`).
     nonisolated(unsafe) var pinFastPathHook: ((Int, UInt32) -> Void)?
+    /// Tests only: runs in `refault` once its revocation check passed, before it maps the page
+    /// (the file's lock held shared).
+    nonisolated(unsafe) var refaultHook: (() -> Void)?
+    /// Tests only: runs in the revocation of a pin of this space once the revoked bit is set and
+    /// the view unmapped, before it waits for the writes in the fence.
+    nonisolated(unsafe) var revocationHook: (() -> Void)?
     #endif
 
     init(id: FileID, dax: DAXFileSystem) {

@@ -242,6 +242,9 @@ final class PinBatch: @unchecked Sendable {
         let previous = self.state.bitwiseOr(Self.revokedBit, ordering: .acquiringAndReleasing).oldValue
         guard previous & (Self.revokedBit | Self.releasedBit) == 0 else { return .nothing }
         if previous & Self.pinnedBit != 0 { self.defuseKernelPin() }
+        #if DAXLAB_TEST_HOOKS
+        self.space?.revocationHook?()
+        #endif
         while (self.state.load(ordering: .acquiring) >> 16) & 0xFFFF > 0 { sched_yield() }
         // A kernel write that entered before the revoked bit may have faulted its view page in
         // again (`AddressSpace.refault`), even after the unmap above; every later one sees the

@@ -1,5 +1,5 @@
 import CShims
-import DAX
+@testable import DAX
 import DMA
 @_spi(Oracle) import DaxFS
 import Foundation
@@ -227,5 +227,50 @@ struct KernelPinTests {
             #expect(written == 4096)
         }
         #expect(try lab.fs.read(lab.file, offset: 4096, count: 4096).allSatisfy { $0 == 0xD3 })
+    }
+
+    /// A revoker holds no file lock, so a short-term pin's refault can pass its revocation check
+    /// just before the revoked bit is set and map the view page just after the revoker unmapped
+    /// it. The refault must see the revocation once it has mapped and leave nothing mapped: else
+    /// the write (and the device's next one, before the revoker's last unmap) lands through that
+    /// page, and the kernel's pin of it outlives the revocation. The interleaving is made on
+    /// purpose: the first attempt reports EFAULT (as an I/O on the unmapped page does), and the
+    /// refault's hook, past its check, waits until the revoker has set the bit and unmapped.
+    @Test("a refault that maps a short-term pin's page just after a lease-break revocation unmapped it refuses the write",
+          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"))
+    func refaultRacingRevocation() throws {
+        // A break time long enough for this thread to reach the refault's check before it ends.
+        let lab = try Lab(policy: .leaseBreak, pages: 4, times: PolicyTimes(leaseBreakTime: .seconds(2)))
+        let source = try TaggedSource(direct: true)
+        try source.fill(0xE1)
+        let space = lab.space
+        let revoked = DispatchSemaphore(value: 0)
+        let hookRan = Box(false)
+        space.revocationHook = { revoked.signal() }
+        space.refaultHook = {
+            hookRan.value = true
+            _ = revoked.wait(timeout: .now() + 30)
+        }
+        defer {
+            space.refaultHook = nil
+            space.revocationHook = nil
+        }
+        let (first, punch) = try holding(try space.pin(1..<2, write: true, kernel: .shortTerm)) {
+            (handle: borrowing PinHandle) throws -> (Int32, Finished) in
+            // The punch unmaps the page, finds it pinned, drops the file's lock for the lease's
+            // break time, then revokes the pin.
+            let punch = lab.background { _ = try? lab.fs.punchHole(lab.file, offset: 4096, length: 4096) }
+            #expect(waitUntil(seconds: 30) { lab.dax.statistics.truncatesWaited.load(ordering: .relaxed) == 1 })
+            var attempts = 0
+            let first = handle.kernelWrite(at: 0) { address in
+                attempts += 1
+                return attempts == 1 ? -EFAULT : source.readDirect(into: address)
+            }
+            return (first, punch)
+        }
+        #expect(hookRan.value, "the refault's check came after the revocation: the race was not made")
+        #expect(first == -EFAULT, "the refault mapped the page after the revocation, and the write landed (\(first))")
+        #expect(punch.wait(seconds: 30), "the punch never finished")
+        #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) == 1)
     }
 }
