@@ -18,12 +18,6 @@ extension FileSystem: DAXBlockSource {
         }
     }
 
-    /// A removal whose breaker slept (the file's lock dropped) finds the DAX layer detached:
-    /// the file system is being unmounted under it.
-    func unmountedWhileSleeping() -> FSError {
-        FSError(.invalidArgument, "\(self.path): unmounted while the call waited for pins; nothing changed")
-    }
-
     package func invalidateLock(for file: FileID) -> ReadWriteLock { self.locks[file.inode] }
 
     package func isCurrent(_ file: FileID) -> Bool {

@@ -49,6 +49,12 @@ extension FileSystem {
         }
     }
 
+    /// A removal or shift whose breaker slept (the file's lock dropped) finds the DAX layer
+    /// detached: the file system is being unmounted under it.
+    func unmountedWhileSleeping() -> FSError {
+        FSError(.invalidArgument, "\(self.path): unmounted while the call waited for pins; nothing changed")
+    }
+
     /// Removes `pages` once the breaker (if any) has said how: a one-page punch of a reserved
     /// block with nothing pinned to keep needs no transaction (`unmapReserved`); otherwise the
     /// blocks go through the log, pinned ones claimed as `disposition` says.

@@ -105,7 +105,7 @@ public struct ReadWriteLock: @unchecked Sendable {
 
     @usableFromInline
     func lockSharedContended() {
-        var state = self.spin { state in state & Self.mask != Self.writeLocked || state & ~Self.mask != 0 }
+        var state = self.spin(until: Self.readerStopsSpinning)
         while true {
             if Self.isReadLockable(state) {
                 let (exchanged, current) = self.state.weakCompareExchange(
@@ -125,13 +125,13 @@ public struct ReadWriteLock: @unchecked Sendable {
                 }
             }
             _ = CShims_futex_wait(UnsafeMutableRawPointer(self.words), state | Self.readersWaiting)
-            state = self.spin { state in state & Self.mask != Self.writeLocked || state & ~Self.mask != 0 }
+            state = self.spin(until: Self.readerStopsSpinning)
         }
     }
 
     @usableFromInline
     func lockExclusiveContended() {
-        var state = self.spin { state in state & Self.mask == 0 || state & Self.writersWaiting != 0 }
+        var state = self.spin(until: Self.writerStopsSpinning)
         // Once this writer has slept, others may sleep too: it takes the lock leaving the bit set,
         // so its unlock wakes one of them (or finds none and wakes the readers).
         var otherWritersWaiting: UInt32 = 0
@@ -159,7 +159,7 @@ public struct ReadWriteLock: @unchecked Sendable {
             state = self.state.load(ordering: .relaxed)
             if state & Self.mask == 0 || state & Self.writersWaiting == 0 { continue }
             _ = CShims_futex_wait(UnsafeMutableRawPointer(self.words + 1), wakeups)
-            state = self.spin { state in state & Self.mask == 0 || state & Self.writersWaiting != 0 }
+            state = self.spin(until: Self.writerStopsSpinning)
         }
     }
 
@@ -196,6 +196,17 @@ public struct ReadWriteLock: @unchecked Sendable {
     func wakeWriter() -> Bool {
         self.writerWakeups.wrappingIncrement(ordering: .releasing)
         return CShims_futex_wake(UnsafeMutableRawPointer(self.words + 1), 1) > 0
+    }
+
+    /// A reader spins while a writer holds the lock and nobody sleeps: past that, spinning will
+    /// not help (it must go to sleep or may take the lock now).
+    static func readerStopsSpinning(_ state: UInt32) -> Bool {
+        state & mask != writeLocked || state & ~mask != 0
+    }
+
+    /// A writer spins while the lock is held and no writer sleeps.
+    static func writerStopsSpinning(_ state: UInt32) -> Bool {
+        state & mask == 0 || state & writersWaiting != 0
     }
 
     /// Spins a little (a holder is usually out soon) until `done` holds; the state last seen.

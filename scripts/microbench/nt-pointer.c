@@ -10,16 +10,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-static inline uint64_t now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000ull + t.tv_nsec;
-}
-
-static inline uint64_t work(uint64_t x, int rounds) {
-    for (int i = 0; i < rounds; i++) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; }
-    return x;
-}
+#include "microbench.h"
 
 static inline void persist(uint32_t *slot, uint32_t value, int nontemporal) {
     if (nontemporal) {

@@ -12,19 +12,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 #include <x86intrin.h>
 
-static inline uint64_t now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000ull + t.tv_nsec;
-}
-
-static inline uint64_t work(uint64_t x, int rounds) {
-    for (int i = 0; i < rounds; i++) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; }
-    return x;
-}
+#include "microbench.h"
 
 int main(void) {
     volatile uint32_t *line = aligned_alloc(64, 4096);
