@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Atomics
 
 /// A value behind a pthread mutex.
 ///
@@ -64,13 +65,14 @@ enum HeapMutex {
     }
 }
 
-/// `count` values, each behind its own pthread mutex, in one allocation: a lock stripe per slot,
-/// each slot on cache lines of its own (two stripes never share a line). Unlike an array of
-/// `Locked`, taking a stripe counts no reference: there is no object per stripe to retain.
+/// `count` values, each behind its own futex mutex (`FutexMutex`), in one allocation: a lock
+/// stripe per slot, each slot on cache lines of its own (two stripes never share a line). Unlike
+/// an array of `Locked`, taking a stripe counts no reference: there is no object per stripe to
+/// retain. The fault stripes are its user: their lock is on the alloc.block cycle's path twice.
 public final class LockedArray<Value>: @unchecked Sendable {
     public let count: Int
-    // Slot `i` at `storage + i * stride`: its mutex, then its value at `valueOffset`. Values are
-    // read and written only between pthread_mutex_lock and unlock of their slot's mutex.
+    // Slot `i` at `storage + i * stride`: its mutex word, then its value at `valueOffset`. Values
+    // are read and written only between the lock and unlock of their slot's mutex.
     @usableFromInline let storage: UnsafeMutableRawPointer
     @usableFromInline let stride: Int
     @usableFromInline let valueOffset: Int
@@ -78,26 +80,30 @@ public final class LockedArray<Value>: @unchecked Sendable {
     /// `count` slots, each holding `make(index)`.
     public init(count: Int, _ make: (Int) -> Value) {
         precondition(count > 0, "a LockedArray needs a slot")
-        let mutexSize = MemoryLayout<pthread_mutex_t>.stride
-        let alignment = max(MemoryLayout<Value>.alignment, MemoryLayout<pthread_mutex_t>.alignment)
-        self.valueOffset = (mutexSize + alignment - 1) / alignment * alignment
+        let wordSize = MemoryLayout<UInt32.AtomicRepresentation>.stride
+        let alignment = max(MemoryLayout<Value>.alignment, MemoryLayout<UInt32.AtomicRepresentation>.alignment)
+        self.valueOffset = (wordSize + alignment - 1) / alignment * alignment
         self.stride = (self.valueOffset + MemoryLayout<Value>.size + 63) & ~63
         self.count = count
         self.storage = .allocate(byteCount: count * self.stride, alignment: max(64, alignment))
         for index in 0..<count {
-            let mutex = (self.storage + index * self.stride).bindMemory(to: pthread_mutex_t.self, capacity: 1)
-            mutex.initialize(to: pthread_mutex_t())
-            pthread_mutex_init(mutex, nil)
+            (self.storage + index * self.stride).initializeMemory(
+                as: UInt32.AtomicRepresentation.self, to: UInt32.AtomicRepresentation(0))
             (self.storage + index * self.stride + self.valueOffset).initializeMemory(as: Value.self, to: make(index))
         }
     }
 
     deinit {
         for index in 0..<self.count {
-            pthread_mutex_destroy((self.storage + index * self.stride).assumingMemoryBound(to: pthread_mutex_t.self))
             (self.storage + index * self.stride + self.valueOffset).assumingMemoryBound(to: Value.self).deinitialize(count: 1)
         }
         self.storage.deallocate()
+    }
+
+    /// Slot `index`'s mutex.
+    @inlinable
+    func mutex(_ index: Int) -> FutexMutex {
+        FutexMutex((self.storage + index * self.stride).assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
     }
 
     /// Runs `body` on slot `index`'s value with its mutex held (traps out of range).
@@ -106,10 +112,9 @@ public final class LockedArray<Value>: @unchecked Sendable {
         _ index: Int, _ body: (inout Value) throws(Failure) -> Result
     ) throws(Failure) -> Result {
         precondition(UInt(bitPattern: index) < UInt(bitPattern: self.count), "slot \(index) of \(self.count)")
-        let slot = self.storage + index * self.stride
-        let mutex = slot.assumingMemoryBound(to: pthread_mutex_t.self)
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body(&(slot + self.valueOffset).assumingMemoryBound(to: Value.self).pointee)
+        let mutex = self.mutex(index)
+        mutex.lock()
+        defer { mutex.unlock() }
+        return try body(&(self.storage + index * self.stride + self.valueOffset).assumingMemoryBound(to: Value.self).pointee)
     }
 }

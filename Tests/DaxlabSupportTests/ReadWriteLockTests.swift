@@ -9,33 +9,6 @@ import Testing
 /// in the lock before the next step); the stress test drives the contended paths at random.
 @Suite("the file lock (futex reader-writer lock)", .serialized, .timeLimit(.minutes(2)))
 struct ReadWriteLockTests {
-    /// A thread running `body`, with a flag for when it has returned.
-    private final class Worker: @unchecked Sendable {
-        let done = ManagedAtomic<Bool>(false)
-        init(_ body: @escaping @Sendable () -> Void) {
-            Thread {
-                body()
-                self.done.store(true, ordering: .releasing)
-            }.start()
-        }
-        var isDone: Bool { self.done.load(ordering: .acquiring) }
-    }
-
-    /// Polls `condition` for up to 30 seconds.
-    private func eventually(_ condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline {
-            if condition() { return true }
-            usleep(200)
-        }
-        return condition()
-    }
-
-    /// (A load outside `#expect`, whose expansion does not take swift-atomics' orderings.)
-    private static func value<Value: AtomicValue>(_ atomic: ManagedAtomic<Value>) -> Value where Value.AtomicRepresentation: AtomicStorage {
-        atomic.load(ordering: .acquiring)
-    }
-
     /// The lock's state word: the reader count (all ones: a writer) and the sleeper bits.
     private func state(_ lock: ReadWriteLock) -> UInt32 { lock.state.load(ordering: .relaxed) }
 
@@ -50,13 +23,13 @@ struct ReadWriteLockTests {
         let writer = Worker {
             lock.withWriteLock { inside.store(true, ordering: .relaxed) }
         }
-        #expect(self.eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 }, "the writer never slept")
-        #expect(!Self.value(inside), "the writer got in while readers held the lock")
+        #expect(eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 }, "the writer never slept")
+        #expect(!value(inside), "the writer got in while readers held the lock")
         lock.unlock()
-        #expect(!Self.value(inside), "the writer got in while a reader held the lock")
+        #expect(!value(inside), "the writer got in while a reader held the lock")
         lock.unlock()
-        #expect(self.eventually { writer.isDone }, "the last reader's unlock did not wake the writer")
-        #expect(Self.value(inside))
+        #expect(eventually { writer.isDone }, "the last reader's unlock did not wake the writer")
+        #expect(value(inside))
         #expect(self.state(lock) == 0, "sleeper bits left behind: \(self.state(lock))")
         #expect(self.state(locks[0]) == 0, "the neighbouring lock changed")
     }
@@ -72,17 +45,17 @@ struct ReadWriteLockTests {
         let writer = Worker {
             lock.withWriteLock { writerTurn.store(order.loadThenWrappingIncrement(ordering: .relaxed), ordering: .relaxed) }
         }
-        #expect(self.eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 }, "the writer never slept")
+        #expect(eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 }, "the writer never slept")
         // Two readers arrive while the writer waits: they must sleep, though only a reader holds it.
         let readers = readerTurns.map { turn in
             Worker { lock.withReadLock { turn.store(order.loadThenWrappingIncrement(ordering: .relaxed), ordering: .relaxed) } }
         }
-        #expect(self.eventually { self.state(lock) & ReadWriteLock.readersWaiting != 0 }, "the new readers never slept")
-        #expect(readerTurns.allSatisfy { Self.value($0) == -1 }, "a reader overtook the waiting writer")
+        #expect(eventually { self.state(lock) & ReadWriteLock.readersWaiting != 0 }, "the new readers never slept")
+        #expect(readerTurns.allSatisfy { value($0) == -1 }, "a reader overtook the waiting writer")
         lock.unlock()
-        #expect(self.eventually { writer.isDone && readers.allSatisfy(\.isDone) }, "a sleeper was never woken")
-        #expect(Self.value(writerTurn) == 0, "the writer was not first")
-        #expect(Set(readerTurns.map { Self.value($0) }) == [1, 2])
+        #expect(eventually { writer.isDone && readers.allSatisfy(\.isDone) }, "a sleeper was never woken")
+        #expect(value(writerTurn) == 0, "the writer was not first")
+        #expect(Set(readerTurns.map { value($0) }) == [1, 2])
         #expect(self.state(lock) == 0)
     }
 
@@ -95,12 +68,12 @@ struct ReadWriteLockTests {
         let writers = (0..<3).map { _ in
             Worker { lock.withWriteLock { entered.wrappingIncrement(ordering: .relaxed) } }
         }
-        #expect(self.eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 })
+        #expect(eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 })
         usleep(20_000)  // (not needed for correctness: lets all three reach their sleep)
-        #expect(Self.value(entered) == 0, "a writer got in while another held the lock")
+        #expect(value(entered) == 0, "a writer got in while another held the lock")
         lock.unlock()
-        #expect(self.eventually { writers.allSatisfy(\.isDone) }, "a sleeping writer was never woken")
-        #expect(Self.value(entered) == 3)
+        #expect(eventually { writers.allSatisfy(\.isDone) }, "a sleeping writer was never woken")
+        #expect(value(entered) == 3)
         #expect(self.state(lock) == 0)
     }
 
@@ -117,9 +90,9 @@ struct ReadWriteLockTests {
         }
         usleep(5_000)
         let writer = Worker { lock.withWriteLock {} }
-        #expect(self.eventually { writer.isDone }, "the writer starved behind the readers")
+        #expect(eventually { writer.isDone }, "the writer starved behind the readers")
         stop.store(true, ordering: .relaxed)
-        #expect(self.eventually { readers.allSatisfy(\.isDone) })
+        #expect(eventually { readers.allSatisfy(\.isDone) })
         #expect(self.state(lock) == 0)
     }
 
@@ -170,9 +143,9 @@ struct ReadWriteLockTests {
                 }
             }
         }
-        #expect(self.eventually { workers.allSatisfy(\.isDone) }, "a thread never finished (a lost wake-up)")
-        #expect(Self.value(shared.violations) == 0)
-        let written = Self.value(writes)
+        #expect(eventually { workers.allSatisfy(\.isDone) }, "a thread never finished (a lost wake-up)")
+        #expect(value(shared.violations) == 0)
+        let written = value(writes)
         lock.withWriteLock { #expect(shared.counter == written) }
         #expect(self.state(lock) == 0, "sleeper bits left behind: \(self.state(lock))")
     }
