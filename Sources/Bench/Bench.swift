@@ -76,7 +76,8 @@ public final class Bench {
         let before = try Measure.availableCPUs()
         var machine = BenchMachine(
             cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpusAvailable: before,
-            medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.medium != .tmpfs && self.fs.mapping.isPmem, kernel: Self.kernelRelease())
+            medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.medium != .tmpfs && self.fs.mapping.isPmem, kernel: Self.kernelRelease(),
+            cpuModel: Self.cpuModel())
         if before < 1.8 { self.progress(String(format: "warning: only %.2f CPUs available: ratios are less certain", before)) }
         let groups = self.options.groups ?? Set(Group.allCases)
         if groups.contains(.fault) { try self.faultRows() }
@@ -97,6 +98,25 @@ public final class Bench {
     enum Target {
         case atMost(Double)
         case atLeast(Double)
+
+        /// Parses `text`'s form back ("<= 1/2", ">= 0.9"); nil for anything else.
+        init?(text: String) {
+            let parts = text.split(separator: " ")
+            guard parts.count == 2 else { return nil }
+            let number = parts[1].split(separator: "/")
+            let value: Double?
+            if number.count == 2, let top = Double(number[0]), let bottom = Double(number[1]), bottom != 0 {
+                value = top / bottom
+            } else {
+                value = Double(parts[1])
+            }
+            guard let value else { return nil }
+            switch parts[0] {
+            case "<=": self = .atMost(value)
+            case ">=": self = .atLeast(value)
+            default: return nil
+            }
+        }
 
         var bound: Double {
             switch self {
@@ -120,7 +140,7 @@ public final class Bench {
     /// Records a row from an interleaved comparison.
     func add(
         _ name: String, unit: String, threads: Int = 1, _ paired: Measure.Paired, baseline: String,
-        baselineThreads: Int = 1, better: String, target: Target? = nil
+        baselineThreads: Int = 1, better: String, target: Target? = nil, threadCPUs: Double? = nil
     ) {
         let ratio = paired.ratio
         let wide = paired.isWide(bound: target?.bound)
@@ -130,11 +150,18 @@ public final class Bench {
             ratioLow: Self.round(paired.lowerQuartile), ratioHigh: Self.round(paired.upperQuartile),
             ratioMin: Self.round(paired.ratios.first ?? 0), ratioMax: Self.round(paired.ratios.last ?? 0),
             pairs: paired.ratios.count, wide: wide, better: better, target: target?.text,
-            met: target.map { $0.isMet(ratio) }))
+            met: target.map { $0.isMet(ratio) }, threadCPUs: threadCPUs.map(Self.round)))
         self.progress(String(
             format: "%@ %.3g %@ vs %@ %.3g: ratio %.3g [%.3g-%.3g over %d pairs]%@", name, paired.value, unit, baseline,
             paired.baseline, ratio, paired.lowerQuartile, paired.upperQuartile, paired.ratios.count,
-            wide ? " (spread too wide to judge)" : ""))
+            wide ? " (spread too wide to judge)" : "")
+            + (threadCPUs.map { String(format: "; its %d threads ran on %.2f CPUs", threads, $0) } ?? ""))
+    }
+
+    /// Gives the last row named `name` against `baseline` its floor's ratio to that baseline.
+    func setFloor(of name: String, baseline: String, _ floor: Measure.Paired) {
+        guard let index = self.results.lastIndex(where: { $0.name == name && $0.baseline == baseline }) else { return }
+        self.results[index].floorRatio = Self.round(floor.ratio)
     }
 
     /// A bound as the issue writes it: 1/15 rather than 0.0667.
@@ -150,6 +177,17 @@ public final class Bench {
     }
 
     static func round(_ value: Double) -> Double { (value * 1000).rounded() / 1000 }
+
+    /// The CPU's model name (/proc/cpuinfo's first `model name`); nil where it does not say.
+    static func cpuModel() -> String? {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("model name") {
+            guard let colon = line.firstIndex(of: ":") else { return nil }
+            let name = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            return name.isEmpty ? nil : name
+        }
+        return nil
+    }
 
     static func kernelRelease() -> String {
         var name = utsname()

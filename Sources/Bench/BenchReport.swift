@@ -22,6 +22,21 @@ public struct BenchResult: Sendable, Codable, Equatable {
     /// The target from the issue, as a ratio bound, and whether this run met it (nil: no target).
     public var target: String?
     public var met: Bool?
+    /// Where the row has a physical floor measured against the same baseline in the same run: the
+    /// floor's own ratio, the best this machine allows (nil: no floor row). A target the floor
+    /// misses too cannot be met here by any code that keeps the floor's work.
+    public var floorRatio: Double?
+    /// For a row of N threads: the CPUs its N-thread samples really ran on (median over samples;
+    /// nil for other rows). Below 1.8 for 2 threads, the row has no target (the host took a CPU).
+    public var threadCPUs: Double?
+
+    /// The target is missed and so is it by the floor: beyond this machine, not the code.
+    public var isBeyondFloor: Bool { self.met == false && self.floorMet == false }
+    /// Whether the floor's ratio meets the target (nil: no target or no floor).
+    public var floorMet: Bool? {
+        guard let floorRatio, let target else { return nil }
+        return Bench.Target(text: target)?.isMet(floorRatio)
+    }
 
     enum CodingKeys: String, CodingKey {
         case name, unit, threads, value, baseline
@@ -33,6 +48,8 @@ public struct BenchResult: Sendable, Codable, Equatable {
         case ratioMin = "ratio_min"
         case ratioMax = "ratio_max"
         case pairs, wide, better, target, met
+        case floorRatio = "floor_ratio"
+        case threadCPUs = "thread_cpus"
     }
 }
 
@@ -45,8 +62,12 @@ public struct BenchMachine: Sendable, Codable, Equatable {
     public var medium: String
     public var isPmem: Bool
     public var kernel: String
+    /// The CPU's model name (nil in runs from before it was recorded, or where the kernel does
+    /// not say): ratios of rows made of atomics differ by CPU (see the README).
+    public var cpuModel: String?
 
     enum CodingKeys: String, CodingKey {
+        case cpuModel = "cpu_model"
         case cpus
         case cpusAvailable = "cpus_available"
         case medium

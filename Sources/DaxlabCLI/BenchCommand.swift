@@ -18,7 +18,9 @@ struct BenchCommand: ParsableCommand {
             faulting one shared file (vs 1 thread), truncate.wake (vs a condvar \
             wake), dma.copy (vs pmem_memcpy_persist), alloc.block (a write fault maps a zeroed block \
             and a punch frees it; vs pmemobj_alloc+free, vs pmemobj_zalloc+free, and vs \
-            floor.persist_alloc_free, the same persists and zeroing alone); with the \
+            floor.persist_alloc_free, the same persists and zeroing alone; and the floor itself vs \
+            pmemobj_alloc+free, the best ratio this machine allows: where it misses alloc.block's \
+            target too, the verdict is 'NO, floor'); with the \
             kernel in the loop: fault.mapped_hot (a load through the MMU window vs the same load \
             from an anonymous array), fault.mapped_cold_write (a store into a hole through the \
             window: SIGSEGV, daxlab's fault path, mmap; vs the kernel's first-touch fault, and vs \
@@ -30,7 +32,8 @@ struct BenchCommand: ParsableCommand {
             samples after a warm-up); the ratio is the median of the pairs' ratios, shown with their \
             interquartile range, and a row whose range is too wide to judge (straddling the target's \
             bound; without a target, over 25% of the median) is marked ~ and its verdict '?'. A run that had \
-            fewer than 1.8 CPUs is flagged. --from FILE --markdown prints a committed run's table \
+            fewer than 1.8 CPUs is flagged, and a threaded row whose threads ran on fewer CPUs than \
+            they are (their CPU time over wall time; JSON thread_cpus) gets no verdict. --from FILE --markdown prints a committed run's table \
             for the README (--from FILE --plot SVG draws its plot again).
             """
     )
@@ -150,10 +153,12 @@ struct BenchCommand: ParsableCommand {
         }
         let widths = (0..<header.count).map { column in rows.map { $0[column].count }.max()! }
         for (index, row) in rows.enumerated() {
-            lines.append(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
+            let padded = zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+            lines.append(String(padded.reversed().drop { $0 == " " }.reversed()))
             if index == 0 { lines.append(String(repeating: "-", count: lines.last!.count)) }
         }
         lines.append("ratio: median of \(report.results.first?.pairs ?? 0) interleaved pairs; [q1-q3]: their interquartile range; ~: spread too wide to judge")
+        lines += Self.notes(report)
         for missing in report.unavailable {
             lines.append("not measured here: \(missing.baseline) (\(missing.reason))")
         }
@@ -175,14 +180,16 @@ struct BenchCommand: ParsableCommand {
                 + "\(Self.number(result.baselineValue)) | \(String(format: "%.3g", result.ratio)) | \(Self.spread(result)) | "
                 + "\(target ?? "–") | \(Self.verdict(result)) |")
         }
+        for note in Self.notes(report) { lines += ["", note] }
         for missing in report.unavailable { lines += ["", "Not measured: \(missing.baseline) (\(missing.reason))."] }
         return lines.joined(separator: "\n") + "\n"
     }
 
     static func machineLine(_ machine: BenchMachine) -> String {
         String(
-            format: "machine: %d CPUs (%.2f available while two threads spin), %@, is_pmem %@, kernel %@",
-            machine.cpus, machine.cpusAvailable, machine.medium, machine.isPmem ? "yes" : "no", machine.kernel)
+            format: "machine: %d CPUs%@ (%.2f available while two threads spin), %@, is_pmem %@, kernel %@",
+            machine.cpus, machine.cpuModel.map { " (\($0))" } ?? "", machine.cpusAvailable, machine.medium,
+            machine.isPmem ? "yes" : "no", machine.kernel)
     }
 
     /// A warning when the run did not really have two CPUs: its ratios are less certain.
@@ -193,12 +200,32 @@ struct BenchCommand: ParsableCommand {
             machine.cpusAvailable)
     }
 
+    /// What the table's verdicts cannot say: a "NO, floor", and threaded rows whose threads did
+    /// not get their CPUs (no verdict then).
+    static func notes(_ report: BenchReport) -> [String] {
+        var notes: [String] = []
+        let beyond = report.results.filter(\.isBeyondFloor)
+        if !beyond.isEmpty {
+            let rows = beyond.map { String(format: "%@ (its floor's ratio: %.3g)", $0.name, $0.floorRatio ?? 0) }
+            notes.append("NO, floor: the physical floor itself misses the target on this machine: " + rows.joined(separator: ", "))
+        }
+        for result in report.results {
+            let wanted = min(result.threads, report.machine.cpus)
+            guard let cpus = result.threadCPUs, cpus < 0.9 * Double(wanted) else { continue }
+            notes.append(String(
+                format: "%@ at %d threads vs %@: its samples ran on %.2f CPUs, not %d (another load, or the host took CPU time): no verdict",
+                result.name, result.threads, result.baseline, cpus, wanted))
+        }
+        return notes
+    }
+
     static func spread(_ result: BenchResult) -> String {
         String(format: "%.3g-%.3g", result.ratioLow, result.ratioHigh) + (result.wide ? " ~" : "")
     }
 
     static func verdict(_ result: BenchResult) -> String {
         guard let met = result.met else { return "-" }
+        if result.isBeyondFloor { return "NO, floor" + (result.wide ? "?" : "") }
         return (met ? "yes" : "NO") + (result.wide ? "?" : "")
     }
 

@@ -19,7 +19,7 @@ struct BenchCLITests {
         ("fault.cold_write", "kernel.tmpfs_first_touch"), ("pin.batch512", "atomic.incdec"),
         ("pin.batch512", "kernel.io_uring_register"), ("pin.single", "kernel.process_vm_writev"),
         ("pin.batch512", "pin.batch512"), ("pin.batch512", "naive.mutex_dict"), ("fault.hot", "fault.hot"), ("truncate.wake", "condvar.wake"),
-        ("dma.copy", "pmem.memcpy_persist"), ("alloc.block", "pmemobj.alloc"),
+        ("dma.copy", "pmem.memcpy_persist"), ("alloc.block", "pmemobj.alloc"), ("floor.persist_alloc_free", "pmemobj.alloc"),
         ("fault.mapped_hot", "array.load"), ("fault.mapped_cold_write", "kernel.tmpfs_first_touch"),
         ("fault.mapped_cold_write", "floor.sigsegv_mmap"), ("pin.kernel_longterm", "kernel.io_uring_register"),
         ("dma.kernel_read_fixed", "kernel.read_fixed_anon"),
@@ -48,6 +48,10 @@ struct BenchCLITests {
             let machine = try #require(report["machine"] as? [String: Any])
             #expect((machine["cpus"] as? Int ?? 0) >= 1)
             #expect((machine["cpus_available"] as? Double ?? 0) > 0)
+            if let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8), cpuinfo.contains("model name") {
+                let model = machine["cpu_model"] as? String ?? ""
+                #expect(!model.isEmpty && cpuinfo.contains(model), "cpu_model \(model) is not this machine's")
+            }
             let results = try #require(report["results"] as? [[String: Any]])
             let unavailable = try #require(report["unavailable"] as? [[String: Any]])
             if !ioUringAvailable {
@@ -75,6 +79,10 @@ struct BenchCLITests {
                 #expect((found["pairs"] as? Int ?? 0) >= 5, "\(name) vs \(baseline): pairs")
                 #expect(["lower", "higher"].contains(found["better"] as? String ?? ""))
             }
+            // alloc.block carries its floor's ratio to the same baseline, from the floor's own row.
+            let allocation = try #require(results.first { $0["name"] as? String == "alloc.block" && $0["baseline"] as? String == "pmemobj.alloc" })
+            let floorRow = try #require(results.first { $0["name"] as? String == "floor.persist_alloc_free" })
+            #expect(allocation["floor_ratio"] as? Double == floorRow["ratio"] as? Double)
             let svg = try String(contentsOfFile: plot, encoding: .utf8)
             #expect(svg.hasPrefix("<svg"))
             // Both scaling curves (ours at 1 and 2 threads, the naive table at 2) and the latency curves.
@@ -87,6 +95,57 @@ struct BenchCLITests {
             #expect(table.status == 0, "\(table.standardError)")
             #expect(table.standardOutput.hasPrefix("Machine: "))
             #expect(table.standardOutput.components(separatedBy: "\n| ").count - 2 == results.count, "\(table.standardOutput)")
+        }
+    }
+}
+
+@Suite("daxlab bench --from: a committed run's table")
+struct BenchTableTests {
+    /// A report with one row of each verdict: met, missed, missed with the floor missing too, and
+    /// one from before floor ratios were recorded.
+    static let report = """
+        {"machine": {"cpus": 2, "cpus_available": 1.97, "medium": "tmpfs", "is_pmem": false, "kernel": "6.1"},
+         "unavailable": [],
+         "results": [
+          {"name": "pin.single", "unit": "ns/op", "threads": 1, "value": 50, "baseline": "kernel.process_vm_writev",
+           "baseline_threads": 1, "baseline_value": 1000, "ratio": 0.05, "ratio_q1": 0.049, "ratio_q3": 0.051,
+           "ratio_min": 0.04, "ratio_max": 0.06, "pairs": 11, "wide": false, "better": "lower", "target": "<= 1/15", "met": true},
+          {"name": "alloc.block", "unit": "ns/op", "threads": 1, "value": 560, "baseline": "pmemobj.alloc",
+           "baseline_threads": 1, "baseline_value": 950, "ratio": 0.589, "ratio_q1": 0.58, "ratio_q3": 0.6,
+           "ratio_min": 0.57, "ratio_max": 0.61, "pairs": 11, "wide": false, "better": "lower", "target": "<= 1/2", "met": false,
+           "floor_ratio": 0.514},
+          {"name": "fault.hot", "unit": "ns/op", "threads": 1, "value": 5, "baseline": "array.load",
+           "baseline_threads": 1, "baseline_value": 2, "ratio": 2.5, "ratio_q1": 2.4, "ratio_q3": 2.6,
+           "ratio_min": 2.3, "ratio_max": 2.7, "pairs": 11, "wide": false, "better": "lower", "target": "<= 2", "met": false,
+           "floor_ratio": 1.2},
+          {"name": "pin.batch512", "unit": "pages/s", "threads": 2, "value": 70e6, "baseline": "pin.batch512",
+           "baseline_threads": 1, "baseline_value": 66e6, "ratio": 1.06, "ratio_q1": 1.0, "ratio_q3": 1.1,
+           "ratio_min": 0.9, "ratio_max": 1.2, "pairs": 7, "wide": false, "better": "higher", "thread_cpus": 1.21}
+         ]}
+        """
+
+    @Test("a target the floor misses too reads 'NO, floor' and is explained; one the floor meets reads 'NO'; a threaded row short of CPUs is explained; rows without floor ratios still read")
+    func floorVerdict() throws {
+        try withTemporaryPath("bench-from") { path in
+            try Self.report.write(toFile: path, atomically: true, encoding: .utf8)
+            let table = try DaxlabBinary.run(["bench", "--from", path], timeout: 60)
+            #expect(table.status == 0, "\(table.standardError)")
+            let lines = table.standardOutput.split(separator: "\n").map { line in
+                String(line.reversed().drop { $0 == " " }.reversed())  // the padding after the last column
+            }
+            let row = { (name: String) in lines.first { $0.hasPrefix(name + " ") } ?? "" }
+            #expect(row("pin.single").hasSuffix("yes"), "\(row("pin.single"))")
+            #expect(row("alloc.block").hasSuffix("NO, floor"), "\(row("alloc.block"))")
+            #expect(row("fault.hot").hasSuffix("NO"), "\(row("fault.hot"))")
+            #expect(lines.contains { $0.hasPrefix("NO, floor:") && $0.contains("alloc.block (its floor's ratio: 0.514)") && !$0.contains("fault.hot") },
+                    "\(table.standardOutput)")
+            // A 2-thread row whose threads got 1.21 CPUs: no target, and the table says why.
+            #expect(lines.contains { $0.hasPrefix("pin.batch512 at 2 threads vs pin.batch512: its samples ran on 1.21 CPUs, not 2") },
+                    "\(table.standardOutput)")
+            let markdown = try DaxlabBinary.run(["bench", "--from", path, "--markdown"], timeout: 60)
+            #expect(markdown.status == 0)
+            #expect(markdown.standardOutput.contains("| ≤ 1/2 | NO, floor |"), "\(markdown.standardOutput)")
+            #expect(markdown.standardOutput.contains("NO, floor: the physical floor itself misses the target"))
         }
     }
 }
