@@ -65,6 +65,8 @@ extension Bench {
         defer { close(floorFD) }
         let floor = self.measure.interleave(samples: cold, { max(0, CBenchShims_sigsegv_mmap_touch(floorFD, 2048)) })
         self.add("fault.mapped_cold_write", unit: "ns/page", floor, baseline: "floor.sigsegv_mmap", better: "lower")
+        self.setFloor(of: "fault.mapped_cold_write", baseline: "kernel.tmpfs_first_touch", rowOverBaseline: firstTouch,
+                      rowOverFloor: floor)
     }
 
     /// `count` loads of the first word of page `indices[i]` of `base`.

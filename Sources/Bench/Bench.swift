@@ -160,8 +160,20 @@ public final class Bench {
 
     /// Gives the last row named `name` against `baseline` its floor's ratio to that baseline.
     func setFloor(of name: String, baseline: String, _ floor: Measure.Paired) {
+        self.setFloor(of: name, baseline: baseline, ratio: floor.ratio)
+    }
+
+    /// The same, where the floor was not paired with the baseline itself but each with the row:
+    /// `row / baseline` over `row / floor` is `floor / baseline` (two medians of pairs, so an
+    /// estimate; both pairings ran in this run).
+    func setFloor(of name: String, baseline: String, rowOverBaseline: Measure.Paired, rowOverFloor: Measure.Paired) {
+        guard rowOverFloor.ratio > 0 else { return }
+        self.setFloor(of: name, baseline: baseline, ratio: rowOverBaseline.ratio / rowOverFloor.ratio)
+    }
+
+    private func setFloor(of name: String, baseline: String, ratio: Double) {
         guard let index = self.results.lastIndex(where: { $0.name == name && $0.baseline == baseline }) else { return }
-        self.results[index].floorRatio = Self.round(floor.ratio)
+        self.results[index].floorRatio = Self.round(ratio)
     }
 
     /// A bound as the issue writes it: 1/15 rather than 0.0667.
