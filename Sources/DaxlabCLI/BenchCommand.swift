@@ -18,9 +18,8 @@ struct BenchCommand: ParsableCommand {
             faulting one shared file (vs 1 thread), truncate.wake (vs a condvar \
             wake), dma.copy (vs pmem_memcpy_persist), alloc.block (a write fault maps a zeroed block \
             and a punch frees it; vs pmemobj_alloc+free, vs pmemobj_zalloc+free, and vs \
-            floor.persist_alloc_free, the same persists and zeroing alone; and the floor itself vs \
-            pmemobj_alloc+free, the best ratio this machine allows: where it misses alloc.block's \
-            target too, the verdict is 'NO, floor'); with the \
+            floor.persist_alloc_free, the same persists and zeroing alone; and that floor itself vs \
+            pmemobj_alloc+free); with the \
             kernel in the loop: fault.mapped_hot (a load through the MMU window vs the same load \
             from an anonymous array), fault.mapped_cold_write (a store into a hole through the \
             window: SIGSEGV, daxlab's fault path, mmap; vs the kernel's first-touch fault, and vs \
@@ -28,7 +27,10 @@ struct BenchCommand: ParsableCommand {
             512-page pin the kernel pins too, io_uring fixed buffer; vs registering anonymous \
             memory), dma.kernel_read_fixed (READ_FIXED into a pinned block vs into anonymous \
             memory). Rows that need io_uring are left out where it is refused, and the report \
-            says why. Method: each row and its baseline run interleaved (A B B A …, 11 pairs of \
+            says why. Rows with a physical floor (alloc.block, pin.batch512 vs io_uring: two \
+            atomics a page; fault.mapped_cold_write vs tmpfs) carry the floor's own ratio to their \
+            baseline (JSON floor_ratio), the best this machine allows: a target the floor misses \
+            too reads 'NO, floor'. Method: each row and its baseline run interleaved (A B B A …, 11 pairs of \
             samples after a warm-up); the ratio is the median of the pairs' ratios, shown with their \
             interquartile range, and a row whose range is too wide to judge (straddling the target's \
             bound; without a target, over 25% of the median) is marked ~ and its verdict '?'. A run that had \
