@@ -114,7 +114,8 @@ extension Bench {
             // (A mutex contended by fewer CPUs than threads suffers less: judged only where they ran.)
             let naiveCPUs = SampleCPUs()
             let versusNaive = try measure.interleave(samples: { try ours(threads, naiveCPUs) }, { try naiveRate(threads) })
-            let ranParallel = naiveCPUs.median >= 0.9 * Double(min(threads, Int(cpusAvailable.rounded())))
+            let ranParallel = BenchResult.ranInParallel(
+                threadCPUs: naiveCPUs.median, threads: threads, machineCPUs: Self.onlineCPUs)
             self.add("pin.batch512", unit: "pages/s", threads: threads, versusNaive, baseline: "naive.mutex_dict",
                      baselineThreads: threads, better: "higher", target: ranParallel ? .atLeast(10) : nil,
                      threadCPUs: naiveCPUs.median)
@@ -199,7 +200,8 @@ extension Bench {
     /// few seconds mid-row makes 2 threads run like 1 with a tight spread, and the ratio alone
     /// cannot tell that from a shared cache line).
     private func scalingTarget(threads: Int, cpusAvailable: Double, _ cpus: SampleCPUs) -> Target? {
-        threads == 2 && cpusAvailable >= 1.8 && cpus.median >= 1.8 ? .atLeast(1.6) : nil
+        let ranParallel = BenchResult.ranInParallel(threadCPUs: cpus.median, threads: threads, machineCPUs: Self.onlineCPUs)
+        return threads == 2 && cpusAvailable >= 1.8 && ranParallel ? .atLeast(1.6) : nil
     }
 }
 

@@ -75,7 +75,7 @@ public final class Bench {
     public func run() throws -> BenchReport {
         let before = try Measure.availableCPUs()
         var machine = BenchMachine(
-            cpus: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpusAvailable: before,
+            cpus: Self.onlineCPUs, cpusAvailable: before,
             medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.medium != .tmpfs && self.fs.mapping.isPmem, kernel: Self.kernelRelease(),
             cpuModel: Self.cpuModel())
         if before < 1.8 { self.progress(String(format: "warning: only %.2f CPUs available: ratios are less certain", before)) }
@@ -189,6 +189,9 @@ public final class Bench {
     }
 
     static func round(_ value: Double) -> Double { (value * 1000).rounded() / 1000 }
+
+    /// CPUs online on this machine.
+    static var onlineCPUs: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 
     /// The CPU's model name (/proc/cpuinfo's first `model name`); nil where it does not say.
     static func cpuModel() -> String? {

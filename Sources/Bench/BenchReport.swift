@@ -32,6 +32,13 @@ public struct BenchResult: Sendable, Codable, Equatable {
 
     /// The target is missed and so is it by the floor: beyond this machine, not the code.
     public var isBeyondFloor: Bool { self.met == false && self.floorMet == false }
+    /// Whether `threads` threads that ran on `threadCPUs` CPUs (their CPU time over wall time) had
+    /// the CPUs a machine of `machineCPUs` could give them: 0.9 of each. Short of that, a threaded
+    /// row gets no verdict.
+    public static func ranInParallel(threadCPUs: Double, threads: Int, machineCPUs: Int) -> Bool {
+        threadCPUs >= 0.9 * Double(min(threads, machineCPUs))
+    }
+
     /// Whether the floor's ratio meets the target (nil: no target or no floor).
     public var floorMet: Bool? {
         guard let floorRatio, let target else { return nil }

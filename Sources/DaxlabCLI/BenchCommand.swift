@@ -213,7 +213,9 @@ struct BenchCommand: ParsableCommand {
         }
         for result in report.results {
             let wanted = min(result.threads, report.machine.cpus)
-            guard let cpus = result.threadCPUs, cpus < 0.9 * Double(wanted) else { continue }
+            guard let cpus = result.threadCPUs,
+                !BenchResult.ranInParallel(threadCPUs: cpus, threads: result.threads, machineCPUs: report.machine.cpus)
+            else { continue }
             notes.append(String(
                 format: "%@ at %d threads vs %@: its samples ran on %.2f CPUs, not %d (another load, or the host took CPU time): no verdict",
                 result.name, result.threads, result.baseline, cpus, wanted))

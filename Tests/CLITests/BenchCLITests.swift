@@ -130,9 +130,7 @@ struct BenchTableTests {
             try Self.report.write(toFile: path, atomically: true, encoding: .utf8)
             let table = try DaxlabBinary.run(["bench", "--from", path], timeout: 60)
             #expect(table.status == 0, "\(table.standardError)")
-            let lines = table.standardOutput.split(separator: "\n").map { line in
-                String(line.reversed().drop { $0 == " " }.reversed())  // the padding after the last column
-            }
+            let lines = table.standardOutput.split(separator: "\n").map(String.init)
             let row = { (name: String) in lines.first { $0.hasPrefix(name + " ") } ?? "" }
             #expect(row("pin.single").hasSuffix("yes"), "\(row("pin.single"))")
             #expect(row("alloc.block").hasSuffix("NO, floor"), "\(row("alloc.block"))")
