@@ -219,25 +219,44 @@ public final class AddressSpace: @unchecked Sendable {
     /// increments either, and the truncate's scan of pin counts, which follows its invalidation,
     /// sees them all; faults only fill holes, so no entry changed meanwhile. If the sequence
     /// moved, every pin taken here is dropped and `pinOne` redoes the pages one by one.
+    ///
+    /// Two pages mapping two adjacent blocks that share a pin-count word (`PinTable.pairs`) are
+    /// pinned with one add: a file's blocks come in runs, so a range costs about one atomic per
+    /// two pages.
     /// - Returns: how many pages from the first are pinned (their blocks in `blocks`).
     @inline(never)  // (called for ranges only; inlined, it made the one-page path slower)
     private func pinMapped(_ pages: Range<Int>, into blocks: UnsafeMutablePointer<UInt32>) -> Int {
         let before = self.sequence.load(ordering: .sequentiallyConsistent)
         guard before & 1 == 0 else { return 0 }
         var count = 0
-        for page in pages {
+        var page = pages.lowerBound
+        while page < pages.upperBound {
             guard let entry = self.table.entry(page) else { break }
             let block = entry.load(ordering: .sequentiallyConsistent)
             guard block != 0 else { break }
             #if DAXLAB_TEST_HOOKS
             self.pinFastPathHook?(page, block)
             #endif
-            self.pins.pin(block)
-            blocks[count] = block
-            count += 1
+            if page + 1 < pages.upperBound, let next = self.table.entry(page + 1),
+                PinTable.pairs(block, next.load(ordering: .sequentiallyConsistent))
+            {
+                #if DAXLAB_TEST_HOOKS
+                self.pinFastPathHook?(page + 1, block + 1)
+                #endif
+                self.pins.pinPair(block)
+                blocks[count] = block
+                blocks[count + 1] = block + 1
+                count += 2
+                page += 2
+            } else {
+                self.pins.pin(block)
+                blocks[count] = block
+                count += 1
+                page += 1
+            }
         }
         guard count > 0, self.sequence.load(ordering: .sequentiallyConsistent) != before else { return count }
-        for index in 0..<count { self.pins.unpin(blocks[index]) }  // an invalidation won the race
+        self.pins.unpin(UnsafeBufferPointer(start: blocks, count: count))  // an invalidation won the race
         return 0
     }
 
@@ -272,7 +291,7 @@ public final class AddressSpace: @unchecked Sendable {
     }
 
     private func unpinBlocks(_ batch: PinBatch) {
-        for block in batch.pinned where block != 0 { self.pins.unpin(block) }
+        self.pins.unpin(batch.pinned)
     }
 
     /// Ends a batch: drops its pins unless a revoker did (the kernel's first, then daxlab's

@@ -27,8 +27,8 @@ struct BenchCommand: ParsableCommand {
             512-page pin the kernel pins too, io_uring fixed buffer; vs registering anonymous \
             memory), dma.kernel_read_fixed (READ_FIXED into a pinned block vs into anonymous \
             memory). Rows that need io_uring are left out where it is refused, and the report \
-            says why. Rows with a physical floor (alloc.block, pin.batch512 vs io_uring: two \
-            atomics a page; fault.mapped_cold_write vs tmpfs) carry the floor's own ratio to their \
+            says why. Rows with a physical floor (alloc.block; fault.mapped_cold_write vs \
+            tmpfs) carry the floor's own ratio to their \
             baseline (JSON floor_ratio), the best this machine allows: a target the floor misses \
             too reads 'NO, floor'. Method: each row and its baseline run interleaved (A B B A …, 11 pairs of \
             samples after a warm-up); the ratio is the median of the pairs' ratios, shown with their \
