@@ -82,11 +82,16 @@ extension AddressSpace {
     /// (the `pte_same` check): a range a truncate invalidated since it was pinned fails with
     /// `.busy`, and the kernel never pins a block the batch does not hold.
     ///
+    /// `sequence` is the invalidation sequence read before the first of the pins. If it is even
+    /// and still the same under the lock, no invalidation ran since, and every pinned page's
+    /// entry still names its block (only an invalidation changes an entry that holds a block), so
+    /// the check is that one comparison instead of a load per page.
+    ///
     /// The view is the pin's own (a second mapping of the file, as two `mmap`s of one file are
     /// two VMAs), not the file's window, so the oracle knows which block a kernel write can land
     /// in: in the shared window, a page a truncate unmapped could be mapped again onto the file's
     /// new block by another pin, and a short-term I/O from the old pin would land there.
-    func kernelPin(_ batch: PinBatch, _ kernel: KernelPin) throws(FSError) {
+    func kernelPin(_ batch: PinBatch, _ kernel: KernelPin, pinnedSince sequence: UInt64) throws(FSError) {
         let view = try batch.viewForPinning(self.mapping)
         let first = batch.pages.lowerBound
         var slot: Int?
@@ -94,12 +99,16 @@ extension AddressSpace {
             guard let taken = ring.take() else { throw FSError(.busy, "no free fixed-buffer slot in the device's ring") }
             slot = taken
         }
+        #if DAXLAB_TEST_HOOKS
+        self.kernelPinHook?()
+        #endif
         do {
             try self.lock.withReadLock { () throws(FSError) -> Void in
                 batch.useView()  // (before the first map: a failure below unmaps what was mapped)
                 let blocks = batch.blocks  // (read once: the batch's fields are class storage)
                 let count = batch.count
                 let table = self.table
+                let unchanged = sequence & 1 == 0 && self.sequence.load(ordering: .acquiring) == sequence
                 var run = 0  // the first index of the run of consecutive blocks being gathered
                 for index in 0...count {
                     if index < count {
@@ -107,7 +116,7 @@ extension AddressSpace {
                         guard block != 0 else {
                             throw FSError(.invalidArgument, "\(self.id): a kernel pin needs blocks; page \(first + index) is a hole")
                         }
-                        guard table.entry(first + index)?.load(ordering: .acquiring) == block else {
+                        guard unchanged || table.entry(first + index)?.load(ordering: .acquiring) == block else {
                             throw FSError(.busy, "\(self.id): page \(first + index) was invalidated while it was being pinned")
                         }
                         if index == run || block == blocks[index - 1] &+ 1 { continue }

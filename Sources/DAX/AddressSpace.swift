@@ -58,6 +58,9 @@ public final class AddressSpace: @unchecked Sendable {
     /// Tests only: runs in the revocation of a pin of this space once the revoked bit is set and
     /// the view unmapped, before it waits for the writes in the fence.
     nonisolated(unsafe) var revocationHook: (() -> Void)?
+    /// Tests only: runs in a kernel pin once daxlab's pins are taken, before it takes the file's
+    /// lock to check them and map its view: where an invalidation must be caught.
+    nonisolated(unsafe) var kernelPinHook: (() -> Void)?
     #endif
 
     init(id: FileID, dax: DAXFileSystem) {
@@ -190,6 +193,8 @@ public final class AddressSpace: @unchecked Sendable {
         batch.begin(space: self, pages: pages, holder: holder, leaseID: self.leaseCounter.wrappingIncrementThenLoad(ordering: .relaxed))
         self.leases.add(lease)
         let blocks = batch.blocks
+        // (For a kernel pin's check of its entries; see `kernelPin`.)
+        let sequence = kernel.isKernel ? self.sequence.load(ordering: .sequentiallyConsistent) : 1
         // (A one-page pin goes straight to `pinOne`: its recheck is the same two loads.)
         var pinned = pages.count > 1 ? self.pinMapped(pages, into: blocks) : 0
         do {
@@ -198,7 +203,7 @@ public final class AddressSpace: @unchecked Sendable {
                 pinned += 1
             }
             batch.count = pinned
-            if kernel.isKernel { try self.kernelPin(batch, kernel) }
+            if kernel.isKernel { try self.kernelPin(batch, kernel, pinnedSince: sequence) }
         } catch {
             batch.count = pinned
             self.unpinBlocks(batch)

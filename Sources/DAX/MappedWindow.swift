@@ -81,10 +81,13 @@ final class MappedWindow: @unchecked Sendable {
 
     /// Whether `pages` map consecutive blocks from `firstBlock` already (a tracked window only).
     func isMapped(pages: Range<Int>, firstBlock: UInt32) -> Bool {
-        guard self.mappedBlocks != nil else { return false }
-        return pages.allSatisfy { page in
-            self.mappedBlock(page)!.load(ordering: .relaxed) == firstBlock &+ UInt32(page - pages.lowerBound)
+        guard let blocks = self.mappedBlocks else { return false }
+        var expected = firstBlock
+        for page in pages {
+            guard UnsafeAtomic<UInt32>(at: blocks + page).load(ordering: .relaxed) == expected else { return false }
+            expected &+= 1
         }
+        return true
     }
 
     /// Whether the kernel grants MAP_SYNC for the image (fs-dax files and device-dax; not tmpfs).

@@ -158,6 +158,52 @@ struct KernelPinTests {
         }
     }
 
+    /// A kernel pin checks its pages once daxlab's pins are taken, under the file's lock: by one
+    /// comparison of the invalidation sequence when no invalidation ran since the pin began, page
+    /// by page when one did. The hook runs a punch (under none, which does not wait for pins)
+    /// between daxlab's pins and that check.
+    @Test("an invalidation between daxlab's pins and the kernel's fails the kernel pin if it hit the range (nothing stays pinned), and not if it missed",
+          .enabled(if: ioUringRefusal == nil, "io_uring is refused here (seccomp, io_uring_disabled or an old kernel)"),
+          arguments: [1, 3])
+    func invalidationBeforeTheKernelPin(punchedPage: Int) throws {
+        #if DAXLAB_TEST_HOOKS
+        let lab = try Lab(policy: .none, pages: 4)
+        let space = lab.space
+        let ring = try KernelRing(slots: 2)
+        for page in 0..<4 { _ = try space.fault(page, write: true) }
+        let before = (0..<4).map { lab.fs.currentBlock(lab.file, page: $0) }
+        let sequenceBefore = space.sequence.load(ordering: .relaxed)
+        let fired = Box(false)
+        space.kernelPinHook = {
+            guard !fired.value else { return }
+            fired.value = true
+            #expect(lab.dax.pins.pinCount(before[0]) == 1 && lab.dax.pins.pinCount(before[1]) == 1, "daxlab's pins are taken")
+            try? lab.fs.punchHole(lab.file, offset: punchedPage * 4096, length: 4096)
+        }
+        defer { space.kernelPinHook = nil }
+        let inside = punchedPage < 2
+        do {
+            let handle = try space.pin(0..<2, write: true, kernel: .longTerm(ring))
+            #expect(!inside, "the pin of a range the punch invalidated succeeded")
+            #expect(handle.block(at: 0) == before[0] && handle.block(at: 1) == before[1])
+            let slot = handle.kernelSlot
+            #expect(slot != nil, "the kernel pinned the range")
+            handle.unpin()
+        } catch {
+            #expect(inside, "the pin failed though the punch missed its range: \(error)")
+            #expect(error.code == .busy)
+        }
+        #expect(fired.value, "the hook ran")
+        let sequenceAfter = space.sequence.load(ordering: .relaxed)
+        #expect(sequenceAfter == sequenceBefore + 2, "the punch invalidated once: the page-by-page check ran")
+        for index in 0..<2 { #expect(lab.dax.pins.pinCount(before[index]) == 0, "page \(index): a pin was left") }
+        #expect(ring.freeSlots == 2, "the slot went back to the ring")
+        #expect(space.leaseList.isEmpty)
+        #else
+        try Test.cancel("the kernel pin's test hook exists only in debug builds")
+        #endif
+    }
+
     @Test("lease-break revokes a long-term kernel pin for real: a later READ_FIXED fails (EFAULT) and lands nowhere",
           .enabled(if: ioUringRefusal == nil, "io_uring is refused here (seccomp, io_uring_disabled or an old kernel)"))
     func revocationDefusesTheKernelPin() throws {
