@@ -45,7 +45,7 @@ long CShims_fstatfs_type(int fd) {
     return (long)buffer.f_type;
 }
 
-int CShims_current_cpu(void) {
+int CShims_current_cpu_slow(void) {
     int cpu = sched_getcpu();
     return cpu < 0 ? 0 : cpu;
 }

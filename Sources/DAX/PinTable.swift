@@ -184,7 +184,7 @@ public final class PinTable: @unchecked Sendable {
     /// The removal that claimed `blocks` committed: release those already idle.
     func commit(_ blocks: [UInt32]) {
         for block in blocks {
-            self.word(block).loadThenBitwiseOr(with: Self.inHalf(Self.committed, of: block), ordering: .sequentiallyConsistent)
+            _ = self.word(block).loadThenBitwiseOr(with: Self.inHalf(Self.committed, of: block), ordering: .sequentiallyConsistent)
             self.releaseIfReady(block)
         }
     }
@@ -192,7 +192,7 @@ public final class PinTable: @unchecked Sendable {
     /// The removal failed: drop the claims.
     func abort(_ blocks: [UInt32]) {
         for block in blocks {
-            self.word(block).loadThenBitwiseAnd(
+            _ = self.word(block).loadThenBitwiseAnd(
                 with: ~Self.inHalf(Self.claims | Self.committed, of: block), ordering: .sequentiallyConsistent)
         }
     }
