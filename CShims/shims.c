@@ -10,7 +10,7 @@
 #include <unistd.h>
 #include <linux/futex.h>
 #include <linux/magic.h>
-#include <sys/mman.h>
+#include <linux/membarrier.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -48,6 +48,23 @@ long CShims_fstatfs_type(int fd) {
 int CShims_current_cpu_slow(void) {
     int cpu = sched_getcpu();
     return cpu < 0 ? 0 : cpu;
+}
+
+int CShims_membarrier_register(void) {
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 ? 0 : -errno;
+}
+
+int CShims_membarrier_query(void) {
+    int commands = (int)syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    return commands < 0 ? -errno : commands;
+}
+
+int CShims_membarrier_has_private_expedited(int commands) {
+    return commands >= 0 && (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0;
+}
+
+int CShims_membarrier(void) {
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 ? 0 : -errno;
 }
 
 int CShims_bind_to_cpu(int cpu) {

@@ -16,6 +16,8 @@
 # one block allocated and freed, durably. (One fault in 31 also scrubs the blocks punches gave
 # back, thousands of instructions more; when the 50th is such a one, the count stops at its step
 # limit and says so: run it again.)
+import re
+
 import gdb
 
 CYCLE = globals().get("CYCLE", "pin")
@@ -27,10 +29,12 @@ if CYCLE == "pin":
              "_pSgAA0I4TermOSgAA06KernelI0Ot5DaxFS7FSErrorVYKF'")
     # The range arrives in rdi (lower bound) and rsi (upper bound).
     gdb.execute("break " + START + " if $rsi - $rdi == %d" % PAGES)
-    END, WHAT, GROUP = "unpin", "pin+unpin of %d page(s)" % PAGES, "pin"
+    # (A function named `unpin`: its mangled name holds the identifier as "5unpin". A parameter
+    # label such as `unpinning` in another function's name must not end the count.)
+    END, WHAT, GROUP = r"(?<![0-9])5unpin", "pin+unpin of %d page(s)" % PAGES, "pin"
 else:
     gdb.execute("break '$s3DAX12AddressSpaceC9faultSlow_5writeSVSi_Sbt5DaxFS7FSErrorVYKF'")
-    END, WHAT, GROUP = "punchHole", "write fault + punch of one page (alloc.block)", "alloc"
+    END, WHAT, GROUP = r"punchHole", "write fault + punch of one page (alloc.block)", "alloc"
 gdb.execute("run bench /dev/shm/daxlab-count-locked.pmem --only %s --seconds 0.3 > /dev/null 2>&1" % GROUP)
 for _ in range(49):
     gdb.execute("continue")
@@ -56,7 +60,7 @@ while steps < limit:
     pc = int(gdb.parse_and_eval("$pc"))
     frame = gdb.selected_frame()
     name = frame.name() or hex(pc)
-    if END in name:
+    if re.search(END, name):
         ended = True
     elif ended and name == caller:
         break

@@ -62,6 +62,29 @@ static inline __attribute__((always_inline)) int CShims_current_cpu(void) {
     return CShims_current_cpu_slow();
 }
 
+/// Registers the process for MEMBARRIER_CMD_PRIVATE_EXPEDITED (membarrier(2), Linux 4.14); 0 or
+/// -errno (-ENOSYS without the system call, -EINVAL without the command, -EPERM under a seccomp
+/// filter that refuses it).
+int CShims_membarrier_register(void);
+
+/// membarrier(MEMBARRIER_CMD_QUERY): the bit mask of the commands this kernel supports, or -errno.
+int CShims_membarrier_query(void);
+
+/// Whether `commands` (a query's answer) includes MEMBARRIER_CMD_PRIVATE_EXPEDITED.
+int CShims_membarrier_has_private_expedited(int commands);
+
+/// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): every thread of this process that runs now
+/// executes a full memory barrier before this returns (an IPI to each CPU running one; a thread
+/// not running passed one at its context switch). The slow side of an asymmetric fence whose
+/// fast side is `CShims_compiler_barrier`. 0 or -errno.
+int CShims_membarrier(void);
+
+/// A compiler barrier: no memory access moves across it at compile time, and the CPU is not
+/// asked for anything (no fence instruction). The fast side of an asymmetric fence.
+static inline __attribute__((always_inline)) void CShims_compiler_barrier(void) {
+    __asm__ __volatile__("" ::: "memory");
+}
+
 /// Binds the calling thread to `cpu` (sched_setaffinity); 0 or -errno.
 int CShims_bind_to_cpu(int cpu);
 

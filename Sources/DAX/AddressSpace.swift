@@ -30,10 +30,9 @@ public final class AddressSpace: @unchecked Sendable {
     /// Set by the file's first subscription (under the invalidate lock), never cleared.
     let everSubscribed = Atomic<Bool>(false)
     let pins: PinTable
-    /// The layer's pool, lease counter and unmount flag, held here: the pin and fault paths
-    /// reach them without an unowned load of the layer (a strong-retain attempt each).
+    /// The layer's pool and unmount flag, held here: the pin and fault paths reach them without
+    /// an unowned load of the layer (a strong-retain attempt each).
     private let batchPool: BatchPool
-    private let leaseCounter: ManagedAtomic<UInt64>
     private let unmounting: ManagedAtomic<Bool>
     /// The file system, held here for the fault path likewise (the layer holds it too; this
     /// space goes with the layer, or with the last pooled batch that names it).
@@ -58,6 +57,9 @@ public final class AddressSpace: @unchecked Sendable {
     /// Tests only: runs in the revocation of a pin of this space once the revoked bit is set and
     /// the view unmapped, before it waits for the writes in the fence.
     nonisolated(unsafe) var revocationHook: (() -> Void)?
+    /// Tests only: runs in the holder's unpin between its mark (`PinBatch.releaseByHolder`) and
+    /// its load of the revoked bit: where a revoker sees the holder and the holder the revoker.
+    nonisolated(unsafe) var releaseHook: ((PinBatch) -> Void)?
     /// Tests only: runs in a kernel pin once daxlab's pins are taken, before it takes the file's
     /// lock to check them and map its view: where an invalidation must be caught.
     nonisolated(unsafe) var kernelPinHook: (() -> Void)?
@@ -72,7 +74,6 @@ public final class AddressSpace: @unchecked Sendable {
         self.lock = dax.source.invalidateLock(for: id)
         self.pins = dax.pins
         self.batchPool = dax.batchPool
-        self.leaseCounter = dax.leaseCounter
         self.unmounting = dax.unmounting
         self.source = dax.source
         self.refusesLongTerm = dax.defaultPolicy == .mainline
@@ -190,7 +191,7 @@ public final class AddressSpace: @unchecked Sendable {
         _ batch: PinBatch, _ lease: Unmanaged<PinBatch>, _ pages: Range<Int>, write: Bool, holder: (any LeaseHolder)?,
         kernel: KernelPin
     ) throws(FSError) {
-        batch.begin(space: self, pages: pages, holder: holder, leaseID: self.leaseCounter.wrappingIncrementThenLoad(ordering: .relaxed))
+        batch.begin(space: self, pages: pages, holder: holder)
         self.leases.add(lease)
         let blocks = batch.blocks
         // (For a kernel pin's check of its entries; see `kernelPin`.)
@@ -211,7 +212,7 @@ public final class AddressSpace: @unchecked Sendable {
             throw error
         }
         // Published: from here a revoker may drop these pins for us.
-        if !batch.publishPinned() {
+        if !batch.publishPinned(asymmetric: self.leases.asymmetric) {
             self.release(batch)
             throw FSError(.busy, "\(self.id): lease revoked while pinning")
         }
@@ -302,7 +303,7 @@ public final class AddressSpace: @unchecked Sendable {
     /// Ends a batch: drops its pins unless a revoker did (the kernel's first, then daxlab's
     /// mirror of them), removes its lease, recycles it.
     func release(_ batch: PinBatch) {
-        if batch.claimRelease() {
+        if batch.releaseByHolder(asymmetric: self.leases.asymmetric) {
             batch.dropKernelPin()
             self.unpinBlocks(batch)
         }
@@ -317,14 +318,12 @@ public final class AddressSpace: @unchecked Sendable {
         batch.waitUntilAlone()  // a revoker or breaker that entered before the removal
         batch.dropKernelPin()
         batch.retireView()
-        // The lease's own reference to the layer, moved out: ending the lease may drop the
-        // layer's last reference, which must outlive the return to its pool. Nothing here
-        // touches the batch or this address space after the put: another thread may take the
-        // batch at once and point it at another file, and this space may then go with it (the
-        // unpin path holds it only through the batch).
-        withExtendedLifetime(batch.end()) {
-            self.batchPool.put(Unmanaged.passUnretained(batch))  // (the lease's reference, given back)
-        }
+        batch.end()
+        // The lease's reference, given back. Nothing here touches the batch or this address
+        // space after the put: another thread may take the batch at once and point it at another
+        // file, and this space may then go with it (the unpin path holds it only through the
+        // batch), as may the layer, when a closed pool lets the batch go.
+        self.batchPool.put(Unmanaged.passUnretained(batch))
     }
 
     /// The file's leases now.

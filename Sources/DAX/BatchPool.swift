@@ -12,11 +12,16 @@ import CShims
 /// The pool hands out and takes back one strong reference per batch, unmanaged: the reference a
 /// slot held becomes the lease's (the lease table names it without retaining it again), and the
 /// lease gives it back here. A pin and an unpin touch no reference count for the batch.
+///
+/// A batch holds its layer, whose pool this is (`PinBatch.layer`): `close` (the unmount) breaks
+/// that cycle. From then on the pool keeps nothing: what it held goes at once, and a batch given
+/// back later (a pin that outlived the unmount) goes too.
 final class BatchPool: @unchecked Sendable {
     private static let slots = 128
     /// Words per slot: 64 bytes.
     private static let stride = 8
     private let words: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
+    private let closed = ManagedAtomic<Bool>(false)
 
     init() {
         self.words = .allocate(capacity: Self.slots * Self.stride)
@@ -24,17 +29,23 @@ final class BatchPool: @unchecked Sendable {
     }
 
     deinit {
-        self.drain()
+        self.close()
         self.words.deallocate()
     }
 
-    /// Lets every pooled batch go. A pooled batch keeps its last address space, and an address
-    /// space keeps this pool: the layer drains it as it goes, which breaks that cycle.
-    func drain() {
-        for slot in 0..<Self.slots {
-            let bits = self.slot(slot).exchange(0, ordering: .acquiring)
-            if bits != 0 { Self.batch(bits).release() }
-        }
+    /// Lets every pooled batch go, and every batch given back from now on. A pooled batch keeps
+    /// its layer and its last address space, which keep this pool: the unmount closes it, which
+    /// breaks those cycles. A `put` that races with the close finds the flag set after its
+    /// batch entered a slot (both sequentially consistent), or the close finds the batch.
+    func close() {
+        self.closed.store(true, ordering: .sequentiallyConsistent)
+        for slot in 0..<Self.slots { self.empty(self.slot(slot)) }
+    }
+
+    /// Takes whatever `slot` holds and lets it go: whoever exchanges a batch out owns it.
+    private func empty(_ slot: UnsafeAtomic<UInt>) {
+        let bits = slot.exchange(0, ordering: .sequentiallyConsistent)
+        if bits != 0 { Self.batch(bits).release() }
     }
 
     /// A batch from the pool, or a new one: one strong reference, the caller's to give back
@@ -60,7 +71,11 @@ final class BatchPool: @unchecked Sendable {
         for offset in 0..<Self.slots {
             let slot = self.slot((start + offset) & (Self.slots - 1))
             guard slot.load(ordering: .relaxed) == 0 else { continue }
-            if slot.compareExchange(expected: 0, desired: bits, ordering: .releasing).exchanged { return }
+            if slot.compareExchange(expected: 0, desired: bits, ordering: .sequentiallyConsistent).exchanged {
+                // (On x86-64 a plain load: the compare-exchange before it is a full barrier.)
+                if self.closed.load(ordering: .sequentiallyConsistent) { self.empty(slot) }
+                return
+            }
         }
         reference.release()
     }

@@ -206,5 +206,8 @@ extension DAXFileSystem: LayoutBreaker {
     package func fileSystemWillUnmount() {
         self.reclaimer.waitUntilIdle()
         self.reclaimer.stop()
+        // Pooled batches hold this layer (`PinBatch.layer`), and the file system now lets go of
+        // it: let them go, and every batch whose pin outlives the unmount when it is unpinned.
+        self.batchPool.close()
     }
 }

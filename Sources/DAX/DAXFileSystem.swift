@@ -36,7 +36,6 @@ public final class DAXFileSystem {
     private let spaceSlots: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
     private let inodeCount: Int
     let batchPool = BatchPool()
-    let leaseCounter = ManagedAtomic<UInt64>(0)
     /// Set by the unmount's final layout break: new pins are refused from then on.
     let unmounting = ManagedAtomic<Bool>(false)
 
@@ -84,7 +83,7 @@ public final class DAXFileSystem {
 
     deinit {
         self.reclaimer.stop()
-        self.batchPool.drain()  // (pooled batches hold address spaces, which hold the pool)
+        self.batchPool.close()  // (pooled batches hold address spaces, which hold the pool)
         munmap(self.zeroPage, 4096)
         self.spaceSlots.deallocate()
     }

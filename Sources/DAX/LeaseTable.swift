@@ -24,10 +24,19 @@ import Glibc
 /// zero, and only then lets the batch go (`PinBatch.waitUntilAlone` then waits for the holds
 /// those breakers took). So a breaker that loaded a slot before it was cleared either holds the
 /// batch before the end waits for holds, or sees the slot cleared when it rechecks; it never
-/// touches a batch that was recycled or freed. Both sides are sequentially consistent (the
-/// clear against the count's load, the count's increment against the slot's load), so at least
-/// one of them sees the other. A scan is a bounded loop of loads and holds with nothing that
-/// sleeps, so an ending lease waits at most that long, and only while a breaker runs.
+/// touches a batch that was recycled or freed. Each side stores, then loads what the other
+/// stores (the clear, then the count; the count, then the slot), and at least one of them must
+/// see the other: the fence between is an `AsymmetricFence`. The ending lease, on every unpin,
+/// has only a compiler barrier between its plain store and its load; the breaker, rare, follows
+/// its increment with a membarrier. So an unpin whose clear was still in its CPU's store buffer
+/// at that moment loads the count after the barrier and sees the breaker; one that loaded the
+/// count earlier had its clear made visible by the barrier, and the breaker's slot load sees
+/// it. The membarrier costs up to ~10 µs while another thread of the process runs, so a breaker
+/// asks for it only once it found a slot taken (and loads that slot again): a scan of a file
+/// with no lease now costs none. Without membarrier both sides are sequentially consistent:
+/// one locked instruction more per unpin. A scan is a bounded loop of loads and holds with
+/// nothing that sleeps, so an ending lease waits at most that long, and only while a breaker
+/// runs.
 ///
 /// A file that never had a lease costs a breaker one load (`everLeased`), as a Linux inode with
 /// no `i_flctx` costs `break_layout` one: the flag is set, sequentially consistent, before a
@@ -48,6 +57,9 @@ final class LeaseTable: @unchecked Sendable {
     private let overflow = Locked<[PinBatch]>([])
     /// Set before the file's first lease takes a slot; never cleared (see above).
     private let everLeased = Atomic<Bool>(false)
+    /// Whether this file's Dekker pairs use the asymmetric fence (see above, and `PinBatch`'s
+    /// release and publication), or the sequentially consistent fallback.
+    let asymmetric: Bool
 
     #if DAXLAB_TEST_HOOKS
     /// Tests only (debug builds): runs in a breaker's scan between its load of a slot and its
@@ -55,7 +67,18 @@ final class LeaseTable: @unchecked Sendable {
     nonisolated(unsafe) var scanHook: ((PinBatch) -> Void)?
     #endif
 
+    #if DAXLAB_TEST_HOOKS
+    /// Tests only (debug builds): tables made while it is set use the sequentially consistent
+    /// fallback, as where membarrier is missing.
+    nonisolated(unsafe) static var forceFallback = false
+    #endif
+
     init() {
+        #if DAXLAB_TEST_HOOKS
+        self.asymmetric = AsymmetricFence.available && !Self.forceFallback
+        #else
+        self.asymmetric = AsymmetricFence.available
+        #endif
         self.slots = .allocate(capacity: Self.slotCount)
         self.slots.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.slotCount)
     }
@@ -98,8 +121,14 @@ final class LeaseTable: @unchecked Sendable {
             }
             return
         }
-        self.slot(index).store(0, ordering: .sequentiallyConsistent)
-        while self.scanners.load(ordering: .sequentiallyConsistent) != 0 { sched_yield() }
+        if self.asymmetric {
+            self.slot(index).store(0, ordering: .releasing)
+            AsymmetricFence.light()  // (the breaker's membarrier is the rest of the fence)
+            while self.scanners.load(ordering: .acquiring) != 0 { sched_yield() }
+        } else {
+            self.slot(index).store(0, ordering: .sequentiallyConsistent)
+            while self.scanners.load(ordering: .sequentiallyConsistent) != 0 { sched_yield() }
+        }
     }
 
     /// The batches whose range overlaps `pages`, each held (so it cannot be recycled) until the
@@ -112,11 +141,23 @@ final class LeaseTable: @unchecked Sendable {
         guard self.everLeased.load(ordering: .sequentiallyConsistent) else { return [] }
         var held: [PinBatch] = []
         self.scanners.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        // (The fallback needs no fence: both sides are sequentially consistent.)
+        var fenced = !self.asymmetric
         var index = 0
         while index < Self.slotCount {  // (a `for` over the range left a call and a witness per slot)
             defer { index += 1 }
-            let bits = self.slot(index).load(ordering: .sequentiallyConsistent)
+            var bits = self.slot(index).load(ordering: .sequentiallyConsistent)
             guard bits != 0 else { continue }
+            if !fenced {
+                // The membarrier, before the first slot this scan trusts, and the load again: an
+                // ended lease's clear may have been in its CPU's store buffer. Only a batch
+                // found can be a recycled one; a zero is never stale that way (a slot is taken
+                // by a locked compare-exchange), so a scan that finds no lease costs no barrier.
+                AsymmetricFence.heavy()
+                fenced = true
+                bits = self.slot(index).load(ordering: .sequentiallyConsistent)
+                guard bits != 0 else { continue }
+            }
             // Alive: its lease's end waits for this scan before it lets the batch go.
             let batch = Unmanaged<PinBatch>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).takeUnretainedValue()
             #if DAXLAB_TEST_HOOKS

@@ -15,22 +15,29 @@ import Glibc
 ///
 /// | bits  | meaning |
 /// |-------|---------|
-/// | 0     | pinned: every pin is taken and published; a revoker may drop them from now on |
 /// | 1     | revoked: lease-break took the lease back; device writes are refused |
-/// | 2     | released: the pins were dropped, by the holder's unpin or by a revoker (once) |
+/// | 2     | released: claimed by the holder's unpin or a revoker when both saw the other (once) |
 /// | 3     | notified: the holder was told its lease is breaking (once) |
 /// | 4     | orphaned: a truncate under `none` freed blocks of its range under the pin |
 /// | 16-31 | device writes in flight: what a revocation waits for (the fence) |
 /// | 32-63 | breakers holding the batch: each keeps it from being recycled, none waits for another |
 ///
 /// Life of a batch: `begin` (taken from the pool) → pins taken → `publishPinned` → writes
-/// (`beginWrite`/`endWrite`), perhaps `notifyOnce` and `revoke` → `claimRelease` (the holder's
-/// unpin, or the revoker) → `waitUntilAlone` → `end` → back to the pool.
+/// (`beginWrite`/`endWrite`), perhaps `notifyOnce` and `revoke` → `releaseByHolder` (the
+/// holder's unpin; the revoker's side is in `revoke`) → `waitUntilAlone` → `end` → back to the pool.
+///
+/// Who drops the pins, holder or revoker, is decided without a locked instruction on the
+/// holder's side unless a revoker really came. The holder stores a flag of its own (`published`
+/// once pinned, `holderReleased` as it unpins) and then loads the revoked bit; the revoker sets
+/// the revoked bit and then loads those flags; an `AsymmetricFence` between (the holder's
+/// light, the revoker's heavy) means at least one of them sees the other. A holder that sees no
+/// revocation goes on alone (the revoker saw its flag and stands back); a revoker that sees no
+/// flag goes on alone (the holder saw the bit and stands back: undoing an unpublished pin is the
+/// pinner's own); and when both saw each other, `claimRelease` picks one.
 final class PinBatch: @unchecked Sendable {
     // The fields below the state word are written by the pinning thread before the batch enters
     // its address space's lease table (a mutex) and before `publishPinned`; other threads read
     // them only after taking the batch from that table, holding it.
-    private static let pinnedBit: UInt64 = 1
     private static let revokedBit: UInt64 = 2
     private static let releasedBit: UInt64 = 4
     private static let notifiedBit: UInt64 = 8
@@ -39,20 +46,32 @@ final class PinBatch: @unchecked Sendable {
     private static let holding: UInt64 = 1 << 32
 
     private let state = Atomic<UInt64>(0)
+    /// Written by the pinning thread only (the holder): every pin is taken and published, and
+    /// the holder is unpinning. Read by a revoker (see above).
+    private let published = Atomic<Bool>(false)
+    private let holderReleased = Atomic<Bool>(false)
 
     /// The address space of the lease (nil before the batch's first lease). Kept while the
     /// batch is pooled, so that the next lease of the same file sets nothing (a pooled batch
-    /// keeps its last file's address space alive until it is reused or the layer goes).
+    /// keeps its last file's address space alive until it is reused or its pool closes).
     private(set) var space: AddressSpace?
     /// `space`, unretained: the unpin path calls it without touching its reference count (valid
     /// while `space` holds it).
     private(set) var owner: Unmanaged<AddressSpace>?
-    /// The DAX layer, held while the batch is a lease: an outstanding pin keeps its layer, its
-    /// file system and its mapping alive (address spaces hold their layer unowned).
+    /// The DAX layer of `space` (address spaces hold theirs unowned), held from the batch's first
+    /// lease on, pooled or not: an outstanding pin keeps its layer, its file system and its
+    /// mapping alive, and a lease takes no reference for it. The pool is the layer's, so pooled
+    /// batches and their layer form a cycle; unmount breaks it (`BatchPool.close`), and after it
+    /// a batch whose pin outlived the unmount goes, with its reference, when it is unpinned.
     private var layer: DAXFileSystem?
     private(set) var pages: Range<Int> = 0..<0
     private(set) var holder: (any LeaseHolder)?
-    private(set) var leaseID: UInt64 = 0
+    /// This batch's number (`serials`) in bits 40-63, its lease count in bits 0-39: unique among
+    /// live leases, and over a process's life unless one batch takes 2^40 leases or 2^24
+    /// batches are made. `LeaseInfo.description` writes it `batch.lease`.
+    private(set) var leaseID: UInt64
+    /// Batches made so far (a batch is made only when its pool is empty, off the pin path).
+    private static let serials = Atomic<UInt64>(0)
     /// The lease table's slot holding this lease (-1: its overflow list); set by `add`.
     var leaseSlot = -1
     /// The pinned blocks: a raw buffer (no copy-on-write or exclusivity checks on the pin path),
@@ -75,6 +94,7 @@ final class PinBatch: @unchecked Sendable {
     private let viewInUse = Atomic<Bool>(false)
 
     init() {
+        self.leaseID = (Self.serials.wrappingAdd(1, ordering: .relaxed).newValue & 0xFF_FFFF) << 40
         self.capacity = 512
         self.blocks = .allocate(capacity: 512)
     }
@@ -87,37 +107,63 @@ final class PinBatch: @unchecked Sendable {
     // MARK: Pinning (the pinning thread)
 
     /// A fresh lease over `pages` of `space`, nothing pinned yet.
-    func begin(space: AddressSpace, pages: Range<Int>, holder: (any LeaseHolder)?, leaseID: UInt64) {
-        if self.space !== space {
+    func begin(space: AddressSpace, pages: Range<Int>, holder: (any LeaseHolder)?) {
+        if self.space !== space {  // (cold: a batch serves one file until another takes it)
             self.space = space
             self.owner = Unmanaged.passUnretained(space)
+            self.layer = space.dax  // (one layer per pool: set on the first lease, the same after)
         }
-        self.layer = space.dax
         self.pages = pages
         self.holder = holder
-        self.leaseID = leaseID
+        // The next lease number, in the low 40 bits (wrapping within them).
+        self.leaseID = (self.leaseID & ~Self.leaseMask) | ((self.leaseID &+ 1) & Self.leaseMask)
         self.count = 0
         if pages.count > self.capacity {  // cold: only batches over 512 pages grow
             self.blocks.deallocate()
             self.capacity = pages.count
             self.blocks = .allocate(capacity: pages.count)
         }
+        self.published.store(false, ordering: .relaxed)
+        self.holderReleased.store(false, ordering: .relaxed)
         self.state.store(0, ordering: .releasing)
     }
 
     /// Publishes the pins: from now on a revoker may drop them on the holder's behalf.
-    /// - Returns: false when the lease was revoked while pinning: the pinner must undo its pins.
-    func publishPinned() -> Bool {
-        self.state.bitwiseOr(Self.pinnedBit, ordering: .acquiringAndReleasing).oldValue & Self.revokedBit == 0
+    /// - Parameter asymmetric: the file's fence (`LeaseTable.asymmetric`).
+    /// - Returns: false when the lease was revoked while pinning: the pinner must undo its pins,
+    ///   through `releaseByHolder` (a revoker that saw them published may claim them too).
+    @inline(__always)
+    func publishPinned(asymmetric: Bool) -> Bool {
+        !self.storeThenSeeRevoked(self.published, asymmetric: asymmetric)
     }
 
+    /// The holder's half of a Dekker pair with `revoke`: stores `flag`, then loads the revoked bit.
+    /// - Parameter unpinning: the holder's unpin (where the test hook runs), not the publication.
+    @inline(__always)
+    private func storeThenSeeRevoked(
+        _ flag: borrowing Atomic<Bool>, asymmetric: Bool, unpinning: Bool = false
+    ) -> Bool {
+        if asymmetric {
+            flag.store(true, ordering: .releasing)
+            AsymmetricFence.light()
+        } else {
+            flag.store(true, ordering: .sequentiallyConsistent)
+        }
+        #if DAXLAB_TEST_HOOKS
+        if unpinning { self.space?.releaseHook?(self) }
+        #endif
+        let state = asymmetric
+            ? self.state.load(ordering: .acquiring) : self.state.load(ordering: .sequentiallyConsistent)
+        return state & Self.revokedBit != 0
+    }
+
+    private static let leaseMask: UInt64 = 1 << 40 - 1
+
     /// Forgets the lease before the batch goes back to the pool.
-    /// - Returns: the layer the lease held (moved out, not retained again), for the pool.
-    func end() -> DAXFileSystem? {
+    func end() {
         self.holder = nil
         self.kernelRing = nil
         self.kernelSlot = -1
-        return self.layer.take()
     }
 
     // MARK: Kernel pins (the pinning thread, before publishing)
@@ -236,12 +282,19 @@ final class PinBatch: @unchecked Sendable {
     }
 
     /// Revokes the lease, once: sets the revoked bit, defuses a kernel pin (later kernel writes
-    /// fail, and the view is unmapped), then waits for the writes that entered the fence before it (only writes: another
-    /// truncate may be revoking the same batch, and neither waits for the other).
+    /// fail, and the view is unmapped), then waits for the writes that entered the fence before
+    /// it (only writes: another truncate may be revoking the same batch, and neither waits for
+    /// the other).
     func revoke() -> Revocation {
         let previous = self.state.bitwiseOr(Self.revokedBit, ordering: .acquiringAndReleasing).oldValue
-        guard previous & (Self.revokedBit | Self.releasedBit) == 0 else { return .nothing }
-        if previous & Self.pinnedBit != 0 { self.defuseKernelPin() }
+        guard previous & Self.revokedBit == 0 else { return .nothing }
+        // The revoker's half of the Dekker pairs with `publishPinned` and `releaseByHolder`.
+        let asymmetric = self.space!.leases.asymmetric
+        if asymmetric { AsymmetricFence.heavy() }
+        // Unpinning: the holder saw the bit, or will claim (it may not have loaded it yet).
+        if self.holderReleased.load(ordering: .sequentiallyConsistent) { return .nothing }
+        let published = self.published.load(ordering: .sequentiallyConsistent)
+        if published { self.defuseKernelPin() }
         #if DAXLAB_TEST_HOOKS
         self.space?.revocationHook?()
         #endif
@@ -249,16 +302,29 @@ final class PinBatch: @unchecked Sendable {
         // A kernel write that entered before the revoked bit may have faulted its view page in
         // again (`AddressSpace.refault`), even after the unmap above; every later one sees the
         // bit. Unmap once more, now that none is under way.
-        if previous & Self.pinnedBit != 0 { self.unmapView() }
-        guard previous & Self.pinnedBit != 0 else { return .revoked(mustUnpin: false) }
+        if published { self.unmapView() }
+        // Not published: the pinner saw the bit (the fence), and undoes its pins itself.
+        guard published else { return .revoked(mustUnpin: false) }
         return .revoked(mustUnpin: self.claimRelease())
     }
 
     // MARK: Ending
 
-    /// Claims dropping the pins.
-    /// - Returns: true for exactly one caller (the holder's unpin or a revoker): it drops them.
-    func claimRelease() -> Bool {
+    /// The holder's unpin (or a pinner undoing a pin revoked while it pinned) decides who drops
+    /// the pins: it marks itself unpinning, then looks for a revocation.
+    /// - Returns: true when the caller drops them: no revoker came (one that comes now sees the
+    ///   mark and stands back), or one came and the caller won `claimRelease`.
+    @inline(__always)
+    func releaseByHolder(asymmetric: Bool) -> Bool {
+        guard self.storeThenSeeRevoked(self.holderReleased, asymmetric: asymmetric, unpinning: true) else {
+            return true
+        }
+        return self.claimRelease()
+    }
+
+    /// Claims dropping the pins, where the holder and a revoker both saw the other.
+    /// - Returns: true for exactly one caller: it drops them.
+    private func claimRelease() -> Bool {
         self.state.bitwiseOr(Self.releasedBit, ordering: .acquiringAndReleasing).oldValue & Self.releasedBit == 0
     }
 

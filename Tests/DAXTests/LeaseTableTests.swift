@@ -1,3 +1,4 @@
+import CShims
 @testable import DAX
 @_spi(Oracle) import DaxFS
 import Foundation
@@ -8,12 +9,41 @@ import TestSupport
 /// its slot but not yet held its batch waits for that breaker (so the batch is never recycled
 /// under it). The window is a few instructions wide; the test hook (debug builds only) stops
 /// the breaker inside it while the holder unpins.
+///
+/// The rule's fence is asymmetric where membarrier(2) is there (the unpin's side a compiler
+/// barrier, the breaker's a membarrier), sequentially consistent on both sides where it is not:
+/// the tests below run under both.
 @Suite("Lease table", .serialized, .timeLimit(.minutes(1)))
 struct LeaseTableTests {
-    @Test("an unpin waits for a breaker between its slot load and its hold; the breaker then skips the ended lease")
-    func endWaitsForScanner() throws {
+    /// A lab whose file's lease table uses the fallback fence, or the default one.
+    private func lab(fallback: Bool, pages: Int) throws -> Lab {
         #if DAXLAB_TEST_HOOKS
-        let lab = try Lab(policy: .wait, pages: 4)
+        LeaseTable.forceFallback = fallback
+        defer { LeaseTable.forceFallback = false }
+        let lab = try Lab(policy: .wait, pages: pages)
+        #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
+        return lab
+        #else
+        return try Lab(policy: .wait, pages: pages)
+        #endif
+    }
+
+    @Test("the asymmetric fence is in use: membarrier's private expedited command registered")
+    func membarrierInUse() throws {
+        let supported = CShims_membarrier_query()
+        guard CShims_membarrier_has_private_expedited(supported) != 0 else {
+            try Test.cancel("this kernel has no membarrier PRIVATE_EXPEDITED (query: \(supported)): the fallback runs")
+        }
+        #expect(AsymmetricFence.available)
+        let lab = try Lab(policy: .wait, pages: 1)
+        #expect(lab.space.leases.asymmetric)
+    }
+
+    @Test("an unpin waits for a breaker between its slot load and its hold; the breaker then skips the ended lease",
+          arguments: [false, true])
+    func endWaitsForScanner(fallback: Bool) throws {
+        #if DAXLAB_TEST_HOOKS
+        let lab = try self.lab(fallback: fallback, pages: 4)
         let space = lab.space
         _ = try space.fault(1, write: true)
         let pinned = DispatchSemaphore(value: 0)
@@ -77,9 +107,10 @@ struct LeaseTableTests {
         #expect(space.leaseList.isEmpty)
     }
 
-    @Test("pins and unpins on four threads while two breakers list and punch: every lease ends, nothing stays pinned")
-    func stress() throws {
-        let lab = try Lab(policy: .wait, pages: 64)
+    @Test("pins and unpins on four threads while two breakers list and punch: every lease ends, nothing stays pinned",
+          arguments: [false, true])
+    func stress(fallback: Bool) throws {
+        let lab = try self.lab(fallback: fallback, pages: 64)
         let space = lab.space
         for page in 0..<64 { _ = try space.fault(page, write: true) }
         let stop = Box(false)

@@ -11,7 +11,12 @@ import TestSupport
 struct LifetimeTests {
     /// Mappings and open descriptors of `path` in this process now.
     private func usage(of path: String) -> (mappings: Int, descriptors: Int) {
-        let maps = (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? ""
+        // (Read to the end: a procfs file's size reads 0, and a whole-file read of it was seen to
+        // stop short, missing the image's line, once the process had more mappings.)
+        let handle = FileHandle(forReadingAtPath: "/proc/self/maps")
+        defer { try? handle?.close() }
+        let maps = String(decoding: (try? handle?.readToEnd()) ?? Data(), as: UTF8.self)
+        guard maps.contains("[stack]") else { return (-1, -1) }  // (unreadable: every expectation fails)
         let mappings = maps.split(separator: "\n").filter { $0.hasSuffix(path) }.count
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
         let descriptors = entries.filter {
@@ -20,19 +25,26 @@ struct LifetimeTests {
         return (mappings, descriptors)
     }
 
+    /// Mounts `path`, attaches the DAX layer under `policy`, and opens a 4-page file "f".
+    private func mount(_ path: String, policy: TruncatePolicy) throws
+        -> (fs: FileSystem, dax: DAXFileSystem, file: FileID, space: AddressSpace)
+    {
+        let fs = try FileSystem.mount(path: path)
+        let dax = try DAXFileSystem(fs: fs, policy: policy)
+        let file = try fs.openOrCreate("f")
+        try fs.truncate(file, size: 4 * 4096)
+        return (fs, dax, file, dax.open(file))
+    }
+
     /// Mount, attach the DAX layer, fault, pin, sequester a pinned block, unpin (the reclaimer
     /// runs), unmount; every reference dropped on return.
     private func cycle(_ path: String) throws -> (fs: FileSystem?, dax: DAXFileSystem?) {
         weak var weakFS: FileSystem?
         weak var weakDAX: DAXFileSystem?
         try {
-            let fs = try FileSystem.mount(path: path)
-            let dax = try DAXFileSystem(fs: fs, policy: .sequester)
+            let (fs, dax, file, space) = try self.mount(path, policy: .sequester)
             weakFS = fs
             weakDAX = dax
-            let file = try fs.openOrCreate("f")
-            try fs.truncate(file, size: 4 * 4096)
-            let space = dax.open(file)
             _ = try space.fault(0, write: true)
             let handle = try space.pin(0..<2, write: true)
             try fs.truncate(file, size: 0)
@@ -58,6 +70,39 @@ struct LifetimeTests {
             #expect(after.mappings == before.mappings)
             #expect(after.descriptors == before.descriptors)
             #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    /// A pin holds its layer without a reference of its own: its batch holds the layer from its
+    /// first lease on, pooled or not, and the unmount closes the pool (`BatchPool.close`). So a
+    /// pin that outlives the unmount (policy none) must still keep the layer, the file system
+    /// and the image alive, and its unpin must let them all go: a closed pool keeps nothing.
+    @Test("a pin that outlives the unmount keeps the layer and the image until its unpin, then nothing is left")
+    func pinOutlivesUnmount() throws {
+        try withTemporaryPath("pin-outlives") { path in
+            _ = try FileSystem.format(path: path, size: 4 << 20)
+            weak var weakFS: FileSystem?
+            weak var weakDAX: DAXFileSystem?
+            let handle = try { () throws -> PinHandle in
+                let (fs, dax, _, space) = try self.mount(path, policy: .none)
+                weakFS = fs
+                weakDAX = dax
+                // Batches in the pool before the unmount: the one given back by this unpin.
+                try space.pin(0..<2, write: true).unpin()
+                let handle = try space.pin(2..<3, write: true)
+                try fs.unmount()  // policy none: the pin outlives it
+                #expect(dax.statistics.pinsOutlivingUnmount.load(ordering: .relaxed) == 1)
+                return handle
+            }()
+            #expect(weakDAX != nil, "the layer went while a pin of it was outstanding")
+            #expect(weakFS != nil, "the file system went while a pin of it was outstanding")
+            #expect(self.usage(of: path).mappings > 0)
+            var bytes = [UInt8](repeating: 0x5A, count: 4096)
+            #expect(handle.write(at: 0, from: &bytes, count: 4096), "the outstanding pin's write")
+            handle.unpin()
+            #expect(weakDAX == nil, "the layer outlived its last pin: a closed pool kept its batch")
+            #expect(weakFS == nil, "the file system outlived its last pin")
+            #expect(self.usage(of: path).mappings == 0, "the image is still mapped after the last unpin")
         }
     }
 
