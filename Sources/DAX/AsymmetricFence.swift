@@ -11,9 +11,10 @@ import CShims
 /// rare side's load after it sees it, or the hot side's load came after the barrier and sees
 /// the rare side's store, which preceded the call: never neither.
 ///
-/// Costs measured on the 2-vCPU development VM (scripts/microbench/membarrier.c): `heavy` 0.4 µs
-/// alone, 0.6 to 10 µs while another thread of the process runs; `light` nothing, where a
-/// sequentially consistent store is one locked instruction (2 to 7 ns by CPU).
+/// Costs measured on the 2-vCPU development VM (scripts/microbench/membarrier.c, output in
+/// docs/amd/membarrier.txt): `heavy` 0.4 µs alone, 0.6 to 10 µs while another thread of the
+/// process runs; `light` nothing, where a sequentially consistent store is one locked
+/// instruction (2 to 7 ns by CPU).
 ///
 /// Where membarrier is missing or refused (a kernel before 4.14, a seccomp filter), `available`
 /// is false and users fall back to sequentially consistent accesses on both sides.
