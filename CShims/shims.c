@@ -54,12 +54,8 @@ int CShims_membarrier_register(void) {
     return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 ? 0 : -errno;
 }
 
-int CShims_membarrier_query(void) {
-    int commands = (int)syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
-    return commands < 0 ? -errno : commands;
-}
-
-int CShims_membarrier_has_private_expedited(int commands) {
+int CShims_membarrier_offers_private_expedited(void) {
+    long commands = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
     return commands >= 0 && (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0;
 }
 

@@ -67,11 +67,9 @@ static inline __attribute__((always_inline)) int CShims_current_cpu(void) {
 /// filter that refuses it).
 int CShims_membarrier_register(void);
 
-/// membarrier(MEMBARRIER_CMD_QUERY): the bit mask of the commands this kernel supports, or -errno.
-int CShims_membarrier_query(void);
-
-/// Whether `commands` (a query's answer) includes MEMBARRIER_CMD_PRIVATE_EXPEDITED.
-int CShims_membarrier_has_private_expedited(int commands);
+/// Whether this kernel offers MEMBARRIER_CMD_PRIVATE_EXPEDITED (membarrier(MEMBARRIER_CMD_QUERY)):
+/// 1 or 0.
+int CShims_membarrier_offers_private_expedited(void);
 
 /// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): every thread of this process that runs now
 /// executes a full memory barrier before this returns (an IPI to each CPU running one; a thread

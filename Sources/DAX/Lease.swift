@@ -9,11 +9,33 @@ public protocol LeaseHolder: AnyObject, Sendable {
     func leaseBroken(_ lease: LeaseInfo)
 }
 
+/// The layout of a lease ID (and of an on-demand-paging device's mapping ID, which the oracle's
+/// tags carry in the same place): a number in bits 40-63 (a pin batch's, or a device's) and a
+/// count in bits 0-39 (that batch's leases, or that device's mappings), written `number.count`.
+/// Made without a shared counter, so the pin path writes no line other pinners write.
+public enum LeaseStamp {
+    static let countMask: UInt64 = 1 << 40 - 1
+
+    /// `number` (its low 24 bits) and `count` (its low 40 bits) in one stamp.
+    @inline(__always)
+    public static func make(number: UInt64, count: UInt64) -> UInt64 {
+        (number & 0xFF_FFFF) << 40 | (count & Self.countMask)
+    }
+
+    /// The same number with the count one further (wrapping within its 40 bits).
+    @inline(__always)
+    static func next(_ stamp: UInt64) -> UInt64 {
+        (stamp & ~Self.countMask) | ((stamp &+ 1) & Self.countMask)
+    }
+
+    /// `number.count`: `3.17` is batch 3's 17th lease.
+    public static func describe(_ stamp: UInt64) -> String { "\(stamp >> 40).\(stamp & Self.countMask)" }
+}
+
 /// A lease as the lease table lists it.
 public struct LeaseInfo: Sendable, Equatable, CustomStringConvertible {
-    /// Unique among live leases: its pin batch's number in bits 40-63 and that batch's lease
-    /// count in bits 0-39 (no shared counter on the pin path). Written `batch.lease`: `3.17` is
-    /// batch 3's 17th lease.
+    /// Unique among live leases: its pin batch's number and that batch's lease count
+    /// (`LeaseStamp`).
     public var id: UInt64
     public var file: FileID
     public var pages: Range<Int>
@@ -23,7 +45,7 @@ public struct LeaseInfo: Sendable, Equatable, CustomStringConvertible {
     public var revoked: Bool
 
     public var description: String {
-        "lease \(self.id >> 40).\(self.id & (1 << 40 - 1)) on \(self.file) pages \(self.pages.lowerBound)..<\(self.pages.upperBound)"
+        "lease \(LeaseStamp.describe(self.id)) on \(self.file) pages \(self.pages.lowerBound)..<\(self.pages.upperBound)"
             + (self.revoked ? " (revoked)" : self.breaking ? " (breaking)" : "")
     }
 }

@@ -65,9 +65,6 @@ final class LeaseTable: @unchecked Sendable {
     /// Tests only (debug builds): runs in a breaker's scan between its load of a slot and its
     /// hold of the batch found there: where an ending lease must wait for the breaker.
     nonisolated(unsafe) var scanHook: ((PinBatch) -> Void)?
-    #endif
-
-    #if DAXLAB_TEST_HOOKS
     /// Tests only (debug builds): tables made while it is set use the sequentially consistent
     /// fallback, as where membarrier is missing.
     nonisolated(unsafe) static var forceFallback = false

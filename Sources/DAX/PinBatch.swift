@@ -66,9 +66,9 @@ final class PinBatch: @unchecked Sendable {
     private var layer: DAXFileSystem?
     private(set) var pages: Range<Int> = 0..<0
     private(set) var holder: (any LeaseHolder)?
-    /// This batch's number (`serials`) in bits 40-63, its lease count in bits 0-39: unique among
-    /// live leases, and over a process's life unless one batch takes 2^40 leases or 2^24
-    /// batches are made. `LeaseInfo.description` writes it `batch.lease`.
+    /// This batch's number (`serials`) and its lease count (`LeaseStamp`): unique among live
+    /// leases, and over a process's life unless one batch takes 2^40 leases or 2^24 batches are
+    /// made.
     private(set) var leaseID: UInt64
     /// Batches made so far (a batch is made only when its pool is empty, off the pin path).
     private static let serials = Atomic<UInt64>(0)
@@ -94,7 +94,7 @@ final class PinBatch: @unchecked Sendable {
     private let viewInUse = Atomic<Bool>(false)
 
     init() {
-        self.leaseID = (Self.serials.wrappingAdd(1, ordering: .relaxed).newValue & 0xFF_FFFF) << 40
+        self.leaseID = LeaseStamp.make(number: Self.serials.wrappingAdd(1, ordering: .relaxed).newValue, count: 0)
         self.capacity = 512
         self.blocks = .allocate(capacity: 512)
     }
@@ -115,8 +115,7 @@ final class PinBatch: @unchecked Sendable {
         }
         self.pages = pages
         self.holder = holder
-        // The next lease number, in the low 40 bits (wrapping within them).
-        self.leaseID = (self.leaseID & ~Self.leaseMask) | ((self.leaseID &+ 1) & Self.leaseMask)
+        self.leaseID = LeaseStamp.next(self.leaseID)
         self.count = 0
         if pages.count > self.capacity {  // cold: only batches over 512 pages grow
             self.blocks.deallocate()
@@ -156,8 +155,6 @@ final class PinBatch: @unchecked Sendable {
             ? self.state.load(ordering: .acquiring) : self.state.load(ordering: .sequentiallyConsistent)
         return state & Self.revokedBit != 0
     }
-
-    private static let leaseMask: UInt64 = 1 << 40 - 1
 
     /// Forgets the lease before the batch goes back to the pool.
     func end() {

@@ -26,7 +26,7 @@ extension DMADevice {
     }
 
     /// The mapping's id for the oracle (in place of a lease): the device and its mapping count.
-    private var mappingID: UInt64 { UInt64(self.index) << 40 | self.mirrors }
+    private var mappingID: UInt64 { LeaseStamp.make(number: UInt64(self.index), count: self.mirrors) }
 
     /// Takes `blocks` as the translations now, and tells the observer (a new cookie each). A
     /// translation zapped before the observer hears of it is never written through: its write

@@ -1,3 +1,4 @@
+import DAX
 import DaxFS
 
 #if canImport(Glibc)
@@ -13,8 +14,8 @@ import Glibc
 /// ```
 /// `epoch` is the oracle's ownership epoch of the block that the write was made under (a
 /// device's pin records it; writers write 0). `stamp` is a writer's write number, or the lease
-/// a device wrote under (a pin's lease ID, or an on-demand-paging device's mapping: both keep a
-/// number in bits 40-63 and a count below, written `number.count`).
+/// a device wrote under (a pin's lease ID, or an on-demand-paging device's mapping: both
+/// `LeaseStamp`s).
 ///
 /// 32 bytes, a divisor of a cache line: two devices writing one page at the same moment leave
 /// whole tags of both, never half of one.
@@ -93,7 +94,7 @@ public struct BlockTag: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         self.kind == .device
-            ? "device \(self.writer) lease \(self.stamp >> 40).\(self.stamp & (1 << 40 - 1)) epoch \(self.epoch) -> \(self.file) page \(self.page)"
+            ? "device \(self.writer) lease \(LeaseStamp.describe(self.stamp)) epoch \(self.epoch) -> \(self.file) page \(self.page)"
             : "writer \(self.writer) #\(self.stamp) -> \(self.file) page \(self.page)"
     }
 }
