@@ -114,7 +114,9 @@ final class PinBatch: @unchecked Sendable {
             self.layer = space.dax  // (one layer per pool: set on the first lease, the same after)
         }
         self.pages = pages
-        self.holder = holder
+        // (Assigned only when either is set: most pins have no holder, and an assignment of nil
+        // over nil still calls swift_retain and swift_release on the pin path.)
+        if holder != nil || self.holder != nil { self.holder = holder }
         self.leaseID = LeaseStamp.next(self.leaseID)
         self.count = 0
         if pages.count > self.capacity {  // cold: only batches over 512 pages grow
@@ -158,8 +160,8 @@ final class PinBatch: @unchecked Sendable {
 
     /// Forgets the lease before the batch goes back to the pool.
     func end() {
-        self.holder = nil
-        self.kernelRing = nil
+        if self.holder != nil { self.holder = nil }  // (nil over nil: see `begin`)
+        if self.kernelRing != nil { self.kernelRing = nil }
         self.kernelSlot = -1
     }
 
@@ -193,12 +195,18 @@ final class PinBatch: @unchecked Sendable {
 
     /// Drops the kernel's long-term pin (empties the slot, gives it back), once; the kernel lets
     /// the pages go after the requests in flight on them complete.
+    @inline(__always)
     func dropKernelPin() {
-        // (A load first: most pins have no kernel pin, and only the pinning thread, before it
-        // published the batch, sets the flag; the exchange decides between two droppers.)
-        guard self.kernelPinned.load(ordering: .acquiring),
-            self.kernelPinned.exchange(false, ordering: .acquiringAndReleasing), let ring = self.kernelRing
-        else { return }
+        // (A load first, inline: most pins have no kernel pin, and only the pinning thread, before
+        // it published the batch, sets the flag; the exchange decides between two droppers.)
+        if self.kernelPinned.load(ordering: .acquiring) { self.dropKernelPinSlow() }
+    }
+
+    @inline(never)
+    private func dropKernelPinSlow() {
+        guard self.kernelPinned.exchange(false, ordering: .acquiringAndReleasing), let ring = self.kernelRing else {
+            return
+        }
         ring.clear(self.kernelSlot)
         ring.give(self.kernelSlot)
     }
