@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <ucontext.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <unistd.h>
 #include <linux/futex.h>
 #include <linux/magic.h>
@@ -48,6 +50,51 @@ long CShims_fstatfs_type(int fd) {
 int CShims_current_cpu_slow(void) {
     int cpu = sched_getcpu();
     return cpu < 0 ? 0 : cpu;
+}
+
+__thread int CShims_thread_index_plus_one;
+
+enum { thread_index_limit = 4096 };
+static pthread_mutex_t thread_index_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char thread_index_taken[thread_index_limit];
+static pthread_key_t thread_index_key;
+static pthread_once_t thread_index_once = PTHREAD_ONCE_INIT;
+
+/// At the thread's exit: its index is free again, and the thread (in what is left of its exit)
+/// has none.
+static void thread_index_release(void *value) {
+    int index = (int)(intptr_t)value - 1;
+    pthread_mutex_lock(&thread_index_lock);
+    thread_index_taken[index] = 0;
+    pthread_mutex_unlock(&thread_index_lock);
+    CShims_thread_index_plus_one = CSHIMS_NO_THREAD_INDEX + 1;
+}
+
+static void thread_index_key_create(void) {
+    if (pthread_key_create(&thread_index_key, thread_index_release) != 0) abort();
+}
+
+int CShims_thread_index_slow(void) {
+    if (CShims_thread_index_plus_one != 0) return CShims_thread_index_plus_one - 1;
+    pthread_once(&thread_index_once, thread_index_key_create);
+    int index = CSHIMS_NO_THREAD_INDEX;
+    pthread_mutex_lock(&thread_index_lock);
+    for (int i = 0; i < thread_index_limit; i++) {
+        if (!thread_index_taken[i]) {
+            thread_index_taken[i] = 1;
+            index = i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&thread_index_lock);
+    if (index != CSHIMS_NO_THREAD_INDEX && pthread_setspecific(thread_index_key, (void *)(intptr_t)(index + 1)) != 0) {
+        pthread_mutex_lock(&thread_index_lock);
+        thread_index_taken[index] = 0;
+        pthread_mutex_unlock(&thread_index_lock);
+        index = CSHIMS_NO_THREAD_INDEX;
+    }
+    CShims_thread_index_plus_one = index + 1;
+    return index;
 }
 
 int CShims_membarrier_register(void) {

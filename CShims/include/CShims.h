@@ -62,6 +62,20 @@ static inline __attribute__((always_inline)) int CShims_current_cpu(void) {
     return CShims_current_cpu_slow();
 }
 
+/// The calling thread's small index: 0, 1, 2, … in the order threads first ask, the lowest free
+/// one, given back when the thread exits (a pthread key's destructor) and then reused, so live
+/// threads never share one and a process's indices stay about as many as its live threads. Per-
+/// thread structures (the batch pool's cells) index by it. Inline: one thread-local load once
+/// assigned. Past 4096 live threads, and on a thread that is exiting, the answer is
+/// `CSHIMS_NO_THREAD_INDEX`, which indexes nothing.
+#define CSHIMS_NO_THREAD_INDEX 0x3FFFFFFF
+extern __thread int CShims_thread_index_plus_one;
+int CShims_thread_index_slow(void);
+static inline __attribute__((always_inline)) int CShims_thread_index(void) {
+    int value = CShims_thread_index_plus_one;
+    return value > 0 ? value - 1 : CShims_thread_index_slow();
+}
+
 /// Registers the process for MEMBARRIER_CMD_PRIVATE_EXPEDITED (membarrier(2), Linux 4.14); 0 or
 /// -errno (-ENOSYS without the system call, -EINVAL without the command, -EPERM under a seccomp
 /// filter that refuses it).
