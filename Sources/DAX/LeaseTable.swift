@@ -46,7 +46,7 @@ import Glibc
 /// after its acquiring load of someone's: so that pinner sees the sequence moved and retries
 /// behind the breaker's lock; there is no lease of this file for the breaker to find.
 final class LeaseTable: @unchecked Sendable {
-    /// Slots per file: 8 cache lines of 8 words.
+    /// Slots per file: 8 cache lines of 8 words (a power of two: `add` masks with it).
     static let slotCount = 64
     private static let slotsPerLine = 8
 
@@ -92,9 +92,10 @@ final class LeaseTable: @unchecked Sendable {
     func add(_ reference: Unmanaged<PinBatch>) {
         if !self.everLeased.load(ordering: .acquiring) { self.everLeased.store(true, ordering: .sequentiallyConsistent) }
         let bits = UInt(bitPattern: reference.toOpaque())
-        let start = (Int(CShims_current_cpu()) * Self.slotsPerLine) % Self.slotCount
+        // (Masks, not `%`: the count is a power of two, and a signed remainder costs a sign fix-up.)
+        let start = (Int(CShims_current_cpu()) * Self.slotsPerLine) & (Self.slotCount - 1)
         for probe in 0..<Self.slotCount {
-            let index = (start + probe) % Self.slotCount
+            let index = (start + probe) & (Self.slotCount - 1)
             let slot = self.slot(index)
             guard slot.load(ordering: .relaxed) == 0 else { continue }  // (a scan dirties no line)
             if slot.compareExchange(expected: 0, desired: bits, ordering: .releasing).exchanged {
