@@ -8,7 +8,6 @@
 #include <ucontext.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdlib.h>
 #include <unistd.h>
 #include <linux/futex.h>
 #include <linux/magic.h>
@@ -70,29 +69,28 @@ static void thread_index_release(void *value) {
     CShims_thread_index_plus_one = CSHIMS_NO_THREAD_INDEX + 1;
 }
 
+static int thread_index_key_made;
+
 static void thread_index_key_create(void) {
-    if (pthread_key_create(&thread_index_key, thread_index_release) != 0) abort();
+    thread_index_key_made = pthread_key_create(&thread_index_key, thread_index_release) == 0;
 }
 
+/// CShims_thread_index's first call on a thread: the lowest free index, registered with the key
+/// so that the thread's exit gives it back (none if there is no key: the process used up its
+/// keys; or the key cannot hold it).
 int CShims_thread_index_slow(void) {
-    if (CShims_thread_index_plus_one != 0) return CShims_thread_index_plus_one - 1;
     pthread_once(&thread_index_once, thread_index_key_create);
     int index = CSHIMS_NO_THREAD_INDEX;
     pthread_mutex_lock(&thread_index_lock);
-    for (int i = 0; i < thread_index_limit; i++) {
-        if (!thread_index_taken[i]) {
+    for (int i = 0; thread_index_key_made && i < thread_index_limit; i++) {
+        if (thread_index_taken[i]) continue;
+        if (pthread_setspecific(thread_index_key, (void *)(intptr_t)(i + 1)) == 0) {
             thread_index_taken[i] = 1;
             index = i;
-            break;
         }
+        break;
     }
     pthread_mutex_unlock(&thread_index_lock);
-    if (index != CSHIMS_NO_THREAD_INDEX && pthread_setspecific(thread_index_key, (void *)(intptr_t)(index + 1)) != 0) {
-        pthread_mutex_lock(&thread_index_lock);
-        thread_index_taken[index] = 0;
-        pthread_mutex_unlock(&thread_index_lock);
-        index = CSHIMS_NO_THREAD_INDEX;
-    }
     CShims_thread_index_plus_one = index + 1;
     return index;
 }

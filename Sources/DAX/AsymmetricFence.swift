@@ -22,6 +22,23 @@ enum AsymmetricFence {
     /// Whether this process registered for the private expedited command (once, on first use).
     static let available: Bool = CShims_membarrier_register() == 0
 
+    /// Whether a structure made now should use the fence (`available`, unless a test forces the
+    /// fallback). Each user decides once, when it is made, and keeps to it.
+    static var inUse: Bool {
+        #if DAXLAB_TEST_HOOKS
+        available && !forceFallback
+        #else
+        available
+        #endif
+    }
+
+    #if DAXLAB_TEST_HOOKS
+    /// Tests only (debug builds): structures made while it is set use the sequentially
+    /// consistent fallback (lease tables) or none of the fence's fast paths (the batch pool's
+    /// cells), as where membarrier is missing.
+    nonisolated(unsafe) static var forceFallback = false
+    #endif
+
     /// The hot side: orders nothing at run time, only stops the compiler moving accesses across.
     @inline(__always)
     static func light() { CShims_compiler_barrier() }

@@ -56,11 +56,7 @@ final class BatchPool: @unchecked Sendable {
         self.words.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.slots * Self.stride)
         self.cellWords = .allocate(capacity: Self.cells * Self.stride)
         self.cellWords.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.cells * Self.stride)
-        #if DAXLAB_TEST_HOOKS
-        self.usesCells = AsymmetricFence.available && !LeaseTable.forceFallback
-        #else
-        self.usesCells = AsymmetricFence.available
-        #endif
+        self.usesCells = AsymmetricFence.inUse
     }
 
     deinit {

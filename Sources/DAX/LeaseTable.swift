@@ -65,17 +65,10 @@ final class LeaseTable: @unchecked Sendable {
     /// Tests only (debug builds): runs in a breaker's scan between its load of a slot and its
     /// hold of the batch found there: where an ending lease must wait for the breaker.
     nonisolated(unsafe) var scanHook: ((PinBatch) -> Void)?
-    /// Tests only (debug builds): tables made while it is set use the sequentially consistent
-    /// fallback, as where membarrier is missing.
-    nonisolated(unsafe) static var forceFallback = false
     #endif
 
     init() {
-        #if DAXLAB_TEST_HOOKS
-        self.asymmetric = AsymmetricFence.available && !Self.forceFallback
-        #else
-        self.asymmetric = AsymmetricFence.available
-        #endif
+        self.asymmetric = AsymmetricFence.inUse
         self.slots = .allocate(capacity: Self.slotCount)
         self.slots.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.slotCount)
     }

@@ -78,9 +78,9 @@ struct BatchPoolTests {
           arguments: [false, true])
     func cellKeepsItsBatch(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
-        LeaseTable.forceFallback = fallback
+        AsymmetricFence.forceFallback = fallback
         let lab = try Lab(policy: .wait, pages: 4)
-        LeaseTable.forceFallback = false
+        AsymmetricFence.forceFallback = false
         #expect(lab.dax.batchPool.usesCells == (!fallback && AsymmetricFence.available))
         if !fallback && !AsymmetricFence.available {
             try Test.cancel("membarrier's private expedited command is refused here: the pool uses no cells")
@@ -129,7 +129,7 @@ struct BatchPoolTests {
             #expect(seen["a2"] == seen["a1"], "A did not get its own batch back from its cell")
         }
         #else
-        try Test.cancel("LeaseTable.forceFallback exists only in debug builds")
+        try Test.cancel("AsymmetricFence.forceFallback exists only in debug builds")
         #endif
     }
 

@@ -18,8 +18,8 @@ struct LeaseTableTests {
     /// A lab whose file's lease table uses the fallback fence, or the default one.
     private func lab(fallback: Bool, pages: Int) throws -> Lab {
         #if DAXLAB_TEST_HOOKS
-        LeaseTable.forceFallback = fallback
-        defer { LeaseTable.forceFallback = false }
+        AsymmetricFence.forceFallback = fallback
+        defer { AsymmetricFence.forceFallback = false }
         let lab = try Lab(policy: .wait, pages: pages)
         #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
         return lab

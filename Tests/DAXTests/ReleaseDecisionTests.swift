@@ -13,8 +13,8 @@ import Testing
 struct ReleaseDecisionTests {
     #if DAXLAB_TEST_HOOKS
     private func lab(fallback: Bool) throws -> Lab {
-        LeaseTable.forceFallback = fallback
-        defer { LeaseTable.forceFallback = false }
+        AsymmetricFence.forceFallback = fallback
+        defer { AsymmetricFence.forceFallback = false }
         let lab = try Lab(policy: .leaseBreak, pages: 4)
         #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
         return lab
