@@ -10,12 +10,29 @@ import Glibc
 /// A file's leases: the pin batches that hold pages of it (FL_ALLOCATED-style: each pin batch
 /// records its lease before it pins).
 ///
-/// Pinning and unpinning take no lock. A lease is a slot: an atomic word naming its batch, entered
-/// with one compare-exchange and left with one store. The slot does not retain the batch: the
-/// lease owns the reference it took from the batch pool and gives it back when it ends, after
-/// its slot is cleared (`AddressSpace.finish`). A pinning thread starts its search at its CPU's
-/// cache line of slots, so pins on different CPUs do not share lines. The rare lease beyond the
-/// slots goes to a mutex-guarded overflow list.
+/// Pinning and unpinning take no lock, and no locked instruction. A lease is a slot: an atomic
+/// word naming its batch, left with one store. The slot does not retain the batch: the lease owns
+/// the reference it took from the batch pool and gives it back when it ends, after its slot is
+/// cleared (`AddressSpace.finish`). Two kinds of slot:
+///
+/// - **Owned** (the first `ownedSlots`): one per thread, by `CShims_thread_index`, entered with
+///   a plain store when it is empty. Only its thread stores a lease there (anyone may clear the
+///   lease it ends), so a thread that loaded it empty owns it until it stores: nothing can be
+///   lost between the load and the store. The first eight threads' slots lie on eight different
+///   cache lines.
+/// - **Shared** (the next `sharedSlots`): for a thread's second lease on the file while its first
+///   still holds its slot, and for threads past the first `ownedSlots`: entered with a
+///   compare-exchange, the search starting at the thread's CPU's cache line, so pins on
+///   different CPUs do not share lines. The rare lease beyond them goes to a mutex-guarded
+///   overflow list.
+///
+/// A plain store leaves the slot in the pinner's store buffer for a while, so a breaker can load
+/// a zero where a lease has just been entered. That is harmless: the breaker has moved the file's
+/// invalidation sequence before it scans, and the pinner's every path from its store to its
+/// check of that sequence passes a locked instruction (the pin count's increment, or the file
+/// lock's acquisition on the fault path), which drains the store buffer. So either the breaker
+/// sees the slot, or the pinner sees the sequence moved and retries behind the breaker (Dekker,
+/// the increment as the pinner's fence).
 ///
 /// Breakers (truncate, punch, lease-break, `leases`) scan the slots and hold each batch they
 /// find (`PinBatch.hold`) so it cannot be recycled while they look at it. Reclamation is safe by
@@ -46,8 +63,13 @@ import Glibc
 /// after its acquiring load of someone's: so that pinner sees the sequence moved and retries
 /// behind the breaker's lock; there is no lease of this file for the breaker to find.
 final class LeaseTable: @unchecked Sendable {
-    /// Slots per file: 8 cache lines of 8 words (a power of two: `add` masks with it).
-    static let slotCount = 64
+    /// Owned slots per file (one per thread index below it): 8 cache lines of 8 words.
+    static let ownedSlots = 64
+    /// Shared slots per file, after the owned ones: 8 cache lines of 8 words (a power of two:
+    /// `add` masks with it).
+    static let sharedSlots = 64
+    /// Slots per file, both kinds.
+    static let slotCount = ownedSlots + sharedSlots
     private static let slotsPerLine = 8
 
     /// Each slot: 0, or the bits of an `Unmanaged<PinBatch>` whose lease owns its reference.
@@ -81,14 +103,39 @@ final class LeaseTable: @unchecked Sendable {
     @inline(__always)
     private func slot(_ index: Int) -> UnsafeAtomic<UInt> { UnsafeAtomic(at: self.slots + index) }
 
-    /// Records `batch`'s lease (the pinning thread, before it pins).
+    /// The owned slot of thread index `thread` (below `ownedSlots`): thread indices 0-7 on eight
+    /// different cache lines, 8-15 next to them, and so on.
+    @inline(__always)
+    static func ownedSlot(_ thread: Int) -> Int {
+        (thread & (Self.slotsPerLine - 1)) * Self.slotsPerLine + thread / Self.slotsPerLine
+    }
+
+    /// Records `batch`'s lease (the pinning thread, before it pins: see the type's note for why a
+    /// plain store is enough, and what the pinner must do after it).
     func add(_ reference: Unmanaged<PinBatch>) {
         if !self.everLeased.load(ordering: .acquiring) { self.everLeased.store(true, ordering: .sequentiallyConsistent) }
         let bits = UInt(bitPattern: reference.toOpaque())
+        let thread = Int(CShims_thread_index())
+        if thread < Self.ownedSlots {
+            let index = Self.ownedSlot(thread)
+            let slot = self.slot(index)
+            if slot.load(ordering: .relaxed) == 0 {
+                // (Releasing: a breaker that loads the bits sees the batch's fields written.)
+                slot.store(bits, ordering: .releasing)
+                reference._withUnsafeGuaranteedRef { $0.leaseSlot = index }
+                return
+            }
+        }
+        self.addShared(reference, bits)
+    }
+
+    /// Records a lease in a shared slot, or in the overflow list.
+    @inline(never)  // (the second lease of a thread on one file, or a thread past the owned slots)
+    private func addShared(_ reference: Unmanaged<PinBatch>, _ bits: UInt) {
         // (Masks, not `%`: the count is a power of two, and a signed remainder costs a sign fix-up.)
-        let start = (Int(CShims_current_cpu()) * Self.slotsPerLine) & (Self.slotCount - 1)
-        for probe in 0..<Self.slotCount {
-            let index = (start + probe) & (Self.slotCount - 1)
+        let start = (Int(CShims_current_cpu()) * Self.slotsPerLine) & (Self.sharedSlots - 1)
+        for probe in 0..<Self.sharedSlots {
+            let index = Self.ownedSlots + ((start + probe) & (Self.sharedSlots - 1))
             let slot = self.slot(index)
             guard slot.load(ordering: .relaxed) == 0 else { continue }  // (a scan dirties no line)
             if slot.compareExchange(expected: 0, desired: bits, ordering: .releasing).exchanged {
@@ -142,8 +189,9 @@ final class LeaseTable: @unchecked Sendable {
             if !fenced {
                 // The membarrier, before the first slot this scan trusts, and the load again: an
                 // ended lease's clear may have been in its CPU's store buffer. Only a batch
-                // found can be a recycled one; a zero is never stale that way (a slot is taken
-                // by a locked compare-exchange), so a scan that finds no lease costs no barrier.
+                // found can be a recycled one; a stale zero is a lease being entered, whose
+                // pinner then sees the sequence this breaker moved (the type's note), so a scan
+                // that finds no lease costs no barrier.
                 AsymmetricFence.heavy()
                 fenced = true
                 bits = self.slot(index).load(ordering: .sequentiallyConsistent)

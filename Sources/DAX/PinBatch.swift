@@ -36,7 +36,7 @@ import Glibc
 /// pinner's own); and when both saw each other, `claimRelease` picks one.
 final class PinBatch: @unchecked Sendable {
     // The fields below the state word are written by the pinning thread before the batch enters
-    // its address space's lease table (a mutex) and before `publishPinned`; other threads read
+    // its address space's lease table (a releasing store) and before `publishPinned`; other threads read
     // them only after taking the batch from that table, holding it.
     private static let revokedBit: UInt64 = 2
     private static let releasedBit: UInt64 = 4

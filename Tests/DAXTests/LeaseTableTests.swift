@@ -99,6 +99,85 @@ struct LeaseTableTests {
         #endif
     }
 
+    /// A pin handle carried to another thread (handles are not copyable).
+    private final class Carried: @unchecked Sendable {
+        var handle: PinHandle?
+        init(_ handle: consuming PinHandle) { self.handle = consume handle }
+    }
+
+    @Test("a thread's first lease takes its own slot, a second one while the first lives a shared slot; a lease ended on another thread frees the slot")
+    func ownedSlots() throws {
+        let thread = Int(CShims_thread_index())
+        guard thread < LeaseTable.ownedSlots else {
+            try Test.cancel("this test's thread has index \(thread), past the owned slots (more live threads than the table has)")
+        }
+        let lab = try Lab(policy: .wait, pages: 4)
+        let space = lab.space
+        let first = try space.pin(0..<1, write: true)
+        #expect(first.batch.takeUnretainedValue().leaseSlot == LeaseTable.ownedSlot(thread))
+        let second = try space.pin(1..<2, write: true)
+        let shared = second.batch.takeUnretainedValue().leaseSlot
+        #expect(shared >= LeaseTable.ownedSlots && shared < LeaseTable.slotCount, "slot \(shared)")
+        // The first lease ends on another thread: its clear is the only store into this thread's
+        // slot not made by this thread.
+        let carried = Carried(first)
+        #expect(lab.background { carried.handle.take()!.unpin() }.wait(seconds: 10))
+        let third = try space.pin(2..<3, write: true)
+        #expect(third.batch.takeUnretainedValue().leaseSlot == LeaseTable.ownedSlot(thread))
+        #expect(Set(space.leaseList.map(\.pages.lowerBound)) == [1, 2])
+        second.unpin()
+        third.unpin()
+        #expect(space.leaseList.isEmpty)
+        for page in 0..<3 { #expect(lab.dax.pins.pinCount(lab.fs.currentBlock(lab.file, page: page)) == 0) }
+    }
+
+    @Test("the first eight threads' owned slots lie on eight cache lines; every thread index below the owned slots has its own")
+    func ownedSlotLayout() {
+        let slots = (0..<LeaseTable.ownedSlots).map(LeaseTable.ownedSlot)
+        #expect(Set(slots) == Set(0..<LeaseTable.ownedSlots))
+        #expect(Set(slots[0..<8].map { $0 / 8 }).count == 8)
+    }
+
+    @Test("a thread past the owned slots enters a shared slot, and its lease is listed and ends")
+    func threadPastOwnedSlots() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        let space = lab.space
+        // Enough live threads that the next one's index is past the owned slots (indices are the
+        // lowest free, so at most this many are below it).
+        let parked = LeaseTable.ownedSlots
+        let ready = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        var parkers: [Finished] = []
+        for _ in 0..<parked {
+            parkers.append(lab.background {
+                _ = CShims_thread_index()
+                ready.signal()
+                release.wait()
+            })
+        }
+        for _ in 0..<parked { ready.wait() }
+        defer {
+            for _ in 0..<parked { release.signal() }
+            for parker in parkers { #expect(parker.wait(seconds: 10)) }
+        }
+        let result = Box<(index: Int, slot: Int, listed: Int)?>(nil)
+        let pinner = lab.background {
+            let index = Int(CShims_thread_index())
+            guard let handle = try? space.pin(3..<4, write: true) else { return }
+            let slot = handle.batch.takeUnretainedValue().leaseSlot
+            let listed = space.leaseList.count
+            handle.unpin()
+            result.value = (index, slot, listed)
+        }
+        #expect(pinner.wait(seconds: 10))
+        let seen = try #require(result.value, "the pin failed")
+        #expect(seen.index >= LeaseTable.ownedSlots, "thread index \(seen.index) with \(parked) others alive")
+        #expect(seen.slot >= LeaseTable.ownedSlots && seen.slot < LeaseTable.slotCount, "slot \(seen.slot)")
+        #expect(seen.listed == 1)
+        #expect(space.leaseList.isEmpty)
+        #expect(lab.dax.pins.pinCount(lab.fs.currentBlock(lab.file, page: 3)) == 0)
+    }
+
     @Test("more leases on one file than it has slots: the rest go to the overflow list, and every one is listed and ends")
     func overflow() throws {
         let lab = try Lab(policy: .wait, pages: LeaseTable.slotCount + 8)
