@@ -88,9 +88,11 @@ struct BenchCommand: ParsableCommand {
                 throw ValidationError("\(from) is not a report of daxlab bench --json (\(error))")
             }
             Output.print(self.markdown ? Self.markdown(report) : Self.table(report))
-            if let plot { try writeFile(plot, Array(BenchPlot.svg(report).utf8)) }
+            if let plot { try OutputFile(plot).write(Array(BenchPlot.svg(report).utf8)) }
             return
         }
+        // Before minutes of measuring: a report that cannot be written is an error now.
+        for file in [self.json, self.plot].compactMap({ $0 }) where file != "-" { try OutputFile(file).checkWritable() }
         var options = Bench.Options()
         options.seconds = self.seconds
         options.threads = Array(Set(self.parsedThreads! + [1])).sorted()
@@ -112,10 +114,10 @@ struct BenchCommand: ParsableCommand {
             if json == "-" {
                 Output.print(String(decoding: data, as: UTF8.self))
             } else {
-                try writeFile(json, Array(data))
+                try OutputFile(json).write(Array(data))
             }
         }
-        if let plot { try writeFile(plot, Array(BenchPlot.svg(report).utf8)) }
+        if let plot { try OutputFile(plot).write(Array(BenchPlot.svg(report).utf8)) }
     }
 
     static let percentiles: [Double] = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]

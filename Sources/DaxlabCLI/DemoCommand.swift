@@ -51,6 +51,8 @@ struct DemoCommand: ParsableCommand {
     }
 
     func run() throws {
+        // Before minutes of racing: a report that cannot be written is an error now.
+        if let file = self.report { try OutputFile(file).checkWritable() }
         var reports: [RaceReport] = []
         for kind in self.devices {
             do { try kind.checkAvailable(sourceDirectory: self.sourceDirectory) } catch {
@@ -77,7 +79,7 @@ struct DemoCommand: ParsableCommand {
                 }
             }
         }
-        if let file = self.report { try writeFile(file, Array(try Terminal.json(reports)) + [0x0A]) }
+        if let file = self.report { try OutputFile(file).write(Array(try Terminal.json(reports)) + [0x0A]) }
         if self.json {
             try Terminal.printJSON(reports)
         } else {

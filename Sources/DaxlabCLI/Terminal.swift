@@ -57,18 +57,3 @@ enum ByteFormat {
 
     static func binary(_ bytes: Int) -> String { self.binary(UInt64(max(0, bytes))) }
 }
-
-/// Writes `bytes` to `path` (created, or replaced), saying in one line what failed.
-/// - Throws: `CommandFailure` naming the file and the errno.
-func writeFile(_ path: String, _ bytes: [UInt8]) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw CommandFailure("\(path): cannot write: \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    var offset = 0
-    while offset < bytes.count {
-        let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
-        if written < 0, errno == EINTR { continue }
-        guard written > 0 else { throw CommandFailure("\(path): cannot write: \(String(cString: strerror(errno)))") }
-        offset += written
-    }
-}

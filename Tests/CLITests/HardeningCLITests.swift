@@ -71,6 +71,57 @@ struct HardeningCLITests {
         }
     }
 
+    @Test("a report file that cannot be written is refused before anything is measured: a missing directory, a directory, a path under a file, an empty path")
+    func reportRefusedFirst() throws {
+        try withTemporaryPath("report") { directory in
+            #expect(mkdir(directory, 0o755) == 0)
+            let scratch = directory + "/scratch.pmem"
+            for (option, target, reason) in [
+                ("--json", directory + "/missing/run.json", "No such file or directory"),
+                ("--plot", directory, "it is a directory"),
+                ("--json", "/etc/passwd/run.json", "Not a directory"),
+                ("--plot", "", "an empty path"),
+            ] {
+                // (A long --seconds: if the check came after the measuring, this would run for minutes.)
+                let result = try runShell(
+                    "exec \"$DAXLAB\" bench '\(scratch)' --only pin --seconds 600 \(option) '\(target)' >&3 2>&4", timeout: 60)
+                self.expectOneLineError(result, "bench \(option) '\(target)'", contains: reason)
+                #expect(result.standardOutput.isEmpty, "nothing measured or printed: \(String(decoding: result.standardOutput, as: UTF8.self))")
+                #expect(access(scratch, F_OK) != 0, "no scratch image made")
+            }
+            let demo = try runShell(
+                "exec \"$DAXLAB\" demo '\(scratch)' --report '\(directory)/missing/demo.json' >&3 2>&4", timeout: 60)
+            self.expectOneLineError(demo, "demo --report", contains: "No such file or directory")
+            #expect(demo.standardOutput.isEmpty, "no race ran: \(String(decoding: demo.standardOutput, as: UTF8.self))")
+        }
+    }
+
+    @Test("a report replaces its file whole or not at all: a write that fails (a file-size limit) leaves the old report and no temporary file; a device is written in place")
+    func reportReplacedWhole() throws {
+        try withTemporaryPath("replace") { directory in
+            #expect(mkdir(directory, 0o755) == 0)
+            let run = directory + "/run.json"
+            try BenchTableTests.report.write(toFile: run, atomically: true, encoding: .utf8)
+            let plot = directory + "/plot.svg"
+            try "the old plot".write(toFile: plot, atomically: true, encoding: .utf8)
+            // The plot is some kilobytes; 1 KiB is all the limit lets a file hold (SIGXFSZ ignored,
+            // so the write fails with EFBIG instead of killing the process).
+            let limited = try runShell(
+                "trap '' XFSZ; ulimit -f 1; exec \"$DAXLAB\" bench --from '\(run)' --plot '\(plot)' >/dev/null 2>&4")
+            self.expectOneLineError(limited, "--plot under ulimit -f 1", contains: "File too large")
+            #expect(try String(contentsOfFile: plot, encoding: .utf8) == "the old plot")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted() == ["plot.svg", "run.json"])
+            let written = try DaxlabBinary.run(["bench", "--from", run, "--plot", plot], timeout: 60)
+            #expect(written.status == 0, "\(written.standardError)")
+            #expect(try String(contentsOfFile: plot, encoding: .utf8).hasPrefix("<svg"))
+            // /dev/stdout into a pipe: not a regular file, so written in place (a rename would replace
+            // the link).
+            let device = try runShell("(\"$DAXLAB\" bench --from '\(run)' --plot /dev/stdout 2>&4; echo \"exit $?\") | cat >&3")
+            let piped = String(decoding: device.standardOutput, as: UTF8.self)
+            #expect(piped.contains("<svg") && piped.hasSuffix("exit 0\n"), "\(piped.suffix(200)) \(device.standardError)")
+        }
+    }
+
     @Test("a broken pipe ends read quietly (status 141, nothing on stderr); the image stays clean")
     func brokenPipe() throws {
         let content = randomBytes(count: 8 << 20, seed: 3)
