@@ -22,12 +22,13 @@ struct OutputFile {
     func checkWritable() throws {
         guard !self.path.isEmpty else { throw self.failure("an empty path") }
         var info = stat()
-        if lstat(self.path, &info) == 0 {
+        if stat(self.path, &info) == 0 {  // (through a symbolic link: where the bytes will go)
             if info.st_mode & S_IFMT == S_IFDIR { throw self.failure("it is a directory") }
             guard access(self.path, W_OK) == 0 else { throw self.failure(errno) }
             return
         }
         guard errno == ENOENT else { throw self.failure(errno) }
+        if lstat(self.path, &info) == 0 { return }  // a dangling link: its write makes the target, or says why not
         let directory = self.directory
         guard stat(directory, &info) == 0 else { throw self.failure("\(directory): \(String(cString: strerror(errno)))") }
         guard info.st_mode & S_IFMT == S_IFDIR else { throw self.failure("\(directory) is not a directory") }
@@ -44,6 +45,7 @@ struct OutputFile {
             return
         }
         let temporary = "\(self.directory)/.\(self.name).daxlab-\(getpid()).tmp"
+        unlink(temporary)  // (one left by a killed process that had this process's number)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw self.failure(errno) }
         do {
