@@ -82,7 +82,7 @@ extension Bench {
         let source = UnsafeMutableRawPointer.allocate(byteCount: 2 << 20, alignment: 4096)
         defer { source.deallocate() }
         source.initializeMemory(as: UInt8.self, repeating: 0x33, count: 2 << 20)
-        let scratch = "\(Self.directory(of: self.path))/daxlab-bench-copy-\(getpid())"
+        let scratch = "\(PathComponents.directory(of: self.path))/daxlab-bench-copy-\(getpid())"
         unlink(scratch)
         defer { unlink(scratch) }
         let target = try PmemMapping(path: scratch, options: MapOptions(disposition: .createNew, size: 2 << 20))
@@ -109,7 +109,7 @@ extension Bench {
         try self.fs.truncate(file, size: (page + 1) * 4096)
         let space = self.dax.open(file)
         var failure: FSError?
-        let directory = Self.directory(of: self.path)
+        let directory = PathComponents.directory(of: self.path)
         let poolPath = "\(directory)/daxlab-bench-pool-\(getpid())"
         // The same medium, persisted the same way (PMEM_IS_PMEM_FORCE on tmpfs: see `init`).
         unlink(poolPath)
@@ -174,11 +174,5 @@ extension Bench {
         }
         self.add("floor.persist_alloc_free", unit: "ns/op", reach, baseline: "pmemobj.alloc", better: "lower", target: nil)
         self.setFloor(of: "alloc.block", baseline: "pmemobj.alloc", reach)
-    }
-
-    /// The directory part of a path.
-    static func directory(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 }

@@ -52,7 +52,7 @@ public final class Bench {
         // libpmem reads PMEM_IS_PMEM_FORCE once, at the first mapping it judges: set before any,
         // so that libpmemobj (alloc.block's baseline) persists to tmpfs with cache flushes, as
         // daxlab does there, and not with msync.
-        if Self.isOnTmpfs(Self.directory(of: path)) { setenv("PMEM_IS_PMEM_FORCE", "1", 1) }
+        if Self.isOnTmpfs(PathComponents.directory(of: path)) { setenv("PMEM_IS_PMEM_FORCE", "1", 1) }
         _ = try FileSystem.format(path: path, size: size, force: true)
         // tmpfs is daxlab's emulated pmem: persist with cache flushes as on real pmem, the way
         // libpmem and libpmemobj (the baselines) persist to the same mapping, not with msync.

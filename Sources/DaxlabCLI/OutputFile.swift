@@ -1,3 +1,4 @@
+import DaxlabSupport
 import Foundation
 
 #if canImport(Glibc)
@@ -29,7 +30,7 @@ struct OutputFile {
         }
         guard errno == ENOENT else { throw self.failure(errno) }
         if lstat(self.path, &info) == 0 { return }  // a dangling link: its write makes the target, or says why not
-        let directory = self.directory
+        let directory = PathComponents.directory(of: self.path)
         guard stat(directory, &info) == 0 else { throw self.failure("\(directory): \(String(cString: strerror(errno)))") }
         guard info.st_mode & S_IFMT == S_IFDIR else { throw self.failure("\(directory) is not a directory") }
         guard access(directory, W_OK | X_OK) == 0 else { throw self.failure("\(directory): \(String(cString: strerror(errno)))") }
@@ -44,7 +45,7 @@ struct OutputFile {
             try self.writeInPlace(bytes)
             return
         }
-        let temporary = "\(self.directory)/.\(self.name).daxlab-\(getpid()).tmp"
+        let temporary = "\(PathComponents.directory(of: self.path))/.\(PathComponents.name(of: self.path)).daxlab-\(getpid()).tmp"
         unlink(temporary)  // (one left by a killed process that had this process's number)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw self.failure(errno) }
@@ -78,16 +79,6 @@ struct OutputFile {
             guard written > 0 else { throw self.failure(errno) }
             offset += written
         }
-    }
-
-    /// The directory the file is in ("." for a bare name).
-    private var directory: String {
-        guard let slash = self.path.lastIndex(of: "/") else { return "." }
-        return slash == self.path.startIndex ? "/" : String(self.path[..<slash])
-    }
-
-    private var name: String {
-        self.path.lastIndex(of: "/").map { String(self.path[self.path.index(after: $0)...]) } ?? self.path
     }
 
     private func failure(_ error: Int32) -> CommandFailure { self.failure(String(cString: strerror(error))) }
