@@ -95,7 +95,7 @@ public final class AddressSpace: @unchecked Sendable {
     @inlinable @inline(__always)
     public func fault(_ page: Int, write: Bool) throws(FSError) -> UnsafeRawPointer {
         let block = self.lookup(page)
-        if block != 0 { return UnsafeRawPointer(self.base + Int(block) * 4096) }
+        if _fastPath(block != 0) { return UnsafeRawPointer(self.base + Int(block) * 4096) }
         return try self.faultSlow(page, write: write)
     }
 
