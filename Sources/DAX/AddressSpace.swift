@@ -1,4 +1,5 @@
 import Atomics
+import CShims
 import Synchronization
 import DaxFS
 import DaxlabSupport
@@ -33,7 +34,7 @@ public final class AddressSpace: @unchecked Sendable {
     /// The layer's pool and unmount flag, held here: the pin and fault paths reach them without
     /// an unowned load of the layer (a strong-retain attempt each).
     private let batchPool: BatchPool
-    private let unmounting: ManagedAtomic<Bool>
+    private let unmounting: UnmountFlag
     /// The file system, held here for the fault path likewise (the layer holds it too; this
     /// space goes with the layer, or with the last pooled batch that names it).
     private let source: any DAXBlockSource
@@ -127,7 +128,7 @@ public final class AddressSpace: @unchecked Sendable {
         let present = entry.load(ordering: .acquiring)
         if present != 0 { return present }
         // Nothing new is mapped (or allocated) once the unmount's final layout break began.
-        if self.unmounting.load(ordering: .acquiring) {
+        if self.unmounting.isRaised {
             throw FSError(.invalidArgument, "\(self.id): the file system is unmounting")
         }
         let block = try self.source.blockForFault(self.id, page: page, allocate: write)
@@ -166,16 +167,18 @@ public final class AddressSpace: @unchecked Sendable {
         }
         let resolved = term ?? implied ?? .longTerm
         // `admitPin` decides; it is asked only when it could refuse (a plain pin skips the call).
-        if (resolved == .longTerm && self.refusesLongTerm) || self.unmounting.load(ordering: .acquiring) {
+        if (resolved == .longTerm && self.refusesLongTerm) || self.unmounting.isRaised {
             try self.dax.admitPin(resolved, of: self.id)
         }
         // The lease's reference to its batch, from the pool and back to it at the lease's end:
         // the batch is used unretained in between (no reference counting on the pin path).
-        let lease = self.batchPool.take()
+        // (The thread's index, read once: its cell in the pool and its slot in the lease table.)
+        let thread = Int(CShims_thread_index())
+        let lease = self.batchPool.take(thread: thread)
         var failure: FSError?
         lease._withUnsafeGuaranteedRef { batch in
             do throws(FSError) {
-                try self.pin(batch, lease, pages, write: write, holder: holder, kernel: kernel)
+                try self.pin(batch, lease, pages, thread: thread, write: write, holder: holder, kernel: kernel)
             } catch {
                 failure = error
             }
@@ -188,11 +191,11 @@ public final class AddressSpace: @unchecked Sendable {
     /// and the batch is back in the pool.
     @inline(__always)
     private func pin(
-        _ batch: PinBatch, _ lease: Unmanaged<PinBatch>, _ pages: Range<Int>, write: Bool, holder: (any LeaseHolder)?,
-        kernel: KernelPin
+        _ batch: PinBatch, _ lease: Unmanaged<PinBatch>, _ pages: Range<Int>, thread: Int, write: Bool,
+        holder: (any LeaseHolder)?, kernel: KernelPin
     ) throws(FSError) {
         batch.begin(space: self, pages: pages, holder: holder)
-        self.leases.add(lease)
+        self.leases.add(lease, thread: thread)
         let blocks = batch.blocks
         // (For a kernel pin's check of its entries; see `kernelPin`.)
         let sequence = kernel.isKernel ? self.sequence.load(ordering: .sequentiallyConsistent) : 1

@@ -90,26 +90,31 @@ final class BatchPool: @unchecked Sendable {
     /// A batch from the pool, or a new one: one strong reference, the caller's to give back
     /// with `put` (or to release).
     @inline(__always)
-    func take() -> Unmanaged<PinBatch> {
-        if let index = self.ownCell(), let batch = self.takeFromCell(index) { return batch }
+    func take() -> Unmanaged<PinBatch> { self.take(thread: Int(CShims_thread_index())) }
+
+    /// `take` for a caller that has the calling thread's index (`CShims_thread_index`) at hand
+    /// already: the pin path, which indexes the lease table by it too.
+    @inline(__always)
+    func take(thread: Int) -> Unmanaged<PinBatch> {
+        if let index = self.cell(ofThread: thread), let batch = self.takeFromCell(index) { return batch }
         return self.takeShared()
     }
 
     /// Gives back the reference `take` handed out; the caller must not touch the batch afterwards.
     @inline(__always)
     func put(_ reference: Unmanaged<PinBatch>) {
-        if let index = self.ownCell(), self.putInCell(index, reference) { return }
+        if let index = self.cell(ofThread: Int(CShims_thread_index())), self.putInCell(index, reference) { return }
         self.putShared(reference)
     }
 
     // MARK: The calling thread's cell
 
-    /// The calling thread's cell, where cells are in use and the thread has one.
+    /// The cell of the thread whose index is `thread` (the calling thread's), where cells are in
+    /// use and the thread has one.
     @inline(__always)
-    private func ownCell() -> Int? {
+    private func cell(ofThread thread: Int) -> Int? {
         guard self.usesCells else { return nil }
-        let index = Int(CShims_thread_index())
-        return index < Self.cells ? index : nil
+        return thread < Self.cells ? thread : nil
     }
 
     /// The batch in this thread's cell, if there is one and the pool is open (closed: the cell is

@@ -154,9 +154,9 @@ extension DAXFileSystem: LayoutBreaker {
     /// Every on-demand-paging subscription is invalidated first, under every policy. New pins are
     /// refused from the first scan on, and again allowed if the unmount fails.
     package func breakLayoutsFinal() throws(FSError) {
-        self.unmounting.store(true, ordering: .sequentiallyConsistent)
+        self.unmounting.raise()
         var unmounts = false
-        defer { if !unmounts { self.unmounting.store(false, ordering: .releasing) } }
+        defer { if !unmounts { self.unmounting.lower() } }
         // On-demand-paging devices lose every translation (the notifiers' release at teardown):
         // a later write faults, and finds the file system gone.
         for space in self.allSpaces {

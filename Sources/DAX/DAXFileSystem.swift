@@ -37,7 +37,7 @@ public final class DAXFileSystem {
     private let inodeCount: Int
     let batchPool = BatchPool()
     /// Set by the unmount's final layout break: new pins are refused from then on.
-    let unmounting = ManagedAtomic<Bool>(false)
+    let unmounting = UnmountFlag()
 
     /// Attaches the DAX layer to a mounted file system.
     /// - Parameters:
@@ -137,7 +137,7 @@ public final class DAXFileSystem {
             self.statistics.longTermRefused.wrappingIncrement(ordering: .relaxed)
             throw FSError(.notSupported, "\(file): a long-term pin of a DAX file is refused under mainline (EOPNOTSUPP)")
         }
-        if self.unmounting.load(ordering: .acquiring) {
+        if self.unmounting.isRaised {
             throw FSError(.invalidArgument, "\(file): the file system is unmounting")
         }
     }

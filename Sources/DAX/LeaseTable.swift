@@ -71,6 +71,7 @@ final class LeaseTable: @unchecked Sendable {
     /// Slots per file, both kinds.
     static let slotCount = ownedSlots + sharedSlots
     private static let slotsPerLine = 8
+    private static let slotsPerLineShift = 3  // (a shift, not `/`: a signed division costs a sign fix-up)
 
     /// Each slot: 0, or the bits of an `Unmanaged<PinBatch>` whose lease owns its reference.
     private let slots: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
@@ -103,19 +104,21 @@ final class LeaseTable: @unchecked Sendable {
     @inline(__always)
     private func slot(_ index: Int) -> UnsafeAtomic<UInt> { UnsafeAtomic(at: self.slots + index) }
 
-    /// The owned slot of thread index `thread` (below `ownedSlots`): thread indices 0-7 on eight
+    /// The owned slot of thread index `thread` (0 to `ownedSlots` - 1): thread indices 0-7 on eight
     /// different cache lines, 8-15 next to them, and so on.
     @inline(__always)
     static func ownedSlot(_ thread: Int) -> Int {
-        (thread & (Self.slotsPerLine - 1)) * Self.slotsPerLine + thread / Self.slotsPerLine
+        (thread & (Self.slotsPerLine - 1)) * Self.slotsPerLine + thread >> Self.slotsPerLineShift
     }
 
     /// Records `batch`'s lease (the pinning thread, before it pins: see the type's note for why a
     /// plain store is enough, and what the pinner must do after it).
-    func add(_ reference: Unmanaged<PinBatch>) {
+    func add(_ reference: Unmanaged<PinBatch>) { self.add(reference, thread: Int(CShims_thread_index())) }
+
+    /// `add` for a caller that has the calling thread's index (`CShims_thread_index`) at hand.
+    func add(_ reference: Unmanaged<PinBatch>, thread: Int) {
         if !self.everLeased.load(ordering: .acquiring) { self.everLeased.store(true, ordering: .sequentiallyConsistent) }
         let bits = UInt(bitPattern: reference.toOpaque())
-        let thread = Int(CShims_thread_index())
         if thread < Self.ownedSlots {
             let index = Self.ownedSlot(thread)
             let slot = self.slot(index)
