@@ -48,14 +48,24 @@ int CBenchShims_pmemobj_alloc_free(void *pool, size_t size) {
     return 0;
 }
 
-void CBenchShims_persist_floor(uint32_t *slot, char *blocks, size_t batch, uint32_t value, size_t count) {
+void CBenchShims_persist_floor(uint32_t *slot, char *blocks, size_t batch, uint32_t value, size_t count,
+                               int underWriteBack) {
     for (size_t i = 0; i < count; i++) {
+        char *block = blocks + (i % batch) * 4096;
         *(volatile uint32_t *)slot = value;
-        pmem_persist(slot, 4);
+        if (underWriteBack) {
+            pmem_flush(slot, 4);
+            pmem_memset(block, 0, 4096, PMEM_F_MEM_NONTEMPORAL | PMEM_F_MEM_NODRAIN);
+            pmem_drain();
+        } else {
+            pmem_persist(slot, 4);
+        }
         *(volatile uint32_t *)slot = 0;
         pmem_persist(slot, 4);
-        pmem_memset(blocks + (i % batch) * 4096, 0, 4096, PMEM_F_MEM_NONTEMPORAL | PMEM_F_MEM_NODRAIN);
-        if (i % batch == batch - 1) pmem_drain();
+        if (!underWriteBack) {
+            pmem_memset(block, 0, 4096, PMEM_F_MEM_NONTEMPORAL | PMEM_F_MEM_NODRAIN);
+            if (i % batch == batch - 1) pmem_drain();
+        }
     }
     pmem_drain();
 }

@@ -36,9 +36,13 @@ int CBenchShims_pmemobj_zalloc_free(void *pool, size_t size);
 
 /// The persist work of `count` block allocations and frees at the floor, with libpmem's own
 /// primitives: a 4-byte pointer stored and persisted, the pointer cleared and persisted, and the
-/// 4 KiB block zeroed with non-temporal stores, the zeroing drained once per `batch` blocks
-/// (`blocks` holds `batch` of them, used in turn). No bookkeeping at all.
-void CBenchShims_persist_floor(uint32_t *slot, char *blocks, size_t batch, uint32_t value, size_t count);
+/// 4 KiB block zeroed with non-temporal stores (`blocks` holds `batch` blocks, used in turn). No
+/// bookkeeping at all. Two arrangements of the zeroing: `underWriteBack` 0 drains it once per
+/// `batch` blocks; 1 zeroes each block between the first pointer's flush and its drain, so that
+/// the stores overlap the pointer's write-back (as daxlab's fault does). Which is faster depends
+/// on the CPU: the bench measures both and takes the faster as the floor.
+void CBenchShims_persist_floor(uint32_t *slot, char *blocks, size_t batch, uint32_t value, size_t count,
+                               int underWriteBack);
 
 /// Thread CPU time in ns (CLOCK_THREAD_CPUTIME_ID).
 unsigned long long CBenchShims_thread_cpu_ns(void);

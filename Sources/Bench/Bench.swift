@@ -171,6 +171,12 @@ public final class Bench {
         self.setFloor(of: name, baseline: baseline, ratio: rowOverBaseline.ratio / rowOverFloor.ratio)
     }
 
+    /// Gives the last row named `name` against `baseline` a note (JSON `note`).
+    func setNote(of name: String, baseline: String, _ note: String) {
+        guard let index = self.results.lastIndex(where: { $0.name == name && $0.baseline == baseline }) else { return }
+        self.results[index].note = note
+    }
+
     private func setFloor(of name: String, baseline: String, ratio: Double) {
         guard let index = self.results.lastIndex(where: { $0.name == name && $0.baseline == baseline }) else { return }
         self.results[index].floorRatio = Self.round(ratio)

@@ -29,6 +29,9 @@ public struct BenchResult: Sendable, Codable, Equatable {
     /// For a row of N threads: the CPUs its N-thread samples really ran on (median over samples;
     /// nil for other rows). Below 1.8 for 2 threads, the row has no target (the host took a CPU).
     public var threadCPUs: Double?
+    /// What the row measured that its name does not say (nil: nothing): floor.persist_alloc_free's
+    /// arrangement of the zeroing, the faster of two on this machine.
+    public var note: String?
 
     /// The target is missed and so is it by the floor: beyond this machine, not the code.
     public var isBeyondFloor: Bool { self.met == false && self.floorMet == false }
@@ -57,6 +60,7 @@ public struct BenchResult: Sendable, Codable, Equatable {
         case pairs, wide, better, target, met
         case floorRatio = "floor_ratio"
         case threadCPUs = "thread_cpus"
+        case note
     }
 }
 

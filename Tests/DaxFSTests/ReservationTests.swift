@@ -80,7 +80,7 @@ struct ReservationTests {
         }
     }
 
-    @Test("a one-page punch of a reserved block persists only the cleared pointer; a fault that finds no zeroed block scrubs the punched ones with one drain")
+    @Test("a one-page punch of a reserved block persists only the cleared pointer; each later fault zeroes one punched block under its own pointer's persist")
     func fastPunch() throws {
         let counter = BarrierCounter()
         try self.withDirtyImage(observer: counter) { fs, id, path in
@@ -102,37 +102,66 @@ struct ReservationTests {
             #expect(fs.usage.reservedBlocks == reserve - 3 + 2)
             #expect(fs.checkQuiesced().problems.isEmpty)
 
-            // The zeroed blocks go first, one persist point each; none is a punched one.
+            // Every fault is one persist point: its pointer, with one punched block's zeroing
+            // drained at the same barrier. A punched block comes back only zeroed.
+            var reused: [UInt32] = []
             var page = 30
-            for _ in 0..<(reserve - 3) {
+            for _ in 0..<(reserve - 3 + 2) {
                 let before = counter.barriers.load(ordering: .relaxed)
                 let block = try fs.blockForFault(id, page: page, allocate: true)
-                #expect(counter.barriers.load(ordering: .relaxed) - before == 1)
-                #expect(!punched.contains(block), "page \(page) got a block a punch left unzeroed")
+                #expect(counter.barriers.load(ordering: .relaxed) - before == 1, "page \(page): one persist point")
+                if punched.contains(block) {
+                    reused.append(block)
+                    #expect(
+                        UnsafeRawBufferPointer(start: fs.mapping.base + Int(block) * 4096, count: 4096).allSatisfy { $0 == 0 },
+                        "page \(page) got a punched block not zeroed")
+                }
                 page += 1
             }
-            // Then one fault zeroes both punched blocks and drains once, before its pointer.
-            var before = counter.barriers.load(ordering: .relaxed)
-            var reused = [try fs.blockForFault(id, page: page, allocate: true)]
-            #expect(counter.barriers.load(ordering: .relaxed) - before == 2, "the scrub's drain, then the pointer")
-            before = counter.barriers.load(ordering: .relaxed)
-            reused.append(try fs.blockForFault(id, page: page + 1, allocate: true))
-            #expect(counter.barriers.load(ordering: .relaxed) - before == 1, "already scrubbed")
             #expect(Set(reused) == punched, "the punched blocks come back once zeroed")
+            #expect(reused.count == punched.count)
             #expect(fs.usage.reservedBlocks == 0)
-            for block in reused {
-                #expect(UnsafeRawBufferPointer(start: fs.mapping.base + Int(block) * 4096, count: 4096).allSatisfy { $0 == 0 })
-            }
-            #expect(try fs.read(id, offset: page * 4096, count: 2 * 4096).allSatisfy { $0 == 0 })
+            #expect(try fs.read(id, offset: 30 * 4096, count: (page - 30) * 4096).allSatisfy { $0 == 0 })
 
-            // A punched block not yet scrubbed when the image is unmounted: the next mount frees it.
-            try fs.punchHole(id, offset: page * 4096, length: 4096)
+            // A punched block not yet zeroed when the image is unmounted: the next mount frees it.
+            let last = page - 1
+            try fs.punchHole(id, offset: last * 4096, length: 4096)
             try fs.unmount()
             #expect(try Fsck.run(path: path).isClean)
             let remounted = try FileSystem.mount(path: path)
             #expect(remounted.mountReport.reclaimedReservedBlocks == 1)
-            #expect(try remounted.read(remounted.lookup("r"), offset: page * 4096, count: 4096).allSatisfy { $0 == 0 })
+            #expect(try remounted.read(remounted.lookup("r"), offset: last * 4096, count: 4096).allSatisfy { $0 == 0 })
             try remounted.unmount()
+        }
+    }
+
+    @Test("a fault that finds no zeroed reserved block scrubs every punched one with one drain before its pointer")
+    func batchScrub() throws {
+        let counter = BarrierCounter()
+        try self.withDirtyImage(observer: counter) { fs, id, _ in
+            let reserve = InodeRecord.maximumReservation
+            // Page 12 makes the map block; 13 takes the reservation; the rest maps all of it.
+            for page in 12..<(13 + reserve) { _ = try fs.blockForFault(id, page: page, allocate: true) }
+            #expect(fs.usage.reservedBlocks == 0)
+            try fs.write(id, offset: 20 * 4096, bytes: [UInt8](repeating: 0x5A, count: 3 * 4096))
+            var punched: Set<UInt32> = []
+            for page in 20..<23 {
+                punched.insert(try fs.blockForFault(id, page: page, allocate: false))
+                try fs.punchHole(id, offset: page * 4096, length: 4096)
+            }
+            #expect(fs.usage.reservedBlocks == 3)
+            var before = counter.barriers.load(ordering: .relaxed)
+            var reused = [try fs.blockForFault(id, page: 50, allocate: true)]
+            #expect(counter.barriers.load(ordering: .relaxed) - before == 2, "the scrub's drain, then the pointer")
+            for page in 51..<53 {
+                before = counter.barriers.load(ordering: .relaxed)
+                reused.append(try fs.blockForFault(id, page: page, allocate: true))
+                #expect(counter.barriers.load(ordering: .relaxed) - before == 1, "page \(page): already scrubbed")
+            }
+            #expect(Set(reused) == punched, "the punched blocks come back once zeroed, before a new reservation")
+            #expect(try fs.read(id, offset: 50 * 4096, count: 3 * 4096).allSatisfy { $0 == 0 })
+            #expect(fs.usage.reservedBlocks == 0)
+            #expect(fs.checkQuiesced().problems.isEmpty)
         }
     }
 
