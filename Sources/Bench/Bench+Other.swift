@@ -186,22 +186,21 @@ extension Bench {
     /// - Returns: whether to zero under the pointer's write-back, and a line saying what was chosen.
     static func fasterFloorArrangement(_ work: (Int, Bool) -> Void) -> (Bool, String) {
         let cycles = 2000
-        var best: [Bool: UInt64] = [false: .max, true: .max]
+        func fastestRound(_ underWriteBack: Bool, _ best: inout Double) {
+            let start = MonotonicClock.now()
+            work(cycles, underWriteBack)
+            best = min(best, Double(MonotonicClock.now() - start) / Double(cycles))
+        }
+        var batched = Double.infinity, under = Double.infinity
         work(cycles, false)  // (warm-up)
         for _ in 0..<5 {
-            for underWriteBack in [false, true] {
-                let start = MonotonicClock.now()
-                work(cycles, underWriteBack)
-                best[underWriteBack] = min(best[underWriteBack]!, MonotonicClock.now() - start)
-            }
+            fastestRound(false, &batched)
+            fastestRound(true, &under)
         }
-        let under = Double(best[true]!) / Double(cycles)
-        let batched = Double(best[false]!) / Double(cycles)
-        let underWriteBack = under < batched
-        return (underWriteBack, String(
-            format: underWriteBack
-                ? "the zeroing under the pointer's write-back (%.0f ns a cycle) beats it in batches (%.0f) here"
-                : "the zeroing in batches (%.0f ns a cycle) beats it under the pointer's write-back (%.0f) here",
-            underWriteBack ? under : batched, underWriteBack ? batched : under))
+        let names = ("under the pointer's write-back", "in batches")
+        let (faster, slower) = under < batched ? (names.0, names.1) : (names.1, names.0)
+        return (under < batched, String(
+            format: "the zeroing \(faster) (%.0f ns a cycle) beats it \(slower) (%.0f) here",
+            min(under, batched), max(under, batched)))
     }
 }

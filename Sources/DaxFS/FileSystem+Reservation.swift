@@ -81,12 +81,18 @@ extension FileSystem {
             self.reserves[Self.index(number)].punched.append(block)
         }
 
-        /// Takes one of inode `number`'s punched blocks to zero (the caller gives it back with
-        /// `putZeroed` once its zeros are drained, or with `putPunched` if zeroing failed).
-        mutating func takePunched(_ number: Int) -> UInt32? {
+        /// Inode `number`'s punched block to zero next, left in place (`lastPunchedZeroed` moves it
+        /// once its zeros are drained; if zeroing fails it simply stays punched).
+        func lastPunched(_ number: Int) -> UInt32? {
             let index = Self.index(number)
-            guard index < self.reserves.count else { return nil }
-            return self.reserves[index].punched.popLast()
+            return index < self.reserves.count ? self.reserves[index].punched.last : nil
+        }
+
+        /// Moves inode `number`'s last punched block (`lastPunched`) to its zeroed ones: its zeros
+        /// are drained.
+        mutating func lastPunchedZeroed(_ number: Int) {
+            let index = Self.index(number)
+            self.reserves[index].zeroed.append(self.reserves[index].punched.removeLast())
         }
 
         /// Moves the first `count` of inode `number`'s punched blocks to its zeroed ones (they have
@@ -156,9 +162,9 @@ extension FileSystem {
         }
         // While the pointer's write-back is in flight, zero one block a punch gave back: its
         // non-temporal stores drain with the pointer, at the same barrier (see `scrubUnderPersist`).
-        let scrubbed = self.scrubUnderPersist(number, stripe: &stripe)
+        let scrubbed = self.scrubUnderPersist(number, stripe: stripe)
         self.media.barrier()
-        if let scrubbed { stripe.putZeroed(number, scrubbed) }
+        if scrubbed { stripe.lastPunchedZeroed(number) }
         return block
     }
 
@@ -168,16 +174,16 @@ extension FileSystem {
     /// in steady state (a fault per punch) the reserve never needs a batch scrub. The block no
     /// page maps (its punch made its pointer's clearing durable), so a crash that leaves it
     /// half zeroed loses nothing: mount reclaims it, and the allocator zeroes what it hands out.
-    /// - Returns: the block, to go to the zeroed list after the barrier; nil when there is none
-    ///   or its zeroing failed (it stays punched, for a later scrub).
-    private func scrubUnderPersist(_ number: Int, stripe: inout FaultStripe) -> UInt32? {
-        guard let block = stripe.takePunched(number) else { return nil }
+    /// - Returns: whether it zeroed one (the stripe's last punched block, which goes to the zeroed
+    ///   list after the barrier); false when there is none or its zeroing failed (it stays
+    ///   punched, for a later scrub).
+    private func scrubUnderPersist(_ number: Int, stripe: borrowing FaultStripe) -> Bool {
+        guard let block = stripe.lastPunched(number) else { return false }
         do {
             try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
-            return block
+            return true
         } catch {
-            stripe.putPunched(number, block)
-            return nil
+            return false
         }
     }
 
