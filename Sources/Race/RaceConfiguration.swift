@@ -29,6 +29,14 @@ public struct RaceConfiguration: Sendable {
     public var seed: UInt64 = 1
     /// With no thread making progress for this long, the run stops and reports a deadlock.
     public var watchdogSeconds: Double = 10
+    /// The mixed race goes on past `seconds` until the devices have landed at least this many
+    /// writes and the truncaters made this many truncates, up to `overtimeFactor` times `seconds`:
+    /// a floor on how much raced that does not depend on the machine's speed (a test's; a slow
+    /// or loaded machine, or a sanitizer build, then runs longer instead of racing less).
+    public var minimumDmaWrites = 0
+    public var minimumTruncates = 0
+    /// How far past `seconds` a run may go to reach its minimums.
+    public static let overtimeFactor = 10.0
 
     /// The devices' pins: short-term (O_DIRECT-like) or long-term (RDMA-like); nil takes what
     /// the device kind implies (`kernel-direct` short-term, the others long-term).

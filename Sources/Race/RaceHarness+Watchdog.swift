@@ -69,8 +69,15 @@ extension RaceHarness {
             }
             let snapshot = self.snapshot(started: started)
             progress?(snapshot)
-            if snapshot.elapsed >= self.configuration.seconds { return (false, []) }
+            if snapshot.elapsed >= self.configuration.seconds, self.hasRacedEnough(snapshot) { return (false, []) }
         }
+    }
+
+    /// Whether the run has reached its configuration's minimums, or its time is up even for them.
+    private func hasRacedEnough(_ snapshot: RaceProgress) -> Bool {
+        let configuration = self.configuration
+        return (snapshot.dmaWrites >= configuration.minimumDmaWrites && snapshot.truncates >= configuration.minimumTruncates)
+            || snapshot.elapsed >= configuration.seconds * RaceConfiguration.overtimeFactor
     }
 
     /// The run's counters now, for a progress line.

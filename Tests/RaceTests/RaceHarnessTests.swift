@@ -34,10 +34,16 @@ struct RaceHarnessTests {
     @Test("every protective policy holds, and shows what it does with a pinned block",
           arguments: TruncatePolicy.allCases.filter(\.isProtective))
     func protectivePoliciesHold(policy: TruncatePolicy) throws {
-        // mainline refuses long-term pins: its devices race with short-term ones.
-        let report = try self.race(policy) { if policy == .mainline { $0.profile = .shortTerm } }
+        // mainline refuses long-term pins: its devices race with short-term ones. The run goes on
+        // past its 2 seconds until enough has raced (a loaded machine or a sanitizer build runs
+        // longer rather than racing less).
+        let report = try self.race(policy) {
+            if policy == .mainline { $0.profile = .shortTerm }
+            $0.minimumDmaWrites = 101
+            $0.minimumTruncates = 11
+        }
         #expect(report.held, "\(report)")
-        #expect(report.dmaWrites > 100, "enough racing to mean something (ThreadSanitizer builds manage a few hundred)")
+        #expect(report.dmaWrites > 100, "enough racing to mean something: \(report)")
         #expect(report.truncates > 10)
         #expect(report.stuckThreads.isEmpty)
         switch policy {
@@ -54,6 +60,16 @@ struct RaceHarnessTests {
             #expect(report.revokedDmaWrites > 0, "its writes after the revocation are refused")
         case .none: break
         }
+    }
+
+    @Test("a run with minimums goes on past its time until they are reached, and no further than ten times its time")
+    func minimumsExtendTheRun() throws {
+        let reached = try self.race(.fail, seconds: 0.3) { $0.minimumTruncates = 1 }
+        #expect(reached.truncates >= 1 && reached.seconds < 3, "\(reached)")
+        // A minimum no run can reach: the run lasts until its ceiling, 10 x 0.3 s.
+        let ceiling = try self.race(.fail, seconds: 0.3) { $0.minimumTruncates = .max }
+        #expect(ceiling.seconds >= 2.9 && ceiling.seconds < 10, "\(ceiling)")
+        #expect(ceiling.held)
     }
 
     /// xfstests' dax collision scenario (generic/503): one round of one operation against a
