@@ -288,26 +288,54 @@ extension Checker {
             return block
         }
 
+        /// A map block that maps nothing: a removal frees it with its last pointer, so only a
+        /// file with reserved blocks may keep one, inside its size (its write faults need no log
+        /// there; mount frees it). Repair frees it (the bitmap pass then finds it leaked).
+        func checkNotEmpty(_ map: UInt32, entries: Int, firstPage: Int, pointerAt offset: Int, inRecord: Bool) {
+            guard entries == 0, record.reservationCount == 0 || firstPage >= pages else { return }
+            walk.badPointers += 1
+            if walk.firstBad == nil { walk.firstBad = "block-map block \(map) maps nothing" }
+            guard self.repair else { return }
+            walk.pointersChanged = true
+            self.owner[Int(map)] = -1
+            let at = inRecord ? inodeOffset + offset : offset
+            self.media.base.storeBytes(of: 0, toByteOffset: at, as: UInt32.self)
+            if !inRecord { self.persist(at, 4) }
+        }
+
         for index in 0..<InodeRecord.directCount {
             _ = visit(InodeRecord.directPointerOffset(index), inRecord: true, page: index, map: false)
         }
         let perBlock = InodeRecord.pointersPerBlock
         if let map = visit(InodeRecord.indirectOffset, inRecord: true, page: nil, map: true) {
+            var entries = 0
             for index in 0..<perBlock {
-                _ = visit(
-                    self.geometry.entryOffset(map, index), inRecord: false, page: BlockMapPath.indirectFirstPage + index,
-                    map: false)
-            }
-        }
-        if let top = visit(InodeRecord.doubleIndirectOffset, inRecord: true, page: nil, map: true) {
-            for outer in 0..<perBlock {
-                guard let leaf = visit(self.geometry.entryOffset(top, outer), inRecord: false, page: nil, map: true)
-                else { continue }
-                let first = BlockMapPath.doubleIndirectFirstPage + outer * perBlock
-                for inner in 0..<perBlock {
-                    _ = visit(self.geometry.entryOffset(leaf, inner), inRecord: false, page: first + inner, map: false)
+                let offset = self.geometry.entryOffset(map, index)
+                if visit(offset, inRecord: false, page: BlockMapPath.indirectFirstPage + index, map: false) != nil {
+                    entries += 1
                 }
             }
+            checkNotEmpty(
+                map, entries: entries, firstPage: BlockMapPath.indirectFirstPage, pointerAt: InodeRecord.indirectOffset,
+                inRecord: true)
+        }
+        if let top = visit(InodeRecord.doubleIndirectOffset, inRecord: true, page: nil, map: true) {
+            var leaves = 0
+            for outer in 0..<perBlock {
+                let leafOffset = self.geometry.entryOffset(top, outer)
+                guard let leaf = visit(leafOffset, inRecord: false, page: nil, map: true) else { continue }
+                let first = BlockMapPath.doubleIndirectFirstPage + outer * perBlock
+                var entries = 0
+                for inner in 0..<perBlock {
+                    let offset = self.geometry.entryOffset(leaf, inner)
+                    if visit(offset, inRecord: false, page: first + inner, map: false) != nil { entries += 1 }
+                }
+                checkNotEmpty(leaf, entries: entries, firstPage: first, pointerAt: leafOffset, inRecord: false)
+                if entries > 0 || (record.reservationCount != 0 && first < pages) { leaves += 1 }
+            }
+            checkNotEmpty(
+                top, entries: leaves, firstPage: BlockMapPath.doubleIndirectFirstPage,
+                pointerAt: InodeRecord.doubleIndirectOffset, inRecord: true)
         }
         return walk
     }

@@ -102,6 +102,10 @@ extension FileSystem {
         var cursor = min(pages.upperBound, InodeRecord.maximumPages)  // pages below `cursor` remain
         var freedTotal = 0
         var claimed: [UInt32] = []
+        // Map blocks the removal empties go in the transaction that empties them; a truncate also
+        // frees any map block wholly past its new end. A sweep that ran out of room goes on in
+        // another transaction.
+        var swept = false
         repeat {
             claimed.removeAll(keepingCapacity: true)
             let outcome: (Int, [UInt32])
@@ -134,6 +138,7 @@ extension FileSystem {
                 }
                 let record = tx.inode(number)
                 let inodeOffset = geometry.inodeOffset(number)
+                let chunkEnd = cursor
                 while cursor > pages.lowerBound, tx.remainingCapacity > 4 * (LogRecord.headerSize + 8) + 1024 {
                     let page = cursor - 1
                     guard let path = BlockMapPath(page: page) else { break }
@@ -179,6 +184,13 @@ extension FileSystem {
                         }
                     }
                 }
+                let sweep = cursor > pages.lowerBound
+                    ? cursor..<chunkEnd
+                    : keepPages.map { min(pages.lowerBound, $0)..<InodeRecord.maximumPages } ?? pages
+                let filePages = Int((record.size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
+                let keepBelow = record.reservationCount != 0 ? min(filePages, keepPages ?? filePages) : 0
+                swept = Self.stageReleaseEmptyMaps(tx, inode: number, pages: sweep, keepBelow: keepBelow)
+                    && cursor <= pages.lowerBound
                 if let newSize, let keepPages {
                     // Until the last chunk, the file ends where the remaining blocks end.
                     record.size = cursor > keepPages
@@ -200,12 +212,56 @@ extension FileSystem {
             // reclaimer: no file-system lock is taken here, so the locks held now may stay held.
             if !claimed.isEmpty { removal.breaker?.claimsCommitted(claimed) }
             freedTotal += removed
-        } while cursor > pages.lowerBound
+        } while !swept
         return freedTotal
     }
 
     private static func releaseMap(_ tx: Transaction, pointerAt offset: Int, block: UInt32) {
         tx.store32(offset, 0)
         tx.setFree(block)
+    }
+
+    /// Room a map release takes in a log slot: a pointer store and a bitmap record.
+    static let mapReleaseBytes = 2 * (LogRecord.headerSize + 8)
+
+    /// Stages freeing every block-map block of inode `number` that covers a page of `pages` and
+    /// maps nothing as `tx` sees it, then the double-indirect block when no leaf is left under
+    /// it: a removal or a shift leaves no map block that maps nothing, but for one that
+    /// `keepBelow` keeps: a file that holds reserved blocks keeps its empty map blocks that start
+    /// below that page (its end of file), for the write faults that need no log (mount frees
+    /// them). Stops when the slot has room for no more releases.
+    /// - Returns: false when it stopped for room (the caller sweeps again in a new transaction).
+    static func stageReleaseEmptyMaps(
+        _ tx: Transaction, inode number: Int, pages: Range<Int>, keepBelow: Int = 0
+    ) -> Bool {
+        let geometry = tx.geometry
+        let inodeOffset = geometry.inodeOffset(number)
+        let perBlock = InodeRecord.pointersPerBlock
+        let doubleFirst = BlockMapPath.doubleIndirectFirstPage
+        func release(pointerAt offset: Int, firstPage: Int) -> Bool {
+            guard firstPage >= keepBelow else { return true }
+            let map = tx.load32(offset)
+            guard geometry.isDataBlock(map), tx.mapBlockIsEmpty(map) else { return true }
+            guard tx.remainingCapacity >= 2 * Self.mapReleaseBytes else { return false }
+            Self.releaseMap(tx, pointerAt: offset, block: map)
+            return true
+        }
+        guard !pages.isEmpty else { return true }
+        if pages.overlaps(BlockMapPath.indirectFirstPage..<doubleFirst),
+            !release(pointerAt: inodeOffset + InodeRecord.indirectOffset, firstPage: BlockMapPath.indirectFirstPage)
+        {
+            return false
+        }
+        guard pages.upperBound > doubleFirst else { return true }
+        let topOffset = inodeOffset + InodeRecord.doubleIndirectOffset
+        let top = tx.load32(topOffset)
+        guard geometry.isDataBlock(top) else { return true }
+        let firstOuter = max(0, pages.lowerBound - doubleFirst) / perBlock
+        let lastOuter = min(perBlock - 1, (pages.upperBound - 1 - doubleFirst) / perBlock)
+        for outer in firstOuter...lastOuter
+        where !release(pointerAt: geometry.entryOffset(top, outer), firstPage: doubleFirst + outer * perBlock) {
+            return false
+        }
+        return release(pointerAt: topOffset, firstPage: doubleFirst)
     }
 }

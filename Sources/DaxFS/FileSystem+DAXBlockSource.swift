@@ -54,6 +54,14 @@ extension FileSystem: DAXBlockSource {
                 // Only a block map overwritten under us (stale DMA, policy none) reads back a hole.
                 throw FSError(.io, "\(file): page \(page) reads back as a hole after allocation (block map corrupted)")
             }
+            // This fault made the page's map block: the file takes its reserve now, so the next
+            // faults under that map block need no log, and a punch that empties the map block
+            // keeps it for them (a file with no reserve gives an empty map block up).
+            if slot == nil, page >= BlockMapPath.indirectFirstPage, !stripe.hasZeroed(file.inode),
+                stripe.punchedBlocks(file.inode).isEmpty
+            {
+                _ = try self.takeReservation(file.inode, stripe: &stripe)
+            }
             return block
         }
     }

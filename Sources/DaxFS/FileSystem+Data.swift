@@ -219,6 +219,8 @@ extension FileSystem {
             let size = Int(try self.checkedRecord(id).size)
             let end = offset + length
             let newSize = keepSize ? size : max(size, end)
+            guard min(end, newSize) > offset else { return }
+            try self.checkSpaceToZero(id.inode, offset: offset, end: min(end, newSize), size: size)
             if min(end, size) > offset {
                 try self.punchLocked(
                     id, offset: offset, end: min(end, size), size: size, policy: policy,
@@ -230,8 +232,62 @@ extension FileSystem {
                     staged.modifiedNanoseconds = FileSystem.now()
                 }
             }
-            try self.allocateHoles(id.inode, from: offset, to: min(end, newSize))
+            do throws(FSError) {
+                try self.allocateHoles(id.inode, from: offset, to: min(end, newSize))
+            } catch {
+                // Only blocks a policy keeps busy can make the count above wrong: the range reads
+                // zeros, and the file gets its old size back.
+                if newSize > size {
+                    let pages = (size + Self.pageSize - 1) / Self.pageSize
+                    _ = try Self.removeBlocks(
+                        log: self.log, allocator: self.allocator, inode: id.inode,
+                        pages: pages..<((newSize + Self.pageSize - 1) / Self.pageSize), newSize: UInt64(size))
+                }
+                throw error
+            }
         }
+    }
+
+    /// Refuses, before anything changes, a zero-range of `offset..<end` that could not give every
+    /// page a block: the blocks it needs (every page but a mapped partial one at an edge, and the
+    /// map blocks missing on the way) against the free ones and those its punch will free (the
+    /// whole pages mapped inside the file's `size`).
+    private func checkSpaceToZero(_ number: Int, offset: Int, end: Int, size: Int) throws(FSError) {
+        let record = self.record(number)
+        let (firstWhole, endWhole) = Self.wholePages(offset: offset, end: min(end, size), size: size)
+        let pages = (offset / Self.pageSize)..<((end + Self.pageSize - 1) / Self.pageSize)
+        var needed = 0
+        var freed = 0
+        for page in pages {
+            let mapped = self.reader.block(of: record, page: page) != 0
+            let punched = page >= firstWhole && page < endWhole
+            if mapped && punched { freed += 1 }
+            if !mapped || punched { needed += 1 }
+        }
+        needed += self.missingMapBlocks(record, pages: pages)
+        let free = self.allocator.freeCount
+        guard needed <= free + freed else {
+            throw FSError(
+                .noSpace,
+                "zero-range: needs \(needed) blocks, and \(free) are free (\(freed) more once the range is punched); nothing changed")
+        }
+    }
+
+    /// The block-map blocks that mapping every page of `pages` would have to allocate.
+    private func missingMapBlocks(_ record: InodeRecord, pages: Range<Int>) -> Int {
+        let perBlock = InodeRecord.pointersPerBlock
+        let doubleFirst = BlockMapPath.doubleIndirectFirstPage
+        var missing = 0
+        if pages.overlaps(BlockMapPath.indirectFirstPage..<doubleFirst), self.reader.mapSlot(of: record, page: BlockMapPath.indirectFirstPage) == nil {
+            missing += 1
+        }
+        guard pages.upperBound > doubleFirst else { return missing }
+        let top = self.reader.valid(record.pointer.load(fromByteOffset: InodeRecord.doubleIndirectOffset, as: UInt32.self))
+        if top == 0 { missing += 1 }
+        let firstOuter = max(0, pages.lowerBound - doubleFirst) / perBlock
+        let lastOuter = min(perBlock - 1, (pages.upperBound - 1 - doubleFirst) / perBlock)
+        for outer in firstOuter...lastOuter where self.reader.entry(top, outer) == 0 { missing += 1 }
+        return missing
     }
 
     /// A punch of `offset..<end` (inside the file's `size`), the file's lock held exclusively.
@@ -277,14 +333,22 @@ extension FileSystem {
     }
 
     /// Allocates zeroed blocks for every hole in `offset..<offset+length` and grows the file to
-    /// cover it, so later writes there cannot fail for space.
-    public func fallocate(_ id: FileID, offset: Int, length: Int) throws(FSError) {
+    /// cover it, so later writes there cannot fail for space. With `keepSize` the size stays and
+    /// only the part of the range inside the file is allocated: DaxFS maps no block past the end
+    /// of file (fallocate(2)'s `FALLOC_FL_KEEP_SIZE` would keep blocks there).
+    /// - Returns: the bytes of the range that got blocks (past the end of file: none with `keepSize`).
+    /// - Throws: `.noSpace` part-way: the blocks allocated before it stay, as fallocate(2)'s may.
+    @discardableResult
+    public func fallocate(_ id: FileID, offset: Int, length: Int, keepSize: Bool = false) throws(FSError) -> Int {
         try self.checkWritable()
         try Self.checkRange("fallocate", offset: offset, length: length)
         guard length > 0 else { throw FSError(.invalidArgument, "fallocate: length must be > 0") }
-        try self.locks[id.inode].withWriteLock { () throws(FSError) in
-            _ = try self.checkedRecord(id)
-            try self.allocateHoles(id.inode, from: offset, to: offset + length)
+        return try self.locks[id.inode].withWriteLock { () throws(FSError) -> Int in
+            let size = Int(try self.checkedRecord(id).size)
+            let end = keepSize ? min(offset + length, size) : offset + length
+            guard end > offset else { return 0 }
+            try self.allocateHoles(id.inode, from: offset, to: end)
+            return end - offset
         }
     }
 

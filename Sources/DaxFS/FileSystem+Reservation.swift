@@ -249,7 +249,7 @@ extension FileSystem {
     /// them in the inode and counts them. The blocks of the earlier reservation stay mapped and
     /// counted, as ordinary blocks of the file.
     /// - Returns: false (nothing changed) when free space is too low to reserve.
-    private func takeReservation(_ number: Int, stripe: inout FaultStripe) throws(FSError) -> Bool {
+    func takeReservation(_ number: Int, stripe: inout FaultStripe) throws(FSError) -> Bool {
         let allowed = self.allocator.freeCount / Self.reservationHeadroom - self.unusedReserved.total
         let count = min(InodeRecord.maximumReservation, allowed)
         guard count >= 2, let blocks = self.allocator.allocate(count, hint: BlockAllocator.currentCPUHint) else {
@@ -330,6 +330,15 @@ extension FileSystem {
             }
             allocator.release(blocks)
             reclaimed += freed
+            // Map blocks that punches of reserved pages emptied were kept for write faults.
+            var swept = false
+            while !swept {
+                let (done, maps) = try log.transaction { (tx) throws(FSError) -> Bool in
+                    Self.stageReleaseEmptyMaps(tx, inode: number, pages: 0..<InodeRecord.maximumPages)
+                }
+                allocator.release(maps)
+                swept = done
+            }
         }
         return reclaimed
     }

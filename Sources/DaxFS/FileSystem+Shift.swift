@@ -49,6 +49,10 @@ extension FileSystem {
         }
     }
 
+    /// About how many pages one shift can move in its one transaction; a page a collapse frees
+    /// stages a pointer and a bitmap record, and counts as two.
+    static let shiftMoveLimit = 2000
+
     private static func checkShift(_ what: String, offset: Int, length: Int) throws(FSError) {
         try Self.checkRange(what, offset: offset, length: length)
         guard length > 0 else { throw FSError(.invalidArgument, "\(what): length must be > 0") }
@@ -88,13 +92,17 @@ extension FileSystem {
             outcome = try self.log.transaction { (tx) throws(FSError) -> [(UInt32, Int)] in
                 let record = tx.inode(number)
                 var moves: [(UInt32, Int)] = []
+                func tooMany() -> FSError {
+                    func count(_ n: Int) -> String { n == 1 ? "1 page" : "\(n) pages" }
+                    let freeing = delta < 0 ? "freeing \(count(-delta)) and " : ""
+                    let moving = max(0, pages - first + min(delta, 0))
+                    return FSError(
+                        .notSupported,
+                        "\(what): \(freeing)moving \(count(moving)) does not fit in one log transaction (it holds "
+                            + "about \(Self.shiftMoveLimit) moved pages, a freed page counting as two); nothing changed")
+                }
                 func take(_ page: Int) throws(FSError) -> UInt32? {
-                    guard tx.remainingCapacity > 3 * Geometry.blockSize else {
-                        throw FSError(
-                            .notSupported,
-                            "\(what): the \(pages - first) pages after the offset are too many to move in one log "
-                                + "transaction (this version moves a tail of up to a few thousand pages); nothing changed")
-                    }
+                    guard tx.remainingCapacity > 3 * Geometry.blockSize else { throw tooMany() }
                     guard let offset = Self.pointerOffset(tx, inode: number, page: page) else { return nil }
                     let block = tx.load32(offset)
                     guard self.geometry.isDataBlock(block) else { return nil }
@@ -123,6 +131,14 @@ extension FileSystem {
                             reserved: &reserved, alreadyAllocated: true, countsBlock: false)
                         moves.append((block, page + delta))
                     }
+                }
+                // Map blocks the shift emptied (past the new end, or over an inserted hole) go too.
+                let finalPages = (finalSize + Self.pageSize - 1) / Self.pageSize
+                let keepBelow = record.reservationCount != 0 ? finalPages : 0
+                guard Self.stageReleaseEmptyMaps(
+                    tx, inode: number, pages: first..<max(first, pages, finalPages), keepBelow: keepBelow)
+                else {
+                    throw tooMany()
                 }
                 record.size = UInt64(finalSize)
                 record.modifiedNanoseconds = FileSystem.now()

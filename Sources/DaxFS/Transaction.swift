@@ -79,6 +79,29 @@ final class Transaction {
         return (self.records + record.payload + (offset - record.offset)).loadUnaligned(as: UInt32.self)
     }
 
+    /// Whether block-map block `block` holds no pointer as this transaction sees it: the media's
+    /// 4 KiB with every staged byte image and zeroing over it applied, oldest first.
+    func mapBlockIsEmpty(_ block: UInt32) -> Bool {
+        let start = Int(block) * Geometry.blockSize
+        let end = start + Geometry.blockSize
+        return withUnsafeTemporaryAllocation(byteCount: Geometry.blockSize, alignment: 8) { view in
+            let copy = view.baseAddress!
+            copy.copyMemory(from: self.media.base + start, byteCount: Geometry.blockSize)
+            for record in self.staged where record.kind == .bytes || record.kind == .zero {
+                let from = max(start, record.offset)
+                let to = min(end, record.offset + record.length)
+                guard from < to else { continue }
+                if record.kind == .zero {
+                    (copy + (from - start)).initializeMemory(as: UInt8.self, repeating: 0, count: to - from)
+                } else {
+                    (copy + (from - start)).copyMemory(
+                        from: self.records + record.payload + (from - record.offset), byteCount: to - from)
+                }
+            }
+            return (0..<(Geometry.blockSize / 8)).allSatisfy { copy.load(fromByteOffset: $0 * 8, as: UInt64.self) == 0 }
+        }
+    }
+
     /// Stages a 32-bit store (a block-map entry).
     func store32(_ offset: Int, _ value: UInt32) {
         if let record = self.find(covering: offset, length: 4), record.kind == .bytes {

@@ -217,11 +217,15 @@ struct FallocateCommand: ParsableCommand {
     var mode: FallocateMode = .allocate
     @Option(name: .long, help: "Where the range starts (K, M, G suffixes).") var offset = ByteSize(bytes: 0)
     @Option(name: .long, help: "How long it is.") var length: ByteSize
-    @Flag(name: .customLong("keep-size"), help: "Do not grow the file (allocate, zero-range; punch-hole always keeps it).")
+    @Flag(name: .customLong("keep-size"), help: "Do not grow the file (allocate: only the part inside the file gets blocks; zero-range; punch-hole always keeps the size; not with collapse-range or insert-range).")
     var keepSize = false
 
     func validate() throws {
         guard self.length.bytes > 0 else { throw ValidationError("--length must be more than 0") }
+        // As fallocate(2): EINVAL for a collapse or an insert with KEEP_SIZE (each changes the size).
+        if self.keepSize, self.mode == .collapseRange || self.mode == .insertRange {
+            throw ValidationError("--keep-size cannot go with \(self.mode.rawValue): it always changes the size")
+        }
     }
 
     func run() throws {
@@ -230,10 +234,12 @@ struct FallocateCommand: ParsableCommand {
             let (offset, length) = (self.offset.bytes, self.length.bytes)
             switch self.mode {
             case .allocate:
-                guard !self.keepSize else {
-                    throw CommandFailure("fallocate: --keep-size with allocate is not supported (blocks past the end of file)")
+                let allocated = try fs.fallocate(file, offset: offset, length: length, keepSize: self.keepSize)
+                if allocated < length {
+                    Terminal.writeStandardError(
+                        "daxlab: fallocate: --keep-size: the \(length - allocated) bytes past the end of file got no "
+                            + "blocks (DaxFS maps none there)\n")
                 }
-                try fs.fallocate(file, offset: offset, length: length)
             case .punchHole: try fs.punchHole(file, offset: offset, length: length)
             case .zeroRange: try fs.zeroRange(file, offset: offset, length: length, keepSize: self.keepSize)
             case .collapseRange: try fs.collapseRange(file, offset: offset, length: length)
