@@ -18,8 +18,11 @@ BENCH_THREADS ?= 1,2
 DEMO_SECONDS ?= 3
 
 RELEASE_BIN := .build/release/daxlab
-# Crash points and workload length for `make crash-test` (the test suite runs 200 points of 150 ops).
-POINTS ?= 2000
+# `make crash-test`: SEEDS workloads of OPS operations from seed SEED, POINTS crash points each
+# (the test suite runs 10 workloads of 800 operations, 24 points each, from a new seed each run).
+POINTS ?= 300
+SEEDS ?= 10
+SEED ?= 1
 # Thread counts of `make bench-scaling`.
 SCALING_THREADS ?= 1,2,4,8,16
 OPS ?= 800
@@ -32,7 +35,8 @@ help:
 	@echo "make check-layers  every package dependency used, and in layer order (scripts/check-layers.swift)"
 	@echo "make test-pmem   daxlab on kernel fs-dax and device-dax in QEMU guests (NVDIMM, reboot, memmap=)"
 	@echo "make tsan        the concurrency tests under ThreadSanitizer"
-	@echo "make crash-test  the crash campaign: POINTS=$(POINTS) persist points of OPS=$(OPS) operations"
+	@echo "make crash-test  the crash campaign: SEEDS=$(SEEDS) workloads of OPS=$(OPS) operations from SEED=$(SEED),"
+	@echo "                 POINTS=$(POINTS) persist points each"
 	@echo "make bench       daxlab bench (every row against its baseline) -> docs/bench.json, .svg, .md,"
 	@echo "                 then the ordo-one/benchmark suites in Benchmarks/ (malloc thresholds)"
 	@echo "make bench-scaling  on a many-core machine: a static build, then only the thread-scaling rows"
@@ -114,7 +118,7 @@ bench-suites: deps
 	cd Benchmarks && $(SWIFT) package --disable-sandbox benchmark
 
 crash-test: build
-	$(RELEASE_BIN) crash-test --points $(POINTS) --ops $(OPS)
+	$(RELEASE_BIN) crash-test --points $(POINTS) --ops $(OPS) --seed $(SEED) --seeds $(SEEDS)
 
 clean:
 	rm -rf .build .build-*

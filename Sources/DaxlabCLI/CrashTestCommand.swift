@@ -23,13 +23,17 @@ struct CrashTestCommand: ParsableCommand {
             every drained flush into a shadow image and, at the crash, only a random half of the \
             cache lines still in flight: what power loss would leave. The shadow is mounted \
             (recovery), compared with a model of the operations the child completed, and fsck'd. \
-            Exit 0 when every crash recovered; 1 otherwise.
+            With --seeds N the campaign runs N workloads (seeds S, S+1, ... S+N-1, each with \
+            --points points): a fixed seed hides what the next one shows. A failure names its seed \
+            and point: `--seed S --seeds 1` reproduces it. Exit 0 when every crash recovered; 1 \
+            otherwise.
             """
     )
 
     @Option(name: .long, help: "Crash points to test.") var points = 200
     @Option(name: .long, help: "Operations in the workload.") var ops = 150
-    @Option(name: .long, help: "Workload seed.") var seed: UInt64 = 1
+    @Option(name: .long, help: "Workload seed (the first, with --seeds).") var seed: UInt64 = 1
+    @Option(name: .long, help: "How many workloads, of seeds --seed, --seed + 1, ...") var seeds = 1
     @Option(name: .long, help: "Image size.") var size = ByteSize(bytes: 16 << 20)
     @Option(name: .long, help: "Where the scratch folder (images, journals) goes: tmpfs by default.")
     var directory = "/dev/shm"
@@ -44,6 +48,9 @@ struct CrashTestCommand: ParsableCommand {
     @Option(name: .long, help: .hidden) var parent: Int32?
 
     struct Report: Codable {
+        /// The workloads' seeds.
+        var seeds: [UInt64]
+        /// Crash points over all seeds.
         var points: Int
         var totalPersistPoints: Int
         var operations: Int
@@ -55,6 +62,8 @@ struct CrashTestCommand: ParsableCommand {
     func validate() throws {
         guard (1...100_000).contains(self.points) else { throw ValidationError("--points must be 1...100000") }
         guard (1...100_000).contains(self.ops) else { throw ValidationError("--ops must be 1...100000") }
+        guard (1...10_000).contains(self.seeds) else { throw ValidationError("--seeds must be 1...10000") }
+        guard self.seed <= UInt64.max - UInt64(self.seeds) else { throw ValidationError("--seed + --seeds is past 2^64") }
         guard (4 << 20...(1 << 30)).contains(self.size.bytes), self.size.bytes % 4096 == 0 else {
             throw ValidationError("--size must be 4M...1G, a multiple of 4 KiB")
         }
@@ -77,50 +86,59 @@ struct CrashTestCommand: ParsableCommand {
         let durable = scratch.path + "/durable"
         var runs = 0
         func journal() -> String { "\(scratch.path)/journal-\(runs)" }
-        // Dry run: how many persist points the whole workload passes.
-        _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
-        let dry = try self.spawnChild(
-            image: image, journal: journal(), crashAt: nil, shadow: nil, running: running, scratch: scratch)
-        guard dry.status == 0, let total = self.readJournal(journal()).points else {
-            throw CommandFailure("the workload failed without a crash: \(dry.error)", status: 1)
-        }
-
-        let chosen = Self.spread(self.points, over: total, seed: self.seed)
+        let seeds = (0..<self.seeds).map { self.seed + UInt64($0) }
         var report = Report(
-            points: chosen.count, totalPersistPoints: total, operations: self.ops, recovered: 0,
+            seeds: seeds, points: 0, totalPersistPoints: 0, operations: self.ops, recovered: 0,
             replayedTransactions: 0, failures: [])
         let live = !self.json && Terminal.standardOutputIsTerminal
-        for (index, point) in chosen.enumerated() {
-            try scratch.checkSignal()
+        for seed in seeds {
+            // Dry run: how many persist points the whole workload passes.
             _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
-            unlink(durable)
-            try ScratchDirectory.copy(image, to: durable)
-            unlink(journal())
             runs += 1
-            let outcome = try self.spawnChild(
-                image: image, journal: journal(), crashAt: point, shadow: durable, running: running, scratch: scratch)
-            let completed = self.readJournal(journal()).completed
-            var problems: [String] = []
-            if outcome.status != 128 + SIGKILL {
-                problems.append("child exited with \(outcome.status), not SIGKILL: \(outcome.error)")
+            let dry = try self.spawnChild(
+                seed: seed, image: image, journal: journal(), crashAt: nil, shadow: nil, running: running, scratch: scratch)
+            guard dry.status == 0, let total = self.readJournal(journal()).points else {
+                throw CommandFailure("seed \(seed): the workload failed without a crash: \(dry.error)", status: 1)
             }
-            do {
-                // What power loss at that point would have left: the durable shadow.
-                let (replayed, differences) = try self.verify(image: durable, completed: completed)
-                report.replayedTransactions += replayed
-                problems += differences
-            } catch {
-                problems.append("\(error)")
-            }
-            if problems.isEmpty {
-                report.recovered += 1
-            } else {
-                report.failures.append("crash at point \(point) after \(completed) ops: " + problems.joined(separator: "; "))
-            }
-            if live {
-                Output.print("\r[\(index + 1)/\(chosen.count)] point \(point): \(problems.isEmpty ? "ok" : "FAILED")  ",
-                      terminator: "")
-                fflush(nil)
+
+            let chosen = Self.spread(self.points, over: total, seed: seed)
+            report.points += chosen.count
+            report.totalPersistPoints += total
+            for (index, point) in chosen.enumerated() {
+                try scratch.checkSignal()
+                _ = try FileSystem.format(path: image, size: self.size.bytes, force: true)
+                unlink(durable)
+                try ScratchDirectory.copy(image, to: durable)
+                unlink(journal())
+                runs += 1
+                let outcome = try self.spawnChild(
+                    seed: seed, image: image, journal: journal(), crashAt: point, shadow: durable, running: running,
+                    scratch: scratch)
+                let completed = self.readJournal(journal()).completed
+                var problems: [String] = []
+                if outcome.status != 128 + SIGKILL {
+                    problems.append("child exited with \(outcome.status), not SIGKILL: \(outcome.error)")
+                }
+                do {
+                    // What power loss at that point would have left: the durable shadow.
+                    let (replayed, differences) = try self.verify(seed: seed, image: durable, completed: completed)
+                    report.replayedTransactions += replayed
+                    problems += differences
+                } catch {
+                    problems.append("\(error)")
+                }
+                if problems.isEmpty {
+                    report.recovered += 1
+                } else {
+                    report.failures.append(
+                        "seed \(seed): crash at point \(point) after \(completed) ops: " + problems.joined(separator: "; "))
+                }
+                if live {
+                    Output.print(
+                        "\r[seed \(seed): \(index + 1)/\(chosen.count)] point \(point): \(problems.isEmpty ? "ok" : "FAILED")  ",
+                        terminator: "")
+                    fflush(nil)
+                }
             }
         }
         if live { Output.print("") }
@@ -128,16 +146,17 @@ struct CrashTestCommand: ParsableCommand {
             try Terminal.printJSON(report)
         } else {
             for failure in report.failures.prefix(20) { Output.print(failure) }
-            Output.print("crash-test: \(report.recovered)/\(report.points) crashes recovered (points spread over "
-                  + "\(total) persist points of \(self.ops) operations; \(report.replayedTransactions) "
+            let which = seeds.count == 1 ? "seed \(self.seed)" : "seeds \(seeds[0])...\(seeds[seeds.count - 1])"
+            Output.print("crash-test: \(report.recovered)/\(report.points) crashes recovered (\(which): points spread over "
+                  + "\(report.totalPersistPoints) persist points of \(self.ops) operations each; \(report.replayedTransactions) "
                   + "log transactions replayed)")
         }
         if !report.failures.isEmpty { throw ExitCode(1) }
     }
 
     /// Mounts the crashed image, compares it with the model, unmounts and fscks.
-    private func verify(image: String, completed: Int) throws -> (Int, [String]) {
-        var workload = CrashWorkload(seed: self.seed)
+    private func verify(seed: UInt64, image: String, completed: Int) throws -> (Int, [String]) {
+        var workload = CrashWorkload(seed: seed)
         for _ in 0..<completed { workload.apply(workload.next()) }
         let inFlight = completed < self.ops ? workload.next() : nil
         let fs = try FileSystem.mount(path: image)
@@ -190,11 +209,11 @@ struct CrashTestCommand: ParsableCommand {
     }
 
     private func spawnChild(
-        image: String, journal: String, crashAt: Int?, shadow: String?, running: Locked<pid_t>,
+        seed: UInt64, image: String, journal: String, crashAt: Int?, shadow: String?, running: Locked<pid_t>,
         scratch: ScratchDirectory
     ) throws -> (status: Int32, error: String) {
         let arguments = [
-            "daxlab", "crash-test", "--child", "--image", image, "--journal", journal, "--seed", String(self.seed),
+            "daxlab", "crash-test", "--child", "--image", image, "--journal", journal, "--seed", String(seed),
             "--ops", String(self.ops), "--parent", String(getpid()),
         ] + (crashAt.map { ["--crash-at", String($0)] } ?? []) + (shadow.map { ["--shadow", $0] } ?? [])
         // Spawned and registered under the lock the signal handler kills under: a signal either

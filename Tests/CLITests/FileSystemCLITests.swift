@@ -148,16 +148,20 @@ struct FileSystemCLITests {
         return start * 4096
     }
 
-    @Test("crash campaign: every crash at 200+ persist points recovers to a mountable, fsck-clean image holding every completed operation")
+    @Test("crash campaign: 10 workloads of 800 operations (a new first seed each run), every crash recovers to a mountable, fsck-clean image holding every completed operation")
     func crashCampaign() throws {
-        let points = ProcessInfo.processInfo.environment["DAXLAB_CRASH_POINTS"].flatMap(Int.init) ?? 200
-        let result = try DaxlabBinary.run(["crash-test", "--points", String(points), "--json"], timeout: 560)
-        #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
+        let environment = ProcessInfo.processInfo.environment
+        let points = environment["DAXLAB_CRASH_POINTS"].flatMap(Int.init) ?? 24
+        let seed = environment["DAXLAB_CRASH_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...1_000_000)
+        let arguments = ["crash-test", "--points", String(points), "--ops", "800", "--seed", String(seed), "--seeds", "10", "--json"]
+        let result = try DaxlabBinary.run(arguments, timeout: 560)
+        let reproduce = "reproduce: daxlab \(arguments.joined(separator: " ")) (DAXLAB_CRASH_SEED=\(seed))"
+        #expect(result.status == 0, "\(reproduce)\n\(result.standardOutput)\(result.standardError)")
         let report = try self.json(result.standardOutput)
-        #expect(report["points"] as? Int ?? 0 >= min(points, report["total_persist_points"] as? Int ?? 0))
-        #expect(report["points"] as? Int ?? 0 >= 200)
-        #expect(report["recovered"] as? Int == report["points"] as? Int)
-        #expect((report["failures"] as? [Any])?.isEmpty == true)
+        #expect(report["seeds"] as? [Int] == (0..<10).map { Int(seed) + $0 })
+        #expect(report["points"] as? Int ?? 0 >= 10 * points, reproduce)
+        #expect(report["recovered"] as? Int == report["points"] as? Int, reproduce)
+        #expect((report["failures"] as? [String])?.isEmpty == true, "\(reproduce): \(report["failures"] ?? "")")
         #expect(report["replayed_transactions"] as? Int ?? 0 > 0, "some crashes land between commit and retire")
     }
 }
