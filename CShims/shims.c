@@ -21,6 +21,8 @@
 
 const int CShims_MAP_SYNC = MAP_SYNC;
 const int CShims_MAP_SHARED_VALIDATE = MAP_SHARED_VALIDATE;
+const int CShims_SEEK_DATA = SEEK_DATA;
+const int CShims_SEEK_HOLE = SEEK_HOLE;
 const uint64_t CShims_STATX_ATTR_DAX = STATX_ATTR_DAX;
 const long CShims_TMPFS_MAGIC = TMPFS_MAGIC;
 const long CShims_RAMFS_MAGIC = RAMFS_MAGIC;

@@ -20,6 +20,10 @@
 extern const int CShims_MAP_SYNC;
 extern const int CShims_MAP_SHARED_VALIDATE;
 
+/// lseek(2) whences that glibc defines only under _GNU_SOURCE: the next data, the next hole.
+extern const int CShims_SEEK_DATA;
+extern const int CShims_SEEK_HOLE;
+
 /// statx(2) attribute bit: the file is currently accessed through DAX (Linux 5.8+).
 extern const uint64_t CShims_STATX_ATTR_DAX;
 

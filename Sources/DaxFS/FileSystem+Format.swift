@@ -47,7 +47,13 @@ extension FileSystem {
             throw error
         }
         try Self.lockImage(mapping)
-        if !mapping.created && !force { try Self.refuseData(mapping) }
+        if !mapping.created && !force {
+            // Read through a view whose holes are zero pages: the holes are not allocated yet, and
+            // reading one through the shared mapping would take a page from the file system.
+            let view: PmemMapping
+            do { view = try mapping.readOnlyView() } catch { throw FSError(error) }
+            try Self.refuseData(view)
+        }
         do { try mapping.allocateBackingStore() } catch {
             if mapping.created { Glibc.unlink(path) }
             throw FSError(error)

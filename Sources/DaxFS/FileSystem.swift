@@ -215,7 +215,8 @@ public final class FileSystem: Sendable {
         try self.media.persist(Superblock.stateOffset, 8)
     }
 
-    /// Takes the image's exclusive lock (flock on the mapping's descriptor) for this mount.
+    /// Takes the image's lock (flock on the mapping's descriptor) for this mount: exclusive, or
+    /// shared for a read-only mapping, which is then mapped afresh from the file under the lock.
     ///
     /// A flock belongs to the open file description, which a child forked by this process shares
     /// until its exec closes the (close-on-exec) descriptor: a lock dropped just before such a fork
@@ -233,6 +234,14 @@ public final class FileSystem: Sendable {
                 throw FSError(.inUse, "\(mapping.path): in use (mounted or checked by another daxlab)")
             }
             usleep(5_000)
+        }
+        // The holes as they are now that no writer can fill one (a writer may have come and gone
+        // between the mapping and the lock).
+        if mapping.isReadOnly {
+            do { try mapping.remapPrivateCopy() } catch {
+                flock(mapping.descriptor, LOCK_UN)
+                throw FSError(error)
+            }
         }
     }
 

@@ -9,7 +9,8 @@ struct InfoCommand: ParsableCommand {
         abstract: "Show what a pmem path is: medium, size, alignment, is-pmem, how it persists.",
         discussion: """
             PATH is a device-dax device, a file on an fs-dax mount, or a file on tmpfs or another \
-            file system. It is mapped read-write through libpmem and nothing is written to it.
+            file system. It is mapped read-write through libpmem and nothing is written to it; \
+            the daxlab file system in a file is read through a read-only mapping of it.
             """
     )
 
@@ -64,8 +65,10 @@ struct InfoCommand: ParsableCommand {
             size: mapping.length, alignment: mapping.alignment, isPmem: mapping.isPmem,
             persistence: mapping.persistence, mapSync: mapping.synchronousFaults, vmFlags: mapping.kernelFlags,
             autoFlush: PmemMapping.platformHasAutoFlush, created: mapping.created)
+        // Holes of a file read as zero pages there, not as pages taken from the file system under it.
+        let view = try mapping.readOnlyView()
         do {
-            report.fileSystem = try ImageSummary.read(from: mapping)
+            report.fileSystem = try ImageSummary.read(from: view)
         } catch where error.code == .notAnImage {
         } catch {
             report.fileSystemError = error.description

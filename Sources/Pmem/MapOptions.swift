@@ -25,8 +25,10 @@ public struct MapOptions: Sendable, Equatable {
     public enum Access: Sendable, Equatable {
         case readWrite
         /// Opened read-only (a user with read permission may use it). A regular file is mapped
-        /// private copy-on-write: stores land in this process's copy only, never in the file. A
-        /// device-dax device is mapped read-only.
+        /// private copy-on-write: stores land in this process's copy only, never in the file. Its
+        /// holes are mapped as anonymous zero pages, so reading one asks the file system under it
+        /// for nothing (a full tmpfs would answer with a SIGBUS). A device-dax device is mapped
+        /// read-only.
         case readOnly
     }
 

@@ -37,7 +37,7 @@ public final class PmemMapping {
     /// Whether `init` created the file.
     public let created: Bool
     /// Opened read-only: a regular file is mapped private (copy-on-write: stores stay in this
-    /// process), a device read-only.
+    /// process) with anonymous zero pages over its holes, a device read-only.
     public let isReadOnly: Bool
     /// The open descriptor of the path, held for the mapping's life (file locks use it).
     public let descriptor: Int32
@@ -84,14 +84,25 @@ public final class PmemMapping {
             opened.discard()
             throw PmemError(.mapFailed, path: path, detail: "mapped \(mappedLength) bytes, expected \(opened.size)")
         }
+        // The kernel's flags for this very mapping, when /proc says; the probe otherwise.
+        let kernelFlags = KernelMappingFlags.flags(ofMappingAt: base)
+        if opened.readOnly, opened.medium != .deviceDAX {
+            // Holes read as anonymous zero pages, not through the file system (PmemMapping+Holes).
+            do throws(PmemError) {
+                try Self.coverHoles(base: base, length: mappedLength, descriptor: opened.descriptor, path: path)
+            } catch {
+                pmem_unmap(base, mappedLength)
+                opened.discard()
+                throw error
+            }
+        }
         self.path = path
         self.base = base
         self.length = mappedLength
         self.medium = opened.medium
         self.alignment = opened.alignment
         self.isPmem = isPmem != 0 || opened.medium == .deviceDAX
-        // The kernel's flags for this very mapping, when /proc says; the probe otherwise.
-        self.kernelFlags = KernelMappingFlags.flags(ofMappingAt: base)
+        self.kernelFlags = kernelFlags
         self.synchronousFaults =
             opened.medium == .deviceDAX
             || (self.kernelFlags.map { $0.contains("sf") }
@@ -100,6 +111,51 @@ public final class PmemMapping {
         self.created = opened.created
         self.isReadOnly = opened.readOnly
         self.descriptor = opened.descriptor
+    }
+
+    /// A read-only view of `source`'s file (see `readOnlyView()`).
+    private init(readOnlyViewOf source: PmemMapping) throws(PmemError) {
+        // A read-only descriptor of the very file `source` holds, whatever its path names now.
+        let descriptor = open("/proc/self/fd/\(source.descriptor)", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw PmemError.system("open read-only", errno: errno, path: source.path)
+        }
+        let mapped = mmap(nil, source.length, PROT_READ | PROT_WRITE, MAP_PRIVATE, descriptor, 0)
+        guard let mapped, mapped != MAP_FAILED else {
+            let error = errno
+            close(descriptor)
+            throw PmemError.system("map \(source.length) bytes read-only", errno: error, path: source.path)
+        }
+        let kernelFlags = KernelMappingFlags.flags(ofMappingAt: mapped)
+        do throws(PmemError) {
+            try Self.coverHoles(base: mapped, length: source.length, descriptor: descriptor, path: source.path)
+        } catch {
+            munmap(mapped, source.length)
+            close(descriptor)
+            throw error
+        }
+        self.path = source.path
+        self.base = mapped
+        self.length = source.length
+        self.medium = source.medium
+        self.alignment = source.alignment
+        self.isPmem = source.isPmem
+        self.kernelFlags = kernelFlags
+        self.synchronousFaults = false
+        self.persistence = source.persistence
+        self.created = false
+        self.isReadOnly = true
+        self.descriptor = descriptor
+    }
+
+    /// The same file mapped as `MapOptions.readOnly` maps one: private, its holes zero pages, so
+    /// reading it asks the file system under it for nothing (reading a hole through a shared
+    /// mapping of a tmpfs file takes a page of it, a SIGBUS when it is full). For reading a file
+    /// mapped `.sparse` before its holes are allocated. This mapping itself when it is read-only
+    /// or a device (which has no holes).
+    public func readOnlyView() throws(PmemError) -> PmemMapping {
+        guard !self.isReadOnly, self.medium != .deviceDAX else { return self }
+        return try PmemMapping(readOnlyViewOf: self)
     }
 
     deinit {

@@ -318,6 +318,57 @@ struct HardeningCLITests {
         }
     }
 
+    @Test("sparse files on a full backing file system: the read-only commands read an image, mkfs refuses in one line, never a SIGBUS")
+    func readOnlyCommandsOnFullBackingStore() throws {
+        guard getuid() == 0 else { try Test.cancel("needs root to mount a small tmpfs") }
+        try withTemporaryPath("full-tmpfs", in: "/tmp") { folder in
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+            guard try runProcess(["mount", "-t", "tmpfs", "-o", "size=6M", "tmpfs", folder]).status == 0 else {
+                try Test.cancel("mount -t tmpfs is not permitted here")
+            }
+            defer { _ = try? runProcess(["umount", "-l", folder]) }
+            // A 32 MiB image, mostly holes, copied sparse onto a 6 MiB file system, then filled up.
+            let image = folder + "/image"
+            try self.image("sparse-source", size: "32M") { source in
+                let copy = try runProcess(["cp", "--sparse=always", source, image])
+                #expect(copy.status == 0, "cp: \(copy.standardError)")
+            }
+            let plain = folder + "/plain"  // all hole: mkfs reads it before it allocates it
+            #expect(FileManager.default.createFile(atPath: plain, contents: nil) && truncate(plain, 8 << 20) == 0)
+            _ = try runShell("exec dd if=/dev/zero of='\(folder)/filler' bs=64k 2>/dev/null")
+            var space = statvfs()
+            #expect(statvfs(folder, &space) == 0 && space.f_bavail == 0, "the file system is full")
+            var before = stat()
+            #expect(stat(image, &before) == 0)
+            #expect(Int(before.st_blocks) * 512 < 6 << 20, "the image is sparse")
+
+            let list = try DaxlabBinary.run(["ls", image])
+            #expect(list.status == 0, "ls: \(list.status): \(list.standardError)")
+            #expect(list.standardOutput.hasSuffix("  f\n"), "ls: \(list.standardOutput)")
+            let read = try runShell("exec \"$DAXLAB\" read '\(image)' f >&3 2>&4")
+            #expect(read.status == 0, "read: \(read.status): \(read.standardError)")
+            #expect(read.standardOutput == Array("hello\n".utf8))
+            let fsck = try DaxlabBinary.run(["fsck", image])
+            #expect(fsck.status == 0, "fsck: \(fsck.status): \(fsck.standardOutput)\(fsck.standardError)")
+            let info = try DaxlabBinary.run(["info", image])
+            #expect(info.status == 0, "info: \(info.status): \(info.standardError)")
+            #expect(info.standardOutput.contains("file system    daxlab, clean"), "info: \(info.standardOutput)")
+            let json = try DaxlabBinary.run(["info", "--json", image])
+            #expect(json.status == 0, "info --json: \(json.status): \(json.standardError)")
+            #expect(json.standardOutput.contains("\"files\""), "info --json: \(json.standardOutput)")
+
+            var after = stat()
+            #expect(stat(image, &after) == 0)
+            #expect(after.st_blocks == before.st_blocks, "reading took pages from the file system")
+            let write = try runShell("printf more | exec \"$DAXLAB\" write '\(image)' g 2>&4")
+            self.expectOneLineError(write, "write onto a full backing store", contains: "no space on the backing file system")
+            let mkfs = try runShell("exec \"$DAXLAB\" mkfs '\(plain)' 2>&4")
+            self.expectOneLineError(mkfs, "mkfs of a sparse file on a full backing store", contains: "no space on the backing file system")
+            var plainAfter = stat()
+            #expect(stat(plain, &plainAfter) == 0 && plainAfter.st_blocks == 0 && plainAfter.st_size == 8 << 20, "mkfs changed the file")
+        }
+    }
+
     @Test("crash-test keeps its scratch files in a private folder, and removes it and its child on SIGTERM")
     func crashTestCleansUp() throws {
         try withTemporaryPath("crash-scratch") { folder in
