@@ -7,10 +7,10 @@ import DaxFS
 /// A file's emulated page table: page index to block number (0: not mapped), one flat array of
 /// 4-byte entries over every page a file can have, so a lookup is one load at `entries + page`.
 ///
-/// The array is reserved, not allocated: an anonymous private mapping of about 4 MiB
+/// The array is reserved, not allocated: an anonymous private mapping of about 1 MiB
 /// (`MAP_NORESERVE`, small pages) that the kernel fills in one zeroed 4 KiB page per 1024
 /// entries on first write, and answers reads of untouched parts with its shared zero page. So a
-/// small file costs one or two table pages, and a file of 4 GiB only the table pages it touches,
+/// small file costs one or two table pages, and a file of 1 GiB only the table pages it touches,
 /// as the two-level table it replaces did, without the second dependent load on every lookup.
 /// The table's pages are never given back while the address space lives, so a lookup never
 /// races with a free.

@@ -93,7 +93,7 @@ extension Checker {
             issue("a reserved inode holds an intent") { $0.intent = InodeRecord.Intent.none }
         }
 
-        let map = self.checkBlockMap(number, record)
+        let map = self.checkBlockMap(number, record, trusted: !checksumFailed)
         if map.badPointers > 0 {
             issues.append("\(map.badPointers) block pointer(s) bad: \(map.firstBad ?? "")")
             fixes.append { _ in }
@@ -246,42 +246,74 @@ extension Checker {
         var pointersChanged = false
     }
 
-    /// Walks every pointer of inode `number`, claiming blocks; under repair a bad pointer (outside
-    /// the data area, a block already claimed, a page past the end of file) becomes a hole.
-    private mutating func checkBlockMap(_ number: Int, _ record: InodeRecord) -> MapWalk {
+    /// Walks every pointer of inode `number`, claiming blocks. An entry of a map block that fails
+    /// its check is corrected when one flipped bit explains it, else it is bad. Under repair a
+    /// bad pointer (outside the data area, failing its check, past the end of file, a map block
+    /// already claimed, or a data block already claimed where this record cannot be trusted)
+    /// becomes a hole. A data block claimed by a trusted pointer and already claimed is noted for
+    /// `cloneSharedBlocks`: each claimant keeps its own copy.
+    /// - Parameter trusted: the record's checksum held (or one flipped bit was corrected).
+    private mutating func checkBlockMap(_ number: Int, _ record: InodeRecord, trusted: Bool) -> MapWalk {
         let inodeOffset = self.geometry.inodeOffset(number)
         let pages = Int((min(record.size, UInt64(FileSystem.maximumFileSize)) + UInt64(Geometry.blockSize) - 1)
             / UInt64(Geometry.blockSize))
         var walk = MapWalk()
+        let label = "inode \(number)"
 
-        /// Checks the pointer at `offset` (in the record, or a map block); returns the block when
-        /// it is valid and now claimed.
-        func visit(_ offset: Int, inRecord: Bool, page: Int?, map: Bool) -> UInt32? {
-            let block = inRecord
-                ? record.pointer.load(fromByteOffset: offset, as: UInt32.self)
-                : self.media.base.load(fromByteOffset: offset, as: UInt32.self)
-            guard block != 0 else { return nil }
-            var why: String?
-            if !self.geometry.isDataBlock(block) {
-                why = "pointer to block \(block) outside the data area"
-            } else if self.owner[Int(block)] != -1 {
-                why = "block \(block) is also used by inode \(self.owner[Int(block)])"
-            } else if let page, page >= pages {
-                why = "block \(block) mapped at page \(page), past the end of file"
-            }
-            if let why {
-                walk.badPointers += 1
-                if walk.firstBad == nil { walk.firstBad = why }
-                if self.repair {
-                    walk.pointersChanged = true
-                    if inRecord {
-                        self.media.base.storeBytes(of: 0, toByteOffset: inodeOffset + offset, as: UInt32.self)
-                    } else {
-                        self.media.base.storeBytes(of: 0, toByteOffset: offset, as: UInt32.self)
-                        self.persist(offset, 4)
+        func bad(_ why: String, _ slot: PointerSlot) {
+            walk.badPointers += 1
+            if walk.firstBad == nil { walk.firstBad = why }
+            guard self.repair else { return }
+            walk.pointersChanged = true
+            self.clear(slot)
+        }
+
+        /// Checks the pointer at `slot` (a field of the record, at its offset in the record, or
+        /// an entry of a map block); returns the block when it is valid and now claimed.
+        func visit(_ slot: PointerSlot, page: Int?, map: Bool) -> UInt32? {
+            let block: UInt32
+            switch slot {
+            case .record(let offset):
+                block = record.pointer.load(fromByteOffset: offset - inodeOffset, as: UInt32.self)
+            case .entry(let offset, let position):
+                let raw = self.media.base.load(fromByteOffset: offset, as: UInt64.self)
+                if let decoded = MapEntry.decode(raw, inode: number, position: position) {
+                    block = decoded
+                } else if let corrected = MapEntry.correctOneBit(raw, inode: number, position: position) {
+                    let bit = (raw ^ corrected).trailingZeroBitCount
+                    self.report(
+                        label, "block-map entry \(Self.describe(position)) in block \(offset / Geometry.blockSize): bit \(bit) is flipped",
+                        action: "corrected that bit")
+                    if self.repair {
+                        self.media.base.storeBytes(of: corrected, toByteOffset: offset, as: UInt64.self)
+                        self.persist(offset, MapEntry.size)
                     }
+                    block = UInt32(truncatingIfNeeded: corrected)
+                } else {
+                    bad("block-map entry \(Self.describe(position)) in block \(offset / Geometry.blockSize) fails its check", slot)
+                    return nil
                 }
+            }
+            guard block != 0 else { return nil }
+            if !self.geometry.isDataBlock(block) {
+                bad("pointer to block \(block) outside the data area", slot)
                 return nil
+            }
+            if let page, page >= pages {
+                bad("block \(block) mapped at page \(page), past the end of file", slot)
+                return nil
+            }
+            let owner = self.owner[Int(block)]
+            if owner != -1 {
+                let other = owner == Int32(number) ? "this file" : owner >= 0 ? "inode \(owner)" : "the metadata"
+                guard !map, trusted, owner >= 0 else {
+                    bad("block \(block) is also used by \(other)", slot)
+                    return nil
+                }
+                // Both pointers check out: neither can be preferred, so each keeps a copy.
+                self.shared.append(SharedClaim(inode: number, slot: slot, block: block, firstOwner: Int(owner)))
+                walk.dataBlocks += 1
+                return block
             }
             self.owner[Int(block)] = Int32(number)
             if !map { walk.dataBlocks += 1 }
@@ -291,52 +323,65 @@ extension Checker {
         /// A map block that maps nothing: a removal frees it with its last pointer, so only a
         /// file with reserved blocks may keep one, inside its size (its write faults need no log
         /// there; mount frees it). Repair frees it (the bitmap pass then finds it leaked).
-        func checkNotEmpty(_ map: UInt32, entries: Int, firstPage: Int, pointerAt offset: Int, inRecord: Bool) {
+        func checkNotEmpty(_ map: UInt32, entries: Int, firstPage: Int, slot: PointerSlot) {
             guard entries == 0, record.reservationCount == 0 || firstPage >= pages else { return }
             walk.badPointers += 1
             if walk.firstBad == nil { walk.firstBad = "block-map block \(map) maps nothing" }
             guard self.repair else { return }
             walk.pointersChanged = true
             self.owner[Int(map)] = -1
-            let at = inRecord ? inodeOffset + offset : offset
-            self.media.base.storeBytes(of: 0, toByteOffset: at, as: UInt32.self)
-            if !inRecord { self.persist(at, 4) }
+            self.clear(slot)
         }
 
         for index in 0..<InodeRecord.directCount {
-            _ = visit(InodeRecord.directPointerOffset(index), inRecord: true, page: index, map: false)
+            _ = visit(.record(inodeOffset + InodeRecord.directPointerOffset(index)), page: index, map: false)
         }
-        let perBlock = InodeRecord.pointersPerBlock
-        if let map = visit(InodeRecord.indirectOffset, inRecord: true, page: nil, map: true) {
+        let perBlock = MapEntry.perBlock
+        let indirectSlot = PointerSlot.record(inodeOffset + InodeRecord.indirectOffset)
+        if let map = visit(indirectSlot, page: nil, map: true) {
             var entries = 0
             for index in 0..<perBlock {
-                let offset = self.geometry.entryOffset(map, index)
-                if visit(offset, inRecord: false, page: BlockMapPath.indirectFirstPage + index, map: false) != nil {
-                    entries += 1
-                }
+                let page = BlockMapPath.indirectFirstPage + index
+                let slot = PointerSlot.entry(self.geometry.entryOffset(map, index), position: UInt32(page))
+                if visit(slot, page: page, map: false) != nil { entries += 1 }
             }
-            checkNotEmpty(
-                map, entries: entries, firstPage: BlockMapPath.indirectFirstPage, pointerAt: InodeRecord.indirectOffset,
-                inRecord: true)
+            checkNotEmpty(map, entries: entries, firstPage: BlockMapPath.indirectFirstPage, slot: indirectSlot)
         }
-        if let top = visit(InodeRecord.doubleIndirectOffset, inRecord: true, page: nil, map: true) {
+        let topSlot = PointerSlot.record(inodeOffset + InodeRecord.doubleIndirectOffset)
+        if let top = visit(topSlot, page: nil, map: true) {
             var leaves = 0
             for outer in 0..<perBlock {
-                let leafOffset = self.geometry.entryOffset(top, outer)
-                guard let leaf = visit(leafOffset, inRecord: false, page: nil, map: true) else { continue }
+                let leafSlot = FileSystem.leafSlot(self.geometry, top: top, outer)
+                guard let leaf = visit(leafSlot, page: nil, map: true) else { continue }
                 let first = BlockMapPath.doubleIndirectFirstPage + outer * perBlock
                 var entries = 0
                 for inner in 0..<perBlock {
-                    let offset = self.geometry.entryOffset(leaf, inner)
-                    if visit(offset, inRecord: false, page: first + inner, map: false) != nil { entries += 1 }
+                    let slot = PointerSlot.entry(self.geometry.entryOffset(leaf, inner), position: UInt32(first + inner))
+                    if visit(slot, page: first + inner, map: false) != nil { entries += 1 }
                 }
-                checkNotEmpty(leaf, entries: entries, firstPage: first, pointerAt: leafOffset, inRecord: false)
+                checkNotEmpty(leaf, entries: entries, firstPage: first, slot: leafSlot)
                 if entries > 0 || (record.reservationCount != 0 && first < pages) { leaves += 1 }
             }
-            checkNotEmpty(
-                top, entries: leaves, firstPage: BlockMapPath.doubleIndirectFirstPage,
-                pointerAt: InodeRecord.doubleIndirectOffset, inRecord: true)
+            checkNotEmpty(top, entries: leaves, firstPage: BlockMapPath.doubleIndirectFirstPage, slot: topSlot)
         }
         return walk
+    }
+
+    /// An entry's position in words: the page it maps, or which leaf pointer it is.
+    static func describe(_ position: UInt32) -> String {
+        position & MapEntry.leafTag != 0 ? "for leaf \(position & ~MapEntry.leafTag)" : "for page \(position)"
+    }
+
+    /// Under repair, makes `slot` a hole on the media: an entry at once (persisted), a record
+    /// field in the live record (its inode is resealed and persisted after its walk).
+    private func clear(_ slot: PointerSlot) {
+        guard self.repair else { return }
+        switch slot {
+        case .record(let offset):
+            self.media.base.storeBytes(of: 0, toByteOffset: offset, as: UInt32.self)
+        case .entry(let offset, _):
+            self.media.base.storeBytes(of: 0, toByteOffset: offset, as: UInt64.self)
+            self.persist(offset, MapEntry.size)
+        }
     }
 }

@@ -60,6 +60,18 @@ struct Checker {
     var names: [FileName: Int] = [:]
     /// Inodes whose record must be renamed once every name is known (repair).
     var toSalvage: [Int] = []
+    /// Data blocks a second trustworthy pointer also names, in walk order.
+    var shared: [SharedClaim] = []
+
+    /// A pointer that checks out and names a data block an earlier one already claimed: both
+    /// records and both entries are sound, so the checksums cannot tell which file the block is
+    /// (the situation e2fsck's pass 1B handles): each claimant gets its own copy.
+    struct SharedClaim {
+        var inode: Int
+        var slot: PointerSlot
+        var block: UInt32
+        var firstOwner: Int
+    }
 
     init(media: Media, geometry: Geometry, repair: Bool = false) {
         self.media = media
@@ -76,7 +88,13 @@ struct Checker {
         self.owner = [Int32](repeating: -1, count: self.geometry.blockCount)
         for block in 0..<self.geometry.dataStart { self.owner[block] = -2 }
         self.owner[self.geometry.backupSuperblock] = -2
-        for number in 0..<self.geometry.inodeCount { self.checkInode(number) }
+        // Records whose checksum holds (or is one flipped bit away) first: where a damaged
+        // record's pointer and a sound one name the same block, the sound one keeps it.
+        let numbers = 0..<self.geometry.inodeCount
+        let sound = numbers.map(self.recordIsSound)
+        for number in numbers where sound[number] { self.checkInode(number) }
+        for number in numbers where !sound[number] { self.checkInode(number) }
+        self.cloneSharedBlocks()
         self.salvageNames()
         self.checkBitmap()
         return self.result
@@ -93,6 +111,65 @@ struct Checker {
 
     func persist(_ offset: Int, _ length: Int) {
         try? self.media.persist(offset, length)
+    }
+
+    /// Whether inode `number`'s record checksum holds, or one flipped bit explains its failure.
+    private func recordIsSound(_ number: Int) -> Bool {
+        let record = InodeRecord(self.media.base + self.geometry.inodeOffset(number))
+        guard record.storedChecksum != record.computedChecksum else { return true }
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: Geometry.inodeSize, alignment: 8)
+        defer { scratch.deallocate() }
+        scratch.copyMemory(from: record.pointer, byteCount: Geometry.inodeSize)
+        return Self.singleBitError(in: scratch) != nil
+    }
+
+    /// Gives every claimant in `shared` a copy of its block in a block nobody uses (a hole when
+    /// there is none), and reports each. Without repair it only reports.
+    private mutating func cloneSharedBlocks() {
+        var free = self.geometry.dataStart
+        for claim in self.shared {
+            let label = "inode \(claim.inode)"
+            let other = claim.firstOwner == claim.inode ? "another page of this file" : "inode \(claim.firstOwner)"
+            let what = "block \(claim.block) is also used by \(other), and both pointers check out"
+            while free < self.geometry.backupSuperblock, self.owner[free] != -1 { free += 1 }
+            guard free < self.geometry.backupSuperblock else {
+                self.report(label, what + "; no free block is left for a copy", action: "made this page a hole")
+                self.setPointer(claim, to: 0)
+                continue
+            }
+            self.report(label, what, action: "gave this file its own copy, block \(free)")
+            guard self.repair else { continue }
+            self.owner[free] = Int32(claim.inode)
+            let (source, copy) = (Int(claim.block) * Geometry.blockSize, free * Geometry.blockSize)
+            (self.media.base + copy).copyMemory(from: self.media.base + source, byteCount: Geometry.blockSize)
+            self.persist(copy, Geometry.blockSize)
+            self.setPointer(claim, to: UInt32(free))
+        }
+    }
+
+    /// Under repair, points `claim`'s slot at `block` (0: a hole), durably.
+    private func setPointer(_ claim: SharedClaim, to block: UInt32) {
+        guard self.repair else { return }
+        switch claim.slot {
+        case .record(let offset):
+            self.media.base.storeBytes(of: block, toByteOffset: offset, as: UInt32.self)
+            let inodeOffset = self.geometry.inodeOffset(claim.inode)
+            let record = InodeRecord(self.media.base + inodeOffset)
+            if block == 0 { record.blocks = record.blocks > 0 ? record.blocks - 1 : 0 }
+            record.sealChecksum()
+            self.persist(inodeOffset, Geometry.inodeSize)
+        case .entry(let offset, let position):
+            self.media.base.storeBytes(
+                of: MapEntry.encode(block, inode: claim.inode, position: position), toByteOffset: offset, as: UInt64.self)
+            self.persist(offset, MapEntry.size)
+            if block == 0 {
+                let inodeOffset = self.geometry.inodeOffset(claim.inode)
+                let record = InodeRecord(self.media.base + inodeOffset)
+                record.blocks = record.blocks > 0 ? record.blocks - 1 : 0
+                record.sealChecksum()
+                self.persist(inodeOffset, Geometry.inodeSize)
+            }
+        }
     }
 
     // MARK: Bitmap

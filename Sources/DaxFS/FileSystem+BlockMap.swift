@@ -19,22 +19,22 @@ extension FileSystem {
     /// Stages mapping `block` at `page` of inode `number`, allocating block-map blocks on the way.
     /// - Parameter reserved: collects map blocks taken from the allocator, so a caller whose
     ///   transaction fails can give them back.
-    /// - Throws: `.noSpace` when a map block cannot be allocated, `.fileTooLarge` beyond 4 GiB.
+    /// - Throws: `.noSpace` when a map block cannot be allocated, `.fileTooLarge` beyond the largest file.
     static func stageMap(
         _ tx: Transaction, allocator: BlockAllocator, inode number: Int, page: Int, block: UInt32,
         reserved: inout [UInt32], alreadyAllocated: Bool = false, countsBlock: Bool = true
     ) throws(FSError) {
         guard let path = BlockMapPath(page: page) else {
-            throw FSError(.fileTooLarge, "page \(page) is beyond the largest file (4 GiB)")
+            throw FSError(.fileTooLarge, "page \(page) is beyond the largest file (\(FileSystem.maximumFileSize) bytes)")
         }
         let geometry = tx.geometry
         let inodeOffset = geometry.inodeOffset(number)
         let record = tx.inode(number)
 
-        /// The map block whose pointer lives at `offset` (a field of the staged inode or an entry
+        /// The map block whose pointer lives at `slot` (a field of the staged inode or an entry
         /// of another map block), allocated and zeroed when absent.
-        func mapBlock(at offset: Int) throws(FSError) -> UInt32 {
-            let existing = tx.load32(offset)
+        func mapBlock(at slot: PointerSlot) throws(FSError) -> UInt32 {
+            let existing = tx.pointer(slot, inode: number)
             if geometry.isDataBlock(existing) { return existing }  // (a garbage pointer is replaced)
             guard let fresh = allocator.allocate(1, hint: BlockAllocator.currentCPUHint)?.first else {
                 throw FSError(.noSpace, "no free block for a block map")
@@ -43,7 +43,7 @@ extension FileSystem {
             allocator.allocationObserver?.didAllocate(fresh, inode: number, page: nil)
             tx.setAllocated(fresh)
             tx.zero(Int(fresh) * Geometry.blockSize, Geometry.blockSize)
-            tx.store32(offset, fresh)
+            tx.setPointer(slot, inode: number, fresh)
             return fresh
         }
 
@@ -51,12 +51,12 @@ extension FileSystem {
         case .direct(let index):
             tx.store32(inodeOffset + InodeRecord.directPointerOffset(index), block)
         case .indirect(let index):
-            let map = try mapBlock(at: inodeOffset + InodeRecord.indirectOffset)
-            tx.store32(geometry.entryOffset(map, index), block)
+            let map = try mapBlock(at: .record(inodeOffset + InodeRecord.indirectOffset))
+            tx.setPointer(.entry(geometry.entryOffset(map, index), position: UInt32(page)), inode: number, block)
         case .doubleIndirect(let outer, let inner):
-            let top = try mapBlock(at: inodeOffset + InodeRecord.doubleIndirectOffset)
-            let leaf = try mapBlock(at: geometry.entryOffset(top, outer))
-            tx.store32(geometry.entryOffset(leaf, inner), block)
+            let top = try mapBlock(at: .record(inodeOffset + InodeRecord.doubleIndirectOffset))
+            let leaf = try mapBlock(at: Self.leafSlot(geometry, top: top, outer))
+            tx.setPointer(.entry(geometry.entryOffset(leaf, inner), position: UInt32(page)), inode: number, block)
         }
         if !alreadyAllocated { tx.setAllocated(block) }
         if countsBlock { record.blocks += 1 }
@@ -64,22 +64,27 @@ extension FileSystem {
 
     /// Where the pointer of `page` of inode `number` lives as `tx` sees the map, or nil when a
     /// map block on its path is absent (the page is a hole and has no slot yet).
-    static func pointerOffset(_ tx: Transaction, inode number: Int, page: Int) -> Int? {
+    static func pointerSlot(_ tx: Transaction, inode number: Int, page: Int) -> PointerSlot? {
         guard let path = BlockMapPath(page: page) else { return nil }
         let geometry = tx.geometry
         let inodeOffset = geometry.inodeOffset(number)
         switch path {
         case .direct(let index):
-            return inodeOffset + InodeRecord.directPointerOffset(index)
+            return .record(inodeOffset + InodeRecord.directPointerOffset(index))
         case .indirect(let index):
             let map = tx.load32(inodeOffset + InodeRecord.indirectOffset)
-            return geometry.isDataBlock(map) ? geometry.entryOffset(map, index) : nil
+            return geometry.isDataBlock(map) ? .entry(geometry.entryOffset(map, index), position: UInt32(page)) : nil
         case .doubleIndirect(let outer, let inner):
             let top = tx.load32(inodeOffset + InodeRecord.doubleIndirectOffset)
             guard geometry.isDataBlock(top) else { return nil }
-            let leaf = tx.load32(geometry.entryOffset(top, outer))
-            return geometry.isDataBlock(leaf) ? geometry.entryOffset(leaf, inner) : nil
+            let leaf = tx.pointer(Self.leafSlot(geometry, top: top, outer), inode: number)
+            return geometry.isDataBlock(leaf) ? .entry(geometry.entryOffset(leaf, inner), position: UInt32(page)) : nil
         }
+    }
+
+    /// The slot of the `outer`-th leaf pointer in double-indirect block `top`.
+    static func leafSlot(_ geometry: Geometry, top: UInt32, _ outer: Int) -> PointerSlot {
+        .entry(geometry.entryOffset(top, outer), position: MapEntry.leafTag | UInt32(outer))
     }
 
     /// Removes the blocks of `pages` from inode `number`, last page first, in as many transactions
@@ -97,7 +102,7 @@ extension FileSystem {
     ) throws(FSError) -> Int {
         let geometry = log.geometry
         let reader = BlockMapReader(base: log.media.base, geometry: geometry)
-        let perBlock = InodeRecord.pointersPerBlock
+        let perBlock = MapEntry.perBlock
         let keepPages = newSize.map { Int(($0 + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize)) }
         var cursor = min(pages.upperBound, InodeRecord.maximumPages)  // pages below `cursor` remain
         var freedTotal = 0
@@ -112,13 +117,12 @@ extension FileSystem {
             do throws(FSError) {
                 outcome = try log.transaction { (tx) throws(FSError) -> Int in
                 var removed = 0
-                func clear(pointerAt offset: Int, value: UInt32) throws(FSError) {
-                    guard value != 0 else { return }
-                    guard geometry.isDataBlock(value) else {
-                        tx.store32(offset, 0)  // a garbage pointer (see BlockMapReader.valid): drop it
-                        return
-                    }
-                    tx.store32(offset, 0)
+                func clear(_ slot: PointerSlot) throws(FSError) {
+                    guard tx.isSet(slot) else { return }
+                    let value = tx.pointer(slot, inode: number)
+                    tx.setPointer(slot, inode: number, 0)
+                    // (A garbage pointer or an entry that fails its check, see BlockMapReader.valid: dropped.)
+                    guard geometry.isDataBlock(value) else { return }
                     let staged = tx.inode(number)
                     staged.blocks = staged.blocks > 0 ? staged.blocks - 1 : 0  // (saturating: see `valid`)
                     Self.dropFromReservation(staged, value)
@@ -144,8 +148,7 @@ extension FileSystem {
                     guard let path = BlockMapPath(page: page) else { break }
                     switch path {
                     case .direct(let index):
-                        let offset = inodeOffset + InodeRecord.directPointerOffset(index)
-                        try clear(pointerAt: offset, value: tx.load32(offset))
+                        try clear(.record(inodeOffset + InodeRecord.directPointerOffset(index)))
                         cursor = page
                     case .indirect(let index):
                         let offset = inodeOffset + InodeRecord.indirectOffset
@@ -155,10 +158,10 @@ extension FileSystem {
                             cursor = max(first, pages.lowerBound)
                             continue
                         }
-                        try clear(pointerAt: geometry.entryOffset(map, index), value: reader.entry(map, index))
+                        try clear(.entry(geometry.entryOffset(map, index), position: UInt32(page)))
                         cursor = page
                         if page == first, let keepPages, keepPages <= first {
-                            Self.releaseMap(tx, pointerAt: offset, block: map)
+                            Self.releaseMap(tx, .record(offset), inode: number, block: map)
                         }
                     case .doubleIndirect(let outer, let inner):
                         let topOffset = inodeOffset + InodeRecord.doubleIndirectOffset
@@ -168,18 +171,18 @@ extension FileSystem {
                             cursor = max(BlockMapPath.doubleIndirectFirstPage, pages.lowerBound)
                             continue
                         }
-                        let leafOffset = geometry.entryOffset(top, outer)
-                        let leaf = reader.valid(tx.load32(leafOffset))
+                        let leafSlot = Self.leafSlot(geometry, top: top, outer)
+                        let leaf = reader.valid(tx.pointer(leafSlot, inode: number))
                         if leaf != 0 {
-                            try clear(pointerAt: geometry.entryOffset(leaf, inner), value: reader.entry(leaf, inner))
+                            try clear(.entry(geometry.entryOffset(leaf, inner), position: UInt32(page)))
                             cursor = page
                         } else {
                             cursor = max(leafFirst, pages.lowerBound)
                         }
                         if cursor == leafFirst, let keepPages, keepPages <= leafFirst {
-                            if leaf != 0 { Self.releaseMap(tx, pointerAt: leafOffset, block: leaf) }
+                            if leaf != 0 { Self.releaseMap(tx, leafSlot, inode: number, block: leaf) }
                             if outer == 0, keepPages <= BlockMapPath.doubleIndirectFirstPage {
-                                Self.releaseMap(tx, pointerAt: topOffset, block: top)
+                                Self.releaseMap(tx, .record(topOffset), inode: number, block: top)
                             }
                         }
                     }
@@ -216,8 +219,8 @@ extension FileSystem {
         return freedTotal
     }
 
-    private static func releaseMap(_ tx: Transaction, pointerAt offset: Int, block: UInt32) {
-        tx.store32(offset, 0)
+    private static func releaseMap(_ tx: Transaction, _ slot: PointerSlot, inode number: Int, block: UInt32) {
+        tx.setPointer(slot, inode: number, 0)
         tx.setFree(block)
     }
 
@@ -236,19 +239,19 @@ extension FileSystem {
     ) -> Bool {
         let geometry = tx.geometry
         let inodeOffset = geometry.inodeOffset(number)
-        let perBlock = InodeRecord.pointersPerBlock
+        let perBlock = MapEntry.perBlock
         let doubleFirst = BlockMapPath.doubleIndirectFirstPage
-        func release(pointerAt offset: Int, firstPage: Int) -> Bool {
+        func release(_ slot: PointerSlot, firstPage: Int) -> Bool {
             guard firstPage >= keepBelow else { return true }
-            let map = tx.load32(offset)
+            let map = tx.pointer(slot, inode: number)
             guard geometry.isDataBlock(map), tx.mapBlockIsEmpty(map) else { return true }
             guard tx.remainingCapacity >= 2 * Self.mapReleaseBytes else { return false }
-            Self.releaseMap(tx, pointerAt: offset, block: map)
+            Self.releaseMap(tx, slot, inode: number, block: map)
             return true
         }
         guard !pages.isEmpty else { return true }
         if pages.overlaps(BlockMapPath.indirectFirstPage..<doubleFirst),
-            !release(pointerAt: inodeOffset + InodeRecord.indirectOffset, firstPage: BlockMapPath.indirectFirstPage)
+            !release(.record(inodeOffset + InodeRecord.indirectOffset), firstPage: BlockMapPath.indirectFirstPage)
         {
             return false
         }
@@ -259,9 +262,9 @@ extension FileSystem {
         let firstOuter = max(0, pages.lowerBound - doubleFirst) / perBlock
         let lastOuter = min(perBlock - 1, (pages.upperBound - 1 - doubleFirst) / perBlock)
         for outer in firstOuter...lastOuter
-        where !release(pointerAt: geometry.entryOffset(top, outer), firstPage: doubleFirst + outer * perBlock) {
+        where !release(Self.leafSlot(geometry, top: top, outer), firstPage: doubleFirst + outer * perBlock) {
             return false
         }
-        return release(pointerAt: topOffset, firstPage: doubleFirst)
+        return release(.record(topOffset), firstPage: doubleFirst)
     }
 }

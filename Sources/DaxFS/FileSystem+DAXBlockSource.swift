@@ -38,18 +38,20 @@ extension FileSystem: DAXBlockSource {
         // Where the page's pointer lives, when a block-map block holds it (nil: a direct page, or
         // a map block not made yet). Map blocks leave a file only under its lock held
         // exclusively, so the slot stays right while this fault holds it shared.
-        let slot = self.reader.mapSlot(of: record, page: page)
-        let block = slot.map(self.reader.pointer(at:)) ?? self.reader.block(of: record, page: page)
+        let number = file.inode
+        let slot = self.reader.mapSlot(of: record, number, page: page)
+        let block = slot.map { self.reader.pointer(at: $0, number, page: page) } ?? self.reader.block(of: record, number, page: page)
         guard block == 0, allocate else { return block }
         return try self.withStripe(file.inode) { (stripe) throws(FSError) -> UInt32 in
-            let again = slot.map(self.reader.pointer(at:)) ?? self.reader.block(of: record, page: page)
+            let again = slot.map { self.reader.pointer(at: $0, number, page: page) }
+                ?? self.reader.block(of: record, number, page: page)
             if again != 0 { return again }  // another fault filled it
             stripe.allocations += 1
             if let slot, let block = try self.mapReserved(file.inode, slot: slot, page: page, stripe: &stripe) {
                 return block
             }
             try self.writeChunk(file.inode, from: page * Self.pageSize, to: min(size, (page + 1) * Self.pageSize), fill: nil)
-            let block = self.reader.block(of: record, page: page)
+            let block = self.reader.block(of: record, number, page: page)
             guard block != 0 else {
                 // Only a block map overwritten under us (stale DMA, policy none) reads back a hole.
                 throw FSError(.io, "\(file): page \(page) reads back as a hole after allocation (block map corrupted)")
@@ -67,7 +69,7 @@ extension FileSystem: DAXBlockSource {
     }
 
     package func mappedBlock(inode: Int, page: Int) -> UInt32 {
-        self.reader.block(of: self.record(inode), page: page)
+        self.reader.block(of: self.record(inode), inode, page: page)
     }
 
     package func releaseFromLimbo(_ block: UInt32, _ disposition: BusyBlockDisposition) throws(FSError) {

@@ -8,7 +8,7 @@ extension FileSystem {
     static let pageSize = Geometry.blockSize
     /// Pages one write or fallocate transaction maps at most.
     static let pagesPerTransaction = 256
-    /// The largest file, in bytes: every page the block map can reach (4 GiB + 4 MiB + 48 KiB).
+    /// The largest file, in bytes: every page the block map can reach (1 GiB + 2 MiB + 48 KiB).
     public static let maximumFileSize = InodeRecord.maximumPages * Geometry.blockSize
 
     /// Checks `offset..<offset+length` against the largest file before any arithmetic on it.
@@ -39,7 +39,7 @@ extension FileSystem {
                     let within = position % Self.pageSize
                     let length = min(Self.pageSize - within, end - position)
                     let destination = UnsafeMutableRawPointer(buffer.baseAddress! + (position - offset))
-                    let block = reader.block(of: record, page: page)
+                    let block = reader.block(of: record, id.inode, page: page)
                     if block == 0 {
                         destination.initializeMemory(as: UInt8.self, repeating: 0, count: length)
                     } else {
@@ -95,7 +95,7 @@ extension FileSystem {
         let lastPage = (end - 1) / Self.pageSize
         // Each page's block is read once: under policy `none` a device may be writing into a
         // block-map block that was freed and reused, so a second read could disagree.
-        var blocks = (firstPage...lastPage).map { reader.block(of: record, page: $0) }
+        var blocks = (firstPage...lastPage).map { reader.block(of: record, number, page: $0) }
         let holes = (firstPage...lastPage).filter { blocks[$0 - firstPage] == 0 }
         guard let fresh = holes.isEmpty ? [] : self.allocator.allocate(holes.count, hint: BlockAllocator.currentCPUHint) else {
             throw FSError(.noSpace, "no space left for \(holes.count) blocks")
@@ -174,7 +174,7 @@ extension FileSystem {
                 guard size % Self.pageSize != 0 else { return }
                 try self.recordIntent(id.inode, intent)
                 try Self.zeroWithinPage(
-                    media: self.media, reader: self.reader, record: self.record(id.inode), from: size,
+                    media: self.media, reader: self.reader, record: self.record(id.inode), inode: id.inode, from: size,
                     to: min(oldSize, newPages * Self.pageSize))
             }
             try self.removePages(
@@ -259,12 +259,12 @@ extension FileSystem {
         var needed = 0
         var freed = 0
         for page in pages {
-            let mapped = self.reader.block(of: record, page: page) != 0
+            let mapped = self.reader.block(of: record, number, page: page) != 0
             let punched = page >= firstWhole && page < endWhole
             if mapped && punched { freed += 1 }
             if !mapped || punched { needed += 1 }
         }
-        needed += self.missingMapBlocks(record, pages: pages)
+        needed += self.missingMapBlocks(record, number, pages: pages)
         let free = self.allocator.freeCount
         guard needed <= free + freed else {
             throw FSError(
@@ -274,11 +274,11 @@ extension FileSystem {
     }
 
     /// The block-map blocks that mapping every page of `pages` would have to allocate.
-    private func missingMapBlocks(_ record: InodeRecord, pages: Range<Int>) -> Int {
-        let perBlock = InodeRecord.pointersPerBlock
+    private func missingMapBlocks(_ record: InodeRecord, _ number: Int, pages: Range<Int>) -> Int {
+        let perBlock = MapEntry.perBlock
         let doubleFirst = BlockMapPath.doubleIndirectFirstPage
         var missing = 0
-        if pages.overlaps(BlockMapPath.indirectFirstPage..<doubleFirst), self.reader.mapSlot(of: record, page: BlockMapPath.indirectFirstPage) == nil {
+        if pages.overlaps(BlockMapPath.indirectFirstPage..<doubleFirst), self.reader.mapSlot(of: record, number, page: BlockMapPath.indirectFirstPage) == nil {
             missing += 1
         }
         guard pages.upperBound > doubleFirst else { return missing }
@@ -286,7 +286,9 @@ extension FileSystem {
         if top == 0 { missing += 1 }
         let firstOuter = max(0, pages.lowerBound - doubleFirst) / perBlock
         let lastOuter = min(perBlock - 1, (pages.upperBound - 1 - doubleFirst) / perBlock)
-        for outer in firstOuter...lastOuter where self.reader.entry(top, outer) == 0 { missing += 1 }
+        for outer in firstOuter...lastOuter where self.reader.entry(top, outer, number, position: MapEntry.leafTag | UInt32(outer)) == 0 {
+            missing += 1
+        }
         return missing
     }
 
@@ -316,7 +318,7 @@ extension FileSystem {
             }
             guard partial else { return }
             try Self.zeroEdges(
-                media: self.media, reader: self.reader, record: self.record(id.inode), offset: offset, end: end,
+                media: self.media, reader: self.reader, record: self.record(id.inode), inode: id.inode, offset: offset, end: end,
                 firstWhole: firstWhole, endWhole: endWhole)
         }
         if endWhole > firstWhole {
@@ -366,10 +368,10 @@ extension FileSystem {
     /// Zeroes `from..<to`, which lies within one page of `record`, if that page has a block;
     /// durable on return. Idempotent (mount repeats it when it finishes an intent).
     static func zeroWithinPage(
-        media: Media, reader: BlockMapReader, record: InodeRecord, from: Int, to: Int
+        media: Media, reader: BlockMapReader, record: InodeRecord, inode number: Int, from: Int, to: Int
     ) throws(FSError) {
         guard to > from else { return }
-        let block = reader.block(of: record, page: from / Self.pageSize)
+        let block = reader.block(of: record, number, page: from / Self.pageSize)
         guard block != 0 else { return }
         let offset = Int(block) * Self.pageSize + from % Self.pageSize
         try media.zero(offset, to - from)
@@ -379,15 +381,17 @@ extension FileSystem {
     /// Zeroes the partial pages at the edges of a punch of `offset..<end` whose whole pages are
     /// `firstWhole..<endWhole`.
     static func zeroEdges(
-        media: Media, reader: BlockMapReader, record: InodeRecord, offset: Int, end: Int, firstWhole: Int,
-        endWhole: Int
+        media: Media, reader: BlockMapReader, record: InodeRecord, inode number: Int, offset: Int, end: Int,
+        firstWhole: Int, endWhole: Int
     ) throws(FSError) {
         if firstWhole * Self.pageSize > offset {
             try Self.zeroWithinPage(
-                media: media, reader: reader, record: record, from: offset, to: min(end, firstWhole * Self.pageSize))
+                media: media, reader: reader, record: record, inode: number, from: offset,
+                to: min(end, firstWhole * Self.pageSize))
         }
         if end > endWhole * Self.pageSize, endWhole >= firstWhole {
-            try Self.zeroWithinPage(media: media, reader: reader, record: record, from: endWhole * Self.pageSize, to: end)
+            try Self.zeroWithinPage(
+                media: media, reader: reader, record: record, inode: number, from: endWhole * Self.pageSize, to: end)
         }
     }
 

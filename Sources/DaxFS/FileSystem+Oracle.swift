@@ -35,7 +35,7 @@ extension FileSystem {
     public func currentBlock(_ id: FileID, page: Int) -> UInt32 {
         let record = self.record(id.inode)
         guard record.inUse, record.generation == id.generation else { return 0 }
-        return self.reader.block(of: record, page: page)
+        return self.reader.block(of: record, id.inode, page: page)
     }
 
     /// Whether `block` is in the allocator's free pool now (a linear search of its shard under

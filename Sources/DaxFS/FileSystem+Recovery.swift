@@ -27,7 +27,7 @@ extension FileSystem {
                 let keep = (target + Self.pageSize - 1) / Self.pageSize
                 if target % Self.pageSize != 0 {
                     try Self.zeroWithinPage(
-                        media: media, reader: reader, record: record, from: target, to: keep * Self.pageSize)
+                        media: media, reader: reader, record: record, inode: number, from: target, to: keep * Self.pageSize)
                 }
                 _ = try Self.removeBlocks(
                     log: log, allocator: allocator, inode: number, pages: keep..<max(keep, pages),
@@ -38,8 +38,8 @@ extension FileSystem {
                 let (first, last) = Self.wholePages(offset: offset, end: end, size: size)
                 if end > offset {
                     try Self.zeroEdges(
-                        media: media, reader: reader, record: record, offset: offset, end: end, firstWhole: first,
-                        endWhole: last)
+                        media: media, reader: reader, record: record, inode: number, offset: offset, end: end,
+                        firstWhole: first, endWhole: last)
                 }
                 if last > first {
                     _ = try Self.removeBlocks(

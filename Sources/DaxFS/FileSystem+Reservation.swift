@@ -10,7 +10,7 @@ import Synchronization
 /// are zeroed with non-temporal stores, so its barrier makes the zeros durable too (XFS's
 /// speculative preallocation and ext4's delayed allocation also pay for many allocations with
 /// one metadata update). A later write fault to a hole whose pointer slot lies in a block-map
-/// block that already exists takes one of those blocks and makes one 4-byte store durable: the
+/// block that already exists takes one of those blocks and makes one 8-byte store durable: the
 /// pointer. Nothing else on the media changes: the block was already allocated, zeroed and
 /// counted.
 ///
@@ -151,11 +151,13 @@ extension FileSystem {
         let block = stripe.takeZeroed(number)
         self.unusedReserved.add(-1, stripeOf: number)
         self.allocator.allocationObserver?.didAllocate(block, inode: number, page: page)
-        self.media.base.storeBytes(of: block, toByteOffset: slot, as: UInt32.self)
+        // One aligned 8-byte store: the entry is old or new after a crash, never torn.
+        self.media.base.storeBytes(
+            of: MapEntry.encode(block, inode: number, position: UInt32(page)), toByteOffset: slot, as: UInt64.self)
         do {
-            try self.media.flush(slot, 4)
+            try self.media.flush(slot, MapEntry.size)
         } catch {
-            self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
+            self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt64.self)
             stripe.putZeroed(number, block)
             self.unusedReserved.add(1, stripeOf: number)
             throw error
@@ -228,14 +230,15 @@ extension FileSystem {
     ///   page, a direct page, a block not reserved, or an intent recorded on the file.
     func unmapReserved(_ number: Int, pages: Range<Int>) throws(FSError) -> Bool {
         let record = self.record(number)
-        guard pages.count == 1, let slot = self.reader.mapSlot(of: record, page: pages.lowerBound) else { return false }
-        let block = self.reader.pointer(at: slot)
+        let page = pages.lowerBound
+        guard pages.count == 1, let slot = self.reader.mapSlot(of: record, number, page: page) else { return false }
+        let block = self.reader.pointer(at: slot, number, page: page)
         guard block != 0, record.intent == InodeRecord.Intent.none, record.reservationContains(block) else {
             return false
         }
         try self.withStripe(number) { (stripe) throws(FSError) in
-            self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt32.self)
-            try self.media.persist(slot, 4)
+            self.media.base.storeBytes(of: 0, toByteOffset: slot, as: UInt64.self)
+            try self.media.persist(slot, MapEntry.size)
             // Unmapped now; a device still writing (policy none) writes into the reserve.
             self.allocator.allocationObserver?.didFree(block)
             stripe.putPunched(number, block)
@@ -322,7 +325,7 @@ extension FileSystem {
             var mapped: Set<UInt32> = []
             let pages = Int((record.size + UInt64(Self.pageSize) - 1) / UInt64(Self.pageSize))
             for page in 0..<min(pages, InodeRecord.maximumPages) where !pending.isEmpty {
-                let block = reader.block(of: record, page: page)
+                let block = reader.block(of: record, number, page: page)
                 if pending.remove(block) != nil { mapped.insert(block) }
             }
             let (freed, blocks) = try log.transaction { (tx) throws(FSError) -> Int in

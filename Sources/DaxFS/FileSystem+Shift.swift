@@ -103,11 +103,10 @@ extension FileSystem {
                 }
                 func take(_ page: Int) throws(FSError) -> UInt32? {
                     guard tx.remainingCapacity > 3 * Geometry.blockSize else { throw tooMany() }
-                    guard let offset = Self.pointerOffset(tx, inode: number, page: page) else { return nil }
-                    let block = tx.load32(offset)
-                    guard self.geometry.isDataBlock(block) else { return nil }
-                    tx.store32(offset, 0)
-                    return block
+                    guard let slot = Self.pointerSlot(tx, inode: number, page: page), tx.isSet(slot) else { return nil }
+                    let block = tx.pointer(slot, inode: number)
+                    tx.setPointer(slot, inode: number, 0)
+                    return self.geometry.isDataBlock(block) ? block : nil  // (a garbage pointer is dropped)
                 }
                 if delta < 0 {
                     for page in first..<(first - delta) {

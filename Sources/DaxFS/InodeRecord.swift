@@ -17,10 +17,9 @@ struct InodeRecord {
     }
 
     static let directCount = 12
-    static let pointersPerBlock = Geometry.blockSize / 4
     static let maximumNameLength = 255
-    /// Pages reachable through direct, indirect and double-indirect pointers (just over 4 GiB).
-    static let maximumPages = directCount + pointersPerBlock + pointersPerBlock * pointersPerBlock
+    /// Pages reachable through direct, indirect and double-indirect pointers (just over 1 GiB).
+    static let maximumPages = directCount + MapEntry.perBlock + MapEntry.perBlock * MapEntry.perBlock
     static let directOffset = 40
     static let indirectOffset = 88
     static let doubleIndirectOffset = 92

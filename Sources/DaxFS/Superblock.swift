@@ -6,8 +6,9 @@ import Pmem
 /// from which fsck --repair restores a damaged block 0. See docs/FORMAT.md.
 struct Superblock: Sendable, Equatable {
     static let magic: UInt64 = 0x5346_4241_4C58_4144  // "DAXLABFS" little-endian
-    /// Version 2: the backup superblock in the last block, intents in the inodes, names as bytes.
-    static let version: UInt32 = 2
+    /// Version 3: block-map entries of 8 bytes, each with its check. (Version 2 added the backup
+    /// superblock in the last block, intents in the inodes, names as bytes.)
+    static let version: UInt32 = 3
     static let checksummedLength = 256
     static let checksumOffset = 252
     static let stateOffset = 256
@@ -58,8 +59,9 @@ struct Superblock: Sendable, Equatable {
     /// Reads and validates the superblock at `block` of a mapping (0, or the backup). Writes nothing.
     /// - Returns: the superblock, its mount state (nil when the state word is not a valid one: the
     ///   rest is intact and fsck --repair rewrites it) and the mount count.
-    /// - Throws: `.notAnImage` without the magic; `.corrupt` for a bad checksum, version, flags,
-    ///   geometry, or an image whose size differs from the superblock's.
+    /// - Throws: `.notAnImage` without the magic; `.notSupported` for another format version;
+    ///   `.corrupt` for a bad checksum, flags, geometry, or an image whose size differs from the
+    ///   superblock's.
     static func read(from mapping: PmemMapping, block: Int = 0) throws(FSError) -> (Superblock, MountState?, UInt32) {
         let where_ = block == 0 ? "superblock" : "backup superblock (block \(block))"
         guard block >= 0, (block + 1) * Geometry.blockSize <= mapping.length else {
@@ -76,10 +78,13 @@ struct Superblock: Sendable, Equatable {
         }
         let version = base.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
         guard version == Self.version else {
-            throw corrupt(
+            // Not damage: nothing to repair, and nothing is written.
+            throw FSError(
+                .notSupported,
                 version < Self.version
-                    ? "format version \(version) is from an older daxlab; re-create the image with daxlab mkfs"
-                    : "unsupported format version \(version)")
+                    ? "\(mapping.path): format version \(version) is from an older daxlab (this one reads version "
+                        + "\(Self.version)); copy its files out with the daxlab that made it, then re-create it with daxlab mkfs"
+                    : "\(mapping.path): format version \(version) is from a newer daxlab (this one reads version \(Self.version))")
         }
         let flags = base.loadUnaligned(fromByteOffset: 36, as: UInt32.self)
         guard flags == 0 else { throw corrupt("unknown flags 0x\(String(flags, radix: 16))") }

@@ -79,6 +79,53 @@ final class Transaction {
         return (self.records + record.payload + (offset - record.offset)).loadUnaligned(as: UInt32.self)
     }
 
+    /// A 64-bit metadata word (a block-map entry) as this transaction sees it.
+    func load64(_ offset: Int) -> UInt64 {
+        guard let record = self.find(covering: offset, length: 8) else {
+            return self.media.base.load(fromByteOffset: offset, as: UInt64.self)
+        }
+        if record.kind == .zero { return 0 }
+        return (self.records + record.payload + (offset - record.offset)).loadUnaligned(as: UInt64.self)
+    }
+
+    /// Stages a 64-bit store (a block-map entry).
+    func store64(_ offset: Int, _ value: UInt64) {
+        if let record = self.find(covering: offset, length: 8), record.kind == .bytes {
+            (self.records + record.payload + (offset - record.offset)).storeBytes(of: value, as: UInt64.self)
+            return
+        }
+        let payload = self.append(.bytes, offset: offset, length: 8)
+        (self.records + payload).storeBytes(of: value, as: UInt64.self)
+    }
+
+    /// The block `slot` names for inode `number` as this transaction sees it: 0 for a hole or an
+    /// entry whose check fails, and a record field as it is (callers check it names a data block).
+    func pointer(_ slot: PointerSlot, inode number: Int) -> UInt32 {
+        switch slot {
+        case .record(let offset): self.load32(offset)
+        case .entry(let offset, let position): MapEntry.decode(self.load64(offset), inode: number, position: position) ?? 0
+        }
+    }
+
+    /// Whether `slot` holds anything but a hole (a pointer, or an entry that fails its check).
+    func isSet(_ slot: PointerSlot) -> Bool {
+        switch slot {
+        case .record(let offset): self.load32(offset) != 0
+        case .entry(let offset, _): self.load64(offset) != 0
+        }
+    }
+
+    /// Stages `slot` naming `block` (0: a hole) for inode `number`. A record field is changed in
+    /// the staged record (staged here if it is not yet), whose checksum the commit reseals.
+    func setPointer(_ slot: PointerSlot, inode number: Int, _ block: UInt32) {
+        switch slot {
+        case .record(let offset):
+            _ = self.inode(number)
+            self.store32(offset, block)
+        case .entry(let offset, let position): self.store64(offset, MapEntry.encode(block, inode: number, position: position))
+        }
+    }
+
     /// Whether block-map block `block` holds no pointer as this transaction sees it: the media's
     /// 4 KiB with every staged byte image and zeroing over it applied, oldest first.
     func mapBlockIsEmpty(_ block: UInt32) -> Bool {
@@ -102,7 +149,7 @@ final class Transaction {
         }
     }
 
-    /// Stages a 32-bit store (a block-map entry).
+    /// Stages a 32-bit store (a pointer field of an inode record).
     func store32(_ offset: Int, _ value: UInt32) {
         if let record = self.find(covering: offset, length: 4), record.kind == .bytes {
             (self.records + record.payload + (offset - record.offset)).storeBytes(of: value, as: UInt32.self)

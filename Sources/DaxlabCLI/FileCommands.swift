@@ -150,7 +150,7 @@ struct TruncateCommand: ParsableCommand {
         commandName: "truncate",
         abstract: "Set a file's size (shrinking frees blocks; growing adds a hole).",
         discussion: """
-            SIZE is 0 to \(FileSystem.maximumFileSize) bytes (the largest file: 4 GiB + 4 MiB + 48 KiB), \
+            SIZE is 0 to \(FileSystem.maximumFileSize) bytes (the largest file: 1 GiB + 2 MiB + 48 KiB), \
             with K, M, G suffixes. A truncate a crash interrupts is finished by the next mount.
             """)
 

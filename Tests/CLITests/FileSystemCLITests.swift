@@ -159,8 +159,8 @@ struct FileSystemCLITests {
         #expect(result.status == 0, "\(reproduce)\n\(result.standardOutput)\(result.standardError)")
         let report = try self.json(result.standardOutput)
         #expect(report["seeds"] as? [Int] == (0..<10).map { Int(seed) + $0 })
-        #expect(report["points"] as? Int ?? 0 >= 10 * points, reproduce)
-        #expect(report["recovered"] as? Int == report["points"] as? Int, reproduce)
+        #expect(report["points"] as? Int ?? 0 >= 10 * points, "\(reproduce)")
+        #expect(report["recovered"] as? Int == report["points"] as? Int, "\(reproduce)")
         #expect((report["failures"] as? [String])?.isEmpty == true, "\(reproduce): \(report["failures"] ?? "")")
         #expect(report["replayed_transactions"] as? Int ?? 0 > 0, "some crashes land between commit and retire")
     }

@@ -41,7 +41,7 @@ struct DamagedImageTests {
             }
             self.indirect = u32(bigInode + 88)
             self.doubleIndirect = u32(bigInode + 92)
-            self.leaf = u32(self.doubleIndirect * 4096)
+            self.leaf = u32(self.doubleIndirect * 4096 + 8)  // leaf 1: pages 1036 ... 1547
             self.usedInodes = [0, 1, 2, 3, 4]
         }
     }
@@ -117,9 +117,9 @@ struct DamagedImageTests {
     func blockMaps() throws {
         let corpus = try Self.corpus.get()
         for (name, block) in [("indirect", corpus.indirect), ("double", corpus.doubleIndirect), ("leaf", corpus.leaf)] {
-            for entry in [0, 1, 28, 64, 1023] {
-                for bit in [0, 5, 13, 31] {
-                    let at = block * 4096 + entry * 4 + bit / 8
+            for entry in [0, 1, 28, 64, 511] {
+                for bit in [0, 5, 13, 31, 40, 63] {
+                    let at = block * 4096 + entry * 8 + bit / 8
                     try self.attempt("\(name) entry \(entry) bit \(bit)", { $0[at] ^= UInt8(1 << (bit % 8)) },
                                      mustRefuse: true)
                 }

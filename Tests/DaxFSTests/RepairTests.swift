@@ -83,7 +83,7 @@ struct RepairTests {
             let indirect = Int(bytes[self.inode(geometry, 3) + 88]) | Int(bytes[self.inode(geometry, 3) + 89]) << 8
                 | Int(bytes[self.inode(geometry, 3) + 90]) << 16
             // Page 40's entry (index 28 of the indirect block) points past the image.
-            let entry = indirect * 4096 + 28 * 4
+            let entry = indirect * 4096 + 28 * 8
             bytes[entry + 3] = 0x7F
         }, { (path: String, report: Fsck.Report, _: [UInt8]) throws in
             #expect(report.result.salvagedFiles == ["lost+found#3"], "\(report.result.problems)")
