@@ -268,6 +268,23 @@ struct HardeningCLITests {
         }
     }
 
+    @Test("a FIFO is refused at once by every command that opens an image, never waited on")
+    func fifo() throws {
+        try withTemporaryPath("fifo") { fifo in
+            #expect(mkfifo(fifo, 0o600) == 0)
+            for arguments in [
+                ["ls", fifo], ["read", fifo, "f"], ["fsck", fifo], ["fsck", fifo, "--repair"], ["info", fifo],
+                ["write", fifo, "f"], ["mkfs", fifo],
+            ] {
+                // A hang is a timeout here, not a test that never ends.
+                let result = try DaxlabBinary.run(arguments, timeout: 10)
+                #expect(result.status != 0 && result.status < 128, "\(arguments): status \(result.status)")
+                #expect(result.standardError.split(separator: "\n").count == 1, "\(arguments): \(result.standardError)")
+                #expect(result.standardError.contains("not a regular file"), "\(arguments): \(result.standardError)")
+            }
+        }
+    }
+
     @Test("read-only commands open the image read-only: a user with read permission can use them, not write")
     func readOnlyCommands() throws {
         guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
