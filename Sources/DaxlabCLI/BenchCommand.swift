@@ -80,12 +80,13 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         if let from = self.from {
-            guard let data = FileManager.default.contents(atPath: from) else {
-                throw ValidationError("cannot read \(from): \(String(cString: strerror(errno)))")
-            }
+            let data = try Self.readReport(from)
             let report: BenchReport
             do { report = try JSONDecoder().decode(BenchReport.self, from: data) } catch {
                 throw ValidationError("\(from) is not a report of daxlab bench --json (\(error))")
+            }
+            if let problem = report.problem {
+                throw CommandFailure("\(from) is not a report of daxlab bench --json: \(problem)")
             }
             Output.print(self.markdown ? Self.markdown(report) : Self.table(report))
             if let plot { try OutputFile(plot).write(Array(BenchPlot.svg(report).utf8)) }
@@ -118,6 +119,43 @@ struct BenchCommand: ParsableCommand {
             }
         }
         if let plot { try OutputFile(plot).write(Array(BenchPlot.svg(report).utf8)) }
+    }
+
+    /// The largest report `--from` reads (a run's report is tens of KiB).
+    static let maxReportBytes = 16 << 20
+
+    /// The bytes of the report file `path`: a regular file of at most `maxReportBytes`.
+    /// - Throws: `CommandFailure` saying why it cannot be read.
+    static func readReport(_ path: String) throws -> Data {
+        // O_NONBLOCK: a FIFO is refused below, not waited on.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw CommandFailure("cannot read \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else {
+            throw CommandFailure("cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        switch status.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw CommandFailure("cannot read \(path): is a directory, not a report file")
+        default: throw CommandFailure("cannot read \(path): not a regular file")
+        }
+        guard Int(status.st_size) <= Self.maxReportBytes else {
+            throw CommandFailure(
+                "cannot read \(path): too large (\(status.st_size) bytes; a report is at most \(Self.maxReportBytes))")
+        }
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count >= 0 else { throw CommandFailure("cannot read \(path): \(String(cString: strerror(errno)))") }
+            if count == 0 { return data }
+            data.append(contentsOf: chunk[..<count])
+            if data.count > Self.maxReportBytes {
+                throw CommandFailure("cannot read \(path): too large (a report is at most \(Self.maxReportBytes) bytes)")
+            }
+        }
     }
 
     static let percentiles: [Double] = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]

@@ -146,6 +146,70 @@ struct BenchTableTests {
             #expect(markdown.standardOutput.contains("NO, floor: the physical floor itself misses the target"))
         }
     }
+
+    @Test("a report read back with a field out of range is refused with one line, before the table or plot: never a trap")
+    func outOfRange() throws {
+        let latencies = #", "truncate_latencies_us": {"wait": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}"#
+        let variants: [(String, String, String)] = [
+            (#""threads": 2,"#, #""threads": 9223372036854775807,"#, "threads 9223372036854775807"),
+            (#""threads": 2,"#, #""threads": 0,"#, "threads 0"),
+            (#""baseline_threads": 1, "baseline_value": 66e6"#, #""baseline_threads": -3, "baseline_value": 66e6"#, "baseline_threads -3"),
+            (#""value": 50,"#, #""value": -50,"#, "value -50"),
+            (#""ratio": 0.05,"#, #""ratio": 1e999,"#, "not valid JSON"),
+            (#""thread_cpus": 1.21"#, #""thread_cpus": -1.21"#, "thread_cpus"),
+            (#""pairs": 11,"#, #""pairs": -11,"#, "pairs"),
+            (#""better": "lower""#, #""better": "sideways""#, "better"),
+            (#""target": "<= 1/15""#, #""target": "<= lots""#, "target"),
+            (#""cpus": 2,"#, #""cpus": 0,"#, "machine.cpus"),
+            (#""cpus_available": 1.97"#, #""cpus_available": -1"#, "cpus_available"),
+            ("]}", "]" + latencies, ""),
+            ("]}", "]" + latencies.replacingOccurrences(of: "\"wait\"", with: "\"<svg>\""), "policy"),
+            ("]}", "]" + latencies.replacingOccurrences(of: "[1, 2", with: "[-1, 2"), "negative"),
+        ]
+        try withTemporaryPath("bench-range") { path in
+            let plot = path + ".svg"
+            defer { unlink(plot) }
+            for (old, new, reason) in variants {
+                let text = Self.report.replacingOccurrences(of: old, with: new)
+                #expect(text != Self.report, "\(new): nothing replaced")
+                try text.write(toFile: path, atomically: true, encoding: .utf8)
+                unlink(plot)
+                let result = try DaxlabBinary.run(["bench", "--from", path, "--plot", plot], timeout: 60)
+                if reason.isEmpty {
+                    #expect(result.status == 0, "\(new): \(result.standardError)")  // (in range: the control)
+                    continue
+                }
+                #expect(result.status == 2, "\(new): status \(result.status): \(result.standardError)")
+                #expect(result.standardError.split(separator: "\n").count == 1, "\(new): \(result.standardError)")
+                #expect(result.standardError.contains("not a report of daxlab bench"), "\(new): \(result.standardError)")
+                #expect(result.standardError.contains(reason), "\(new): \(result.standardError)")
+                #expect(result.standardOutput.isEmpty, "\(new): printed a table")
+                #expect(!FileManager.default.fileExists(atPath: plot), "\(new): wrote a plot")
+            }
+        }
+    }
+
+    @Test("--from a directory, a device, a FIFO or a huge file: one line that says why, exit 2")
+    func unreadableFrom() throws {
+        try withTemporaryPath("bench-from-bad") { path in
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+            let fifo = path + "/fifo"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            let huge = path + "/huge.json"
+            #expect(FileManager.default.createFile(atPath: huge, contents: nil))
+            #expect(truncate(huge, 1 << 30) == 0)
+            for (file, reason) in [
+                (path, "is a directory"), ("/dev/zero", "not a regular file"), (fifo, "not a regular file"),
+                (huge, "too large"), (path + "/missing.json", "No such file"),
+            ] {
+                let result = try DaxlabBinary.run(["bench", "--from", file], timeout: 20)
+                #expect(result.status == 2, "\(file): status \(result.status): \(result.standardError)")
+                #expect(result.standardError.split(separator: "\n").count == 1, "\(file): \(result.standardError)")
+                #expect(result.standardError.contains(reason), "\(file): \(result.standardError)")
+                #expect(!result.standardError.contains("Success"), "\(file): \(result.standardError)")
+            }
+        }
+    }
 }
 
 @Suite("Kernel baselines")
