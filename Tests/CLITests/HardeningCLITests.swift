@@ -30,9 +30,17 @@ struct HardeningCLITests {
 
     /// Exit 2 and exactly one line on stderr.
     private func expectOneLineError(_ result: MeasuredResult, _ label: String, contains text: String? = nil) {
-        #expect(result.status == 2, "\(label): status \(result.status): \(result.standardError)")
-        #expect(result.standardError.split(separator: "\n").count == 1, "\(label): \(result.standardError)")
-        if let text { #expect(result.standardError.contains(text), "\(label): \(result.standardError)") }
+        self.expectOneLineError(status: result.status, standardError: result.standardError, label, contains: text)
+    }
+
+    private func expectOneLineError(_ result: ProcessResult, _ label: String, contains text: String? = nil) {
+        self.expectOneLineError(status: result.status, standardError: result.standardError, label, contains: text)
+    }
+
+    private func expectOneLineError(status: Int32, standardError: String, _ label: String, contains text: String?) {
+        #expect(status == 2, "\(label): status \(status): \(standardError)")
+        #expect(standardError.split(separator: "\n").count == 1, "\(label): \(standardError)")
+        if let text { #expect(standardError.contains(text), "\(label): \(standardError)") }
     }
 
     @Test("offsets, lengths and sizes near 2^63: a clear error, the image untouched")
@@ -248,6 +256,43 @@ struct HardeningCLITests {
             let backup = try DaxlabBinary.run(["mkfs", target])
             #expect(backup.status == 2)
             #expect(backup.standardError.contains("backup"))
+        }
+    }
+
+    @Test("a damaged superblock with an intact backup: every command points to fsck --repair, never to mkfs; the repair keeps the data")
+    func damagedSuperblockHint() throws {
+        // Block 0 zeroed (bad magic), then one byte of its checksummed part changed.
+        for (offset, bytes) in [(0, Data(count: 4096)), (100, Data([0xA5]))] {
+            try self.image("primary-\(offset)") { image in
+                let handle = try #require(FileHandle(forWritingAtPath: image))
+                try handle.seek(toOffset: UInt64(offset))
+                try handle.write(contentsOf: bytes)
+                try handle.close()
+                // (mkfs says the same where block 0 lost its magic; with the magic there it says the image is daxlab's.)
+                let mkfs = offset == 0 ? [["mkfs", image]] : []
+                for arguments in [["ls", image], ["read", image, "f"], ["write", image, "g"], ["rm", image, "f"]] + mkfs {
+                    let result = try DaxlabBinary.run(arguments)
+                    self.expectOneLineError(result, "\(arguments)", contains: "fsck --repair")
+                    #expect(!result.standardError.contains("daxlab mkfs"), "\(arguments): \(result.standardError)")
+                }
+                let info = try DaxlabBinary.run(["info", image])
+                #expect(info.status == 1, "info: \(info.standardError)")
+                #expect(info.standardOutput.contains("fsck --repair") && !info.standardOutput.contains("mkfs"), "info: \(info.standardOutput)")
+                let fsck = try DaxlabBinary.run(["fsck", image])
+                #expect(fsck.status == 1)
+                #expect(fsck.standardOutput.contains("backup") && !fsck.standardOutput.contains("daxlab mkfs"), "fsck: \(fsck.standardOutput)")
+                #expect(try DaxlabBinary.run(["fsck", image, "--repair"]).status == 0)
+                try self.expectIntact(image, Array("hello\n".utf8), "after fsck --repair")
+            }
+        }
+        // Without a backup there is nothing to repair from: mkfs is still the advice.
+        try self.image("no-backup") { image in
+            let handle = try #require(FileHandle(forWritingAtPath: image))
+            try handle.write(contentsOf: Data(count: 4096))
+            try handle.seek(toOffset: (16 << 20) - 4096)
+            try handle.write(contentsOf: Data(count: 4096))
+            try handle.close()
+            self.expectOneLineError(try DaxlabBinary.run(["ls", image]), "ls, no backup", contains: "run daxlab mkfs")
         }
     }
 
