@@ -259,6 +259,27 @@ struct HardeningCLITests {
         }
     }
 
+    @Test("mkfs --help says which bytes it checks, and mkfs checks those: the first and last MiB, not the middle")
+    func mkfsHelpMatchesCheck() throws {
+        let help = try DaxlabBinary.run(["mkfs", "--help"])
+        let text = help.standardOutput.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        #expect(text.contains("any non-zero byte in its first or last MiB"), "\(help.standardOutput)")
+        #expect(!text.contains("4 KiB"), "\(help.standardOutput)")
+        try withTemporaryPath("mkfs-span") { target in
+            for (offset, refused) in [(512 << 10, true), ((8 << 20) - (512 << 10), true), (4 << 20, false)] {
+                unlink(target)
+                #expect(FileManager.default.createFile(atPath: target, contents: nil))
+                let handle = try #require(FileHandle(forWritingAtPath: target))
+                try handle.truncate(atOffset: 8 << 20)
+                try handle.seek(toOffset: UInt64(offset))
+                try handle.write(contentsOf: Data([1]))
+                try handle.close()
+                let result = try DaxlabBinary.run(["mkfs", target])
+                #expect(result.status == (refused ? 2 : 0), "a byte at \(offset): \(result.standardError)")
+            }
+        }
+    }
+
     @Test("a damaged superblock with an intact backup: every command points to fsck --repair, never to mkfs; the repair keeps the data")
     func damagedSuperblockHint() throws {
         // Block 0 zeroed (bad magic), then one byte of its checksummed part changed.
