@@ -21,7 +21,8 @@ struct DemoCommand: ParsableCommand {
             mirror instead of pinning. Then it prints a table: corruption seen, truncate latency, \
             EBUSY refusals, blocks held in limbo, revoked and refused writes, and the verdict. A \
             kind of device this machine cannot run (io_uring or O_DIRECT refused) is skipped with \
-            one line saying why. Exit 0 when every protective policy held.
+            one line saying why; when every kind was skipped nothing raced, and it exits 2. Exit 0 \
+            when every protective policy held.
             """
     )
 
@@ -78,6 +79,10 @@ struct DemoCommand: ParsableCommand {
                         live: !self.json))
                 }
             }
+        }
+        // Every kind of device skipped: nothing raced, so nothing held.
+        guard !reports.isEmpty else {
+            throw CommandFailure("demo: nothing raced: every kind of device in --devices was skipped")
         }
         if let file = self.report { try OutputFile(file).write(Array(try Terminal.json(reports)) + [0x0A]) }
         if self.json {

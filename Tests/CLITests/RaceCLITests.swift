@@ -225,6 +225,24 @@ struct RaceCLITests {
         }
     }
 
+    @Test("demo: when every kind of device is skipped nothing raced: it says so and exits 2, writing no report")
+    func demoNothingRaced() throws {
+        try withTemporaryPath("demo-skipped") { path in
+            let saved = path + ".json"
+            defer { unlink(saved) }
+            // kernel-direct refuses a tmpfs --source-dir (O_DIRECT needs a disk file system).
+            let result = try DaxlabBinary.run(
+                ["demo", path, "--devices", "kernel-direct", "--source-dir", "/dev/shm", "--seconds", "0.1", "--report", saved],
+                timeout: 60)
+            #expect(result.status == 2, "\(result.standardOutput)\(result.standardError)")
+            #expect(result.standardError.contains("kernel-direct devices skipped"), "\(result.standardError)")
+            #expect(result.standardError.contains("nothing raced"), "\(result.standardError)")
+            #expect(!result.standardOutput.contains("held"), "\(result.standardOutput)")
+            #expect(!FileManager.default.fileExists(atPath: saved), "an empty report was written")
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+    }
+
     @Test("demo: every policy raced, a table, exit 0 when every protective policy held")
     func demo() throws {
         try withTemporaryPath("demo") { path in
