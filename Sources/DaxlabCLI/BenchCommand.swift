@@ -40,7 +40,10 @@ struct BenchCommand: ParsableCommand {
             """
     )
 
-    @Argument(help: "Scratch image (created and removed).") var path: String = "/dev/shm/daxlab-bench.pmem"
+    static let defaultPath = "/dev/shm/daxlab-bench.pmem"
+
+    @Argument(help: "Scratch image (created and removed; a path that exists, other than this default, needs --force). With --plot, PATH.race too.")
+    var path: String = BenchCommand.defaultPath
     @Option(name: .long, help: "Thread counts of the scaling rows, comma-separated.") var threads = "1,2"
     @Option(name: .long, help: "Seconds of measurement per row and per baseline.") var seconds: Double = 2
     @Option(name: .long, help: ArgumentHelp("Write the report as JSON to FILE ('-' for stdout).", valueName: "FILE"))
@@ -51,6 +54,8 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Measure nothing: print the table of a report written by --json (a committed run).", valueName: "FILE"))
     var from: String?
     @Flag(name: .long, help: "Print the table as Markdown (for the README).") var markdown = false
+    @Flag(name: .long, help: "Format PATH (and PATH.race) even though it exists (its contents are lost; it is not removed afterwards).")
+    var force = false
     @Option(name: .long, help: ArgumentHelp(
         "Run only these groups of rows, comma-separated: \(Bench.Group.allCases.map(\.rawValue).joined(separator: ", ")).",
         valueName: "GROUPS"))
@@ -92,7 +97,12 @@ struct BenchCommand: ParsableCommand {
             if let plot { try OutputFile(plot).write(Array(BenchPlot.svg(report).utf8)) }
             return
         }
-        // Before minutes of measuring: a report that cannot be written is an error now.
+        // Before minutes of measuring: an image path that is taken, or a report that cannot be
+        // written, is an error now.
+        let image = try ScratchImage(self.path, command: "bench", force: self.force, defaultPath: Self.defaultPath)
+        let raceImage = try self.plot.map { _ in
+            try ScratchImage(self.path + ".race", command: "bench", force: self.force, defaultPath: Self.defaultPath + ".race")
+        }
         for file in [self.json, self.plot].compactMap({ $0 }) where file != "-" { try OutputFile(file).checkWritable() }
         var options = Bench.Options()
         options.seconds = self.seconds
@@ -101,12 +111,12 @@ struct BenchCommand: ParsableCommand {
         options.groups = self.only.map { Set($0.split(separator: ",").compactMap { Bench.Group(rawValue: String($0)) }) }
         let quiet = self.json == "-"
         let live = !quiet && Terminal.standardOutputIsTerminal
-        let bench = try Bench(path: self.path, options: options) { line in
+        let bench = try Bench(path: image.path, options: options, force: image.formatForce) { line in
             if !quiet { Output.print((live ? "  " : "") + line) }
         }
-        defer { try? FileManager.default.removeItem(atPath: self.path) }
+        defer { image.remove() }
         var report = try bench.run()
-        if self.plot != nil { report.truncateLatencies = try self.truncateLatencies(quiet: quiet) }
+        if let raceImage { report.truncateLatencies = try self.truncateLatencies(image: raceImage, quiet: quiet) }
         if !quiet { Output.print(self.markdown ? Self.markdown(report) : Self.table(report)) }
         if let json = self.json {
             let encoder = JSONEncoder()
@@ -161,7 +171,7 @@ struct BenchCommand: ParsableCommand {
     static let percentiles: [Double] = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
 
     /// One-second races of each protective policy, for the latency plot.
-    private func truncateLatencies(quiet: Bool) throws -> [String: [Double]] {
+    private func truncateLatencies(image: ScratchImage, quiet: Bool) throws -> [String: [Double]] {
         var curves: [String: [Double]] = [:]
         for policy in TruncatePolicy.allCases where policy.isProtective {
             var configuration = RaceConfiguration(policy: policy)
@@ -170,10 +180,9 @@ struct BenchCommand: ParsableCommand {
             // mainline refuses long-term pins (nothing would race): its truncates wait for
             // short-term ones.
             if policy == .mainline { configuration.profile = .shortTerm }
-            let image = self.path + ".race"
-            defer { try? FileManager.default.removeItem(atPath: image) }
-            let harness = try RaceHarness(path: image, size: 32 << 20, configuration: configuration, force: true)
+            let harness = try RaceHarness(path: image.path, size: 32 << 20, configuration: configuration, force: image.formatForce)
             let report = try harness.run()
+            if report.deadlock { image.leave() } else { image.remove() }
             guard report.truncates > 0 else { continue }  // (no truncate ran: no curve)
             curves[policy.rawValue] = harness.latencyPercentiles(Self.percentiles)
             if !quiet { Output.print("  truncate latency under \(policy): p50 \(curves[policy.rawValue]![4]) us") }

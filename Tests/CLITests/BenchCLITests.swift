@@ -97,6 +97,44 @@ struct BenchCLITests {
             #expect(table.standardOutput.components(separatedBy: "\n| ").count - 2 == results.count, "\(table.standardOutput)")
         }
     }
+
+    @Test("bench refuses a file it did not create (an image of its own size, PATH.race for --plot) unless --force, and never removes one")
+    func keepsExistingFiles() throws {
+        // With --pages 512 and one thread the image is 134 MiB.
+        let quick = ["--only", "wake", "--pages", "512", "--threads", "1", "--seconds", "0.1"]
+        try withTemporaryPath("bench-existing") { path in
+            #expect(try DaxlabBinary.run(["mkfs", path, "--size", "134M"]).status == 0)
+            let input = path + ".in"
+            defer { unlink(input) }
+            try Data("precious\n".utf8).write(to: URL(fileURLWithPath: input))
+            #expect(try DaxlabBinary.run(["write", path, "precious", "--input", input]).status == 0)
+            let refused = try DaxlabBinary.run(["bench", path] + quick, timeout: 120)
+            #expect(refused.status == 2, "\(refused.standardOutput)\(refused.standardError)")
+            #expect(refused.standardError.split(separator: "\n").count == 1, "\(refused.standardError)")
+            #expect(refused.standardError.contains("exists") && refused.standardError.contains("--force"), "\(refused.standardError)")
+            #expect(try DaxlabBinary.run(["read", path, "precious"]).standardOutput == "precious\n", "the image was touched")
+
+            let forced = try DaxlabBinary.run(["bench", path, "--force"] + quick, timeout: 120)
+            #expect(forced.status == 0, "\(forced.standardOutput)\(forced.standardError)")
+            #expect(FileManager.default.fileExists(atPath: path), "--force removed a file bench did not create")
+            unlink(path)
+
+            // --plot also formats PATH.race: checked before anything is measured.
+            let race = path + ".race"
+            let plot = path + ".svg"
+            defer {
+                unlink(race)
+                unlink(plot)
+            }
+            let data = Data(randomBytes(count: 32 << 20, seed: 3))
+            try data.write(to: URL(fileURLWithPath: race))
+            let plotted = try DaxlabBinary.run(["bench", path, "--plot", plot] + quick, timeout: 120)
+            #expect(plotted.status == 2, "\(plotted.standardOutput)\(plotted.standardError)")
+            #expect(plotted.standardError.contains(race), "\(plotted.standardError)")
+            #expect(FileManager.default.contents(atPath: race) == data, "PATH.race was touched")
+            #expect(!FileManager.default.fileExists(atPath: path), "bench began before refusing")
+        }
+    }
 }
 
 @Suite("daxlab bench --from: a committed run's table")
