@@ -115,10 +115,14 @@ extension BenchReport {
     public static let threadRange = 1...256
     /// The most CPUs a machine line may claim.
     public static let cpuRange = 1...65536
+    /// The largest number a report may hold: far above any rate, time or ratio a run measures,
+    /// and small enough that the plot's scaling of it stays finite.
+    public static let largestNumber = 1e18
 
     /// What is wrong with a report read back (`bench --from`), for one line of error: the first
     /// field no run of `daxlab bench` writes (a count out of its range, a number that is not
-    /// finite or is negative, an unknown verdict word or policy). nil when every field is in range.
+    /// finite, negative or over `largestNumber`, an unknown verdict word or policy). nil when
+    /// every field is in range.
     public var problem: String? {
         let machine = self.machine
         if !Self.cpuRange.contains(machine.cpus) {
@@ -158,10 +162,11 @@ extension BenchReport {
         return nil
     }
 
-    /// Why `number` cannot be a measurement (nil when it can): not finite, or negative.
+    /// Why `number` cannot be a measurement (nil when it can): not finite, negative or too large.
     private static func badNumber(_ number: Double) -> String? {
         if !number.isFinite { return "is not a finite number" }
         if number < 0 { return "\(number) is negative" }
+        if number > Self.largestNumber { return "\(number) is over \(Self.largestNumber)" }
         return nil
     }
 }
