@@ -41,8 +41,9 @@ public final class Bench {
     var unavailableBaselines: [UnavailableBaseline] = []
     var latencies: [String: [Double]] = [:]
 
-    /// Formats `path` (a scratch image) large enough for the rows.
-    public init(path: String, options: Options, progress: @escaping (String) -> Void) throws {
+    /// Formats `path` (a scratch image) large enough for the rows; `force` as
+    /// `FileSystem.format` takes it (false: a target that holds anything is refused).
+    public init(path: String, options: Options, force: Bool = true, progress: @escaping (String) -> Void) throws {
         self.path = path
         self.options = options
         // The hot-fault file twice over, a 512-page file per scaling thread and the shared
@@ -53,7 +54,7 @@ public final class Bench {
         // so that libpmemobj (alloc.block's baseline) persists to tmpfs with cache flushes, as
         // daxlab does there, and not with msync.
         if Self.isOnTmpfs(PathComponents.directory(of: path)) { setenv("PMEM_IS_PMEM_FORCE", "1", 1) }
-        _ = try FileSystem.format(path: path, size: size, force: true)
+        _ = try FileSystem.format(path: path, size: size, force: force)
         // tmpfs is daxlab's emulated pmem: persist with cache flushes as on real pmem, the way
         // libpmem and libpmemobj (the baselines) persist to the same mapping, not with msync.
         let medium = try PmemMapping(path: path).medium

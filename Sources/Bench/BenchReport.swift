@@ -1,3 +1,5 @@
+import DaxFS
+
 /// One row of `daxlab bench`: a measurement and its baseline from the same run.
 public struct BenchResult: Sendable, Codable, Equatable {
     public var name: String
@@ -105,5 +107,66 @@ public struct BenchReport: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case machine, results, unavailable
         case truncateLatencies = "truncate_latencies_us"
+    }
+}
+
+extension BenchReport {
+    /// The most threads a row may have run on (`daxlab bench --threads` takes 1...256).
+    public static let threadRange = 1...256
+    /// The most CPUs a machine line may claim.
+    public static let cpuRange = 1...65536
+    /// The largest number a report may hold: far above any rate, time or ratio a run measures,
+    /// and small enough that the plot's scaling of it stays finite.
+    public static let largestNumber = 1e18
+
+    /// What is wrong with a report read back (`bench --from`), for one line of error: the first
+    /// field no run of `daxlab bench` writes (a count out of its range, a number that is not
+    /// finite, negative or over `largestNumber`, an unknown verdict word or policy). nil when
+    /// every field is in range.
+    public var problem: String? {
+        let machine = self.machine
+        if !Self.cpuRange.contains(machine.cpus) {
+            return "machine.cpus \(machine.cpus) is not in \(Self.cpuRange)"
+        }
+        if let bad = Self.badNumber(machine.cpusAvailable) { return "machine.cpus_available \(bad)" }
+        for (index, result) in self.results.enumerated() {
+            let row = "results[\(index)] (\(result.name))"
+            for (key, threads) in [("threads", result.threads), ("baseline_threads", result.baselineThreads)]
+            where !Self.threadRange.contains(threads) {
+                return "\(row): \(key) \(threads) is not in \(Self.threadRange)"
+            }
+            let numbers: [(String, Double?)] = [
+                ("value", result.value), ("baseline_value", result.baselineValue), ("ratio", result.ratio),
+                ("ratio_q1", result.ratioLow), ("ratio_q3", result.ratioHigh), ("ratio_min", result.ratioMin),
+                ("ratio_max", result.ratioMax), ("floor_ratio", result.floorRatio), ("thread_cpus", result.threadCPUs),
+            ]
+            for case let (key, number?) in numbers {
+                if let bad = Self.badNumber(number) { return "\(row): \(key) \(bad)" }
+            }
+            if result.pairs < 0 { return "\(row): pairs \(result.pairs) is negative" }
+            if !["lower", "higher"].contains(result.better) {
+                return "\(row): better is \"\(result.better)\", not \"lower\" or \"higher\""
+            }
+            if let target = result.target, !(Bench.Target(text: target).map { $0.bound.isFinite } ?? false) {
+                return "\(row): target \"\(target)\" is not a bound such as \"<= 1/2\" or \">= 0.9\""
+            }
+        }
+        for (policy, latencies) in (self.truncateLatencies ?? [:]).sorted(by: { $0.key < $1.key }) {
+            guard TruncatePolicy(rawValue: policy) != nil else {
+                return "truncate_latencies_us: \"\(policy)\" is not a policy"
+            }
+            for latency in latencies {
+                if let bad = Self.badNumber(latency) { return "truncate_latencies_us.\(policy): \(bad)" }
+            }
+        }
+        return nil
+    }
+
+    /// Why `number` cannot be a measurement (nil when it can): not finite, negative or too large.
+    private static func badNumber(_ number: Double) -> String? {
+        if !number.isFinite { return "is not a finite number" }
+        if number < 0 { return "\(number) is negative" }
+        if number > Self.largestNumber { return "\(number) is over \(Self.largestNumber)" }
+        return nil
     }
 }

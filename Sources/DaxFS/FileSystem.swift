@@ -124,7 +124,7 @@ public final class FileSystem: Sendable {
     }
 
     private init(mapping: PmemMapping, persistObserver: (any PersistObserver)?) throws(FSError) {
-        let (superblock, readState, mounts) = try Superblock.read(from: mapping)
+        let (superblock, readState, mounts) = try Superblock.readPrimary(from: mapping)
         guard let state = readState else {
             throw FSError(.corrupt, "\(mapping.path): superblock: invalid mount state; run daxlab fsck --repair")
         }

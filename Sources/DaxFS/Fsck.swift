@@ -118,7 +118,8 @@ public enum Fsck {
         case (.failure(let error), .success(let (superblock, _, _))):
             guard superblock.geometry.blockCount * Geometry.blockSize == mapping.length else { throw error }
             problems.append(FsckProblem(
-                structure: "superblock", message: "\(error.message); the backup in block \(backupBlock) is intact",
+                structure: "superblock",
+                message: "\(Superblock.withoutMkfsHint(error.message)); the backup in block \(backupBlock) is intact",
                 repaired: repair, action: "restored it from the backup"))
             if repair {
                 try Self.copySuperblock(media, from: backupBlock, to: 0)

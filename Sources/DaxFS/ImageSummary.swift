@@ -18,9 +18,10 @@ public struct ImageSummary: Sendable, Codable, Equatable {
     public var pendingLogTransactions: Int
 
     /// Reads the superblock, the log headers, the bitmap and the inode table of `mapping`.
-    /// - Throws: `.notAnImage` without a daxlab superblock, `.corrupt` when it fails validation.
+    /// - Throws: `.notAnImage` without a daxlab superblock, `.corrupt` when it fails validation
+    ///   (or is damaged while its backup is intact).
     public static func read(from mapping: PmemMapping) throws(FSError) -> ImageSummary {
-        let (superblock, state, mounts) = try Superblock.read(from: mapping)
+        let (superblock, state, mounts) = try Superblock.readPrimary(from: mapping)
         let geometry = superblock.geometry
         let media = Media(mapping: mapping)
         let recovery = try MetadataLog.recover(media: media, geometry: geometry, apply: false)

@@ -56,6 +56,36 @@ struct Superblock: Sendable, Equatable {
     /// The block of `mapping` that holds the backup: its last.
     static func backupBlock(of mapping: PmemMapping) -> Int { mapping.length / Geometry.blockSize - 1 }
 
+    /// What `read` appends when block 0 holds no daxlab magic.
+    static let mkfsHint = "; run daxlab mkfs"
+
+    /// `message` without `mkfsHint`.
+    static func withoutMkfsHint(_ message: String) -> String {
+        message.hasSuffix(Self.mkfsHint) ? String(message.dropLast(Self.mkfsHint.count)) : message
+    }
+
+    /// Reads the superblock in block 0, as mount and info do. When it is damaged but the backup
+    /// in the last block is intact, the error says so and points to `daxlab fsck --repair`
+    /// (which restores it), not to mkfs.
+    static func readPrimary(from mapping: PmemMapping) throws(FSError) -> (Superblock, MountState?, UInt32) {
+        do { return try Self.read(from: mapping) } catch {
+            let backup = Self.backupBlock(of: mapping)
+            guard backup > 0, (try? Self.read(from: mapping, block: backup)) != nil else { throw error }
+            var detail = "bad magic"
+            if error.code != .notAnImage {
+                detail = error.message
+                for prefix in ["\(mapping.path): superblock: ", "\(mapping.path): "] where detail.hasPrefix(prefix) {
+                    detail = String(detail.dropFirst(prefix.count))
+                    break
+                }
+            }
+            throw FSError(
+                .corrupt,
+                "\(mapping.path): the superblock is damaged (\(detail)) but its backup in block \(backup) is intact; "
+                    + "run daxlab fsck --repair")
+        }
+    }
+
     /// Reads and validates the superblock at `block` of a mapping (0, or the backup). Writes nothing.
     /// - Returns: the superblock, its mount state (nil when the state word is not a valid one: the
     ///   rest is intact and fsck --repair rewrites it) and the mount count.
@@ -69,7 +99,9 @@ struct Superblock: Sendable, Equatable {
         }
         let base = UnsafeRawPointer(mapping.base + block * Geometry.blockSize)
         guard base.loadUnaligned(as: UInt64.self) == Self.magic else {
-            throw FSError(.notAnImage, "\(mapping.path): no daxlab file system (bad magic in the \(where_)); run daxlab mkfs")
+            throw FSError(
+                .notAnImage,
+                "\(mapping.path): no daxlab file system (bad magic in the \(where_))" + (block == 0 ? Self.mkfsHint : ""))
         }
         func corrupt(_ what: String) -> FSError { FSError(.corrupt, "\(mapping.path): \(where_): \(what)") }
         let stored = base.loadUnaligned(fromByteOffset: Self.checksumOffset, as: UInt32.self)

@@ -40,7 +40,10 @@ struct BenchCommand: ParsableCommand {
             """
     )
 
-    @Argument(help: "Scratch image (created and removed).") var path: String = "/dev/shm/daxlab-bench.pmem"
+    static let defaultPath = "/dev/shm/daxlab-bench.pmem"
+
+    @Argument(help: "Scratch image (created and removed; a path that exists, other than this default, needs --force). With --plot, PATH.race too.")
+    var path: String = BenchCommand.defaultPath
     @Option(name: .long, help: "Thread counts of the scaling rows, comma-separated.") var threads = "1,2"
     @Option(name: .long, help: "Seconds of measurement per row and per baseline.") var seconds: Double = 2
     @Option(name: .long, help: ArgumentHelp("Write the report as JSON to FILE ('-' for stdout).", valueName: "FILE"))
@@ -51,6 +54,8 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Measure nothing: print the table of a report written by --json (a committed run).", valueName: "FILE"))
     var from: String?
     @Flag(name: .long, help: "Print the table as Markdown (for the README).") var markdown = false
+    @Flag(name: .long, help: "Format PATH (and PATH.race) even though it exists (its contents are lost; it is not removed afterwards).")
+    var force = false
     @Option(name: .long, help: ArgumentHelp(
         "Run only these groups of rows, comma-separated: \(Bench.Group.allCases.map(\.rawValue).joined(separator: ", ")).",
         valueName: "GROUPS"))
@@ -80,18 +85,24 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         if let from = self.from {
-            guard let data = FileManager.default.contents(atPath: from) else {
-                throw ValidationError("cannot read \(from): \(String(cString: strerror(errno)))")
-            }
+            let data = try Self.readReport(from)
             let report: BenchReport
             do { report = try JSONDecoder().decode(BenchReport.self, from: data) } catch {
                 throw ValidationError("\(from) is not a report of daxlab bench --json (\(error))")
+            }
+            if let problem = report.problem {
+                throw CommandFailure("\(from) is not a report of daxlab bench --json: \(problem)")
             }
             Output.print(self.markdown ? Self.markdown(report) : Self.table(report))
             if let plot { try OutputFile(plot).write(Array(BenchPlot.svg(report).utf8)) }
             return
         }
-        // Before minutes of measuring: a report that cannot be written is an error now.
+        // Before minutes of measuring: an image path that is taken, or a report that cannot be
+        // written, is an error now.
+        let image = try ScratchImage(self.path, command: "bench", force: self.force, defaultPath: Self.defaultPath)
+        let raceImage = try self.plot.map { _ in
+            try ScratchImage(self.path + ".race", command: "bench", force: self.force, defaultPath: Self.defaultPath + ".race")
+        }
         for file in [self.json, self.plot].compactMap({ $0 }) where file != "-" { try OutputFile(file).checkWritable() }
         var options = Bench.Options()
         options.seconds = self.seconds
@@ -100,12 +111,12 @@ struct BenchCommand: ParsableCommand {
         options.groups = self.only.map { Set($0.split(separator: ",").compactMap { Bench.Group(rawValue: String($0)) }) }
         let quiet = self.json == "-"
         let live = !quiet && Terminal.standardOutputIsTerminal
-        let bench = try Bench(path: self.path, options: options) { line in
+        let bench = try Bench(path: image.path, options: options, force: image.formatForce) { line in
             if !quiet { Output.print((live ? "  " : "") + line) }
         }
-        defer { try? FileManager.default.removeItem(atPath: self.path) }
+        defer { image.remove() }
         var report = try bench.run()
-        if self.plot != nil { report.truncateLatencies = try self.truncateLatencies(quiet: quiet) }
+        if let raceImage { report.truncateLatencies = try self.truncateLatencies(image: raceImage, quiet: quiet) }
         if !quiet { Output.print(self.markdown ? Self.markdown(report) : Self.table(report)) }
         if let json = self.json {
             let encoder = JSONEncoder()
@@ -120,10 +131,47 @@ struct BenchCommand: ParsableCommand {
         if let plot { try OutputFile(plot).write(Array(BenchPlot.svg(report).utf8)) }
     }
 
+    /// The largest report `--from` reads (a run's report is tens of KiB).
+    static let maxReportBytes = 16 << 20
+
+    /// The bytes of the report file `path`: a regular file of at most `maxReportBytes`.
+    /// - Throws: `CommandFailure` saying why it cannot be read.
+    static func readReport(_ path: String) throws -> Data {
+        // O_NONBLOCK: a FIFO is refused below, not waited on.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw CommandFailure("cannot read \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else {
+            throw CommandFailure("cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        switch status.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw CommandFailure("cannot read \(path): is a directory, not a report file")
+        default: throw CommandFailure("cannot read \(path): not a regular file")
+        }
+        guard Int(status.st_size) <= Self.maxReportBytes else {
+            throw CommandFailure(
+                "cannot read \(path): too large (\(status.st_size) bytes; a report is at most \(Self.maxReportBytes))")
+        }
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count >= 0 else { throw CommandFailure("cannot read \(path): \(String(cString: strerror(errno)))") }
+            if count == 0 { return data }
+            data.append(contentsOf: chunk[..<count])
+            if data.count > Self.maxReportBytes {
+                throw CommandFailure("cannot read \(path): too large (a report is at most \(Self.maxReportBytes) bytes)")
+            }
+        }
+    }
+
     static let percentiles: [Double] = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
 
     /// One-second races of each protective policy, for the latency plot.
-    private func truncateLatencies(quiet: Bool) throws -> [String: [Double]] {
+    private func truncateLatencies(image: ScratchImage, quiet: Bool) throws -> [String: [Double]] {
         var curves: [String: [Double]] = [:]
         for policy in TruncatePolicy.allCases where policy.isProtective {
             var configuration = RaceConfiguration(policy: policy)
@@ -132,10 +180,9 @@ struct BenchCommand: ParsableCommand {
             // mainline refuses long-term pins (nothing would race): its truncates wait for
             // short-term ones.
             if policy == .mainline { configuration.profile = .shortTerm }
-            let image = self.path + ".race"
-            defer { try? FileManager.default.removeItem(atPath: image) }
-            let harness = try RaceHarness(path: image, size: 32 << 20, configuration: configuration, force: true)
+            let harness = try RaceHarness(path: image.path, size: 32 << 20, configuration: configuration, force: image.formatForce)
             let report = try harness.run()
+            if report.deadlock { image.leave() } else { image.remove() }
             guard report.truncates > 0 else { continue }  // (no truncate ran: no curve)
             curves[policy.rawValue] = harness.latencyPercentiles(Self.percentiles)
             if !quiet { Output.print("  truncate latency under \(policy): p50 \(curves[policy.rawValue]![4]) us") }

@@ -12,20 +12,25 @@ struct DemoCommand: ParsableCommand {
         abstract: "Race every policy for a few seconds and compare them: the bug, and each remedy.",
         discussion: """
             Runs `daxlab race` under none, fail, wait, sequester, deferred, lease-break, mainline \
-            and odp on PATH (re-formatted for each), once for each kind of device in --devices: \
-            simulated (daxlab's threads write; raced twice, with long-term RDMA-like pins and with \
-            short-term O_DIRECT-like ones), kernel-longterm (the kernel writes through io_uring \
-            fixed buffers it pinned for long) and kernel-direct (O_DIRECT reads from a disk file: \
-            the kernel pins for one I/O). Under mainline long-term pins are refused (EOPNOTSUPP): \
+            and odp on PATH (re-formatted for each; something already at PATH is refused unless \
+            --force, and only an image demo created is removed afterwards), once for each kind of \
+            device in --devices: simulated (daxlab's threads write; raced twice, with long-term \
+            RDMA-like pins and with short-term O_DIRECT-like ones), kernel-longterm (the kernel \
+            writes through io_uring fixed buffers it pinned for long) and kernel-direct (O_DIRECT \
+            reads from a disk file: the kernel pins for one I/O). Under mainline long-term pins are refused (EOPNOTSUPP): \
             that row says so; odp (on-demand paging) is raced with simulated devices only, which \
             mirror instead of pinning. Then it prints a table: corruption seen, truncate latency, \
             EBUSY refusals, blocks held in limbo, revoked and refused writes, and the verdict. A \
             kind of device this machine cannot run (io_uring or O_DIRECT refused) is skipped with \
-            one line saying why. Exit 0 when every protective policy held.
+            one line saying why; when every kind was skipped nothing raced, and it exits 2. Exit 0 \
+            when every protective policy held.
             """
     )
 
-    @Argument(help: "Scratch image (created and removed).") var path: String = "/dev/shm/daxlab-demo.pmem"
+    static let defaultPath = "/dev/shm/daxlab-demo.pmem"
+
+    @Argument(help: "Scratch image (created and removed; a path that exists, other than this default, needs --force).")
+    var path: String = DemoCommand.defaultPath
     @Option(name: .long, help: "Seconds per policy.") var seconds: Double = 3
     @Option(name: .customLong("pin-ms"), help: "How long a device holds each pin batch (ms).") var pinMs: Double = 2
     @Option(name: .customLong("lease-break-ms"), help: "The lease-break time (ms).") var leaseBreakMs: Double = 1
@@ -35,6 +40,8 @@ struct DemoCommand: ParsableCommand {
     var devices: [DeviceKind] = DeviceKind.allCases
     @Option(name: .customLong("source-dir"), help: "Where kernel-direct devices keep their source files (a disk file system).")
     var sourceDirectory = DeviceKind.defaultSourceDirectory
+    @Flag(name: .long, help: "Format PATH even though it exists (its contents are lost; it is not removed afterwards).")
+    var force = false
     @Flag(name: .long, help: "Print one JSON array of the reports.") var json = false
     @Option(name: .long, help: "Also write the JSON array of the reports to FILE (the table still prints): the run a README table quotes.")
     var report: String?
@@ -51,7 +58,9 @@ struct DemoCommand: ParsableCommand {
     }
 
     func run() throws {
-        // Before minutes of racing: a report that cannot be written is an error now.
+        // Before minutes of racing: an image path that is taken, or a report that cannot be
+        // written, is an error now.
+        let image = try ScratchImage(self.path, command: "demo", force: self.force, defaultPath: Self.defaultPath)
         if let file = self.report { try OutputFile(file).checkWritable() }
         var reports: [RaceReport] = []
         for kind in self.devices {
@@ -74,10 +83,13 @@ struct DemoCommand: ParsableCommand {
                         Output.print("racing \(policy) with \(kind) \(profile) devices for \(self.seconds) s ...")
                     }
                     reports.append(try RaceRunner.run(
-                        path: self.path, size: 64 << 20, configuration: configuration, force: true, keep: false,
-                        live: !self.json))
+                        image: image, size: 64 << 20, configuration: configuration, keep: false, live: !self.json))
                 }
             }
+        }
+        // Every kind of device skipped: nothing raced, so nothing held.
+        guard !reports.isEmpty else {
+            throw CommandFailure("demo: nothing raced: every kind of device in --devices was skipped")
         }
         if let file = self.report { try OutputFile(file).write(Array(try Terminal.json(reports)) + [0x0A]) }
         if self.json {

@@ -9,7 +9,8 @@ struct MkfsCommand: ParsableCommand {
         discussion: """
             Creates PATH at --size (default 256M) when it does not exist, or formats an existing \
             file or /dev/daxX.Y device in place at its own size. Refuses, changing nothing, when \
-            PATH already holds a daxlab image or any non-zero byte in its first 4 KiB, unless --force.
+            PATH already holds a daxlab image (or only its backup superblock), a signature \
+            libblkid recognizes, or any non-zero byte in its first or last MiB, unless --force.
             """
     )
 

@@ -92,8 +92,9 @@ struct RaceCommand: ParsableCommand {
     var leaseBreakMs: Double = 50
     @Option(name: .long, help: "Size of the image when it is created.") var size = ByteSize(bytes: 64 << 20)
     @Option(name: .long, help: "Seed for the devices' and threads' choices.") var seed: UInt64 = 1
-    @Flag(name: .long, help: "Keep the image afterwards (it is removed otherwise).") var keep = false
-    @Flag(name: .long, help: "Format PATH even though it exists (its contents are lost).") var force = false
+    @Flag(name: .long, help: "Keep the image afterwards (one the run created is removed otherwise).") var keep = false
+    @Flag(name: .long, help: "Format PATH even though it exists (its contents are lost; it is not removed afterwards).")
+    var force = false
     @Flag(name: .long, help: "Print one JSON object with the report.") var json = false
     @Flag(name: .long, help: "Print a progress line on stderr four times a second, even when it is not a terminal.")
     var progress = false
@@ -138,9 +139,9 @@ struct RaceCommand: ParsableCommand {
         configuration.longPinDevices = self.longPinDevices ?? (shortTerm ? 0 : nil)
         configuration.leaseBreakMilliseconds = self.leaseBreakMs
         configuration.seed = self.seed
+        let image = try ScratchImage(self.path, command: "race", force: self.force, defaultPath: Self.defaultPath)
         let report = try RaceRunner.run(
-            path: self.path, size: self.size.bytes, configuration: configuration,
-            force: self.force || self.path == Self.defaultPath, keep: self.keep, live: !self.json,
+            image: image, size: self.size.bytes, configuration: configuration, keep: self.keep, live: !self.json,
             progressLines: self.progress)
         if self.json {
             try Terminal.printJSON(report)
@@ -154,18 +155,12 @@ struct RaceCommand: ParsableCommand {
 /// Shared by `race` and `demo`: one run with a progress line and clean-up.
 enum RaceRunner {
     static func run(
-        path: String, size: Int, configuration: RaceConfiguration, force: Bool, keep: Bool, live: Bool,
+        image: ScratchImage, size: Int, configuration: RaceConfiguration, keep: Bool, live: Bool,
         progressLines: Bool = false
     ) throws -> RaceReport {
-        var status = stat()
-        if lstat(path, &status) == 0 && !force {
-            let what = status.st_mode & S_IFMT == S_IFREG ? "a file of \(status.st_size) bytes" : "something that is not a file"
-            throw CommandFailure("\(path): exists (\(what)); daxlab race formats its image (use --force to overwrite it)")
-        }
         // A device-dax device is formatted whole, whatever --size says.
-        let isDevice = Self.isCharacterDevice(path)
         let harness = try RaceHarness(
-            path: path, size: isDevice ? nil : size, configuration: configuration, force: true)
+            path: image.path, size: image.isDevice ? nil : size, configuration: configuration, force: image.formatForce)
         let terminal = live && Terminal.standardOutputIsTerminal
         let report = try harness.run { progress in
             if progressLines {
@@ -185,15 +180,11 @@ enum RaceRunner {
         if terminal { Output.print("\r\u{1B}[K", terminator: "") }
         if report.deadlock {
             // Stuck threads still hold the image: report and leave it for inspection.
+            image.leave()
             return report
         }
-        if !keep && !isDevice { try? FileManager.default.removeItem(atPath: path) }
+        if !keep { image.remove() }
         return report
-    }
-
-    static func isCharacterDevice(_ path: String) -> Bool {
-        var status = stat()
-        return stat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFCHR
     }
 
     static func printReport(_ report: RaceReport) {

@@ -99,6 +99,55 @@ final class ScratchDirectory: @unchecked Sendable {
     }
 }
 
+/// The image `race`, `demo` and `bench` format for their runs. Something already at `path` is
+/// refused unless `force` (or `path` is the command's own default scratch path); removed
+/// afterwards only when the command created it, never a file or device that was there before.
+final class ScratchImage {
+    let path: String
+    /// Something was at `path` before the command and `--force` took it: formatted, never removed.
+    private let preexisting: Bool
+    /// Something was at `path` (the default path's leftover included): format it whatever it holds.
+    private let existed: Bool
+    /// A run left the image in place (threads stuck in a deadlock still hold it): the next run
+    /// formats it again.
+    private var leftBehind = false
+
+    /// Checks `path` for `daxlab <command>`.
+    /// - Throws: `CommandFailure` (exit 2) when something is at `path` and neither `force` is set
+    ///   nor `path` is `defaultPath`.
+    init(_ path: String, command: String, force: Bool, defaultPath: String) throws {
+        var status = stat()
+        let exists = lstat(path, &status) == 0
+        if exists && !force && path != defaultPath {
+            let what = status.st_mode & S_IFMT == S_IFREG ? "a file of \(status.st_size) bytes" : "something that is not a file"
+            throw CommandFailure(
+                "\(path): exists (\(what)); daxlab \(command) formats its image (use --force to overwrite it)")
+        }
+        self.path = path
+        self.existed = exists
+        self.preexisting = exists && path != defaultPath
+    }
+
+    /// The `force` to format with: an image that was absent is formatted only while it holds
+    /// nothing, so a file that appeared since the check is refused, not overwritten.
+    var formatForce: Bool { self.existed || self.leftBehind }
+
+    /// A device-dax device (formatted whole whatever the size asked; never removed).
+    var isDevice: Bool {
+        var status = stat()
+        return stat(self.path, &status) == 0 && status.st_mode & S_IFMT == S_IFCHR
+    }
+
+    /// After a run: removes the image when this command created it.
+    func remove() {
+        guard !self.preexisting, !self.isDevice else { return }
+        unlink(self.path)
+    }
+
+    /// After a run that could not release the image: keeps it, and lets the next run format it.
+    func leave() { self.leftBehind = true }
+}
+
 /// A child process started with posix_spawn in daxlab's own process group (so a Ctrl-C reaches
 /// it too), its stdout discarded and its stderr collected.
 struct Subprocess {

@@ -86,10 +86,12 @@ struct OpenedPath {
     }
 
     /// Opens `path` without following a final symbolic link, unless the link leads to a character
-    /// device. - Returns: the descriptor (-1 with errno set when the open failed), and whether a
-    /// link was followed (the caller checks that what it opened is indeed a device).
+    /// device. The open does not block (a FIFO opened for reading would wait for a writer); the
+    /// descriptor is made blocking again before it is returned, and `inspect` refuses what is not
+    /// a file or a device. - Returns: the descriptor (-1 with errno set when the open failed), and
+    /// whether a link was followed (the caller checks that what it opened is indeed a device).
     private static func openWithoutFollowing(_ path: String, flags: Int32) throws(PmemError) -> (Int32, Bool) {
-        let fd = open(path, flags | O_CLOEXEC | O_NOFOLLOW)
+        let fd = Self.openNonBlocking(path, flags | O_NOFOLLOW)
         guard fd < 0, Glibc.errno == ELOOP else { return (fd, false) }
         var target = stat()
         guard stat(path, &target) == 0 else {
@@ -100,7 +102,22 @@ struct OpenedPath {
                 .symbolicLink, path: path,
                 detail: "is a symbolic link; daxlab follows links only to devices (name the file itself)")
         }
-        return (open(path, flags | O_CLOEXEC), true)
+        return (Self.openNonBlocking(path, flags), true)
+    }
+
+    /// `open` with O_NONBLOCK, which is cleared again once the open succeeded.
+    /// - Returns: the descriptor, or -1 with errno set.
+    private static func openNonBlocking(_ path: String, _ flags: Int32) -> Int32 {
+        let fd = open(path, flags | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return fd }
+        let status = fcntl(fd, F_GETFL)
+        guard status >= 0, fcntl(fd, F_SETFL, status & ~O_NONBLOCK) == 0 else {
+            let error = Glibc.errno
+            close(fd)
+            Glibc.errno = error
+            return -1
+        }
+        return fd
     }
 
     /// What is at `path`, for a message: "a regular file of 4096 bytes", "a symbolic link", ...

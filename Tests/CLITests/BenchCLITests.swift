@@ -97,6 +97,44 @@ struct BenchCLITests {
             #expect(table.standardOutput.components(separatedBy: "\n| ").count - 2 == results.count, "\(table.standardOutput)")
         }
     }
+
+    @Test("bench refuses a file it did not create (an image of its own size, PATH.race for --plot) unless --force, and never removes one")
+    func keepsExistingFiles() throws {
+        // With --pages 512 and one thread the image is 134 MiB.
+        let quick = ["--only", "wake", "--pages", "512", "--threads", "1", "--seconds", "0.1"]
+        try withTemporaryPath("bench-existing") { path in
+            #expect(try DaxlabBinary.run(["mkfs", path, "--size", "134M"]).status == 0)
+            let input = path + ".in"
+            defer { unlink(input) }
+            try Data("precious\n".utf8).write(to: URL(fileURLWithPath: input))
+            #expect(try DaxlabBinary.run(["write", path, "precious", "--input", input]).status == 0)
+            let refused = try DaxlabBinary.run(["bench", path] + quick, timeout: 120)
+            #expect(refused.status == 2, "\(refused.standardOutput)\(refused.standardError)")
+            #expect(refused.standardError.split(separator: "\n").count == 1, "\(refused.standardError)")
+            #expect(refused.standardError.contains("exists") && refused.standardError.contains("--force"), "\(refused.standardError)")
+            #expect(try DaxlabBinary.run(["read", path, "precious"]).standardOutput == "precious\n", "the image was touched")
+
+            let forced = try DaxlabBinary.run(["bench", path, "--force"] + quick, timeout: 120)
+            #expect(forced.status == 0, "\(forced.standardOutput)\(forced.standardError)")
+            #expect(FileManager.default.fileExists(atPath: path), "--force removed a file bench did not create")
+            unlink(path)
+
+            // --plot also formats PATH.race: checked before anything is measured.
+            let race = path + ".race"
+            let plot = path + ".svg"
+            defer {
+                unlink(race)
+                unlink(plot)
+            }
+            let data = Data(randomBytes(count: 32 << 20, seed: 3))
+            try data.write(to: URL(fileURLWithPath: race))
+            let plotted = try DaxlabBinary.run(["bench", path, "--plot", plot] + quick, timeout: 120)
+            #expect(plotted.status == 2, "\(plotted.standardOutput)\(plotted.standardError)")
+            #expect(plotted.standardError.contains(race), "\(plotted.standardError)")
+            #expect(FileManager.default.contents(atPath: race) == data, "PATH.race was touched")
+            #expect(!FileManager.default.fileExists(atPath: path), "bench began before refusing")
+        }
+    }
 }
 
 @Suite("daxlab bench --from: a committed run's table")
@@ -144,6 +182,71 @@ struct BenchTableTests {
             #expect(markdown.status == 0)
             #expect(markdown.standardOutput.contains("| ≤ 1/2 | NO, floor |"), "\(markdown.standardOutput)")
             #expect(markdown.standardOutput.contains("NO, floor: the physical floor itself misses the target"))
+        }
+    }
+
+    @Test("a report read back with a field out of range is refused with one line, before the table or plot: never a trap or a hang")
+    func outOfRange() throws {
+        let latencies = #", "truncate_latencies_us": {"wait": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}"#
+        let variants: [(String, String, String)] = [
+            (#""threads": 2,"#, #""threads": 9223372036854775807,"#, "threads 9223372036854775807"),
+            (#""threads": 2,"#, #""threads": 0,"#, "threads 0"),
+            (#""baseline_threads": 1, "baseline_value": 66e6"#, #""baseline_threads": -3, "baseline_value": 66e6"#, "baseline_threads -3"),
+            (#""value": 50,"#, #""value": -50,"#, "value -50"),
+            (#""value": 70e6,"#, #""value": 1.7e308,"#, "value 1.7e+308 is over"),
+            (#""ratio": 0.05,"#, #""ratio": 1e999,"#, "not valid JSON"),
+            (#""thread_cpus": 1.21"#, #""thread_cpus": -1.21"#, "thread_cpus"),
+            (#""pairs": 11,"#, #""pairs": -11,"#, "pairs"),
+            (#""better": "lower""#, #""better": "sideways""#, "better"),
+            (#""target": "<= 1/15""#, #""target": "<= lots""#, "target"),
+            (#""cpus": 2,"#, #""cpus": 0,"#, "machine.cpus"),
+            (#""cpus_available": 1.97"#, #""cpus_available": -1"#, "cpus_available"),
+            ("]}", "]" + latencies, ""),
+            ("]}", "]" + latencies.replacingOccurrences(of: "\"wait\"", with: "\"<svg>\""), "policy"),
+            ("]}", "]" + latencies.replacingOccurrences(of: "[1, 2", with: "[-1, 2"), "negative"),
+        ]
+        try withTemporaryPath("bench-range") { path in
+            let plot = path + ".svg"
+            defer { unlink(plot) }
+            for (old, new, reason) in variants {
+                let text = Self.report.replacingOccurrences(of: old, with: new)
+                #expect(text != Self.report, "\(new): nothing replaced")
+                try text.write(toFile: path, atomically: true, encoding: .utf8)
+                unlink(plot)
+                let result = try DaxlabBinary.run(["bench", "--from", path, "--plot", plot], timeout: 60)
+                if reason.isEmpty {
+                    #expect(result.status == 0, "\(new): \(result.standardError)")  // (in range: the control)
+                    continue
+                }
+                #expect(result.status == 2, "\(new): status \(result.status): \(result.standardError)")
+                #expect(result.standardError.split(separator: "\n").count == 1, "\(new): \(result.standardError)")
+                #expect(result.standardError.contains("not a report of daxlab bench"), "\(new): \(result.standardError)")
+                #expect(result.standardError.contains(reason), "\(new): \(result.standardError)")
+                #expect(result.standardOutput.isEmpty, "\(new): printed a table")
+                #expect(!FileManager.default.fileExists(atPath: plot), "\(new): wrote a plot")
+            }
+        }
+    }
+
+    @Test("--from a directory, a device, a FIFO or a huge file: one line that says why, exit 2")
+    func unreadableFrom() throws {
+        try withTemporaryPath("bench-from-bad") { path in
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+            let fifo = path + "/fifo"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            let huge = path + "/huge.json"
+            #expect(FileManager.default.createFile(atPath: huge, contents: nil))
+            #expect(truncate(huge, 1 << 30) == 0)
+            for (file, reason) in [
+                (path, "is a directory"), ("/dev/zero", "not a regular file"), (fifo, "not a regular file"),
+                (huge, "too large"), (path + "/missing.json", "No such file"),
+            ] {
+                let result = try DaxlabBinary.run(["bench", "--from", file], timeout: 20)
+                #expect(result.status == 2, "\(file): status \(result.status): \(result.standardError)")
+                #expect(result.standardError.split(separator: "\n").count == 1, "\(file): \(result.standardError)")
+                #expect(result.standardError.contains(reason), "\(file): \(result.standardError)")
+                #expect(!result.standardError.contains("Success"), "\(file): \(result.standardError)")
+            }
         }
     }
 }

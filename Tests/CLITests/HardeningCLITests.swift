@@ -30,9 +30,17 @@ struct HardeningCLITests {
 
     /// Exit 2 and exactly one line on stderr.
     private func expectOneLineError(_ result: MeasuredResult, _ label: String, contains text: String? = nil) {
-        #expect(result.status == 2, "\(label): status \(result.status): \(result.standardError)")
-        #expect(result.standardError.split(separator: "\n").count == 1, "\(label): \(result.standardError)")
-        if let text { #expect(result.standardError.contains(text), "\(label): \(result.standardError)") }
+        self.expectOneLineError(status: result.status, standardError: result.standardError, label, contains: text)
+    }
+
+    private func expectOneLineError(_ result: ProcessResult, _ label: String, contains text: String? = nil) {
+        self.expectOneLineError(status: result.status, standardError: result.standardError, label, contains: text)
+    }
+
+    private func expectOneLineError(status: Int32, standardError: String, _ label: String, contains text: String?) {
+        #expect(status == 2, "\(label): status \(status): \(standardError)")
+        #expect(standardError.split(separator: "\n").count == 1, "\(label): \(standardError)")
+        if let text { #expect(standardError.contains(text), "\(label): \(standardError)") }
     }
 
     @Test("offsets, lengths and sizes near 2^63: a clear error, the image untouched")
@@ -251,6 +259,64 @@ struct HardeningCLITests {
         }
     }
 
+    @Test("mkfs --help says which bytes it checks, and mkfs checks those: the first and last MiB, not the middle")
+    func mkfsHelpMatchesCheck() throws {
+        let help = try DaxlabBinary.run(["mkfs", "--help"])
+        let text = help.standardOutput.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        #expect(text.contains("any non-zero byte in its first or last MiB"), "\(help.standardOutput)")
+        #expect(!text.contains("4 KiB"), "\(help.standardOutput)")
+        try withTemporaryPath("mkfs-span") { target in
+            for (offset, refused) in [(512 << 10, true), ((8 << 20) - (512 << 10), true), (4 << 20, false)] {
+                unlink(target)
+                #expect(FileManager.default.createFile(atPath: target, contents: nil))
+                let handle = try #require(FileHandle(forWritingAtPath: target))
+                try handle.truncate(atOffset: 8 << 20)
+                try handle.seek(toOffset: UInt64(offset))
+                try handle.write(contentsOf: Data([1]))
+                try handle.close()
+                let result = try DaxlabBinary.run(["mkfs", target])
+                #expect(result.status == (refused ? 2 : 0), "a byte at \(offset): \(result.standardError)")
+            }
+        }
+    }
+
+    @Test("a damaged superblock with an intact backup: every command points to fsck --repair, never to mkfs; the repair keeps the data")
+    func damagedSuperblockHint() throws {
+        // Block 0 zeroed (bad magic), then one byte of its checksummed part changed.
+        for (offset, bytes) in [(0, Data(count: 4096)), (100, Data([0xA5]))] {
+            try self.image("primary-\(offset)") { image in
+                let handle = try #require(FileHandle(forWritingAtPath: image))
+                try handle.seek(toOffset: UInt64(offset))
+                try handle.write(contentsOf: bytes)
+                try handle.close()
+                // (mkfs says the same where block 0 lost its magic; with the magic there it says the image is daxlab's.)
+                let mkfs = offset == 0 ? [["mkfs", image]] : []
+                for arguments in [["ls", image], ["read", image, "f"], ["write", image, "g"], ["rm", image, "f"]] + mkfs {
+                    let result = try DaxlabBinary.run(arguments)
+                    self.expectOneLineError(result, "\(arguments)", contains: "fsck --repair")
+                    #expect(!result.standardError.contains("daxlab mkfs"), "\(arguments): \(result.standardError)")
+                }
+                let info = try DaxlabBinary.run(["info", image])
+                #expect(info.status == 1, "info: \(info.standardError)")
+                #expect(info.standardOutput.contains("fsck --repair") && !info.standardOutput.contains("mkfs"), "info: \(info.standardOutput)")
+                let fsck = try DaxlabBinary.run(["fsck", image])
+                #expect(fsck.status == 1)
+                #expect(fsck.standardOutput.contains("backup") && !fsck.standardOutput.contains("daxlab mkfs"), "fsck: \(fsck.standardOutput)")
+                #expect(try DaxlabBinary.run(["fsck", image, "--repair"]).status == 0)
+                try self.expectIntact(image, Array("hello\n".utf8), "after fsck --repair")
+            }
+        }
+        // Without a backup there is nothing to repair from: mkfs is still the advice.
+        try self.image("no-backup") { image in
+            let handle = try #require(FileHandle(forWritingAtPath: image))
+            try handle.write(contentsOf: Data(count: 4096))
+            try handle.seek(toOffset: (16 << 20) - 4096)
+            try handle.write(contentsOf: Data(count: 4096))
+            try handle.close()
+            self.expectOneLineError(try DaxlabBinary.run(["ls", image]), "ls, no backup", contains: "run daxlab mkfs")
+        }
+    }
+
     @Test("a final symbolic link is not followed when creating or formatting (unless it leads to a device)")
     func symlinks() throws {
         try withTemporaryPath("link-target") { target in
@@ -264,6 +330,23 @@ struct HardeningCLITests {
                 #expect(result.status == 2, "\(arguments)")
                 #expect(result.standardError.contains("symbolic link"), "\(arguments): \(result.standardError)")
                 #expect(try Data(contentsOf: URL(fileURLWithPath: target)) == content, "\(arguments) wrote through the link")
+            }
+        }
+    }
+
+    @Test("a FIFO is refused at once by every command that opens an image, never waited on")
+    func fifo() throws {
+        try withTemporaryPath("fifo") { fifo in
+            #expect(mkfifo(fifo, 0o600) == 0)
+            for arguments in [
+                ["ls", fifo], ["read", fifo, "f"], ["fsck", fifo], ["fsck", fifo, "--repair"], ["info", fifo],
+                ["write", fifo, "f"], ["mkfs", fifo],
+            ] {
+                // A hang is a timeout here, not a test that never ends.
+                let result = try DaxlabBinary.run(arguments, timeout: 10)
+                #expect(result.status != 0 && result.status < 128, "\(arguments): status \(result.status)")
+                #expect(result.standardError.split(separator: "\n").count == 1, "\(arguments): \(result.standardError)")
+                #expect(result.standardError.contains("not a regular file"), "\(arguments): \(result.standardError)")
             }
         }
     }

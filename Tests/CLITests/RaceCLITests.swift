@@ -225,6 +225,75 @@ struct RaceCLITests {
         }
     }
 
+    /// `size` bytes of random data at `path` (one random MiB, repeated).
+    static func writeRandomFile(_ path: String, size: Int) throws -> Data {
+        let chunk = Data(randomBytes(count: 1 << 20, seed: 7))
+        var data = Data(capacity: size)
+        while data.count < size { data.append(chunk) }
+        try data.write(to: URL(fileURLWithPath: path))
+        return data
+    }
+
+    @Test("demo refuses a file it did not create (an image, random data, of its own size) unless --force, and never removes one")
+    func demoKeepsExistingFiles() throws {
+        try withTemporaryPath("demo-existing") { path in
+            #expect(try DaxlabBinary.run(["mkfs", path, "--size", "64M"]).status == 0)
+            let input = path + ".in"
+            defer { unlink(input) }
+            try Data("precious\n".utf8).write(to: URL(fileURLWithPath: input))
+            #expect(try DaxlabBinary.run(["write", path, "precious", "--input", input]).status == 0)
+            let arguments = ["demo", path, "--seconds", "0.1", "--devices", "simulated"]
+            let image = try DaxlabBinary.run(arguments, timeout: 120)
+            #expect(image.status == 2, "\(image.standardOutput)\(image.standardError)")
+            #expect(image.standardError.split(separator: "\n").count == 1, "\(image.standardError)")
+            #expect(image.standardError.contains("exists") && image.standardError.contains("--force"), "\(image.standardError)")
+            #expect(try DaxlabBinary.run(["read", path, "precious"]).standardOutput == "precious\n", "the image was touched")
+
+            let data = try Self.writeRandomFile(path, size: 64 << 20)
+            let random = try DaxlabBinary.run(arguments, timeout: 120)
+            #expect(random.status == 2, "\(random.standardOutput)\(random.standardError)")
+            #expect(FileManager.default.contents(atPath: path) == data, "random data was touched")
+
+            // --force takes it: formatted and raced on, but left in place.
+            let forced = try DaxlabBinary.run(arguments + ["--force"], timeout: 180)
+            #expect(forced.status == 0, "\(forced.standardOutput)\(forced.standardError)")
+            var status = stat()
+            #expect(stat(path, &status) == 0 && status.st_size == 64 << 20, "--force removed a file demo did not create")
+        }
+    }
+
+    @Test("race --force formats an existing file and leaves it in place; a file race created is removed")
+    func raceForceKeepsExistingFile() throws {
+        try withTemporaryPath("race-existing") { path in
+            _ = try Self.writeRandomFile(path, size: 64 << 20)
+            let forced = try DaxlabBinary.run(["race", path, "--policy", "wait", "--seconds", "0.2", "--force"], timeout: 120)
+            #expect(forced.status == 0, "\(forced.standardOutput)\(forced.standardError)")
+            #expect(FileManager.default.fileExists(atPath: path), "--force removed a file race did not create")
+            #expect(try DaxlabBinary.run(["fsck", path]).status == 0, "it holds the race's image")
+            unlink(path)
+            #expect(try DaxlabBinary.run(["race", path, "--policy", "wait", "--seconds", "0.2"], timeout: 120).status == 0)
+            #expect(!FileManager.default.fileExists(atPath: path), "race's own image is removed")
+        }
+    }
+
+    @Test("demo: when every kind of device is skipped nothing raced: it says so and exits 2, writing no report")
+    func demoNothingRaced() throws {
+        try withTemporaryPath("demo-skipped") { path in
+            let saved = path + ".json"
+            defer { unlink(saved) }
+            // kernel-direct refuses a tmpfs --source-dir (O_DIRECT needs a disk file system).
+            let result = try DaxlabBinary.run(
+                ["demo", path, "--devices", "kernel-direct", "--source-dir", "/dev/shm", "--seconds", "0.1", "--report", saved],
+                timeout: 60)
+            #expect(result.status == 2, "\(result.standardOutput)\(result.standardError)")
+            #expect(result.standardError.contains("kernel-direct devices skipped"), "\(result.standardError)")
+            #expect(result.standardError.contains("nothing raced"), "\(result.standardError)")
+            #expect(!result.standardOutput.contains("held"), "\(result.standardOutput)")
+            #expect(!FileManager.default.fileExists(atPath: saved), "an empty report was written")
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+    }
+
     @Test("demo: every policy raced, a table, exit 0 when every protective policy held")
     func demo() throws {
         try withTemporaryPath("demo") { path in

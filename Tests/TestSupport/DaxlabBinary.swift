@@ -79,7 +79,8 @@ public func runProcess(
     let deadline = Date().addingTimeInterval(timeout)
     while process.isRunning, Date() < deadline { usleep(10_000) }
     if process.isRunning {
-        process.terminate()
+        // SIGKILL: the child may have inherited a mask that blocks SIGTERM.
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         throw DaxlabBinary.TimedOut(command: command.joined(separator: " "), seconds: timeout)
     }
