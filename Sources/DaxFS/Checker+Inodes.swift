@@ -2,12 +2,13 @@
 ///
 /// A record that fails its checksum is first tried for one flipped bit: CRC-32C has Hamming
 /// distance 6 over a 4096-bit record, so when exactly one bit flip makes the checksum hold, that
-/// is the original record, and no error of up to four bits can pass for one. Otherwise, when every
-/// field still checks out (kind, flags, reserved bytes, size, name, intent, block map), the
-/// checksum is what broke and is recomputed. A record that is damaged beyond that keeps its
-/// readable blocks: bad pointers become holes, bad fields get their only sane value, and the file
-/// is renamed `lost+found#N` so nobody mistakes it for intact. Only a record that says it is free
-/// is cleared.
+/// is the original record, and no error of up to four bits can pass for one. A user file's record
+/// damaged beyond that cannot be trusted, even where every field looks sane (a size, a pointer or
+/// a name may be off by the damage): it keeps its readable blocks, bad pointers become holes, bad
+/// fields get their only sane value, and the file is renamed `lost+found#N` so nobody mistakes
+/// it for intact. (The root's and lost+found's records, which hold no user data, get their
+/// checksum recomputed when their fields check out.) Only a record that says it is free is
+/// cleared.
 extension Checker {
     mutating func checkInode(_ number: Int) {
         let offset = self.geometry.inodeOffset(number)
@@ -61,9 +62,6 @@ extension Checker {
                 }
             }
         }
-        if record.size > UInt64(FileSystem.maximumFileSize) {
-            issue("size \(record.size) exceeds the largest file") { $0.size = UInt64(FileSystem.maximumFileSize) }
-        }
         var salvage = false
         if number >= FileSystem.firstUserInode {
             switch record.intent {
@@ -99,6 +97,22 @@ extension Checker {
             fixes.append { _ in }
             if number >= FileSystem.firstUserInode { salvage = true }
         }
+        if map.emptyMaps > 0 {
+            // (Nothing is lost: the file keeps its name.)
+            issues.append("\(map.emptyMaps) block-map block(s) map nothing: \(map.firstEmpty ?? "")")
+            fixes.append { _ in }
+        }
+        if record.size > UInt64(FileSystem.maximumFileSize) {
+            // What the map still reaches: the end of the last page it maps.
+            let mappedEnd = UInt64(map.lastPage.map { $0 + 1 } ?? 0) * UInt64(Geometry.blockSize)
+            issue("size \(record.size) exceeds the largest file") { $0.size = mappedEnd }
+        }
+        if checksumFailed, number >= FileSystem.firstUserInode {
+            // More than one bit is wrong and no field shows which: nothing in the record can be
+            // taken as the file's (a size, a pointer or a name may be off), so its readable
+            // blocks are kept under lost+found#N.
+            salvage = true
+        }
         let reserved = self.checkReservation(number, record, issue: issue)
         let owned = map.dataBlocks + UInt64(reserved)
         if record.blocks != owned {
@@ -109,7 +123,9 @@ extension Checker {
 
         // Report, and repair in place (the pointers were already fixed by the map walk).
         if checksumFailed && issues.isEmpty {
-            self.report(label, "checksum mismatch, but every field and the block map check out", action: "recomputed the checksum")
+            self.report(
+                label, "checksum mismatch of more than one bit, though every field and the block map check out",
+                action: salvage ? "kept the readable blocks; the record cannot be trusted" : "recomputed the checksum")
         } else if checksumFailed {
             self.report(label, "checksum mismatch, and " + issues.joined(separator: "; "),
                         action: salvage ? "kept the readable blocks; fixed the rest" : "fixed each field")
@@ -221,7 +237,9 @@ extension Checker {
                     why = "reserved block \(block) is outside the data area"
                 } else if self.owner[Int(block)] == Int32(number) {
                     continue  // mapped by this file
-                } else if self.owner[Int(block)] != -1 || unmapped.contains(block) {
+                } else if unmapped.contains(block) {
+                    why = "reserved block \(block) is listed twice"
+                } else if self.owner[Int(block)] != -1 {
                     why = "reserved block \(block) is also used by inode \(self.owner[Int(block)])"
                 } else {
                     unmapped.append(block)
@@ -242,6 +260,11 @@ extension Checker {
         var dataBlocks: UInt64 = 0
         var badPointers = 0
         var firstBad: String?
+        /// Map blocks that map nothing (freed under repair; nothing is lost).
+        var emptyMaps = 0
+        var firstEmpty: String?
+        /// The last page a valid pointer maps.
+        var lastPage: Int?
         /// Repair set some pointers to zero.
         var pointersChanged = false
     }
@@ -270,7 +293,8 @@ extension Checker {
 
         /// Checks the pointer at `slot` (a field of the record, at its offset in the record, or
         /// an entry of a map block); returns the block when it is valid and now claimed.
-        func visit(_ slot: PointerSlot, page: Int?, map: Bool) -> UInt32? {
+        func visit(_ slot: PointerSlot, page: Int?, map firstPosition: UInt32? = nil) -> UInt32? {
+            let map = firstPosition != nil
             let block: UInt32
             switch slot {
             case .record(let offset):
@@ -303,6 +327,10 @@ extension Checker {
                 bad("block \(block) mapped at page \(page), past the end of file", slot)
                 return nil
             }
+            if let firstPosition, !self.holdsEntries(block, of: number, from: firstPosition) {
+                bad("block \(block) holds no entry of this file's map there (another file's or another level's)", slot)
+                return nil
+            }
             let owner = self.owner[Int(block)]
             if owner != -1 {
                 let other = owner == Int32(number) ? "this file" : owner >= 0 ? "inode \(owner)" : "the metadata"
@@ -316,7 +344,10 @@ extension Checker {
                 return block
             }
             self.owner[Int(block)] = Int32(number)
-            if !map { walk.dataBlocks += 1 }
+            if !map {
+                walk.dataBlocks += 1
+                if let page { walk.lastPage = max(walk.lastPage ?? page, page) }
+            }
             return block
         }
 
@@ -325,8 +356,8 @@ extension Checker {
         /// there; mount frees it). Repair frees it (the bitmap pass then finds it leaked).
         func checkNotEmpty(_ map: UInt32, entries: Int, firstPage: Int, slot: PointerSlot) {
             guard entries == 0, record.reservationCount == 0 || firstPage >= pages else { return }
-            walk.badPointers += 1
-            if walk.firstBad == nil { walk.firstBad = "block-map block \(map) maps nothing" }
+            walk.emptyMaps += 1
+            if walk.firstEmpty == nil { walk.firstEmpty = "block \(map)" }
             guard self.repair else { return }
             walk.pointersChanged = true
             self.owner[Int(map)] = -1
@@ -334,30 +365,30 @@ extension Checker {
         }
 
         for index in 0..<InodeRecord.directCount {
-            _ = visit(.record(inodeOffset + InodeRecord.directPointerOffset(index)), page: index, map: false)
+            _ = visit(.record(inodeOffset + InodeRecord.directPointerOffset(index)), page: index)
         }
         let perBlock = MapEntry.perBlock
         let indirectSlot = PointerSlot.record(inodeOffset + InodeRecord.indirectOffset)
-        if let map = visit(indirectSlot, page: nil, map: true) {
+        if let map = visit(indirectSlot, page: nil, map: UInt32(BlockMapPath.indirectFirstPage)) {
             var entries = 0
             for index in 0..<perBlock {
                 let page = BlockMapPath.indirectFirstPage + index
                 let slot = PointerSlot.entry(self.geometry.entryOffset(map, index), position: UInt32(page))
-                if visit(slot, page: page, map: false) != nil { entries += 1 }
+                if visit(slot, page: page) != nil { entries += 1 }
             }
             checkNotEmpty(map, entries: entries, firstPage: BlockMapPath.indirectFirstPage, slot: indirectSlot)
         }
         let topSlot = PointerSlot.record(inodeOffset + InodeRecord.doubleIndirectOffset)
-        if let top = visit(topSlot, page: nil, map: true) {
+        if let top = visit(topSlot, page: nil, map: MapEntry.leafTag) {
             var leaves = 0
             for outer in 0..<perBlock {
                 let leafSlot = FileSystem.leafSlot(self.geometry, top: top, outer)
-                guard let leaf = visit(leafSlot, page: nil, map: true) else { continue }
                 let first = BlockMapPath.doubleIndirectFirstPage + outer * perBlock
+                guard let leaf = visit(leafSlot, page: nil, map: UInt32(first)) else { continue }
                 var entries = 0
                 for inner in 0..<perBlock {
                     let slot = PointerSlot.entry(self.geometry.entryOffset(leaf, inner), position: UInt32(first + inner))
-                    if visit(slot, page: first + inner, map: false) != nil { entries += 1 }
+                    if visit(slot, page: first + inner) != nil { entries += 1 }
                 }
                 checkNotEmpty(leaf, entries: entries, firstPage: first, slot: leafSlot)
                 if entries > 0 || (record.reservationCount != 0 && first < pages) { leaves += 1 }
@@ -365,6 +396,27 @@ extension Checker {
             checkNotEmpty(top, entries: leaves, firstPage: BlockMapPath.doubleIndirectFirstPage, slot: topSlot)
         }
         return walk
+    }
+
+    /// Whether map block `block` can be inode `number`'s map whose entry `i` has position
+    /// `firstPosition + i`: it maps nothing, or one of its entries checks out there (or would
+    /// with one bit corrected). A pointer to any other block (another file's map, a map of
+    /// another level, data) is bad, and the block is left to whoever it belongs to.
+    private func holdsEntries(_ block: UInt32, of number: Int, from firstPosition: UInt32) -> Bool {
+        let base = self.media.base + Int(block) * Geometry.blockSize
+        var empty = true
+        for index in 0..<MapEntry.perBlock {
+            let raw = base.load(fromByteOffset: index * MapEntry.size, as: UInt64.self)
+            guard raw != 0 else { continue }
+            empty = false
+            let position = firstPosition + UInt32(index)
+            if MapEntry.decode(raw, inode: number, position: position) != nil
+                || MapEntry.correctOneBit(raw, inode: number, position: position) != nil
+            {
+                return true
+            }
+        }
+        return empty
     }
 
     /// An entry's position in words: the page it maps, or which leaf pointer it is.

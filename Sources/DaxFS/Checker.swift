@@ -45,9 +45,9 @@ public struct CheckResult: Sendable, Equatable {
 /// reported problem, never a crash.
 ///
 /// Repair fixes what it can prove and keeps data wherever it can (`Checker+Inodes.swift`): a
-/// record whose checksum fails because of one flipped bit is corrected; a record whose fields
-/// all check out gets its checksum recomputed; a damaged record keeps its readable blocks and is
-/// renamed `lost+found#N`; only a record that says it is free is cleared.
+/// record whose checksum fails because of one flipped bit is corrected, and so is a block-map
+/// entry; a record damaged beyond that keeps its readable blocks and is renamed `lost+found#N`;
+/// only a record that says it is free is cleared.
 struct Checker {
     static let problemLimit = 1000
     let media: Media

@@ -49,9 +49,10 @@ extension FileSystem {
         }
     }
 
-    /// About how many pages one shift can move in its one transaction; a page a collapse frees
-    /// stages a pointer and a bitmap record, and counts as two.
-    static let shiftMoveLimit = 2000
+    /// About how many pointer changes one shift's transaction holds: a page a collapse frees
+    /// stages a pointer and a bitmap record; a moved page clears its old slot and, unless a
+    /// slot the shift already cleared takes it, stages its new one.
+    static let shiftPointerChanges = 2200
 
     private static func checkShift(_ what: String, offset: Int, length: Int) throws(FSError) {
         try Self.checkRange(what, offset: offset, length: length)
@@ -99,7 +100,8 @@ extension FileSystem {
                     return FSError(
                         .notSupported,
                         "\(what): \(freeing)moving \(count(moving)) does not fit in one log transaction (it holds "
-                            + "about \(Self.shiftMoveLimit) moved pages, a freed page counting as two); nothing changed")
+                            + "about \(Self.shiftPointerChanges) pointer changes: a collapse of F pages moving M needs about "
+                            + "2F + M, an insert of L pages moving M about M + min(L, M)); nothing changed")
                 }
                 func take(_ page: Int) throws(FSError) -> UInt32? {
                     guard tx.remainingCapacity > 3 * Geometry.blockSize else { throw tooMany() }
@@ -145,6 +147,9 @@ extension FileSystem {
             }
         } catch {
             self.allocator.release(reserved)
+            guard error.code != .noSpace else {
+                throw FSError(.noSpace, "\(what): \(error.message); nothing changed")
+            }
             throw error
         }
         let (moves, freed) = outcome

@@ -126,11 +126,12 @@ final class MetadataLog: Sendable {
         return CRC32C.checksum(header + Self.headerSize, count: recordBytes, seed: sum)
     }
 
-    /// Whether every record is well formed and targets the inode table, the bitmap or the data area.
+    /// Whether every record is well formed and targets the inode table, the bitmap or the data
+    /// area (which ends before the backup superblock in the last block).
     static func validate(records: UnsafeRawPointer, bytes: Int, count: Int, geometry: Geometry) -> Bool {
         var cursor = 0
         var seen = 0
-        let imageEnd = geometry.blockCount * Geometry.blockSize
+        let imageEnd = geometry.backupSuperblock * Geometry.blockSize
         while cursor < bytes {
             guard cursor + LogRecord.headerSize <= bytes else { return false }
             let record = LogRecord(at: records + cursor)

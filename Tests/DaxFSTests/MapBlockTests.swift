@@ -162,13 +162,15 @@ struct MapBlockTests {
             try Data(bytes).write(to: URL(fileURLWithPath: path))
 
             let report = try Fsck.run(path: path)
-            #expect(report.result.problems.contains { $0.message.contains("block-map block \(indirect) maps nothing") },
+            #expect(report.result.problems.contains { $0.message.contains("map nothing: block \(indirect)") },
                     "\(report.result.problems)")
             #expect(throws: FSError.self, "mount refuses it") { try FileSystem.mount(path: path) }
             let repaired = try Fsck.run(path: path, repair: true)
             #expect(repaired.isClean, "\(repaired.result.problems)")
+            #expect(repaired.result.salvagedFiles.isEmpty, "nothing was lost: the file keeps its name")
             #expect(try Fsck.run(path: path).isClean)
             let after = try FileSystem.mount(path: path)
+            #expect(try after.lookup("f").inode == 2)
             #expect(after.usage.freeBlocks == after.usage.dataBlocks, "the map block is free again")
             try after.unmount()
         }

@@ -177,6 +177,48 @@ struct MapEntryTests {
         }
     }
 
+    @Test("two flipped bits in a record (a direct pointer; the size and a reserved block): never the file's data under its own name")
+    func twoBitRecordDamage() throws {
+        let image = try Self.image.get()
+        let huge = image.inodeOffset("huge")
+        for (label, flips) in [("direct pointer 0", [(40, 0), (40, 1)]), ("size and reservation", [(13, 1), (400, 0)])] {
+            var bytes = image.bytes
+            for (byte, bit) in flips { bytes[huge + byte] ^= UInt8(1 << bit) }
+            try self.with(bytes) { path in
+                let repaired = try Fsck.run(path: path, repair: true)
+                #expect(try Fsck.run(path: path).isClean, "\(label): \(repaired.result.problems)")
+                let contents = try self.contents(path)
+                #expect(contents["huge"] == nil, "\(label): the damaged file is not left under its name")
+                #expect(repaired.result.salvagedFiles == ["lost+found#\(image.inodes["huge"]!)"], "\(label)")
+                let salvaged = try #require(contents["lost+found#\(image.inodes["huge"]!)" as FileName])
+                #expect(salvaged.count <= 1101 * 4096, "\(label): the size is what the map reaches, not a flipped bit's")
+                #expect(Array(salvaged[(1100 * 4096)..<(1101 * 4096)]) == randomBytes(count: 4096, seed: 1100), "\(label)")
+                #expect(contents["ins"] == image.contents["ins"] && contents["small"] == image.contents["small"], "\(label)")
+            }
+        }
+    }
+
+    @Test("a damaged record whose indirect pointer names its own double-indirect block: the double-indirect tree is kept")
+    func mapOfAnotherLevel() throws {
+        let image = try Self.image.get()
+        let huge = image.inodeOffset("huge")
+        var bytes = image.bytes
+        for index in 0..<4 { bytes[huge + 88 + index] = bytes[huge + 92 + index] }
+        bytes[huge + 24] ^= 0x11  // and the mtime: no one flipped bit explains the record
+        try self.with(bytes) { path in
+            let repaired = try Fsck.run(path: path, repair: true)
+            #expect(try Fsck.run(path: path).isClean, "\(repaired.result.problems)")
+            let contents = try self.contents(path)
+            let salvaged = try #require(
+                contents["lost+found#\(image.inodes["huge"]!)" as FileName], "\(contents.keys) \(repaired.result.problems)")
+            #expect(salvaged[(12 * 4096)..<(13 * 4096)].allSatisfy { $0 == 0 }, "the indirect pages are lost")
+            for page in [0, 5, 524, 700, 1036, 1100] {
+                #expect(Array(salvaged[(page * 4096)..<((page + 1) * 4096)]) == randomBytes(count: 4096, seed: UInt64(page)),
+                        "page \(page) is kept")
+            }
+        }
+    }
+
     @Test("a damaged record's pointer to a sound file's block: the sound file keeps it, whichever inode comes first")
     func soundRecordWins() throws {
         let image = try Self.image.get()

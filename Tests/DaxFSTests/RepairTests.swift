@@ -57,13 +57,15 @@ struct RepairTests {
         })
     }
 
-    @Test("two flipped bits in an mtime: the fields check out, so the checksum is recomputed and the file kept")
-    func checksumRecomputed() throws {
+    @Test("two flipped bits, even where every field still looks sane: the record cannot be trusted, so the file keeps its data under lost+found#N")
+    func twoBitsAreNotTrusted() throws {
         try self.damaged("two bits", { bytes, geometry in
             bytes[self.inode(geometry, 2) + 25] ^= 0x05
         }, { (path: String, report: Fsck.Report, _: [UInt8]) throws in
-            #expect(report.result.problems.contains { $0.action == "recomputed the checksum" }, "\(report.result.problems)")
-            #expect(try self.content(path, "small") == Array("hello".utf8))
+            #expect(report.result.problems.contains { $0.action == "kept the readable blocks; the record cannot be trusted" },
+                    "\(report.result.problems)")
+            #expect(report.result.salvagedFiles == ["lost+found#2"])
+            #expect(try self.content(path, "lost+found#2") == Array("hello".utf8))
         })
     }
 
