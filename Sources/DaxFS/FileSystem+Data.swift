@@ -27,7 +27,7 @@ extension FileSystem {
     /// Reads up to `count` bytes at `offset`; holes read as zeros; reading past the end returns fewer.
     public func read(_ id: FileID, offset: Int, count: Int) throws(FSError) -> [UInt8] {
         guard offset >= 0, count >= 0 else { throw FSError(.invalidArgument, "read: negative offset or count") }
-        return try self.locks[id.inode].withReadLock { () throws(FSError) -> [UInt8] in
+        return try self.lock(id).withReadLock { () throws(FSError) -> [UInt8] in
             let record = try self.checkedRecord(id)
             let end = Int(record.size) - offset < count ? Int(record.size) : offset + count
             guard end > offset else { return [] }
@@ -60,7 +60,7 @@ extension FileSystem {
         try self.checkWritable()
         try Self.checkRange("write", offset: offset, length: bytes.count)
         guard bytes.count > 0 else { return }
-        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+        try self.lock(id).withWriteLock { () throws(FSError) in
             _ = try self.checkedRecord(id)
             var position = offset
             let end = offset + bytes.count
@@ -153,7 +153,7 @@ extension FileSystem {
         guard size <= Self.maximumFileSize else {
             throw FSError(.fileTooLarge, "truncate: size \(size) is past the largest file (\(Self.maximumFileSize) bytes)")
         }
-        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+        try self.lock(id).withWriteLock { () throws(FSError) in
             let record = try self.checkedRecord(id)
             let oldSize = Int(record.size)
             if size >= oldSize {
@@ -193,7 +193,7 @@ extension FileSystem {
     public func punchHole(_ id: FileID, offset: Int, length: Int, policy: TruncatePolicy? = nil) throws(FSError) {
         try self.checkWritable()
         try Self.checkRange("punch", offset: offset, length: length)
-        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+        try self.lock(id).withWriteLock { () throws(FSError) in
             let record = try self.checkedRecord(id)
             let end = min(offset + length, Int(record.size))
             guard end > offset else { return }
@@ -215,7 +215,7 @@ extension FileSystem {
         try self.checkWritable()
         try Self.checkRange("zero-range", offset: offset, length: length)
         guard length > 0 else { throw FSError(.invalidArgument, "zero-range: length must be > 0") }
-        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+        try self.lock(id).withWriteLock { () throws(FSError) in
             let size = Int(try self.checkedRecord(id).size)
             let end = offset + length
             let newSize = keepSize ? size : max(size, end)
@@ -345,7 +345,7 @@ extension FileSystem {
         try self.checkWritable()
         try Self.checkRange("fallocate", offset: offset, length: length)
         guard length > 0 else { throw FSError(.invalidArgument, "fallocate: length must be > 0") }
-        return try self.locks[id.inode].withWriteLock { () throws(FSError) -> Int in
+        return try self.lock(id).withWriteLock { () throws(FSError) -> Int in
             let size = Int(try self.checkedRecord(id).size)
             let end = keepSize ? min(offset + length, size) : offset + length
             guard end > offset else { return 0 }

@@ -1,3 +1,4 @@
+import DaxlabSupport
 /// The flat root directory: create, lookup, unlink, rename, publish, stat, list.
 ///
 /// Names live in their inodes (one name per file, no hard links) and are compared as bytes.
@@ -166,7 +167,7 @@ extension FileSystem {
         try Self.validate(name: name)
         try self.namespace.withLock { (namespace) throws(FSError) in
             guard !namespace.unlinking.contains(name) else { throw FSError(.exists, "\(name): being removed") }
-            try self.locks[id.inode].withReadLock { () throws(FSError) in
+            try self.lock(id).withReadLock { () throws(FSError) in
                 let record = try self.checkedRecord(id)
                 guard record.intent == .orphan else { throw FSError(.notFound, "\(id): not an unnamed file") }
             }
@@ -184,7 +185,7 @@ extension FileSystem {
     /// Removes an unnamed file (a temporary whose write failed).
     public func discardUnnamed(_ id: FileID) throws(FSError) {
         try self.checkWritable()
-        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+        try self.lock(id).withWriteLock { () throws(FSError) in
             let record = try self.checkedRecord(id)
             guard record.intent == .orphan else { throw FSError(.notFound, "\(id): not an unnamed file") }
             try self.release(inode: id.inode, policy: nil) {}
@@ -219,7 +220,7 @@ extension FileSystem {
 
     /// Size, blocks and name of a file.
     public func stat(_ id: FileID) throws(FSError) -> FileStat {
-        try self.locks[id.inode].withReadLock { () throws(FSError) -> FileStat in
+        try self.lock(id).withReadLock { () throws(FSError) -> FileStat in
             let record = try self.checkedRecord(id)
             return FileStat(
                 id: id, name: record.name, size: Int(record.size), blocks: Int(record.blocks),
@@ -242,6 +243,15 @@ extension FileSystem {
     }
 
     /// The record of `id` if it still names a live regular file; the caller holds its lock.
+    /// The lock of `id`'s inode, once its number is known to name a file: a caller's FileID
+    /// (its initializer is public) may hold any number, and the lock table traps outside its range.
+    func lock(_ id: FileID) throws(FSError) -> ReadWriteLock {
+        guard id.inode >= FileSystem.firstUserInode, id.inode < self.geometry.inodeCount else {
+            throw FSError(.notFound, "\(id): no such file")
+        }
+        return self.locks[id.inode]
+    }
+
     func checkedRecord(_ id: FileID) throws(FSError) -> InodeRecord {
         guard id.inode >= FileSystem.firstUserInode, id.inode < self.geometry.inodeCount else {
             throw FSError(.notFound, "\(id): no such file")

@@ -15,7 +15,7 @@ extension FileSystem {
     public func collapseRange(_ id: FileID, offset: Int, length: Int, policy: TruncatePolicy? = nil) throws(FSError) {
         try self.checkWritable()
         try Self.checkShift("collapse-range", offset: offset, length: length)
-        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+        try self.lock(id).withWriteLock { () throws(FSError) in
             try self.shift("collapse-range", id, first: offset / Self.pageSize, by: -(length / Self.pageSize), policy: policy) {
                 size throws(FSError) in
                 guard offset + length < size else {
@@ -35,7 +35,7 @@ extension FileSystem {
     public func insertRange(_ id: FileID, offset: Int, length: Int, policy: TruncatePolicy? = nil) throws(FSError) {
         try self.checkWritable()
         try Self.checkShift("insert-range", offset: offset, length: length)
-        try self.locks[id.inode].withWriteLock { () throws(FSError) in
+        try self.lock(id).withWriteLock { () throws(FSError) in
             try self.shift("insert-range", id, first: offset / Self.pageSize, by: length / Self.pageSize, policy: policy) {
                 size throws(FSError) in
                 guard offset < size else {

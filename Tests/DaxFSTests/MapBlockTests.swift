@@ -257,3 +257,33 @@ struct MapBlockTests {
         }
     }
 }
+
+/// A FileID is the caller's to make (its initializer is public): any number it holds is an error,
+/// never a trap.
+@Suite("FileIDs out of range")
+struct FileIDRangeTests {
+    @Test("every call with a FileID that names no file throws notFound")
+    func outOfRange() throws {
+        try withFileSystem(size: 4 << 20) { fs, _ in
+            for inode in [-1, 0, 1, 1 << 20, Int.max] {
+                let id = FileID(inode: inode, generation: 0)
+                let calls: [(String, () throws -> Void)] = [
+                    ("read", { _ = try fs.read(id, offset: 0, count: 1) }),
+                    ("write", { try fs.write(id, offset: 0, bytes: [1]) }),
+                    ("truncate", { try fs.truncate(id, size: 0) }),
+                    ("punch", { try fs.punchHole(id, offset: 0, length: 4096) }),
+                    ("zero-range", { try fs.zeroRange(id, offset: 0, length: 4096) }),
+                    ("fallocate", { try fs.fallocate(id, offset: 0, length: 4096) }),
+                    ("collapse", { try fs.collapseRange(id, offset: 0, length: 4096) }),
+                    ("insert", { try fs.insertRange(id, offset: 0, length: 4096) }),
+                    ("stat", { _ = try fs.stat(id) }),
+                    ("publish", { try fs.publish(id, as: "x") }),
+                    ("discard", { try fs.discardUnnamed(id) }),
+                ]
+                for (name, call) in calls {
+                    #expect(throws: FSError.self, "\(name) of inode \(inode)") { try call() }
+                }
+            }
+        }
+    }
+}
