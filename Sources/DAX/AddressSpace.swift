@@ -358,12 +358,14 @@ public final class AddressSpace: @unchecked Sendable {
         self.leases.forEachOverlapping(pages) { $0.unmapView(overlapping: pages) }
     }
 
-    /// Every page-table entry that does not match the file's block map: stale mappings. Takes
-    /// the invalidate lock exclusively; for tests of the fault/truncate races.
+    /// Every page-table entry that does not match the file's block map: stale mappings, over
+    /// every page the file can have (chunks no fault touched are skipped). Takes the invalidate
+    /// lock exclusively; for tests of the fault/truncate races.
+    @_spi(Oracle)
     public func staleMappings() -> [Int] {
         self.lock.withWriteLock {
             var stale: [Int] = []
-            self.table.forEachEntry(in: 0..<(1 << 16)) { page, entry in
+            self.table.forEachEntry(in: 0..<self.maximumPages) { page, entry in
                 let block = entry.load(ordering: .relaxed)
                 if block != 0 && block != self.dax.source.mappedBlock(inode: self.id.inode, page: page) {
                     stale.append(page)

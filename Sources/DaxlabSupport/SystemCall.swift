@@ -31,16 +31,6 @@ package func valueOrErrno<Value: FixedWidthInteger & SignedInteger>(
     }
 }
 
-/// For calls that return an errno value instead of setting `errno` (pthread functions,
-/// `posix_fallocate`): 0 is success.
-package func errnoResult(_ operation: @autoclosure () -> String, _ call: () -> Int32) throws(SystemCallError) {
-    while true {
-        let result = call()
-        if result == 0 { return }
-        if result != EINTR { throw SystemCallError(operation(), errno: result) }
-    }
-}
-
 /// `mmap(2)`, with `MAP_FAILED` turned into a `SystemCallError`.
 package func mapMemory(
     _ operation: @autoclosure () -> String, address: UnsafeMutableRawPointer? = nil, length: Int,

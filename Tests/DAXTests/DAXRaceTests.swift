@@ -1,5 +1,5 @@
 import Atomics
-import DAX
+@_spi(Oracle) import DAX
 import DMA
 @_spi(Oracle) import DaxFS
 import Foundation

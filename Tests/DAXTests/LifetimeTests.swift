@@ -1,4 +1,4 @@
-import DAX
+@_spi(Oracle) import DAX
 import DaxFS
 import Foundation
 import Testing
