@@ -94,7 +94,7 @@ tsan: deps
 # takes several minutes).
 bench: build
 	$(RELEASE_BIN) bench --threads $(BENCH_THREADS) --json docs/bench.json --plot docs/bench.svg
-	@# The README's table: the committed run's JSON, rendered again.
+	@# The table docs/benchmarks.md shows: the committed run's JSON, rendered again.
 	$(RELEASE_BIN) bench --from docs/bench.json --markdown > docs/bench.md
 	$(MAKE) bench-suites
 

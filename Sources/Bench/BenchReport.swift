@@ -76,7 +76,7 @@ public struct BenchMachine: Sendable, Codable, Equatable {
     public var isPmem: Bool
     public var kernel: String
     /// The CPU's model name (nil in runs from before it was recorded, or where the kernel does
-    /// not say): ratios of rows made of atomics differ by CPU (see the README).
+    /// not say): ratios of rows made of atomics differ by CPU (see docs/benchmarks.md, "Other machines").
     public var cpuModel: String?
 
     enum CodingKeys: String, CodingKey {

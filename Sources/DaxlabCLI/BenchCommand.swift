@@ -36,7 +36,7 @@ struct BenchCommand: ParsableCommand {
             bound; without a target, over 25% of the median) is marked ~ and its verdict '?'. A run that had \
             fewer than 1.8 CPUs is flagged, and a threaded row whose threads ran on fewer CPUs than \
             they are (their CPU time over wall time; JSON thread_cpus) gets no verdict. --from FILE --markdown prints a committed run's table \
-            for the README (--from FILE --plot SVG draws its plot again).
+            for docs/bench.md (--from FILE --plot SVG draws its plot again).
             """
     )
 
@@ -53,7 +53,7 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .long, help: "Pages of the hot-fault file (the block map's size).") var pages = 65536
     @Option(name: .long, help: ArgumentHelp("Measure nothing: print the table of a report written by --json (a committed run).", valueName: "FILE"))
     var from: String?
-    @Flag(name: .long, help: "Print the table as Markdown (for the README).") var markdown = false
+    @Flag(name: .long, help: "Print the table as Markdown (docs/bench.md is one).") var markdown = false
     @Flag(name: .long, help: "Format PATH (and PATH.race) even though it exists (its contents are lost; it is not removed afterwards).")
     var force = false
     @Option(name: .long, help: ArgumentHelp(
@@ -216,7 +216,7 @@ struct BenchCommand: ParsableCommand {
         return lines.joined(separator: "\n")
     }
 
-    /// The table as Markdown, for the README (`--from docs/bench.json --markdown`).
+    /// The table as Markdown, as docs/bench.md holds it (`--from docs/bench.json --markdown`).
     static func markdown(_ report: BenchReport) -> String {
         var lines = ["Machine: " + String(Self.machineLine(report.machine).dropFirst("machine: ".count))]
         if let warning = Self.cpuWarning(report.machine) { lines += ["", "**\(warning)**"] }
