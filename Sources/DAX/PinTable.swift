@@ -147,6 +147,10 @@ public final class PinTable: @unchecked Sendable {
     public var waitWakeups: Int { self.waits.wakeups.load(ordering: .relaxed) }
     public var wakeBroadcasts: Int { self.waits.broadcasts.load(ordering: .relaxed) }
 
+    /// Whether a truncate, punch, unlink or rename is asleep waiting for `block`'s pins (its wait
+    /// queue's bucket has a waiter): the state a test waits for before it acts on the sleeper.
+    public func hasWaiters(on block: UInt32) -> Bool { self.waits.hasWaiters(block) }
+
     /// Whether `block` may be pinned for DMA (the count holds at least one pin's bias).
     public func maybeDMAPinned(_ block: UInt32) -> Bool {
         Self.half(self.word(block).load(ordering: .sequentiallyConsistent), of: block) & Self.countMask >= Self.pinBias

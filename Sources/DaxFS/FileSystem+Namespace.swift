@@ -20,7 +20,7 @@ extension FileSystem {
         try self.checkWritable()
         try Self.validate(name: name)
         return try self.namespace.withLock { (namespace) throws(FSError) -> FileID in
-            guard namespace.names[name] == nil, !namespace.unlinking.contains(name) else {
+            guard namespace.names[name] == nil, !namespace.busy.contains(name) else {
                 throw FSError(.exists, "\(name): file exists")
             }
             let id = try self.newInode(named: name, in: &namespace)
@@ -79,10 +79,11 @@ extension FileSystem {
     public func unlink(_ name: FileName, policy: TruncatePolicy? = nil) throws(FSError) {
         try self.checkWritable()
         let number = try self.namespace.withLock { (namespace) throws(FSError) -> Int in
+            guard !namespace.busy.contains(name) else { throw Self.busy(name) }
             guard let number = namespace.names.removeValue(forKey: name) else {
                 throw FSError(.notFound, "\(name): no such file")
             }
-            namespace.unlinking.insert(name)
+            namespace.busy.insert(name)
             return number
         }
         do throws(FSError) {
@@ -93,14 +94,14 @@ extension FileSystem {
             }
         } catch {
             self.namespace.withLock { namespace in
-                namespace.unlinking.remove(name)
+                namespace.busy.remove(name)
                 // Still named unless the orphaning transaction committed before the failure.
                 if self.record(number).intent != .orphan { namespace.names[name] = number }
             }
             throw error
         }
         self.namespace.withLock { namespace in
-            namespace.unlinking.remove(name)
+            namespace.busy.remove(name)
             namespace.freeInodes.append(number)
         }
     }
@@ -145,18 +146,37 @@ extension FileSystem {
             _ = try self.lookup(source)
             return
         }
-        try self.namespace.withLock { (namespace) throws(FSError) in
+        // Both names stay busy while the rename runs: the namespace lock is not held while the
+        // replaced file's pins are waited for, so one pinned file stalls only operations on
+        // these two names.
+        let (number, replaced) = try self.namespace.withLock { (namespace) throws(FSError) -> (Int, Int?) in
+            guard !namespace.busy.contains(source) else { throw Self.busy(source) }
             guard let number = namespace.names[source] else { throw FSError(.notFound, "\(source): no such file") }
-            guard !namespace.unlinking.contains(target) else { throw FSError(.exists, "\(target): being removed") }
-            try self.name(number, as: target, replacing: namespace.names[target]) { (tx) throws(FSError) in
+            guard !namespace.busy.contains(target) else { throw Self.busy(target) }
+            namespace.busy.formUnion([source, target])
+            return (number, namespace.names[target])
+        }
+        do throws(FSError) {
+            try self.name(number, as: target, replacing: replaced) { (tx) throws(FSError) in
                 let record = tx.inode(number)
                 record.setName(target)
                 record.modifiedNanoseconds = FileSystem.now()
             }
-            if let replaced = namespace.names[target] { namespace.freeInodes.append(replaced) }
+        } catch {
+            self.namespace.withLock { $0.busy.subtract([source, target]) }
+            throw error
+        }
+        self.namespace.withLock { namespace in
+            namespace.busy.subtract([source, target])
+            if let replaced { namespace.freeInodes.append(replaced) }
             namespace.names.removeValue(forKey: source)
             namespace.names[target] = number
         }
+    }
+
+    /// The error for an operation on a name another unlink, rename or publish is working on.
+    private static func busy(_ name: FileName) -> FSError {
+        FSError(.busy, "\(name): another unlink, rename or publish of it is in progress")
     }
 
     /// Gives the unnamed file `id` (from `createUnnamed`) the name `name`, replacing a file of
@@ -165,19 +185,34 @@ extension FileSystem {
     public func publish(_ id: FileID, as name: FileName) throws(FSError) {
         try self.checkWritable()
         try Self.validate(name: name)
-        try self.namespace.withLock { (namespace) throws(FSError) in
-            guard !namespace.unlinking.contains(name) else { throw FSError(.exists, "\(name): being removed") }
-            try self.lock(id).withReadLock { () throws(FSError) in
-                let record = try self.checkedRecord(id)
-                guard record.intent == .orphan else { throw FSError(.notFound, "\(id): not an unnamed file") }
+        func unnamed(_ record: InodeRecord) throws(FSError) {
+            guard record.inUse, record.generation == id.generation, record.intent == .orphan else {
+                throw FSError(.notFound, "\(id): not an unnamed file")
             }
-            try self.name(id.inode, as: name, replacing: namespace.names[name]) { (tx) throws(FSError) in
+        }
+        try self.lock(id).withReadLock { () throws(FSError) in try unnamed(try self.checkedRecord(id)) }
+        // The name stays busy while the publish runs (see `rename`).
+        let replaced = try self.namespace.withLock { (namespace) throws(FSError) -> Int? in
+            guard !namespace.busy.contains(name) else { throw Self.busy(name) }
+            namespace.busy.insert(name)
+            return namespace.names[name]
+        }
+        do throws(FSError) {
+            try self.name(id.inode, as: name, replacing: replaced) { (tx) throws(FSError) in
+                // Checked again under the file's lock: another publish of it may have won.
                 let record = tx.inode(id.inode)
+                try unnamed(record)
                 record.setName(name)
                 record.intent = InodeRecord.Intent.none
                 record.modifiedNanoseconds = FileSystem.now()
             }
-            if let replaced = namespace.names[name] { namespace.freeInodes.append(replaced) }
+        } catch {
+            self.namespace.withLock { _ = $0.busy.remove(name) }
+            throw error
+        }
+        self.namespace.withLock { namespace in
+            namespace.busy.remove(name)
+            if let replaced { namespace.freeInodes.append(replaced) }
             namespace.names[name] = id.inode
         }
     }
@@ -195,7 +230,8 @@ extension FileSystem {
 
     /// Stages naming inode `number` (`stage`) and, when `replaced` is set, makes the replaced file
     /// an orphan in the same transaction, once the policy lets its blocks go; then frees them.
-    /// The caller holds the namespace lock.
+    /// The caller holds the names involved busy (not the namespace lock), so no other namespace
+    /// operation takes either inode's lock meanwhile.
     private func name(
         _ number: Int, as target: FileName, replacing replaced: Int?, stage: (Transaction) throws(FSError) -> Void
     ) throws(FSError) {
@@ -207,7 +243,8 @@ extension FileSystem {
         }
         try self.locks[replaced].withWriteLock { () throws(FSError) in
             try self.release(inode: replaced, policy: nil) { () throws(FSError) in
-                // (only namespace operations take two inode locks, and they hold the namespace lock)
+                // (only namespace operations take two inode locks, and they hold these inodes' names
+                // busy: no other one holds either lock)
                 try self.locks[number].withWriteLock { () throws(FSError) in
                     _ = try self.log.transaction { (tx) throws(FSError) in
                         try stage(tx)

@@ -52,8 +52,11 @@ public final class FileSystem: Sendable {
 
     struct Namespace {
         var names: [FileName: Int] = [:]
-        /// Names whose unlink is in progress: still on the media, not visible, not reusable yet.
-        var unlinking: Set<FileName> = []
+        /// Names an unlink, rename or publish is working on: it may sleep (waiting for pins on a
+        /// file it removes or replaces) without the namespace lock, and no other operation may
+        /// name, rename or remove these names meanwhile. An unlinked name is no longer in `names`
+        /// but is not reusable until its unlink ends.
+        var busy: Set<FileName> = []
         var freeInodes: [Int] = []
     }
 

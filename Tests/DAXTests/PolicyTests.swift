@@ -137,6 +137,35 @@ struct PolicyTests {
         #expect(try lab.fs.stat(lab.file).size == 4096)
     }
 
+    @Test("a rename over a pinned file waits for the pin without the namespace lock: other names are created and removed meanwhile, the two names it holds are busy, and it completes at the unpin")
+    func renameWaitsAlone() throws {
+        let lab = try Lab(policy: .wait)
+        let handle = try lab.space.pin(2..<3, write: true)
+        let block = handle.block(at: 0)
+        let source = try lab.fs.create("new")
+        try lab.fs.write(source, offset: 0, bytes: [1, 2, 3])
+        let renamed = lab.background { try! lab.fs.rename("new", to: "data") }  // replaces the pinned file
+        #expect(waitUntil(seconds: 30) { lab.dax.pins.hasWaiters(on: block) }, "the rename never waited for the pin")
+        // Asleep in the wait queue now. The namespace is free: a file comes and goes.
+        let other = try lab.fs.create("other")
+        #expect(try lab.fs.lookup("other") == other)
+        try lab.fs.unlink("other")
+        // The two names it works on are not: nobody renames onto them, removes or creates them.
+        let third = try lab.fs.create("third")
+        #expect(throws: FSError.self) { try lab.fs.rename("third", to: "data") }
+        #expect(throws: FSError.self) { try lab.fs.unlink("new") }
+        #expect(throws: FSError.self) { try lab.fs.create("data") }
+        #expect(try lab.fs.stat(third).size == 0)
+        #expect(!renamed.isDone, "the rename went on while the block was pinned")
+        handle.unpin()
+        #expect(renamed.wait(seconds: 30))
+        let renamedFile = try lab.fs.lookup("data")
+        #expect(renamedFile == source)
+        #expect(try lab.fs.read(renamedFile, offset: 0, count: 3) == [1, 2, 3])
+        #expect(throws: FSError.self) { try lab.fs.lookup("new") }
+        #expect(lab.fs.checkQuiesced().problems.isEmpty)
+    }
+
     @Test("wait with a timeout: a clear error, and nothing changed")
     func waitTimeout() throws {
         let lab = try Lab(policy: .wait, times: PolicyTimes(waitTimeout: .milliseconds(100)))

@@ -67,7 +67,7 @@ struct MapEntryTests {
         let fs = try FileSystem.mount(path: path, readOnly: true)
         defer { try? fs.unmount() }
         var contents: [FileName: [UInt8]] = [:]
-        for entry in try fs.list() {
+        for entry in fs.list() {
             let id = try fs.lookup(entry.name)
             contents[entry.name] = try fs.read(id, offset: 0, count: try fs.stat(id).size)
         }
