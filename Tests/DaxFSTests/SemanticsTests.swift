@@ -306,6 +306,55 @@ struct SemanticsTests {
     }
 }
 
+extension SemanticsTests {
+    @Test("threads create, rename over, publish over and unlink a few shared names: every call succeeds or refuses with a namespace error, and the names and the image agree", .timeLimit(.minutes(2)))
+    func concurrentNamespace() async throws {
+        try await withTemporaryPath { path in
+            _ = try FileSystem.format(path: path, size: 64 << 20)
+            let fs = try FileSystem.mount(path: path)
+            let names = (0..<4).map { FileName("n\($0)") }
+            let done = Locked(0)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for thread in 0..<4 {
+                    group.addTask {
+                        var random = SplitMix64(seed: UInt64(thread) &+ 17)
+                        for _ in 0..<150 {
+                            let a = names[random.next(below: names.count)]
+                            let b = names[random.next(below: names.count)]
+                            do throws(FSError) {
+                                switch random.next(below: 4) {
+                                case 0: try fs.write(try fs.openOrCreate(a), offset: 0, bytes: [UInt8(thread)])
+                                case 1: try fs.rename(a, to: b)
+                                case 2:
+                                    let id = try fs.createUnnamed()
+                                    try fs.write(id, offset: 0, bytes: [UInt8(thread), 1])
+                                    do throws(FSError) { try fs.publish(id, as: b) } catch {
+                                        try fs.discardUnnamed(id)
+                                        throw error
+                                    }
+                                default: try fs.unlink(a)
+                                }
+                                done.withLock { $0 += 1 }
+                            } catch where [.notFound, .busy, .exists].contains(error.code) {
+                                // another thread got there first
+                            } catch {
+                                Issue.record("thread \(thread): \(error)")
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(done.withLock { $0 } > 100, "most calls went through")
+            // The names table and the inodes agree: every listed name looks up to a file that has it.
+            for stat in fs.list() { #expect(try fs.lookup(stat.name) == stat.id) }
+            try fs.unmount()
+            let report = try Fsck.run(path: path)
+            #expect(report.isClean, "\(report.result.problems.prefix(5))")
+        }
+    }
+}
+
 func withTemporaryPath<Result>(_ body: (String) async throws -> Result) async throws -> Result {
     let path = "/dev/shm/daxfs-\(getpid())-\(UUID().uuidString.prefix(8))"
     defer { try? FileManager.default.removeItem(atPath: path) }
