@@ -9,6 +9,16 @@ enum BlockMapPath: Equatable {
     static let indirectFirstPage = InodeRecord.directCount
     static let doubleIndirectFirstPage = indirectFirstPage + MapEntry.perBlock
 
+    /// The leaves of the double-indirect block (their indexes in it) that map a page of `pages`
+    /// (empty when none does).
+    static func leaves(overlapping pages: Range<Int>) -> Range<Int> {
+        let perBlock = MapEntry.perBlock
+        guard pages.upperBound > doubleIndirectFirstPage, !pages.isEmpty else { return 0..<0 }
+        let first = max(0, pages.lowerBound - doubleIndirectFirstPage) / perBlock
+        let end = min(perBlock, (pages.upperBound - 1 - doubleIndirectFirstPage) / perBlock + 1)
+        return first < end ? first..<end : 0..<0
+    }
+
     /// - Returns: nil when `page` lies beyond what the map can reach (about 1 GiB).
     init?(page: Int) {
         // (Comparisons, not `case ..<n` patterns: those ran as generic `contains` calls, on

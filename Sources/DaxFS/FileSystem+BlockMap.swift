@@ -259,9 +259,7 @@ extension FileSystem {
         let topOffset = inodeOffset + InodeRecord.doubleIndirectOffset
         let top = tx.load32(topOffset)
         guard geometry.isDataBlock(top) else { return true }
-        let firstOuter = max(0, pages.lowerBound - doubleFirst) / perBlock
-        let lastOuter = min(perBlock - 1, (pages.upperBound - 1 - doubleFirst) / perBlock)
-        for outer in firstOuter...lastOuter
+        for outer in BlockMapPath.leaves(overlapping: pages)
         where !release(Self.leafSlot(geometry, top: top, outer), firstPage: doubleFirst + outer * perBlock) {
             return false
         }

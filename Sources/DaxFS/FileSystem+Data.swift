@@ -275,7 +275,6 @@ extension FileSystem {
 
     /// The block-map blocks that mapping every page of `pages` would have to allocate.
     private func missingMapBlocks(_ record: InodeRecord, _ number: Int, pages: Range<Int>) -> Int {
-        let perBlock = MapEntry.perBlock
         let doubleFirst = BlockMapPath.doubleIndirectFirstPage
         var missing = 0
         if pages.overlaps(BlockMapPath.indirectFirstPage..<doubleFirst), self.reader.mapSlot(of: record, number, page: BlockMapPath.indirectFirstPage) == nil {
@@ -284,9 +283,8 @@ extension FileSystem {
         guard pages.upperBound > doubleFirst else { return missing }
         let top = self.reader.valid(record.pointer.load(fromByteOffset: InodeRecord.doubleIndirectOffset, as: UInt32.self))
         if top == 0 { missing += 1 }
-        let firstOuter = max(0, pages.lowerBound - doubleFirst) / perBlock
-        let lastOuter = min(perBlock - 1, (pages.upperBound - 1 - doubleFirst) / perBlock)
-        for outer in firstOuter...lastOuter where self.reader.entry(top, outer, number, position: MapEntry.leafTag | UInt32(outer)) == 0 {
+        for outer in BlockMapPath.leaves(overlapping: pages)
+        where self.reader.entry(top, outer, number, position: MapEntry.leafTag | UInt32(outer)) == 0 {
             missing += 1
         }
         return missing

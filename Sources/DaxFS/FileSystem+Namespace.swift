@@ -1,4 +1,7 @@
 import DaxlabSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 /// The flat root directory: create, lookup, unlink, rename, publish, stat, list.
 ///
 /// Names live in their inodes (one name per file, no hard links) and are compared as bytes.
@@ -61,9 +64,18 @@ extension FileSystem {
     /// The file called `name`.
     /// - Throws: `.notFound`.
     public func lookup(_ name: FileName) throws(FSError) -> FileID {
-        let number = self.namespace.withLock { $0.names[name] }
-        guard let number else { throw FSError(.notFound, "\(name): no such file") }
-        return FileID(inode: number, generation: self.locks[number].withReadLock { self.record(number).generation })
+        while true {
+            let (number, busy) = self.namespace.withLock { ($0.names[name], $0.busy.contains(name)) }
+            guard let number else { throw FSError(.notFound, "\(name): no such file") }
+            let (generation, inUse) = self.locks[number].withReadLock {
+                (self.record(number).generation, self.record(number).inUse)
+            }
+            if inUse { return FileID(inode: number, generation: generation) }
+            // A rename or publish over `name` freed the file it replaced and is about to give
+            // the name its new file: the name is never absent, so wait for that.
+            guard busy else { throw FSError(.notFound, "\(name): no such file") }
+            sched_yield()
+        }
     }
 
     /// Opens `name`, creating it when absent.
@@ -163,7 +175,16 @@ extension FileSystem {
                 record.modifiedNanoseconds = FileSystem.now()
             }
         } catch {
-            self.namespace.withLock { $0.busy.subtract([source, target]) }
+            // Renamed on the media unless the failure came before the naming transaction
+            // (freeing the replaced file's blocks can fail after it: mount finishes that).
+            let renamed = self.locks[number].withReadLock { self.record(number).name == target }
+            self.namespace.withLock { namespace in
+                namespace.busy.subtract([source, target])
+                guard renamed else { return }
+                if let replaced { namespace.freeInodes.append(replaced) }
+                namespace.names.removeValue(forKey: source)
+                namespace.names[target] = number
+            }
             throw error
         }
         self.namespace.withLock { namespace in
@@ -207,7 +228,16 @@ extension FileSystem {
                 record.modifiedNanoseconds = FileSystem.now()
             }
         } catch {
-            self.namespace.withLock { _ = $0.busy.remove(name) }
+            // Published on the media unless the failure came before the naming transaction.
+            let published = self.locks[id.inode].withReadLock {
+                self.record(id.inode).name == name && self.record(id.inode).intent != .orphan
+            }
+            self.namespace.withLock { namespace in
+                namespace.busy.remove(name)
+                guard published else { return }
+                if let replaced { namespace.freeInodes.append(replaced) }
+                namespace.names[name] = id.inode
+            }
             throw error
         }
         self.namespace.withLock { namespace in
