@@ -70,6 +70,9 @@ demo: build
 # thread per CPU. In parallel on a loaded 2-core machine, two such tests hold both threads while
 # the rest wait their turn, and the waiting counts against each test's time limit: tests that take
 # a millisecond "exceeded 60 s". One at a time, a time limit measures its own test only.
+# The tests' builds compile the DAX layer's test hooks in (DAXLAB_TEST_HOOKS=1; no other build has
+# them, whatever its configuration).
+test: export DAXLAB_TEST_HOOKS := 1
 test: deps check-layers
 	$(SWIFT) build --build-tests
 	scripts/run-tests.sh .build/test.log $(SWIFT) test --no-parallel
@@ -86,6 +89,7 @@ test-pmem: deps
 	SWIFT=$(SWIFT) scripts/test-pmem.sh
 
 # The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
+tsan: export DAXLAB_TEST_HOOKS := 1
 tsan: deps
 	scripts/run-tests.sh .build-tsan/test.log $(SWIFT) test --no-parallel --sanitize=thread --scratch-path .build-tsan \
 		--filter 'DaxlabSupportTests|DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|DaxFSTests.ReservationTests|PmemTests.MappingTests|DAXTests|RaceTests'

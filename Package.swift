@@ -19,6 +19,15 @@
 //   DaxlabCLI       the commands (swift-argument-parser), and the `daxlab` executable on top
 import PackageDescription
 
+// The DAX layer's test hooks (closures the tests run at chosen points of the pin fast path, the
+// lease scan, the batch pool, a revocation...) are compiled only when the build asks for them
+// with DAXLAB_TEST_HOOKS=1 in its environment, as swift-system's mocking is: `make test` does,
+// and nothing else, whatever the configuration. A package that depends on daxlab, a release
+// build or a plain `swift build` gets a DAX layer without them; the tests that need them say so
+// and are skipped.
+let testHooks: [SwiftSetting] =
+    Context.environment["DAXLAB_TEST_HOOKS"] == "1" ? [.define("DAXLAB_TEST_HOOKS")] : []
+
 let package = Package(
     name: "daxlab",
     products: [
@@ -67,8 +76,7 @@ let package = Package(
             dependencies: [
                 "CShims", "CRing", "DaxFS", "Pmem", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
             ],
-            // The pin fast path's test hook exists only in debug builds (tests); never in release.
-            swiftSettings: [.define("DAXLAB_TEST_HOOKS", .when(configuration: .debug))]
+            swiftSettings: testHooks
         ),
         // Devices that pin file blocks and write into them: simulated, or the kernel's own
         // (io_uring fixed buffers, O_DIRECT).
@@ -120,7 +128,7 @@ let package = Package(
             dependencies: [
                 "CShims", "DAX", "DMA", "DaxFS", "TestSupport", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
             ],
-            swiftSettings: [.define("DAXLAB_TEST_HOOKS", .when(configuration: .debug))]
+            swiftSettings: testHooks
         ),
         .testTarget(
             name: "RaceTests",

@@ -25,7 +25,7 @@ public final class AddressSpace: @unchecked Sendable {
     /// Odd while an invalidation is clearing entries: the seqcount of the pin fast path (a pin
     /// must not take a block whose entry was cleared and set again around it).
     let sequence = Atomic<UInt64>(0)
-    let leases = LeaseTable()
+    let leases: LeaseTable
     /// On-demand-paging devices' subscriptions to ranges of the file (`DeviceMirror`).
     let subscriptions = Locked(Subscriptions())
     /// Set by the file's first subscription (under the invalidate lock), never cleared.
@@ -48,7 +48,7 @@ public final class AddressSpace: @unchecked Sendable {
     let windowSlot = ManagedAtomic<Int>(-1)
 
     #if DAXLAB_TEST_HOOKS
-    /// Tests only (debug builds): runs in the pin fast path between the page-table load and the
+    /// Tests only (builds with DAXLAB_TEST_HOOKS=1): runs in the pin fast path between the page-table load and the
     /// pin-count increment, with the page and the block it loaded: where an invalidation must be
     /// caught by the recheck (gup-fast's `pte_same`).
     nonisolated(unsafe) var pinFastPathHook: ((Int, UInt32) -> Void)?
@@ -78,6 +78,7 @@ public final class AddressSpace: @unchecked Sendable {
         self.unmounting = dax.unmounting
         self.source = dax.source
         self.refusesLongTerm = dax.defaultPolicy == .mainline
+        self.leases = LeaseTable(asymmetric: dax.asymmetricFence)
         self.mapping = dax.source.mapping
         self.base = dax.source.mapping.base
     }

@@ -17,27 +17,11 @@ import CShims
 /// instruction (2 to 7 ns by CPU).
 ///
 /// Where membarrier is missing or refused (a kernel before 4.14, a seccomp filter), `available`
-/// is false and users fall back to sequentially consistent accesses on both sides.
+/// is false and users fall back to sequentially consistent accesses on both sides. Each user decides
+/// once, when it is made (the DAX layer's `asymmetricFence`, chosen at attach), and keeps to it.
 enum AsymmetricFence {
     /// Whether this process registered for the private expedited command (once, on first use).
     static let available: Bool = CShims_membarrier_register() == 0
-
-    /// Whether a structure made now should use the fence (`available`, unless a test forces the
-    /// fallback). Each user decides once, when it is made, and keeps to it.
-    static var inUse: Bool {
-        #if DAXLAB_TEST_HOOKS
-        available && !forceFallback
-        #else
-        available
-        #endif
-    }
-
-    #if DAXLAB_TEST_HOOKS
-    /// Tests only (debug builds): structures made while it is set use the sequentially
-    /// consistent fallback (lease tables) or none of the fence's fast paths (the batch pool's
-    /// cells), as where membarrier is missing.
-    nonisolated(unsafe) static var forceFallback = false
-    #endif
 
     /// The hot side: orders nothing at run time, only stops the compiler moving accesses across.
     @inline(__always)

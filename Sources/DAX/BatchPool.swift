@@ -51,12 +51,13 @@ final class BatchPool: @unchecked Sendable {
     nonisolated(unsafe) var cellHook: ((CellStage) -> Void)?
     #endif
 
-    init() {
+    /// - Parameter usesCells: give each thread a cell (only where `AsymmetricFence.available`).
+    init(usesCells: Bool) {
         self.words = .allocate(capacity: Self.slots * Self.stride)
         self.words.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.slots * Self.stride)
         self.cellWords = .allocate(capacity: Self.cells * Self.stride)
         self.cellWords.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.cells * Self.stride)
-        self.usesCells = AsymmetricFence.inUse
+        self.usesCells = usesCells
     }
 
     deinit {

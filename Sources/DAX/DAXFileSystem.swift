@@ -35,7 +35,10 @@ public final class DAXFileSystem {
     /// names, can happen meanwhile: no mutex on the punch path.
     private let spaceSlots: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
     private let inodeCount: Int
-    let batchPool = BatchPool()
+    let batchPool: BatchPool
+    /// Whether this layer's Dekker pairs (the lease tables', the batch pool's cells') use the
+    /// asymmetric fence, or the sequentially consistent fallback. Decided once, at attach.
+    let asymmetricFence: Bool
     /// Set by the unmount's final layout break: new pins are refused from then on.
     let unmounting = UnmountFlag()
 
@@ -45,7 +48,14 @@ public final class DAXFileSystem {
     ///   - times: the wait timeout and the lease-break time.
     /// - Throws: `.inUse` when another DAX layer is attached, `.invalidArgument` when `fs` is not
     ///   mounted, `.io` when the zero page cannot be mapped.
-    public init(fs: FileSystem, policy: TruncatePolicy, times: PolicyTimes = PolicyTimes()) throws(FSError) {
+    public convenience init(fs: FileSystem, policy: TruncatePolicy, times: PolicyTimes = PolicyTimes()) throws(FSError) {
+        try self.init(fs: fs, policy: policy, times: times, asymmetricFence: AsymmetricFence.available)
+    }
+
+    /// Attaches the layer with its fence chosen: `asymmetricFence` false makes every Dekker pair
+    /// use the sequentially consistent fallback, as where membarrier(2) is missing or refused
+    /// (true where it is missing is taken as false). The tests run both sides.
+    init(fs: FileSystem, policy: TruncatePolicy, times: PolicyTimes, asymmetricFence: Bool) throws(FSError) {
         let page: UnsafeMutableRawPointer
         do {
             page = try mapMemory(
@@ -67,6 +77,8 @@ public final class DAXFileSystem {
         }
         self.fs = fs
         self.source = source
+        self.asymmetricFence = asymmetricFence && AsymmetricFence.available
+        self.batchPool = BatchPool(usesCells: self.asymmetricFence)
         self.defaultPolicy = policy
         self.times = times
         self.zeroPage = page

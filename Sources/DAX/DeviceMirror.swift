@@ -39,9 +39,9 @@ public final class DeviceMirror: @unchecked Sendable {
     private let subscribed = ManagedAtomic<Bool>(true)
 
     #if DAXLAB_TEST_HOOKS
-    /// Tests only (debug builds): runs in `map` between faulting the range in and taking the
+    /// Tests only (builds with DAXLAB_TEST_HOOKS=1): runs in `map` between faulting the range in and taking the
     /// lock, where an invalidation must be caught by `readRetry`.
-    nonisolated(unsafe) public var mappingHook: (() -> Void)?
+    nonisolated(unsafe) var mappingHook: (() -> Void)?
     #endif
 
     /// Subscribes to `pages` of `space`'s file. Nothing is mapped until `map()`.

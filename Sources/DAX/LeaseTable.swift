@@ -85,13 +85,14 @@ final class LeaseTable: @unchecked Sendable {
     let asymmetric: Bool
 
     #if DAXLAB_TEST_HOOKS
-    /// Tests only (debug builds): runs in a breaker's scan between its load of a slot and its
+    /// Tests only (builds with DAXLAB_TEST_HOOKS=1): runs in a breaker's scan between its load of a slot and its
     /// hold of the batch found there: where an ending lease must wait for the breaker.
     nonisolated(unsafe) var scanHook: ((PinBatch) -> Void)?
     #endif
 
-    init() {
-        self.asymmetric = AsymmetricFence.inUse
+    /// - Parameter asymmetric: use the asymmetric fence (only where `AsymmetricFence.available`).
+    init(asymmetric: Bool) {
+        self.asymmetric = asymmetric
         self.slots = .allocate(capacity: Self.slotCount)
         self.slots.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: Self.slotCount)
     }

@@ -8,13 +8,13 @@ import Testing
 /// The batch pool's per-thread cells (`BatchPool`): a thread takes back the batch it gave back
 /// without a locked instruction, and the unmount's `close` and a cell's owner decide who empties
 /// the cell by a Dekker pair with the asymmetric fence. Each interleaving of an owner with a
-/// close is made on purpose with the pool's test hook (debug builds): a batch is handed out at
+/// close is made on purpose with the pool's test hook (builds with DAXLAB_TEST_HOOKS=1): a batch is handed out at
 /// most once and never after the close let it go, and none stays in a closed pool.
 @Suite("The batch pool's per-thread cells", .serialized, .timeLimit(.minutes(1)))
 struct BatchPoolTests {
     /// A pool with cells, or the reason there is none (no membarrier here).
     private func poolWithCells() throws -> BatchPool {
-        let pool = BatchPool()
+        let pool = BatchPool(usesCells: AsymmetricFence.available)
         if !pool.usesCells {
             try Test.cancel("membarrier's private expedited command is refused here: the pool uses no cells")
         }
@@ -77,10 +77,7 @@ struct BatchPoolTests {
     @Test("a thread takes back the batch it gave back; another thread's take does not find it (the shared slots would give it)",
           arguments: [false, true])
     func cellKeepsItsBatch(fallback: Bool) throws {
-        #if DAXLAB_TEST_HOOKS
-        AsymmetricFence.forceFallback = fallback
-        let lab = try Lab(policy: .wait, pages: 4)
-        AsymmetricFence.forceFallback = false
+        let lab = try Lab(policy: .wait, pages: 4, asymmetricFence: !fallback)
         #expect(lab.dax.batchPool.usesCells == (!fallback && AsymmetricFence.available))
         if !fallback && !AsymmetricFence.available {
             try Test.cancel("membarrier's private expedited command is refused here: the pool uses no cells")
@@ -128,9 +125,6 @@ struct BatchPoolTests {
             #expect(seen["b"] != seen["a1"], "B took the batch in A's cell")
             #expect(seen["a2"] == seen["a1"], "A did not get its own batch back from its cell")
         }
-        #else
-        try Test.cancel("AsymmetricFence.forceFallback exists only in debug builds")
-        #endif
     }
 
     @Test("a close while a take has marked its cell: the close leaves the cell, the take sees the close and lets the batch go")
@@ -148,7 +142,7 @@ struct BatchPoolTests {
         }
         #expect(!kept, "the batch of a closed pool's cell was kept, or handed out")
         #else
-        try Test.cancel("the pool's cell hook exists only in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 
@@ -171,7 +165,7 @@ struct BatchPoolTests {
         #expect(same, "the take did not get its cell's batch")
         #expect(goneAfter, "the taker's release did not free the batch: someone else holds it")
         #else
-        try Test.cancel("the pool's cell hook exists only in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 
@@ -187,7 +181,7 @@ struct BatchPoolTests {
         }
         #expect(!kept, "a batch stayed in the cell of a closed pool")
         #else
-        try Test.cancel("the pool's cell hook exists only in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 

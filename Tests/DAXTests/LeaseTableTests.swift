@@ -7,7 +7,7 @@ import TestSupport
 
 /// The lock-free lease table's reclamation rule: a lease that ends while a breaker has loaded
 /// its slot but not yet held its batch waits for that breaker (so the batch is never recycled
-/// under it). The window is a few instructions wide; the test hook (debug builds only) stops
+/// under it). The window is a few instructions wide; the test hook (builds with DAXLAB_TEST_HOOKS=1) stops
 /// the breaker inside it while the holder unpins.
 ///
 /// The rule's fence is asymmetric where membarrier(2) is there (the unpin's side a compiler
@@ -17,15 +17,9 @@ import TestSupport
 struct LeaseTableTests {
     /// A lab whose file's lease table uses the fallback fence, or the default one.
     private func lab(fallback: Bool, pages: Int) throws -> Lab {
-        #if DAXLAB_TEST_HOOKS
-        AsymmetricFence.forceFallback = fallback
-        defer { AsymmetricFence.forceFallback = false }
-        let lab = try Lab(policy: .wait, pages: pages)
+        let lab = try Lab(policy: .wait, pages: pages, asymmetricFence: !fallback)
         #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
         return lab
-        #else
-        return try Lab(policy: .wait, pages: pages)
-        #endif
     }
 
     @Test("lease IDs: a batch's number and its lease count, written number.count; the count wraps alone; live leases differ")
@@ -95,7 +89,7 @@ struct LeaseTableTests {
         #expect(space.leaseList.isEmpty)
         #expect(lab.dax.pins.pinCount(lab.fs.currentBlock(lab.file, page: 1)) == 0)
         #else
-        try Test.cancel("the lease table's test hook exists only in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 

@@ -7,7 +7,7 @@ import TestSupport
 /// The pin fast path's recheck (gup-fast's `pte_same`): a pin raises the block's count and then
 /// checks that the page table still maps the block, undoing and retrying if an invalidation got
 /// there first. The window is a few instructions wide, so races alone never hit it; the test
-/// hook (debug builds only) stops the pinner inside it while a punch runs to completion.
+/// hook (builds with DAXLAB_TEST_HOOKS=1) stops the pinner inside it while a punch runs to completion.
 @Suite("The pin fast path's recheck", .serialized, .timeLimit(.minutes(1)))
 struct PinFastPathTests {
     @Test("an invalidation between the entry load and the pin-count increment makes the pin retry",
@@ -41,7 +41,7 @@ struct PinFastPathTests {
         if pinned != old { #expect(lab.dax.pins.pinCount(old) == 0, "the pin taken on the old block was undone") }
         handle.unpin()
         #else
-        try Test.cancel("the pin fast path's test hook exists only in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 
@@ -85,7 +85,7 @@ struct PinFastPathTests {
         handle.unpin()
         for index in 0..<4 { #expect(lab.dax.pins.pinCount(now[index]) == 0) }
         #else
-        try Test.cancel("the pin fast path's test hook exists only in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 }

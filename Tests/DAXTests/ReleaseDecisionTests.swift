@@ -6,16 +6,14 @@ import Testing
 /// Who drops a pin a revoker revokes: the holder's unpin and the revoker decide it by a Dekker
 /// pair (each stores a mark, then loads the other's) with an asymmetric fence, and a locked
 /// claim only where both saw each other (`PinBatch.releaseByHolder`, `PinBatch.revoke`). Each
-/// interleaving is made on purpose, with the test hooks (debug builds), under the asymmetric
+/// interleaving is made on purpose, with the test hooks (builds with DAXLAB_TEST_HOOKS=1), under the asymmetric
 /// fence and under the sequentially consistent fallback: the pins must be dropped exactly once
 /// (a count that went below zero would read as a huge count, and a block left pinned as one).
 @Suite("Who drops a revoked pin", .serialized, .timeLimit(.minutes(1)))
 struct ReleaseDecisionTests {
     #if DAXLAB_TEST_HOOKS
     private func lab(fallback: Bool) throws -> Lab {
-        AsymmetricFence.forceFallback = fallback
-        defer { AsymmetricFence.forceFallback = false }
-        let lab = try Lab(policy: .leaseBreak, pages: 4)
+        let lab = try Lab(policy: .leaseBreak, pages: 4, asymmetricFence: !fallback)
         #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
         return lab
     }
@@ -37,7 +35,7 @@ struct ReleaseDecisionTests {
         for block in blocks { #expect(lab.dax.pins.pinCount(block) == 0) }
         #expect(space.leaseList.isEmpty)
         #else
-        try Test.cancel("the release hook exists only in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 
@@ -59,7 +57,7 @@ struct ReleaseDecisionTests {
         for page in 0..<4 { #expect(lab.dax.pins.pinCount(lab.fs.currentBlock(lab.file, page: page)) == 0) }
         #expect(space.leaseList.isEmpty)
         #else
-        try Test.cancel("the fast path's hook exists only in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 
@@ -85,7 +83,7 @@ struct ReleaseDecisionTests {
         for block in blocks { #expect(lab.dax.pins.pinCount(block) == 0, "the unpin dropped them again") }
         #expect(space.leaseList.isEmpty)
         #else
-        try Test.cancel("the revocation needs the lease table's batches, reachable in debug builds")
+        try Test.cancel(testHooksMissing)
         #endif
     }
 }

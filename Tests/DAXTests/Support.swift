@@ -1,7 +1,8 @@
-import DAX
+@testable import DAX
 @_spi(Oracle) import DaxFS
 import DaxlabSupport
 import Foundation
+import Testing
 import TestSupport
 
 /// A fresh image with one file of `pages` written pages, the DAX layer on top.
@@ -11,11 +12,16 @@ final class Lab: @unchecked Sendable {
     let dax: DAXFileSystem
     let file: FileID
 
-    init(policy: TruncatePolicy, pages: Int = 16, times: PolicyTimes = PolicyTimes(), size: Int = 32 << 20) throws {
+    /// - Parameter asymmetricFence: false attaches the layer with the sequentially consistent
+    ///   fallback fence, as where membarrier(2) is missing.
+    init(
+        policy: TruncatePolicy, pages: Int = 16, times: PolicyTimes = PolicyTimes(), size: Int = 32 << 20,
+        asymmetricFence: Bool = true
+    ) throws {
         self.path = "/dev/shm/daxlab-dax-\(getpid())-\(UUID().uuidString.prefix(8))"
         _ = try FileSystem.format(path: self.path, size: size)
         self.fs = try FileSystem.mount(path: self.path)
-        self.dax = try DAXFileSystem(fs: self.fs, policy: policy, times: times)
+        self.dax = try DAXFileSystem(fs: self.fs, policy: policy, times: times, asymmetricFence: asymmetricFence)
         self.file = try self.fs.create("data")
         try self.fs.write(self.file, offset: 0, bytes: [UInt8](repeating: 0xAA, count: pages * 4096))
     }
@@ -34,6 +40,9 @@ final class Lab: @unchecked Sendable {
         return finished
     }
 }
+
+/// Why a test that needs the DAX layer's test hooks did not run.
+let testHooksMissing: Comment = "this build has no DAX test hooks: build with DAXLAB_TEST_HOOKS=1 in the environment (make test does)"
 
 /// A one-shot event with a timed wait.
 final class Finished: @unchecked Sendable {
