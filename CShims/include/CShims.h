@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include <pthread.h>
 
 #include <libpmem.h>
 #include <ndctl/libndctl.h>
@@ -78,6 +79,13 @@ int CShims_thread_index_slow(void);
 static inline __attribute__((always_inline)) int CShims_thread_index(void) {
     int value = CShims_thread_index_plus_one;
     return value > 0 ? value - 1 : CShims_thread_index_slow();
+}
+
+/// Whether a thread sleeps, or is about to, waiting for `mutex` (glibc's default mutex type: its
+/// word is 2 from the moment a locker that found it held decides to sleep until the unlock that
+/// wakes it): the state a test waits for before it acts on the sleeper.
+static inline int CShims_mutex_has_waiters(pthread_mutex_t *mutex) {
+    return __atomic_load_n(&mutex->__data.__lock, __ATOMIC_RELAXED) == 2;
 }
 
 /// Registers the process for MEMBARRIER_CMD_PRIVATE_EXPEDITED (membarrier(2), Linux 4.14); 0 or

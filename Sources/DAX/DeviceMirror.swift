@@ -107,6 +107,9 @@ public final class DeviceMirror: @unchecked Sendable {
         }
     }
 
+    /// Whether an invalidation (or another device thread) sleeps waiting for the device's lock.
+    var lockHasWaiters: Bool { self.translations.hasWaiters }
+
     /// The block the `index`-th translation holds now (0: zapped or never mapped).
     public func translation(at index: Int) -> UInt32 { self.translations.withLock { $0[index] } }
 

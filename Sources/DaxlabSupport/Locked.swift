@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Atomics
+import CShims
 
 /// A value behind a pthread mutex.
 ///
@@ -37,6 +38,10 @@ public final class Locked<Value>: @unchecked Sendable {
         defer { pthread_mutex_unlock(self.mutex) }
         return try body(&self.value)
     }
+
+    /// Whether another thread sleeps, or is about to, waiting for this lock (tests wait for it
+    /// before they act on the sleeper, instead of waiting for time to pass).
+    public var hasWaiters: Bool { CShims_mutex_has_waiters(self.mutex) != 0 }
 
     /// Runs `body` if the lock is free now; nil if another thread holds it.
     @inlinable

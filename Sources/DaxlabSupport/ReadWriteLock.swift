@@ -62,6 +62,12 @@ public struct ReadWriteLock: @unchecked Sendable {
 
     /// Takes the lock shared (prefer `withReadLock`).
     @inlinable
+    /// Whether a thread sleeps, or is about to, waiting for this lock (a waiting bit of the state
+    /// word is set): tests wait for it before they act on the sleeper.
+    public var hasWaiters: Bool {
+        self.state.load(ordering: .relaxed) & (Self.readersWaiting | Self.writersWaiting) != 0
+    }
+
     public func lockShared() {
         let state = self.state.load(ordering: .relaxed)
         if Self.isReadLockable(state),

@@ -75,8 +75,12 @@ struct OnDemandPagingTests {
             mirror.write(at: 0, from: buffer.baseAddress!) { _ in
                 let running = lab.background { _ = try? lab.fs.truncate(file, size: 0) }
                 truncated = running
-                // Direction-safe: the truncate cannot return while this write holds the lock.
-                #expect(!running.wait(seconds: 0.2), "the invalidation did not wait for the write in progress")
+                // The invalidation began (its sequence is odd) and sleeps on the device's lock,
+                // which this write holds: the translation is still there and nothing returned.
+                let asleep = waitUntil(seconds: 30) { mirror.lockHasWaiters }
+                #expect(asleep, "the invalidation never waited for the write in progress")
+                #expect(mirror.invalidations.load(ordering: .relaxed) == 0, "an invalidation ran past the device's lock")
+                #expect(!running.isDone, "the truncate returned while a device write was in progress")
             }
         }
         #expect(landed)
