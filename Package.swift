@@ -126,7 +126,8 @@ let package = Package(
         .testTarget(
             name: "DAXTests",
             dependencies: [
-                "CShims", "DAX", "DMA", "DaxFS", "TestSupport", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+                "CShims", "DAX", "DMA", "DaxFS", "Pmem", "TestSupport", "DaxlabSupport",
+                .product(name: "Atomics", package: "swift-atomics"),
             ],
             swiftSettings: testHooks
         ),

@@ -326,34 +326,3 @@ final class HandleSlot: @unchecked Sendable {
         taken?.unpin()
     }
 }
-
-@Suite("The README's DAX example")
-struct ReadmeExampleTests {
-    @Test("runs as written and does what its comments say")
-    func example() throws {
-        try withTemporaryPath("readme") { path in
-            _ = try FileSystem.format(path: path, size: 8 << 20)
-            let fs = try FileSystem.mount(path: path)
-            let dax = try DAXFileSystem(
-                fs: fs, policy: .wait, times: PolicyTimes(waitTimeout: .seconds(5), leaseBreakTime: .seconds(45)))
-            let file = try fs.create("buffer")
-            try fs.truncate(file, size: 64 << 10)
-
-            let space = dax.open(file)
-            let page0 = try space.fault(0, write: true)
-            #expect(page0.load(as: UInt64.self) == 0)
-            let pins = try space.pin(0..<16, write: true, holder: nil)
-            let data = [UInt8](repeating: 0x5A, count: 4096)
-            let landed = data.withUnsafeBytes { pins.write(at: 3, from: $0.baseAddress!, count: 4096) }
-            #expect(landed)
-            #expect(try fs.read(file, offset: 3 * 4096, count: 4096) == data)
-            try fs.truncate(file, size: 0, policy: .sequester)
-            #expect(fs.lostFoundBlocks == 16)
-            pins.unpin()                                      // its release is queued for the reclaimer
-            dax.waitForReclaims()
-            #expect(fs.lostFoundBlocks == 0)
-            try fs.unmount()
-            #expect(try Fsck.run(path: path).isClean)
-        }
-    }
-}
