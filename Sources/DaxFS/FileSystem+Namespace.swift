@@ -17,15 +17,15 @@ extension FileSystem {
     }
 
     /// Creates an empty file.
-    /// - Throws: `.invalidName`, `.exists`, `.noInodes`.
+    /// - Throws: `.invalidName`, `.exists`, `.noInodes`; `.busy` while an unlink, rename or
+    ///   publish of `name` is in progress (it may end with the name taken or free).
     @discardableResult
     public func create(_ name: FileName) throws(FSError) -> FileID {
         try self.checkWritable()
         try Self.validate(name: name)
         return try self.namespace.withLock { (namespace) throws(FSError) -> FileID in
-            guard namespace.names[name] == nil, !namespace.busy.contains(name) else {
-                throw FSError(.exists, "\(name): file exists")
-            }
+            guard namespace.names[name] == nil else { throw FSError(.exists, "\(name): file exists") }
+            guard !namespace.busy.contains(name) else { throw Self.busy(name) }
             let id = try self.newInode(named: name, in: &namespace)
             namespace.names[name] = id.inode
             return id
@@ -79,6 +79,7 @@ extension FileSystem {
     }
 
     /// Opens `name`, creating it when absent.
+    /// - Throws: as `create`: `.busy` while an unlink, rename or publish of `name` is in progress.
     public func openOrCreate(_ name: FileName) throws(FSError) -> FileID {
         do { return try self.lookup(name) } catch where error.code == .notFound {
             do { return try self.create(name) } catch where error.code == .exists { return try self.lookup(name) }
@@ -295,17 +296,28 @@ extension FileSystem {
         }
     }
 
-    /// Every named file, sorted by name (bytes).
+    /// Every named file, sorted by name (bytes). A name that a rename or publish is giving a new
+    /// file is listed with that file, never left out.
     public func list() -> [FileStat] {
         let names = self.namespace.withLock { $0.names }
         return names.sorted { $0.key < $1.key }.compactMap { name, number in
-            self.locks[number].withReadLock {
-                let record = self.record(number)
-                guard record.inUse else { return nil }
-                return FileStat(
-                    id: FileID(inode: number, generation: record.generation), name: name, size: Int(record.size),
-                    blocks: Int(record.blocks), modifiedNanoseconds: record.modifiedNanoseconds)
-            }
+            if let stat = self.stat(inode: number, name: name) { return stat }
+            // The file the name had was freed by a rename or publish over it, which is about to
+            // give the name its new file: `lookup` waits for that (and says notFound if the name
+            // was unlinked meanwhile).
+            guard let id = try? self.lookup(name) else { return nil }
+            return self.stat(inode: id.inode, name: name)
+        }
+    }
+
+    /// The stat of inode `number` under `name`, if it is a live file.
+    private func stat(inode number: Int, name: FileName) -> FileStat? {
+        self.locks[number].withReadLock {
+            let record = self.record(number)
+            guard record.inUse else { return nil }
+            return FileStat(
+                id: FileID(inode: number, generation: record.generation), name: name, size: Int(record.size),
+                blocks: Int(record.blocks), modifiedNanoseconds: record.modifiedNanoseconds)
         }
     }
 

@@ -16,8 +16,9 @@ public struct Daxlab: ParsableCommand {
             Paths may be a device-dax device (/dev/daxX.Y), a file on an fs-dax mount, or a file on \
             tmpfs (/dev/shm, emulated pmem; set PMEM_IS_PMEM_FORCE=1 to have libpmem treat it as pmem).
 
-            Exit status: 0 success; 1 the command ran and found a problem; 2 bad arguments or an \
-            unusable path (one line on stderr says which).
+            Exit status: 0 success; 1 the command ran and found a problem (fsck, race verdicts); 2 bad \
+            arguments, an unusable path or a failed operation (one line on stderr says which); 141 \
+            the reader of stdout went away.
             """,
         version: DaxlabVersion.string,
         subcommands: [

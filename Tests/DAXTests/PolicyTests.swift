@@ -166,6 +166,29 @@ struct PolicyTests {
         #expect(lab.fs.checkQuiesced().problems.isEmpty)
     }
 
+    @Test("while an unlink waits for a pinned file, its name is busy: create and openOrCreate say so (not 'exists' or 'no such file'), and list no longer shows it")
+    func unlinkKeepsItsNameBusy() throws {
+        let lab = try Lab(policy: .wait)
+        let handle = try lab.space.pin(2..<3, write: true)
+        let block = handle.block(at: 0)
+        let unlinked = lab.background { try! lab.fs.unlink("data") }
+        let waiting = waitUntil(seconds: 30) { lab.dax.pins.hasWaiters(on: block) }
+        #expect(waiting, "the unlink never waited for the pin")
+        // Nothing that throws until the unpin: a dropped pin would stop the test process.
+        let created = Result { () throws(FSError) in try lab.fs.create("data") }
+        let opened = Result { () throws(FSError) in try lab.fs.openOrCreate("data") }
+        let listed = lab.fs.list().map(\.name)
+        #expect(!unlinked.isDone, "the unlink returned while the block was pinned")
+        handle.unpin()
+        #expect(unlinked.wait(seconds: 30), "the unlink did not finish after the unpin")
+        #expect(created.failure?.code == .busy, "create during the unlink: \(created)")
+        #expect(opened.failure?.code == .busy, "openOrCreate during the unlink: \(opened)")
+        #expect(listed.isEmpty, "the file the unlink took the name of is not listed: \(listed)")
+        #expect(throws: FSError.self) { try lab.fs.lookup("data") }
+        let again = try lab.fs.openOrCreate("data")
+        #expect(try lab.fs.stat(again).size == 0, "a new, empty file once the unlink is done")
+    }
+
     @Test("wait with a timeout: a clear error, and nothing changed")
     func waitTimeout() throws {
         let lab = try Lab(policy: .wait, times: PolicyTimes(waitTimeout: .milliseconds(100)))

@@ -84,3 +84,10 @@ final class Holder: LeaseHolder, @unchecked Sendable {
         self.onBreak?()
     }
 }
+
+extension Result {
+    /// The error, if it failed.
+    var failure: Failure? {
+        if case .failure(let error) = self { error } else { nil }
+    }
+}
