@@ -63,18 +63,6 @@ func makeVictim(_ lab: Lab, pages: Int, taking block: UInt32) throws -> (file: F
     return (file, (0..<pages).first { lab.fs.currentBlock(file, page: $0) == block })
 }
 
-/// Runs `body` with `handle` and unpins it afterwards, whether `body` returned or threw (a
-/// failed `#require` must not leak the pin).
-func holding<Result>(_ handle: consuming PinHandle, _ body: (borrowing PinHandle) throws -> Result) throws -> Result {
-    let result: Result
-    do { result = try body(handle) } catch {
-        handle.unpin()
-        throw error
-    }
-    handle.unpin()
-    return result
-}
-
 /// Binds the calling thread to the CPU it runs on, so the blocks it frees and allocates come
 /// from one allocator shard: a block freed is the next one handed out (LIFO), as in the seed's
 /// story. Undo with `CShims_unbind_cpu()`.

@@ -314,19 +314,6 @@ struct PolicyTests {
     }
 }
 
-/// A pin handle another thread may unpin.
-final class HandleSlot: @unchecked Sendable {
-    private let lock = NSLock()
-    private var handle: PinHandle?
-    init(_ handle: consuming PinHandle) { self.handle = consume handle }
-    func unpin() {
-        self.lock.lock()
-        let taken = self.handle.take()
-        self.lock.unlock()
-        taken?.unpin()
-    }
-}
-
 @Suite("The README's DAX example")
 struct ReadmeExampleTests {
     @Test("runs as written and does what its comments say")
