@@ -88,6 +88,10 @@ final class LeaseTable: @unchecked Sendable {
     /// Tests only (builds with DAXLAB_TEST_HOOKS=1): runs in a breaker's scan between its load of a slot and its
     /// hold of the batch found there: where an ending lease must wait for the breaker.
     nonisolated(unsafe) var scanHook: ((PinBatch) -> Void)?
+    /// Tests only: runs in a lease's end, its slot cleared, each time it finds a breaker still
+    /// scanning and yields to it: the end's wait, which a test sees reached before it lets the
+    /// breaker go.
+    nonisolated(unsafe) var endWaitHook: (() -> Void)?
     #endif
 
     /// - Parameter asymmetric: use the asymmetric fence (only where `AsymmetricFence.available`).
@@ -166,11 +170,20 @@ final class LeaseTable: @unchecked Sendable {
         if self.asymmetric {
             self.slot(index).store(0, ordering: .releasing)
             AsymmetricFence.light()  // (the breaker's membarrier is the rest of the fence)
-            while self.scanners.load(ordering: .acquiring) != 0 { sched_yield() }
+            while self.scanners.load(ordering: .acquiring) != 0 { self.yieldToScanners() }
         } else {
             self.slot(index).store(0, ordering: .sequentiallyConsistent)
-            while self.scanners.load(ordering: .sequentiallyConsistent) != 0 { sched_yield() }
+            while self.scanners.load(ordering: .sequentiallyConsistent) != 0 { self.yieldToScanners() }
         }
+    }
+
+    /// One turn of an ending lease's wait for the breakers scanning now.
+    @inline(__always)
+    private func yieldToScanners() {
+        #if DAXLAB_TEST_HOOKS
+        self.endWaitHook?()
+        #endif
+        sched_yield()
     }
 
     /// The batches whose range overlaps `pages`, each held (so it cannot be recycled) until the

@@ -146,6 +146,11 @@ public final class PinTable: @unchecked Sendable {
     /// last unpins: a waiter woken only by unpins sees one per unpin, never one per tick.
     public var waitWakeups: Int { self.waits.wakeups.load(ordering: .relaxed) }
     public var wakeBroadcasts: Int { self.waits.broadcasts.load(ordering: .relaxed) }
+    /// Sleeps begun with a deadline (a policy's timeout, a lease-break time), and those that
+    /// ended at it with the block still pinned. A sleep without a deadline ends only when an
+    /// unpin wakes it.
+    public var timedWaits: Int { self.waits.timedWaits.load(ordering: .relaxed) }
+    public var expiredWaits: Int { self.waits.expiredWaits.load(ordering: .relaxed) }
 
     /// Whether a truncate, punch, unlink or rename is asleep waiting for `block`'s pins (its wait
     /// queue's bucket has a waiter): the state a test waits for before it acts on the sleeper.

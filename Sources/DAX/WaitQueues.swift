@@ -23,6 +23,10 @@ final class WaitQueues: @unchecked Sendable {
     let wakeups = ManagedAtomic<Int>(0)
     /// Broadcasts sent by unpins.
     let broadcasts = ManagedAtomic<Int>(0)
+    /// Sleeps begun with a deadline, and those the deadline ended (the block still pinned): a
+    /// sleep without one ends only by a wake-up, so these tell a timer from an unpin.
+    let timedWaits = ManagedAtomic<Int>(0)
+    let expiredWaits = ManagedAtomic<Int>(0)
 
     init() {}
 
@@ -38,6 +42,7 @@ final class WaitQueues: @unchecked Sendable {
     /// - Returns: whether `isIdle()` held (false: the deadline passed first).
     func wait(on block: UInt32, deadline: UInt64?, until isIdle: () -> Bool) -> Bool {
         let index = self.bucket(block)
+        if deadline != nil { self.timedWaits.wrappingIncrement(ordering: .relaxed) }
         // Announce the waiter before checking (sequentially consistent on both sides): either the
         // unpinner sees a waiter and broadcasts, or this check sees the pin gone.
         self.waiterCount(index).wrappingIncrement(ordering: .sequentiallyConsistent)
@@ -45,6 +50,7 @@ final class WaitQueues: @unchecked Sendable {
         let woken = self.buckets[index].wait(
             until: { _ in isIdle() }, deadline: deadline,
             wakeups: { self.wakeups.wrappingIncrement(ordering: .relaxed) }, then: { _ in true })
+        if woken == nil { self.expiredWaits.wrappingIncrement(ordering: .relaxed) }
         return woken ?? false
     }
 

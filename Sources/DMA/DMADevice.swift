@@ -107,6 +107,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
             throw error
         }
         self.statistics.pins.wrappingIncrement(ordering: .relaxed)
+        if self.term == .longTerm { self.statistics.longTermPins.wrappingIncrement(ordering: .relaxed) }
         if self.transport != nil { self.statistics.kernelPins.wrappingIncrement(ordering: .relaxed) }
         self.statistics.pinnedPages.wrappingIncrement(by: handle.count, ordering: .relaxed)
         self.file = file
@@ -227,6 +228,8 @@ public final class DMAStatistics: Sendable {
     public let kernelWrites = ManagedAtomic<Int>(0)
     /// Long-term pins refused (EOPNOTSUPP): by the kernel (fs-dax pages), or by policy `mainline`.
     public let longTermRefusals = ManagedAtomic<Int>(0)
+    /// Long-term pins granted (of `pins`): what `mainline` must never grant.
+    public let longTermPins = ManagedAtomic<Int>(0)
     /// Kernel writes that failed otherwise (an I/O error, a short read).
     public let kernelErrors = ManagedAtomic<Int>(0)
     /// On-demand paging: writes that met a zapped translation and faulted the range in again.

@@ -57,8 +57,9 @@ struct RaceCommand: ParsableCommand {
             same oracle).
 
             Exit status: 0 when nothing went wrong; 1 when the oracle saw a stale write, a \
-            corrupted or leaked block, an fsck problem or a deadlock (so --policy none exits 1: \
-            the bug, reproduced); 2 for bad arguments or an unusable path.
+            corrupted or leaked block, an fsck problem or a deadlock, or mainline granted a \
+            long-term pin it must refuse (so --policy none exits 1: the bug, reproduced); 2 for \
+            bad arguments or an unusable path.
             """
     )
 
@@ -220,7 +221,8 @@ enum RaceRunner {
             leaked blocks \(report.leakedBlocks)
               limbo peak: sequestered \(report.sequesteredBlocksPeak), deferred \(report.deferredBlocksPeak); \
             fsck \(report.fsckClean ? "clean" : "NOT clean")\
-            \(report.deadlock ? "; DEADLOCK: no progress from " + report.stuckThreads.joined(separator: ", ") : "")
+            \(report.deadlock ? "; DEADLOCK: no progress from " + report.stuckThreads.joined(separator: ", ") : "")\
+            \(report.held ? "" : "\n  violations: " + report.violations.joined(separator: "; "))
             """)
     }
 

@@ -20,17 +20,30 @@ import CShims
 /// about to sleep cannot miss one. The uncontended paths are one compare-exchange (lock) or
 /// one subtraction (unlock); only the contended ones spin briefly and then call futex.
 ///
-/// A handle, not an object: the two words live in a `ReadWriteLocks` table, which must outlive
+/// A handle, not an object: the lock's words live in a `ReadWriteLocks` table, which must outlive
 /// every handle to it (a file system holds its table; an address space holds the file system).
 /// So taking a file's lock counts no references.
+///
+/// Two more words count the readers and the writers asleep in the lock (from just before their
+/// futex wait to just after it returns), the analogue of a wait queue's length: the sleep a test
+/// waits for before it releases the lock, so that it releases sleepers, not threads still on
+/// their way. Only the contended paths touch them, next to a system call.
 public struct ReadWriteLock: @unchecked Sendable {
-    /// `state`, then `writerWakeups`, in one cache line of the table.
+    /// `state`, `writerWakeups`, then the sleeping readers and writers, in one cache line of the table.
     @usableFromInline let words: UnsafeMutablePointer<UInt32.AtomicRepresentation>
 
     @usableFromInline init(_ words: UnsafeMutablePointer<UInt32.AtomicRepresentation>) { self.words = words }
 
     @usableFromInline var state: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words) }
     @usableFromInline var writerWakeups: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words + 1) }
+    private var readerSleepers: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words + 2) }
+    private var writerSleepers: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words + 3) }
+
+    /// Readers asleep in the lock now (in their futex wait, or about to enter it): a waiting
+    /// writer, or a writer holding it, keeps them out.
+    public var sleepingReaders: Int { Int(self.readerSleepers.load(ordering: .relaxed)) }
+    /// Writers asleep in the lock now (in their futex wait, or about to enter it).
+    public var sleepingWriters: Int { Int(self.writerSleepers.load(ordering: .relaxed)) }
 
     /// The low bits: readers holding the lock, or `writeLocked`.
     @usableFromInline static var mask: UInt32 { (1 << 30) - 1 }
@@ -130,7 +143,9 @@ public struct ReadWriteLock: @unchecked Sendable {
                     continue
                 }
             }
+            self.readerSleepers.wrappingIncrement(ordering: .relaxed)
             _ = CShims_futex_wait(UnsafeMutableRawPointer(self.words), state | Self.readersWaiting)
+            self.readerSleepers.wrappingDecrement(ordering: .relaxed)
             state = self.spin(until: Self.readerStopsSpinning)
         }
     }
@@ -164,7 +179,9 @@ public struct ReadWriteLock: @unchecked Sendable {
             let wakeups = self.writerWakeups.load(ordering: .acquiring)
             state = self.state.load(ordering: .relaxed)
             if state & Self.mask == 0 || state & Self.writersWaiting == 0 { continue }
+            self.writerSleepers.wrappingIncrement(ordering: .relaxed)
             _ = CShims_futex_wait(UnsafeMutableRawPointer(self.words + 1), wakeups)
+            self.writerSleepers.wrappingDecrement(ordering: .relaxed)
             state = self.spin(until: Self.writerStopsSpinning)
         }
     }

@@ -235,6 +235,7 @@ public final class RaceHarness: @unchecked Sendable {
             dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed), pins: both(\.pins),
             kernelPins: both(\.kernelPins), kernelWrites: both(\.kernelWrites), kernelErrors: both(\.kernelErrors),
             kernelPinRefused: kernelPinRefused, longTermRefused: both(\.longTermRefusals),
+            longTermPins: both(\.longTermPins),
             truncates: self.truncates.load(ordering: .relaxed), truncatesBusy: self.busy.load(ordering: .relaxed),
             truncatesWaited: stats.truncatesWaited.load(ordering: .relaxed),
             truncateLatencyUs: RaceReport.Latency(

@@ -1,3 +1,5 @@
+import DaxFS
+
 /// What a race run found: the JSON object `daxlab race --json` prints, with exactly these keys.
 public struct RaceReport: Sendable, Codable, Equatable {
     public struct Latency: Sendable, Codable, Equatable {
@@ -27,6 +29,10 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var kernelPinRefused: Bool
     /// Long-term pins refused (EOPNOTSUPP), by the kernel or by policy `mainline`.
     public var longTermRefused: Int
+    /// Long-term pins granted (of `pins`). Under `mainline` each one is a violation: it refuses
+    /// every long-term pin of a DAX file, so a device holding one is a device the truncates
+    /// would wait for without bound.
+    public var longTermPins: Int
     public var truncates: Int
     public var truncatesBusy: Int
     public var truncatesWaited: Int
@@ -58,6 +64,7 @@ public struct RaceReport: Sendable, Codable, Equatable {
         case kernelErrors = "kernel_errors"
         case kernelPinRefused = "kernel_pin_refused"
         case longTermRefused = "longterm_refused"
+        case longTermPins = "longterm_pins"
         case truncates
         case truncatesBusy = "truncates_busy"
         case truncatesWaited = "truncates_waited"
@@ -76,10 +83,23 @@ public struct RaceReport: Sendable, Codable, Equatable {
         case stuckThreads = "stuck_threads"
     }
 
-    /// The run's verdict: no stale write, no corrupted block, no leak, fsck clean, no deadlock.
-    public var held: Bool {
-        self.staleDmaWrites == 0 && self.corruptedBlocks == 0 && self.leakedBlocks == 0 && self.fsckClean
-            && !self.deadlock
+    /// The run's verdict: no violation (`violations`).
+    public var held: Bool { self.violations.isEmpty }
+
+    /// What went wrong, one line each, empty when the run held: a stale write, a corrupted or
+    /// leaked block, an fsck problem, a deadlock, or a pin the policy should have refused (a
+    /// long-term pin granted under `mainline`).
+    public var violations: [String] {
+        var found: [String] = []
+        if self.staleDmaWrites > 0 { found.append("\(self.staleDmaWrites) stale DMA write(s)") }
+        if self.corruptedBlocks > 0 { found.append("\(self.corruptedBlocks) corrupted block(s)") }
+        if self.leakedBlocks > 0 { found.append("\(self.leakedBlocks) leaked block(s)") }
+        if !self.fsckClean { found.append("fsck not clean") }
+        if self.deadlock { found.append("deadlock (no progress from \(self.stuckThreads.joined(separator: ", ")))") }
+        if self.policy == TruncatePolicy.mainline.rawValue, self.longTermPins > 0 {
+            found.append("mainline granted \(self.longTermPins) long-term pin(s) it must refuse (EOPNOTSUPP)")
+        }
+        return found
     }
 
     /// Whether the devices' long-term pins were refused, so that nothing raced (an outcome:

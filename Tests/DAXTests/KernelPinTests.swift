@@ -63,18 +63,6 @@ func makeVictim(_ lab: Lab, pages: Int, taking block: UInt32) throws -> (file: F
     return (file, (0..<pages).first { lab.fs.currentBlock(file, page: $0) == block })
 }
 
-/// Runs `body` with `handle` and unpins it afterwards, whether `body` returned or threw (a
-/// failed `#require` must not leak the pin).
-func holding<Result>(_ handle: consuming PinHandle, _ body: (borrowing PinHandle) throws -> Result) throws -> Result {
-    let result: Result
-    do { result = try body(handle) } catch {
-        handle.unpin()
-        throw error
-    }
-    handle.unpin()
-    return result
-}
-
 /// Binds the calling thread to the CPU it runs on, so the blocks it frees and allocates come
 /// from one allocator shard: a block freed is the next one handed out (LIFO), as in the seed's
 /// story. Undo with `CShims_unbind_cpu()`.
@@ -234,6 +222,68 @@ struct KernelPinTests {
         #expect(ring.freeSlots == 4, "the slot went back to the ring, once")
         #expect(page != nil, "the victim took the revoked pin's block (so a landed write would show)")
         #expect(try holds(lab, victim, pages: 32, 0x42), "nothing landed in the victim's blocks")
+    }
+
+    /// A revocation replaces a long-term pin's fixed buffer before it waits for the writes in
+    /// flight; the slot itself stays taken until the pin is dropped, after that wait. A READ_FIXED
+    /// submitted in between, after the revocation and before the slot is emptied, must already
+    /// find the slot pointing elsewhere. The revocation hook holds the revoker there while the
+    /// device submits: the pin and the slot are still held and the block is still the file's,
+    /// so a write that landed would show in it.
+    @Test("a READ_FIXED on a revoked slot, before the revoker drops the pin, fails (EFAULT) and lands nowhere",
+          .enabled(if: ioUringRefusal == nil, "io_uring is refused here (seccomp, io_uring_disabled or an old kernel)"))
+    func revokedSlotRefusesBeforeTheDrop() throws {
+        #if DAXLAB_TEST_HOOKS
+        let lab = try Lab(policy: .leaseBreak, pages: 4, times: PolicyTimes(leaseBreakTime: .milliseconds(50)))
+        let ring = try KernelRing(slots: 4)
+        let source = try TaggedSource()
+        try source.fill(0xD3)
+        let space = lab.space
+        let file = lab.file
+        let base = lab.fs.mapping.base
+        let holder = Holder()  // ignores the break, as hardware in the middle of a transfer does
+        let revoking = DispatchSemaphore(value: 0)
+        let resume = DispatchSemaphore(value: 0)
+        let fired = Box(false)
+        space.revocationHook = {
+            guard !fired.value else { return }
+            fired.value = true
+            revoking.signal()
+            _ = resume.wait(timeout: .now() + 60)
+        }
+        defer { space.revocationHook = nil }
+        try holding(try space.pin(1..<2, write: true, holder: holder, kernel: .longTerm(ring))) { handle in
+            let block = handle.block(at: 0)
+            let kernelSlot = handle.kernelSlot
+            let slot = try #require(kernelSlot)
+            let truncated = lab.background { _ = try? lab.fs.truncate(file, size: 0) }
+            let revoked = revoking.wait(timeout: .now() + 30) == .success
+            var resumed = false
+            defer { if !resumed { resume.signal() } }
+            try #require(revoked, "the truncate never revoked the pin")
+            // Revoked (the bit set, the slot's buffer replaced, the view unmapped); the pin, the
+            // slot and the block are still held.
+            let isRevoked = handle.isRevoked
+            #expect(isRevoked)
+            #expect(ring.freeSlots == 3, "the slot is still taken")
+            #expect(lab.dax.pins.pinCount(block) == 1, "the pin is not dropped yet")
+            #expect(lab.fs.currentBlock(file, page: 1) == block, "the block is still the file's")
+            let written = handle.kernelWrite(at: 0) { source.readFixed(ring, into: $0, slot: slot) }
+            #expect(written == -EFAULT, "the kernel wrote through the revoked slot (\(written))")
+            let page = UnsafeRawBufferPointer(start: base + Int(block) * 4096, count: 4096)
+            #expect(page.allSatisfy { $0 == 0xAA }, "the READ_FIXED landed in the revoked pin's block")
+            resumed = true
+            resume.signal()
+            #expect(truncated.wait(seconds: 30), "the truncate did not finish after the revocation")
+            #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) == 1)
+            #expect(ring.freeSlots == 4, "the revoker dropped the kernel's pin and gave the slot back")
+            #expect(lab.dax.pins.pinCount(block) == 0, "the revoker dropped the pin")
+        }
+        #expect(ring.freeSlots == 4, "the slot went back to the ring, once")
+        #expect(space.leaseList.isEmpty)
+        #else
+        try Test.cancel(testHooksMissing)
+        #endif
     }
 
     @Test("a short-term kernel pin: O_DIRECT lands in the pinned block; after none's truncate it faults (EFAULT) instead of landing in the reused block",

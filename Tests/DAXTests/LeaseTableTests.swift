@@ -1,6 +1,8 @@
+import Atomics
 import CShims
 @testable import DAX
 @_spi(Oracle) import DaxFS
+import DaxlabSupport
 import Foundation
 import Testing
 import TestSupport
@@ -30,11 +32,9 @@ struct LeaseTableTests {
         let last = LeaseStamp.make(number: 3, count: 1 << 40 - 1)
         #expect(LeaseStamp.describe(LeaseStamp.next(last)) == "3.0", "the count wrapped into the number")
         let lab = try Lab(policy: .wait, pages: 4)
-        let first = try lab.space.pin(0..<1, write: true)
-        let second = try lab.space.pin(1..<2, write: true)
-        let (a, b) = (first.lease.id, second.lease.id)
-        first.unpin()
-        second.unpin()
+        let (a, b) = try holding(try lab.space.pin(0..<1, write: true)) { first in
+            try holding(try lab.space.pin(1..<2, write: true)) { second in (first.lease.id, second.lease.id) }
+        }
         #expect(a != b, "two live leases share an ID")
         #expect(a >> 40 != b >> 40, "two live leases share a batch")
     }
@@ -49,6 +49,9 @@ struct LeaseTableTests {
         #expect(lab.space.leases.asymmetric)
     }
 
+    /// The unpin's wait is seen by its hook (it found the breaker scanning and yields to it),
+    /// not inferred from its not having returned yet: the breaker is parked between its slot
+    /// load and its hold, so the wait cannot end until the breaker is let go.
     @Test("an unpin waits for a breaker between its slot load and its hold; the breaker then skips the ended lease",
           arguments: [false, true])
     func endWaitsForScanner(fallback: Bool) throws {
@@ -58,13 +61,20 @@ struct LeaseTableTests {
         _ = try space.fault(1, write: true)
         let pinned = DispatchSemaphore(value: 0)
         let unpinNow = DispatchSemaphore(value: 0)
+        let pinFailure = Box<FSError?>(nil)
         let holder = lab.background {
-            let handle = try! space.pin(1..<2, write: true)
+            let handle: PinHandle
+            do throws(FSError) { handle = try space.pin(1..<2, write: true) } catch {
+                pinFailure.value = error
+                pinned.signal()
+                return
+            }
             pinned.signal()
             unpinNow.wait()
             handle.unpin()
         }
         pinned.wait()
+        try #require(pinFailure.value == nil, "the pin failed: \(String(describing: pinFailure.value))")
         let inWindow = DispatchSemaphore(value: 0)
         let leave = DispatchSemaphore(value: 0)
         let fired = Box(false)
@@ -75,28 +85,36 @@ struct LeaseTableTests {
             inWindow.signal()
             leave.wait()
         }
-        defer { space.leases.scanHook = nil }
+        let waiting = DispatchSemaphore(value: 0)
+        let endWaited = Box(false)
+        space.leases.endWaitHook = {
+            guard !endWaited.value else { return }
+            endWaited.value = true
+            waiting.signal()
+        }
+        defer {
+            space.leases.scanHook = nil
+            space.leases.endWaitHook = nil
+        }
         let listed = Box<[LeaseInfo]?>(nil)
         let breaker = lab.background { listed.value = space.leaseList }
-        #expect(inWindow.wait(timeout: .now() + 10) == .success, "the breaker found the lease")
+        let found = inWindow.wait(timeout: .now() + 30) == .success
+        if !found { unpinNow.signal() }
+        try #require(found, "the breaker never found the lease")
         unpinNow.signal()
-        // The unpin has cleared the slot and now waits for the breaker: it cannot return.
-        #expect(!holder.wait(seconds: 0.3), "the lease ended while a breaker could still hold its batch")
+        // The unpin has cleared the slot, found the breaker scanning, and waits for it.
+        let waited = waiting.wait(timeout: .now() + 30) == .success
+        if waited { #expect(!holder.isDone, "the unpin returned while the breaker was in its window") }
         leave.signal()
-        #expect(holder.wait(seconds: 10), "the unpin returns once the breaker is past its hold")
-        #expect(breaker.wait(seconds: 10))
+        #expect(waited, "the lease ended without waiting for a breaker that could still hold its batch")
+        #expect(holder.wait(seconds: 30), "the unpin returns once the breaker is past its hold")
+        #expect(breaker.wait(seconds: 30))
         #expect(listed.value == [], "the breaker rechecked the slot and skipped the ended lease")
         #expect(space.leaseList.isEmpty)
         #expect(lab.dax.pins.pinCount(lab.fs.currentBlock(lab.file, page: 1)) == 0)
         #else
         try Test.cancel(testHooksMissing)
         #endif
-    }
-
-    /// A pin handle carried to another thread (handles are not copyable).
-    private final class Carried: @unchecked Sendable {
-        var handle: PinHandle?
-        init(_ handle: consuming PinHandle) { self.handle = consume handle }
     }
 
     @Test("a thread's first lease takes its own slot, a second one while the first lives a shared slot; a lease ended on another thread frees the slot")
@@ -107,20 +125,21 @@ struct LeaseTableTests {
         }
         let lab = try Lab(policy: .wait, pages: 4)
         let space = lab.space
-        let first = try space.pin(0..<1, write: true)
-        #expect(first.batch.takeUnretainedValue().leaseSlot == LeaseTable.ownedSlot(thread))
-        let second = try space.pin(1..<2, write: true)
-        let shared = second.batch.takeUnretainedValue().leaseSlot
+        let first = HandleSlot(try space.pin(0..<1, write: true))
+        defer { first.unpin() }
+        #expect(first.withHandle { $0.batch.takeUnretainedValue().leaseSlot } == LeaseTable.ownedSlot(thread))
+        let second = HandleSlot(try space.pin(1..<2, write: true))
+        defer { second.unpin() }
+        let shared = try #require(second.withHandle { $0.batch.takeUnretainedValue().leaseSlot })
         #expect(shared >= LeaseTable.ownedSlots && shared < LeaseTable.slotCount, "slot \(shared)")
         // The first lease ends on another thread: its clear is the only store into this thread's
         // slot not made by this thread.
-        let carried = Carried(first)
-        #expect(lab.background { carried.handle.take()!.unpin() }.wait(seconds: 10))
-        let third = try space.pin(2..<3, write: true)
-        #expect(third.batch.takeUnretainedValue().leaseSlot == LeaseTable.ownedSlot(thread))
-        #expect(Set(space.leaseList.map(\.pages.lowerBound)) == [1, 2])
-        second.unpin()
-        third.unpin()
+        #expect(lab.background { first.unpin() }.wait(seconds: 30))
+        try holding(try space.pin(2..<3, write: true)) { third in
+            #expect(third.batch.takeUnretainedValue().leaseSlot == LeaseTable.ownedSlot(thread))
+            #expect(Set(space.leaseList.map(\.pages.lowerBound)) == [1, 2])
+            second.unpin()
+        }
         #expect(space.leaseList.isEmpty)
         for page in 0..<3 { #expect(lab.dax.pins.pinCount(lab.fs.currentBlock(lab.file, page: page)) == 0) }
     }
@@ -196,37 +215,64 @@ struct LeaseTableTests {
         #expect(space.leaseList.isEmpty)
     }
 
+    /// The run lasts until every thread has done its share (counted successes), not for a time:
+    /// on a slow or loaded machine it runs longer instead of testing less. Under `wait` nothing
+    /// here can fail: a pin faults a punched page in again, a punch waits for the pins over its
+    /// page; any error is recorded as one.
     @Test("pins and unpins on four threads while two breakers list and punch: every lease ends, nothing stays pinned",
           arguments: [false, true])
     func stress(fallback: Bool) throws {
         let lab = try self.lab(fallback: fallback, pages: 64)
         let space = lab.space
         for page in 0..<64 { _ = try space.fault(page, write: true) }
-        let stop = Box(false)
+        let (pinsEach, lists, punches) = (500, 200, 200)
+        let stop = ManagedAtomic<Bool>(false)
+        let pinned = (0..<4).map { _ in ManagedAtomic<Int>(0) }
+        let listed = ManagedAtomic<Int>(0)
+        let punched = ManagedAtomic<Int>(0)
+        let failures = Locked<[String]>([])
         var workers: [Finished] = []
         for thread in 0..<4 {
             workers.append(lab.background {
                 var round = 0
-                while !stop.value {
+                while !stop.load(ordering: .relaxed) {
                     let first = (thread * 16 + round) % 60
-                    if let handle = try? space.pin(first..<(first + 4), write: true) { handle.unpin() }
+                    do throws(FSError) {
+                        try space.pin(first..<(first + 4), write: true).unpin()
+                        pinned[thread].wrappingIncrement(ordering: .relaxed)
+                    } catch {
+                        failures.withLock { $0.append("pin \(first)..<\(first + 4): \(error)") }
+                    }
                     round += 1
                 }
             })
         }
         workers.append(lab.background {
-            while !stop.value { _ = space.leaseList }
+            while !stop.load(ordering: .relaxed) {
+                _ = space.leaseList
+                listed.wrappingIncrement(ordering: .relaxed)
+            }
         })
         workers.append(lab.background {
             var round = 0
-            while !stop.value {
-                _ = try? lab.fs.punchHole(lab.file, offset: (round % 64) * 4096, length: 4096)
+            while !stop.load(ordering: .relaxed) {
+                do throws(FSError) {
+                    try lab.fs.punchHole(lab.file, offset: (round % 64) * 4096, length: 4096)
+                    punched.wrappingIncrement(ordering: .relaxed)
+                } catch {
+                    failures.withLock { $0.append("punch of page \(round % 64): \(error)") }
+                }
                 round += 1
             }
         })
-        Thread.sleep(forTimeInterval: 1)
-        stop.value = true
+        let done = waitUntil(seconds: 45) {
+            pinned.allSatisfy { $0.load(ordering: .relaxed) >= pinsEach } && listed.load(ordering: .relaxed) >= lists
+                && punched.load(ordering: .relaxed) >= punches
+        }
+        stop.store(true, ordering: .relaxed)
         for worker in workers { #expect(worker.wait(seconds: 30)) }
+        #expect(done, "the threads did not all do their share: pins \(pinned.map { $0.load(ordering: .relaxed) }), lists \(listed.load(ordering: .relaxed)), punches \(punched.load(ordering: .relaxed))")
+        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0.prefix(5) })")
         #expect(space.leaseList.isEmpty)
         for page in 0..<64 {
             let block = lab.fs.currentBlock(lab.file, page: page)

@@ -46,9 +46,7 @@ struct LifetimeTests {
             weakFS = fs
             weakDAX = dax
             _ = try space.fault(0, write: true)
-            let handle = try space.pin(0..<2, write: true)
-            try fs.truncate(file, size: 0)
-            handle.unpin()
+            try holding(try space.pin(0..<2, write: true)) { _ in try fs.truncate(file, size: 0) }
             dax.waitForReclaims()
             try fs.unmount()
         }()
@@ -90,7 +88,10 @@ struct LifetimeTests {
                 // Batches in the pool before the unmount: the one given back by this unpin.
                 try space.pin(0..<2, write: true).unpin()
                 let handle = try space.pin(2..<3, write: true)
-                try fs.unmount()  // policy none: the pin outlives it
+                do { try fs.unmount() } catch {  // policy none: the pin outlives it
+                    handle.unpin()
+                    throw error
+                }
                 #expect(dax.statistics.pinsOutlivingUnmount.load(ordering: .relaxed) == 1)
                 return handle
             }()
@@ -161,21 +162,24 @@ struct LifetimeTests {
             let file = try fs.create("f")
             try fs.write(file, offset: 0, bytes: [UInt8](repeating: 0xAB, count: 2 * 4096))
             let space = dax.open(file)
-            let handle = try space.pin(0..<1, write: true)
             let failure = Box<FSError?>(nil)
             let finished = Finished()
-            Thread {
-                do throws(FSError) {
-                    try fs.punchHole(file, offset: 0, length: 4096, policy: .wait)
-                } catch {
-                    failure.value = error
-                }
-                finished.signal()
-            }.start()
-            #expect(waitUntil(seconds: 30) { dax.statistics.truncatesWaited.load(ordering: .relaxed) == 1 })
-            #expect(!finished.isDone, "the punch did not wait for the pin")
-            try fs.unmount()  // passes the file's lock, which the sleeping punch dropped
-            handle.unpin()
+            try holding(try space.pin(0..<1, write: true)) { handle in
+                let block = handle.block(at: 0)
+                Thread {
+                    do throws(FSError) {
+                        try fs.punchHole(file, offset: 0, length: 4096, policy: .wait)
+                    } catch {
+                        failure.value = error
+                    }
+                    finished.signal()
+                }.start()
+                try #require(waitUntil(seconds: 30) { dax.pins.hasWaiters(on: block) || finished.isDone },
+                             "the punch neither returned nor slept on the pinned block")
+                #expect(!finished.isDone, "the punch did not wait for the pin")
+                #expect(dax.statistics.truncatesWaited.load(ordering: .relaxed) == 1)
+                try fs.unmount()  // passes the file's lock, which the sleeping punch dropped
+            }
             #expect(finished.wait(seconds: 30), "the punch never woke")
             let error = try #require(failure.value, "the punch went on after the unmount")
             #expect(error.message.contains("unmounted while the call waited"), "\(error)")

@@ -10,20 +10,18 @@ struct MainlineTests {
     @Test("a long-term pin of a DAX file is refused with EOPNOTSUPP and leaves nothing behind; a short-term pin is allowed")
     func longTermRefused() throws {
         let lab = try Lab(policy: .mainline)
-        do {
-            _ = try lab.space.pin(0..<2, write: true)  // long-term unless told
-            Issue.record("a long-term pin was allowed under mainline")
-        } catch {
-            #expect(error.code == .notSupported)
-            #expect(error.message.contains("EOPNOTSUPP"))
+        let error = refusal("a long-term pin was allowed under mainline") {
+            try lab.space.pin(0..<2, write: true)  // long-term unless told
         }
+        #expect(error?.code == .notSupported)
+        #expect(error?.message.contains("EOPNOTSUPP") == true, "\(String(describing: error))")
         #expect(lab.dax.statistics.longTermRefused.load(ordering: .relaxed) == 1)
         #expect(lab.space.leaseList.isEmpty, "a refused pin records no lease")
         let block = lab.fs.currentBlock(lab.file, page: 0)
         #expect(lab.dax.pins.pinCount(block) == 0)
-        let handle = try lab.space.pin(0..<2, write: true, term: .shortTerm)
-        #expect(lab.dax.pins.pinCount(handle.block(at: 0)) == 1)
-        handle.unpin()
+        try holding(try lab.space.pin(0..<2, write: true, term: .shortTerm)) { handle in
+            #expect(lab.dax.pins.pinCount(handle.block(at: 0)) == 1)
+        }
     }
 
     @Test("a long-term kernel pin is refused under mainline before io_uring registers anything",
@@ -31,7 +29,10 @@ struct MainlineTests {
     func kernelLongTermRefused() throws {
         let lab = try Lab(policy: .mainline)
         let ring = try KernelRing(slots: 2)
-        #expect(throws: FSError.self) { _ = try lab.space.pin(0..<1, write: true, kernel: .longTerm(ring)) }
+        let error = refusal("a long-term kernel pin was allowed under mainline") {
+            try lab.space.pin(0..<1, write: true, kernel: .longTerm(ring))
+        }
+        #expect(error?.code == .notSupported)
         #expect(ring.freeSlots == 2, "no fixed-buffer slot was taken")
         #expect(lab.space.leaseList.isEmpty)
     }
@@ -39,29 +40,43 @@ struct MainlineTests {
     @Test("a term a kernel pin contradicts is refused")
     func contradictoryTerm() throws {
         let lab = try Lab(policy: .wait)
-        do {
-            _ = try lab.space.pin(0..<1, write: true, term: .longTerm, kernel: .shortTerm)
-            Issue.record("a short-term kernel pin was taken as long-term")
-        } catch { #expect(error.code == .invalidArgument) }
+        let error = refusal("a short-term kernel pin was taken as long-term") {
+            try lab.space.pin(0..<1, write: true, term: .longTerm, kernel: .shortTerm)
+        }
+        #expect(error?.code == .invalidArgument)
         #expect(lab.space.leaseList.isEmpty)
     }
 
+    /// The wait's timeout is a nanosecond, so a sleep that honoured it would end at once, and
+    /// the truncate with `.timedOut`. Mainline's sleep has no deadline (the wait queue counts
+    /// none begun with one): the truncate is seen asleep on the pinned block's queue (not
+    /// returned), and after the unpin it succeeds, having slept once, woken by the unpin.
     @Test("truncate sleeps until the short-term pin drops, with no timeout even where wait would have one")
     func truncateWaitsWithoutTimeout() throws {
-        let lab = try Lab(policy: .mainline, times: PolicyTimes(waitTimeout: .milliseconds(50)))
-        let handle = try lab.space.pin(2..<3, write: true, term: .shortTerm)
-        let block = handle.block(at: 0)
+        let lab = try Lab(policy: .mainline, times: PolicyTimes(waitTimeout: .nanoseconds(1)))
         let file = lab.file
         let statistics = lab.dax.statistics
-        let truncated = lab.background { _ = try? lab.fs.truncate(file, size: 4096) }  // (a timeout shows in the size)
-        try #require(waitUntil(seconds: 20) { statistics.waits.load(ordering: .relaxed) > 0 }, "the truncate never slept")
-        // Four times wait's timeout: a timed wait would have given up by now (and thrown).
-        #expect(!truncated.wait(seconds: 0.2), "truncate returned while the block was pinned")
-        #expect(lab.fs.currentBlock(file, page: 2) == block)
-        #expect(!lab.fs.isFreeForAllocation(block))
-        #expect(statistics.truncatesWaited.load(ordering: .relaxed) == 1)
-        handle.unpin()
-        #expect(truncated.wait(seconds: 20), "the truncate did not finish after the unpin")
+        let pins = lab.dax.pins
+        let failure = Box<FSError?>(nil)
+        let (block, truncated) = try holding(try lab.space.pin(2..<3, write: true, term: .shortTerm)) { handle in
+            let block = handle.block(at: 0)
+            let truncated = lab.background {
+                do throws(FSError) { try lab.fs.truncate(file, size: 4096) } catch { failure.value = error }
+            }
+            try #require(waitUntil(seconds: 30) { pins.hasWaiters(on: block) || truncated.isDone },
+                         "the truncate neither returned nor waited on the pinned block")
+            #expect(!truncated.isDone, "the truncate returned while the block was pinned: \(String(describing: failure.value))")
+            #expect(lab.fs.currentBlock(file, page: 2) == block)
+            #expect(!lab.fs.isFreeForAllocation(block))
+            #expect(statistics.truncatesWaited.load(ordering: .relaxed) == 1)
+            #expect(pins.timedWaits == 0, "mainline's sleep has a deadline")
+            return (block, truncated)
+        }
+        #expect(truncated.wait(seconds: 30), "the truncate did not finish after the unpin")
+        #expect(failure.value == nil, "a timed wait gave up: \(String(describing: failure.value))")
+        #expect(statistics.waits.load(ordering: .relaxed) == 1, "one sleep, ended by the unpin")
+        #expect(pins.wakeBroadcasts == 1, "the unpin woke it")
+        #expect(pins.timedWaits == 0 && pins.expiredWaits == 0, "a sleep with a deadline, or ended by one")
         #expect(lab.fs.isFreeForAllocation(block))
         #expect(try lab.fs.stat(file).size == 4096)
     }
@@ -77,6 +92,7 @@ struct UnmountTests {
         let lab = try Lab(policy: policy, times: PolicyTimes(leaseBreakTime: .milliseconds(100)))
         let statistics = lab.dax.statistics
         let slot = HandleSlot(try lab.space.pin(1..<3, write: true, term: .shortTerm))
+        defer { slot.unpin() }
         let block = lab.fs.currentBlock(lab.file, page: 1)
         switch policy {
         case .none:
@@ -108,10 +124,10 @@ struct UnmountTests {
             try #require(waitUntil(seconds: 20) { statistics.waits.load(ordering: .relaxed) > 0 }, "unmount never slept")
             #expect(!unmounted.isDone, "\(policy): unmount returned with a pin outstanding")
             #expect(lab.fs.isMounted)
-            do {
-                _ = try lab.space.pin(6..<7, write: true, term: .shortTerm)
-                Issue.record("a new pin was allowed while unmounting")
-            } catch { #expect(error.code == .invalidArgument) }
+            let error = refusal("a new pin was allowed while unmounting") {
+                try lab.space.pin(6..<7, write: true, term: .shortTerm)
+            }
+            #expect(error?.code == .invalidArgument)
             slot.unpin()
             #expect(unmounted.wait(seconds: 20), "\(policy): unmount did not finish after the unpin")
             #expect(!lab.fs.isMounted)
@@ -127,15 +143,14 @@ struct UnmountTests {
     @Test("wait with a timeout: an unmount still pinned at the timeout fails, stays mounted, and allows pins again")
     func waitTimeout() throws {
         let lab = try Lab(policy: .wait, times: PolicyTimes(waitTimeout: .milliseconds(100)))
-        let handle = try lab.space.pin(1..<2, write: true)
-        do {
-            try lab.fs.unmount()
-            Issue.record("unmount returned with a pin outstanding")
-        } catch { #expect(error.code == .timedOut) }
-        #expect(lab.fs.isMounted)
-        let second = try lab.space.pin(4..<5, write: true)
-        second.unpin()
-        handle.unpin()
+        try holding(try lab.space.pin(1..<2, write: true)) { _ in
+            do {
+                try lab.fs.unmount()
+                Issue.record("unmount returned with a pin outstanding")
+            } catch let error as FSError { #expect(error.code == .timedOut) }
+            #expect(lab.fs.isMounted)
+            try lab.space.pin(4..<5, write: true).unpin()
+        }
         try lab.fs.unmount()
         #expect(try Fsck.run(path: lab.path).isClean)
     }
@@ -144,6 +159,7 @@ struct UnmountTests {
     func deferredAcrossUnmount() throws {
         let lab = try Lab(policy: .deferred)
         let slot = HandleSlot(try lab.space.pin(3..<4, write: true, term: .shortTerm))
+        defer { slot.unpin() }
         let block = lab.fs.currentBlock(lab.file, page: 3)
         try lab.fs.punchHole(lab.file, offset: 3 * 4096, length: 4096)
         #expect(lab.dax.statistics.deferredNow.load(ordering: .relaxed) == 1, "in limbo: free on the media only")
@@ -163,6 +179,7 @@ struct UnmountTests {
     func sequesterAcrossUnmount() throws {
         let lab = try Lab(policy: .sequester)
         let slot = HandleSlot(try lab.space.pin(2..<4, write: true, term: .shortTerm))
+        defer { slot.unpin() }
         try lab.fs.truncate(lab.file, size: 4096)
         #expect(lab.fs.lostFoundBlocks == 2)
         let unmounted = lab.background { _ = try? lab.fs.unmount() }  // (a failure shows in isMounted)

@@ -14,6 +14,7 @@ struct ReclaimerTests {
     func unpinTakesNoFileSystemLock(policy: TruncatePolicy) throws {
         let lab = try Lab(policy: policy)
         let handle = HandleSlot(try lab.space.pin(3..<5, write: true))
+        defer { handle.unpin() }
         try lab.fs.truncate(lab.file, size: 4096)
         #expect(lab.fs.lostFoundBlocks == (policy == .sequester ? 2 : 0))
         // Hold lost+found's lock (its invalidate lock) exclusively, and the file's, while a
@@ -23,7 +24,8 @@ struct ReclaimerTests {
         lostFound.lockExclusive()
         fileLock.lockExclusive()
         let unpinned = lab.background { handle.unpin() }
-        let returned = unpinned.wait(seconds: 5)
+        // (A hang guard: an unpin that took either lock would not return until they are let go.)
+        let returned = unpinned.wait(seconds: 30)
         fileLock.unlock()
         lostFound.unlock()
         #expect(returned, "the unpin waited for a file-system lock")

@@ -52,7 +52,10 @@ struct ReleaseDecisionTests {
             space.leases.forEachOverlapping(0..<4) { revocations.append($0.revoke()) }
         }
         defer { space.pinFastPathHook = nil }
-        #expect(throws: FSError.self) { _ = try space.pin(1..<3, write: true) }
+        let error = refusal("the pin succeeded though its lease was revoked while pinning") {
+            try space.pin(1..<3, write: true)
+        }
+        #expect(error?.code == .busy)
         #expect(revocations == [.revoked(mustUnpin: false)], "the revoker found the pin unpublished")
         for page in 0..<4 { #expect(lab.dax.pins.pinCount(lab.fs.currentBlock(lab.file, page: page)) == 0) }
         #expect(space.leaseList.isEmpty)

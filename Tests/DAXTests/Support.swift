@@ -85,6 +85,70 @@ final class Holder: LeaseHolder, @unchecked Sendable {
     }
 }
 
+// MARK: Pins released on every path
+//
+// A `PinHandle` dropped without `unpin()` stops the process ("PinHandle dropped without unpin"),
+// and with it every suite still to run. A test that holds a pin while something can throw (a
+// failed `#require`, a `try` that fails) must release it on that path too, so that a failure is
+// reported as a failure: hold it with `holding`, or in a `HandleSlot` unpinned in a `defer`, and
+// ask for a pin that must be refused with `refusal`, which releases one granted by mistake.
+
+/// Runs `body` with `handle` and unpins it afterwards, whether `body` returned or threw (a
+/// failed `#require` must not leak the pin).
+func holding<Result>(_ handle: consuming PinHandle, _ body: (borrowing PinHandle) throws -> Result) throws -> Result {
+    let result: Result
+    do { result = try body(handle) } catch {
+        handle.unpin()
+        throw error
+    }
+    handle.unpin()
+    return result
+}
+
+/// A pin handle another thread may unpin, or a `defer` (handles are not copyable, so a `defer`
+/// cannot consume one itself): `unpin()` releases it the first time and does nothing after.
+final class HandleSlot: @unchecked Sendable {
+    // `handle` is touched only with `lock` held.
+    private let lock = NSLock()
+    private var handle: PinHandle?
+    init(_ handle: consuming PinHandle) { self.handle = consume handle }
+
+    /// Runs `body` with the handle while it is still pinned; nil once it was unpinned.
+    func withHandle<Result>(_ body: (borrowing PinHandle) throws -> Result) rethrows -> Result? {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        switch self.handle {
+        case .some(let handle): return try body(handle)
+        case .none: return nil
+        }
+    }
+
+    func unpin() {
+        self.lock.lock()
+        let taken = self.handle.take()
+        self.lock.unlock()
+        taken?.unpin()
+    }
+}
+
+/// Asks for a pin that must be refused. - Returns: the error it was refused with; nil when it
+/// was granted, which is recorded as an issue (`comment`), and the pin released at once.
+func refusal(
+    _ comment: Comment, sourceLocation: SourceLocation = #_sourceLocation, of pin: () throws -> PinHandle
+) -> FSError? {
+    do {
+        let handle = try pin()
+        Issue.record(comment, sourceLocation: sourceLocation)
+        handle.unpin()
+        return nil
+    } catch let error as FSError {
+        return error
+    } catch {
+        Issue.record("refused with \(error), not an FSError", sourceLocation: sourceLocation)
+        return nil
+    }
+}
+
 extension Result {
     /// The error, if it failed.
     var failure: Failure? {

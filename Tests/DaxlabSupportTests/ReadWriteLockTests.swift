@@ -5,8 +5,10 @@ import Testing
 
 /// The file lock (`ReadWriteLock`, a futex reader-writer lock): readers share it, a writer has
 /// it alone, a waiting writer goes before readers that come after it, and every sleeper is woken.
-/// The mechanism tests make each interleaving happen on purpose (a thread is known to be asleep
-/// in the lock before the next step); the stress test drives the contended paths at random.
+/// The mechanism tests make each interleaving happen on purpose: a thread is known to be asleep
+/// in the lock (counted among its sleepers, `sleepingReaders` and `sleepingWriters`) before the
+/// next step, never assumed to be after a pause; the stress test drives the contended paths at
+/// random.
 @Suite("the file lock (futex reader-writer lock)", .serialized, .timeLimit(.minutes(2)))
 struct ReadWriteLockTests {
     /// The lock's state word: the reader count (all ones: a writer) and the sleeper bits.
@@ -23,7 +25,8 @@ struct ReadWriteLockTests {
         let writer = Worker {
             lock.withWriteLock { inside.store(true, ordering: .relaxed) }
         }
-        #expect(eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 }, "the writer never slept")
+        #expect(eventually { lock.sleepingWriters == 1 }, "the writer never slept")
+        #expect(self.state(lock) & ReadWriteLock.writersWaiting != 0)
         #expect(!value(inside), "the writer got in while readers held the lock")
         lock.unlock()
         #expect(!value(inside), "the writer got in while a reader held the lock")
@@ -31,6 +34,7 @@ struct ReadWriteLockTests {
         #expect(eventually { writer.isDone }, "the last reader's unlock did not wake the writer")
         #expect(value(inside))
         #expect(self.state(lock) == 0, "sleeper bits left behind: \(self.state(lock))")
+        #expect(lock.sleepingWriters == 0)
         #expect(self.state(locks[0]) == 0, "the neighbouring lock changed")
     }
 
@@ -45,18 +49,20 @@ struct ReadWriteLockTests {
         let writer = Worker {
             lock.withWriteLock { writerTurn.store(order.loadThenWrappingIncrement(ordering: .relaxed), ordering: .relaxed) }
         }
-        #expect(eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 }, "the writer never slept")
+        #expect(eventually { lock.sleepingWriters == 1 }, "the writer never slept")
         // Two readers arrive while the writer waits: they must sleep, though only a reader holds it.
         let readers = readerTurns.map { turn in
             Worker { lock.withReadLock { turn.store(order.loadThenWrappingIncrement(ordering: .relaxed), ordering: .relaxed) } }
         }
-        #expect(eventually { self.state(lock) & ReadWriteLock.readersWaiting != 0 }, "the new readers never slept")
+        #expect(eventually { lock.sleepingReaders == 2 }, "the new readers never both slept")
+        #expect(self.state(lock) & ReadWriteLock.readersWaiting != 0)
         #expect(readerTurns.allSatisfy { value($0) == -1 }, "a reader overtook the waiting writer")
         lock.unlock()
         #expect(eventually { writer.isDone && readers.allSatisfy(\.isDone) }, "a sleeper was never woken")
         #expect(value(writerTurn) == 0, "the writer was not first")
         #expect(Set(readerTurns.map { value($0) }) == [1, 2])
         #expect(self.state(lock) == 0)
+        #expect(lock.sleepingReaders == 0 && lock.sleepingWriters == 0)
     }
 
     @Test("writers queue: each one sleeping behind another is woken in turn, none lost")
@@ -68,13 +74,13 @@ struct ReadWriteLockTests {
         let writers = (0..<3).map { _ in
             Worker { lock.withWriteLock { entered.wrappingIncrement(ordering: .relaxed) } }
         }
-        #expect(eventually { self.state(lock) & ReadWriteLock.writersWaiting != 0 })
-        usleep(20_000)  // (not needed for correctness: lets all three reach their sleep)
+        #expect(eventually { lock.sleepingWriters == 3 }, "the three writers never all slept")
         #expect(value(entered) == 0, "a writer got in while another held the lock")
         lock.unlock()
         #expect(eventually { writers.allSatisfy(\.isDone) }, "a sleeping writer was never woken")
         #expect(value(entered) == 3)
         #expect(self.state(lock) == 0)
+        #expect(lock.sleepingWriters == 0)
     }
 
     @Test("a writer gets in past readers that never all let go at once")
@@ -88,7 +94,8 @@ struct ReadWriteLockTests {
                 while !stop.load(ordering: .relaxed) { _ = lock.withReadLock { usleep(200) } }
             }
         }
-        usleep(5_000)
+        // Both readers in at once: from here the lock is never free unless a writer waits.
+        #expect(eventually { self.state(lock) & ReadWriteLock.mask == 2 }, "the readers never held it together")
         let writer = Worker { lock.withWriteLock {} }
         #expect(eventually { writer.isDone }, "the writer starved behind the readers")
         stop.store(true, ordering: .relaxed)

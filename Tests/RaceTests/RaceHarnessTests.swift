@@ -62,6 +62,30 @@ struct RaceHarnessTests {
         }
     }
 
+    /// Mainline refuses every long-term pin of a DAX file. A run whose devices are granted one
+    /// raced where nothing should have, and a truncate may wait on that pin without bound: the
+    /// verdict counts each as a violation, whatever the oracle saw of the writes.
+    @Test("mainline with long-term devices: every pin refused, none granted, and the run holds")
+    func mainlineGrantsNoLongTermPin() throws {
+        let report = try self.race(.mainline, seconds: 0.5)
+        #expect(report.profile == "long-term")
+        #expect(report.longTermPins == 0, "mainline granted long-term pins: \(report)")
+        #expect(report.longTermRefused > 0 && report.pinsRefused, "\(report)")
+        #expect(report.violations.isEmpty, "\(report.violations)")
+        #expect(report.held, "\(report)")
+    }
+
+    @Test("a long-term pin granted under mainline fails the verdict, which names it; under other policies it is no violation")
+    func longTermPinUnderMainlineIsAViolation() throws {
+        var report = try self.race(.mainline, seconds: 0.5)
+        try #require(report.held, "\(report)")
+        report.longTermPins = 3
+        #expect(!report.held, "a long-term pin granted under mainline passed the verdict")
+        #expect(report.violations == ["mainline granted 3 long-term pin(s) it must refuse (EOPNOTSUPP)"])
+        report.policy = TruncatePolicy.wait.rawValue
+        #expect(report.held, "long-term pins are what every other policy serves")
+    }
+
     @Test("a run with minimums goes on past its time until they are reached, and no further than ten times its time")
     func minimumsExtendTheRun() throws {
         let reached = try self.race(.fail, seconds: 0.3) { $0.minimumTruncates = 1 }
