@@ -166,6 +166,30 @@ struct PolicyTests {
         #expect(lab.fs.checkQuiesced().problems.isEmpty)
     }
 
+    @Test("a rename of an older file over a pinned newer one takes the two files' locks in inode order, and holds neither while it waits: the renamed file is written and faulted meanwhile", .timeLimit(.minutes(1)))
+    func renameOlderOverPinned() throws {
+        let lab = try Lab(policy: .wait)  // "data": the lower inode number
+        let target = try lab.fs.create("target")
+        #expect(target.inode > lab.file.inode)
+        try lab.fs.write(target, offset: 0, bytes: [UInt8](repeating: 0xBB, count: 4 * 4096))
+        let handle = try lab.dax.open(target).pin(1..<2, write: true)
+        let block = handle.block(at: 0)
+        let renamed = lab.background { try! lab.fs.rename("data", to: "target") }
+        #expect(waitUntil(seconds: 30) { lab.dax.pins.hasWaiters(on: block) }, "the rename never waited for the pin")
+        // Asleep for the pin: the renamed file's lock is free (a write takes it exclusively, a
+        // fault of a new page shared).
+        try lab.fs.write(lab.file, offset: 0, bytes: [1, 2, 3])
+        try lab.fs.truncate(lab.file, size: 17 * 4096)
+        _ = try lab.space.fault(16, write: true)
+        #expect(!renamed.isDone, "the rename went on while the block was pinned")
+        handle.unpin()
+        #expect(renamed.wait(seconds: 30))
+        #expect(try lab.fs.lookup("target") == lab.file)
+        #expect(try lab.fs.read(lab.file, offset: 0, count: 3) == [1, 2, 3])
+        #expect(throws: FSError.self) { try lab.fs.stat(target) }
+        #expect(lab.fs.checkQuiesced().problems.isEmpty)
+    }
+
     @Test("wait with a timeout: a clear error, and nothing changed")
     func waitTimeout() throws {
         let lab = try Lab(policy: .wait, times: PolicyTimes(waitTimeout: .milliseconds(100)))
