@@ -124,7 +124,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RaceTests",
-            dependencies: ["Race", "DMA", "DAX", "DaxFS", "CShims", "TestSupport"]
+            dependencies: ["Race", "DMA", "DAX", "DaxFS", "CShims", "TestSupport", "DaxlabSupport"]
         ),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
         .testTarget(

@@ -55,7 +55,7 @@ extension Bench {
 
     /// µs from a condition-variable signal on CPU 0 to the waiter running on CPU 1.
     static func condvarWake() throws -> Double {
-        let state = ConditionLock(0)  // 0 waiting to sleep, 1 asleep, 2 signalled
+        let state = ConditionLock(0, rank: .benchWake)  // 0 waiting to sleep, 1 asleep, 2 signalled
         let signalled = ManagedAtomic<UInt64>(0)
         let woke = ManagedAtomic<UInt64>(0)
         let waiter = try BenchThread.spawn(name: "daxlab-bench-wait") {

@@ -28,7 +28,7 @@ public final class DAXFileSystem {
     let zeroPage: UnsafeMutableRawPointer
     let reclaimer: Reclaimer
     /// By inode number (an array: a punch finds its space without hashing).
-    private let spaces = Locked<[AddressSpace?]>([])
+    private let spaces = Locked<[AddressSpace?]>([], rank: .spaceTable)
     /// The same spaces, unretained, one atomic slot per inode, for the breaker: a slot is written
     /// only under its file's lock (shared) and the table's mutex, and the breaker reads it holding
     /// the file's lock exclusively, so no write of the slot, and no release of the space it

@@ -22,12 +22,24 @@ import CShims
 ///
 /// A handle, not an object: the two words live in a `ReadWriteLocks` table, which must outlive
 /// every handle to it (a file system holds its table; an address space holds the file system).
-/// So taking a file's lock counts no references.
+/// So taking a file's lock counts no references. In debug builds the handle also carries the
+/// lock's rank and index for the lock-order checker (`LockOrder`).
 public struct ReadWriteLock: @unchecked Sendable {
     /// `state`, then `writerWakeups`, in one cache line of the table.
     @usableFromInline let words: UnsafeMutablePointer<UInt32.AtomicRepresentation>
+    #if DEBUG
+    /// Its place in the lock order, and its index in its table.
+    public let rank: LockRank
+    public let index: Int
 
+    @usableFromInline init(_ words: UnsafeMutablePointer<UInt32.AtomicRepresentation>, rank: LockRank, index: Int) {
+        self.words = words
+        self.rank = rank
+        self.index = index
+    }
+    #else
     @usableFromInline init(_ words: UnsafeMutablePointer<UInt32.AtomicRepresentation>) { self.words = words }
+    #endif
 
     @usableFromInline var state: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words) }
     @usableFromInline var writerWakeups: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words + 1) }
@@ -63,6 +75,9 @@ public struct ReadWriteLock: @unchecked Sendable {
     /// Takes the lock shared (prefer `withReadLock`).
     @inlinable
     public func lockShared() {
+        #if DEBUG
+        LockOrder.acquire(self.words, self.rank, index: self.index)
+        #endif
         let state = self.state.load(ordering: .relaxed)
         if Self.isReadLockable(state),
             self.state.weakCompareExchange(
@@ -77,6 +92,9 @@ public struct ReadWriteLock: @unchecked Sendable {
     /// Takes the lock exclusively (prefer `withWriteLock`).
     @inlinable
     public func lockExclusive() {
+        #if DEBUG
+        LockOrder.acquire(self.words, self.rank, index: self.index)
+        #endif
         if self.state.compareExchange(
             expected: 0, desired: Self.writeLocked, successOrdering: .acquiring, failureOrdering: .relaxed
         ).exchanged {
@@ -88,6 +106,9 @@ public struct ReadWriteLock: @unchecked Sendable {
     /// Releases the lock, however this thread took it.
     @inlinable
     public func unlock() {
+        #if DEBUG
+        LockOrder.release(self.words, self.rank)
+        #endif
         // Only the holder changes the low bits from here: a writer sees its own `writeLocked`,
         // a reader a count of at least its own one.
         if self.state.load(ordering: .relaxed) & Self.mask == Self.writeLocked {
@@ -229,9 +250,22 @@ public final class ReadWriteLocks: @unchecked Sendable {
     @usableFromInline let storage: UnsafeMutablePointer<UInt32.AtomicRepresentation>
     /// Words per lock: a cache line.
     @usableFromInline static var stride: Int { 64 / MemoryLayout<UInt32.AtomicRepresentation>.stride }
+    #if DEBUG
+    /// The locks' place in the lock order (`LockOrder` checks it), and the few of them that have
+    /// a rank of their own (lost+found's lock in the inode table).
+    @usableFromInline let rank: LockRank
+    @usableFromInline let exceptions: [Int: LockRank]
+    #endif
 
-    public init(count: Int) {
+    /// - Parameters:
+    ///   - rank: the locks' place in the lock order (docs/architecture.md).
+    ///   - exceptions: locks of the table with a rank of their own, by index.
+    public init(count: Int, rank: LockRank = .leaf, exceptions: [Int: LockRank] = [:]) {
         precondition(count >= 0, "a negative count of locks")
+        #if DEBUG
+        self.rank = rank
+        self.exceptions = exceptions
+        #endif
         self.count = count
         let words = max(1, count) * Self.stride
         let raw = UnsafeMutableRawPointer.allocate(byteCount: words * MemoryLayout<UInt32.AtomicRepresentation>.stride, alignment: 64)
@@ -248,6 +282,10 @@ public final class ReadWriteLocks: @unchecked Sendable {
     @inlinable
     public subscript(index: Int) -> ReadWriteLock {
         precondition(UInt(bitPattern: index) < UInt(bitPattern: self.count), "lock \(index) of \(self.count)")
+        #if DEBUG
+        return ReadWriteLock(self.storage + index * Self.stride, rank: self.exceptions[index] ?? self.rank, index: index)
+        #else
         return ReadWriteLock(self.storage + index * Self.stride)
+        #endif
     }
 }

@@ -96,12 +96,14 @@ struct BatchPoolTests {
         let a = lab.background {
             do {
                 let first = try space.pin(0..<1, write: true)
-                numbers.withLock { $0["a1"] = number() }
+                let a1 = number()  // (outside the test's lock: the lease list takes a lock of its own)
+                numbers.withLock { $0["a1"] = a1 }
                 first.unpin()
                 aPinned.signal()
                 bDone.wait()
                 let second = try space.pin(0..<1, write: true)
-                numbers.withLock { $0["a2"] = number() }
+                let a2 = number()
+                numbers.withLock { $0["a2"] = a2 }
                 second.unpin()
             } catch {
                 errors.withLock { $0.append("thread A: \(error)") }
@@ -112,7 +114,8 @@ struct BatchPoolTests {
         let b = lab.background {
             do {
                 let pin = try space.pin(1..<2, write: true)
-                numbers.withLock { $0["b"] = number() }
+                let b = number()
+                numbers.withLock { $0["b"] = b }
                 pin.unpin()
             } catch {
                 errors.withLock { $0.append("thread B: \(error)") }
