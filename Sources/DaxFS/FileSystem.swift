@@ -10,9 +10,11 @@ import Glibc
 ///
 /// Metadata (inodes, bitmap, block maps) changes only through `MetadataLog` transactions; file
 /// data is written in place, made durable before the transaction that maps it commits (ordered
-/// mode). Every file has a `ReadWriteLock`; the namespace has one mutex. Lock order: namespace,
-/// then inodes in ascending number. Operations are in `FileSystem+Namespace.swift` and
-/// `FileSystem+Data.swift`; the format is in docs/FORMAT.md.
+/// mode). Every file has a `ReadWriteLock`; the namespace has one mutex. The order they and the
+/// file system's other locks are taken in is the program's one lock order, in docs/architecture.md
+/// ("The lock order"); each lock's rank comes from `LockRank`, and debug builds check it.
+/// Operations are in `FileSystem+Namespace.swift` and `FileSystem+Data.swift`; the format is in
+/// docs/FORMAT.md.
 public final class FileSystem: Sendable {
     public let media: Media
     public let geometry: Geometry
