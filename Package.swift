@@ -51,7 +51,11 @@ let package = Package(
         // the monotonic clock, named joinable threads, SplitMix64, typed syscall errors.
         .target(name: "DaxlabSupport", dependencies: ["CShims", .product(name: "Atomics", package: "swift-atomics")]),
         // Mappings of persistent memory, persistence, and device discovery.
-        .target(name: "Pmem", dependencies: ["CShims"]),
+        .target(
+            name: "Pmem", dependencies: ["CShims"],
+            // A test hook (a failing msync) exists only in debug builds; never in release.
+            swiftSettings: [.define("DAXLAB_TEST_HOOKS", .when(configuration: .debug))]
+        ),
         // DaxFS: the file system whose blocks live in the mapping (format, log, allocator, fsck),
         // and its side of the DAX contract.
         .target(
@@ -118,7 +122,8 @@ let package = Package(
         .testTarget(
             name: "DAXTests",
             dependencies: [
-                "CShims", "DAX", "DMA", "DaxFS", "TestSupport", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+                "CShims", "DAX", "DMA", "DaxFS", "Pmem", "TestSupport", "DaxlabSupport",
+                .product(name: "Atomics", package: "swift-atomics"),
             ],
             swiftSettings: [.define("DAXLAB_TEST_HOOKS", .when(configuration: .debug))]
         ),

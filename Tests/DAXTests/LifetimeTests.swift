@@ -98,7 +98,7 @@ struct LifetimeTests {
             #expect(weakFS != nil, "the file system went while a pin of it was outstanding")
             #expect(self.usage(of: path).mappings > 0)
             var bytes = [UInt8](repeating: 0x5A, count: 4096)
-            #expect(handle.write(at: 0, from: &bytes, count: 4096), "the outstanding pin's write")
+            #expect(try handle.write(at: 0, from: &bytes, count: 4096), "the outstanding pin's write")
             handle.unpin()
             #expect(weakDAX == nil, "the layer outlived its last pin: a closed pool kept its batch")
             #expect(weakFS == nil, "the file system outlived its last pin")

@@ -216,7 +216,7 @@ struct PolicyTests {
         #expect(lab.fs.isFreeForAllocation(idle), "idle blocks are freed at once")
         // The device keeps writing into its sequestered blocks; nobody else can own them.
         let data = [UInt8](repeating: 7, count: 4096)
-        #expect(data.withUnsafeBytes { handle.write(at: 0, from: $0.baseAddress!, count: 4096) })
+        #expect(try data.withUnsafeBytes { try handle.write(at: 0, from: $0.baseAddress!, count: 4096) })
         handle.unpin()
         lab.dax.waitForReclaims()  // the release runs on the reclaimer thread, not in the unpin
         #expect(lab.fs.lostFoundBlocks == 0)
@@ -277,7 +277,7 @@ struct PolicyTests {
         #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) == 1)
         #expect(lab.dax.pins.pinCount(block) == 0, "the revoker dropped the pins")
         let data = [UInt8](repeating: 9, count: 4096)
-        #expect(!data.withUnsafeBytes { handle.write(at: 0, from: $0.baseAddress!, count: 4096) }, "fenced")
+        #expect(try !data.withUnsafeBytes { try handle.write(at: 0, from: $0.baseAddress!, count: 4096) }, "fenced")
         #expect(lab.fs.isFreeForAllocation(block))
         handle.unpin()  // ends the lease; the pins are not dropped twice
         #expect(lab.dax.pins.pinCount(block) == 0)
@@ -368,7 +368,7 @@ struct ReadmeExampleTests {
             #expect(page0.load(as: UInt64.self) == 0)
             let pins = try space.pin(0..<16, write: true, holder: nil)
             let data = [UInt8](repeating: 0x5A, count: 4096)
-            let landed = data.withUnsafeBytes { pins.write(at: 3, from: $0.baseAddress!, count: 4096) }
+            let landed = try data.withUnsafeBytes { try pins.write(at: 3, from: $0.baseAddress!, count: 4096) }
             #expect(landed)
             #expect(try fs.read(file, offset: 3 * 4096, count: 4096) == data)
             try fs.truncate(file, size: 0, policy: .sequester)
