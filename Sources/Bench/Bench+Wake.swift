@@ -15,7 +15,7 @@ extension Bench {
     /// thread on the other CPU; against a condition-variable wake of a thread on the other CPU.
     func wakeRow() throws {
         let file = try self.fs.create("wake")
-        let space = self.dax.open(file)
+        let space = try self.dax.open(file)
         defer { _ = CShims_unbind_cpu() }
         // A sample is the median of a few wakes: one wake is a few µs, at the scheduler's mercy.
         let wakes = try Measure(budget: self.options.seconds, pairs: 11).interleave(

@@ -85,7 +85,7 @@ struct BatchPoolTests {
         if !fallback && !AsymmetricFence.available {
             try Test.cancel("membarrier's private expedited command is refused here: the pool uses no cells")
         }
-        let space = lab.space
+        let space = try lab.space
         let number = { @Sendable () -> UInt64 in space.leaseList.first!.id >> 40 }
         // Thread A pins and unpins (its batch goes to A's cell), then waits, alive, so that its
         // index is not reused by B; B pins and unpins; then A pins again.
@@ -212,7 +212,7 @@ struct BatchPoolTests {
             weakDAX = dax
             let file = try fs.openOrCreate("f")
             try fs.truncate(file, size: 4 * 4096)
-            let space = dax.open(file)
+            let space = try dax.open(file)
             for page in 0..<threads {
                 Thread {
                     do { try space.pin(page..<(page + 1), write: true).unpin() } catch {
@@ -250,7 +250,7 @@ struct BatchPoolTests {
                 weakDAX = dax
                 let file = try fs.openOrCreate("f")
                 try fs.truncate(file, size: 4 * 4096)
-                let space = dax.open(file)
+                let space = try dax.open(file)
                 for page in 0..<threads {
                     let done = Finished()
                     finished.append(done)

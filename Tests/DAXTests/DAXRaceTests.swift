@@ -14,7 +14,7 @@ struct DAXRaceTests {
         let lab = try Lab(policy: policy, pages: 64, times: PolicyTimes(leaseBreakTime: .seconds(30)))
         let file = lab.file
         for round in 0..<100 {
-            let space = lab.space
+            let space = try lab.space
             let handle = try space.pin(0..<1, write: true)  // block A
             let punched = lab.background { try! lab.fs.punchHole(file, offset: 0, length: 4096) }
             usleep(UInt32(round % 5) * 200)  // let the punch reach its wait, sometimes
@@ -31,7 +31,7 @@ struct DAXRaceTests {
     func chinnerThreeWay() throws {
         let lab = try Lab(policy: .wait, pages: 8)
         let file = lab.file
-        let space = lab.space
+        let space = try lab.space
         let stop = ManagedAtomic<Bool>(false)
         let faults = ManagedAtomic<Int>(0)
         let punches = ManagedAtomic<Int>(0)

@@ -168,7 +168,7 @@ struct KernelPinTests {
     func invalidationBeforeTheKernelPin(punchedPage: Int) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try Lab(policy: .none, pages: 4)
-        let space = lab.space
+        let space = try lab.space
         let ring = try KernelRing(slots: 2)
         for page in 0..<4 { _ = try space.fault(page, write: true) }
         let before = (0..<4).map { lab.fs.currentBlock(lab.file, page: $0) }
@@ -289,7 +289,7 @@ struct KernelPinTests {
         let lab = try Lab(policy: .leaseBreak, pages: 4, times: PolicyTimes(leaseBreakTime: .seconds(2)))
         let source = try TaggedSource(direct: true)
         try source.fill(0xE1)
-        let space = lab.space
+        let space = try lab.space
         let revoked = DispatchSemaphore(value: 0)
         let hookRan = Box(false)
         space.revocationHook = { revoked.signal() }

@@ -21,7 +21,7 @@ struct LeaseTableTests {
         AsymmetricFence.forceFallback = fallback
         defer { AsymmetricFence.forceFallback = false }
         let lab = try Lab(policy: .wait, pages: pages)
-        #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
+        #expect(try lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
         return lab
         #else
         return try Lab(policy: .wait, pages: pages)
@@ -52,7 +52,7 @@ struct LeaseTableTests {
         }
         #expect(AsymmetricFence.available)
         let lab = try Lab(policy: .wait, pages: 1)
-        #expect(lab.space.leases.asymmetric)
+        #expect(try lab.space.leases.asymmetric)
     }
 
     @Test("an unpin waits for a breaker between its slot load and its hold; the breaker then skips the ended lease",
@@ -60,7 +60,7 @@ struct LeaseTableTests {
     func endWaitsForScanner(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try self.lab(fallback: fallback, pages: 4)
-        let space = lab.space
+        let space = try lab.space
         _ = try space.fault(1, write: true)
         let pinned = DispatchSemaphore(value: 0)
         let unpinNow = DispatchSemaphore(value: 0)
@@ -112,7 +112,7 @@ struct LeaseTableTests {
             try Test.cancel("this test's thread has index \(thread), past the owned slots (more live threads than the table has)")
         }
         let lab = try Lab(policy: .wait, pages: 4)
-        let space = lab.space
+        let space = try lab.space
         let first = try space.pin(0..<1, write: true)
         #expect(first.batch.takeUnretainedValue().leaseSlot == LeaseTable.ownedSlot(thread))
         let second = try space.pin(1..<2, write: true)
@@ -141,7 +141,7 @@ struct LeaseTableTests {
     @Test("a thread past the owned slots enters a shared slot, and its lease is listed and ends")
     func threadPastOwnedSlots() throws {
         let lab = try Lab(policy: .wait, pages: 4)
-        let space = lab.space
+        let space = try lab.space
         // Enough live threads that the next one's index is past the owned slots (indices are the
         // lowest free, so at most this many are below it).
         let parked = LeaseTable.ownedSlots
@@ -181,7 +181,7 @@ struct LeaseTableTests {
     @Test("more leases on one file than it has slots: the rest go to the overflow list, and every one is listed and ends")
     func overflow() throws {
         let lab = try Lab(policy: .wait, pages: LeaseTable.slotCount + 8)
-        let space = lab.space
+        let space = try lab.space
         var listed: [LeaseInfo] = []
         // (Handles are not copyable: each level of the recursion holds one pin.)
         func pinFrom(_ page: Int) throws {
@@ -206,7 +206,7 @@ struct LeaseTableTests {
           arguments: [false, true])
     func stress(fallback: Bool) throws {
         let lab = try self.lab(fallback: fallback, pages: 64)
-        let space = lab.space
+        let space = try lab.space
         for page in 0..<64 { _ = try space.fault(page, write: true) }
         let stop = Box(false)
         var workers: [Finished] = []

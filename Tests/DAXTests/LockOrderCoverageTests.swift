@@ -21,7 +21,7 @@ struct LockOrderCoverageTests {
         let before = ranks.map(LockOrder.acquisitions(of:))
 
         let lab = try Lab(policy: .sequester)
-        let space = lab.space
+        let space = try lab.space
         // A write fault to a hole (a fault stripe), a pin (its lease), a lease list.
         try lab.fs.truncate(lab.file, size: 17 * 4096)
         _ = try space.fault(16, write: true)

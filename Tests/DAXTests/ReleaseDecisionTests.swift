@@ -16,7 +16,7 @@ struct ReleaseDecisionTests {
         AsymmetricFence.forceFallback = fallback
         defer { AsymmetricFence.forceFallback = false }
         let lab = try Lab(policy: .leaseBreak, pages: 4)
-        #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
+        #expect(try lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
         return lab
     }
     #endif
@@ -26,7 +26,7 @@ struct ReleaseDecisionTests {
     func revokedWhileUnpinning(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try self.lab(fallback: fallback)
-        let space = lab.space
+        let space = try lab.space
         let handle = try space.pin(1..<3, write: true)
         let blocks = [handle.block(at: 0), handle.block(at: 1)]
         var revocation: PinBatch.Revocation?
@@ -46,7 +46,7 @@ struct ReleaseDecisionTests {
     func revokedWhilePinning(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try self.lab(fallback: fallback)
-        let space = lab.space
+        let space = try lab.space
         for page in 0..<4 { _ = try space.fault(page, write: true) }
         var revocations: [PinBatch.Revocation] = []
         space.pinFastPathHook = { _, _ in
@@ -68,7 +68,7 @@ struct ReleaseDecisionTests {
     func revokedThenUnpinned(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try self.lab(fallback: fallback)
-        let space = lab.space
+        let space = try lab.space
         let handle = try space.pin(1..<3, write: true)
         let blocks = [handle.block(at: 0), handle.block(at: 1)]
         var revocations: [PinBatch.Revocation] = []
