@@ -70,6 +70,8 @@ demo: build
 # thread per CPU. In parallel on a loaded 2-core machine, two such tests hold both threads while
 # the rest wait their turn, and the waiting counts against each test's time limit: tests that take
 # a millisecond "exceeded 60 s". One at a time, a time limit measures its own test only.
+# Both runs are debug builds, so every lock acquisition in them goes through the lock-order
+# checker (docs/architecture.md, "The lock order"): an inversion traps with both locks' names.
 # The tests' builds compile the DAX layer's test hooks in (DAXLAB_TEST_HOOKS=1; no other build has
 # them, whatever its configuration).
 test: export DAXLAB_TEST_HOOKS := 1

@@ -19,11 +19,11 @@
 //   DaxlabCLI       the commands (swift-argument-parser), and the `daxlab` executable on top
 import PackageDescription
 
-// The DAX layer's test hooks (closures the tests run at chosen points of the pin fast path, the
-// lease scan, the batch pool, a revocation...) are compiled only when the build asks for them
+// The test hooks of the DAX and Pmem layers (closures the tests run at chosen points of the pin
+// fast path, the lease scan, the batch pool, a revocation; an msync made to fail) are compiled only when the build asks for them
 // with DAXLAB_TEST_HOOKS=1 in its environment, as swift-system's mocking is: `make test` does,
 // and nothing else, whatever the configuration. A package that depends on daxlab, a release
-// build or a plain `swift build` gets a DAX layer without them; the tests that need them say so
+// build or a plain `swift build` gets layers without them; the tests that need them say so
 // and are skipped.
 let testHooks: [SwiftSetting] =
     Context.environment["DAXLAB_TEST_HOOKS"] == "1" ? [.define("DAXLAB_TEST_HOOKS")] : []
@@ -60,7 +60,8 @@ let package = Package(
         // the monotonic clock, named joinable threads, SplitMix64, typed syscall errors.
         .target(name: "DaxlabSupport", dependencies: ["CShims", .product(name: "Atomics", package: "swift-atomics")]),
         // Mappings of persistent memory, persistence, and device discovery.
-        .target(name: "Pmem", dependencies: ["CShims"]),
+        // (Its test hook, an msync that fails, exists only in builds with DAXLAB_TEST_HOOKS=1.)
+        .target(name: "Pmem", dependencies: ["CShims"], swiftSettings: testHooks),
         // DaxFS: the file system whose blocks live in the mapping (format, log, allocator, fsck),
         // and its side of the DAX contract.
         .target(
@@ -133,7 +134,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RaceTests",
-            dependencies: ["Race", "DMA", "DAX", "DaxFS", "CShims", "TestSupport"]
+            dependencies: ["Race", "DMA", "DAX", "DaxFS", "CShims", "TestSupport", "DaxlabSupport"]
         ),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
         .testTarget(

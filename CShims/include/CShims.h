@@ -87,6 +87,29 @@ static inline __attribute__((always_inline)) int CShims_thread_index(void) {
 static inline int CShims_mutex_has_waiters(pthread_mutex_t *mutex) {
     return __atomic_load_n(&mutex->__data.__lock, __ATOMIC_RELAXED) == 2;
 }
+/// One lock a thread holds, as the lock-order checker (DaxlabSupport's `LockOrder`) records it:
+/// the lock's address, its rank's name (a static C string) and number, its index in its table
+/// (-1 for a lock of its own), and whether its rank lets locks of that rank nest by index.
+typedef struct {
+    uintptr_t lock;
+    const char *name;
+    int32_t rank;
+    int32_t index;
+    int32_t nests_by_index;
+} CShims_held_lock;
+
+/// How many locks one thread may hold at once under the checker (far more than any path takes).
+#define CSHIMS_HELD_LOCKS_LIMIT 32
+
+/// The locks a thread holds, oldest first.
+typedef struct {
+    int32_t count;
+    CShims_held_lock locks[CSHIMS_HELD_LOCKS_LIMIT];
+} CShims_held_locks;
+
+/// The calling thread's held locks (a thread-local, zeroed at the thread's start). Defined in
+/// debug builds only: the checker does not exist in release builds.
+CShims_held_locks *CShims_held_locks_of_thread(void);
 
 /// Registers the process for MEMBARRIER_CMD_PRIVATE_EXPEDITED (membarrier(2), Linux 4.14); 0 or
 /// -errno (-ENOSYS without the system call, -EINVAL without the command, -EPERM under a seccomp

@@ -21,7 +21,7 @@ extension Bench {
         let file = try self.fs.create("alloc")
         let page = 12
         try self.fs.truncate(file, size: (page + 1) * 4096)
-        let space = self.dax.open(file)
+        let space = try self.dax.open(file)
         var failure: FSError?
         let directory = PathComponents.directory(of: self.path)
         let poolPath = "\(directory)/daxlab-bench-pool-\(getpid())"

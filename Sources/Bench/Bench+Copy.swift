@@ -26,7 +26,7 @@ extension Bench {
         let handle = try space.pin(0..<512, write: true)
         let gigabytes = Double(2 << 20) / 1e9
         let copy = self.measure.interleave({ count in
-            for _ in 0..<count { _ = handle.writeAll(from: source) }
+            for _ in 0..<count { _ = try? handle.writeAll(from: source) }
         }, { count in
             for _ in 0..<count { pmem_memcpy_persist(target.base, source, 2 << 20) }
         }, transform: { gigabytes / ($0 / 1e9) })

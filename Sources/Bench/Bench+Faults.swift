@@ -41,7 +41,7 @@ extension Bench {
                  target: .atMost(1.0 / 40))
 
         let file = try self.fs.create("cold")
-        let coldSpace = self.dax.open(file)
+        let coldSpace = try self.dax.open(file)
         let (fd, base) = try Self.tmpfsMapping(pages: 2048)
         defer { munmap(base, 2048 * 4096); close(fd) }
         let cold = self.measure.interleave(

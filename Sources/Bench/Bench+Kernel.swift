@@ -51,7 +51,7 @@ extension Bench {
                  target: .atMost(1.5))
 
         let file = try self.fs.create("mapped-cold")
-        let coldSpace = self.dax.open(file)
+        let coldSpace = try self.dax.open(file)
         let coldWindow = try coldSpace.mapWindow()
         let (fd, base) = try Self.tmpfsMapping(pages: 2048)
         defer { munmap(base, 2048 * 4096); close(fd) }

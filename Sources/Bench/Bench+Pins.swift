@@ -214,7 +214,7 @@ final class SampleCPUs {
 
 /// The naive pin table: one mutex around a dictionary of counts.
 final class NaivePinTable: Sendable {
-    private let counts = Locked<[UInt32: Int]>([:])
+    private let counts = Locked<[UInt32: Int]>([:], rank: .benchPinCounts)
     func pin(_ block: UInt32) { self.counts.withLock { $0[block, default: 0] += 1024 } }
     func unpin(_ block: UInt32) { self.counts.withLock { $0[block, default: 0] -= 1024 } }
 }

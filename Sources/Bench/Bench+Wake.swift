@@ -15,7 +15,7 @@ extension Bench {
     /// thread on the other CPU; against a condition-variable wake of a thread on the other CPU.
     func wakeRow() throws {
         let file = try self.fs.create("wake")
-        let space = self.dax.open(file)
+        let space = try self.dax.open(file)
         defer { _ = CShims_unbind_cpu() }
         // A sample is the median of a few wakes: one wake is a few µs, at the scheduler's mercy.
         let wakes = try Measure(budget: self.options.seconds, pairs: 11).interleave(
@@ -55,7 +55,7 @@ extension Bench {
 
     /// µs from a condition-variable signal on CPU 0 to the waiter running on CPU 1.
     static func condvarWake() throws -> Double {
-        let state = ConditionLock(0)  // 0 waiting to sleep, 1 asleep, 2 signalled
+        let state = ConditionLock(0, rank: .benchWake)  // 0 waiting to sleep, 1 asleep, 2 signalled
         let signalled = ManagedAtomic<UInt64>(0)
         let woke = ManagedAtomic<UInt64>(0)
         let waiter = try BenchThread.spawn(name: "daxlab-bench-wait") {

@@ -222,7 +222,7 @@ public final class Bench {
     func mappedFile(_ name: String, pages: Int) throws -> (FileID, AddressSpace) {
         let file = try self.fs.create(FileName(name))
         try self.fs.truncate(file, size: pages * 4096)
-        let space = self.dax.open(file)
+        let space = try self.dax.open(file)
         for page in 0..<pages { _ = try space.fault(page, write: true) }
         return (file, space)
     }

@@ -23,8 +23,8 @@ package final class CrashInjector: PersistObserver, Sendable {
     private let image: PmemMapping?
     private let shadow: PmemMapping?
     /// Cache-line-aligned ranges flushed since the last barrier.
-    private let pending = Locked<[Range<Int>]>([])
-    private let points = Locked(0)
+    private let pending = Locked<[Range<Int>]>([], rank: .crashPending)
+    private let points = Locked(0, rank: .crashPoints)
 
     /// - Parameters:
     ///   - image: the image the file system will mount; nil with no shadow.

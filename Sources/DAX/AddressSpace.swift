@@ -27,7 +27,7 @@ public final class AddressSpace: @unchecked Sendable {
     let sequence = Atomic<UInt64>(0)
     let leases: LeaseTable
     /// On-demand-paging devices' subscriptions to ranges of the file (`DeviceMirror`).
-    let subscriptions = Locked(Subscriptions())
+    let subscriptions = Locked(Subscriptions(), rank: .subscriptions)
     /// Set by the file's first subscription (under the invalidate lock), never cleared.
     let everSubscribed = Atomic<Bool>(false)
     let pins: PinTable

@@ -6,7 +6,7 @@ import DaxlabSupport
 /// `xfs_break_dax_layouts` -> `dax_layout_busy_page_range`), with the call's own policy.
 extension DAXFileSystem: LayoutBreaker {
     package func breakLayouts(
-        _ call: inout LayoutBreakCall, inode: Int, pages: Range<Int>, lock: ReadWriteLock
+        _ call: inout LayoutBreakCall, inode: Int, pages: Range<Int>, locks: FileLocks
     ) throws(FSError) -> LayoutBreakResult {
         // Unretained: the layer's table keeps the space while this thread holds the file's lock,
         // which every replacement of it needs (shared); `leaseBreak` takes a reference of its
@@ -41,7 +41,7 @@ extension DAXFileSystem: LayoutBreaker {
             let own = self.ownReference()
             defer { own.release() }
             // mainline's `dax_break_layout` sleeps until the page is idle, however long.
-            try self.sleepUnlocked(lock, on: block, timeout: call.policy == .mainline ? nil : self.times.waitTimeout)
+            try self.sleepUnlocked(locks, on: block, timeout: call.policy == .mainline ? nil : self.times.waitTimeout)
             return .retry
         case .leaseBreak:
             guard !busy.isEmpty else { return .proceed(.free) }
@@ -49,8 +49,8 @@ extension DAXFileSystem: LayoutBreaker {
             let own = self.ownReference()
             defer { own.release() }
             let held = found.takeUnretainedValue()  // (a reference of its own, taken under the lock)
-            lock.unlock()
-            defer { lock.lockExclusive() }
+            locks.unlock()
+            defer { locks.lockExclusive() }
             self.breakLeases(held, pages, busy: busy)
             return .retry
         }
@@ -81,14 +81,14 @@ extension DAXFileSystem: LayoutBreaker {
         return busy
     }
 
-    /// `wait`: drops the invalidate lock (a pinner may need it to fault another page: Jan Kara's
-    /// deadlock), sleeps until the last unpin of `block` wakes it, retakes the lock.
-    private func sleepUnlocked(_ lock: ReadWriteLock, on block: UInt32, timeout: Duration?) throws(FSError) {
+    /// `wait`: drops the invalidate locks (a pinner may need one to fault another page: Jan
+    /// Kara's deadlock), sleeps until the last unpin of `block` wakes it, retakes the locks.
+    private func sleepUnlocked(_ locks: FileLocks, on block: UInt32, timeout: Duration?) throws(FSError) {
         self.statistics.waits.wrappingIncrement(ordering: .relaxed)
-        lock.unlock()
+        locks.unlock()
         let deadline = timeout.map { MonotonicClock.now() + $0.nanoseconds }
         let idle = self.pins.waits.wait(on: block, deadline: deadline) { !self.pins.maybeDMAPinned(block) }
-        lock.lockExclusive()
+        locks.lockExclusive()
         if !idle {
             throw FSError(.timedOut, "block \(block) still pinned after \(timeout!) (nothing changed)")
         }

@@ -28,7 +28,7 @@ public final class DAXFileSystem {
     let zeroPage: UnsafeMutableRawPointer
     let reclaimer: Reclaimer
     /// By inode number (an array: a punch finds its space without hashing).
-    private let spaces = Locked<[AddressSpace?]>([])
+    private let spaces = Locked<[AddressSpace?]>([], rank: .spaceTable)
     /// The same spaces, unretained, one atomic slot per inode, for the breaker: a slot is written
     /// only under its file's lock (shared) and the table's mutex, and the breaker reads it holding
     /// the file's lock exclusively, so no write of the slot, and no release of the space it
@@ -100,21 +100,22 @@ public final class DAXFileSystem {
         self.spaceSlots.deallocate()
     }
 
-    /// The address space of `id` (one per file, created on first use). A removed file's id
-    /// (its inode may belong to another file by now) gets a space of its own that the layer
-    /// does not keep: every fault and pin through it fails (`.notFound`), and it never displaces
-    /// the space of the file that has the inode now, which the breaker must find.
-    public func open(_ id: FileID) -> AddressSpace {
+    /// The address space of `id` (one per file, created on first use).
+    /// - Throws: `.notFound` when `id` names no file that exists now: an inode number outside
+    ///   the image or reserved, or a removed file's id (its inode may belong to another file by
+    ///   now, whose space, which the breaker must find, it never displaces). A file removed after
+    ///   its space was opened keeps the space, and every fault and pin through it fails.
+    public func open(_ id: FileID) throws(FSError) -> AddressSpace {
+        // (A caller's FileID may hold any number: the lock table traps outside its range.)
+        guard id.inode >= 0, id.inode < self.inodeCount else { throw FSError(.notFound, "\(id): no such file") }
         if let space = self.space(inode: id.inode), space.id == id { return space }
         // Decided under the file's lock, so no removal or creation of the inode interleaves
-        // (lock order: the file's lock, then the table's, as in the breaker). Traps, as the
-        // lock's lookup does, for an inode number out of range.
-        return self.source.invalidateLock(for: id).withReadLock {
-            let current = self.source.isCurrent(id)
+        // (the file's lock, then the table's: the lock order).
+        return try self.source.invalidateLock(for: id).withReadLock { () throws(FSError) -> AddressSpace in
+            guard self.source.isCurrent(id) else { throw FSError(.notFound, "\(id): no such file (removed)") }
             return self.spaces.withLock { spaces in
                 if id.inode < spaces.count, let space = spaces[id.inode], space.id == id { return space }
                 let space = AddressSpace(id: id, dax: self)
-                guard current else { return space }
                 if id.inode >= spaces.count { spaces += Array(repeating: nil, count: id.inode + 1 - spaces.count) }
                 spaces[id.inode] = space  // (releases a removed file's space, which no breaker reads now)
                 UnsafeAtomic<UInt>(at: self.spaceSlots + id.inode).store(

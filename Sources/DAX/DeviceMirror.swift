@@ -48,7 +48,7 @@ public final class DeviceMirror: @unchecked Sendable {
     public init(space: AddressSpace, pages: Range<Int>) {
         self.space = space
         self.pages = pages
-        self.translations = Locked(Array(repeating: 0, count: pages.count))
+        self.translations = Locked(Array(repeating: 0, count: pages.count), rank: .deviceMirror)
         space.subscribe(self)
     }
 

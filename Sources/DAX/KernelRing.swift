@@ -29,7 +29,7 @@ public final class KernelRing: @unchecked Sendable {
         }
         self.ring = ring
         self.slots = slots
-        self.free = Locked(Array((0..<slots).reversed()))
+        self.free = Locked(Array((0..<slots).reversed()), rank: .kernelRingSlots)
         self.harmless = .allocate(byteCount: 4096, alignment: 4096)
         self.harmless.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
     }

@@ -77,7 +77,7 @@ final class LeaseTable: @unchecked Sendable {
     private let slots: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>
     /// Breakers between their first slot load and their last hold.
     private let scanners = Atomic<Int>(0)
-    private let overflow = Locked<[PinBatch]>([])
+    private let overflow = Locked<[PinBatch]>([], rank: .leaseOverflow)
     /// Set before the file's first lease takes a slot; never cleared (see above).
     private let everLeased = Atomic<Bool>(false)
     /// Whether this file's Dekker pairs use the asymmetric fence (see above, and `PinBatch`'s

@@ -72,16 +72,20 @@ public struct PinHandle: ~Copyable {
     }
 
     /// A device write into the `index`-th pinned block: a non-temporal copy of `count` bytes at
-    /// `offset` in the block, drained before it returns. Fenced against revocation: once the
+    /// `offset` in the block, made durable before it returns. Fenced against revocation: once the
     /// lease is revoked the write is refused (nothing lands) and this returns false.
     /// - Parameter whileFenced: runs after the write landed, still inside the fence, with the
     ///   block: a revocation (and so the truncate behind it) waits for it to return. The oracle
     ///   checks ownership here.
+    /// - Returns: whether the write landed (false: refused, the lease was revoked).
+    /// - Throws: `.io` when the bytes landed but could not be made durable (a mapping persisted
+    ///   by msync whose write-back failed; pmem's stores do not fail): the block holds them, a
+    ///   crash may lose them, and `whileFenced` has run, as for any write that landed.
     @inline(__always)
     public func write(
         at index: Int, offset: Int = 0, from source: UnsafeRawPointer, count: Int,
         whileFenced: ((UInt32) -> Void)? = nil
-    ) -> Bool {
+    ) throws(FSError) -> Bool {
         let batch = self.object
         guard batch.beginWrite() else { return false }
         defer { batch.endWrite() }
@@ -89,9 +93,15 @@ public struct PinHandle: ~Copyable {
         let block = batch.blocks[index]
         precondition(block != 0 && offset >= 0 && offset + count <= 4096, "write outside the pinned block")
         let mapping = batch.space!.mapping
-        try? mapping.copy(to: Int(block) * 4096 + offset, from: source, count: count, flags: [.nonTemporal, .noDrain])
+        var failure: PmemError?
+        do {
+            try mapping.copy(to: Int(block) * 4096 + offset, from: source, count: count, flags: [.nonTemporal, .noDrain])
+        } catch {
+            failure = error
+        }
         mapping.drain()
         whileFenced?(block)
+        if let failure { throw FSError(failure) }
         return true
     }
 
@@ -99,18 +109,26 @@ public struct PinHandle: ~Copyable {
     /// non-temporal copies, one drain at the end, as a DMA engine completes one descriptor chain.
     /// Fenced like `write(at:)`.
     /// - Returns: false (nothing landed) if the lease was revoked.
-    public func writeAll(from source: UnsafeRawPointer) -> Bool {
+    /// - Throws: `.io` when the bytes of a block landed but could not be made durable (see
+    ///   `write(at:)`): every block was written, the first such failure is reported.
+    public func writeAll(from source: UnsafeRawPointer) throws(FSError) -> Bool {
         let batch = self.object
         guard batch.beginWrite() else { return false }
         defer { batch.endWrite() }
         let mapping = batch.space!.mapping
+        var failure: PmemError?
         for index in 0..<batch.count {
             let block = batch.blocks[index]
             precondition(block != 0, "write into a read pin of a hole")
-            try? mapping.copy(
-                to: Int(block) * 4096, from: source + index * 4096, count: 4096, flags: [.nonTemporal, .noDrain])
+            do {
+                try mapping.copy(
+                    to: Int(block) * 4096, from: source + index * 4096, count: 4096, flags: [.nonTemporal, .noDrain])
+            } catch {
+                failure = failure ?? error
+            }
         }
         mapping.drain()
+        if let failure { throw FSError(failure) }
         return true
     }
 

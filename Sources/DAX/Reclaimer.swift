@@ -20,7 +20,7 @@ final class Reclaimer: Sendable {
         var stopped = false
     }
 
-    private let state = ConditionLock(State())
+    private let state = ConditionLock(State(), rank: .reclaimer)
     private let release: @Sendable (UInt32, BusyBlockDisposition) -> Void
 
     /// - Parameter release: releases one block (the file system's `releaseFromLimbo`).

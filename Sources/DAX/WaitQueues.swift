@@ -12,7 +12,7 @@ final class WaitQueues: @unchecked Sendable {
     // The lock's value is unused (an Int, not Void: see `ConditionLock`). The waiter counts are
     // raw atomic words, not objects: every unpin that drops a block's last pin reads one, and an
     // object there would cost a retain and a release shared by every thread.
-    private let buckets: [ConditionLock<Int>] = (0..<WaitQueues.count).map { _ in ConditionLock(0) }
+    private let buckets: [ConditionLock<Int>] = (0..<WaitQueues.count).map { _ in ConditionLock(0, rank: .waitQueue) }
     private let waiters: UnsafeMutablePointer<UnsafeAtomic<Int>.Storage> = {
         let words = UnsafeMutablePointer<UnsafeAtomic<Int>.Storage>.allocate(capacity: WaitQueues.count)
         words.initialize(repeating: UnsafeAtomic<Int>.Storage(0), count: WaitQueues.count)

@@ -8,7 +8,14 @@ import DaxFS
 extension DMADevice {
     /// Subscribes to `pages` of `file` and mirrors them (holes faulted in as new blocks).
     func mirror(_ file: FileID, pages: Range<Int>) throws(FSError) {
-        let mirror = DeviceMirror(space: self.dax.open(file), pages: pages)
+        let space: AddressSpace
+        do {
+            space = try self.dax.open(file)
+        } catch {
+            self.statistics.pinFailures.wrappingIncrement(ordering: .relaxed)
+            throw error
+        }
+        let mirror = DeviceMirror(space: space, pages: pages)
         self.file = file
         self.mirrors += 1
         let blocks: [UInt32]

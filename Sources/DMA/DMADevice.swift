@@ -154,9 +154,15 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
                 guard let kernelDone = self.kernelWrite(write, at: index, through: handle, transport) else { continue }
                 done = kernelDone
             } else {
-                done = handle.write(at: index, from: self.buffer, count: 4096, whileFenced: { block in
-                    observer?.didWrite(write, block: block, landed: true)
-                })
+                do {
+                    done = try handle.write(at: index, from: self.buffer, count: 4096, whileFenced: { block in
+                        observer?.didWrite(write, block: block, landed: true)
+                    })
+                } catch {
+                    // Landed (the observer heard), but not durable: counted apart.
+                    self.statistics.persistErrors.wrappingIncrement(ordering: .relaxed)
+                    done = true
+                }
             }
             if done {
                 landed += 1
@@ -232,6 +238,8 @@ public final class DMAStatistics: Sendable {
     public let longTermPins = ManagedAtomic<Int>(0)
     /// Kernel writes that failed otherwise (an I/O error, a short read).
     public let kernelErrors = ManagedAtomic<Int>(0)
+    /// Simulated writes that landed but could not be made durable (the image's msync failed).
+    public let persistErrors = ManagedAtomic<Int>(0)
     /// On-demand paging: writes that met a zapped translation and faulted the range in again.
     public let deviceRefaults = ManagedAtomic<Int>(0)
     public init() {}

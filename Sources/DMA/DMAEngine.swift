@@ -60,7 +60,7 @@ public final class DMAEngine: Sendable {
     public let statistics = DMAStatistics()
     public let devices: [DMADevice]
     private let running = ManagedAtomic<Bool>(false)
-    private let threads = Locked<[JoinableThread]>([])
+    private let threads = Locked<[JoinableThread]>([], rank: .dmaThreads)
 
     /// - Throws: for kernel devices, what `DMADevice.init` throws (io_uring or O_DIRECT refused).
     public init(

@@ -21,7 +21,7 @@ final class BlockAllocator: Sendable {
         let free: Locked<[UInt32]>
         init(range: Range<UInt32>, free: [UInt32]) {
             self.range = range
-            self.free = Locked(free)
+            self.free = Locked(free, rank: .allocatorShard)
         }
     }
 

@@ -29,7 +29,7 @@ final class BreakerSlot: @unchecked Sendable {
     /// Set (releasing) once the breaker is stored; cleared before it is dropped.
     private let attached = Atomic<Bool>(false)
     /// Serialises attach and detach; true once detached (nothing attaches after that).
-    private let writer = Locked(false)
+    private let writer = Locked(false, rank: .breakerSlot)
 
     init() {}
 

@@ -56,6 +56,40 @@ public struct LayoutBreakCall: Sendable {
     }
 }
 
+/// The file locks a removal holds exclusively while it asks the layout breaker: the removed
+/// file's, and for a rename or publish over a name also the renamed file's. A breaker that sleeps
+/// for pins drops them all and takes them again before it returns, so no sleep holds any file's
+/// lock (Jan Kara's rule, for both files: a device holding a pin may need to fault either). Two
+/// are taken, and taken again, in ascending inode number: the lock order (docs/architecture.md).
+package struct FileLocks: Sendable {
+    private let first: ReadWriteLock
+    private let second: ReadWriteLock?
+
+    /// The lock of inode `number` in `locks`.
+    init(_ locks: ReadWriteLocks, _ number: Int) {
+        self.first = locks[number]
+        self.second = nil
+    }
+
+    /// The locks of inodes `a` and `b` in `locks`, lower number first (one lock if they are the same).
+    init(_ locks: ReadWriteLocks, _ a: Int, _ b: Int) {
+        self.first = locks[min(a, b)]
+        self.second = a == b ? nil : locks[max(a, b)]
+    }
+
+    /// Takes them exclusively, in order.
+    package func lockExclusive() {
+        self.first.lockExclusive()
+        self.second?.lockExclusive()
+    }
+
+    /// Releases them.
+    package func unlock() {
+        self.second?.unlock()
+        self.first.unlock()
+    }
+}
+
 /// The DAX layer's side of the contract: what it offers the file system. DaxFS calls
 /// `breakLayouts` holding the file's lock exclusively before any block leaves the file (the
 /// analogue of XFS calling `xfs_break_layouts`, which reaches `dax_layout_busy_page_range`),
@@ -66,10 +100,11 @@ package protocol LayoutBreaker: AnyObject, Sendable {
     var defaultPolicy: TruncatePolicy { get }
 
     /// Unmaps `pages` of inode `inode` and applies `call.policy` to the pinned blocks found.
-    /// May drop and retake `lock` (the file's lock, held exclusively on entry and on return).
+    /// May drop and retake `locks` (the file's lock, and any other the removal holds: held
+    /// exclusively on entry and on return, and never while it sleeps).
     /// - Throws: `.busy` (policy `fail`) or `.timedOut` (a bounded wait); nothing has changed then.
     func breakLayouts(
-        _ call: inout LayoutBreakCall, inode: Int, pages: Range<Int>, lock: ReadWriteLock
+        _ call: inout LayoutBreakCall, inode: Int, pages: Range<Int>, locks: FileLocks
     ) throws(FSError) -> LayoutBreakResult
 
     /// Whether `block` is pinned now; if so it is claimed for `disposition` (`.sequester` or

@@ -119,14 +119,14 @@ extension FileSystem {
         }
     }
 
-    /// Frees every block of inode `number` and marks it free; the caller holds its lock. Once the
-    /// policy lets the blocks go, `orphan` commits the transaction that takes the file's name
-    /// away (the point of no return: from it on, mount finishes the release). It takes any other
-    /// inode lock it needs before its transaction: inode locks come before log slots.
+    /// Frees every block of inode `number` and marks it free; the caller holds its lock (and
+    /// `held`, when it holds another file's too: see `name`). Once the policy lets the blocks go,
+    /// `orphan` commits the transaction that takes the file's name away (the point of no return:
+    /// from it on, mount finishes the release).
     private func release(
-        inode number: Int, policy: TruncatePolicy?, orphan: () throws(FSError) -> Void
+        inode number: Int, policy: TruncatePolicy?, held: FileLocks? = nil, orphan: () throws(FSError) -> Void
     ) throws(FSError) {
-        try self.removePages(number, policy: policy, newSize: { 0 }, beforeRemoval: orphan) { () -> Range<Int> in
+        try self.removePages(number, policy: policy, newSize: { 0 }, held: held, beforeRemoval: orphan) { () -> Range<Int> in
             let size = self.record(number).size
             return 0..<Int((size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
         }
@@ -261,8 +261,12 @@ extension FileSystem {
 
     /// Stages naming inode `number` (`stage`) and, when `replaced` is set, makes the replaced file
     /// an orphan in the same transaction, once the policy lets its blocks go; then frees them.
-    /// The caller holds the names involved busy (not the namespace lock), so no other namespace
-    /// operation takes either inode's lock meanwhile.
+    /// The caller holds the names involved busy (not the namespace lock).
+    ///
+    /// Both files' locks are held for it, taken in ascending inode number (the lock order:
+    /// whichever of the two files is older). The layout breaker drops both while it waits for the
+    /// replaced file's pins, so the renamed file stays usable meanwhile (a device pinning it is
+    /// not stalled by a wait for another device); a publish's `stage` checks its file again then.
     private func name(
         _ number: Int, as target: FileName, replacing replaced: Int?, stage: (Transaction) throws(FSError) -> Void
     ) throws(FSError) {
@@ -272,16 +276,13 @@ extension FileSystem {
             }
             return
         }
-        try self.locks[replaced].withWriteLock { () throws(FSError) in
-            try self.release(inode: replaced, policy: nil) { () throws(FSError) in
-                // (only namespace operations take two inode locks, and they hold these inodes' names
-                // busy: no other one holds either lock)
-                try self.locks[number].withWriteLock { () throws(FSError) in
-                    _ = try self.log.transaction { (tx) throws(FSError) in
-                        try stage(tx)
-                        Self.stageOrphan(tx, replaced)
-                    }
-                }
+        let held = FileLocks(self.locks, number, replaced)
+        held.lockExclusive()
+        defer { held.unlock() }
+        try self.release(inode: replaced, policy: nil, held: held) { () throws(FSError) in
+            _ = try self.log.transaction { (tx) throws(FSError) in
+                try stage(tx)
+                Self.stageOrphan(tx, replaced)
             }
         }
     }

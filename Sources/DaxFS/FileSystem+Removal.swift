@@ -6,13 +6,15 @@ extension FileSystem {
     /// Removes the blocks of the pages `range` names (asked again after every wait, since the
     /// file may change while its lock is dropped), through the attached layout breaker under
     /// `policy` (nil: the breaker's default). The caller holds the file's lock exclusively.
+    /// - Parameter held: the file locks the caller holds exclusively, which the breaker drops
+    ///   while it sleeps (nil: the file's own; a rename or publish over a name holds two).
     /// - Parameter beforeRemoval: changes to make only once the removal will happen (zeroing a
     ///   partial page): after the policy said proceed, so a refusal (EBUSY, a timeout) leaves the
     ///   file exactly as it was.
     /// - Parameter intent: the truncate or punch being done, recorded while it spans transactions.
     func removePages(
         _ number: Int, policy: TruncatePolicy?, newSize: () throws(FSError) -> UInt64?,
-        intent: InodeRecord.Intent? = nil, beforeRemoval: () throws(FSError) -> Void = {},
+        intent: InodeRecord.Intent? = nil, held: FileLocks? = nil, beforeRemoval: () throws(FSError) -> Void = {},
         range: () throws(FSError) -> Range<Int>
     ) throws(FSError) {
         // Nothing to break (no pages, or no DAX layer attached): straight to the removal.
@@ -27,6 +29,7 @@ extension FileSystem {
         // breaker is gone (`BreakerSlot`).
         try self.breaker.withCurrent { (breaker) throws(FSError) in
             var call = LayoutBreakCall(policy: policy ?? breaker.defaultPolicy)
+            let held = held ?? FileLocks(self.locks, number)
             while true {
                 let pages = try range()
                 let size = try newSize()
@@ -34,7 +37,7 @@ extension FileSystem {
                     try withoutBreaker(pages, size)
                     return
                 }
-                switch try breaker.breakLayouts(&call, inode: number, pages: pages, lock: self.locks[number]) {
+                switch try breaker.breakLayouts(&call, inode: number, pages: pages, locks: held) {
                 case .retry:
                     guard self.breaker.isAttached else { throw self.unmountedWhileSleeping() }
                 case .proceed(let disposition):

@@ -78,7 +78,8 @@ extension FileSystem {
             var call = LayoutBreakCall(policy: policy ?? breaker.defaultPolicy, movesBlocks: true)
             while true {
                 let pages = first..<max(first, (size + Self.pageSize - 1) / Self.pageSize)
-                let result = try breaker.breakLayouts(&call, inode: number, pages: pages, lock: self.locks[number])
+                let result = try breaker.breakLayouts(
+                    &call, inode: number, pages: pages, locks: FileLocks(self.locks, number))
                 guard result == .retry else { break }
                 guard self.breaker.isAttached else { throw self.unmountedWhileSleeping() }
                 size = Int(try self.checkedRecord(id).size)  // (the file may have changed while it slept)

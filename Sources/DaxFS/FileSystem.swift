@@ -10,9 +10,11 @@ import Glibc
 ///
 /// Metadata (inodes, bitmap, block maps) changes only through `MetadataLog` transactions; file
 /// data is written in place, made durable before the transaction that maps it commits (ordered
-/// mode). Every file has a `ReadWriteLock`; the namespace has one mutex. Lock order: namespace,
-/// then inodes in ascending number. Operations are in `FileSystem+Namespace.swift` and
-/// `FileSystem+Data.swift`; the format is in docs/FORMAT.md.
+/// mode). Every file has a `ReadWriteLock`; the namespace has one mutex. The order they and the
+/// file system's other locks are taken in is the program's one lock order, in docs/architecture.md
+/// ("The lock order"); each lock's rank comes from `LockRank`, and debug builds check it.
+/// Operations are in `FileSystem+Namespace.swift` and `FileSystem+Data.swift`; the format is in
+/// docs/FORMAT.md.
 public final class FileSystem: Sendable {
     public let media: Media
     public let geometry: Geometry
@@ -34,12 +36,12 @@ public final class FileSystem: Sendable {
     let breaker = BreakerSlot()
     /// Serialise block allocation between faults, which hold a file's lock only shared; striped
     /// by inode. Each stripe holds its files' unused reserved blocks (`FileSystem+Reservation`).
-    let allocationLocks = LockedArray<FaultStripe>(count: FileSystem.faultStripes) { _ in FaultStripe() }
+    let allocationLocks = LockedArray<FaultStripe>(count: FileSystem.faultStripes, rank: .faultStripe) { _ in FaultStripe() }
     /// Reserved blocks no page maps, over every file: what a full image cannot hand out until the
     /// files use them or the next mount frees them (kept under `freeBlocks / reservationHeadroom`).
     let unusedReserved = StripeCounts(stripes: FileSystem.faultStripes)
     /// Which lost+found page holds each sequestered block.
-    let lostFound = Locked(LostFoundPages())
+    let lostFound = Locked(LostFoundPages(), rank: .lostFoundPages)
     private let mounted = Atomic<Bool>(true)
     /// What mount found and did.
     public let mountReport: MountReport
@@ -159,7 +161,7 @@ public final class FileSystem: Sendable {
         let bitmap = Bitmap(base: media.base, geometry: geometry)
         self.allocator = BlockAllocator(
             dataRange: UInt32(geometry.dataStart)..<UInt32(geometry.backupSuperblock), isAllocated: bitmap.isAllocated)
-        self.locks = ReadWriteLocks(count: geometry.inodeCount)
+        self.locks = ReadWriteLocks(count: geometry.inodeCount, rank: .inode, exceptions: [Self.lostFoundInode: .lostFound])
         // Operations a crash interrupted are finished before anything can see the files (in the
         // private copy of a read-only mount; a clean device mounted read-only has none).
         let writable = !mapping.isReadOnly || mapping.medium != .deviceDAX
@@ -172,7 +174,7 @@ public final class FileSystem: Sendable {
             let record = InodeRecord(media.base + geometry.inodeOffset(number))
             if record.inUse { namespace.names[record.name] = number } else { namespace.freeInodes.append(number) }
         }
-        self.namespace = Locked(namespace)
+        self.namespace = Locked(namespace, rank: .namespace)
         let reclaimed = writable
             ? try Self.reclaimLostFound(log: self.log, allocator: self.allocator, geometry: geometry) : 0
         self.mountReport = MountReport(

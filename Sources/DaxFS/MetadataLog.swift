@@ -197,7 +197,7 @@ final class MetadataLog: Sendable {
 /// A log slot: its reusable transaction, behind the lock that makes the slot one writer's.
 private final class LogSlot: Sendable {
     let transaction: Locked<Transaction>
-    init(_ transaction: Transaction) { self.transaction = Locked(transaction) }
+    init(_ transaction: Transaction) { self.transaction = Locked(transaction, rank: .logSlot) }
 }
 
 /// One record in a log slot: a 16-byte header (kind u16, reserved u16, length u32, offset u64)

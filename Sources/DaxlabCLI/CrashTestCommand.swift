@@ -74,7 +74,7 @@ struct CrashTestCommand: ParsableCommand {
         // Everything in a private folder (mode 0700): no planted link can redirect a write, and
         // an interrupt removes it all (and kills the child: children die with their parent).
         let scratch = try ScratchDirectory(in: self.directory, prefix: "daxlab-crash-")
-        let running = Locked<pid_t>(0)
+        let running = Locked<pid_t>(0, rank: .crashChild)
         scratch.stopOnSignal {
             // After the handler recorded the signal: a child spawned before is killed here, and
             // none is spawned after (spawnChild checks under the same lock).

@@ -17,10 +17,19 @@ package final class ConditionLock<Value>: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
     private var value: Value
+    #if DEBUG
+    /// Its place in the lock order (`LockOrder` checks it).
+    package let rank: LockRank
+    #endif
 
-    package init(_ value: Value) {
+    /// - Parameter rank: its place in the lock order (docs/architecture.md); a lock that never
+    ///   has another taken under it may leave it as a `leaf`.
+    package init(_ value: Value, rank: LockRank = .leaf) {
         self.value = value
         self.mutex = HeapMutex.make()
+        #if DEBUG
+        self.rank = rank
+        #endif
         self.condition = .allocate(capacity: 1)
         self.condition.initialize(to: pthread_cond_t())
         var attributes = pthread_condattr_t()
@@ -37,17 +46,17 @@ package final class ConditionLock<Value>: @unchecked Sendable {
     }
 
     package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
-        pthread_mutex_lock(self.mutex)
-        defer { pthread_mutex_unlock(self.mutex) }
+        self.lock()
+        defer { self.unlock() }
         return try body(&self.value)
     }
 
     /// Runs `body` under the lock, then wakes every waiter.
     package func withLockThenBroadcast<Result>(_ body: (inout Value) -> Result) -> Result {
-        pthread_mutex_lock(self.mutex)
+        self.lock()
         defer {
             pthread_cond_broadcast(self.condition)
-            pthread_mutex_unlock(self.mutex)
+            self.unlock()
         }
         return body(&self.value)
     }
@@ -61,17 +70,24 @@ package final class ConditionLock<Value>: @unchecked Sendable {
         until ready: (inout Value) -> Bool, deadline: UInt64? = nil, wakeups: (() -> Void)? = nil,
         then body: (inout Value) -> Result
     ) -> Result? {
-        pthread_mutex_lock(self.mutex)
-        defer { pthread_mutex_unlock(self.mutex) }
+        self.lock()
+        defer { self.unlock() }
         while !ready(&self.value) {
+            // The sleep releases the mutex and takes it again: so does the lock order's record.
+            #if DEBUG
+            LockOrder.release(self.mutex, self.rank)
+            #endif
+            var timedOut = false
             if let deadline {
                 var time = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
-                if pthread_cond_timedwait(self.condition, self.mutex, &time) == ETIMEDOUT {
-                    return ready(&self.value) ? body(&self.value) : nil
-                }
+                timedOut = pthread_cond_timedwait(self.condition, self.mutex, &time) == ETIMEDOUT
             } else {
                 pthread_cond_wait(self.condition, self.mutex)
             }
+            #if DEBUG
+            LockOrder.acquire(self.mutex, self.rank, index: -1)
+            #endif
+            if timedOut { return ready(&self.value) ? body(&self.value) : nil }
             wakeups?()
         }
         return body(&self.value)
@@ -79,8 +95,22 @@ package final class ConditionLock<Value>: @unchecked Sendable {
 
     /// Wakes every waiter (taking the lock, so a waiter between its check and its sleep is not missed).
     package func broadcast() {
-        pthread_mutex_lock(self.mutex)
+        self.lock()
         pthread_cond_broadcast(self.condition)
+        self.unlock()
+    }
+
+    private func lock() {
+        #if DEBUG
+        LockOrder.acquire(self.mutex, self.rank, index: -1)
+        #endif
+        pthread_mutex_lock(self.mutex)
+    }
+
+    private func unlock() {
         pthread_mutex_unlock(self.mutex)
+        #if DEBUG
+        LockOrder.release(self.mutex, self.rank)
+        #endif
     }
 }

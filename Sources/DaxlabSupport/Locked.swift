@@ -24,16 +24,29 @@ public final class Locked<Value>: @unchecked Sendable {
     // Public, not package: a package function's inlinable body was not inlined across modules.)
     @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
     @usableFromInline @exclusivity(unchecked) var value: Value
+    #if DEBUG
+    /// Its place in the lock order (`LockOrder` checks it; release builds keep no rank).
+    public let rank: LockRank
+    #endif
 
-    public init(_ value: Value) {
+    /// - Parameter rank: its place in the lock order (docs/architecture.md); a lock that never
+    ///   has another taken under it may leave it as a `leaf`.
+    public init(_ value: Value, rank: LockRank = .leaf) {
         self.value = value
         self.mutex = HeapMutex.make()
+        #if DEBUG
+        self.rank = rank
+        #endif
     }
 
     deinit { HeapMutex.free(self.mutex) }
 
     @inlinable
     public func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+        #if DEBUG
+        LockOrder.acquire(self.mutex, self.rank, index: -1)
+        defer { LockOrder.release(self.mutex, self.rank) }
+        #endif
         pthread_mutex_lock(self.mutex)
         defer { pthread_mutex_unlock(self.mutex) }
         return try body(&self.value)
@@ -44,11 +57,17 @@ public final class Locked<Value>: @unchecked Sendable {
     public var hasWaiters: Bool { CShims_mutex_has_waiters(self.mutex) != 0 }
 
     /// Runs `body` if the lock is free now; nil if another thread holds it.
+    /// Runs `body` if the lock is free now; nil if another thread holds it. (A try-lock cannot
+    /// deadlock: the lock order does not check it, only what is taken under it.)
     @inlinable
     public func withLockIfAvailable<Result, Failure: Error>(
         _ body: (inout Value) throws(Failure) -> Result
     ) throws(Failure) -> Result? {
         guard pthread_mutex_trylock(self.mutex) == 0 else { return nil }
+        #if DEBUG
+        LockOrder.acquiredWithoutWaiting(self.mutex, self.rank, index: -1)
+        defer { LockOrder.release(self.mutex, self.rank) }
+        #endif
         defer { pthread_mutex_unlock(self.mutex) }
         return try body(&self.value)
     }
@@ -81,9 +100,17 @@ public final class LockedArray<Value>: @unchecked Sendable {
     @usableFromInline let storage: UnsafeMutableRawPointer
     @usableFromInline let stride: Int
     @usableFromInline let valueOffset: Int
+    #if DEBUG
+    /// The slots' place in the lock order (one rank for all; `LockOrder` checks it).
+    public let rank: LockRank
+    #endif
 
     /// `count` slots, each holding `make(index)`.
-    public init(count: Int, _ make: (Int) -> Value) {
+    /// - Parameter rank: the slots' place in the lock order (docs/architecture.md).
+    public init(count: Int, rank: LockRank = .leaf, _ make: (Int) -> Value) {
+        #if DEBUG
+        self.rank = rank
+        #endif
         precondition(count > 0, "a LockedArray needs a slot")
         let wordSize = MemoryLayout<UInt32.AtomicRepresentation>.stride
         let alignment = max(MemoryLayout<Value>.alignment, MemoryLayout<UInt32.AtomicRepresentation>.alignment)
@@ -118,6 +145,10 @@ public final class LockedArray<Value>: @unchecked Sendable {
     ) throws(Failure) -> Result {
         precondition(UInt(bitPattern: index) < UInt(bitPattern: self.count), "slot \(index) of \(self.count)")
         let mutex = self.mutex(index)
+        #if DEBUG
+        LockOrder.acquire(mutex.word, self.rank, index: index)
+        defer { LockOrder.release(mutex.word, self.rank) }
+        #endif
         mutex.lock()
         defer { mutex.unlock() }
         return try body(&(self.storage + index * self.stride + self.valueOffset).assumingMemoryBound(to: Value.self).pointee)

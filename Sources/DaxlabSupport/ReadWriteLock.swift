@@ -22,7 +22,8 @@ import CShims
 ///
 /// A handle, not an object: the lock's words live in a `ReadWriteLocks` table, which must outlive
 /// every handle to it (a file system holds its table; an address space holds the file system).
-/// So taking a file's lock counts no references.
+/// So taking a file's lock counts no references. In debug builds the handle also carries the
+/// lock's rank and index for the lock-order checker (`LockOrder`).
 ///
 /// Two more words count the readers and the writers asleep in the lock (from just before their
 /// futex wait to just after it returns), the analogue of a wait queue's length: the sleep a test
@@ -31,8 +32,19 @@ import CShims
 public struct ReadWriteLock: @unchecked Sendable {
     /// `state`, `writerWakeups`, then the sleeping readers and writers, in one cache line of the table.
     @usableFromInline let words: UnsafeMutablePointer<UInt32.AtomicRepresentation>
+    #if DEBUG
+    /// Its place in the lock order, and its index in its table.
+    public let rank: LockRank
+    public let index: Int
 
+    @usableFromInline init(_ words: UnsafeMutablePointer<UInt32.AtomicRepresentation>, rank: LockRank, index: Int) {
+        self.words = words
+        self.rank = rank
+        self.index = index
+    }
+    #else
     @usableFromInline init(_ words: UnsafeMutablePointer<UInt32.AtomicRepresentation>) { self.words = words }
+    #endif
 
     @usableFromInline var state: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words) }
     @usableFromInline var writerWakeups: UnsafeAtomic<UInt32> { UnsafeAtomic(at: self.words + 1) }
@@ -73,15 +85,18 @@ public struct ReadWriteLock: @unchecked Sendable {
         return try body()
     }
 
-    /// Takes the lock shared (prefer `withReadLock`).
-    @inlinable
     /// Whether a thread sleeps, or is about to, waiting for this lock (a waiting bit of the state
     /// word is set): tests wait for it before they act on the sleeper.
     public var hasWaiters: Bool {
         self.state.load(ordering: .relaxed) & (Self.readersWaiting | Self.writersWaiting) != 0
     }
 
+    /// Takes the lock shared (prefer `withReadLock`).
+    @inlinable
     public func lockShared() {
+        #if DEBUG
+        LockOrder.acquire(self.words, self.rank, index: self.index)
+        #endif
         let state = self.state.load(ordering: .relaxed)
         if Self.isReadLockable(state),
             self.state.weakCompareExchange(
@@ -96,6 +111,9 @@ public struct ReadWriteLock: @unchecked Sendable {
     /// Takes the lock exclusively (prefer `withWriteLock`).
     @inlinable
     public func lockExclusive() {
+        #if DEBUG
+        LockOrder.acquire(self.words, self.rank, index: self.index)
+        #endif
         if self.state.compareExchange(
             expected: 0, desired: Self.writeLocked, successOrdering: .acquiring, failureOrdering: .relaxed
         ).exchanged {
@@ -107,6 +125,9 @@ public struct ReadWriteLock: @unchecked Sendable {
     /// Releases the lock, however this thread took it.
     @inlinable
     public func unlock() {
+        #if DEBUG
+        LockOrder.release(self.words, self.rank)
+        #endif
         // Only the holder changes the low bits from here: a writer sees its own `writeLocked`,
         // a reader a count of at least its own one.
         if self.state.load(ordering: .relaxed) & Self.mask == Self.writeLocked {
@@ -252,9 +273,22 @@ public final class ReadWriteLocks: @unchecked Sendable {
     @usableFromInline let storage: UnsafeMutablePointer<UInt32.AtomicRepresentation>
     /// Words per lock: a cache line.
     @usableFromInline static var stride: Int { 64 / MemoryLayout<UInt32.AtomicRepresentation>.stride }
+    #if DEBUG
+    /// The locks' place in the lock order (`LockOrder` checks it), and the few of them that have
+    /// a rank of their own (lost+found's lock in the inode table).
+    @usableFromInline let rank: LockRank
+    @usableFromInline let exceptions: [Int: LockRank]
+    #endif
 
-    public init(count: Int) {
+    /// - Parameters:
+    ///   - rank: the locks' place in the lock order (docs/architecture.md).
+    ///   - exceptions: locks of the table with a rank of their own, by index.
+    public init(count: Int, rank: LockRank = .leaf, exceptions: [Int: LockRank] = [:]) {
         precondition(count >= 0, "a negative count of locks")
+        #if DEBUG
+        self.rank = rank
+        self.exceptions = exceptions
+        #endif
         self.count = count
         let words = max(1, count) * Self.stride
         let raw = UnsafeMutableRawPointer.allocate(byteCount: words * MemoryLayout<UInt32.AtomicRepresentation>.stride, alignment: 64)
@@ -271,6 +305,10 @@ public final class ReadWriteLocks: @unchecked Sendable {
     @inlinable
     public subscript(index: Int) -> ReadWriteLock {
         precondition(UInt(bitPattern: index) < UInt(bitPattern: self.count), "lock \(index) of \(self.count)")
+        #if DEBUG
+        return ReadWriteLock(self.storage + index * Self.stride, rank: self.exceptions[index] ?? self.rank, index: index)
+        #else
         return ReadWriteLock(self.storage + index * Self.stride)
+        #endif
     }
 }

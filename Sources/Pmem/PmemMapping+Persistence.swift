@@ -111,6 +111,11 @@ extension PmemMapping {
     /// Writes back the pages covering a range (`pmem_msync` aligns it down to a page).
     @usableFromInline
     func msync(offset: Int, length: Int) throws(PmemError) {
+        #if DAXLAB_TEST_HOOKS
+        if self.msyncFailsForTests.load(ordering: .relaxed) {
+            throw PmemError.libpmem(.ioFailed, "msync", errno: EIO, path: self.path)
+        }
+        #endif
         errno = 0
         if pmem_msync(self.base + offset, length) != 0 {
             throw PmemError.libpmem(.ioFailed, "msync", errno: errno, path: self.path)

@@ -2,6 +2,9 @@
 import Glibc
 #endif
 import CShims
+#if DAXLAB_TEST_HOOKS
+import Synchronization
+#endif
 
 /// A whole file or device-dax device mapped shared, read-write, through libpmem's `pmem_map_file`.
 ///
@@ -41,6 +44,13 @@ public final class PmemMapping {
     public let isReadOnly: Bool
     /// The open descriptor of the path, held for the mapping's life (file locks use it).
     public let descriptor: Int32
+
+    #if DAXLAB_TEST_HOOKS
+    /// Tests only (builds with DAXLAB_TEST_HOOKS=1): once set, every msync of the mapping fails with EIO, as one
+    /// whose write-back failed does, so tests see how the layers above report a persist that
+    /// could not be made.
+    @_spi(TestHooks) public let msyncFailsForTests = Atomic<Bool>(false)
+    #endif
 
     /// Maps `path` as `options` say.
     /// - Parameters:
@@ -186,7 +196,8 @@ public final class PmemMapping {
     }
 }
 
-// The stored properties are all `let`s set once in `init`; `base` points at shared memory whose
-// bytes callers partition among threads (one range, one writer), as the kernel's users of a DAX
-// mapping do. Hence the mapping may be shared across threads.
+// The stored properties are all `let`s set once in `init` (the test hook of the builds that have
+// it is an atomic); `base` points at shared memory whose bytes callers partition among threads (one range,
+// one writer), as the kernel's users of a DAX mapping do. Hence the mapping may be shared across
+// threads.
 extension PmemMapping: @unchecked Sendable {}

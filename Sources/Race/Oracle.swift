@@ -31,10 +31,10 @@ package final class Oracle: DMAObserver, AllocationObserver, @unchecked Sendable
     package let staleWrites = ManagedAtomic<Int>(0)
     package let landedWrites = ManagedAtomic<Int>(0)
     package let refusedWrites = ManagedAtomic<Int>(0)
-    let corruptions = Locked<Set<Corruption>>([])
+    let corruptions = Locked<Set<Corruption>>([], rank: .oracleCorruptions)
     /// Blocks that moved within their file since their last allocation (their content is the
     /// file's own from another offset), and whether any did (the common case asks nothing more).
-    private let moved = Locked<Set<UInt32>>([])
+    private let moved = Locked<Set<UInt32>>([], rank: .oracleMoved)
     private let anyMoved = ManagedAtomic<Bool>(false)
 
     /// One corrupted page: the file, the page, and the write it should have held.

@@ -8,7 +8,7 @@ final class Writer: @unchecked Sendable {
     // `expected`, `sequence` and `buffer` are touched only with `lock` held.
     let index: Int
     let file: FileID
-    let lock = Locked(0)
+    let lock = Locked(0, rank: .raceWriter)
     var expected: [UInt64]
     var sequence: UInt64 = 0
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)

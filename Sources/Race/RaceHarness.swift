@@ -43,7 +43,8 @@ public final class RaceHarness: @unchecked Sendable {
     let collisionStatistics = DMAStatistics()
     let collisionDevice: DMADevice
     let engine: DMAEngine
-    let latencies = Locked(Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three))
+    let latencies = Locked(
+        Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three), rank: .raceLatencies)
 
     /// Formats `path` and mounts it with the DAX layer under `configuration.policy`, and makes
     /// the devices.
@@ -130,7 +131,7 @@ public final class RaceHarness: @unchecked Sendable {
             return self.report(engine: engine, elapsed: elapsed, leaked: 0, fsckClean: false, stuck: stuck)
         }
         // Stopping is watched too: a thread stuck in the policy would hang the joins.
-        let joined = ConditionLock(false)
+        let joined = ConditionLock(false, rank: .raceJoined)
         let stopper = try? JoinableThread.spawn(name: "daxlab-stopper") {
             engine.stop()
             for thread in threads { thread.join() }

@@ -82,7 +82,7 @@ struct BatchPoolTests {
         if !fallback && !AsymmetricFence.available {
             try Test.cancel("membarrier's private expedited command is refused here: the pool uses no cells")
         }
-        let space = lab.space
+        let space = try lab.space
         let number = { @Sendable () -> UInt64 in space.leaseList.first!.id >> 40 }
         // Thread A pins and unpins (its batch goes to A's cell), then waits, alive, so that its
         // index is not reused by B; B pins and unpins; then A pins again.
@@ -93,12 +93,14 @@ struct BatchPoolTests {
         let a = lab.background {
             do {
                 let first = try space.pin(0..<1, write: true)
-                numbers.withLock { $0["a1"] = number() }
+                let a1 = number()  // (outside the test's lock: the lease list takes a lock of its own)
+                numbers.withLock { $0["a1"] = a1 }
                 first.unpin()
                 aPinned.signal()
                 bDone.wait()
                 let second = try space.pin(0..<1, write: true)
-                numbers.withLock { $0["a2"] = number() }
+                let a2 = number()
+                numbers.withLock { $0["a2"] = a2 }
                 second.unpin()
             } catch {
                 errors.withLock { $0.append("thread A: \(error)") }
@@ -109,7 +111,8 @@ struct BatchPoolTests {
         let b = lab.background {
             do {
                 let pin = try space.pin(1..<2, write: true)
-                numbers.withLock { $0["b"] = number() }
+                let b = number()
+                numbers.withLock { $0["b"] = b }
                 pin.unpin()
             } catch {
                 errors.withLock { $0.append("thread B: \(error)") }
@@ -203,7 +206,7 @@ struct BatchPoolTests {
             weakDAX = dax
             let file = try fs.openOrCreate("f")
             try fs.truncate(file, size: 4 * 4096)
-            let space = dax.open(file)
+            let space = try dax.open(file)
             for page in 0..<threads {
                 Thread {
                     do { try space.pin(page..<(page + 1), write: true).unpin() } catch {
@@ -241,7 +244,7 @@ struct BatchPoolTests {
                 weakDAX = dax
                 let file = try fs.openOrCreate("f")
                 try fs.truncate(file, size: 4 * 4096)
-                let space = dax.open(file)
+                let space = try dax.open(file)
                 for page in 0..<threads {
                     let done = Finished()
                     finished.append(done)

@@ -14,7 +14,7 @@ struct DAXRaceTests {
     func karaDeadlock(policy: TruncatePolicy) throws {
         let lab = try Lab(policy: policy, pages: 64, times: PolicyTimes(leaseBreakTime: .seconds(30)))
         let file = lab.file
-        let space = lab.space
+        let space = try lab.space
         for round in 0..<100 {
             let handle = try space.pin(0..<1, write: true)  // block A
             let blockA = handle.block(at: 0)
@@ -50,7 +50,7 @@ struct DAXRaceTests {
     func chinnerThreeWay() throws {
         let lab = try Lab(policy: .wait, pages: 8)
         let file = lab.file
-        let space = lab.space
+        let space = try lab.space
         let stop = ManagedAtomic<Bool>(false)
         let faults = ManagedAtomic<Int>(0)
         let punches = ManagedAtomic<Int>(0)

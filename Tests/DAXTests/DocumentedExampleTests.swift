@@ -86,11 +86,11 @@ struct DocumentedExampleTests {
                 let file = try fs.create("buffer")
                 try fs.truncate(file, size: 64 << 10)                 // 16 pages, all holes
 
-                let space = dax.open(file)                            // the file's address space
+                let space = try dax.open(file)                        // the file's address space
                 let page0 = try space.fault(0, write: true)           // allocates, zeroes and maps a block
                 let pins = try space.pin(0..<16, write: true, holder: nil)   // pin_user_pages(FOLL_LONGTERM)
                 let data = [UInt8](repeating: 0x5A, count: 4096)
-                let landed = data.withUnsafeBytes { pins.write(at: 3, from: $0.baseAddress!, count: 4096) }  // "DMA"
+                let landed = try data.withUnsafeBytes { try pins.write(at: 3, from: $0.baseAddress!, count: 4096) }  // "DMA"
                 try fs.truncate(file, size: 0, policy: .sequester)    // returns at once; busy blocks -> lost+found
                 pins.unpin()                                          // the last unpin queues their release
                 dax.waitForReclaims()                                 // the reclaimer thread has freed them
@@ -117,7 +117,7 @@ struct DocumentedExampleTests {
                 let dax = try DAXFileSystem(fs: fs, policy: .wait)
                 let file = try fs.create("buffer")
                 try fs.truncate(file, size: 64 << 10)
-                let space = dax.open(file)
+                let space = try dax.open(file)
                 // example: kernel
                 let window = try space.mapWindow()                    // PROT_NONE; pages map on first touch
                 window.storeBytes(of: 7, toByteOffset: 5 * 4096, as: UInt8.self)   // a real CPU fault: page 5 allocated

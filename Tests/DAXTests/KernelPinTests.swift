@@ -156,7 +156,7 @@ struct KernelPinTests {
     func invalidationBeforeTheKernelPin(punchedPage: Int) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try Lab(policy: .none, pages: 4)
-        let space = lab.space
+        let space = try lab.space
         let ring = try KernelRing(slots: 2)
         for page in 0..<4 { _ = try space.fault(page, write: true) }
         let before = (0..<4).map { lab.fs.currentBlock(lab.file, page: $0) }
@@ -238,7 +238,7 @@ struct KernelPinTests {
         let ring = try KernelRing(slots: 4)
         let source = try TaggedSource()
         try source.fill(0xD3)
-        let space = lab.space
+        let space = try lab.space
         let file = lab.file
         let base = lab.fs.mapping.base
         let holder = Holder()  // ignores the break, as hardware in the middle of a transfer does
@@ -340,7 +340,7 @@ struct KernelPinTests {
         let lab = try Lab(policy: .leaseBreak, pages: 4, times: PolicyTimes(leaseBreakTime: .seconds(2)))
         let source = try TaggedSource(direct: true)
         try source.fill(0xE1)
-        let space = lab.space
+        let space = try lab.space
         let revoked = DispatchSemaphore(value: 0)
         let hookRan = Box(false)
         space.revocationHook = { revoked.signal() }

@@ -20,7 +20,7 @@ struct LeaseTableTests {
     /// A lab whose file's lease table uses the fallback fence, or the default one.
     private func lab(fallback: Bool, pages: Int) throws -> Lab {
         let lab = try Lab(policy: .wait, pages: pages, asymmetricFence: !fallback)
-        #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
+        #expect(try lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
         return lab
     }
 
@@ -46,7 +46,7 @@ struct LeaseTableTests {
         }
         #expect(AsymmetricFence.available)
         let lab = try Lab(policy: .wait, pages: 1)
-        #expect(lab.space.leases.asymmetric)
+        #expect(try lab.space.leases.asymmetric)
     }
 
     /// The unpin's wait is seen by its hook (it found the breaker scanning and yields to it),
@@ -57,7 +57,7 @@ struct LeaseTableTests {
     func endWaitsForScanner(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try self.lab(fallback: fallback, pages: 4)
-        let space = lab.space
+        let space = try lab.space
         _ = try space.fault(1, write: true)
         let pinned = DispatchSemaphore(value: 0)
         let unpinNow = DispatchSemaphore(value: 0)
@@ -124,7 +124,7 @@ struct LeaseTableTests {
             try Test.cancel("this test's thread has index \(thread), past the owned slots (more live threads than the table has)")
         }
         let lab = try Lab(policy: .wait, pages: 4)
-        let space = lab.space
+        let space = try lab.space
         let first = HandleSlot(try space.pin(0..<1, write: true))
         defer { first.unpin() }
         #expect(first.withHandle { $0.batch.takeUnretainedValue().leaseSlot } == LeaseTable.ownedSlot(thread))
@@ -154,7 +154,7 @@ struct LeaseTableTests {
     @Test("a thread past the owned slots enters a shared slot, and its lease is listed and ends")
     func threadPastOwnedSlots() throws {
         let lab = try Lab(policy: .wait, pages: 4)
-        let space = lab.space
+        let space = try lab.space
         // Enough live threads that the next one's index is past the owned slots (indices are the
         // lowest free, so at most this many are below it).
         let parked = LeaseTable.ownedSlots
@@ -194,7 +194,7 @@ struct LeaseTableTests {
     @Test("more leases on one file than it has slots: the rest go to the overflow list, and every one is listed and ends")
     func overflow() throws {
         let lab = try Lab(policy: .wait, pages: LeaseTable.slotCount + 8)
-        let space = lab.space
+        let space = try lab.space
         var listed: [LeaseInfo] = []
         // (Handles are not copyable: each level of the recursion holds one pin.)
         func pinFrom(_ page: Int) throws {
@@ -223,7 +223,7 @@ struct LeaseTableTests {
           arguments: [false, true])
     func stress(fallback: Bool) throws {
         let lab = try self.lab(fallback: fallback, pages: 64)
-        let space = lab.space
+        let space = try lab.space
         for page in 0..<64 { _ = try space.fault(page, write: true) }
         let (pinsEach, lists, punches) = (500, 200, 200)
         let stop = ManagedAtomic<Bool>(false)

@@ -33,7 +33,7 @@ struct LifetimeTests {
         let dax = try DAXFileSystem(fs: fs, policy: policy)
         let file = try fs.openOrCreate("f")
         try fs.truncate(file, size: 4 * 4096)
-        return (fs, dax, file, dax.open(file))
+        return try (fs, dax, file, dax.open(file))
     }
 
     /// Mount, attach the DAX layer, fault, pin, sequester a pinned block, unpin (the reclaimer
@@ -99,7 +99,7 @@ struct LifetimeTests {
             #expect(weakFS != nil, "the file system went while a pin of it was outstanding")
             #expect(self.usage(of: path).mappings > 0)
             var bytes = [UInt8](repeating: 0x5A, count: 4096)
-            #expect(handle.write(at: 0, from: &bytes, count: 4096), "the outstanding pin's write")
+            #expect(try handle.write(at: 0, from: &bytes, count: 4096), "the outstanding pin's write")
             handle.unpin()
             #expect(weakDAX == nil, "the layer outlived its last pin: a closed pool kept its batch")
             #expect(weakFS == nil, "the file system outlived its last pin")
@@ -122,10 +122,10 @@ struct LifetimeTests {
 
     /// A file's address space is found by inode number. Opening the address space of a removed
     /// file whose inode now belongs to a new file (a stale FileID, held by a device that has not
-    /// heard of the removal) must not displace the live file's space: the breaker would then
-    /// unmap the stale space's empty table and leave the live file's mappings pointing at the
-    /// blocks a truncate frees.
-    @Test("opening a removed file's stale id leaves the live file's address space to the breaker")
+    /// heard of the removal) is refused, and must not displace the live file's space: the breaker
+    /// would then unmap the stale space's empty table and leave the live file's mappings pointing
+    /// at the blocks a truncate frees.
+    @Test("opening a removed file's stale id is refused, and leaves the live file's address space to the breaker")
     func staleOpenKeepsLiveSpace() throws {
         let lab = try Lab(policy: .wait)
         let removed = try lab.fs.create("removed")
@@ -135,16 +135,33 @@ struct LifetimeTests {
         let live = try lab.fs.create("live")
         #expect(live.inode == removed.inode, "the inode was not reused; the test needs it to be")
         try lab.fs.truncate(live, size: 2 * 4096)
-        let space = lab.dax.open(live)
+        let space = try lab.dax.open(live)
         _ = try space.fault(0, write: true)
         _ = try space.fault(1, write: true)
-        let stale = lab.dax.open(removed)
-        #expect(stale !== space)
-        #expect(throws: FSError.self) { _ = try stale.fault(0, write: true) }  // the removed file is gone
-        #expect(lab.dax.open(live) === space, "the stale open displaced the live file's space")
+        let stale = #expect(throws: FSError.self) { try lab.dax.open(removed) }  // the removed file is gone
+        #expect(stale?.code == .notFound)
+        #expect(try lab.dax.open(live) === space, "the stale open displaced the live file's space")
         try lab.fs.truncate(live, size: 4096)
         #expect(space.staleMappings().isEmpty, "page 1 is still mapped to the block the truncate freed")
         #expect(try lab.fs.stat(live).size == 4096)
+    }
+
+    /// A FileID is caller input (its initializer is public): one that names no file of the image
+    /// is refused with `.notFound`, as the file system's operations refuse it, never a trap.
+    @Test("an address space for an id outside the image, of a reserved inode or of a wrong generation is refused")
+    func openRefusesForeignIDs() throws {
+        let lab = try Lab(policy: .wait)
+        let inodes = lab.fs.geometry.inodeCount
+        let foreign = [
+            FileID(inode: -1, generation: 0), FileID(inode: inodes, generation: 0), FileID(inode: Int.max, generation: 0),
+            FileID(inode: 0, generation: 0), FileID(inode: FileSystem.lostFoundInode, generation: 0),
+            FileID(inode: lab.file.inode, generation: lab.file.generation &+ 1),
+        ]
+        for id in foreign {
+            let error = #expect(throws: FSError.self, "\(id)") { try lab.dax.open(id) }
+            #expect(error?.code == .notFound, "\(id): \(String(describing: error))")
+        }
+        #expect(try lab.dax.open(lab.file).id == lab.file)
     }
 
     /// The file system lends its layout breaker to a removal unretained, for as long as the
@@ -161,7 +178,7 @@ struct LifetimeTests {
             let dax = try DAXFileSystem(fs: fs, policy: .none, times: PolicyTimes(waitTimeout: .seconds(60)))
             let file = try fs.create("f")
             try fs.write(file, offset: 0, bytes: [UInt8](repeating: 0xAB, count: 2 * 4096))
-            let space = dax.open(file)
+            let space = try dax.open(file)
             let failure = Box<FSError?>(nil)
             let finished = Finished()
             try holding(try space.pin(0..<1, write: true)) { handle in

@@ -13,7 +13,7 @@ struct OnDemandPagingTests {
     @Test("a truncate over a mirrored range invalidates it and frees the blocks without waiting; the mirror then faults and finds the range gone")
     func truncateInvalidates() throws {
         let lab = try Lab(policy: .odp, pages: 8)
-        let mirror = DeviceMirror(space: lab.space, pages: 0..<4)
+        let mirror = try DeviceMirror(space: lab.space, pages: 0..<4)
         let blocks = try mirror.map()
         #expect(blocks == (0..<4).map { lab.fs.currentBlock(lab.file, page: $0) })
         let file = lab.file
@@ -40,7 +40,7 @@ struct OnDemandPagingTests {
         #if DAXLAB_TEST_HOOKS
         let lab = try Lab(policy: .odp, pages: 4)
         let file = lab.file
-        let mirror = DeviceMirror(space: lab.space, pages: 0..<4)
+        let mirror = try DeviceMirror(space: lab.space, pages: 0..<4)
         let fired = Box(false)
         mirror.mappingHook = {
             guard !fired.value else { return }
@@ -67,7 +67,7 @@ struct OnDemandPagingTests {
     func invalidationWaitsForAWriteInProgress() throws {
         let lab = try Lab(policy: .odp, pages: 4)
         let file = lab.file
-        let mirror = DeviceMirror(space: lab.space, pages: 0..<2)
+        let mirror = try DeviceMirror(space: lab.space, pages: 0..<2)
         try mirror.map()
         let data = [UInt8](repeating: 9, count: 4096)
         var truncated: Finished?
@@ -115,12 +115,12 @@ struct OnDemandPagingTests {
     func unmountInvalidates() throws {
         let lab = try Lab(policy: .odp, pages: 4)
         try lab.fs.truncate(lab.file, size: 8 * 4096)  // pages 4..<8 are holes
-        let mirror = DeviceMirror(space: lab.space, pages: 0..<2)
+        let mirror = try DeviceMirror(space: lab.space, pages: 0..<2)
         try mirror.map()
         try lab.fs.unmount()
         #expect(mirror.invalidations.load(ordering: .relaxed) == 1)
         #expect(mirror.translation(at: 0) == 0)
-        let late = DeviceMirror(space: lab.space, pages: 4..<6)
+        let late = try DeviceMirror(space: lab.space, pages: 4..<6)
         do {
             try late.map()
             Issue.record("a hole was faulted in after the unmount")

@@ -16,7 +16,7 @@ struct PinFastPathTests {
         #if DAXLAB_TEST_HOOKS
         let lab = try Lab(policy: policy, pages: 4)
         let file = lab.file
-        let space = lab.space
+        let space = try lab.space
         _ = try space.fault(2, write: true)  // mapped: the pin takes the fast path
         let old = lab.fs.currentBlock(file, page: 2)
         let fired = Box(false)
@@ -51,7 +51,7 @@ struct PinFastPathTests {
         #if DAXLAB_TEST_HOOKS
         let lab = try Lab(policy: policy, pages: 4)
         let file = lab.file
-        let space = lab.space
+        let space = try lab.space
         for page in 0..<4 { _ = try space.fault(page, write: true) }  // all mapped: one fast run
         let before = (0..<4).map { lab.fs.currentBlock(file, page: $0) }
         let fired = Box(false)

@@ -15,7 +15,7 @@ struct PinStressTests {
         let lab = try Lab(policy: .wait, pages: 64)
         let second = try lab.fs.create("second")
         try lab.fs.write(second, offset: 0, bytes: [UInt8](repeating: 0x55, count: 64 * 4096))
-        let spaces = [lab.space, lab.dax.open(second)]
+        let spaces = try [lab.space, lab.dax.open(second)]
         let failures = Box<[String]>([])
         let leasesSeen = ManagedAtomic<Int>(0)
         var workers: [Finished] = []

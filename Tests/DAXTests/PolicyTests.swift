@@ -210,6 +210,30 @@ struct PolicyTests {
         #expect(try lab.fs.stat(again).size == 0, "a new, empty file once the unlink is done")
     }
 
+    @Test("a rename of an older file over a pinned newer one takes the two files' locks in inode order, and holds neither while it waits: the renamed file is written and faulted meanwhile", .timeLimit(.minutes(1)))
+    func renameOlderOverPinned() throws {
+        let lab = try Lab(policy: .wait)  // "data": the lower inode number
+        let target = try lab.fs.create("target")
+        #expect(target.inode > lab.file.inode)
+        try lab.fs.write(target, offset: 0, bytes: [UInt8](repeating: 0xBB, count: 4 * 4096))
+        let handle = try lab.dax.open(target).pin(1..<2, write: true)
+        let block = handle.block(at: 0)
+        let renamed = lab.background { try! lab.fs.rename("data", to: "target") }
+        #expect(waitUntil(seconds: 30) { lab.dax.pins.hasWaiters(on: block) }, "the rename never waited for the pin")
+        // Asleep for the pin: the renamed file's lock is free (a write takes it exclusively, a
+        // fault of a new page shared).
+        try lab.fs.write(lab.file, offset: 0, bytes: [1, 2, 3])
+        try lab.fs.truncate(lab.file, size: 17 * 4096)
+        _ = try lab.space.fault(16, write: true)
+        #expect(!renamed.isDone, "the rename went on while the block was pinned")
+        handle.unpin()
+        #expect(renamed.wait(seconds: 30))
+        #expect(try lab.fs.lookup("target") == lab.file)
+        #expect(try lab.fs.read(lab.file, offset: 0, count: 3) == [1, 2, 3])
+        #expect(throws: FSError.self) { try lab.fs.stat(target) }
+        #expect(lab.fs.checkQuiesced().problems.isEmpty)
+    }
+
     @Test("wait with a timeout: a clear error, and nothing changed")
     func waitTimeout() throws {
         let lab = try Lab(policy: .wait, times: PolicyTimes(waitTimeout: .milliseconds(100)))
@@ -236,7 +260,7 @@ struct PolicyTests {
             #expect(lab.fs.isFreeForAllocation(idle), "idle blocks are freed at once")
             // The device keeps writing into its sequestered blocks; nobody else can own them.
             let data = [UInt8](repeating: 7, count: 4096)
-            #expect(data.withUnsafeBytes { handle.write(at: 0, from: $0.baseAddress!, count: 4096) })
+            #expect(try data.withUnsafeBytes { try handle.write(at: 0, from: $0.baseAddress!, count: 4096) })
             return blocks
         }
         lab.dax.waitForReclaims()  // the release runs on the reclaimer thread, not in the unpin
@@ -292,7 +316,7 @@ struct PolicyTests {
         let holder = Holder()
         try holding(try lab.space.pin(2..<4, write: true, holder: holder)) { handle in
             let block = handle.block(at: 0)
-            #expect(lab.space.leaseList.count == 1)
+            #expect(try lab.space.leaseList.count == 1)
             try lab.fs.truncate(lab.file, size: 4096)
             #expect(holder.breaks.value == 1)
             #expect(statistics.leaseBreaks.load(ordering: .relaxed) == 1)
@@ -304,12 +328,12 @@ struct PolicyTests {
             #expect(statistics.revocations.load(ordering: .relaxed) == 1)
             #expect(lab.dax.pins.pinCount(block) == 0, "the revoker dropped the pins")
             let data = [UInt8](repeating: 9, count: 4096)
-            #expect(!data.withUnsafeBytes { handle.write(at: 0, from: $0.baseAddress!, count: 4096) }, "fenced")
+            #expect(try !data.withUnsafeBytes { try handle.write(at: 0, from: $0.baseAddress!, count: 4096) }, "fenced")
             #expect(lab.fs.isFreeForAllocation(block))
             return block
         }
         // (`holding` unpinned: that ends the lease; the pins are not dropped twice.)
-        #expect(lab.space.leaseList.isEmpty)
+        #expect(try lab.space.leaseList.isEmpty)
         #expect(lab.dax.statistics.revocations.load(ordering: .relaxed) == 1)
     }
 

@@ -17,17 +17,17 @@ struct ReclaimerTests {
         defer { handle.unpin() }
         try lab.fs.truncate(lab.file, size: 4096)
         #expect(lab.fs.lostFoundBlocks == (policy == .sequester ? 2 : 0))
-        // Hold lost+found's lock (its invalidate lock) exclusively, and the file's, while a
-        // "device" thread unpins: releasing takes the first, and a fault the second.
+        // Hold the file's lock and lost+found's (its invalidate lock) exclusively, in the lock
+        // order, while a "device" thread unpins: a fault takes the first, releasing the second.
         let lostFound = lab.fs.invalidateLock(for: FileID(inode: FileSystem.lostFoundInode, generation: 0))
         let fileLock = lab.fs.invalidateLock(for: lab.file)
-        lostFound.lockExclusive()
         fileLock.lockExclusive()
+        lostFound.lockExclusive()
         let unpinned = lab.background { handle.unpin() }
         // (A hang guard: an unpin that took either lock would not return until they are let go.)
         let returned = unpinned.wait(seconds: 30)
-        fileLock.unlock()
         lostFound.unlock()
+        fileLock.unlock()
         #expect(returned, "the unpin waited for a file-system lock")
         lab.dax.waitForReclaims()
         #expect(lab.fs.lostFoundBlocks == 0)

@@ -14,7 +14,7 @@ struct ReleaseDecisionTests {
     #if DAXLAB_TEST_HOOKS
     private func lab(fallback: Bool) throws -> Lab {
         let lab = try Lab(policy: .leaseBreak, pages: 4, asymmetricFence: !fallback)
-        #expect(lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
+        #expect(try lab.space.leases.asymmetric == (!fallback && AsymmetricFence.available))
         return lab
     }
     #endif
@@ -24,7 +24,7 @@ struct ReleaseDecisionTests {
     func revokedWhileUnpinning(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try self.lab(fallback: fallback)
-        let space = lab.space
+        let space = try lab.space
         let handle = try space.pin(1..<3, write: true)
         let blocks = [handle.block(at: 0), handle.block(at: 1)]
         var revocation: PinBatch.Revocation?
@@ -44,7 +44,7 @@ struct ReleaseDecisionTests {
     func revokedWhilePinning(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try self.lab(fallback: fallback)
-        let space = lab.space
+        let space = try lab.space
         for page in 0..<4 { _ = try space.fault(page, write: true) }
         var revocations: [PinBatch.Revocation] = []
         space.pinFastPathHook = { _, _ in
@@ -69,7 +69,7 @@ struct ReleaseDecisionTests {
     func revokedThenUnpinned(fallback: Bool) throws {
         #if DAXLAB_TEST_HOOKS
         let lab = try self.lab(fallback: fallback)
-        let space = lab.space
+        let space = try lab.space
         let handle = try space.pin(1..<3, write: true)
         let blocks = [handle.block(at: 0), handle.block(at: 1)]
         var revocations: [PinBatch.Revocation] = []

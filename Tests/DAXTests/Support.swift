@@ -28,7 +28,7 @@ final class Lab: @unchecked Sendable {
 
     deinit { unlink(self.path) }
 
-    var space: AddressSpace { self.dax.open(self.file) }
+    var space: AddressSpace { get throws(FSError) { try self.dax.open(self.file) } }
 
     /// Runs `body` on its own thread; `finished` tells when it returned.
     func background(_ body: @escaping @Sendable () -> Void) -> Finished {

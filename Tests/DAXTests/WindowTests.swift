@@ -75,7 +75,7 @@ struct WindowTests {
     @Test("Jan Kara's case through the MMU: a pinner faults another page while a truncate waits on its pin")
     func karaThroughTheWindow() throws {
         let lab = try Lab(policy: .wait, pages: 64)
-        let space = lab.space
+        let space = try lab.space
         let window = try space.mapWindow()
         let file = lab.file
         for round in 0..<20 {

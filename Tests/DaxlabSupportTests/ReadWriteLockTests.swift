@@ -14,13 +14,20 @@ struct ReadWriteLockTests {
     /// The lock's state word: the reader count (all ones: a writer) and the sleeper bits.
     private func state(_ lock: ReadWriteLock) -> UInt32 { lock.state.load(ordering: .relaxed) }
 
-    @Test("readers share it; a writer waits for them and then has it alone")
+    @Test("readers share it; a writer waits for them and then has it alone", .timeLimit(.minutes(1)))
     func sharedThenExclusive() {
         let locks = ReadWriteLocks(count: 2)
         let lock = locks[1]
         lock.lockShared()
-        lock.lockShared()  // a second reader while the first holds it (same thread: not recursive only for writers)
-        #expect(self.state(lock) == 2)
+        // A second reader, on a thread of its own (a thread that takes it twice can deadlock
+        // behind a waiting writer: the lock-order checker refuses that), until told to let go.
+        let letGo = ManagedAtomic<Bool>(false)
+        let second = Worker {
+            lock.lockShared()
+            while !letGo.load(ordering: .acquiring) { usleep(100) }
+            lock.unlock()
+        }
+        #expect(eventually { self.state(lock) == 2 }, "the second reader did not get in beside the first")
         let inside = ManagedAtomic<Bool>(false)
         let writer = Worker {
             lock.withWriteLock { inside.store(true, ordering: .relaxed) }
@@ -30,7 +37,8 @@ struct ReadWriteLockTests {
         #expect(!value(inside), "the writer got in while readers held the lock")
         lock.unlock()
         #expect(!value(inside), "the writer got in while a reader held the lock")
-        lock.unlock()
+        letGo.store(true, ordering: .releasing)
+        #expect(eventually { second.isDone })
         #expect(eventually { writer.isDone }, "the last reader's unlock did not wake the writer")
         #expect(value(inside))
         #expect(self.state(lock) == 0, "sleeper bits left behind: \(self.state(lock))")

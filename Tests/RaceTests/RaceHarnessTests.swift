@@ -1,5 +1,6 @@
 import DAX
 import DaxFS
+import DaxlabSupport
 import Foundation
 import Race
 import Testing
@@ -118,4 +119,24 @@ struct RaceHarnessTests {
             #expect(report.dmaWrites > 0)
         }
     }
+
+    #if DEBUG
+    @Test("a race's own locks reach the lock-order checker: the writers', the oracle's, the latencies', the end's and the devices'",
+          .timeLimit(.minutes(1)))
+    func raceLocksChecked() throws {
+        let ranks: [LockRank] = [.raceWriter, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined, .dmaThreads]
+        let before = ranks.map(LockOrder.acquisitions(of:))
+        // A short race (devices, truncaters, writers, the stopper), and a collision whose
+        // collapse tells the oracle of the blocks it moves.
+        #expect(try self.race(.sequester, seconds: 0.2).held)
+        let collision = try self.race(.sequester, seconds: 0.01) {
+            $0.scenario = .collision
+            $0.collisionOperations = [.collapse]
+        }
+        #expect(collision.held)
+        for (rank, count) in zip(ranks, before) {
+            #expect(LockOrder.acquisitions(of: rank) > count, "no acquisition of \(rank) reached the checker")
+        }
+    }
+    #endif
 }

@@ -31,7 +31,7 @@ final class Fixture: @unchecked Sendable {
         func mapped(_ name: String, _ pages: Int) throws -> (FileID, AddressSpace) {
             let file = try fs.create(FileName(name))
             try fs.truncate(file, size: pages * 4096)
-            let space = dax.open(file)
+            let space = try dax.open(file)
             for page in 0..<pages { _ = try space.fault(page, write: true) }
             return (file, space)
         }
