@@ -84,14 +84,14 @@ let package = Package(
         .target(
             name: "DMA",
             dependencies: [
-                "CShims", "DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+                "CShims", "DAX", "DaxFS", "Pmem", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         // The race harness and its oracle: devices, truncaters and writers on shared files.
         .target(
             name: "Race",
             dependencies: [
-                "CShims", "DMA", "DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+                "CShims", "DMA", "DAX", "DaxFS", "Pmem", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),

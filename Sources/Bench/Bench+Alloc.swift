@@ -20,7 +20,7 @@ extension Bench {
     func allocationRow() throws {
         let file = try self.fs.create("alloc")
         let page = 12
-        try self.fs.truncate(file, size: (page + 1) * 4096)
+        try self.fs.truncate(file, size: (page + 1) * pageSize)
         let space = try self.dax.open(file)
         var failure: FSError?
         let directory = PathComponents.directory(of: self.path)
@@ -39,7 +39,7 @@ extension Bench {
             while left > 0 {
                 do throws(FSError) {
                     _ = try space.fault(page, write: true)
-                    try self.fs.punchHole(file, offset: page * 4096, length: 4096)
+                    try self.fs.punchHole(file, offset: page * pageSize, length: pageSize)
                     left -= 1
                 } catch {
                     failure = error
@@ -48,7 +48,7 @@ extension Bench {
             }
         }
         let allocation = self.measure.interleave(cycle) { count in
-            for _ in 0..<count { _ = CBenchShims_pmemobj_alloc_free(pool, 4096) }
+            for _ in 0..<count { _ = CBenchShims_pmemobj_alloc_free(pool, pageSize) }
         }
         if let failure { throw failure }
         self.add("alloc.block", unit: "ns/op", allocation, baseline: "pmemobj.alloc", better: "lower",
@@ -57,7 +57,7 @@ extension Bench {
         // pmemobj_alloc hands out memory as it was; a daxlab block is zeroed. The like-for-like
         // comparison, without a target:
         let zeroed = self.measure.interleave(cycle) { count in
-            for _ in 0..<count { _ = CBenchShims_pmemobj_zalloc_free(pool, 4096) }
+            for _ in 0..<count { _ = CBenchShims_pmemobj_zalloc_free(pool, pageSize) }
         }
         if let failure { throw failure }
         self.add("alloc.block", unit: "ns/op", zeroed, baseline: "pmemobj.zalloc", better: "lower", target: nil)
@@ -72,7 +72,7 @@ extension Bench {
         let floorMapping = try PmemMapping(
             path: scratch, options: MapOptions(disposition: .createNew, size: 1 << 20, persistence: .pmem))
         let slot = floorMapping.base.assumingMemoryBound(to: UInt32.self)
-        let floorBlocks = floorMapping.base.assumingMemoryBound(to: CChar.self) + 4096
+        let floorBlocks = floorMapping.base.assumingMemoryBound(to: CChar.self) + pageSize
         let floorWork = { (count: Int, underWriteBack: Bool) in
             CBenchShims_persist_floor(slot, floorBlocks, FileSystem.reservationSize, 7, count, underWriteBack ? 1 : 0)
         }
@@ -87,7 +87,7 @@ extension Bench {
         // free, interleaved. Where the floor alone misses the target, no code that keeps both
         // persists and the zeroing meets it here (the table's verdict says "NO, floor").
         let reach = self.measure.interleave({ count in floorWork(count, underWriteBack) }) { count in
-            for _ in 0..<count { _ = CBenchShims_pmemobj_alloc_free(pool, 4096) }
+            for _ in 0..<count { _ = CBenchShims_pmemobj_alloc_free(pool, pageSize) }
         }
         self.add("floor.persist_alloc_free", unit: "ns/op", reach, baseline: "pmemobj.alloc", better: "lower", target: nil)
         self.setNote(of: "floor.persist_alloc_free", baseline: "pmemobj.alloc", arrangement)

@@ -16,7 +16,7 @@ extension Bench {
     /// its own on the same medium (next to the image).
     func copyRow() throws {
         let (_, space) = try self.mappedFile("copy", pages: 512)
-        let source = UnsafeMutableRawPointer.allocate(byteCount: 2 << 20, alignment: 4096)
+        let source = UnsafeMutableRawPointer.allocate(byteCount: 2 << 20, alignment: pageSize)
         defer { source.deallocate() }
         source.initializeMemory(as: UInt8.self, repeating: 0x33, count: 2 << 20)
         let scratch = "\(PathComponents.directory(of: self.path))/daxlab-bench-copy-\(getpid())"

@@ -5,6 +5,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 extension Bench {
@@ -31,8 +32,8 @@ extension Bench {
             }
             let kernelPages = min(pages, 16384)
             let (fd, base) = try Self.tmpfsMapping(pages: kernelPages)
-            defer { munmap(base, kernelPages * 4096); close(fd) }
-            for page in 0..<kernelPages { (base + page * 4096).storeBytes(of: 1, as: UInt8.self) }
+            defer { munmap(base, kernelPages * pageSize); close(fd) }
+            for page in 0..<kernelPages { (base + page * pageSize).storeBytes(of: 1, as: UInt8.self) }
             let versusKernel = self.measure.interleave(hot, samples: { Self.kernelReadFault(base, pages: kernelPages) })
             return (versusArray, versusKernel)
         }
@@ -43,7 +44,7 @@ extension Bench {
         let file = try self.fs.create("cold")
         let coldSpace = try self.dax.open(file)
         let (fd, base) = try Self.tmpfsMapping(pages: 2048)
-        defer { munmap(base, 2048 * 4096); close(fd) }
+        defer { munmap(base, 2048 * pageSize); close(fd) }
         let cold = self.measure.interleave(
             samples: { Self.coldWriteFault(self.fs, file, coldSpace, pages: 2048) },
             { Self.kernelFirstTouch(fd, base, pages: 2048) })
@@ -55,7 +56,7 @@ extension Bench {
     /// holes first (not timed).
     static func coldWriteFault(_ fs: FileSystem, _ file: FileID, _ space: AddressSpace, pages: Int) -> Double {
         try! fs.truncate(file, size: 0)
-        try! fs.truncate(file, size: pages * 4096)
+        try! fs.truncate(file, size: pages * pageSize)
         let start = MonotonicClock.now()
         for page in 0..<pages { _ = try! space.fault(page, write: true) }
         return Double(MonotonicClock.now() - start) / Double(pages)
@@ -64,10 +65,10 @@ extension Bench {
     /// One sample of the kernel's read fault: a tmpfs MAP_SHARED mapping whose pages are in the
     /// page cache but not mapped (madvise(DONTNEED) unmaps them first, not timed).
     static func kernelReadFault(_ base: UnsafeMutableRawPointer, pages: Int) -> Double {
-        madvise(base, pages * 4096, MADV_DONTNEED)
+        madvise(base, pages * pageSize, MADV_DONTNEED)
         var sum = 0
         let start = MonotonicClock.now()
-        for page in 0..<pages { sum &+= Int(base.load(fromByteOffset: page * 4096, as: UInt8.self)) }
+        for page in 0..<pages { sum &+= Int(base.load(fromByteOffset: page * pageSize, as: UInt8.self)) }
         blackHole(sum)
         return Double(MonotonicClock.now() - start) / Double(pages)
     }
@@ -75,10 +76,10 @@ extension Bench {
     /// One sample of first-touch write faults on new tmpfs pages (the hole is punched again
     /// first, not timed).
     static func kernelFirstTouch(_ fd: Int32, _ base: UnsafeMutableRawPointer, pages: Int) -> Double {
-        madvise(base, pages * 4096, MADV_DONTNEED)
-        _ = CBenchShims_punch_hole(fd, 0, pages * 4096)
+        madvise(base, pages * pageSize, MADV_DONTNEED)
+        _ = CBenchShims_punch_hole(fd, 0, pages * pageSize)
         let start = MonotonicClock.now()
-        for page in 0..<pages { (base + page * 4096).storeBytes(of: 1, as: UInt8.self) }
+        for page in 0..<pages { (base + page * pageSize).storeBytes(of: 1, as: UInt8.self) }
         return Double(MonotonicClock.now() - start) / Double(pages)
     }
 
@@ -88,9 +89,9 @@ extension Bench {
         let fd = try valueOrErrno("create \(path)") { open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
         unlink(path)
         do {
-            try valueOrErrno("resize \(path)") { ftruncate(fd, off_t(pages * 4096)) }
+            try valueOrErrno("resize \(path)") { ftruncate(fd, off_t(pages * pageSize)) }
             let base = try mapMemory(
-                "map \(path)", length: pages * 4096, protection: PROT_READ | PROT_WRITE, flags: MAP_SHARED, descriptor: fd)
+                "map \(path)", length: pages * pageSize, protection: PROT_READ | PROT_WRITE, flags: MAP_SHARED, descriptor: fd)
             return (fd, base)
         } catch {
             close(fd)

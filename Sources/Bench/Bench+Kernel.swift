@@ -7,6 +7,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 extension Bench {
@@ -36,14 +37,14 @@ extension Bench {
         let window = try space.mapWindow()
         let indices = Self.randomIndices(1 << 20, below: pages)
         var touched = 0
-        for page in 0..<pages { touched &+= Int(window.load(fromByteOffset: page * 4096, as: UInt8.self)) }
+        for page in 0..<pages { touched &+= Int(window.load(fromByteOffset: page * pageSize, as: UInt8.self)) }
         blackHole(touched)
         let array = try mapMemory(
-            "map an anonymous array", length: pages * 4096, protection: PROT_READ | PROT_WRITE,
+            "map an anonymous array", length: pages * pageSize, protection: PROT_READ | PROT_WRITE,
             flags: MAP_PRIVATE | MAP_ANONYMOUS)
-        defer { munmap(array, pages * 4096) }
-        madvise(array, pages * 4096, MADV_NOHUGEPAGE)  // 4 KiB pages, as the window's
-        for page in 0..<pages { (array + page * 4096).storeBytes(of: 1, as: UInt8.self) }
+        defer { munmap(array, pages * pageSize) }
+        madvise(array, pages * pageSize, MADV_NOHUGEPAGE)  // 4 KiB pages, as the window's
+        for page in 0..<pages { (array + page * pageSize).storeBytes(of: 1, as: UInt8.self) }
         let hot = indices.withUnsafeBufferPointer { indices in
             self.measure.interleave({ Self.pageLoads(window, indices, $0) }, { Self.pageLoads(array, indices, $0) })
         }
@@ -54,14 +55,14 @@ extension Bench {
         let coldSpace = try self.dax.open(file)
         let coldWindow = try coldSpace.mapWindow()
         let (fd, base) = try Self.tmpfsMapping(pages: 2048)
-        defer { munmap(base, 2048 * 4096); close(fd) }
+        defer { munmap(base, 2048 * pageSize); close(fd) }
         let cold = { Self.mappedColdWrite(self.fs, file, coldWindow, pages: 2048) }
         let firstTouch = self.measure.interleave(samples: cold, { Self.kernelFirstTouch(fd, base, pages: 2048) })
         self.add("fault.mapped_cold_write", unit: "ns/page", firstTouch, baseline: "kernel.tmpfs_first_touch",
                  better: "lower", target: .atMost(2))
         // The mechanism's own floor: a C SIGSEGV handler that only mmaps the tmpfs page.
         let (floorFD, floorBase) = try Self.tmpfsMapping(pages: 2048)
-        munmap(floorBase, 2048 * 4096)
+        munmap(floorBase, 2048 * pageSize)
         defer { close(floorFD) }
         let floor = self.measure.interleave(samples: cold, { max(0, CBenchShims_sigsegv_mmap_touch(floorFD, 2048)) })
         self.add("fault.mapped_cold_write", unit: "ns/page", floor, baseline: "floor.sigsegv_mmap", better: "lower")
@@ -73,7 +74,7 @@ extension Bench {
     private static func pageLoads(_ base: UnsafeMutableRawPointer, _ indices: UnsafeBufferPointer<Int>, _ count: Int) {
         var sum: UInt64 = 0
         for index in 0..<count {
-            sum &+= base.load(fromByteOffset: indices[index & (indices.count - 1)] * 4096, as: UInt64.self)
+            sum &+= base.load(fromByteOffset: indices[index & (indices.count - 1)] * pageSize, as: UInt64.self)
         }
         blackHole(sum)
     }
@@ -85,9 +86,9 @@ extension Bench {
         _ fs: FileSystem, _ file: FileID, _ window: UnsafeMutableRawPointer, pages: Int
     ) -> Double {
         try! fs.truncate(file, size: 0)
-        try! fs.truncate(file, size: pages * 4096)
+        try! fs.truncate(file, size: pages * pageSize)
         let start = MonotonicClock.now()
-        for page in 0..<pages { (window + page * 4096).storeBytes(of: 1, as: UInt8.self) }
+        for page in 0..<pages { (window + page * pageSize).storeBytes(of: 1, as: UInt8.self) }
         return Double(MonotonicClock.now() - start) / Double(pages)
     }
 
@@ -112,25 +113,25 @@ extension Bench {
         let source = CShims_memfd("daxlab-bench-source")
         guard source >= 0 else { throw SystemCallError("memfd_create", errno: -source) }
         defer { close(source) }
-        try valueOrErrno("size the source") { ftruncate(source, 4096) }
+        try valueOrErrno("size the source") { ftruncate(source, pageSize) }
         let (_, space) = try self.mappedFile("kernel-writes", pages: 1)
         let ring = try KernelRing(slots: 2)
 
         guard let plain = CRing_create(8, 1) else { throw SystemCallError("io_uring_setup", errno: errno) }
         defer { CRing_destroy(plain) }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
         defer { buffer.deallocate() }
-        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
-        let registered = CRing_update_buffer(plain, 0, buffer, 4096)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
+        let registered = CRing_update_buffer(plain, 0, buffer, pageSize)
         guard registered == 0 else { throw SystemCallError("register an anonymous buffer", errno: -registered) }
         let handle = try space.pin(0..<1, write: true, kernel: .longTerm(ring))
         let slot = handle.kernelSlot!
         let writes = self.measure.interleave({ count in
             for _ in 0..<count {
-                _ = handle.kernelWrite(at: 0) { ring.readFixed(from: source, offset: 0, into: $0, length: 4096, slot: slot) }
+                _ = handle.kernelWrite(at: 0) { ring.readFixed(from: source, offset: 0, into: $0, length: pageSize, slot: slot) }
             }
         }, { count in
-            for _ in 0..<count { _ = CRing_read_fixed(plain, source, 0, buffer, 4096, 0) }
+            for _ in 0..<count { _ = CRing_read_fixed(plain, source, 0, buffer, UInt32(pageSize), 0) }
         }, transform: { 1e9 / $0 })
         handle.unpin()
         self.add("dma.kernel_read_fixed", unit: "writes/s", writes, baseline: "kernel.read_fixed_anon",

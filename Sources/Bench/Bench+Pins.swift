@@ -7,6 +7,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 extension Bench {
@@ -34,16 +35,16 @@ extension Bench {
             // adjacent blocks shared one atomic; the row goes under it now.)
         }
 
-        let source = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
-        let destination = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        let source = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
+        let destination = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
         defer { source.deallocate(); destination.deallocate() }
-        source.initializeMemory(as: UInt8.self, repeating: 2, count: 4096)
-        destination.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        source.initializeMemory(as: UInt8.self, repeating: 2, count: pageSize)
+        destination.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
         // process_vm_writev of one page to this process: GUP pins the destination inside.
         let single = self.measure.interleave({ count in
             for page in 0..<count { try! space.pin((page & 511)..<((page & 511) + 1), write: true).unpin() }
         }) { count in
-            for _ in 0..<count { _ = CBenchShims_process_vm_writev_self(destination, source, 4096) }
+            for _ in 0..<count { _ = CBenchShims_process_vm_writev_self(destination, source, pageSize) }
         }
         self.add("pin.single", unit: "ns/op", single, baseline: "kernel.process_vm_writev", better: "lower",
                  target: .atMost(1.0 / 15))
@@ -58,17 +59,17 @@ extension Bench {
             return nil
         }
         defer { CRing_destroy(ring) }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 512 * 4096, alignment: 4096)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 512 * pageSize, alignment: pageSize)
         defer { buffer.deallocate() }
-        buffer.initializeMemory(as: UInt8.self, repeating: 1, count: 512 * 4096)
-        let registered = CBenchShims_uring_register_unregister(ring, buffer, 512 * 4096)
+        buffer.initializeMemory(as: UInt8.self, repeating: 1, count: 512 * pageSize)
+        let registered = CBenchShims_uring_register_unregister(ring, buffer, 512 * pageSize)
         guard registered == 0 else {
             self.unavailable(
                 "kernel.io_uring_register", because: "io_uring_register_buffers: \(String(cString: strerror(-registered)))")
             return nil
         }
         return self.measure.interleave(row) { count in
-            for _ in 0..<max(1, count / 512) { _ = CBenchShims_uring_register_unregister(ring, buffer, 512 * 4096) }
+            for _ in 0..<max(1, count / 512) { _ = CBenchShims_uring_register_unregister(ring, buffer, 512 * pageSize) }
         }
     }
 

@@ -28,7 +28,7 @@ extension Bench {
 
     /// µs from the last unpin on CPU 0 to the return of a truncate (policy wait) asleep on CPU 1.
     private func truncateWake(_ file: FileID, _ space: AddressSpace) throws -> Double {
-        try self.fs.truncate(file, size: 2 * 4096)
+        try self.fs.truncate(file, size: 2 * pageSize)
         _ = try space.fault(1, write: true)
         let handle = try space.pin(1..<2, write: true)
         let sleeping = self.dax.statistics.waits.load(ordering: .relaxed)
@@ -37,7 +37,7 @@ extension Bench {
         do {
             truncater = try BenchThread.spawn(name: "daxlab-bench-trunc") {
                 _ = CShims_bind_to_cpu(1)
-                _ = try? self.fs.truncate(file, size: 4096, policy: .wait)
+                _ = try? self.fs.truncate(file, size: pageSize, policy: .wait)
                 returned.store(MonotonicClock.now(), ordering: .releasing)
             }
         } catch {

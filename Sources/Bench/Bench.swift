@@ -49,7 +49,7 @@ public final class Bench {
         // The hot-fault file twice over, a 512-page file per scaling thread and the shared
         // fault-scaling file, and room for the rest.
         let pages = options.pages * 2 + (options.threads.max() ?? 1) * 512 + Self.faultScalingPages
-        let size = (pages * 4096 + (64 << 20) + 0xFFFFF) & ~0xFFFFF
+        let size = (pages * pageSize + (64 << 20) + 0xFFFFF) & ~0xFFFFF
         // libpmem reads PMEM_IS_PMEM_FORCE once, at the first mapping it judges: set before any,
         // so that libpmemobj (alloc.block's baseline) persists to tmpfs with cache flushes, as
         // daxlab does there, and not with msync.
@@ -221,7 +221,7 @@ public final class Bench {
     /// A file of `pages` pages, every page faulted in (mapped) through `space`.
     func mappedFile(_ name: String, pages: Int) throws -> (FileID, AddressSpace) {
         let file = try self.fs.create(FileName(name))
-        try self.fs.truncate(file, size: pages * 4096)
+        try self.fs.truncate(file, size: pages * pageSize)
         let space = try self.dax.open(file)
         for page in 0..<pages { _ = try space.fault(page, write: true) }
         return (file, space)

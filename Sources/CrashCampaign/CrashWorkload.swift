@@ -1,5 +1,6 @@
 import DaxFS
 import DaxlabSupport
+import Pmem
 
 /// A deterministic mixed workload and the in-memory model of what it leaves, for the crash
 /// campaign: a child process runs the workload on an image and is killed at a chosen persist
@@ -68,7 +69,6 @@ public struct CrashWorkload: Sendable {
     public init(seed: UInt64) { self.generator = SplitMix64(seed: seed) }
 
     private static let names = (0..<10).map { "file-\($0)" }
-    private static let page = 4096
 
     /// The next operation, chosen from the model's state (not applied yet).
     public mutating func next() -> Operation {
@@ -84,26 +84,26 @@ public struct CrashWorkload: Sendable {
             // Collapse needs a block-aligned range ending before the end of file; insert, an
             // offset before it. A file too small for one gets a write instead.
             let name = pick()
-            let pages = self.model[name]!.count / Self.page
+            let pages = self.model[name]!.count / pageSize
             let collapse = self.generator.next() % 2 == 0
             if collapse, pages >= 2 {
                 let offset = Int(self.generator.next() % UInt64(pages - 1))
                 let length = 1 + Int(self.generator.next() % UInt64(pages - 1 - offset))
-                return .collapseRange(name, offset: offset * Self.page, length: length * Self.page)
+                return .collapseRange(name, offset: offset * pageSize, length: length * pageSize)
             }
             if !collapse, pages >= 1, pages < 64 {
                 let offset = Int(self.generator.next() % UInt64(pages))
-                return .insertRange(name, offset: offset * Self.page, length: (1 + Int(self.generator.next() % 8)) * Self.page)
+                return .insertRange(name, offset: offset * pageSize, length: (1 + Int(self.generator.next() % 8)) * pageSize)
             }
-            return .write(name, offset: 0, count: 1 + Int(self.generator.next() % UInt64(4 * Self.page)), fill: self.generator.next())
+            return .write(name, offset: 0, count: 1 + Int(self.generator.next() % UInt64(4 * pageSize)), fill: self.generator.next())
         case 44..<50:
-            let offset = Int(self.generator.next() % UInt64(52 * Self.page))
-            let length = 1 + Int(self.generator.next() % UInt64(16 * Self.page))
+            let offset = Int(self.generator.next() % UInt64(52 * pageSize))
+            let length = 1 + Int(self.generator.next() % UInt64(16 * pageSize))
             return .zeroRange(pick(), offset: offset, length: length, keepSize: self.generator.next() % 2 == 0)
         case 32..<40:
             let name = pick()
-            let pages = self.model[name]!.count / Self.page
-            guard pages > 0 else { return .truncate(name, size: Int(16 + self.generator.next() % 40) * Self.page) }
+            let pages = self.model[name]!.count / pageSize
+            guard pages > 0 else { return .truncate(name, size: Int(16 + self.generator.next() % 40) * pageSize) }
             // Past the direct pages where the file has them: the reserved-block path.
             let first = pages > 12 ? 12 : 0
             let page = first + Int(self.generator.next() % UInt64(pages - first))
@@ -112,35 +112,35 @@ public struct CrashWorkload: Sendable {
             }
             return .fault(name, page: page, count: 1 + Int(self.generator.next() % UInt64(min(8, pages - page))))
         case 10..<32:
-            let offset = Int(self.generator.next() % UInt64(48 * Self.page))
-            let count = 1 + Int(self.generator.next() % UInt64(12 * Self.page))
+            let offset = Int(self.generator.next() % UInt64(48 * pageSize))
+            let count = 1 + Int(self.generator.next() % UInt64(12 * pageSize))
             return .write(pick(), offset: offset, count: count, fill: self.generator.next())
         case 50..<62:
-            return .truncate(pick(), size: Int(self.generator.next() % UInt64(56 * Self.page)))
+            return .truncate(pick(), size: Int(self.generator.next() % UInt64(56 * pageSize)))
         case 62..<74:
             if let (name, pages) = self.faulted.min(by: { $0.key < $1.key }), self.generator.next() % 2 == 0 {
                 // One page a fault mapped: a reserved block, whose punch is a persisted pointer
                 // with no transaction.
                 let sorted = pages.sorted()
                 let page = sorted[Int(self.generator.next() % UInt64(sorted.count))]
-                return .punch(name, offset: page * Self.page, length: Self.page)
+                return .punch(name, offset: page * pageSize, length: pageSize)
             }
             let name = pick()
-            let pages = self.model[name]!.count / Self.page
+            let pages = self.model[name]!.count / pageSize
             if pages > 12, self.generator.next() % 3 == 0 {
                 let page = 12 + Int(self.generator.next() % UInt64(pages - 12))
-                return .punch(name, offset: page * Self.page, length: Self.page)
+                return .punch(name, offset: page * pageSize, length: pageSize)
             }
-            let offset = Int(self.generator.next() % UInt64(48 * Self.page))
-            return .punch(name, offset: offset, length: 1 + Int(self.generator.next() % UInt64(16 * Self.page)))
+            let offset = Int(self.generator.next() % UInt64(48 * pageSize))
+            return .punch(name, offset: offset, length: 1 + Int(self.generator.next() % UInt64(16 * pageSize)))
         case 74..<82:
-            let offset = Int(self.generator.next() % UInt64(40 * Self.page))
-            return .fallocate(pick(), offset: offset, length: 1 + Int(self.generator.next() % UInt64(8 * Self.page)))
+            let offset = Int(self.generator.next() % UInt64(40 * pageSize))
+            return .fallocate(pick(), offset: offset, length: 1 + Int(self.generator.next() % UInt64(8 * pageSize)))
         case 82..<89:
             return .rename(pick(), to: Self.names[Int(self.generator.next() % UInt64(Self.names.count))])
         case 89..<94:
             let target = Self.names[Int(self.generator.next() % UInt64(Self.names.count))]
-            return .replace(target, count: Int(self.generator.next() % UInt64(20 * Self.page)), fill: self.generator.next())
+            return .replace(target, count: Int(self.generator.next() % UInt64(20 * pageSize)), fill: self.generator.next())
         default:
             return .unlink(pick())
         }
@@ -169,7 +169,7 @@ public struct CrashWorkload: Sendable {
         if case .churn(let name, let page, _, _) = operation {
             self.faulted[name, default: []].insert(page)
             self.model[name]!.replaceSubrange(
-                page * Self.page..<((page + 1) * Self.page), with: [UInt8](repeating: 0, count: Self.page))
+                page * pageSize..<((page + 1) * pageSize), with: [UInt8](repeating: 0, count: pageSize))
             return
         }
         for name in operation.names { self.faulted.removeValue(forKey: name) }
@@ -255,11 +255,11 @@ public struct CrashWorkload: Sendable {
             for page in page..<(page + count) { _ = try fs.blockForFault(id, page: page, allocate: true) }
         case .churn(let name, let page, let times, let fill):
             let id = try fs.lookup(FileName(name))
-            let bytes = Self.data(count: Self.page, fill: fill)
+            let bytes = Self.data(count: pageSize, fill: fill)
             for _ in 0..<times {
                 _ = try fs.blockForFault(id, page: page, allocate: true)
-                try fs.write(id, offset: page * Self.page, bytes: bytes)
-                try fs.punchHole(id, offset: page * Self.page, length: Self.page)
+                try fs.write(id, offset: page * pageSize, bytes: bytes)
+                try fs.punchHole(id, offset: page * pageSize, length: pageSize)
             }
             _ = try fs.blockForFault(id, page: page, allocate: true)
         }

@@ -44,7 +44,7 @@ extension AddressSpace {
 
     func window() throws(FSError) -> MappedWindow {
         if let window = self.windowReference.load() { return window }
-        let fresh = try MappedWindow(pages: FileSystem.maximumFileSize / 4096, mapping: self.mapping)
+        let fresh = try MappedWindow(pages: FileSystem.maximumFileSize / pageSize, mapping: self.mapping)
         let window = self.windowReference.storeIfNilThenLoad(fresh)
         if window === fresh {
             guard let slot = WindowFaults.register(window, of: self) else {
@@ -132,7 +132,7 @@ extension AddressSpace {
                     run = index
                 }
                 if case .longTerm(let ring) = kernel, let slot {
-                    try ring.register(slot: slot, address: view.base, length: batch.count * pmemPageSize)
+                    try ring.register(slot: slot, address: view.base, length: batch.count * pageSize)
                     batch.attachKernelPin(ring, slot: slot)
                 }
             }

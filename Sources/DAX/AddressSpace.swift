@@ -97,7 +97,7 @@ public final class AddressSpace: @unchecked Sendable {
     @inlinable @inline(__always)
     public func fault(_ page: Int, write: Bool) throws(FSError) -> UnsafeRawPointer {
         let block = self.lookup(page)
-        if _fastPath(block != 0) { return UnsafeRawPointer(self.base + Int(block) * 4096) }
+        if _fastPath(block != 0) { return UnsafeRawPointer(self.base + Int(block) * pageSize) }
         return try self.faultSlow(page, write: write)
     }
 
@@ -116,7 +116,7 @@ public final class AddressSpace: @unchecked Sendable {
         try self.lock.withReadLock { () throws(FSError) -> UnsafeRawPointer in
             let block = try self.install(page, write: write)
             if block == 0 { return UnsafeRawPointer(self.dax.zeroPage) }
-            return UnsafeRawPointer(self.base + Int(block) * 4096)
+            return UnsafeRawPointer(self.base + Int(block) * pageSize)
         }
     }
 

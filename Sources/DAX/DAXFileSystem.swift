@@ -59,7 +59,7 @@ public final class DAXFileSystem {
         let page: UnsafeMutableRawPointer
         do {
             page = try mapMemory(
-                "map the zero page", length: 4096, protection: PROT_READ, flags: MAP_PRIVATE | MAP_ANONYMOUS)
+                "map the zero page", length: pageSize, protection: PROT_READ, flags: MAP_PRIVATE | MAP_ANONYMOUS)
         } catch {
             throw FSError(.io, error.description)
         }
@@ -96,7 +96,7 @@ public final class DAXFileSystem {
     deinit {
         self.reclaimer.stop()
         self.batchPool.close()  // (pooled batches hold address spaces, which hold the pool)
-        munmap(self.zeroPage, 4096)
+        munmap(self.zeroPage, pageSize)
         self.spaceSlots.deallocate()
     }
 

@@ -4,6 +4,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// On-demand paging (RDMA ODP, HMM): a device that keeps *translations* of a file range instead
@@ -75,7 +76,7 @@ public final class DeviceMirror: @unchecked Sendable {
             blocks.reserveCapacity(self.pages.count)
             for page in self.pages {
                 let address = try self.space.fault(page, write: true)
-                blocks.append(UInt32((UnsafeMutableRawPointer(mutating: address) - self.space.base) / 4096))
+                blocks.append(UInt32((UnsafeMutableRawPointer(mutating: address) - self.space.base) / pageSize))
             }
             #if DAXLAB_TEST_HOOKS
             self.mappingHook?()
@@ -100,7 +101,7 @@ public final class DeviceMirror: @unchecked Sendable {
             let block = translations[index]
             guard block != 0 else { return false }
             let mapping = self.space.mapping
-            try? mapping.copy(to: Int(block) * 4096, from: source, count: 4096, flags: [.nonTemporal, .noDrain])
+            try? mapping.copy(to: Int(block) * pageSize, from: source, count: pageSize, flags: [.nonTemporal, .noDrain])
             mapping.drain()
             whileLocked(block)
             return true

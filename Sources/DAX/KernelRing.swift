@@ -4,6 +4,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// An io_uring with a sparse table of fixed buffers: the kernel's own long-term pins and writes.
@@ -30,8 +31,8 @@ public final class KernelRing: @unchecked Sendable {
         self.ring = ring
         self.slots = slots
         self.free = Locked(Array((0..<slots).reversed()), rank: .kernelRingSlots)
-        self.harmless = .allocate(byteCount: 4096, alignment: 4096)
-        self.harmless.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        self.harmless = .allocate(byteCount: pageSize, alignment: pageSize)
+        self.harmless.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
     }
 
     deinit {
@@ -73,7 +74,7 @@ public final class KernelRing: @unchecked Sendable {
     /// on, and the kernel drops the old pages once the requests in flight on them complete (the
     /// revocation of a lease, for real).
     func defuse(_ slot: Int) {
-        _ = CRing_update_buffer(self.ring, UInt32(slot), self.harmless, 4096)
+        _ = CRing_update_buffer(self.ring, UInt32(slot), self.harmless, pageSize)
     }
 
     /// `IORING_OP_READ_FIXED`: the kernel reads `length` bytes at `offset` of `descriptor` into

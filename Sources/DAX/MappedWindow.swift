@@ -45,7 +45,7 @@ final class MappedWindow: @unchecked Sendable {
     ///   device whose alignment is not 4 KiB) or is read-only; `.io` when the reservation fails.
     init(pages: Int, mapping: PmemMapping, tracked: Bool = false) throws(FSError) {
         guard !mapping.isReadOnly else { throw FSError(.readOnly, "\(mapping.path): mounted read-only") }
-        guard mapping.alignment == pmemPageSize else {
+        guard mapping.alignment == pageSize else {
             throw FSError(
                 .notSupported,
                 "\(mapping.path): a device aligned to \(mapping.alignment) bytes cannot map single blocks; "
@@ -53,7 +53,7 @@ final class MappedWindow: @unchecked Sendable {
         }
         do {
             self.base = try mapMemory(
-                "reserve a window of \(pages) pages", length: pages * pmemPageSize, protection: PROT_NONE,
+                "reserve a window of \(pages) pages", length: pages * pageSize, protection: PROT_NONE,
                 flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
         } catch {
             throw FSError(.io, error.description)
@@ -71,7 +71,7 @@ final class MappedWindow: @unchecked Sendable {
     }
 
     deinit {
-        munmap(self.base, self.pages * pmemPageSize)
+        munmap(self.base, self.pages * pageSize)
         self.mappedBlocks?.deallocate()
     }
 
@@ -93,22 +93,22 @@ final class MappedWindow: @unchecked Sendable {
     /// Whether the kernel grants MAP_SYNC for the image (fs-dax files and device-dax; not tmpfs).
     private static func probeMapSync(_ mapping: PmemMapping) -> Bool {
         let probe = mmap(
-            nil, pmemPageSize, PROT_READ | PROT_WRITE, CShims_MAP_SHARED_VALIDATE | CShims_MAP_SYNC, mapping.descriptor, 0)
+            nil, pageSize, PROT_READ | PROT_WRITE, CShims_MAP_SHARED_VALIDATE | CShims_MAP_SYNC, mapping.descriptor, 0)
         guard let probe, probe != MAP_FAILED else { return false }
-        munmap(probe, pmemPageSize)
+        munmap(probe, pageSize)
         return true
     }
 
     /// Whether MAP_SYNC is in force for the window's mappings.
     var synchronousFaults: Bool { self.mapFlags != MAP_SHARED }
 
-    func address(page: Int) -> UnsafeMutableRawPointer { self.base + page * pmemPageSize }
+    func address(page: Int) -> UnsafeMutableRawPointer { self.base + page * pageSize }
 
     /// The page of the window `address` falls in, or nil.
     func page(of address: UnsafeRawPointer) -> Int? {
         let offset = Int(bitPattern: address) - Int(bitPattern: self.base)
-        guard offset >= 0, offset < self.pages * pmemPageSize else { return nil }
-        return offset / pmemPageSize
+        guard offset >= 0, offset < self.pages * pageSize else { return nil }
+        return offset / pageSize
     }
 
     /// Maps `page` onto `block` of the image, read-write (the caller holds the invalidate lock).
@@ -120,18 +120,18 @@ final class MappedWindow: @unchecked Sendable {
     func map(pages: Range<Int>, firstBlock: UInt32) throws(SystemCallError) {
         _ = try mapMemory(
             "map blocks \(firstBlock)..<\(Int(firstBlock) + pages.count) at window page \(pages.lowerBound)",
-            address: self.address(page: pages.lowerBound), length: pages.count * pmemPageSize,
+            address: self.address(page: pages.lowerBound), length: pages.count * pageSize,
             // MAP_POPULATE: the page-table entries are filled now, so the retried access (or the
             // kernel's GUP) does not fault a second time.
             protection: PROT_READ | PROT_WRITE, flags: self.mapFlags | MAP_FIXED | MAP_POPULATE,
-            descriptor: self.mapping.descriptor, offset: Int(firstBlock) * pmemPageSize)
+            descriptor: self.mapping.descriptor, offset: Int(firstBlock) * pageSize)
         for page in pages { self.mappedBlock(page)?.store(firstBlock &+ UInt32(page - pages.lowerBound), ordering: .relaxed) }
     }
 
     /// Maps a read-only page of zeros at `page`: a read of a hole. A store faults again.
     func mapZero(page: Int) throws(SystemCallError) {
         _ = try mapMemory(
-            "map zeros at window page \(page)", address: self.address(page: page), length: pmemPageSize,
+            "map zeros at window page \(page)", address: self.address(page: page), length: pageSize,
             protection: PROT_READ, flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
     }
 
@@ -141,7 +141,7 @@ final class MappedWindow: @unchecked Sendable {
         let range = max(0, pages.lowerBound)..<min(pages.upperBound, self.pages)
         guard !range.isEmpty else { return }
         let result = mmap(
-            self.address(page: range.lowerBound), range.count * pmemPageSize, PROT_NONE,
+            self.address(page: range.lowerBound), range.count * pageSize, PROT_NONE,
             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
         // The range is ours and of a valid size: mmap over it cannot fail short of ENOMEM, and a
         // page left mapped would outlive its block. Stop rather than go on.
@@ -180,7 +180,7 @@ enum WindowFaults {
             guard Self.word(slot, 0).compareExchange(expected: 0, desired: base, ordering: .acquiringAndReleasing).exchanged
             else { continue }
             Self.word(slot, 2).store(UInt(bitPattern: Unmanaged.passUnretained(space).toOpaque()), ordering: .releasing)
-            Self.word(slot, 1).store(UInt(window.pages * pmemPageSize), ordering: .releasing)
+            Self.word(slot, 1).store(UInt(window.pages * pageSize), ordering: .releasing)
             return slot
         }
         return nil
@@ -202,7 +202,7 @@ enum WindowFaults {
             let length = Self.word(slot, 1).load(ordering: .acquiring)
             guard target < base &+ length, let space = UnsafeRawPointer(bitPattern: Self.word(slot, 2).load(ordering: .acquiring))
             else { continue }
-            let page = Int((target - base) / UInt(pmemPageSize))
+            let page = Int((target - base) / UInt(pageSize))
             let owner = Unmanaged<AddressSpace>.fromOpaque(space).takeUnretainedValue()
             return owner.windowFault(page, write: isWrite) ? Int32(CShims_FAULT_MAPPED) : Int32(CShims_FAULT_SIGBUS)
         }

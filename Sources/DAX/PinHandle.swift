@@ -91,11 +91,11 @@ public struct PinHandle: ~Copyable {
         defer { batch.endWrite() }
         precondition(index >= 0 && index < batch.count, "pin index out of range")
         let block = batch.blocks[index]
-        precondition(block != 0 && offset >= 0 && offset + count <= 4096, "write outside the pinned block")
+        precondition(block != 0 && offset >= 0 && offset + count <= pageSize, "write outside the pinned block")
         let mapping = batch.space!.mapping
         var failure: PmemError?
         do {
-            try mapping.copy(to: Int(block) * 4096 + offset, from: source, count: count, flags: [.nonTemporal, .noDrain])
+            try mapping.copy(to: Int(block) * pageSize + offset, from: source, count: count, flags: [.nonTemporal, .noDrain])
         } catch {
             failure = error
         }
@@ -122,7 +122,7 @@ public struct PinHandle: ~Copyable {
             precondition(block != 0, "write into a read pin of a hole")
             do {
                 try mapping.copy(
-                    to: Int(block) * 4096, from: source + index * 4096, count: 4096, flags: [.nonTemporal, .noDrain])
+                    to: Int(block) * pageSize, from: source + index * pageSize, count: pageSize, flags: [.nonTemporal, .noDrain])
             } catch {
                 failure = failure ?? error
             }

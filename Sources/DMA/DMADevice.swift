@@ -4,6 +4,7 @@ import DaxFS
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// One device: it pins a range of a file (faulting holes in, `pin_user_pages` with a lease),
@@ -37,7 +38,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
     /// The blocks of the pin held now, or mirrored now (empty with none).
     public internal(set) var pinnedBlocks: [UInt32] = []
     var sequence: UInt64 = 0
-    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
     /// The kernel's machinery, for a kernel device.
     private let transport: KernelTransport?
     public var kind: DeviceKind { self.transport?.kind ?? .simulated }
@@ -71,7 +72,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
         self.dax = dax
         self.observer = observer
         self.statistics = statistics
-        self.buffer.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: index + 1), count: 4096)
+        self.buffer.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: index + 1), count: pageSize)
         self.cookies.reserveCapacity(512)
         self.pinnedBlocks.reserveCapacity(512)
     }
@@ -155,7 +156,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
                 done = kernelDone
             } else {
                 do {
-                    done = try handle.write(at: index, from: self.buffer, count: 4096, whileFenced: { block in
+                    done = try handle.write(at: index, from: self.buffer, count: pageSize, whileFenced: { block in
                         observer?.didWrite(write, block: block, landed: true)
                     })
                 } catch {
@@ -197,7 +198,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
             return result
         }
         switch result {
-        case 4096:
+        case Int32(pageSize):
             self.statistics.kernelWrites.wrappingIncrement(ordering: .relaxed)
             return true
         case -EFAULT:

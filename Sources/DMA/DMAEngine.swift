@@ -5,6 +5,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// How the devices behave.
@@ -117,11 +118,11 @@ public final class DMAEngine: Sendable {
         let span = self.configuration.pagesPerPin
         while self.running.load(ordering: .relaxed) {
             let file = self.files[random.next(below: self.files.count)]
-            guard let size = try? self.dax.fs.stat(file).size, size >= 4096 else {
+            guard let size = try? self.dax.fs.stat(file).size, size >= pageSize else {
                 sched_yield()
                 continue
             }
-            let filePages = size / 4096
+            let filePages = size / pageSize
             let count = min(filePages, span.lowerBound + random.next(below: span.count))
             let first = random.next(below: filePages - count + 1)
             do { try device.pin(file, pages: first..<(first + count)) } catch {

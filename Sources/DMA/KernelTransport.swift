@@ -5,6 +5,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// Which machinery does a device's writes.
@@ -50,7 +51,6 @@ public enum DeviceKind: String, CaseIterable, Sendable, CustomStringConvertible 
 /// tagged block there, the kernel copies it into the pinned page) and, for long-term pins, the
 /// io_uring whose fixed-buffer table holds its pin.
 final class KernelTransport {
-    private static let blockSize = 4096
     let kind: DeviceKind
     let ring: KernelRing?
     private let source: Int32
@@ -71,7 +71,7 @@ final class KernelTransport {
             self.ring = nil
             self.source = try Self.openDirectSource(in: sourceDirectory, device: device)
         }
-        guard ftruncate(self.source, off_t(Self.blockSize)) == 0 else {
+        guard ftruncate(self.source, off_t(pageSize)) == 0 else {
             let error = errno
             close(self.source)
             throw FSError(.io, "size the source file of device \(device): \(String(cString: strerror(error)))")
@@ -118,8 +118,8 @@ final class KernelTransport {
     /// - Returns: 0, or -errno.
     func stage(_ block: UnsafeRawPointer) -> Int32 {
         while true {
-            let written = pwrite(self.source, block, Self.blockSize, 0)
-            if written == Self.blockSize { return 0 }
+            let written = pwrite(self.source, block, pageSize, 0)
+            if written == pageSize { return 0 }
             if written >= 0 { return -EIO }
             if errno != EINTR { return -errno }
         }
@@ -131,10 +131,10 @@ final class KernelTransport {
     ///   truncate unmapped it or a revocation defused it).
     func write(into address: UnsafeMutableRawPointer, slot: Int?) -> Int32 {
         if let ring = self.ring, let slot {
-            return ring.readFixed(from: self.source, offset: 0, into: address, length: Self.blockSize, slot: slot)
+            return ring.readFixed(from: self.source, offset: 0, into: address, length: pageSize, slot: slot)
         }
         while true {
-            let read = pread(self.source, address, Self.blockSize, 0)
+            let read = pread(self.source, address, pageSize, 0)
             if read >= 0 { return Int32(read) }
             if errno != EINTR { return -errno }
         }

@@ -1,3 +1,5 @@
+import Pmem
+
 /// Where a file page's block pointer lives: one of the inode's 12 direct pointers, an entry of
 /// the single-indirect block, or an entry of a block that the double-indirect block points to.
 /// The analogue of ext2's `ext2_block_to_path`.
@@ -47,7 +49,7 @@ enum BlockMapPath: Equatable {
 enum MapEntry {
     static let size = 8
     /// Entries per block-map block.
-    static let perBlock = Geometry.blockSize / Self.size
+    static let perBlock = pageSize / Self.size
     /// The position of a leaf pointer (in the double-indirect block) is `leafTag | index`.
     static let leafTag: UInt32 = 1 << 31
 
@@ -96,7 +98,7 @@ enum PointerSlot: Equatable {
 extension Geometry {
     /// Byte offset of entry `index` of block-map block `block`.
     @inline(__always)
-    func entryOffset(_ block: UInt32, _ index: Int) -> Int { Int(block) * Geometry.blockSize + index * MapEntry.size }
+    func entryOffset(_ block: UInt32, _ index: Int) -> Int { Int(block) * pageSize + index * MapEntry.size }
 
     func inodeOffset(_ number: Int) -> Int { self.inodeTableOffset + number * Geometry.inodeSize }
 }

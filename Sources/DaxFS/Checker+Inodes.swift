@@ -1,3 +1,5 @@
+import Pmem
+
 /// The inode checks of `Checker`, and the repairs that salvage.
 ///
 /// A record that fails its checksum is first tried for one flipped bit: CRC-32C has Hamming
@@ -104,7 +106,7 @@ extension Checker {
         }
         if record.size > UInt64(FileSystem.maximumFileSize) {
             // What the map still reaches: the end of the last page it maps.
-            let mappedEnd = UInt64(map.lastPage.map { $0 + 1 } ?? 0) * UInt64(Geometry.blockSize)
+            let mappedEnd = UInt64(map.lastPage.map { $0 + 1 } ?? 0) * UInt64(pageSize)
             issue("size \(record.size) exceeds the largest file") { $0.size = mappedEnd }
         }
         if checksumFailed, number >= FileSystem.firstUserInode {
@@ -278,8 +280,8 @@ extension Checker {
     /// - Parameter trusted: the record's checksum held (or one flipped bit was corrected).
     private mutating func checkBlockMap(_ number: Int, _ record: InodeRecord, trusted: Bool) -> MapWalk {
         let inodeOffset = self.geometry.inodeOffset(number)
-        let pages = Int((min(record.size, UInt64(FileSystem.maximumFileSize)) + UInt64(Geometry.blockSize) - 1)
-            / UInt64(Geometry.blockSize))
+        let pages = Int((min(record.size, UInt64(FileSystem.maximumFileSize)) + UInt64(pageSize) - 1)
+            / UInt64(pageSize))
         var walk = MapWalk()
         let label = "inode \(number)"
 
@@ -306,7 +308,7 @@ extension Checker {
                 } else if let corrected = MapEntry.correctOneBit(raw, inode: number, position: position) {
                     let bit = (raw ^ corrected).trailingZeroBitCount
                     self.report(
-                        label, "block-map entry \(Self.describe(position)) in block \(offset / Geometry.blockSize): bit \(bit) is flipped",
+                        label, "block-map entry \(Self.describe(position)) in block \(offset / pageSize): bit \(bit) is flipped",
                         action: "corrected that bit")
                     if self.repair {
                         self.media.base.storeBytes(of: corrected, toByteOffset: offset, as: UInt64.self)
@@ -314,7 +316,7 @@ extension Checker {
                     }
                     block = UInt32(truncatingIfNeeded: corrected)
                 } else {
-                    bad("block-map entry \(Self.describe(position)) in block \(offset / Geometry.blockSize) fails its check", slot)
+                    bad("block-map entry \(Self.describe(position)) in block \(offset / pageSize) fails its check", slot)
                     return nil
                 }
             }
@@ -403,7 +405,7 @@ extension Checker {
     /// with one bit corrected). A pointer to any other block (another file's map, a map of
     /// another level, data) is bad, and the block is left to whoever it belongs to.
     private func holdsEntries(_ block: UInt32, of number: Int, from firstPosition: UInt32) -> Bool {
-        let base = self.media.base + Int(block) * Geometry.blockSize
+        let base = self.media.base + Int(block) * pageSize
         var empty = true
         for index in 0..<MapEntry.perBlock {
             let raw = base.load(fromByteOffset: index * MapEntry.size, as: UInt64.self)

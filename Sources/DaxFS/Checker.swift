@@ -1,3 +1,5 @@
+import Pmem
+
 /// One inconsistency fsck (or mount) found, and with `--repair` what was done about it.
 public struct FsckProblem: Sendable, Equatable, Codable, CustomStringConvertible {
     /// `superblock`, `log`, `inode N`, `bitmap`.
@@ -140,9 +142,9 @@ struct Checker {
             self.report(label, what, action: "gave this file its own copy, block \(free)")
             guard self.repair else { continue }
             self.owner[free] = Int32(claim.inode)
-            let (source, copy) = (Int(claim.block) * Geometry.blockSize, free * Geometry.blockSize)
-            (self.media.base + copy).copyMemory(from: self.media.base + source, byteCount: Geometry.blockSize)
-            self.persist(copy, Geometry.blockSize)
+            let (source, copy) = (Int(claim.block) * pageSize, free * pageSize)
+            (self.media.base + copy).copyMemory(from: self.media.base + source, byteCount: pageSize)
+            self.persist(copy, pageSize)
             self.setPointer(claim, to: UInt32(free))
         }
     }

@@ -1,3 +1,5 @@
+import Pmem
+
 /// How `removeBlocks` lets go of blocks: all freed, or pinned ones claimed by the DAX layer and
 /// sequestered or kept from the allocator.
 struct BlockRemoval {
@@ -42,7 +44,7 @@ extension FileSystem {
             reserved.append(fresh)
             allocator.allocationObserver?.didAllocate(fresh, inode: number, page: nil)
             tx.setAllocated(fresh)
-            tx.zero(Int(fresh) * Geometry.blockSize, Geometry.blockSize)
+            tx.zero(Int(fresh) * pageSize, pageSize)
             tx.setPointer(slot, inode: number, fresh)
             return fresh
         }
@@ -103,7 +105,7 @@ extension FileSystem {
         let geometry = log.geometry
         let reader = BlockMapReader(base: log.media.base, geometry: geometry)
         let perBlock = MapEntry.perBlock
-        let keepPages = newSize.map { Int(($0 + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize)) }
+        let keepPages = newSize.map { Int(($0 + UInt64(pageSize) - 1) / UInt64(pageSize)) }
         var cursor = min(pages.upperBound, InodeRecord.maximumPages)  // pages below `cursor` remain
         var freedTotal = 0
         var claimed: [UInt32] = []
@@ -190,14 +192,14 @@ extension FileSystem {
                 let sweep = cursor > pages.lowerBound
                     ? cursor..<chunkEnd
                     : keepPages.map { min(pages.lowerBound, $0)..<InodeRecord.maximumPages } ?? pages
-                let filePages = Int((record.size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
+                let filePages = Int((record.size + UInt64(pageSize) - 1) / UInt64(pageSize))
                 let keepBelow = record.reservationCount != 0 ? min(filePages, keepPages ?? filePages) : 0
                 swept = Self.stageReleaseEmptyMaps(tx, inode: number, pages: sweep, keepBelow: keepBelow)
                     && cursor <= pages.lowerBound
                 if let newSize, let keepPages {
                     // Until the last chunk, the file ends where the remaining blocks end.
                     record.size = cursor > keepPages
-                        ? min(record.size, UInt64(cursor) * UInt64(Geometry.blockSize)) : newSize
+                        ? min(record.size, UInt64(cursor) * UInt64(pageSize)) : newSize
                 }
                 if let intent { record.intent = cursor > pages.lowerBound ? intent : InodeRecord.Intent.none }
                 record.modifiedNanoseconds = FileSystem.now()

@@ -32,7 +32,7 @@ extension FileSystem: DAXBlockSource {
     package func blockForFault(_ file: FileID, page: Int, allocate: Bool) throws(FSError) -> UInt32 {
         let record = try self.checkedRecord(file)
         let size = Int(record.size)
-        guard page >= 0, page < (size + Self.pageSize - 1) / Self.pageSize else {
+        guard page >= 0, page < (size + pageSize - 1) / pageSize else {
             throw FSError(.invalidArgument, "\(file): page \(page) is past the end of file (\(size) bytes)")
         }
         // Where the page's pointer lives, when a block-map block holds it (nil: a direct page, or
@@ -50,7 +50,7 @@ extension FileSystem: DAXBlockSource {
             if let slot, let block = try self.mapReserved(file.inode, slot: slot, page: page, stripe: &stripe) {
                 return block
             }
-            try self.writeChunk(file.inode, from: page * Self.pageSize, to: min(size, (page + 1) * Self.pageSize), fill: nil)
+            try self.writeChunk(file.inode, from: page * pageSize, to: min(size, (page + 1) * pageSize), fill: nil)
             let block = self.reader.block(of: record, number, page: page)
             guard block != 0 else {
                 // Only a block map overwritten under us (stale DMA, policy none) reads back a hole.

@@ -1,3 +1,5 @@
+import Pmem
+
 /// File data: read, write, truncate, punch hole, fallocate.
 ///
 /// Ordered mode: new blocks are zeroed and filled, and the data made durable, before the
@@ -5,11 +7,10 @@
 /// mapped blocks go in place. Invariant kept by every operation: bytes past the end of file
 /// inside the last block are zero, and no block is mapped past the end of file.
 extension FileSystem {
-    static let pageSize = Geometry.blockSize
     /// Pages one write or fallocate transaction maps at most.
     static let pagesPerTransaction = 256
     /// The largest file, in bytes: every page the block map can reach (1 GiB + 2 MiB + 48 KiB).
-    public static let maximumFileSize = InodeRecord.maximumPages * Geometry.blockSize
+    public static let maximumFileSize = InodeRecord.maximumPages * pageSize
 
     /// Checks `offset..<offset+length` against the largest file before any arithmetic on it.
     /// - Throws: `.invalidArgument` for a negative offset or length, `.fileTooLarge` for a range
@@ -35,16 +36,16 @@ extension FileSystem {
             return [UInt8](unsafeUninitializedCapacity: end - offset) { buffer, initialized in
                 var position = offset
                 while position < end {
-                    let page = position / Self.pageSize
-                    let within = position % Self.pageSize
-                    let length = min(Self.pageSize - within, end - position)
+                    let page = position / pageSize
+                    let within = position % pageSize
+                    let length = min(pageSize - within, end - position)
                     let destination = UnsafeMutableRawPointer(buffer.baseAddress! + (position - offset))
                     let block = reader.block(of: record, id.inode, page: page)
                     if block == 0 {
                         destination.initializeMemory(as: UInt8.self, repeating: 0, count: length)
                     } else {
                         destination.copyMemory(
-                            from: self.media.base + Int(block) * Self.pageSize + within, byteCount: length)
+                            from: self.media.base + Int(block) * pageSize + within, byteCount: length)
                     }
                     position += length
                 }
@@ -65,7 +66,7 @@ extension FileSystem {
             var position = offset
             let end = offset + bytes.count
             while position < end {
-                let chunkEnd = min(end, (position / Self.pageSize + Self.pagesPerTransaction) * Self.pageSize)
+                let chunkEnd = min(end, (position / pageSize + Self.pagesPerTransaction) * pageSize)
                 try self.writeChunk(id.inode, from: position, to: chunkEnd) { destination, fileOffset, length in
                     destination.copyMemory(from: bytes.baseAddress! + (fileOffset - offset), byteCount: length)
                 }
@@ -91,8 +92,8 @@ extension FileSystem {
     ) throws(FSError) {
         let record = self.record(number)
         let reader = self.reader
-        let firstPage = start / Self.pageSize
-        let lastPage = (end - 1) / Self.pageSize
+        let firstPage = start / pageSize
+        let lastPage = (end - 1) / pageSize
         // Each page's block is read once: under policy `none` a device may be writing into a
         // block-map block that was freed and reused, so a second read could disagree.
         var blocks = (firstPage...lastPage).map { reader.block(of: record, number, page: $0) }
@@ -109,17 +110,17 @@ extension FileSystem {
         for page in firstPage...lastPage {
             let block = blocks[page - firstPage]
             let isFresh = fresh.contains(block)
-            let blockOffset = Int(block) * Self.pageSize
-            let from = max(start, page * Self.pageSize)
-            let to = min(end, (page + 1) * Self.pageSize)
-            if isFresh, fill == nil || to - from < Self.pageSize {
-                try self.media.zero(blockOffset, Self.pageSize)
+            let blockOffset = Int(block) * pageSize
+            let from = max(start, page * pageSize)
+            let to = min(end, (page + 1) * pageSize)
+            if isFresh, fill == nil || to - from < pageSize {
+                try self.media.zero(blockOffset, pageSize)
             }
             if let fill {
-                fill(self.media.base + blockOffset + (from - page * Self.pageSize), from, to - from)
+                fill(self.media.base + blockOffset + (from - page * pageSize), from, to - from)
             }
             if fill != nil {
-                try self.media.flush(blockOffset, Self.pageSize)  // (a zeroed block is flushed already)
+                try self.media.flush(blockOffset, pageSize)  // (a zeroed block is flushed already)
             }
         }
         self.media.barrier()  // data durable before it is mapped
@@ -164,25 +165,25 @@ extension FileSystem {
                 }
                 return
             }
-            let newPages = (size + Self.pageSize - 1) / Self.pageSize
+            let newPages = (size + pageSize - 1) / pageSize
             let intent = InodeRecord.Intent.truncate(size: UInt64(size))
             // The partial last page stays; its bytes past the new end are zeroed, but only once
             // the policy lets the truncate happen, and only once the intent is durable: a crash
             // after the zeroing leaves a truncate the next mount finishes, never an old file
             // with zeros in it.
             let zeroTail = { () throws(FSError) in
-                guard size % Self.pageSize != 0 else { return }
+                guard size % pageSize != 0 else { return }
                 try self.recordIntent(id.inode, intent)
                 try Self.zeroWithinPage(
                     media: self.media, reader: self.reader, record: self.record(id.inode), inode: id.inode, from: size,
-                    to: min(oldSize, newPages * Self.pageSize))
+                    to: min(oldSize, newPages * pageSize))
             }
             try self.removePages(
                 id.inode, policy: policy, newSize: { UInt64(size) }, intent: intent, beforeRemoval: zeroTail
             ) {
                 () throws(FSError) -> Range<Int> in
                 let current = Int(try self.checkedRecord(id).size)
-                return newPages..<max(newPages, (current + Self.pageSize - 1) / Self.pageSize)
+                return newPages..<max(newPages, (current + pageSize - 1) / pageSize)
             }
         }
     }
@@ -238,10 +239,10 @@ extension FileSystem {
                 // Only blocks a policy keeps busy can make the count above wrong: the range reads
                 // zeros, and the file gets its old size back.
                 if newSize > size {
-                    let pages = (size + Self.pageSize - 1) / Self.pageSize
+                    let pages = (size + pageSize - 1) / pageSize
                     _ = try Self.removeBlocks(
                         log: self.log, allocator: self.allocator, inode: id.inode,
-                        pages: pages..<((newSize + Self.pageSize - 1) / Self.pageSize), newSize: UInt64(size))
+                        pages: pages..<((newSize + pageSize - 1) / pageSize), newSize: UInt64(size))
                 }
                 throw error
             }
@@ -255,7 +256,7 @@ extension FileSystem {
     private func checkSpaceToZero(_ number: Int, offset: Int, end: Int, size: Int) throws(FSError) {
         let record = self.record(number)
         let (firstWhole, endWhole) = Self.wholePages(offset: offset, end: min(end, size), size: size)
-        let pages = (offset / Self.pageSize)..<((end + Self.pageSize - 1) / Self.pageSize)
+        let pages = (offset / pageSize)..<((end + pageSize - 1) / pageSize)
         var needed = 0
         var freed = 0
         for page in pages {
@@ -301,7 +302,7 @@ extension FileSystem {
         // Partial pages at the edges are zeroed, not freed: only once the policy lets the
         // whole pages go (so EBUSY or a timeout leaves the file as it was).
         // The intent is durable before any byte is zeroed (see truncate).
-        let partial = firstWhole * Self.pageSize > offset || (end > endWhole * Self.pageSize && endWhole >= firstWhole)
+        let partial = firstWhole * pageSize > offset || (end > endWhole * pageSize && endWhole >= firstWhole)
         // (A local function, not a closure in a `let`: that one's context is allocated.)
         func begin() throws(FSError) {
             if let growTo {
@@ -323,7 +324,7 @@ extension FileSystem {
             try self.removePages(id.inode, policy: policy, newSize: { nil }, intent: intent, beforeRemoval: begin) {
                 () throws(FSError) -> Range<Int> in
                 let current = Int(try self.checkedRecord(id).size)
-                let last = end >= current ? (current + Self.pageSize - 1) / Self.pageSize : endWhole
+                let last = end >= current ? (current + pageSize - 1) / pageSize : endWhole
                 return firstWhole..<max(firstWhole, min(endWhole, last))
             }
         } else {
@@ -357,7 +358,7 @@ extension FileSystem {
     private func allocateHoles(_ number: Int, from start: Int, to end: Int) throws(FSError) {
         var position = start
         while position < end {
-            let chunkEnd = min(end, (position / Self.pageSize + Self.pagesPerTransaction) * Self.pageSize)
+            let chunkEnd = min(end, (position / pageSize + Self.pagesPerTransaction) * pageSize)
             try self.writeChunk(number, from: position, to: chunkEnd, fill: nil)
             position = chunkEnd
         }
@@ -369,9 +370,9 @@ extension FileSystem {
         media: Media, reader: BlockMapReader, record: InodeRecord, inode number: Int, from: Int, to: Int
     ) throws(FSError) {
         guard to > from else { return }
-        let block = reader.block(of: record, number, page: from / Self.pageSize)
+        let block = reader.block(of: record, number, page: from / pageSize)
         guard block != 0 else { return }
-        let offset = Int(block) * Self.pageSize + from % Self.pageSize
+        let offset = Int(block) * pageSize + from % pageSize
         try media.zero(offset, to - from)
         try media.persist(offset, to - from)
     }
@@ -382,22 +383,22 @@ extension FileSystem {
         media: Media, reader: BlockMapReader, record: InodeRecord, inode number: Int, offset: Int, end: Int,
         firstWhole: Int, endWhole: Int
     ) throws(FSError) {
-        if firstWhole * Self.pageSize > offset {
+        if firstWhole * pageSize > offset {
             try Self.zeroWithinPage(
                 media: media, reader: reader, record: record, inode: number, from: offset,
-                to: min(end, firstWhole * Self.pageSize))
+                to: min(end, firstWhole * pageSize))
         }
-        if end > endWhole * Self.pageSize, endWhole >= firstWhole {
+        if end > endWhole * pageSize, endWhole >= firstWhole {
             try Self.zeroWithinPage(
-                media: media, reader: reader, record: record, inode: number, from: endWhole * Self.pageSize, to: end)
+                media: media, reader: reader, record: record, inode: number, from: endWhole * pageSize, to: end)
         }
     }
 
     /// The whole pages of a punch of `offset..<end` in a file of `size` bytes: a punch to the
     /// end of file takes the last partial page too.
     static func wholePages(offset: Int, end: Int, size: Int) -> (first: Int, end: Int) {
-        let first = (offset + Self.pageSize - 1) / Self.pageSize
-        let last = end == size ? (end + Self.pageSize - 1) / Self.pageSize : end / Self.pageSize
+        let first = (offset + pageSize - 1) / pageSize
+        let last = end == size ? (end + pageSize - 1) / pageSize : end / pageSize
         return (first, last)
     }
 }

@@ -66,7 +66,7 @@ extension FileSystem {
     /// Refuses a target that holds anything: a daxlab image, a known signature, a non-zero byte.
     private static func refuseData(_ mapping: PmemMapping) throws(FSError) {
         let path = mapping.path
-        let backup = Superblock.backupBlock(of: mapping) * Geometry.blockSize
+        let backup = Superblock.backupBlock(of: mapping) * pageSize
         if mapping.base.loadUnaligned(as: UInt64.self) == Superblock.magic {
             throw FSError(.notEmpty, "\(path): already holds a daxlab file system (use --force to overwrite it)")
         }
@@ -119,10 +119,10 @@ extension FileSystem {
         let superblock = Superblock(
             geometry: geometry, uuid: (generator.next(), generator.next()), createdNanoseconds: FileSystem.now())
         // The backup first, the primary last: until the primary's magic is written nothing mounts.
-        let backup = geometry.backupSuperblock * Geometry.blockSize
+        let backup = geometry.backupSuperblock * pageSize
         superblock.write(to: base + backup)
-        try media.persist(backup, Geometry.blockSize)
+        try media.persist(backup, pageSize)
         superblock.write(to: base)
-        try media.persist(0, Geometry.blockSize)
+        try media.persist(0, pageSize)
     }
 }

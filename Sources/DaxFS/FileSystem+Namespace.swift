@@ -1,3 +1,4 @@
+import Pmem
 import DaxlabSupport
 #if canImport(Glibc)
 import Glibc
@@ -128,7 +129,7 @@ extension FileSystem {
     ) throws(FSError) {
         try self.removePages(number, policy: policy, newSize: { 0 }, held: held, beforeRemoval: orphan) { () -> Range<Int> in
             let size = self.record(number).size
-            return 0..<Int((size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
+            return 0..<Int((size + UInt64(pageSize) - 1) / UInt64(pageSize))
         }
         // Its reserved blocks go with it; the map is empty now, so none is mapped.
         let (_, freed) = try self.log.transaction { (tx) throws(FSError) in

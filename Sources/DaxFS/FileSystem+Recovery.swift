@@ -1,3 +1,4 @@
+import Pmem
 import DaxlabSupport
 
 /// What mount finishes after a crash, before anything can see the files: the truncates, punches
@@ -18,16 +19,16 @@ extension FileSystem {
             let record = InodeRecord(media.base + geometry.inodeOffset(number))
             guard record.inUse, let intent = record.intent else { continue }
             let size = Int(record.size)
-            let pages = (size + Self.pageSize - 1) / Self.pageSize
+            let pages = (size + pageSize - 1) / pageSize
             switch intent {
             case .none:
                 continue
             case .truncate(let target):
                 let target = Int(target)
-                let keep = (target + Self.pageSize - 1) / Self.pageSize
-                if target % Self.pageSize != 0 {
+                let keep = (target + pageSize - 1) / pageSize
+                if target % pageSize != 0 {
                     try Self.zeroWithinPage(
-                        media: media, reader: reader, record: record, inode: number, from: target, to: keep * Self.pageSize)
+                        media: media, reader: reader, record: record, inode: number, from: target, to: keep * pageSize)
                 }
                 _ = try Self.removeBlocks(
                     log: log, allocator: allocator, inode: number, pages: keep..<max(keep, pages),
@@ -69,7 +70,7 @@ extension FileSystem {
     ) throws(FSError) -> Int {
         let record = InodeRecord(log.media.base + geometry.inodeOffset(FileSystem.lostFoundInode))
         guard record.blocks > 0 || record.size > 0 else { return 0 }
-        let pages = Int((record.size + UInt64(Geometry.blockSize) - 1) / UInt64(Geometry.blockSize))
+        let pages = Int((record.size + UInt64(pageSize) - 1) / UInt64(pageSize))
         return try FileSystem.removeBlocks(
             log: log, allocator: allocator, inode: FileSystem.lostFoundInode, pages: 0..<pages, newSize: 0)
     }

@@ -1,3 +1,4 @@
+import Pmem
 import DaxlabSupport
 
 /// Taking blocks out of a file through the layout breaker: truncate, punch and unlink all come
@@ -90,7 +91,7 @@ extension FileSystem {
                         tx, allocator: self.allocator, inode: Self.lostFoundInode, page: page, block: block,
                         reserved: &reserved, alreadyAllocated: true)
                     let lostFound = tx.inode(Self.lostFoundInode)
-                    lostFound.size = max(lostFound.size, UInt64(page + 1) * UInt64(Self.pageSize))
+                    lostFound.size = max(lostFound.size, UInt64(page + 1) * UInt64(pageSize))
                 },
                 aborted: {
                     self.allocator.release(reserved)

@@ -1,3 +1,4 @@
+import Pmem
 import Atomics
 import DaxlabSupport
 import Synchronization
@@ -182,7 +183,7 @@ extension FileSystem {
     private func scrubUnderPersist(_ number: Int, stripe: borrowing FaultStripe) -> Bool {
         guard let block = stripe.lastPunched(number) else { return false }
         do {
-            try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
+            try self.media.zero(Int(block) * pageSize, pageSize)
             return true
         } catch {
             return false
@@ -200,7 +201,7 @@ extension FileSystem {
         var failure: FSError?
         for block in punched {
             do throws(FSError) {
-                try self.media.zero(Int(block) * Self.pageSize, Self.pageSize)
+                try self.media.zero(Int(block) * pageSize, pageSize)
             } catch {
                 failure = error
                 break
@@ -259,7 +260,7 @@ extension FileSystem {
             return false
         }
         do throws(FSError) {
-            for block in blocks { try self.media.zero(Int(block) * Self.pageSize, Self.pageSize) }
+            for block in blocks { try self.media.zero(Int(block) * pageSize, pageSize) }
             _ = try self.log.transaction { (tx) throws(FSError) in
                 let staged = tx.inode(number)
                 for block in blocks { tx.setAllocated(block) }
@@ -323,7 +324,7 @@ extension FileSystem {
             guard record.inUse, record.reservationCount != 0 else { continue }
             var pending = Set(record.reservation)
             var mapped: Set<UInt32> = []
-            let pages = Int((record.size + UInt64(Self.pageSize) - 1) / UInt64(Self.pageSize))
+            let pages = Int((record.size + UInt64(pageSize) - 1) / UInt64(pageSize))
             for page in 0..<min(pages, InodeRecord.maximumPages) where !pending.isEmpty {
                 let block = reader.block(of: record, number, page: page)
                 if pending.remove(block) != nil { mapped.insert(block) }

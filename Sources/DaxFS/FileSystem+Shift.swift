@@ -1,3 +1,4 @@
+import Pmem
 import DaxlabSupport
 
 /// `fallocate(FALLOC_FL_COLLAPSE_RANGE)` and `fallocate(FALLOC_FL_INSERT_RANGE)`: the file's tail
@@ -16,7 +17,7 @@ extension FileSystem {
         try self.checkWritable()
         try Self.checkShift("collapse-range", offset: offset, length: length)
         try self.lock(id).withWriteLock { () throws(FSError) in
-            try self.shift("collapse-range", id, first: offset / Self.pageSize, by: -(length / Self.pageSize), policy: policy) {
+            try self.shift("collapse-range", id, first: offset / pageSize, by: -(length / pageSize), policy: policy) {
                 size throws(FSError) in
                 guard offset + length < size else {
                     throw FSError(
@@ -36,7 +37,7 @@ extension FileSystem {
         try self.checkWritable()
         try Self.checkShift("insert-range", offset: offset, length: length)
         try self.lock(id).withWriteLock { () throws(FSError) in
-            try self.shift("insert-range", id, first: offset / Self.pageSize, by: length / Self.pageSize, policy: policy) {
+            try self.shift("insert-range", id, first: offset / pageSize, by: length / pageSize, policy: policy) {
                 size throws(FSError) in
                 guard offset < size else {
                     throw FSError(.invalidArgument, "insert-range: offset \(offset) must lie before the end of file (\(size) bytes)")
@@ -57,8 +58,8 @@ extension FileSystem {
     private static func checkShift(_ what: String, offset: Int, length: Int) throws(FSError) {
         try Self.checkRange(what, offset: offset, length: length)
         guard length > 0 else { throw FSError(.invalidArgument, "\(what): length must be > 0") }
-        guard offset % Self.pageSize == 0, length % Self.pageSize == 0 else {
-            throw FSError(.invalidArgument, "\(what): offset and length must be multiples of the block size (\(Self.pageSize))")
+        guard offset % pageSize == 0, length % pageSize == 0 else {
+            throw FSError(.invalidArgument, "\(what): offset and length must be multiples of the block size (\(pageSize))")
         }
     }
 
@@ -77,7 +78,7 @@ extension FileSystem {
         try self.breaker.withCurrent { (breaker) throws(FSError) in
             var call = LayoutBreakCall(policy: policy ?? breaker.defaultPolicy, movesBlocks: true)
             while true {
-                let pages = first..<max(first, (size + Self.pageSize - 1) / Self.pageSize)
+                let pages = first..<max(first, (size + pageSize - 1) / pageSize)
                 let result = try breaker.breakLayouts(
                     &call, inode: number, pages: pages, locks: FileLocks(self.locks, number))
                 guard result == .retry else { break }
@@ -87,7 +88,7 @@ extension FileSystem {
             }
         } none: { () throws(FSError) in }
         let finalSize = try newSize(size)
-        let pages = (size + Self.pageSize - 1) / Self.pageSize
+        let pages = (size + pageSize - 1) / pageSize
         var reserved: [UInt32] = []
         let outcome: ([(UInt32, Int)], [UInt32])
         do {
@@ -105,7 +106,7 @@ extension FileSystem {
                             + "2F + M, an insert of L pages moving M about M + min(L, M)); nothing changed")
                 }
                 func take(_ page: Int) throws(FSError) -> UInt32? {
-                    guard tx.remainingCapacity > 3 * Geometry.blockSize else { throw tooMany() }
+                    guard tx.remainingCapacity > 3 * pageSize else { throw tooMany() }
                     guard let slot = Self.pointerSlot(tx, inode: number, page: page), tx.isSet(slot) else { return nil }
                     let block = tx.pointer(slot, inode: number)
                     tx.setPointer(slot, inode: number, 0)
@@ -135,7 +136,7 @@ extension FileSystem {
                     }
                 }
                 // Map blocks the shift emptied (past the new end, or over an inserted hole) go too.
-                let finalPages = (finalSize + Self.pageSize - 1) / Self.pageSize
+                let finalPages = (finalSize + pageSize - 1) / pageSize
                 let keepBelow = record.reservationCount != 0 ? finalPages : 0
                 guard Self.stageReleaseEmptyMaps(
                     tx, inode: number, pages: first..<max(first, pages, finalPages), keepBelow: keepBelow)

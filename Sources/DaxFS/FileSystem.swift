@@ -272,7 +272,7 @@ public final class FileSystem: Sendable {
     public var usage: FileSystemUsage {
         let (files, freeInodes) = self.namespace.withLock { ($0.names.count, $0.freeInodes.count) }
         return FileSystemUsage(
-            blockSize: Geometry.blockSize, totalBlocks: self.geometry.blockCount,
+            blockSize: pageSize, totalBlocks: self.geometry.blockCount,
             dataBlocks: self.geometry.dataBlocks, freeBlocks: self.allocator.freeCount,
             reservedBlocks: self.unusedReserved.total,
             inodes: self.geometry.inodeCount, freeInodes: freeInodes, files: files)

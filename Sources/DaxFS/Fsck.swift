@@ -116,7 +116,7 @@ public enum Fsck {
             if repair { try Self.copySuperblock(media, from: 0, to: backupBlock) }
             return (superblock, state)
         case (.failure(let error), .success(let (superblock, _, _))):
-            guard superblock.geometry.blockCount * Geometry.blockSize == mapping.length else { throw error }
+            guard superblock.geometry.blockCount * pageSize == mapping.length else { throw error }
             problems.append(FsckProblem(
                 structure: "superblock",
                 message: "\(Superblock.withoutMkfsHint(error.message)); the backup in block \(backupBlock) is intact",
@@ -136,8 +136,8 @@ public enum Fsck {
 
     /// Copies the checksummed part of a superblock from block `source` to block `target`.
     private static func copySuperblock(_ media: Media, from source: Int, to target: Int) throws(FSError) {
-        let offset = target * Geometry.blockSize
-        (media.base + offset).copyMemory(from: media.base + source * Geometry.blockSize, byteCount: Superblock.checksummedLength)
+        let offset = target * pageSize
+        (media.base + offset).copyMemory(from: media.base + source * pageSize, byteCount: Superblock.checksummedLength)
         try media.persist(offset, Superblock.checksummedLength)
     }
 }

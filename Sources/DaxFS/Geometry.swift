@@ -1,3 +1,5 @@
+import Pmem
+
 /// Where each on-media structure lives, in 4096-byte blocks from the start of the image.
 ///
 /// ```
@@ -11,10 +13,9 @@
 /// Everything but `blockCount` and `inodeCount` follows from the rules here, so mount can check
 /// a superblock's numbers against them. See docs/FORMAT.md.
 public struct Geometry: Sendable, Equatable {
-    public static let blockSize = 4096
     public static let inodeSize = 512
-    public static let inodesPerBlock = blockSize / inodeSize
-    public static let bitsPerBitmapBlock = blockSize * 8
+    public static let inodesPerBlock = pageSize / inodeSize
+    public static let bitsPerBitmapBlock = pageSize * 8
     /// The smallest image mkfs accepts.
     public static let minimumImageSize = 1 << 20
     /// 32-bit block numbers.
@@ -38,10 +39,10 @@ public struct Geometry: Sendable, Equatable {
     public var dataBlocks: Int { self.backupSuperblock - self.dataStart }
 
     /// Byte offsets of the structures.
-    public var logOffset: Int { self.logStart * Self.blockSize }
+    public var logOffset: Int { self.logStart * pageSize }
     public let inodeTableOffset: Int
-    public var bitmapOffset: Int { self.bitmapStart * Self.blockSize }
-    public var dataOffset: Int { self.dataStart * Self.blockSize }
+    public var bitmapOffset: Int { self.bitmapStart * pageSize }
+    public var dataOffset: Int { self.dataStart * pageSize }
 
     init(blockCount: Int, inodeCount: Int, logSlotCount: Int, logSlotBlocks: Int) {
         self.blockCount = blockCount
@@ -55,7 +56,7 @@ public struct Geometry: Sendable, Equatable {
         self.bitmapStart = self.inodeTableStart &+ self.inodeTableBlocks
         self.bitmapBlocks = (blockCount &+ (Self.bitsPerBitmapBlock - 1)) / Self.bitsPerBitmapBlock
         self.dataStart = self.bitmapStart &+ self.bitmapBlocks
-        self.inodeTableOffset = self.inodeTableStart &* Self.blockSize
+        self.inodeTableOffset = self.inodeTableStart &* pageSize
     }
 
     /// The geometry mkfs gives an image of `size` bytes: one inode per 8 blocks (64 to 65536),
@@ -65,10 +66,10 @@ public struct Geometry: Sendable, Equatable {
         guard size >= Self.minimumImageSize else {
             throw FSError(.invalidArgument, "image size \(size) is below the minimum of \(Self.minimumImageSize) bytes")
         }
-        guard size % Self.blockSize == 0 else {
-            throw FSError(.invalidArgument, "image size \(size) is not a multiple of \(Self.blockSize)")
+        guard size % pageSize == 0 else {
+            throw FSError(.invalidArgument, "image size \(size) is not a multiple of \(pageSize)")
         }
-        let blockCount = size / Self.blockSize
+        let blockCount = size / pageSize
         guard blockCount <= Self.maximumBlockCount else {
             throw FSError(.invalidArgument, "image size \(size) exceeds 16 TiB")
         }
@@ -79,7 +80,7 @@ public struct Geometry: Sendable, Equatable {
     /// Whether these numbers are ones mkfs could have written: the check mount applies to a
     /// superblock before trusting any offset in it.
     var isPlausible: Bool {
-        self.blockCount * Self.blockSize >= Self.minimumImageSize && self.blockCount <= Self.maximumBlockCount
+        self.blockCount * pageSize >= Self.minimumImageSize && self.blockCount <= Self.maximumBlockCount
             && self.inodeCount >= 64 && self.inodeCount <= 65536 && self.inodeCount % Self.inodesPerBlock == 0
             && (1...64).contains(self.logSlotCount) && (1...256).contains(self.logSlotBlocks)
             && self.dataStart < self.backupSuperblock

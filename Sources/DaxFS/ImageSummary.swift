@@ -35,7 +35,7 @@ public struct ImageSummary: Sendable, Codable, Equatable {
         }
         let uuid = String(superblock.uuid.0, radix: 16) + String(superblock.uuid.1, radix: 16)
         return ImageSummary(
-            blockSize: Geometry.blockSize, blocks: geometry.blockCount, dataStart: geometry.dataStart,
+            blockSize: pageSize, blocks: geometry.blockCount, dataStart: geometry.dataStart,
             dataBlocks: geometry.dataBlocks, freeDataBlocks: free, inodes: geometry.inodeCount, files: files,
             logSlots: geometry.logSlotCount, state: state == .clean ? "clean" : state == .mounted ? "mounted" : "invalid", mounts: Int(mounts),
             uuid: uuid, pendingLogTransactions: recovery.replayed)

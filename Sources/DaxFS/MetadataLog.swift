@@ -1,3 +1,4 @@
+import Pmem
 import DaxlabSupport
 import Atomics
 import Synchronization
@@ -28,9 +29,9 @@ final class MetadataLog: Sendable {
         self.media = media
         self.geometry = geometry
         self.slots = (0..<geometry.logSlotCount).map { index in
-            let offset = geometry.logOffset + index * geometry.logSlotBlocks * Geometry.blockSize
+            let offset = geometry.logOffset + index * geometry.logSlotBlocks * pageSize
             return LogSlot(Transaction(media: media, geometry: geometry, slotOffset: offset,
-                                       capacity: geometry.logSlotBlocks * Geometry.blockSize))
+                                       capacity: geometry.logSlotBlocks * pageSize))
         }
     }
 
@@ -79,7 +80,7 @@ final class MetadataLog: Sendable {
         var pending: [Int] = []
         for slot in 0..<geometry.logSlotCount {
             let offset = Self.slotOffset(slot, geometry)
-            let capacity = geometry.logSlotBlocks * Geometry.blockSize
+            let capacity = geometry.logSlotBlocks * pageSize
             let header = UnsafeRawPointer(media.base + offset)
             guard header.load(as: UInt64.self) == Self.magic else { continue }
             let bytes = Int(header.load(fromByteOffset: 8, as: UInt32.self))
@@ -112,7 +113,7 @@ final class MetadataLog: Sendable {
     }
 
     static func slotOffset(_ slot: Int, _ geometry: Geometry) -> Int {
-        geometry.logOffset + slot * geometry.logSlotBlocks * Geometry.blockSize
+        geometry.logOffset + slot * geometry.logSlotBlocks * pageSize
     }
 
     /// Marks a slot empty.
@@ -131,7 +132,7 @@ final class MetadataLog: Sendable {
     static func validate(records: UnsafeRawPointer, bytes: Int, count: Int, geometry: Geometry) -> Bool {
         var cursor = 0
         var seen = 0
-        let imageEnd = geometry.backupSuperblock * Geometry.blockSize
+        let imageEnd = geometry.backupSuperblock * pageSize
         while cursor < bytes {
             guard cursor + LogRecord.headerSize <= bytes else { return false }
             let record = LogRecord(at: records + cursor)

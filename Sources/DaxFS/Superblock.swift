@@ -29,10 +29,10 @@ struct Superblock: Sendable, Equatable {
     /// Writes the checksummed part to `base` (the image's first byte) and the state word `clean`.
     func write(to base: UnsafeMutableRawPointer) {
         let g = self.geometry
-        base.initializeMemory(as: UInt8.self, repeating: 0, count: Geometry.blockSize)
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
         base.storeBytes(of: Self.magic, toByteOffset: 0, as: UInt64.self)
         base.storeBytes(of: Self.version, toByteOffset: 8, as: UInt32.self)
-        base.storeBytes(of: UInt32(Geometry.blockSize), toByteOffset: 12, as: UInt32.self)
+        base.storeBytes(of: UInt32(pageSize), toByteOffset: 12, as: UInt32.self)
         base.storeBytes(of: UInt64(g.blockCount), toByteOffset: 16, as: UInt64.self)
         base.storeBytes(of: UInt32(g.inodeCount), toByteOffset: 24, as: UInt32.self)
         base.storeBytes(of: UInt32(g.logSlotCount), toByteOffset: 28, as: UInt32.self)
@@ -54,7 +54,7 @@ struct Superblock: Sendable, Equatable {
     }
 
     /// The block of `mapping` that holds the backup: its last.
-    static func backupBlock(of mapping: PmemMapping) -> Int { mapping.length / Geometry.blockSize - 1 }
+    static func backupBlock(of mapping: PmemMapping) -> Int { mapping.length / pageSize - 1 }
 
     /// What `read` appends when block 0 holds no daxlab magic.
     static let mkfsHint = "; run daxlab mkfs"
@@ -94,10 +94,10 @@ struct Superblock: Sendable, Equatable {
     ///   superblock's.
     static func read(from mapping: PmemMapping, block: Int = 0) throws(FSError) -> (Superblock, MountState?, UInt32) {
         let where_ = block == 0 ? "superblock" : "backup superblock (block \(block))"
-        guard block >= 0, (block + 1) * Geometry.blockSize <= mapping.length else {
+        guard block >= 0, (block + 1) * pageSize <= mapping.length else {
             throw FSError(.notAnImage, "\(mapping.path): too small to hold a daxlab file system")
         }
-        let base = UnsafeRawPointer(mapping.base + block * Geometry.blockSize)
+        let base = UnsafeRawPointer(mapping.base + block * pageSize)
         guard base.loadUnaligned(as: UInt64.self) == Self.magic else {
             throw FSError(
                 .notAnImage,
@@ -120,8 +120,8 @@ struct Superblock: Sendable, Equatable {
         }
         let flags = base.loadUnaligned(fromByteOffset: 36, as: UInt32.self)
         guard flags == 0 else { throw corrupt("unknown flags 0x\(String(flags, radix: 16))") }
-        guard base.loadUnaligned(fromByteOffset: 12, as: UInt32.self) == UInt32(Geometry.blockSize) else {
-            throw corrupt("block size is not \(Geometry.blockSize)")
+        guard base.loadUnaligned(fromByteOffset: 12, as: UInt32.self) == UInt32(pageSize) else {
+            throw corrupt("block size is not \(pageSize)")
         }
         let geometry = Geometry(
             blockCount: Int(base.loadUnaligned(fromByteOffset: 16, as: UInt64.self) & 0xFFFF_FFFF_FFFF),
@@ -134,11 +134,11 @@ struct Superblock: Sendable, Equatable {
             base.loadUnaligned(fromByteOffset: 56, as: UInt64.self) == UInt64(geometry.bitmapStart),
             base.loadUnaligned(fromByteOffset: 64, as: UInt64.self) == UInt64(geometry.dataStart)
         else { throw corrupt("inconsistent geometry") }
-        guard geometry.blockCount * Geometry.blockSize == mapping.length else {
+        guard geometry.blockCount * pageSize == mapping.length else {
             throw FSError(
                 .corrupt,
                 "\(mapping.path): image is \(mapping.length) bytes but its superblock says "
-                    + "\(geometry.blockCount * Geometry.blockSize) (cut short or resized?)")
+                    + "\(geometry.blockCount * pageSize) (cut short or resized?)")
         }
         let word = base.loadUnaligned(fromByteOffset: Self.stateOffset, as: UInt64.self)
         let state = MountState(rawValue: UInt32(truncatingIfNeeded: word))

@@ -1,3 +1,5 @@
+import Pmem
+
 /// A metadata transaction being staged in one log slot. Reads through `load32` and `inode(_:)`
 /// see the transaction's own staged changes; nothing reaches the live metadata before `commit`.
 ///
@@ -129,11 +131,11 @@ final class Transaction {
     /// Whether block-map block `block` holds no pointer as this transaction sees it: the media's
     /// 4 KiB with every staged byte image and zeroing over it applied, oldest first.
     func mapBlockIsEmpty(_ block: UInt32) -> Bool {
-        let start = Int(block) * Geometry.blockSize
-        let end = start + Geometry.blockSize
-        return withUnsafeTemporaryAllocation(byteCount: Geometry.blockSize, alignment: 8) { view in
+        let start = Int(block) * pageSize
+        let end = start + pageSize
+        return withUnsafeTemporaryAllocation(byteCount: pageSize, alignment: 8) { view in
             let copy = view.baseAddress!
-            copy.copyMemory(from: self.media.base + start, byteCount: Geometry.blockSize)
+            copy.copyMemory(from: self.media.base + start, byteCount: pageSize)
             for record in self.staged where record.kind == .bytes || record.kind == .zero {
                 let from = max(start, record.offset)
                 let to = min(end, record.offset + record.length)
@@ -145,7 +147,7 @@ final class Transaction {
                         from: self.records + record.payload + (from - record.offset), byteCount: to - from)
                 }
             }
-            return (0..<(Geometry.blockSize / 8)).allSatisfy { copy.load(fromByteOffset: $0 * 8, as: UInt64.self) == 0 }
+            return (0..<(pageSize / 8)).allSatisfy { copy.load(fromByteOffset: $0 * 8, as: UInt64.self) == 0 }
         }
     }
 

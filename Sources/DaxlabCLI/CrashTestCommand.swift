@@ -7,6 +7,7 @@ import Foundation
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// `daxlab crash-test`: the crash campaign. Runs a mixed workload in a child process, kills it
@@ -64,7 +65,7 @@ struct CrashTestCommand: ParsableCommand {
         guard (1...100_000).contains(self.ops) else { throw ValidationError("--ops must be 1...100000") }
         guard (1...10_000).contains(self.seeds) else { throw ValidationError("--seeds must be 1...10000") }
         guard self.seed <= UInt64.max - UInt64(self.seeds) else { throw ValidationError("--seed + --seeds is past 2^64") }
-        guard (4 << 20...(1 << 30)).contains(self.size.bytes), self.size.bytes % 4096 == 0 else {
+        guard (4 << 20...(1 << 30)).contains(self.size.bytes), self.size.bytes % pageSize == 0 else {
             throw ValidationError("--size must be 4M...1G, a multiple of 4 KiB")
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DaxFS
 import Foundation
+import Pmem
 
 /// Mounts `path` (read-only for the commands that only read: a user with read permission may
 /// run them, and several may at once), runs `body`, and unmounts, also when `body` throws.
@@ -75,7 +76,7 @@ struct WriteCommand: ParsableCommand {
         // The input is opened, and its first chunk read, before the image is touched.
         let input = try InputStream(path: self.input)
         defer { input.close() }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: streamChunk, alignment: 4096)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: streamChunk, alignment: pageSize)
         defer { buffer.deallocate() }
         var count = try input.read(into: buffer)
         try withMountedImage(self.path) { fs in

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import Pmem
 import Synchronization
 
 #if canImport(Glibc)
@@ -81,7 +82,7 @@ final class ScratchDirectory: @unchecked Sendable {
         let output = open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard output >= 0 else { throw CommandFailure("\(target): cannot create: \(String(cString: strerror(errno)))") }
         defer { close(output) }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: pageSize)
         defer { buffer.deallocate() }
         while true {
             let count = read(input, buffer, 1 << 20)
@@ -185,7 +186,7 @@ struct Subprocess {
     /// what it wrote on stderr.
     func wait() -> (status: Int32, errors: String) {
         var collected: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
+        var chunk = [UInt8](repeating: 0, count: pageSize)
         while true {
             let count = chunk.withUnsafeMutableBytes { read(self.errors, $0.baseAddress!, $0.count) }
             if count < 0, errno == EINTR { continue }

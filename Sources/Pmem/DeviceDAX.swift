@@ -50,7 +50,7 @@ enum DeviceDAXSysfs {
         let directory = "/sys/dev/char/\(major):\(minor)"
         guard let size = readInteger(directory + "/size") else { return nil }
         // Kernels since 5.10 give each dax device an `align`; older ones only the region's.
-        let alignment = readInteger(directory + "/align") ?? readInteger(directory + "/device/align") ?? 4096
+        let alignment = readInteger(directory + "/align") ?? readInteger(directory + "/device/align") ?? pageSize
         return DeviceDAXGeometry(size: size, alignment: alignment)
     }
 

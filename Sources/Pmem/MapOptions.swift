@@ -73,6 +73,3 @@ public struct MapOptions: Sendable, Equatable {
         MapOptions(disposition: .openOrCreate, size: size, allocation: allocation)
     }
 }
-
-/// The granule every daxlab size is a multiple of: the x86 base page and the file system block.
-public let pmemPageSize = 4096

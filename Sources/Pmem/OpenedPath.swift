@@ -80,8 +80,8 @@ struct OpenedPath {
         guard size > 0 else {
             throw PmemError(.invalidSize, path: path, detail: "size must be greater than 0")
         }
-        guard size % pmemPageSize == 0 else {
-            throw PmemError(.invalidSize, path: path, detail: "size \(size) is not a multiple of \(pmemPageSize)")
+        guard size % pageSize == 0 else {
+            throw PmemError(.invalidSize, path: path, detail: "size \(size) is not a multiple of \(pageSize)")
         }
     }
 
@@ -214,7 +214,7 @@ struct OpenedPath {
             }
             guard size > 0 else { throw PmemError(.invalidSize, path: path, detail: "file is empty") }
             try Self.checkSize(size, path: path)
-            return (Self.regularFileMedium(fd: fd), size, pmemPageSize)
+            return (Self.regularFileMedium(fd: fd), size, pageSize)
         case S_IFCHR:
             let major = CShims_dev_major(status.st_rdev)
             let minor = CShims_dev_minor(status.st_rdev)

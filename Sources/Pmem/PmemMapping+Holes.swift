@@ -79,8 +79,8 @@ extension PmemMapping {
                 let error = errno
                 throw PmemError.system("find the data after a hole", errno: error, path: path)
             }
-            let first = (Int(hole) + pmemPageSize - 1) / pmemPageSize * pmemPageSize
-            let last = end / pmemPageSize * pmemPageSize
+            let first = (Int(hole) + pageSize - 1) / pageSize * pageSize
+            let last = end / pageSize * pageSize
             if first < last { holes.append(first..<last) }
             guard end > Int(hole) else { break }
             offset = end

@@ -3,6 +3,7 @@ import DaxFS
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// What every write of a race puts in a block, so the oracle can tell who wrote it and under
@@ -44,7 +45,7 @@ public struct BlockTag: Sendable, Equatable, CustomStringConvertible {
 
     /// Fills `block` (4096 bytes) with the tag repeated.
     public func fill(_ block: UnsafeMutableRawPointer) {
-        for offset in stride(from: 0, to: 4096, by: Self.size) {
+        for offset in stride(from: 0, to: pageSize, by: Self.size) {
             block.storeBytes(of: Self.magic, toByteOffset: offset, as: UInt32.self)
             block.storeBytes(of: UInt32(truncatingIfNeeded: self.file.inode), toByteOffset: offset + 4, as: UInt32.self)
             block.storeBytes(of: self.file.generation, toByteOffset: offset + 8, as: UInt32.self)
@@ -73,7 +74,7 @@ public struct BlockTag: Sendable, Equatable, CustomStringConvertible {
 
     /// The tag a block holds, if it holds one whole (every copy identical); nil otherwise.
     public static func read(_ block: UnsafeRawPointer) -> BlockTag? {
-        for offset in stride(from: Self.size, to: 4096, by: Self.size) where memcmp(block, block + offset, Self.size) != 0 {
+        for offset in stride(from: Self.size, to: pageSize, by: Self.size) where memcmp(block, block + offset, Self.size) != 0 {
             return nil
         }
         return Self.decode(block)
@@ -84,8 +85,8 @@ public struct BlockTag: Sendable, Equatable, CustomStringConvertible {
     /// the block then holds whole tags from both.
     public static func readEach(_ block: UnsafeRawPointer) -> [BlockTag]? {
         var tags: [BlockTag] = []
-        tags.reserveCapacity(4096 / Self.size)
-        for offset in stride(from: 0, to: 4096, by: Self.size) {
+        tags.reserveCapacity(pageSize / Self.size)
+        for offset in stride(from: 0, to: pageSize, by: Self.size) {
             guard let tag = Self.decode(block + offset) else { return nil }
             tags.append(tag)
         }

@@ -6,6 +6,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// The race made to happen once, on purpose, before the statistical phase, so that every run
@@ -82,12 +83,12 @@ extension RaceHarness {
         case .truncate:
             try self.fs.truncate(file, size: 0, policy: policy)
         case .punch:
-            try self.fs.punchHole(file, offset: 0, length: pages.count * 4096, policy: policy)
+            try self.fs.punchHole(file, offset: 0, length: pages.count * pageSize, policy: policy)
         case .zeroRange:
-            try self.fs.zeroRange(file, offset: 0, length: pages.count * 4096, keepSize: true, policy: policy)
+            try self.fs.zeroRange(file, offset: 0, length: pages.count * pageSize, keepSize: true, policy: policy)
         case .collapse:
             // Half the pinned range leaves the file; the other half moves down into its place.
-            try self.fs.collapseRange(file, offset: 0, length: max(1, pages.count / 2) * 4096, policy: policy)
+            try self.fs.collapseRange(file, offset: 0, length: max(1, pages.count / 2) * pageSize, policy: policy)
         }
     }
 
@@ -106,7 +107,7 @@ extension RaceHarness {
             }
             guard let taken else { return }
             // Drop the pages before the one that took a freed block (none are pinned).
-            if taken > 0, (try? self.fs.punchHole(writer.file, offset: 0, length: taken * 4096)) != nil {
+            if taken > 0, (try? self.fs.punchHole(writer.file, offset: 0, length: taken * pageSize)) != nil {
                 for page in 0..<taken { writer.expected[page] = 0 }
             }
         }

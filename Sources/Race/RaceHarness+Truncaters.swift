@@ -4,6 +4,7 @@ import DaxlabSupport
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// The truncaters (`daxlab-trunc-N`): they cut a shared file to a random size and grow it
@@ -20,7 +21,7 @@ extension RaceHarness {
             case 0, 1:
                 self.cut(file) { () throws(FSError) in
                     try self.fs.punchHole(
-                        file, offset: random.next(below: pages) * 4096, length: (1 + random.next(below: 8)) * 4096,
+                        file, offset: random.next(below: pages) * pageSize, length: (1 + random.next(below: 8)) * pageSize,
                         policy: self.configuration.policy)
                 }
             case 2:
@@ -28,7 +29,7 @@ extension RaceHarness {
                 // blocks at once: a freed block can come straight back to the same file.
                 self.cut(file) { () throws(FSError) in
                     try self.fs.zeroRange(
-                        file, offset: random.next(below: pages) * 4096, length: (1 + random.next(below: 8)) * 4096,
+                        file, offset: random.next(below: pages) * pageSize, length: (1 + random.next(below: 8)) * pageSize,
                         keepSize: true, policy: self.configuration.policy)
                 }
             case 3:
@@ -37,17 +38,17 @@ extension RaceHarness {
                 self.cut(file) { () throws(FSError) in
                     let first = random.next(below: pages - 1)
                     let length = 1 + random.next(below: min(8, pages - 1 - first))
-                    try self.fs.collapseRange(file, offset: first * 4096, length: length * 4096, policy: self.configuration.policy)
+                    try self.fs.collapseRange(file, offset: first * pageSize, length: length * pageSize, policy: self.configuration.policy)
                 }
             case 4:
                 self.cut(file) { () throws(FSError) in
                     try self.fs.insertRange(
-                        file, offset: random.next(below: pages) * 4096, length: (1 + random.next(below: 8)) * 4096,
+                        file, offset: random.next(below: pages) * pageSize, length: (1 + random.next(below: 8)) * pageSize,
                         policy: self.configuration.policy)
                 }
             default:
                 self.cut(file) { () throws(FSError) in
-                    try self.fs.truncate(file, size: random.next(below: pages) * 4096, policy: self.configuration.policy)
+                    try self.fs.truncate(file, size: random.next(below: pages) * pageSize, policy: self.configuration.policy)
                 }
             }
             progress.wrappingIncrement(ordering: .relaxed)
@@ -67,6 +68,6 @@ extension RaceHarness {
             self.busy.wrappingIncrement(ordering: .relaxed)
         } catch {}
         self.truncates.wrappingIncrement(ordering: .relaxed)
-        try? self.fs.truncate(file, size: self.configuration.filePages * 4096)
+        try? self.fs.truncate(file, size: self.configuration.filePages * pageSize)
     }
 }

@@ -3,6 +3,7 @@ import Atomics
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// The verifier (`daxlab-verify`): every 20 ms it reads every writer's file back through the
@@ -21,10 +22,10 @@ extension RaceHarness {
         for writer in self.writers + [self.collisionWriter] {
             writer.lock.withLock { _ in
                 for page in 0..<writer.pages {
-                    guard let bytes = try? self.fs.read(writer.file, offset: page * 4096, count: 4096),
-                        bytes.count == 4096
+                    guard let bytes = try? self.fs.read(writer.file, offset: page * pageSize, count: pageSize),
+                        bytes.count == pageSize
                     else { continue }
-                    bytes.withUnsafeBytes { writer.check.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
+                    bytes.withUnsafeBytes { writer.check.copyMemory(from: $0.baseAddress!, byteCount: pageSize) }
                     let expected = writer.expected[page]
                     let good: Bool
                     if expected == 0 {
@@ -48,15 +49,15 @@ extension RaceHarness {
     /// at once). A device tag from an earlier ownership of the block is stale data, even when it
     /// names this very file and page.
     func verifySharedFiles() {
-        let check = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        let check = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
         defer { check.deallocate() }
         for file in self.sharedFiles {
             guard let size = try? self.fs.stat(file).size else { continue }
-            for page in 0..<(size / 4096) {
-                guard let bytes = try? self.fs.read(file, offset: page * 4096, count: 4096), bytes.count == 4096
+            for page in 0..<(size / pageSize) {
+                guard let bytes = try? self.fs.read(file, offset: page * pageSize, count: pageSize), bytes.count == pageSize
                 else { continue }
                 if bytes.allSatisfy({ $0 == 0 }) { continue }
-                bytes.withUnsafeBytes { check.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
+                bytes.withUnsafeBytes { check.copyMemory(from: $0.baseAddress!, byteCount: pageSize) }
                 let block = self.fs.currentBlock(file, page: page)
                 if let tags = BlockTag.readEach(check), self.oracle.isOwnDeviceData(tags, file: file, page: page, block: block) {
                     continue
@@ -72,10 +73,10 @@ extension RaceHarness {
         guard getenv("DAXLAB_RACE_VERBOSE") != nil else { return }
         let zeros = bytes.filter { $0 == 0 }.count
         var tags: [String] = []
-        let copy = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: 16)
         defer { copy.deallocate() }
-        for offset in stride(from: 0, to: 4096, by: 512) {
-            for index in stride(from: 0, to: 4096, by: BlockTag.size) {
+        for offset in stride(from: 0, to: pageSize, by: 512) {
+            for index in stride(from: 0, to: pageSize, by: BlockTag.size) {
                 copy.advanced(by: index).copyMemory(from: block + offset, byteCount: BlockTag.size)
             }
             tags.append(BlockTag.read(copy).map { "\(offset): \($0)" } ?? "\(offset): -")

@@ -1,6 +1,7 @@
 import Atomics
 import DaxFS
 import DaxlabSupport
+import Pmem
 
 /// A CPU writer's own file and what it last wrote to each page (0: a hole, reads as zeros).
 /// Its thread and the verifier share it under `lock`.
@@ -11,8 +12,8 @@ final class Writer: @unchecked Sendable {
     let lock = Locked(0, rank: .raceWriter)
     var expected: [UInt64]
     var sequence: UInt64 = 0
-    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
-    let check = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
+    let check = UnsafeMutableRawPointer.allocate(byteCount: pageSize, alignment: pageSize)
     /// Writes done: progress, for the watchdog.
     let progress = ManagedAtomic<Int>(0)
 
@@ -34,7 +35,7 @@ final class Writer: @unchecked Sendable {
     func writeTag(page: Int, fs: FileSystem) throws(FSError) {
         self.sequence += 1
         BlockTag(file: self.file, page: page, writer: self.index, kind: .writer, stamp: self.sequence).fill(self.buffer)
-        try fs.write(self.file, offset: page * 4096, bytes: UnsafeRawBufferPointer(start: self.buffer, count: 4096))
+        try fs.write(self.file, offset: page * pageSize, bytes: UnsafeRawBufferPointer(start: self.buffer, count: pageSize))
         if page >= self.expected.count { self.expected += [UInt64](repeating: 0, count: page + 1 - self.expected.count) }
         self.expected[page] = self.sequence
     }
@@ -52,10 +53,10 @@ extension RaceHarness {
             writer.lock.withLock { _ in
                 if round % 16 == 0 {
                     let keep = random.next(below: writer.pages)
-                    if (try? self.fs.truncate(writer.file, size: keep * 4096, policy: self.configuration.policy)) != nil {
+                    if (try? self.fs.truncate(writer.file, size: keep * pageSize, policy: self.configuration.policy)) != nil {
                         for page in keep..<writer.pages { writer.expected[page] = 0 }
                     }
-                    try? self.fs.truncate(writer.file, size: writer.pages * 4096)
+                    try? self.fs.truncate(writer.file, size: writer.pages * pageSize)
                     return
                 }
                 try? writer.writeTag(page: random.next(below: writer.pages), fs: self.fs)

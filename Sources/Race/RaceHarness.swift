@@ -7,6 +7,7 @@ import Histogram
 
 #if canImport(Glibc)
 import Glibc
+import Pmem
 #endif
 
 /// One race run on a freshly formatted, mounted image.
@@ -63,14 +64,14 @@ public final class RaceHarness: @unchecked Sendable {
         var shared: [FileID] = []
         for index in 0..<max(2, configuration.dmaThreads) {
             let file = try self.fs.create("shared-\(index)")
-            try self.fs.truncate(file, size: configuration.filePages * 4096)
+            try self.fs.truncate(file, size: configuration.filePages * pageSize)
             shared.append(file)
         }
         self.sharedFiles = shared
         var writers: [Writer] = []
         for index in 0..<configuration.writers {
             let file = try self.fs.create("writer-\(index)")
-            try self.fs.truncate(file, size: configuration.writerPages * 4096)
+            try self.fs.truncate(file, size: configuration.writerPages * pageSize)
             writers.append(Writer(index: index, file: file, pages: configuration.writerPages))
         }
         self.writers = writers

@@ -1,4 +1,5 @@
 @testable import DaxFS
+import Pmem
 import Testing
 import TestSupport
 
@@ -23,7 +24,7 @@ struct LogValidationTests {
     func backupSuperblockIsNotData() throws {
         try withFileSystem(size: 4 << 20) { fs, _ in
             let geometry = fs.geometry
-            let backup = geometry.backupSuperblock * Geometry.blockSize
+            let backup = geometry.backupSuperblock * pageSize
             #expect(self.validates(offset: backup - 8, geometry: geometry))
             #expect(!self.validates(offset: backup, geometry: geometry), "the backup superblock")
             #expect(!self.validates(offset: backup - 4, geometry: geometry), "a record that runs into it")

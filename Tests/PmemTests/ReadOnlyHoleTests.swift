@@ -24,8 +24,8 @@ struct ReadOnlyHoleTests {
             defer { close(fd) }
             try #require(ftruncate(fd, off_t(Self.size)) == 0)
             for page in Self.dataPages {
-                let bytes = [UInt8](repeating: Self.byte(page), count: pmemPageSize)
-                try #require(pwrite(fd, bytes, bytes.count, off_t(page * pmemPageSize)) == bytes.count)
+                let bytes = [UInt8](repeating: Self.byte(page), count: pageSize)
+                try #require(pwrite(fd, bytes, bytes.count, off_t(page * pageSize)) == bytes.count)
             }
             guard try PmemMapping(path: path, options: .readOnly).medium == .tmpfs else {
                 try Test.cancel("/dev/shm is not tmpfs here: only tmpfs gives a hole a page when it is read")
@@ -41,7 +41,7 @@ struct ReadOnlyHoleTests {
 
     /// Page `page` of `mapping` holds `byte` throughout.
     private func expectPage(_ mapping: PmemMapping, _ page: Int, _ byte: UInt8, sourceLocation: SourceLocation = #_sourceLocation) {
-        let bytes = UnsafeRawBufferPointer(start: mapping.pointer(at: page * pmemPageSize), count: pmemPageSize)
+        let bytes = UnsafeRawBufferPointer(start: mapping.pointer(at: page * pageSize), count: pageSize)
         #expect(bytes.allSatisfy { $0 == byte }, "page \(page)", sourceLocation: sourceLocation)
     }
 
@@ -49,16 +49,16 @@ struct ReadOnlyHoleTests {
     func holesReadAsZerosWithoutPages() throws {
         try self.sparseFile { path in
             let allocated = self.allocatedBytes(path)
-            #expect(allocated == Self.dataPages.count * pmemPageSize)
+            #expect(allocated == Self.dataPages.count * pageSize)
             let mapping = try PmemMapping(path: path, options: .readOnly)
             #expect(mapping.isReadOnly)
-            for page in 0..<(Self.size / pmemPageSize) {
+            for page in 0..<(Self.size / pageSize) {
                 self.expectPage(mapping, page, Self.dataPages.contains(page) ? Self.byte(page) : 0)
             }
             #expect(self.allocatedBytes(path) == allocated, "reading the holes added pages to the file")
             // A store into a hole stays in this process's copy.
-            mapping.pointer(at: 3 * pmemPageSize).storeBytes(of: 0xAB, as: UInt8.self)
-            #expect(mapping.pointer(at: 3 * pmemPageSize).load(as: UInt8.self) == 0xAB)
+            mapping.pointer(at: 3 * pageSize).storeBytes(of: 0xAB, as: UInt8.self)
+            #expect(mapping.pointer(at: 3 * pageSize).load(as: UInt8.self) == 0xAB)
             #expect(self.allocatedBytes(path) == allocated, "a private store into a hole reached the file")
             let reopened = try PmemMapping(path: path, options: .readOnly)
             self.expectPage(reopened, 3, 0)
@@ -73,8 +73,8 @@ struct ReadOnlyHoleTests {
             // A writer fills the hole at page 100 after the mapping was made.
             let fd = open(path, O_WRONLY)
             try #require(fd >= 0)
-            let bytes = [UInt8](repeating: 0x5A, count: pmemPageSize)
-            #expect(pwrite(fd, bytes, bytes.count, off_t(100 * pmemPageSize)) == bytes.count)
+            let bytes = [UInt8](repeating: 0x5A, count: pageSize)
+            #expect(pwrite(fd, bytes, bytes.count, off_t(100 * pageSize)) == bytes.count)
             close(fd)
             self.expectPage(mapping, 100, 0)  // the zero pages mapped over the hole at mapping time
             try mapping.remapPrivateCopy()
@@ -83,7 +83,7 @@ struct ReadOnlyHoleTests {
             self.expectPage(mapping, 99, 0)
             self.expectPage(mapping, 254, 0)
             self.expectPage(mapping, 255, Self.byte(255))
-            #expect(self.allocatedBytes(path) == (Self.dataPages.count + 1) * pmemPageSize)
+            #expect(self.allocatedBytes(path) == (Self.dataPages.count + 1) * pageSize)
         }
     }
 
@@ -96,7 +96,7 @@ struct ReadOnlyHoleTests {
             let view = try mapping.readOnlyView()
             #expect(view.isReadOnly && view !== mapping && view.length == mapping.length && view.path == path)
             #expect(view.descriptor != mapping.descriptor)
-            for page in 0..<(Self.size / pmemPageSize) {
+            for page in 0..<(Self.size / pageSize) {
                 self.expectPage(view, page, Self.dataPages.contains(page) ? Self.byte(page) : 0)
             }
             #expect(self.allocatedBytes(path) == allocated, "reading the view's holes added pages to the file")
