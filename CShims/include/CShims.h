@@ -81,9 +81,10 @@ static inline __attribute__((always_inline)) int CShims_thread_index(void) {
     return value > 0 ? value - 1 : CShims_thread_index_slow();
 }
 
-/// Whether a thread sleeps, or is about to, waiting for `mutex` (glibc's default mutex type: its
-/// word is 2 from the moment a locker that found it held decides to sleep until the unlock that
-/// wakes it): the state a test waits for before it acts on the sleeper.
+/// Whether `mutex`'s word says a thread may sleep on it (glibc's default mutex type: the word is 2
+/// from the moment a locker that found it held decides to sleep, and stays 2 while a holder that
+/// took it that way holds it). For a holder that took it uncontended, true means another thread
+/// sleeps, or is about to, waiting for it: the state a test waits for before it acts on the sleeper.
 static inline int CShims_mutex_has_waiters(pthread_mutex_t *mutex) {
     return __atomic_load_n(&mutex->__data.__lock, __ATOMIC_RELAXED) == 2;
 }

@@ -152,9 +152,10 @@ public final class PinTable: @unchecked Sendable {
     public var timedWaits: Int { self.waits.timedWaits.load(ordering: .relaxed) }
     public var expiredWaits: Int { self.waits.expiredWaits.load(ordering: .relaxed) }
 
-    /// Whether a truncate, punch, unlink or rename is asleep waiting for `block`'s pins (its wait
-    /// queue's bucket has a waiter): the state a test waits for before it acts on the sleeper.
-    public func hasWaiters(on block: UInt32) -> Bool { self.waits.hasWaiters(block) }
+    /// Whether a truncate, punch, unlink or rename is asleep waiting for `block`'s pins (a thread
+    /// sleeps in its wait queue's bucket, past its last check): the state a test waits for before
+    /// it acts on the sleeper.
+    public func hasWaiters(on block: UInt32) -> Bool { self.waits.hasSleepers(block) }
 
     /// Whether `block` may be pinned for DMA (the count holds at least one pin's bias).
     public func maybeDMAPinned(_ block: UInt32) -> Bool {

@@ -60,6 +60,10 @@ final class WaitQueues: @unchecked Sendable {
         self.waiterCount(self.bucket(block)).load(ordering: .sequentiallyConsistent) > 0
     }
 
+    /// Whether a thread sleeps on `block`'s bucket now (in its condition wait, not only announced:
+    /// a waiter announces itself before its last check, and may never sleep).
+    func hasSleepers(_ block: UInt32) -> Bool { self.buckets[self.bucket(block)].sleepers > 0 }
+
     /// Wakes the waiters of `block`'s bucket, if there are any. Called by the unpin that drops a
     /// block's last pin, after the sequentially consistent decrement.
     @inline(__always)

@@ -42,6 +42,12 @@ final class MetadataLog: Sendable {
         _ body: (Transaction) throws(FSError) -> Result
     ) throws(FSError) -> (Result, [UInt32]) {
         let start = self.nextSlot.add(1, ordering: .relaxed).newValue
+        #if DEBUG
+        // The probes below are try-locks, which the lock order records unchecked (they never
+        // wait); but a transaction may block on a slot when every probe fails, so the order is
+        // checked here, whether or not one succeeds.
+        if let violation = LockOrder.violation(taking: .logSlot) { fatalError(violation) }
+        #endif
         for probe in 0..<self.slots.count {
             let slot = self.slots[(start + probe) % self.slots.count]
             if let outcome = try slot.transaction.withLockIfAvailable({ (tx) throws(FSError) in try Self.run(tx, body) }) {

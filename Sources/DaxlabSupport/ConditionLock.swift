@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Atomics
 
 /// A value behind a pthread mutex, with a condition variable to sleep on until the value (or
 /// anything the caller can observe under the mutex) says to go on: the shape of NIO's
@@ -17,6 +18,10 @@ package final class ConditionLock<Value>: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
     private var value: Value
+    /// Threads inside the condition wait now: raised under the mutex just before the sleep and
+    /// lowered after it, so a thread counted here is asleep (or woken and not yet back), and a
+    /// broadcast sent once it is counted reaches it.
+    private let sleeping = ManagedAtomic<Int>(0)
     #if DEBUG
     /// Its place in the lock order (`LockOrder` checks it).
     package let rank: LockRank
@@ -78,6 +83,8 @@ package final class ConditionLock<Value>: @unchecked Sendable {
             LockOrder.release(self.mutex, self.rank)
             #endif
             var timedOut = false
+            self.sleeping.wrappingIncrement(ordering: .relaxed)
+            defer { self.sleeping.wrappingDecrement(ordering: .relaxed) }
             if let deadline {
                 var time = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
                 timedOut = pthread_cond_timedwait(self.condition, self.mutex, &time) == ETIMEDOUT
@@ -92,6 +99,9 @@ package final class ConditionLock<Value>: @unchecked Sendable {
         }
         return body(&self.value)
     }
+
+    /// How many threads sleep in `wait` now (tests wait for a sleeper before they wake it).
+    package var sleepers: Int { self.sleeping.load(ordering: .relaxed) }
 
     /// Wakes every waiter (taking the lock, so a waiter between its check and its sleep is not missed).
     package func broadcast() {

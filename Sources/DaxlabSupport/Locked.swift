@@ -52,8 +52,11 @@ public final class Locked<Value>: @unchecked Sendable {
         return try body(&self.value)
     }
 
-    /// Whether another thread sleeps, or is about to, waiting for this lock (tests wait for it
-    /// before they act on the sleeper, instead of waiting for time to pass).
+    /// Whether the lock's word says a thread may sleep on it (glibc's word is 2 from the moment a
+    /// locker that found it held decides to sleep, until the unlock by a holder that took it that
+    /// way): so also true while a thread that had to wait holds it. A test that took the lock
+    /// without contention and then sees it true knows another thread sleeps, or is about to sleep,
+    /// on it; tests wait for that before they act on the sleeper, instead of waiting for time.
     public var hasWaiters: Bool { CShims_mutex_has_waiters(self.mutex) != 0 }
 
     /// Runs `body` if the lock is free now; nil if another thread holds it.

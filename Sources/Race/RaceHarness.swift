@@ -247,6 +247,7 @@ public final class RaceHarness: @unchecked Sendable {
             staleDmaWrites: self.oracle.staleWrites.load(ordering: .relaxed),
             corruptedBlocks: self.oracle.corruptedBlocks, leakedBlocks: leaked,
             revokedDmaWrites: self.oracle.refusedWrites.load(ordering: .relaxed),
+            persistErrors: both(\.persistErrors),
             revocations: stats.revocations.load(ordering: .relaxed),
             odpInvalidations: stats.odpInvalidations.load(ordering: .relaxed), deviceRefaults: both(\.deviceRefaults),
             sequesteredBlocksPeak: stats.sequesteredPeak.load(ordering: .relaxed),

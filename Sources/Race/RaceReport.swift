@@ -41,6 +41,9 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var corruptedBlocks: Int
     public var leakedBlocks: Int
     public var revokedDmaWrites: Int
+    /// Device writes that landed but could not be made durable (the mapping's persist failed):
+    /// a device would have reported them done, so each is a violation.
+    public var persistErrors: Int
     /// Leases revoked by `lease-break` (each fences every later write of its device).
     public var revocations: Int
     /// `odp`: device subscriptions invalidated by truncates and punches, and device writes that
@@ -73,6 +76,7 @@ public struct RaceReport: Sendable, Codable, Equatable {
         case corruptedBlocks = "corrupted_blocks"
         case leakedBlocks = "leaked_blocks"
         case revokedDmaWrites = "revoked_dma_writes"
+        case persistErrors = "persist_errors"
         case revocations
         case odpInvalidations = "odp_invalidations"
         case deviceRefaults = "device_refaults"
@@ -87,13 +91,14 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var held: Bool { self.violations.isEmpty }
 
     /// What went wrong, one line each, empty when the run held: a stale write, a corrupted or
-    /// leaked block, an fsck problem, a deadlock, or a pin the policy should have refused (a
+    /// leaked block, a device write whose persist failed, an fsck problem, a deadlock, or a pin the policy should have refused (a
     /// long-term pin granted under `mainline`).
     public var violations: [String] {
         var found: [String] = []
         if self.staleDmaWrites > 0 { found.append("\(self.staleDmaWrites) stale DMA write(s)") }
         if self.corruptedBlocks > 0 { found.append("\(self.corruptedBlocks) corrupted block(s)") }
         if self.leakedBlocks > 0 { found.append("\(self.leakedBlocks) leaked block(s)") }
+        if self.persistErrors > 0 { found.append("\(self.persistErrors) device write(s) not made durable") }
         if !self.fsckClean { found.append("fsck not clean") }
         if self.deadlock { found.append("deadlock (no progress from \(self.stuckThreads.joined(separator: ", ")))") }
         if self.policy == TruncatePolicy.mainline.rawValue, self.longTermPins > 0 {

@@ -11,7 +11,7 @@ struct RaceCLITests {
     static let keys: Set<String> = [
         "policy", "devices", "profile", "scenario", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors",
         "kernel_pin_refused", "longterm_refused", "longterm_pins", "truncates", "truncates_busy", "truncates_waited",
-        "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes",
+        "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes", "persist_errors",
         "revocations", "odp_invalidations", "device_refaults", "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock", "stuck_threads",
     ]
 

@@ -314,7 +314,7 @@ struct PolicyTests {
         let lab = try Lab(policy: .leaseBreak, times: PolicyTimes(leaseBreakTime: .milliseconds(80)))
         let statistics = lab.dax.statistics
         let holder = Holder()
-        try holding(try lab.space.pin(2..<4, write: true, holder: holder)) { handle in
+        _ = try holding(try lab.space.pin(2..<4, write: true, holder: holder)) { handle in
             let block = handle.block(at: 0)
             #expect(try lab.space.leaseList.count == 1)
             try lab.fs.truncate(lab.file, size: 4096)
