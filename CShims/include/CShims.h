@@ -164,7 +164,7 @@ extern const int CShims_O_DIRECT;
 /// memfd_create(name, MFD_CLOEXEC): an anonymous shmem file. The descriptor, or -errno.
 int CShims_memfd(const char *name);
 
-/// What the window fault callback decided about a fault.
+/// What the fault service decided about a window fault.
 enum {
     /// The fault was not in a window: the previous SIGSEGV handler (or the default action) runs.
     CShims_FAULT_NOT_OURS = 0,
@@ -174,14 +174,57 @@ enum {
     CShims_FAULT_SIGBUS = 2,
 };
 
-/// Decides a SIGSEGV at `address`; `is_write` says whether the access was a store (x86-64's page
-/// fault error code; elsewhere every fault counts as a store).
-typedef int (*CShims_window_fault_callback)(void *address, int is_write);
+/// A SIGSEGV in a window, handed to the fault-service thread: the faulting thread sleeps until
+/// `verdict` is set (`CShims_window_fault_answer`).
+typedef struct {
+    void *address;
+    int32_t is_write;
+    uint32_t verdict;
+} CShims_fault_request;
 
-/// Installs the process's SIGSEGV handler once: every fault goes to `callback` first; one it
-/// does not claim goes to the handler that was installed before (chained), or to the default
-/// action. Returns 0, or -errno.
-int CShims_install_window_fault_handler(CShims_window_fault_callback callback);
+/// Installs the process's SIGSEGV handler (call once). A fault inside a range added with
+/// `CShims_window_range_add` is written, as a `CShims_fault_request *`, to a pipe whose read end
+/// this returns (or -errno); any other fault goes to the handler installed before, or to the
+/// default action. The handler itself runs no daxlab code.
+int CShims_window_faults_start(void);
+
+/// Marks the calling thread as the fault service: a SIGSEGV on it is never handed to itself.
+void CShims_window_faults_served_by_this_thread(void);
+
+/// Adds a window's address range for the handler; the slot, or -ENOSPC.
+int CShims_window_range_add(void *base, size_t length);
+void CShims_window_range_remove(int slot);
+
+/// Reads up to `capacity` requests from the pipe (non-blocking or after a poll): how many, or -errno.
+int CShims_window_fault_requests(int fd, CShims_fault_request **requests, int capacity);
+
+/// Answers a request (a `CShims_FAULT_*`) and wakes its thread.
+void CShims_window_fault_answer(CShims_fault_request *request, int verdict);
+
+/// A userfaultfd (close-on-exec, non-blocking) with the API handshake done and write-protect
+/// faults of anonymous memory available. Tries userfaultfd(2), then /dev/userfaultfd. The
+/// descriptor, or -errno (EPERM: refused to this user; EOPNOTSUPP: no write-protect faults).
+int CShims_uffd_open(void);
+
+/// Registers anonymous memory for missing and write-protect faults. 0 or -errno.
+int CShims_uffd_register(int fd, void *address, size_t length);
+
+/// UFFDIO_WAKE: wakes the threads (CPU or kernel) waiting on faults in the range. 0 or -errno.
+int CShims_uffd_wake(int fd, void *address, size_t length);
+
+/// UFFDIO_COPY of a page of zeros, write-protected, at `address` (wakes its waiters): a read of a
+/// hole; the write after it is a write-protect fault. 0 or -errno (EEXIST: a page is there).
+int CShims_uffd_map_zeros(int fd, void *address);
+
+/// One page fault read from a userfaultfd.
+typedef struct {
+    void *address;
+    int32_t is_write;
+} CShims_uffd_fault;
+
+/// Reads pending page-fault messages (other events are skipped): how many, or -errno (EAGAIN:
+/// none).
+int CShims_uffd_read_faults(int fd, CShims_uffd_fault *faults, int capacity);
 
 /// Names the calling thread (prctl PR_SET_NAME, which keeps the first 15 bytes); 0 or -errno.
 int CShims_set_thread_name(const char *name);

@@ -2,6 +2,11 @@ import DaxFS
 import DaxlabSupport
 import Pmem
 
+/// The one line said when windows fall back to signals.
+private enum FallbackReport {
+    static let message = Locked<String?>(nil)
+}
+
 /// What a pin asks of the kernel besides daxlab's own pin count.
 public enum KernelPin: Sendable {
     /// daxlab's pin only (simulated devices).
@@ -33,7 +38,7 @@ public enum KernelPin: Sendable {
 /// the file goes on.
 extension AddressSpace {
     /// The file's window, created on first use: `FileSystem.maximumFileSize` bytes of address
-    /// space whose page `p` is page `p` of the file once touched.
+    /// space whose page `p` is page `p` of the file once touched, 2 MiB-aligned.
     /// - Returns: its first byte.
     /// - Throws: `.notSupported` when the image cannot be mapped block by block (see
     ///   `MappedWindow`), `.readOnly`, `.io`.
@@ -44,34 +49,57 @@ extension AddressSpace {
 
     func window() throws(FSError) -> MappedWindow {
         if let window = self.windowReference.load() { return window }
-        let fresh = try MappedWindow(pages: FileSystem.maximumFileSize / pageSize, mapping: self.mapping)
+        let service = FaultService.shared
+        let mechanism = service.mechanism(self.dax.windowFaults)
+        if mechanism != self.dax.windowFaults, let refusal = service.refusal { Self.reportFallback(refusal) }
+        let fresh = try MappedWindow(
+            pages: FileSystem.maximumFileSize / pageSize, mapping: self.mapping, faults: mechanism)
+        // Registered before it is published: no address of it is out before the service knows it.
+        let registration = try service.register(fresh, of: self)
         let window = self.windowReference.storeIfNilThenLoad(fresh)
         if window === fresh {
-            guard let slot = WindowFaults.register(window, of: self) else {
-                throw FSError(.io, "\(self.id): too many windows open in this process")
-            }
-            self.windowSlot.store(slot, ordering: .releasing)
+            _ = self.windowRegistration.storeIfNilThenLoad(registration)
+        } else {
+            service.retire(registration)  // another thread's window won
         }
         return window
+    }
+
+    /// Says once per process, on stderr, that windows serve only the CPU's faults, and why.
+    private static func reportFallback(_ refusal: String) {
+        FallbackReport.message.withLock { message in
+            guard message == nil else { return }
+            message = refusal
+            DAXFileSystem.report(refusal)
+        }
     }
 
     /// Whether the window maps MAP_SYNC (fs-dax and device-dax, not tmpfs).
     public var windowIsSynchronous: Bool { self.windowReference.load()?.synchronousFaults ?? false }
 
-    /// A CPU fault at `page` of the window, from the SIGSEGV handler: the software fault path
-    /// under the invalidate lock (shared), then the block's page of the image mapped at the
-    /// faulting address, or zeros read-only for a read of a hole.
-    /// - Returns: false for a SIGBUS (past the end of file, the file gone, no space for a hole),
-    ///   as the kernel answers such a fault.
-    func windowFault(_ page: Int, write: Bool) -> Bool {
-        guard let window = self.windowReference.load() else { return false }
-        return self.lock.withReadLock {
+    /// How the window's faults are served (nil before `mapWindow`): `.userfaultfd`, or
+    /// `.signals` where userfaultfd is refused (the kernel's accesses then fail with EFAULT).
+    public var windowFaults: WindowFaultMechanism? { self.windowReference.load()?.faults }
+
+    /// A fault at `page` of the window, on the fault service's thread (a userfaultfd message or a
+    /// SIGSEGV handler's request): the software fault path under the invalidate lock (shared),
+    /// then the block's page of the image mapped at the faulting page, or zeros for a read of a
+    /// hole (write-protected: the write after it faults again and allocates, the `pfn_mkwrite`
+    /// path).
+    /// - Parameter signalled: the fault came from the SIGSEGV handler (a CPU access to a fenced
+    ///   page of a userfaultfd window, or any fault of a signals window).
+    /// - Returns: the pages now mapped, or nil for a SIGBUS (past the end of file, the file gone,
+    ///   no space for a hole), as the kernel answers such a fault: the page is fenced, so the
+    ///   CPU's retried access raises SIGBUS and the kernel's fails with EFAULT.
+    func serveWindowFault(_ window: MappedWindow, page: Int, write: Bool, signalled: Bool) -> Range<Int>? {
+        self.lock.withReadLock {
             do {
                 let block = try self.install(page, write: write)
                 if block == 0 { try window.mapZero(page: page) } else { try window.map(page: page, block: block) }
-                return true
+                return page..<(page + 1)
             } catch {
-                return false
+                if !signalled { window.fence(page: page) }
+                return nil
             }
         }
     }

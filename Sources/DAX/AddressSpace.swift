@@ -42,10 +42,10 @@ public final class AddressSpace: @unchecked Sendable {
     private let refusesLongTerm: Bool
     let mapping: PmemMapping
     @usableFromInline let base: UnsafeMutableRawPointer
-    /// The real MMU window over the file, once asked for (`mapWindow`), and its slot in the
-    /// fault handler's table.
+    /// The real MMU window over the file, once asked for (`mapWindow`), and its registration
+    /// with the fault service.
     let windowReference = ManagedAtomicLazyReference<MappedWindow>()
-    let windowSlot = ManagedAtomic<Int>(-1)
+    let windowRegistration = ManagedAtomicLazyReference<FaultService.Registration>()
 
     #if DAXLAB_TEST_HOOKS
     /// Tests only (builds with DAXLAB_TEST_HOOKS=1): runs in the pin fast path between the page-table load and the
@@ -84,8 +84,7 @@ public final class AddressSpace: @unchecked Sendable {
     }
 
     deinit {
-        let slot = self.windowSlot.load(ordering: .acquiring)
-        if slot >= 0 { WindowFaults.unregister(slot) }
+        if let registration = self.windowRegistration.load() { FaultService.shared.retire(registration) }
     }
 
     // MARK: Faults

@@ -133,6 +133,12 @@ extension DAXFileSystem: LayoutBreaker {
 
     package func claimsCommitted(_ blocks: [UInt32]) { self.pins.commit(blocks) }
 
+    /// The file's window lifts the fences a fault past the old end left (under the file's lock,
+    /// exclusive: no fault runs meanwhile).
+    package func fileGrew(_ inode: Int, pages: Int) {
+        self.spaceForBreaker(inode: inode)?._withUnsafeGuaranteedRef { $0.windowReference.load()?.liftFences(below: pages) }
+    }
+
     package func claimsAborted(_ blocks: [UInt32]) {
         for block in blocks {
             if let disposition = self.pins.claimedDisposition(block) { self.statistics.leaveLimbo(disposition) }

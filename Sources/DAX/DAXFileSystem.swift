@@ -39,6 +39,8 @@ public final class DAXFileSystem {
     /// Whether this layer's Dekker pairs (the lease tables', the batch pool's cells') use the
     /// asymmetric fence, or the sequentially consistent fallback. Decided once, at attach.
     let asymmetricFence: Bool
+    /// How windows are asked to fault (`.userfaultfd`, falling back to `.signals` where refused).
+    let windowFaults: WindowFaultMechanism
     /// Set by the unmount's final layout break: new pins are refused from then on.
     let unmounting = UnmountFlag()
 
@@ -49,13 +51,18 @@ public final class DAXFileSystem {
     /// - Throws: `.inUse` when another DAX layer is attached, `.invalidArgument` when `fs` is not
     ///   mounted, `.io` when the zero page cannot be mapped.
     public convenience init(fs: FileSystem, policy: TruncatePolicy, times: PolicyTimes = PolicyTimes()) throws(FSError) {
-        try self.init(fs: fs, policy: policy, times: times, asymmetricFence: AsymmetricFence.available)
+        try self.init(
+            fs: fs, policy: policy, times: times, asymmetricFence: AsymmetricFence.available, windowFaults: .userfaultfd)
     }
 
     /// Attaches the layer with its fence chosen: `asymmetricFence` false makes every Dekker pair
     /// use the sequentially consistent fallback, as where membarrier(2) is missing or refused
     /// (true where it is missing is taken as false). The tests run both sides.
-    init(fs: FileSystem, policy: TruncatePolicy, times: PolicyTimes, asymmetricFence: Bool) throws(FSError) {
+    /// `windowFaults` `.signals` gives windows the fallback a user without userfaultfd gets.
+    init(
+        fs: FileSystem, policy: TruncatePolicy, times: PolicyTimes, asymmetricFence: Bool,
+        windowFaults: WindowFaultMechanism = .userfaultfd
+    ) throws(FSError) {
         let page: UnsafeMutableRawPointer
         do {
             page = try mapMemory(
@@ -78,6 +85,7 @@ public final class DAXFileSystem {
         self.fs = fs
         self.source = source
         self.asymmetricFence = asymmetricFence && AsymmetricFence.available
+        self.windowFaults = windowFaults
         self.batchPool = BatchPool(usesCells: self.asymmetricFence)
         self.defaultPolicy = policy
         self.times = times

@@ -8,42 +8,58 @@ import Pmem
 import Glibc
 #endif
 
-/// A window: virtual addresses reserved `PROT_NONE`, whose pages the MMU maps onto blocks of the
-/// pmem image. Two kinds use it:
+/// A window: virtual addresses reserved for a file (or a pin), whose pages the MMU maps onto
+/// blocks of the pmem image. Two kinds use it:
 ///
 /// - a file's window (`AddressSpace.mapWindow`), as many pages as the file may have: the
-///   analogue of a DAX `mmap` of the file. A load or store to a page not mapped yet is a real
-///   CPU fault (SIGSEGV, caught by `WindowFaults`), which runs daxlab's fault path and maps the
-///   block's page of the image into the window with `mmap(MAP_SHARED | MAP_FIXED)` (MAP_SYNC
-///   where the kernel grants it), or a read-only page of zeros for a read of a hole. From then
-///   on the access is a plain load or store: no daxlab code runs;
+///   analogue of a DAX `mmap` of the file. With userfaultfd (`WindowFaultMechanism`) the
+///   reservation is anonymous memory registered for missing and write-protect faults, so the
+///   kernel's accesses fault it as the CPU's do; without it, `PROT_NONE` whose CPU faults a
+///   SIGSEGV handler catches. Either way the fault service (`FaultService`) runs daxlab's fault
+///   path and maps the block's page of the image at the faulting page with `mmap(MAP_SHARED |
+///   MAP_FIXED)` (MAP_SYNC where the kernel grants it), or zeros for a read of a hole (a
+///   write-protected anonymous page, or a read-only one without userfaultfd: the write after it
+///   faults again). From then on the access is a plain load or store: no daxlab code runs;
 /// - a kernel pin's view (`PinBatch`): page `i` maps the pin's `i`-th block, and the kernel's
-///   pins and I/O go there (see `AddressSpace.kernelPin`).
+///   pins and I/O go there (see `AddressSpace.kernelPin`). Nothing faults a view in: its pages
+///   are mapped when the pin is taken.
 ///
-/// Unmapping a range puts `PROT_NONE` back over it, which is `unmap_mapping_range`: every CPU's
-/// TLB entry for it is shot down.
-///
-/// userfaultfd is not used: it resolves a fault by copying into the faulting page
-/// (UFFDIO_COPY) or by mapping the page cache page at the *same* file offset (UFFDIO_CONTINUE),
-/// and a window must map block `b` of the image at any page of the window.
+/// Unmapping a range puts back what was reserved (registered anonymous memory, or `PROT_NONE`),
+/// which is `unmap_mapping_range`: every CPU's TLB entry for it is shot down, and a later access
+/// faults again. `mmap` replaces a page's mapping whatever it was: that is how a window maps
+/// block `b` of the image at any page (userfaultfd's COPY copies, and CONTINUE maps only the same
+/// offset of the same file).
 final class MappedWindow: @unchecked Sendable {
     // Set once in init; the mappings themselves are changed only by mmap, under the file's
     // invalidate lock (shared for faults, exclusive for unmapping).
     let base: UnsafeMutableRawPointer
     let pages: Int
+    /// How the window's faults are served; nil for a pin's view (nothing faults it in).
+    let faults: WindowFaultMechanism?
     /// The image (held: its descriptor is mapped again at every fault).
     private let mapping: PmemMapping
     private let mapFlags: Int32
+    /// The userfaultfd the window is registered with (-1: none).
+    private let userfaultfd: Int32
+    /// Pages past the end of file that a fault found (userfaultfd windows): `PROT_NONE` and not
+    /// registered, so the CPU's retried access raises SIGSEGV, which the fault service turns into
+    /// SIGBUS, and the kernel's fails with EFAULT. A file that grows lifts them (`liftFences`).
+    private let fences = Locked(Set<Int>(), rank: .windowFences)
     /// For a pin's view: the block each page maps now (0: none), so that a pin of blocks the
     /// view maps already keeps the page-table entries the kernel has (as a process's mmap keeps
     /// them from one pin to the next). Written under the rules of `map` and `unmap`.
     private let mappedBlocks: UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>?
+    /// What init mapped: the pages, and the slack that aligned them to 2 MiB.
+    private let reservation: (start: UnsafeMutableRawPointer, length: Int)
 
-    /// Reserves a window of `pages` pages over `mapping` (the image).
-    /// - Parameter tracked: remember what each page maps (a pin's view; see `isMapped`).
+    /// Reserves a window of `pages` pages over `mapping` (the image), 2 MiB-aligned.
+    /// - Parameters:
+    ///   - tracked: remember what each page maps (a pin's view; see `isMapped`).
+    ///   - faults: how a file's window is faulted (`FaultService.mechanism` decided it); nil for
+    ///     a pin's view.
     /// - Throws: `.notSupported` when the image cannot be mapped block by block (a device-dax
     ///   device whose alignment is not 4 KiB) or is read-only; `.io` when the reservation fails.
-    init(pages: Int, mapping: PmemMapping, tracked: Bool = false) throws(FSError) {
+    init(pages: Int, mapping: PmemMapping, tracked: Bool = false, faults: WindowFaultMechanism? = nil) throws(FSError) {
         guard !mapping.isReadOnly else { throw FSError(.readOnly, "\(mapping.path): mounted read-only") }
         guard mapping.alignment == pageSize else {
             throw FSError(
@@ -51,15 +67,28 @@ final class MappedWindow: @unchecked Sendable {
                 "\(mapping.path): a device aligned to \(mapping.alignment) bytes cannot map single blocks; "
                     + "create the namespace with ndctl create-namespace -m devdax --align 4K")
         }
+        let served = faults == .userfaultfd
+        let huge = 2 << 20
+        let length = pages * pageSize
+        // Reserved with 2 MiB of slack and trimmed, so that page 512k of the window is 2 MiB-
+        // aligned (a 2 MiB run of the image can then be mapped as one huge page).
+        let slack = faults == nil ? 0 : huge
+        let start: UnsafeMutableRawPointer
         do {
-            self.base = try mapMemory(
-                "reserve a window of \(pages) pages", length: pages * pageSize, protection: PROT_NONE,
+            start = try mapMemory(
+                "reserve a window of \(pages) pages", length: length + slack,
+                protection: served ? PROT_READ | PROT_WRITE : PROT_NONE,
                 flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
         } catch {
             throw FSError(.io, error.description)
         }
+        let aligned = slack == 0 ? start : UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: start) + UInt(huge - 1)) & ~UInt(huge - 1))!
+        self.reservation = (start, length + slack)
+        self.base = aligned
         self.pages = pages
+        self.faults = faults
         self.mapping = mapping
+        self.userfaultfd = served ? FaultService.shared.userfaultfd : -1
         self.mapFlags = MappedWindow.probeMapSync(mapping) ? CShims_MAP_SHARED_VALIDATE | CShims_MAP_SYNC : MAP_SHARED
         if tracked {
             let blocks = UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>.allocate(capacity: pages)
@@ -68,10 +97,18 @@ final class MappedWindow: @unchecked Sendable {
         } else {
             self.mappedBlocks = nil
         }
+        if served {
+            let status = CShims_uffd_register(self.userfaultfd, aligned, length)
+            guard status == 0 else {
+                munmap(start, length + slack)
+                self.mappedBlocks?.deallocate()
+                throw FSError(.io, "register a window of \(pages) pages with userfaultfd: \(String(cString: strerror(-status)))")
+            }
+        }
     }
 
     deinit {
-        munmap(self.base, self.pages * pageSize)
+        munmap(self.reservation.start, self.reservation.length)
         self.mappedBlocks?.deallocate()
     }
 
@@ -104,6 +141,11 @@ final class MappedWindow: @unchecked Sendable {
 
     func address(page: Int) -> UnsafeMutableRawPointer { self.base + page * pageSize }
 
+    /// Whether `address` falls in the window.
+    func contains(_ address: UInt) -> Bool {
+        address >= UInt(bitPattern: self.base) && address - UInt(bitPattern: self.base) < UInt(self.pages * pageSize)
+    }
+
     /// The page of the window `address` falls in, or nil.
     func page(of address: UnsafeRawPointer) -> Int? {
         let offset = Int(bitPattern: address) - Int(bitPattern: self.base)
@@ -126,86 +168,96 @@ final class MappedWindow: @unchecked Sendable {
             protection: PROT_READ | PROT_WRITE, flags: self.mapFlags | MAP_FIXED | MAP_POPULATE,
             descriptor: self.mapping.descriptor, offset: Int(firstBlock) * pageSize)
         for page in pages { self.mappedBlock(page)?.store(firstBlock &+ UInt32(page - pages.lowerBound), ordering: .relaxed) }
+        if self.userfaultfd >= 0 { self.forgetFences(pages) }
     }
 
-    /// Maps a read-only page of zeros at `page`: a read of a hole. A store faults again.
+    /// Maps zeros at `page`: a read of a hole. A store faults again (a write-protect fault with
+    /// userfaultfd, a protection fault without).
     func mapZero(page: Int) throws(SystemCallError) {
-        _ = try mapMemory(
-            "map zeros at window page \(page)", address: self.address(page: page), length: pageSize,
-            protection: PROT_READ, flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+        guard self.userfaultfd >= 0 else {
+            _ = try mapMemory(
+                "map zeros at window page \(page)", address: self.address(page: page), length: pageSize,
+                protection: PROT_READ, flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+            return
+        }
+        // (A fenced page, or one whose file mapping a racing fault left, is made registered
+        // anonymous memory again first: UFFDIO_COPY fills only a missing page of such memory.)
+        if self.forgetFences(page..<(page + 1)) { self.restore(page..<(page + 1)) }
+        var status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
+        if status == -EEXIST || status == -ENOENT {
+            self.restore(page..<(page + 1))
+            status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
+        }
+        guard status == 0 else { throw SystemCallError("map zeros at window page \(page)", errno: -status) }
     }
 
-    /// Puts `PROT_NONE` back over `pages` (the caller holds the invalidate lock exclusively):
-    /// `unmap_mapping_range`, TLB shootdown included.
+    /// Makes `page` past the end of file fault for good (a userfaultfd window): the CPU gets
+    /// SIGBUS, the kernel EFAULT, until the file grows over it (`liftFences`).
+    func fence(page: Int) {
+        guard self.userfaultfd >= 0 else { return }  // (PROT_NONE already)
+        let result = mmap(
+            self.address(page: page), pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+        precondition(result != MAP_FAILED, "daxlab: could not fence window page \(page): errno \(errno)")
+        self.fences.withLock { _ = $0.insert(page) }
+    }
+
+    /// Makes the fenced pages below `end` fault again (the file grew; the caller holds the
+    /// invalidate lock exclusively).
+    func liftFences(below end: Int) {
+        guard self.userfaultfd >= 0 else { return }
+        let lifted = self.fences.withLock { fences -> [Int] in
+            let lifted = fences.filter { $0 < end }
+            fences.subtract(lifted)
+            return Array(lifted)
+        }
+        for page in lifted { self.restore(page..<(page + 1)) }
+    }
+
+    /// Removes the fences in `pages`; whether there were any.
+    @discardableResult
+    private func forgetFences(_ pages: Range<Int>) -> Bool {
+        self.fences.withLock { fences in
+            guard !fences.isEmpty else { return false }
+            let before = fences.count
+            if pages.count == 1 { fences.remove(pages.lowerBound) } else { fences = fences.filter { !pages.contains($0) } }
+            return fences.count != before
+        }
+    }
+
+    /// Wakes the threads waiting on faults in `pages` (a userfaultfd window).
+    func wake(_ pages: Range<Int>) {
+        guard self.userfaultfd >= 0 else { return }
+        _ = CShims_uffd_wake(self.userfaultfd, self.address(page: pages.lowerBound), pages.count * pageSize)
+    }
+
+    /// Puts back what was reserved over `pages` (the caller holds the invalidate lock
+    /// exclusively): `unmap_mapping_range`, TLB shootdown included.
     func unmap(_ pages: Range<Int>) {
         let range = max(0, pages.lowerBound)..<min(pages.upperBound, self.pages)
         guard !range.isEmpty else { return }
-        let result = mmap(
-            self.address(page: range.lowerBound), range.count * pageSize, PROT_NONE,
-            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
-        // The range is ours and of a valid size: mmap over it cannot fail short of ENOMEM, and a
-        // page left mapped would outlive its block. Stop rather than go on.
-        precondition(result != MAP_FAILED, "daxlab: could not unmap window pages \(range): errno \(errno)")
+        if self.userfaultfd >= 0 {
+            self.forgetFences(range)
+            self.restore(range)
+        } else {
+            let result = mmap(
+                self.address(page: range.lowerBound), range.count * pageSize, PROT_NONE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+            // The range is ours and of a valid size: mmap over it cannot fail short of ENOMEM, and a
+            // page left mapped would outlive its block. Stop rather than go on.
+            precondition(result != MAP_FAILED, "daxlab: could not unmap window pages \(range): errno \(errno)")
+        }
         for page in range { self.mappedBlock(page)?.store(0, ordering: .relaxed) }
     }
-}
 
-/// The windows of the process, for the SIGSEGV handler: a fixed table of (base, length, address
-/// space) read without locks (the handler runs on the faulting thread, which may be anywhere).
-/// A window is registered when its address space creates it and removed when that space goes.
-enum WindowFaults {
-    private static let capacity = 4096
-    // Three words per slot: base address, length in bytes, the address space (unretained).
-    private nonisolated(unsafe) static let table: UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage> = {
-        let table = UnsafeMutablePointer<UnsafeAtomic<UInt>.Storage>.allocate(capacity: 3 * WindowFaults.capacity)
-        table.initialize(repeating: UnsafeAtomic<UInt>.Storage(0), count: 3 * WindowFaults.capacity)
-        return table
-    }()
-    private static let installed: Void = {
-        _ = CShims_install_window_fault_handler { address, isWrite in
-            WindowFaults.handle(address, isWrite: isWrite != 0)
-        }
-    }()
-
-    private static func word(_ slot: Int, _ field: Int) -> UnsafeAtomic<UInt> {
-        UnsafeAtomic(at: Self.table + 3 * slot + field)
-    }
-
-    /// Registers `space`'s window (installing the handler the first time).
-    /// - Returns: the slot, or nil when the table is full.
-    static func register(_ window: MappedWindow, of space: AddressSpace) -> Int? {
-        _ = Self.installed
-        let base = UInt(bitPattern: window.base)
-        for slot in 0..<Self.capacity where Self.word(slot, 0).load(ordering: .relaxed) == 0 {
-            guard Self.word(slot, 0).compareExchange(expected: 0, desired: base, ordering: .acquiringAndReleasing).exchanged
-            else { continue }
-            Self.word(slot, 2).store(UInt(bitPattern: Unmanaged.passUnretained(space).toOpaque()), ordering: .releasing)
-            Self.word(slot, 1).store(UInt(window.pages * pageSize), ordering: .releasing)
-            return slot
-        }
-        return nil
-    }
-
-    static func unregister(_ slot: Int) {
-        Self.word(slot, 1).store(0, ordering: .releasing)
-        Self.word(slot, 2).store(0, ordering: .releasing)
-        Self.word(slot, 0).store(0, ordering: .releasing)
-    }
-
-    /// The fault handler's decision for a SIGSEGV at `address` (see `CShims_FAULT_*`).
-    private static func handle(_ address: UnsafeMutableRawPointer?, isWrite: Bool) -> Int32 {
-        guard let address else { return Int32(CShims_FAULT_NOT_OURS) }
-        let target = UInt(bitPattern: address)
-        for slot in 0..<Self.capacity {
-            let base = Self.word(slot, 0).load(ordering: .acquiring)
-            guard base != 0, target >= base else { continue }
-            let length = Self.word(slot, 1).load(ordering: .acquiring)
-            guard target < base &+ length, let space = UnsafeRawPointer(bitPattern: Self.word(slot, 2).load(ordering: .acquiring))
-            else { continue }
-            let page = Int((target - base) / UInt(pageSize))
-            let owner = Unmanaged<AddressSpace>.fromOpaque(space).takeUnretainedValue()
-            return owner.windowFault(page, write: isWrite) ? Int32(CShims_FAULT_MAPPED) : Int32(CShims_FAULT_SIGBUS)
-        }
-        return Int32(CShims_FAULT_NOT_OURS)
+    /// Anonymous memory registered with the userfaultfd over `range`, as init reserved it.
+    private func restore(_ range: Range<Int>) {
+        let address = self.address(page: range.lowerBound)
+        let result = mmap(
+            address, range.count * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+            -1, 0)
+        precondition(result != MAP_FAILED, "daxlab: could not unmap window pages \(range): errno \(errno)")
+        let status = CShims_uffd_register(self.userfaultfd, address, range.count * pageSize)
+        precondition(status == 0, "daxlab: could not register window pages \(range) with userfaultfd: errno \(-status)")
     }
 }
+

@@ -112,6 +112,11 @@ package protocol LayoutBreaker: AnyObject, Sendable {
     /// block is idle and is freed normally.
     func claimBusy(_ block: UInt32, as disposition: BusyBlockDisposition) -> Bool
 
+    /// Inode `inode` grew to `pages` pages (a write, a truncate or fallocate past its end, a
+    /// zero-range or insert-range), under its lock held exclusively: mappings that answered a
+    /// fault past the old end with SIGBUS must fault again.
+    func fileGrew(_ inode: Int, pages: Int)
+
     /// The transaction that moved claimed blocks out of their file has committed.
     func claimsCommitted(_ blocks: [UInt32])
 

@@ -62,7 +62,8 @@ extension FileSystem {
         try Self.checkRange("write", offset: offset, length: bytes.count)
         guard bytes.count > 0 else { return }
         try self.lock(id).withWriteLock { () throws(FSError) in
-            _ = try self.checkedRecord(id)
+            let before = try self.checkedRecord(id).size
+            defer { self.noteGrowth(id.inode, from: before) }
             var position = offset
             let end = offset + bytes.count
             while position < end {
@@ -73,6 +74,15 @@ extension FileSystem {
                 position = chunkEnd
             }
         }
+    }
+
+    /// Tells the DAX layer that inode `number` grew past `before` bytes, if it did (the caller
+    /// holds its lock exclusively).
+    func noteGrowth(_ number: Int, from before: UInt64) {
+        let size = self.record(number).size
+        guard size > before else { return }
+        let pages = Int((size + UInt64(pageSize) - 1) / UInt64(pageSize))
+        self.breaker.withCurrent({ $0.fileGrew(number, pages: pages) }, none: {})
     }
 
     /// Convenience for `[UInt8]`.
@@ -163,6 +173,7 @@ extension FileSystem {
                     staged.size = UInt64(size)
                     staged.modifiedNanoseconds = FileSystem.now()
                 }
+                self.noteGrowth(id.inode, from: UInt64(oldSize))
                 return
             }
             let newPages = (size + pageSize - 1) / pageSize
@@ -218,6 +229,7 @@ extension FileSystem {
         guard length > 0 else { throw FSError(.invalidArgument, "zero-range: length must be > 0") }
         try self.lock(id).withWriteLock { () throws(FSError) in
             let size = Int(try self.checkedRecord(id).size)
+            defer { self.noteGrowth(id.inode, from: UInt64(size)) }
             let end = offset + length
             let newSize = keepSize ? size : max(size, end)
             guard min(end, newSize) > offset else { return }
@@ -346,6 +358,7 @@ extension FileSystem {
         guard length > 0 else { throw FSError(.invalidArgument, "fallocate: length must be > 0") }
         return try self.lock(id).withWriteLock { () throws(FSError) -> Int in
             let size = Int(try self.checkedRecord(id).size)
+            defer { self.noteGrowth(id.inode, from: UInt64(size)) }
             let end = keepSize ? min(offset + length, size) : offset + length
             guard end > offset else { return 0 }
             try self.allocateHoles(id.inode, from: offset, to: end)

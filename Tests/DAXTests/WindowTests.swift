@@ -1,5 +1,5 @@
 import CShims
-import DAX
+@testable import DAX
 @_spi(Oracle) import DaxFS
 import DaxlabSupport
 import Foundation
@@ -10,15 +10,22 @@ import TestSupport
 /// error and exits 66 instead of dying by the signal.
 let underThreadSanitizer = dlsym(nil, "__tsan_init") != nil  // nil: RTLD_DEFAULT
 
+/// Why windows cannot be served by userfaultfd here (the fault service says), or nil.
+let userfaultfdRefusal = FaultService.shared.refusal
+
+/// The mechanisms windows can have here: both where userfaultfd is granted, signals alone where not.
+let windowMechanisms: [WindowFaultMechanism] = userfaultfdRefusal == nil ? [.userfaultfd, .signals] : [.signals]
+
 /// Real MMU mappings of a file: CPU faults in its window enter daxlab's fault path, truncate and
-/// punch unmap for real.
+/// punch unmap for real. Each test runs with userfaultfd and with the SIGSEGV fallback.
 @Suite("The mapped window: real faults", .serialized, .timeLimit(.minutes(1)))
 struct WindowTests {
-    @Test("a store faults a hole in (a new block, mapped by the MMU); a load of a hole maps zeros and allocates nothing")
-    func faultsThroughTheWindow() throws {
-        let lab = try Lab(policy: .wait, pages: 4)
+    @Test("a store faults a hole in (a new block, mapped by the MMU); a load of a hole maps zeros and allocates nothing", arguments: windowMechanisms)
+    func faultsThroughTheWindow(mechanism: WindowFaultMechanism) throws {
+        let lab = try Lab(policy: .wait, pages: 4, windowFaults: mechanism)
         try lab.fs.truncate(lab.file, size: 8 * 4096)  // pages 4..<8 are holes
         let window = try lab.space.mapWindow()
+        #expect(try lab.space.windowFaults == mechanism)
         #expect(window.load(fromByteOffset: 0, as: UInt8.self) == 0xAA, "page 0 is the file's data")
         #expect((window + 5 * 4096).load(as: UInt64.self) == 0, "a hole reads zeros")
         #expect(lab.fs.currentBlock(lab.file, page: 5) == 0, "a read fault allocates nothing")
@@ -30,9 +37,9 @@ struct WindowTests {
         #expect(try lab.fs.read(lab.file, offset: 2 * 4096, count: 1) == [0x55])
     }
 
-    @Test("a punched page reads zeros through the window afterwards; its old mapping is gone")
-    func punchUnmaps() throws {
-        let lab = try Lab(policy: .wait, pages: 4)
+    @Test("a punched page reads zeros through the window afterwards; its old mapping is gone", arguments: windowMechanisms)
+    func punchUnmaps(mechanism: WindowFaultMechanism) throws {
+        let lab = try Lab(policy: .wait, pages: 4, windowFaults: mechanism)
         let window = try lab.space.mapWindow()
         #expect((window + 4096).load(as: UInt8.self) == 0xAA)
         try lab.fs.punchHole(lab.file, offset: 4096, length: 4096)
@@ -42,10 +49,11 @@ struct WindowTests {
 
     @Test("an access past the end of file after a truncate raises SIGBUS, as the kernel does",
           .enabled(if: !underThreadSanitizer,
-                   "ThreadSanitizer's SIGBUS handler turns the death into a report ('BUS on unknown address') and exit 66"))
-    func sigbusPastEndOfFile() async {
-        await #expect(processExitsWith: .signal(SIGBUS)) {
-            let lab = try Lab(policy: .wait, pages: 4)
+                   "ThreadSanitizer's SIGBUS handler turns the death into a report ('BUS on unknown address') and exit 66"),
+          arguments: windowMechanisms)
+    func sigbusPastEndOfFile(mechanism: WindowFaultMechanism) async {
+        await #expect(processExitsWith: .signal(SIGBUS)) { [mechanism] in
+            let lab = try Lab(policy: .wait, pages: 4, windowFaults: mechanism)
             unlink(lab.path)  // this process dies of the signal, before any cleanup: no leftover image
             let window = try lab.space.mapWindow()
             (window + 3 * 4096).storeBytes(of: 1, as: UInt8.self)
@@ -56,9 +64,9 @@ struct WindowTests {
         }
     }
 
-    @Test("a fault waits while another thread holds the file's lock, and goes on when it is released")
-    func faultWaitsForTheLock() throws {
-        let lab = try Lab(policy: .wait, pages: 4)
+    @Test("a fault waits while another thread holds the file's lock, and goes on when it is released", arguments: windowMechanisms)
+    func faultWaitsForTheLock(mechanism: WindowFaultMechanism) throws {
+        let lab = try Lab(policy: .wait, pages: 4, windowFaults: mechanism)
         let window = try lab.space.mapWindow()
         let lock = lab.fs.invalidateLock(for: lab.file)
         lock.lockExclusive()
@@ -72,9 +80,9 @@ struct WindowTests {
         #expect(try lab.fs.read(lab.file, offset: 2 * 4096, count: 1) == [7])
     }
 
-    @Test("Jan Kara's case through the MMU: a pinner faults another page while a truncate waits on its pin")
-    func karaThroughTheWindow() throws {
-        let lab = try Lab(policy: .wait, pages: 64)
+    @Test("Jan Kara's case through the MMU: a pinner faults another page while a truncate waits on its pin", arguments: windowMechanisms)
+    func karaThroughTheWindow(mechanism: WindowFaultMechanism) throws {
+        let lab = try Lab(policy: .wait, pages: 64, windowFaults: mechanism)
         let space = try lab.space
         let window = try space.mapWindow()
         let file = lab.file

@@ -1,0 +1,178 @@
+import Atomics
+import CShims
+import DaxFS
+import DaxlabSupport
+import Pmem
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a window's missing pages reach daxlab's fault path.
+public enum WindowFaultMechanism: String, Sendable, Codable, CustomStringConvertible {
+    /// The reservation is anonymous memory registered with userfaultfd: the CPU's faults and the
+    /// kernel's (GUP for O_DIRECT and io_uring, `copy_to_user` for `read(2)`) are all served.
+    case userfaultfd
+    /// The reservation is `PROT_NONE` and a SIGSEGV handler serves the CPU's own loads and
+    /// stores; the kernel's accesses to a page not touched yet fail with EFAULT.
+    case signals
+
+    public var description: String { self.rawValue }
+}
+
+/// The process's fault service: one thread that serves every window's faults, as the kernel's
+/// page-fault handler serves a DAX mapping's. A fault reaches it either as a userfaultfd message
+/// (the faulting thread, CPU or kernel, sleeps in the kernel until the service wakes it) or as a
+/// request from the SIGSEGV handler (the faulting thread sleeps on a futex in the handler until
+/// the service answers). Either way daxlab's fault path runs here, on an ordinary thread, never in
+/// signal context.
+///
+/// A window is registered before its address is given out and removed when its address space
+/// goes; the service enters a registration (under the registry's lock) before it serves a fault
+/// in it, and the address space's teardown waits until no fault is being served there, so the
+/// service never uses an address space that is gone.
+final class FaultService: @unchecked Sendable {
+    /// The service, started on the first window.
+    static let shared = FaultService()
+
+    /// The userfaultfd every window is registered with, or -1.
+    let userfaultfd: Int32
+    /// Why windows fall back to `.signals` (one line), where userfaultfd is refused.
+    let refusal: String?
+    /// The read end of the SIGSEGV handler's request pipe, or -1 when it could not be installed.
+    private let requests: Int32
+    private let startFailure: String?
+    private let windows = Locked([Registration](), rank: .faultServiceWindows)
+
+    /// One window in the service's table.
+    final class Registration: @unchecked Sendable {
+        let window: MappedWindow
+        /// The window's address space: used only between `enter` and `exit`, which its teardown
+        /// waits out (`retire`).
+        unowned(unsafe) let space: AddressSpace
+        let slot: Int32
+        /// Faults being served in the window now (changed under the registry's lock; `retire`
+        /// waits for 0).
+        let serving = ManagedAtomic<Int>(0)
+        var retired = false
+
+        init(window: MappedWindow, space: AddressSpace, slot: Int32) {
+            self.window = window
+            self.space = space
+            self.slot = slot
+        }
+    }
+
+    private init() {
+        let descriptor = CShims_uffd_open()
+        if descriptor >= 0 {
+            self.userfaultfd = descriptor
+            self.refusal = nil
+        } else {
+            self.userfaultfd = -1
+            let reason = String(cString: strerror(-descriptor))
+            self.refusal = descriptor == -EPERM
+                ? "userfaultfd is refused to this user (\(reason); vm.unprivileged_userfaultfd=0 and no access to "
+                    + "/dev/userfaultfd): windows serve only the CPU's own faults, and the kernel's accesses to pages "
+                    + "not touched yet (O_DIRECT, read(2), io_uring, RDMA registration) fail with EFAULT"
+                : "userfaultfd is unavailable (\(reason)): windows serve only the CPU's own faults, and the kernel's "
+                    + "accesses to pages not touched yet fail with EFAULT"
+        }
+        let pipe = CShims_window_faults_start()
+        self.requests = pipe >= 0 ? pipe : -1
+        self.startFailure = pipe >= 0 ? nil : "install the window fault handler: \(String(cString: strerror(-pipe)))"
+        guard self.startFailure == nil else { return }
+        do {
+            _ = try JoinableThread.spawn(name: "daxlab-faults") { [self] in self.run() }
+        } catch {
+            fatalError("daxlab: could not start the window fault service: \(error)")
+        }
+    }
+
+    /// The mechanism a new window gets when `wanted` is asked for (userfaultfd falls back to
+    /// signals where it is refused).
+    func mechanism(_ wanted: WindowFaultMechanism) -> WindowFaultMechanism {
+        wanted == .userfaultfd && self.userfaultfd >= 0 ? .userfaultfd : .signals
+    }
+
+    /// Registers `window` of `space` before anyone is given its address.
+    /// - Throws: `.io` when the handler could not be installed or the table is full.
+    func register(_ window: MappedWindow, of space: AddressSpace) throws(FSError) -> Registration {
+        if let startFailure { throw FSError(.io, startFailure) }
+        let slot = CShims_window_range_add(window.base, window.pages * pageSize)
+        guard slot >= 0 else { throw FSError(.io, "\(space.id): too many windows open in this process") }
+        let registration = Registration(window: window, space: space, slot: slot)
+        self.windows.withLock { $0.append(registration) }
+        return registration
+    }
+
+    /// Removes a registration and waits until no fault is being served in it.
+    func retire(_ registration: Registration) {
+        self.windows.withLock { windows in
+            registration.retired = true
+            windows.removeAll { $0 === registration }
+        }
+        CShims_window_range_remove(registration.slot)
+        while registration.serving.load(ordering: .acquiring) != 0 { sched_yield() }
+    }
+
+    /// The registration whose window holds `address`, entered (call `exit` on it), or nil.
+    private func enter(_ address: UInt) -> Registration? {
+        self.windows.withLock { windows in
+            guard let registration = windows.first(where: { $0.window.contains(address) }) else { return nil }
+            registration.serving.wrappingIncrement(ordering: .acquiringAndReleasing)
+            return registration
+        }
+    }
+
+    // MARK: The service thread
+
+    private func run() {
+        CShims_window_faults_served_by_this_thread()
+        var descriptors = [
+            pollfd(fd: self.requests, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: self.userfaultfd, events: Int16(POLLIN), revents: 0),
+        ]
+        let count = nfds_t(self.userfaultfd >= 0 ? 2 : 1)
+        let faults = UnsafeMutablePointer<CShims_uffd_fault>.allocate(capacity: 64)
+        let requests = UnsafeMutablePointer<UnsafeMutablePointer<CShims_fault_request>?>.allocate(capacity: 64)
+        while true {
+            guard poll(&descriptors, count, -1) > 0 else { continue }  // (EINTR)
+            if count > 1, descriptors[1].revents != 0 {
+                let read = CShims_uffd_read_faults(self.userfaultfd, faults, 64)
+                for index in 0..<max(0, Int(read)) {
+                    self.serve(faults[index].address, write: faults[index].is_write != 0, request: nil)
+                }
+            }
+            if descriptors[0].revents != 0 {
+                let read = CShims_window_fault_requests(self.requests, requests, 64)
+                for index in 0..<max(0, Int(read)) {
+                    guard let request = requests[index] else { continue }
+                    self.serve(request.pointee.address, write: request.pointee.is_write != 0, request: request)
+                }
+            }
+        }
+    }
+
+    /// Serves one fault: a userfaultfd message (`request` nil: the faulting thread is woken when
+    /// it is done) or a SIGSEGV handler's request (answered).
+    private func serve(_ address: UnsafeMutableRawPointer?, write: Bool, request: UnsafeMutablePointer<CShims_fault_request>?) {
+        let target = UInt(bitPattern: address)
+        guard let registration = self.enter(target) else {
+            // No window there (any more): the handler lets the previous handler have it; a
+            // userfaultfd waiter retries and finds whatever is mapped there now.
+            if let request { CShims_window_fault_answer(request, Int32(CShims_FAULT_NOT_OURS)) }
+            else if self.userfaultfd >= 0 { _ = CShims_uffd_wake(self.userfaultfd, UnsafeMutableRawPointer(bitPattern: target & ~UInt(pageSize - 1)), pageSize) }
+            return
+        }
+        defer { registration.serving.wrappingDecrement(ordering: .releasing) }
+        let window = registration.window
+        let page = (Int(target) - Int(bitPattern: window.base)) / pageSize
+        let resolved = registration.space.serveWindowFault(window, page: page, write: write, signalled: request != nil)
+        if let request {
+            CShims_window_fault_answer(request, Int32(resolved != nil ? CShims_FAULT_MAPPED : CShims_FAULT_SIGBUS))
+        } else {
+            window.wake(resolved ?? page..<(page + 1))
+        }
+    }
+}

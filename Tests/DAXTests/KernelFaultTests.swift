@@ -1,0 +1,190 @@
+import CShims
+@testable import DAX
+@_spi(Oracle) import DaxFS
+import DaxlabSupport
+import Foundation
+import Testing
+import TestSupport
+
+/// A file the kernel reads from: `pages` pages, page `i` all of byte `first + i`. On a disk file
+/// system, opened O_DIRECT (`direct`), or a memfd (the page cache: `read(2)` copies).
+final class PatternSource {
+    let descriptor: Int32
+    let pages: Int
+    let first: UInt8
+
+    init(pages: Int, first: UInt8, direct: Bool) throws {
+        self.pages = pages
+        self.first = first
+        var bytes = [UInt8](repeating: 0, count: pages * 4096)
+        for page in 0..<pages { bytes.replaceSubrange((page * 4096)..<((page + 1) * 4096), with: repeatElement(first &+ UInt8(page), count: 4096)) }
+        if direct {
+            let path = "\(KernelFacilities.directSourceDirectory)/.daxlab-test-\(getpid())-\(UUID().uuidString.prefix(8))"
+            let writer = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+            try #require(writer >= 0, "could not create \(path): errno \(errno)")
+            defer { close(writer) }
+            try #require(bytes.withUnsafeBytes { pwrite(writer, $0.baseAddress, $0.count, 0) } == bytes.count)
+            fsync(writer)
+            self.descriptor = open(path, O_RDONLY | CShims_O_DIRECT)
+            unlink(path)
+        } else {
+            self.descriptor = CShims_memfd("daxlab-test")
+            if self.descriptor >= 0 { _ = bytes.withUnsafeBytes { pwrite(self.descriptor, $0.baseAddress, $0.count, 0) } }
+        }
+        try #require(self.descriptor >= 0, "could not open a source file: errno \(errno)")
+    }
+
+    deinit { close(self.descriptor) }
+
+    /// pread of `pages` pages from page `from` into `address`: the bytes read, or -errno.
+    func read(into address: UnsafeMutableRawPointer, pages: Int, from: Int = 0) -> Int {
+        let read = pread(self.descriptor, address, pages * 4096, off_t(from * 4096))
+        return read < 0 ? -Int(errno) : read
+    }
+
+    /// Whether page `page` of `file` holds page `sourcePage` of this source.
+    func landed(_ lab: Lab, page: Int, sourcePage: Int) throws -> Bool {
+        try lab.fs.read(lab.file, offset: page * 4096, count: 4096).allSatisfy { $0 == self.first &+ UInt8(sourcePage) }
+    }
+}
+
+let kernelFaultRefusal: String? = userfaultfdRefusal ?? directIORefusal
+
+/// Windows served by userfaultfd: the kernel's own accesses (GUP for O_DIRECT and io_uring,
+/// `copy_to_user` for `read(2)`) fault pages in through daxlab's fault path, as they do on a DAX
+/// file; past the end of file they fail with EFAULT, and the process goes on.
+@Suite("Windows the kernel faults", .serialized, .timeLimit(.minutes(1)))
+struct KernelFaultTests {
+    @Test("an O_DIRECT pread into an untouched window returns the full length, and the data is in the file (holes allocated)",
+          .enabled(if: kernelFaultRefusal == nil, "needs userfaultfd and O_DIRECT on a disk file system here"))
+    func directReadIntoAnUntouchedWindow() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        try lab.fs.truncate(lab.file, size: 8 * 4096)  // pages 4..<8 are holes
+        let source = try PatternSource(pages: 8, first: 1, direct: true)
+        let window = try lab.space.mapWindow()
+        #expect(source.read(into: window, pages: 8) == 8 * 4096, "the kernel's GUP of an untouched window failed")
+        for page in 0..<8 { #expect(try source.landed(lab, page: page, sourcePage: page), "page \(page)") }
+        #expect(lab.fs.currentBlock(lab.file, page: 6) != 0, "the kernel's write fault allocated the hole")
+        #expect((window + 5 * 4096).load(as: UInt8.self) == 6, "the CPU sees what the kernel wrote")
+    }
+
+    @Test("a buffered read(2) into an untouched window (copy_to_user) returns the full length",
+          .enabled(if: userfaultfdRefusal == nil, "needs userfaultfd"))
+    func bufferedReadIntoAnUntouchedWindow() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        let source = try PatternSource(pages: 4, first: 0x31, direct: false)
+        let window = try lab.space.mapWindow()
+        #expect(source.read(into: window + 4096, pages: 2) == 2 * 4096)
+        #expect(try source.landed(lab, page: 1, sourcePage: 0))
+        #expect(try source.landed(lab, page: 2, sourcePage: 1))
+        #expect(try lab.fs.read(lab.file, offset: 0, count: 1) == [0xAA], "page 0 untouched")
+    }
+
+    @Test("a read of a hole maps zeros write-protected: the kernel's write after it faults again and allocates",
+          .enabled(if: kernelFaultRefusal == nil, "needs userfaultfd and O_DIRECT on a disk file system here"))
+    func kernelWriteAfterAHoleRead() throws {
+        let lab = try Lab(policy: .wait, pages: 1)
+        try lab.fs.truncate(lab.file, size: 2 * 4096)
+        let window = try lab.space.mapWindow()
+        #expect((window + 4096).load(as: UInt64.self) == 0, "a hole reads zeros")
+        #expect(lab.fs.currentBlock(lab.file, page: 1) == 0, "the read allocated nothing")
+        let source = try PatternSource(pages: 1, first: 0x44, direct: true)
+        #expect(source.read(into: window + 4096, pages: 1) == 4096)
+        #expect(lab.fs.currentBlock(lab.file, page: 1) != 0, "the write-protect fault allocated the block")
+        #expect(try source.landed(lab, page: 1, sourcePage: 0), "the kernel's write went to the file, not to the zeros")
+    }
+
+    @Test("io_uring registers an untouched window range (the kernel's long-term GUP faults it in), and READ_FIXED lands in the file",
+          .enabled(if: kernelFaultRefusal == nil && ioUringRefusal == nil, "needs userfaultfd, io_uring and O_DIRECT here"))
+    func ioUringRegistersAnUntouchedWindow() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        let ring = try KernelRing(slots: 1)
+        let window = try lab.space.mapWindow()
+        try ring.register(slot: 0, address: window, length: 4 * 4096)
+        defer { ring.clear(0) }
+        let source = try PatternSource(pages: 1, first: 0x55, direct: true)
+        #expect(ring.readFixed(from: source.descriptor, offset: 0, into: window + 2 * 4096, length: 4096, slot: 0) == 4096)
+        #expect(try source.landed(lab, page: 2, sourcePage: 0))
+    }
+
+    @Test("the kernel's access past the end of file fails with EFAULT and the process goes on; once the file grows it succeeds",
+          .enabled(if: kernelFaultRefusal == nil, "needs userfaultfd and O_DIRECT on a disk file system here"))
+    func kernelAccessPastTheEnd() throws {
+        let lab = try Lab(policy: .wait, pages: 2)
+        let window = try lab.space.mapWindow()
+        let source = try PatternSource(pages: 1, first: 0x66, direct: true)
+        #expect(source.read(into: window + 3 * 4096, pages: 1) == -Int(EFAULT), "past the end of file")
+        #expect(source.read(into: window + 3 * 4096, pages: 1) == -Int(EFAULT), "still past it")
+        try lab.fs.truncate(lab.file, size: 4 * 4096)
+        #expect(source.read(into: window + 3 * 4096, pages: 1) == 4096, "the file grew over the page: it faults in")
+        #expect(try source.landed(lab, page: 3, sourcePage: 0))
+        // The same after a truncate that cut a mapped page off, and a write that grows it back.
+        try lab.fs.truncate(lab.file, size: 4096)
+        #expect(source.read(into: window + 3 * 4096, pages: 1) == -Int(EFAULT))
+        try lab.fs.write(lab.file, offset: 4 * 4096, bytes: [1])
+        #expect(source.read(into: window + 3 * 4096, pages: 1) == 4096)
+    }
+
+    @Test("without userfaultfd (the fallback) the kernel cannot fault a window: EFAULT until the CPU has touched the page",
+          .enabled(if: directIORefusal == nil, "needs O_DIRECT on a disk file system here"))
+    func signalsFallbackLosesKernelFaults() throws {
+        let lab = try Lab(policy: .wait, pages: 2, windowFaults: .signals)
+        let window = try lab.space.mapWindow()
+        #expect(try lab.space.windowFaults == .signals)
+        let source = try PatternSource(pages: 1, first: 0x77, direct: true)
+        #expect(source.read(into: window, pages: 1) == -Int(EFAULT), "the fallback serves only the CPU's faults")
+        window.storeBytes(of: 1, as: UInt8.self)  // the CPU's fault maps the page
+        #expect(source.read(into: window, pages: 1) == 4096)
+        #expect(try source.landed(lab, page: 0, sourcePage: 0))
+    }
+
+    @Test("a SIGSEGV outside every window still kills the process with SIGSEGV",
+          .enabled(if: !underThreadSanitizer, "ThreadSanitizer reports the SEGV itself and exits 66"))
+    func straySegfaultStillKills() async {
+        await #expect(processExitsWith: .signal(SIGSEGV)) {
+            let lab = try Lab(policy: .wait, pages: 1)
+            unlink(lab.path)
+            _ = try lab.space.mapWindow()  // the handler is installed
+            let stray = try mapMemory("map a guard page", length: 4096, protection: PROT_NONE, flags: MAP_PRIVATE | MAP_ANONYMOUS)
+            stray.storeBytes(of: 1, as: UInt8.self)
+            Issue.record("a store to a PROT_NONE page outside every window did not kill the process")
+        }
+    }
+
+    @Test("windows of several files on two file systems, opened and faulted from several threads at once", arguments: windowMechanisms)
+    func concurrentWindows(mechanism: WindowFaultMechanism) throws {
+        let labs = [try Lab(policy: .wait, pages: 64, windowFaults: mechanism), try Lab(policy: .wait, pages: 64, windowFaults: mechanism)]
+        let files = try labs.flatMap { lab in
+            try (0..<3).map { index -> (Lab, FileID) in
+                let file = try lab.fs.create("f\(index)")
+                try lab.fs.truncate(file, size: 64 * 4096)
+                return (lab, file)
+            }
+        }
+        let failures = Locked(0)
+        let threads = (0..<files.count).map { index in
+            let (lab, file) = files[index]
+            return lab.background {
+                do {
+                    // Every thread opens every window (the first creates it), then writes its own file.
+                    for (otherLab, other) in files { _ = try otherLab.dax.open(other).mapWindow() }
+                    let window = try lab.dax.open(file).mapWindow()
+                    for page in 0..<64 { (window + page * 4096 + index).storeBytes(of: UInt8(page), as: UInt8.self) }
+                    for page in 0..<64 where (window + page * 4096 + index).load(as: UInt8.self) != UInt8(page) {
+                        failures.withLock { $0 += 1 }
+                    }
+                } catch {
+                    failures.withLock { $0 += 1 }
+                }
+            }
+        }
+        for thread in threads { #expect(thread.wait(seconds: 50), "a window fault hung") }
+        #expect(failures.withLock { $0 } == 0)
+        for index in 0..<files.count {
+            let (lab, file) = files[index]
+            for page in [0, 31, 63] {
+                #expect(try lab.fs.read(file, offset: page * 4096 + index, count: 1) == [UInt8(page)])
+            }
+        }
+    }
+}
