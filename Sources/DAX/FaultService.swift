@@ -43,6 +43,20 @@ final class FaultService: @unchecked Sendable {
     private let requests: Int32
     private let startFailure: String?
     private let windows = Locked([Registration](), rank: .faultServiceWindows)
+    /// The most memory mappings the process may have before the service drops window mappings,
+    /// oldest region first: half of `vm.max_map_count` (the rest is the process's own).
+    let mappingBudget: Int
+    /// Regions with mappings, oldest first (the service's thread only).
+    private var regions: [(window: Weak, region: Int)] = []
+    private var oldestRegion = 0
+    /// The process's mappings as last counted, plus what the service may have added since.
+    private var estimatedMappings = 0
+    /// Regions dropped to keep under the budget, ever.
+    let droppedRegions = ManagedAtomic<Int>(0)
+
+    struct Weak {
+        weak var window: MappedWindow?
+    }
 
     /// One window in the service's table.
     final class Registration: @unchecked Sendable {
@@ -64,6 +78,7 @@ final class FaultService: @unchecked Sendable {
     }
 
     private init() {
+        self.mappingBudget = FaultService.readMaximumMappings() / 2
         let descriptor = CShims_uffd_open()
         if descriptor >= 0 {
             self.userfaultfd = descriptor
@@ -169,10 +184,71 @@ final class FaultService: @unchecked Sendable {
         let window = registration.window
         let page = (Int(target) - Int(bitPattern: window.base)) / pageSize
         let resolved = registration.space.serveWindowFault(window, page: page, write: write, signalled: request != nil)
+        if let resolved { self.account(window, resolved) }
         if let request {
             CShims_window_fault_answer(request, Int32(resolved != nil ? CShims_FAULT_MAPPED : CShims_FAULT_SIGBUS))
         } else {
             window.wake(resolved ?? page..<(page + 1))
+        }
+    }
+}
+
+// MARK: The mapping budget
+
+extension FaultService {
+    /// `vm.max_map_count` (65530 where it cannot be read).
+    static func readMaximumMappings() -> Int {
+        let descriptor = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return 65530 }
+        defer { close(descriptor) }
+        var bytes = [UInt8](repeating: 0, count: 32)
+        let got = bytes.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+        guard got > 0, let value = Int(String(decoding: bytes[..<got].prefix { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self)), value > 0
+        else { return 65530 }
+        return value
+    }
+
+    /// The process's memory mappings now (the lines of /proc/self/maps).
+    static func countMappings() -> Int {
+        let descriptor = open("/proc/self/maps", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return 0 }
+        defer { close(descriptor) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
+        defer { buffer.deallocate() }
+        var lines = 0
+        while true {
+            let got = read(descriptor, buffer.baseAddress, buffer.count)
+            guard got > 0 else { break }
+            for index in 0..<got where buffer[index] == UInt8(ascii: "\n") { lines += 1 }
+        }
+        return lines
+    }
+
+    /// After the service mapped `pages` of `window`: queues their region, and keeps the process's
+    /// mappings under the budget. A mapping splits the reservation's VMA around it (up to two
+    /// more VMAs) unless the kernel merges it with a neighbour whose offsets follow on, so the
+    /// estimate grows by two per fault, and is replaced by a count when it reaches the budget;
+    /// if the count is over it too, the oldest regions are dropped (each becomes one VMA again)
+    /// until a quarter of the budget is free.
+    func account(_ window: MappedWindow, _ pages: Range<Int>) {
+        if window.queueRegion(of: pages.lowerBound) { self.regions.append((Weak(window: window), pages.lowerBound / MappedWindow.regionPages)) }
+        self.estimatedMappings += 2
+        guard self.estimatedMappings >= self.mappingBudget else { return }
+        self.estimatedMappings = Self.countMappings()
+        while self.estimatedMappings >= self.mappingBudget * 3 / 4, self.oldestRegion < self.regions.count {
+            // A batch of the oldest regions, then a count.
+            for _ in 0..<64 where self.oldestRegion < self.regions.count {
+                let (reference, region) = self.regions[self.oldestRegion]
+                self.oldestRegion += 1
+                guard let oldest = reference.window, oldest !== window || region != pages.lowerBound / MappedWindow.regionPages else { continue }
+                oldest.drop(region: region)
+                self.droppedRegions.wrappingIncrement(ordering: .relaxed)
+            }
+            self.estimatedMappings = Self.countMappings()
+        }
+        if self.oldestRegion > 4096, self.oldestRegion * 2 > self.regions.count {
+            self.regions.removeFirst(self.oldestRegion)
+            self.oldestRegion = 0
         }
     }
 }

@@ -249,15 +249,54 @@ final class MappedWindow: @unchecked Sendable {
         for page in range { self.mappedBlock(page)?.store(0, ordering: .relaxed) }
     }
 
-    /// Anonymous memory registered with the userfaultfd over `range`, as init reserved it.
+    /// Anonymous memory registered with the userfaultfd over `range`, as init reserved it. In
+    /// three steps, so that no access ever finds plain anonymous memory there (it would get a
+    /// private page of zeros, not the file): `PROT_NONE` first (the unmap itself: an access now
+    /// faults to the service, which waits for the caller's lock or runs this), registered, then
+    /// made accessible.
     private func restore(_ range: Range<Int>) {
         let address = self.address(page: range.lowerBound)
-        let result = mmap(
-            address, range.count * pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
-            -1, 0)
+        let length = range.count * pageSize
+        let result = mmap(address, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
         precondition(result != MAP_FAILED, "daxlab: could not unmap window pages \(range): errno \(errno)")
-        let status = CShims_uffd_register(self.userfaultfd, address, range.count * pageSize)
+        let status = CShims_uffd_register(self.userfaultfd, address, length)
         precondition(status == 0, "daxlab: could not register window pages \(range) with userfaultfd: errno \(-status)")
+        precondition(mprotect(address, length, PROT_READ | PROT_WRITE) == 0, "daxlab: could not open window pages \(range): errno \(errno)")
+    }
+
+    // MARK: The mapping budget (the fault service's thread only)
+
+    /// Pages per region: the unit the budget drops (one huge page's worth).
+    static let regionPages = 512
+    /// Regions the service has mapped something in since they were last dropped.
+    private var queuedRegions: [Bool] = []
+
+    /// Notes that the service mapped something in `page`'s region; whether the region is new to
+    /// the budget's queue.
+    func queueRegion(of page: Int) -> Bool {
+        let region = page / Self.regionPages
+        if self.queuedRegions.isEmpty { self.queuedRegions = Array(repeating: false, count: (self.pages + Self.regionPages - 1) / Self.regionPages) }
+        guard !self.queuedRegions[region] else { return false }
+        self.queuedRegions[region] = true
+        return true
+    }
+
+    /// Drops every mapping of `region` (the budget ran out): its pages fault again when touched.
+    /// A pin is unaffected (it holds its blocks, and a kernel pin its pages, not this mapping).
+    /// Runs without the file's lock: a truncate that unmaps the same pages meanwhile leaves what
+    /// this leaves, and only the service maps pages.
+    func drop(region: Int) {
+        self.queuedRegions[region] = false
+        let pages = (region * Self.regionPages)..<min(self.pages, (region + 1) * Self.regionPages)
+        if self.userfaultfd >= 0 {
+            self.forgetFences(pages)
+            self.restore(pages)
+        } else {
+            let result = mmap(
+                self.address(page: pages.lowerBound), pages.count * pageSize, PROT_NONE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+            precondition(result != MAP_FAILED, "daxlab: could not drop window pages \(pages): errno \(errno)")
+        }
     }
 }
 

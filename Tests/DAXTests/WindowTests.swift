@@ -98,4 +98,36 @@ struct WindowTests {
             try lab.fs.write(file, offset: 0, bytes: [1])
         }
     }
+
+    @Test("a window over a file whose blocks are never consecutive, larger than vm.max_map_count pages: every page right, the mappings under the budget",
+          .enabled(if: !underThreadSanitizer, "72,000 faults under ThreadSanitizer take minutes; the concurrent windows test runs the service under it"))
+    func noMappingCeiling() throws {
+        let service = FaultService.shared
+        let pages = FaultService.readMaximumMappings() + 6_470  // past the kernel's ceiling, whatever it is here
+        let lab = try Lab(policy: .wait, pages: 0, size: (2 * pages + 8_192) * 4096)
+        // A file of twice as many pages, every other one punched, then the file under test
+        // written into the holes: its blocks alternate with the other file's.
+        let other = try lab.fs.create("other")
+        let chunk = [UInt8](repeating: 0xEE, count: 256 * 4096)
+        for start in stride(from: 0, to: 2 * pages, by: 256) {
+            try lab.fs.write(other, offset: start * 4096, bytes: Array(chunk.prefix(min(256, 2 * pages - start) * 4096)))
+        }
+        for page in stride(from: 1, to: 2 * pages, by: 2) { try lab.fs.punchHole(other, offset: page * 4096, length: 4096) }
+        for page in 0..<pages { try lab.fs.write(lab.file, offset: page * 4096, bytes: [UInt8(truncatingIfNeeded: page), 0x5A]) }
+        let blocks = (0..<pages).map { lab.fs.currentBlock(lab.file, page: $0) }
+        let runs = zip(blocks, blocks.dropFirst()).filter { $0.1 != $0.0 &+ 1 }.count
+        #expect(runs > pages * 9 / 10, "the file's blocks are consecutive after all (\(runs) breaks): the test proves nothing")
+        let dropped = service.droppedRegions.load(ordering: .relaxed)
+        let window = try lab.space.mapWindow()
+        var wrong = 0
+        for page in 0..<pages where (window + page * 4096).load(as: UInt16.self) != UInt16(UInt8(truncatingIfNeeded: page)) | 0x5A00 {
+            wrong += 1
+        }
+        #expect(wrong == 0, "\(wrong) pages read wrong through the window")
+        let mappings = FaultService.countMappings()
+        #expect(mappings < service.mappingBudget + 1024, "\(mappings) mappings, the budget is \(service.mappingBudget)")
+        #expect(service.droppedRegions.load(ordering: .relaxed) > dropped, "nothing was dropped: the budget never acted")
+        // A dropped page faults back in with its data.
+        #expect((window + 4096).load(as: UInt16.self) == 0x5A01)
+    }
 }
