@@ -182,7 +182,7 @@ final class MappedWindow: @unchecked Sendable {
         }
         // (A fenced page, or one whose file mapping a racing fault left, is made registered
         // anonymous memory again first: UFFDIO_COPY fills only a missing page of such memory.)
-        if self.forgetFences(page..<(page + 1)) { self.restore(page..<(page + 1)) }
+        if self.forgetFences(page..<(page + 1)) { self.restoreKeepingData(page..<(page + 1)) }
         var status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
         if status == -EEXIST || status == -ENOENT {
             self.restore(page..<(page + 1))
@@ -210,7 +210,7 @@ final class MappedWindow: @unchecked Sendable {
             fences.subtract(lifted)
             return Array(lifted)
         }
-        for page in lifted { self.restore(page..<(page + 1)) }
+        for page in lifted { self.restoreKeepingData(page..<(page + 1)) }
     }
 
     /// Removes the fences in `pages`; whether there were any.
@@ -249,19 +249,42 @@ final class MappedWindow: @unchecked Sendable {
         for page in range { self.mappedBlock(page)?.store(0, ordering: .relaxed) }
     }
 
-    /// Anonymous memory registered with the userfaultfd over `range`, as init reserved it. In
-    /// three steps, so that no access ever finds plain anonymous memory there (it would get a
-    /// private page of zeros, not the file): `PROT_NONE` first (the unmap itself: an access now
-    /// faults to the service, which waits for the caller's lock or runs this), registered, then
-    /// made accessible.
+    /// Anonymous memory registered with the userfaultfd over `range`, as init reserved it: the
+    /// unmap of a truncate or punch (the caller holds the file's lock exclusively). A new mapping
+    /// is never registered, so there is a moment between the `mmap` and the registration when
+    /// the range is plain anonymous memory, and an access then (another thread's, or the
+    /// kernel's) gets a private page of zeros instead of faulting. For a range whose blocks are
+    /// leaving the file that is what a fault would have found: zeros, and a store that is lost
+    /// with the blocks. The pages such accesses made are thrown away once the range is
+    /// registered (`MADV_DONTNEED`), so the next access faults. (`PROT_NONE` first would make
+    /// the kernel's accesses fail with EFAULT meanwhile, and a DAX file never does that inside
+    /// its size.)
     private func restore(_ range: Range<Int>) {
         let address = self.address(page: range.lowerBound)
         let length = range.count * pageSize
-        let result = mmap(address, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+        let result = mmap(
+            address, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
         precondition(result != MAP_FAILED, "daxlab: could not unmap window pages \(range): errno \(errno)")
-        let status = CShims_uffd_register(self.userfaultfd, address, length)
-        precondition(status == 0, "daxlab: could not register window pages \(range) with userfaultfd: errno \(-status)")
+        self.register(range)
+        madvise(address, length, MADV_DONTNEED)
+    }
+
+    /// The same for a range whose blocks stay in the file (the budget's drop, with no lock): no
+    /// access may find zeros there, so the range is `PROT_NONE` until it is registered. A CPU
+    /// access meanwhile waits for the fault service (which is running this); a kernel access
+    /// fails with EFAULT, the one place a window does what a DAX file would not.
+    private func restoreKeepingData(_ range: Range<Int>) {
+        let address = self.address(page: range.lowerBound)
+        let length = range.count * pageSize
+        let result = mmap(address, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+        precondition(result != MAP_FAILED, "daxlab: could not drop window pages \(range): errno \(errno)")
+        self.register(range)
         precondition(mprotect(address, length, PROT_READ | PROT_WRITE) == 0, "daxlab: could not open window pages \(range): errno \(errno)")
+    }
+
+    private func register(_ range: Range<Int>) {
+        let status = CShims_uffd_register(self.userfaultfd, self.address(page: range.lowerBound), range.count * pageSize)
+        precondition(status == 0, "daxlab: could not register window pages \(range) with userfaultfd: errno \(-status)")
     }
 
     // MARK: The mapping budget (the fault service's thread only)
@@ -290,7 +313,7 @@ final class MappedWindow: @unchecked Sendable {
         let pages = (region * Self.regionPages)..<min(self.pages, (region + 1) * Self.regionPages)
         if self.userfaultfd >= 0 {
             self.forgetFences(pages)
-            self.restore(pages)
+            self.restoreKeepingData(pages)
         } else {
             let result = mmap(
                 self.address(page: pages.lowerBound), pages.count * pageSize, PROT_NONE,

@@ -1,3 +1,4 @@
+import Atomics
 import CShims
 @testable import DAX
 @_spi(Oracle) import DaxFS
@@ -8,7 +9,7 @@ import TestSupport
 
 /// A file the kernel reads from: `pages` pages, page `i` all of byte `first + i`. On a disk file
 /// system, opened O_DIRECT (`direct`), or a memfd (the page cache: `read(2)` copies).
-final class PatternSource {
+final class PatternSource: @unchecked Sendable {  // (immutable after init)
     let descriptor: Int32
     let pages: Int
     let first: UInt8
@@ -186,5 +187,69 @@ struct KernelFaultTests {
                 #expect(try lab.fs.read(file, offset: page * 4096 + index, count: 1) == [UInt8(page)])
             }
         }
+    }
+
+    /// What the other thread does to the file in `collision`.
+    enum CollisionStep: String, CaseIterable, Codable {
+        case punch, zeroRange, truncateAndAllocate, collapse
+    }
+
+    @Test("xfstests' t_mmap_collision through the public API: O_DIRECT preads into a 4-page window while the file is changed under them",
+          .enabled(if: kernelFaultRefusal == nil, "needs userfaultfd and O_DIRECT on a disk file system here"),
+          arguments: CollisionStep.allCases)
+    func collision(step: CollisionStep) throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        let source = try PatternSource(pages: 4, first: 0x21, direct: true)
+        let window = UInt(bitPattern: try lab.space.mapWindow())
+        let file = lab.file
+        let readers = 2
+        let preadsPerReader = 400
+        let done = ManagedAtomic<Int>(0)
+        let short = ManagedAtomic<Int>(0)
+        let failed = ManagedAtomic<Int>(0)
+        let changes = ManagedAtomic<Int>(0)
+        let lastErrno = ManagedAtomic<Int>(0)
+        let threads = (0..<readers).map { _ in
+            lab.background {
+                for _ in 0..<preadsPerReader {
+                    let read = source.read(into: UnsafeMutableRawPointer(bitPattern: window)!, pages: 4)
+                    if read < 0 { failed.wrappingIncrement(ordering: .relaxed); lastErrno.store(-read, ordering: .relaxed) }
+                    else if read != 4 * 4096 { short.wrappingIncrement(ordering: .relaxed) }
+                }
+                done.wrappingIncrement(ordering: .relaxed)
+            }
+        }
+        // The file changes until both readers are done (at least once per few preads).
+        var errors: [FSError] = []
+        while done.load(ordering: .relaxed) < readers {
+            do throws(FSError) {
+                switch step {
+                case .punch: try lab.fs.punchHole(file, offset: 0, length: 4 * 4096)
+                case .zeroRange: try lab.fs.zeroRange(file, offset: 0, length: 4 * 4096, keepSize: true)
+                case .truncateAndAllocate:
+                    try lab.fs.truncate(file, size: 0)
+                    _ = try lab.fs.fallocate(file, offset: 0, length: 4 * 4096)
+                case .collapse:
+                    _ = try lab.fs.fallocate(file, offset: 0, length: 4 * 4096)
+                    try lab.fs.collapseRange(file, offset: 0, length: 4096)
+                    _ = try lab.fs.fallocate(file, offset: 3 * 4096, length: 4096)
+                }
+                changes.wrappingIncrement(ordering: .relaxed)
+            } catch {
+                errors.append(error)
+                break
+            }
+        }
+        for thread in threads { #expect(thread.wait(seconds: 50), "\(step): a pread hung") }
+        #expect(errors.isEmpty, "\(step): \(errors.prefix(3))")
+        #expect(changes.load(ordering: .relaxed) > 0)
+        if step == .punch || step == .zeroRange {
+            // The size never changes: every page faults back in, every pread is whole.
+            #expect(failed.load(ordering: .relaxed) == 0, "\(step): \(failed.load(ordering: .relaxed)) preads failed, the last with errno \(lastErrno.load(ordering: .relaxed))")
+            #expect(short.load(ordering: .relaxed) == 0, "\(step): \(short.load(ordering: .relaxed)) preads were short")
+        }
+        try lab.fs.unmount()
+        let fsck = try Fsck.run(path: lab.path)
+        #expect(fsck.isClean, "\(step): \(fsck.result.problems.prefix(3))")
     }
 }
