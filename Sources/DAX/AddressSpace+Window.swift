@@ -94,8 +94,14 @@ extension AddressSpace {
     func serveWindowFault(_ window: MappedWindow, page: Int, write: Bool, signalled: Bool) -> Range<Int>? {
         self.lock.withReadLock {
             do {
-                let block = try self.install(page, write: write)
-                if block == 0 { try window.mapZero(page: page) } else { try window.map(page: page, block: block) }
+                var block = try self.install(page, write: write)
+                if block == 0 {
+                    try window.mapZero(page: page)
+                    // A write that filled the hole meanwhile dropped zeros that were not there
+                    // yet: look again, now that they are.
+                    block = try self.install(page, write: false)
+                }
+                if block != 0 { try window.map(page: page, block: block) }
                 return page..<(page + 1)
             } catch {
                 if !signalled { window.fence(page: page) }

@@ -136,6 +136,8 @@ public final class AddressSpace: @unchecked Sendable {
         // Two faults may race here; both found the same block under the shared lock.
         if entry.compareExchange(expected: 0, desired: block, ordering: .acquiringAndReleasing).exchanged {
             self.pins.reference(block)
+            // A write that filled a hole the window maps zeros for: the zeros go.
+            if write, let window = self.windowReference.load() { window.dropZeros(page..<(page + 1)) }
         }
         return block
     }

@@ -133,10 +133,14 @@ extension DAXFileSystem: LayoutBreaker {
 
     package func claimsCommitted(_ blocks: [UInt32]) { self.pins.commit(blocks) }
 
-    /// The file's window lifts the fences a fault past the old end left (under the file's lock,
-    /// exclusive: no fault runs meanwhile).
-    package func fileGrew(_ inode: Int, pages: Int) {
-        self.spaceForBreaker(inode: inode)?._withUnsafeGuaranteedRef { $0.windowReference.load()?.liftFences(below: pages) }
+    /// The file's window drops its zeros over filled holes and lifts the fences a fault past
+    /// the old end left (under the file's lock, exclusive: no fault runs meanwhile).
+    package func mappingsChanged(_ inode: Int, filled: Range<Int>, grownTo: Int?) {
+        self.spaceForBreaker(inode: inode)?._withUnsafeGuaranteedRef { space in
+            guard let window = space.windowReference.load() else { return }
+            if !filled.isEmpty { window.dropZeros(filled) }
+            if let grownTo { window.liftFences(below: grownTo) }
+        }
     }
 
     package func claimsAborted(_ blocks: [UInt32]) {

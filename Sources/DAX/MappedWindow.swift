@@ -44,7 +44,28 @@ final class MappedWindow: @unchecked Sendable {
     /// Pages past the end of file that a fault found (userfaultfd windows): `PROT_NONE` and not
     /// registered, so the CPU's retried access raises SIGSEGV, which the fault service turns into
     /// SIGBUS, and the kernel's fails with EFAULT. A file that grows lifts them (`liftFences`).
-    private let fences = Locked(Set<Int>(), rank: .windowFences)
+    ///
+    /// And the pages that map zeros (a read of a hole): a call that fills the hole drops them
+    /// (`dropZeros`), as the kernel unmaps a hole's zero page when a block replaces it.
+    private let state = Locked(PageSets(), rank: .windowPages)
+
+    private struct PageSets {
+        var fences: Set<Int> = []
+        var zeros: Set<Int> = []
+
+        /// Removes `pages` from both sets; whether any was fenced.
+        mutating func forget(_ pages: Range<Int>) -> Bool {
+            if self.zeros.isEmpty && self.fences.isEmpty { return false }
+            if pages.count == 1 {
+                self.zeros.remove(pages.lowerBound)
+                return self.fences.remove(pages.lowerBound) != nil
+            }
+            if !self.zeros.isEmpty { self.zeros = self.zeros.filter { !pages.contains($0) } }
+            let before = self.fences.count
+            if before > 0 { self.fences = self.fences.filter { !pages.contains($0) } }
+            return self.fences.count != before
+        }
+    }
     /// For a pin's view: the block each page maps now (0: none), so that a pin of blocks the
     /// view maps already keeps the page-table entries the kernel has (as a process's mmap keeps
     /// them from one pin to the next). Written under the rules of `map` and `unmap`.
@@ -168,27 +189,49 @@ final class MappedWindow: @unchecked Sendable {
             protection: PROT_READ | PROT_WRITE, flags: self.mapFlags | MAP_FIXED | MAP_POPULATE,
             descriptor: self.mapping.descriptor, offset: Int(firstBlock) * pageSize)
         for page in pages { self.mappedBlock(page)?.store(firstBlock &+ UInt32(page - pages.lowerBound), ordering: .relaxed) }
-        if self.userfaultfd >= 0 { self.forgetFences(pages) }
+        self.forget(pages)
     }
 
     /// Maps zeros at `page`: a read of a hole. A store faults again (a write-protect fault with
     /// userfaultfd, a protection fault without).
     func mapZero(page: Int) throws(SystemCallError) {
-        guard self.userfaultfd >= 0 else {
-            _ = try mapMemory(
-                "map zeros at window page \(page)", address: self.address(page: page), length: pageSize,
-                protection: PROT_READ, flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
-            return
+        try self.state.withLock { (state) throws(SystemCallError) in
+            state.zeros.insert(page)
+            guard self.userfaultfd >= 0 else {
+                _ = try mapMemory(
+                    "map zeros at window page \(page)", address: self.address(page: page), length: pageSize,
+                    protection: PROT_READ, flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+                return
+            }
+            // (A fenced page, or one whose file mapping a racing fault left, is made registered
+            // anonymous memory again first: UFFDIO_COPY fills only a missing page of such memory.)
+            if state.fences.remove(page) != nil { self.restoreKeepingData(page..<(page + 1)) }
+            var status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
+            if status == -EEXIST || status == -ENOENT {
+                self.restore(page..<(page + 1))
+                status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
+            }
+            guard status == 0 else { throw SystemCallError("map zeros at window page \(page)", errno: -status) }
         }
-        // (A fenced page, or one whose file mapping a racing fault left, is made registered
-        // anonymous memory again first: UFFDIO_COPY fills only a missing page of such memory.)
-        if self.forgetFences(page..<(page + 1)) { self.restoreKeepingData(page..<(page + 1)) }
-        var status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
-        if status == -EEXIST || status == -ENOENT {
-            self.restore(page..<(page + 1))
-            status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
+    }
+
+    /// Drops the zeros mapped over `pages` (their holes were filled): the next access faults and
+    /// finds the block.
+    func dropZeros(_ pages: Range<Int>) {
+        self.state.withLock { state in
+            guard !state.zeros.isEmpty else { return }
+            for page in state.zeros.filter({ pages.contains($0) }) {
+                state.zeros.remove(page)
+                if self.userfaultfd >= 0 {
+                    self.restore(page..<(page + 1))
+                } else {
+                    let result = mmap(
+                        self.address(page: page), pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+                        -1, 0)
+                    precondition(result != MAP_FAILED, "daxlab: could not unmap window page \(page): errno \(errno)")
+                }
+            }
         }
-        guard status == 0 else { throw SystemCallError("map zeros at window page \(page)", errno: -status) }
     }
 
     /// Makes `page` past the end of file fault for good (a userfaultfd window): the CPU gets
@@ -198,30 +241,25 @@ final class MappedWindow: @unchecked Sendable {
         let result = mmap(
             self.address(page: page), pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
         precondition(result != MAP_FAILED, "daxlab: could not fence window page \(page): errno \(errno)")
-        self.fences.withLock { _ = $0.insert(page) }
+        self.state.withLock { _ = $0.fences.insert(page) }
     }
 
     /// Makes the fenced pages below `end` fault again (the file grew; the caller holds the
     /// invalidate lock exclusively).
     func liftFences(below end: Int) {
         guard self.userfaultfd >= 0 else { return }
-        let lifted = self.fences.withLock { fences -> [Int] in
-            let lifted = fences.filter { $0 < end }
-            fences.subtract(lifted)
+        let lifted = self.state.withLock { state -> [Int] in
+            let lifted = state.fences.filter { $0 < end }
+            state.fences.subtract(lifted)
             return Array(lifted)
         }
         for page in lifted { self.restoreKeepingData(page..<(page + 1)) }
     }
 
-    /// Removes the fences in `pages`; whether there were any.
+    /// Forgets what `pages` mapped (zeros, fences); whether any was fenced.
     @discardableResult
-    private func forgetFences(_ pages: Range<Int>) -> Bool {
-        self.fences.withLock { fences in
-            guard !fences.isEmpty else { return false }
-            let before = fences.count
-            if pages.count == 1 { fences.remove(pages.lowerBound) } else { fences = fences.filter { !pages.contains($0) } }
-            return fences.count != before
-        }
+    private func forget(_ pages: Range<Int>) -> Bool {
+        self.state.withLock { $0.forget(pages) }
     }
 
     /// Wakes the threads waiting on faults in `pages` (a userfaultfd window).
@@ -235,8 +273,8 @@ final class MappedWindow: @unchecked Sendable {
     func unmap(_ pages: Range<Int>) {
         let range = max(0, pages.lowerBound)..<min(pages.upperBound, self.pages)
         guard !range.isEmpty else { return }
+        self.forget(range)
         if self.userfaultfd >= 0 {
-            self.forgetFences(range)
             self.restore(range)
         } else {
             let result = mmap(
@@ -311,8 +349,8 @@ final class MappedWindow: @unchecked Sendable {
     func drop(region: Int) {
         self.queuedRegions[region] = false
         let pages = (region * Self.regionPages)..<min(self.pages, (region + 1) * Self.regionPages)
+        self.forget(pages)
         if self.userfaultfd >= 0 {
-            self.forgetFences(pages)
             self.restoreKeepingData(pages)
         } else {
             let result = mmap(

@@ -112,10 +112,12 @@ package protocol LayoutBreaker: AnyObject, Sendable {
     /// block is idle and is freed normally.
     func claimBusy(_ block: UInt32, as disposition: BusyBlockDisposition) -> Bool
 
-    /// Inode `inode` grew to `pages` pages (a write, a truncate or fallocate past its end, a
-    /// zero-range or insert-range), under its lock held exclusively: mappings that answered a
-    /// fault past the old end with SIGBUS must fault again.
-    func fileGrew(_ inode: Int, pages: Int)
+    /// A call holding inode `inode`'s lock exclusively may have filled holes in `filled` (a
+    /// write, fallocate, zero-range) and grew the file to `grownTo` pages (nil: it did not grow):
+    /// mappings of zeros in `filled` must go, and mappings that answered a fault past the old end
+    /// with SIGBUS must fault again (the kernel's `dax_insert_entry` unmaps a hole's zero page
+    /// when a block replaces it).
+    func mappingsChanged(_ inode: Int, filled: Range<Int>, grownTo: Int?)
 
     /// The transaction that moved claimed blocks out of their file has committed.
     func claimsCommitted(_ blocks: [UInt32])

@@ -63,7 +63,7 @@ extension FileSystem {
         guard bytes.count > 0 else { return }
         try self.lock(id).withWriteLock { () throws(FSError) in
             let before = try self.checkedRecord(id).size
-            defer { self.noteGrowth(id.inode, from: before) }
+            defer { self.noteChange(id.inode, from: before, filling: offset..<(offset + bytes.count)) }
             var position = offset
             let end = offset + bytes.count
             while position < end {
@@ -76,13 +76,15 @@ extension FileSystem {
         }
     }
 
-    /// Tells the DAX layer that inode `number` grew past `before` bytes, if it did (the caller
-    /// holds its lock exclusively).
-    func noteGrowth(_ number: Int, from before: UInt64) {
+    /// Tells the DAX layer what a call that holds inode `number`'s lock exclusively did to its
+    /// mappings: the holes it may have filled in the byte range `filling`, and whether the file
+    /// grew past `before` bytes.
+    func noteChange(_ number: Int, from before: UInt64, filling: Range<Int> = 0..<0) {
         let size = self.record(number).size
-        guard size > before else { return }
-        let pages = Int((size + UInt64(pageSize) - 1) / UInt64(pageSize))
-        self.breaker.withCurrent({ $0.fileGrew(number, pages: pages) }, none: {})
+        let pages = filling.isEmpty ? 0..<0 : (filling.lowerBound / pageSize)..<((filling.upperBound + pageSize - 1) / pageSize)
+        guard size > before || !pages.isEmpty else { return }
+        let grownTo = size > before ? Int((size + UInt64(pageSize) - 1) / UInt64(pageSize)) : nil
+        self.breaker.withCurrent({ $0.mappingsChanged(number, filled: pages, grownTo: grownTo) }, none: {})
     }
 
     /// Convenience for `[UInt8]`.
@@ -173,7 +175,7 @@ extension FileSystem {
                     staged.size = UInt64(size)
                     staged.modifiedNanoseconds = FileSystem.now()
                 }
-                self.noteGrowth(id.inode, from: UInt64(oldSize))
+                self.noteChange(id.inode, from: UInt64(oldSize))
                 return
             }
             let newPages = (size + pageSize - 1) / pageSize
@@ -229,7 +231,7 @@ extension FileSystem {
         guard length > 0 else { throw FSError(.invalidArgument, "zero-range: length must be > 0") }
         try self.lock(id).withWriteLock { () throws(FSError) in
             let size = Int(try self.checkedRecord(id).size)
-            defer { self.noteGrowth(id.inode, from: UInt64(size)) }
+            defer { self.noteChange(id.inode, from: UInt64(size), filling: offset..<(offset + length)) }
             let end = offset + length
             let newSize = keepSize ? size : max(size, end)
             guard min(end, newSize) > offset else { return }
@@ -358,7 +360,7 @@ extension FileSystem {
         guard length > 0 else { throw FSError(.invalidArgument, "fallocate: length must be > 0") }
         return try self.lock(id).withWriteLock { () throws(FSError) -> Int in
             let size = Int(try self.checkedRecord(id).size)
-            defer { self.noteGrowth(id.inode, from: UInt64(size)) }
+            defer { self.noteChange(id.inode, from: UInt64(size), filling: offset..<(offset + length)) }
             let end = keepSize ? min(offset + length, size) : offset + length
             guard end > offset else { return 0 }
             try self.allocateHoles(id.inode, from: offset, to: end)

@@ -38,7 +38,7 @@ extension FileSystem {
         try Self.checkShift("insert-range", offset: offset, length: length)
         try self.lock(id).withWriteLock { () throws(FSError) in
             let before = try self.checkedRecord(id).size
-            defer { self.noteGrowth(id.inode, from: before) }
+            defer { self.noteChange(id.inode, from: before) }
             try self.shift("insert-range", id, first: offset / pageSize, by: length / pageSize, policy: policy) {
                 size throws(FSError) in
                 guard offset < size else {

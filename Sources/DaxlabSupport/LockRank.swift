@@ -89,8 +89,8 @@ extension LockRank {
     /// The fault service's table of windows (`FaultService.windows`, DAX): a lookup per fault,
     /// a window's registration and retirement.
     public static let faultServiceWindows = LockRank("faultServiceWindows", 207)
-    /// A window's fenced pages (`MappedWindow.fences`, DAX): under the file's lock.
-    public static let windowFences = LockRank("windowFences", 208)
+    /// A window's fenced and zero pages (`MappedWindow.state`, DAX): under the file's lock.
+    public static let windowPages = LockRank("windowPages", 208)
     /// The oracle's set of blocks moved within their file (`Oracle.moved`, Race): inside a
     /// transaction (a collapse or insert tells the observer).
     public static let oracleMoved = LockRank("oracleMoved", 210)
@@ -120,7 +120,7 @@ extension LockRank {
     public static let all: [LockRank] = [
         .raceWriter, .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror,
         .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .kernelRingSlots, .leaseOverflow, .waitQueue,
-        .reclaimer, .faultServiceWindows, .windowFences, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined, .dmaThreads, .crashPending,
+        .reclaimer, .faultServiceWindows, .windowPages, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined, .dmaThreads, .crashPending,
         .crashPoints, .crashChild, .benchPinCounts, .benchWake, .leaf,
     ]
 }

@@ -37,6 +37,27 @@ struct WindowTests {
         #expect(try lab.fs.read(lab.file, offset: 2 * 4096, count: 1) == [0x55])
     }
 
+    @Test("a hole read through the window, then written with write(2), fallocate or a pin: the window shows the new block, not the zeros",
+          arguments: windowMechanisms)
+    func zerosGiveWayToANewBlock(mechanism: WindowFaultMechanism) throws {
+        let lab = try Lab(policy: .wait, pages: 1, windowFaults: mechanism)
+        try lab.fs.truncate(lab.file, size: 4 * 4096)
+        let space = try lab.space
+        let window = try space.mapWindow()
+        for page in 1..<4 { #expect((window + page * 4096).load(as: UInt8.self) == 0, "page \(page) is a hole") }
+        try lab.fs.write(lab.file, offset: 4096, bytes: [0x11])
+        #expect((window + 4096).load(as: UInt8.self) == 0x11, "write(2) allocated the hole: the zeros must go")
+        _ = try lab.fs.fallocate(lab.file, offset: 2 * 4096, length: 4096)
+        try lab.fs.write(lab.file, offset: 2 * 4096, bytes: [0x22])  // (into the block fallocate made)
+        #expect((window + 2 * 4096).load(as: UInt8.self) == 0x22)
+        let handle = try space.pin(3..<4, write: true)
+        handle.unpin()
+        try lab.fs.write(lab.file, offset: 3 * 4096, bytes: [0x33])
+        #expect((window + 3 * 4096).load(as: UInt8.self) == 0x33, "a pin's write fault allocated the hole")
+        (window + 3 * 4096 + 1).storeBytes(of: 0x34, as: UInt8.self)
+        #expect(try lab.fs.read(lab.file, offset: 3 * 4096 + 1, count: 1) == [0x34], "a store reaches the file")
+    }
+
     @Test("a punched page reads zeros through the window afterwards; its old mapping is gone", arguments: windowMechanisms)
     func punchUnmaps(mechanism: WindowFaultMechanism) throws {
         let lab = try Lab(policy: .wait, pages: 4, windowFaults: mechanism)
