@@ -62,7 +62,7 @@ extension FileSystem: DAXBlockSource {
             if slot == nil, page >= BlockMapPath.indirectFirstPage, !stripe.hasZeroed(file.inode),
                 stripe.punchedBlocks(file.inode).isEmpty
             {
-                _ = try self.takeReservation(file.inode, stripe: &stripe)
+                _ = try self.takeReservation(file.inode, page: page + 1, stripe: &stripe)
             }
             return block
         }
