@@ -21,6 +21,13 @@ enum BlockMapPath: Equatable {
         return first < end ? first..<end : 0..<0
     }
 
+    /// The first page past those whose pointers share the map block of `page`'s (a page past the
+    /// direct ones): the end of the indirect block's pages, or of the page's leaf's.
+    static func mapBlockEnd(_ page: Int) -> Int {
+        guard page >= Self.doubleIndirectFirstPage else { return Self.doubleIndirectFirstPage }
+        return page + MapEntry.perBlock - (page - Self.doubleIndirectFirstPage) % MapEntry.perBlock
+    }
+
     /// - Returns: nil when `page` lies beyond what the map can reach (about 1 GiB).
     init?(page: Int) {
         // (Comparisons, not `case ..<n` patterns: those ran as generic `contains` calls, on

@@ -162,6 +162,16 @@ package protocol DAXBlockSource: AnyObject, Sendable {
     /// - Throws: `.notFound` (file gone), `.invalidArgument` past the end of file (SIGBUS), `.noSpace`.
     func blockForFault(_ file: FileID, page: Int, allocate: Bool) throws(FSError) -> UInt32
 
+    /// The first block of the aligned run behind the 2 MiB range of `file` holding `page` (pages
+    /// `r ..< r + Geometry.runBlocks`, `r` a multiple of it), for a huge fault (what
+    /// `dax_iomap_pmd_fault` needs of `iomap_begin`): when every page of the range lies within the
+    /// file's size and page `r + i` maps block `first + i`, with `first` a multiple of
+    /// `Geometry.runBlocks` (so the range is one 2 MiB-aligned extent of the image, at byte
+    /// `first * 4096`). Allocates nothing. The caller holds the invalidate lock (shared).
+    /// - Returns: `first`; nil when the range is not so backed (a hole in it, a block out of
+    ///   place, a range past the end of file) or `file` is gone.
+    func alignedRun(_ file: FileID, page: Int) -> UInt32?
+
     /// The block behind `page` of inode `inode`, 0 for a hole: for the breaker's scan of a range,
     /// with the invalidate lock held exclusively so the block map cannot change under it.
     func mappedBlock(inode: Int, page: Int) -> UInt32

@@ -2,7 +2,7 @@ import DaxlabSupport
 import Pmem
 
 /// DaxFS's side of the DAX contract (`DAXBlockSource`): the invalidate lock, blocks for faults,
-/// the breaker every removal asks, and the release of blocks whose last pin dropped.
+/// the aligned runs huge faults map, the breaker every removal asks, and the release of blocks whose last pin dropped.
 extension FileSystem: DAXBlockSource {
     package var blockCount: Int { self.geometry.blockCount }
 
@@ -62,10 +62,40 @@ extension FileSystem: DAXBlockSource {
             if slot == nil, page >= BlockMapPath.indirectFirstPage, !stripe.hasZeroed(file.inode),
                 stripe.punchedBlocks(file.inode).isEmpty
             {
-                _ = try self.takeReservation(file.inode, stripe: &stripe)
+                _ = try self.takeReservation(file.inode, page: page + 1, stripe: &stripe)
             }
             return block
         }
+    }
+
+    package func alignedRun(_ file: FileID, page: Int) -> UInt32? {
+        guard page >= 0, let record = try? self.checkedRecord(file) else { return nil }
+        let runPages = Geometry.runBlocks
+        let first = page / runPages * runPages
+        let end = first + runPages
+        guard end <= InodeRecord.maximumPages, UInt64(end) * UInt64(pageSize) <= record.size else { return nil }
+        let number = file.inode
+        let run = self.reader.block(of: record, number, page: first)
+        guard run != 0, Int(run) % runPages == 0 else { return nil }
+        var page = first + 1
+        while page < end {
+            guard page >= BlockMapPath.indirectFirstPage else {
+                guard self.reader.block(of: record, number, page: page) == run + UInt32(page - first) else { return nil }
+                page += 1
+                continue
+            }
+            // The entries of one map block lie side by side: find the block once, read them in turn.
+            guard let slot = self.reader.mapSlot(of: record, number, page: page) else { return nil }
+            let mapEnd = BlockMapPath.mapBlockEnd(page)
+            for entry in 0..<(min(end, mapEnd) - page) {
+                let expected = run + UInt32(page + entry - first)
+                guard self.reader.pointer(at: slot + entry * MapEntry.size, number, page: page + entry) == expected else {
+                    return nil
+                }
+            }
+            page = min(end, mapEnd)
+        }
+        return run
     }
 
     package func mappedBlock(inode: Int, page: Int) -> UInt32 {

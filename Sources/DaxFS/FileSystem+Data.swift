@@ -110,7 +110,7 @@ extension FileSystem {
         // block-map block that was freed and reused, so a second read could disagree.
         var blocks = (firstPage...lastPage).map { reader.block(of: record, number, page: $0) }
         let holes = (firstPage...lastPage).filter { blocks[$0 - firstPage] == 0 }
-        guard let fresh = holes.isEmpty ? [] : self.allocator.allocate(holes.count, hint: BlockAllocator.currentCPUHint) else {
+        guard let fresh = self.blocksForHoles(number, record: record, holes: holes, end: end) else {
             throw FSError(.noSpace, "no space left for \(holes.count) blocks")
         }
         let observer = self.allocator.allocationObserver

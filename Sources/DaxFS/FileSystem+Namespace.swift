@@ -131,12 +131,14 @@ extension FileSystem {
             let size = self.record(number).size
             return 0..<Int((size + UInt64(pageSize) - 1) / UInt64(pageSize))
         }
-        // Its reserved blocks go with it; the map is empty now, so none is mapped.
+        // Its reserved blocks go with it (the map is empty now, so none is mapped), and so does
+        // the run it had claimed, if any.
         let (_, freed) = try self.log.transaction { (tx) throws(FSError) in
             Self.stageReleaseReservation(tx, inode: number)
             tx.inode(number).release()
         }
         self.forgetReservation(number)
+        self.allocator.dissolveClaims(owner: number)
         self.allocator.release(freed)
     }
 

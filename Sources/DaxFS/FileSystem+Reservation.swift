@@ -147,7 +147,7 @@ extension FileSystem {
             try self.scrubPunched(number, stripe: &stripe)
         }
         if !stripe.hasZeroed(number) {
-            guard try self.takeReservation(number, stripe: &stripe) else { return nil }
+            guard try self.takeReservation(number, page: page, stripe: &stripe) else { return nil }
         }
         let block = stripe.takeZeroed(number)
         self.unusedReserved.add(-1, stripeOf: number)
@@ -248,15 +248,20 @@ extension FileSystem {
         return true
     }
 
-    /// Reserves blocks for inode `number`, whose earlier reservation is all mapped: zeroes them
-    /// (non-temporal stores, flushed) and commits one transaction that allocates them, lists
-    /// them in the inode and counts them. The blocks of the earlier reservation stay mapped and
-    /// counted, as ordinary blocks of the file.
+    /// Reserves blocks for inode `number`, whose earlier reservation is all mapped and whose next
+    /// write fault is expected at `page`: zeroes them (non-temporal stores, flushed) and commits
+    /// one transaction that allocates them, lists them in the inode and counts them. When the file
+    /// has an aligned run for the page's range, the blocks are the run's for `page` and the pages
+    /// after it (`reservationFromRun`), so faults in page order fill the range from the run. The
+    /// blocks of the earlier reservation stay mapped and counted, as ordinary blocks of the file.
     /// - Returns: false (nothing changed) when free space is too low to reserve.
-    func takeReservation(_ number: Int, stripe: inout FaultStripe) throws(FSError) -> Bool {
+    func takeReservation(_ number: Int, page: Int, stripe: inout FaultStripe) throws(FSError) -> Bool {
         let allowed = self.allocator.freeCount / Self.reservationHeadroom - self.unusedReserved.total
         let count = min(InodeRecord.maximumReservation, allowed)
-        guard count >= 2, let blocks = self.allocator.allocate(count, hint: BlockAllocator.currentCPUHint) else {
+        guard count >= 2,
+            let blocks = self.reservationFromRun(number, page: page, count: count)
+                ?? self.allocator.allocate(count, hint: BlockAllocator.currentCPUHint)
+        else {
             return false
         }
         do throws(FSError) {

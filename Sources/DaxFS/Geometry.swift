@@ -20,6 +20,11 @@ public struct Geometry: Sendable, Equatable {
     public static let minimumImageSize = 1 << 20
     /// 32-bit block numbers.
     public static let maximumBlockCount = Int(UInt32.max)
+    /// Blocks of one aligned run: 2 MiB, what one huge (PMD) mapping covers. A run's first block
+    /// is a multiple of this, so the run is 2 MiB-aligned in the image; the allocator hands a
+    /// growing file whole runs where it has them (`BlockAllocator`), and `alignedRun` says where
+    /// a file has one (the analogue of the kernel's `PG_PMD_NR`).
+    public static let runBlocks = 512
 
     public let blockCount: Int
     public let inodeCount: Int
