@@ -92,8 +92,10 @@ extension AddressSpace {
     ///   no space for a hole), as the kernel answers such a fault: the page is fenced, so the
     ///   CPU's retried access raises SIGBUS and the kernel's fails with EFAULT.
     func serveWindowFault(_ window: MappedWindow, page: Int, write: Bool, signalled: Bool) -> Range<Int>? {
-        self.lock.withReadLock {
+        self.dax.statistics.windowFaults.wrappingIncrement(ordering: .relaxed)
+        return self.lock.withReadLock {
             do {
+                if let range = try self.hugeFault(window, page: page, write: write) { return range }
                 var block = try self.install(page, write: write)
                 if block == 0 {
                     try window.mapZero(page: page)
@@ -108,6 +110,48 @@ extension AddressSpace {
                 return nil
             }
         }
+    }
+
+    /// A huge fault (`dax_iomap_pmd_fault`): where the 2 MiB range of the file holding `page` is
+    /// one 2 MiB-aligned run of the image (or, for a write to a range of holes, can be made one
+    /// now), every page of it is installed and mapped with one `mmap`: on device-dax and fs-dax
+    /// the kernel then maps a PMD, on tmpfs 512 PTEs. The window's pages are 2 MiB-aligned, so
+    /// the range is one huge page of the window. A later truncate or punch inside it unmaps only
+    /// its own pages (the kernel splits the PMD). The caller holds the file's lock, shared.
+    /// - Returns: the range mapped, or nil (the fault is a 4 KiB one).
+    private func hugeFault(_ window: MappedWindow, page: Int, write: Bool) throws(FSError) -> Range<Int>? {
+        let runPages = MappedWindow.regionPages
+        let first = page - page % runPages
+        guard first + runPages <= window.pages else { return nil }
+        var run: UInt32?
+        let block = self.lookup(page) != 0 ? self.lookup(page) : self.source.mappedBlock(inode: self.id.inode, page: page)
+        if block != 0 {
+            // Only a page at its own offset of an aligned run can be in one, and a range filled
+            // in order is complete only when its last page is (two lookups before the 512).
+            let base = block &- UInt32(page - first)
+            guard Int(block) % runPages == page - first,
+                self.source.mappedBlock(inode: self.id.inode, page: first + runPages - 1) == base &+ UInt32(runPages - 1)
+            else { return nil }
+            run = self.source.alignedRun(self.id, page: page)
+        } else if write {
+            run = try self.source.allocateAlignedRun(self.id, page: page)
+        }
+        guard let run else { return nil }
+        if self.unmounting.isRaised { throw FSError(.invalidArgument, "\(self.id): the file system is unmounting") }
+        for index in 0..<runPages {
+            guard let entry = self.table.entryForInstall(first + index) else { return nil }
+            let wanted = run &+ UInt32(index)
+            if entry.compareExchange(expected: 0, desired: wanted, ordering: .acquiringAndReleasing).exchanged {
+                self.pins.reference(wanted)
+            } else if entry.load(ordering: .acquiring) != wanted {
+                return nil  // (the map says otherwise under the lock: take the 4 KiB path)
+            }
+        }
+        do throws(SystemCallError) { try window.map(pages: first..<(first + runPages), firstBlock: run) } catch {
+            throw FSError(.io, error.description)
+        }
+        self.dax.statistics.hugeFaults.wrappingIncrement(ordering: .relaxed)
+        return first..<(first + runPages)
     }
 
     /// Takes the kernel's pin of `batch`'s blocks (pinned by daxlab already): maps them in the

@@ -34,10 +34,10 @@ public final class AddressSpace: @unchecked Sendable {
     /// The layer's pool and unmount flag, held here: the pin and fault paths reach them without
     /// an unowned load of the layer (a strong-retain attempt each).
     private let batchPool: BatchPool
-    private let unmounting: UnmountFlag
+    let unmounting: UnmountFlag
     /// The file system, held here for the fault path likewise (the layer holds it too; this
     /// space goes with the layer, or with the last pooled batch that names it).
-    private let source: any DAXBlockSource
+    let source: any DAXBlockSource
     /// The layer's policy refuses long-term pins (`mainline`).
     private let refusesLongTerm: Bool
     let mapping: PmemMapping

@@ -24,6 +24,10 @@ public final class PolicyStatistics: Sendable {
     public let pinnedBlocksFreed = ManagedAtomic<Int>(0)
     /// On-demand-paging subscriptions invalidated by truncates and punches (`odp`'s currency).
     public let odpInvalidations = ManagedAtomic<Int>(0)
+    /// Window faults the fault service served (the CPU's and the kernel's), and those that
+    /// mapped a whole 2 MiB range at once (huge faults).
+    public let windowFaults = ManagedAtomic<Int>(0)
+    public let hugeFaults = ManagedAtomic<Int>(0)
     /// `mainline`: long-term pins refused (EOPNOTSUPP).
     public let longTermRefused = ManagedAtomic<Int>(0)
     /// Unmounts with pins outstanding: waited for them (`wait`, `mainline`, `sequester`,

@@ -172,6 +172,14 @@ package protocol DAXBlockSource: AnyObject, Sendable {
     ///   place, a range past the end of file) or `file` is gone.
     func alignedRun(_ file: FileID, page: Int) -> UInt32?
 
+    /// For a huge write fault: allocates the whole 2 MiB range of `file` holding `page` as one
+    /// aligned run, zeroed and durable, when the range lies within the file and is all holes.
+    /// The caller holds the invalidate lock (shared).
+    /// - Returns: the run's first block; nil when it cannot be had so (nothing allocated then,
+    ///   unless another fault got there first).
+    /// - Throws: `.noSpace`, `.notFound`, `.io`.
+    func allocateAlignedRun(_ file: FileID, page: Int) throws(FSError) -> UInt32?
+
     /// The block behind `page` of inode `inode`, 0 for a hole: for the breaker's scan of a range,
     /// with the invalidate lock held exclusively so the block map cannot change under it.
     func mappedBlock(inode: Int, page: Int) -> UInt32

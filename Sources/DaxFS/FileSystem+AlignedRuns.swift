@@ -101,6 +101,38 @@ extension FileSystem {
         return self.allocator.claimRun(owner: number, hint: BlockAllocator.currentCPUHint)
     }
 
+    /// A huge write fault (`dax_iomap_pmd_fault` allocating a 2 MiB extent): allocates every
+    /// page of the 2 MiB range of `file` holding `page` at once, zeroed and durable, from one
+    /// aligned run, when the range lies within the file, is all holes and a whole run is free.
+    /// The caller holds the file's invalidate lock shared, as for `blockForFault`.
+    /// - Returns: the run's first block; nil when the range cannot be had so (nothing allocated),
+    ///   or when another fault filled part of it first.
+    /// - Throws: `.noSpace`, `.notFound` (the file is gone), `.io`.
+    package func allocateAlignedRun(_ file: FileID, page: Int) throws(FSError) -> UInt32? {
+        let record = try self.checkedRecord(file)
+        let runPages = Geometry.runBlocks
+        let first = page / runPages * runPages
+        let number = file.inode
+        // The cheap refusals first: the whole range inside the file, a run free, the faulting
+        // page and both ends of the range holes.
+        guard first + runPages <= InodeRecord.maximumPages, Int(record.size) >= (first + runPages) * pageSize,
+            self.allocator.hasWholeRun,
+            [first, page, first + runPages - 1].allSatisfy({ self.reader.block(of: record, number, page: $0) == 0 })
+        else { return nil }
+        return try self.withStripe(number) { (stripe) throws(FSError) -> UInt32? in
+            guard self.rangeIsHoles(number, record: record, first: first) else { return nil }
+            stripe.allocations += 1
+            var position = first * pageSize
+            let end = (first + runPages) * pageSize
+            while position < end {
+                let chunkEnd = min(end, (position / pageSize + Self.pagesPerTransaction) * pageSize)
+                try self.writeChunk(number, from: position, to: chunkEnd, fill: nil)
+                position = chunkEnd
+            }
+            return self.alignedRun(file, page: page)
+        }
+    }
+
     /// Whether pages `first ..< first + Geometry.runBlocks` of inode `number` are all holes.
     private func rangeIsHoles(_ number: Int, record: InodeRecord, first: Int) -> Bool {
         let pages = Int((record.size + UInt64(pageSize) - 1) / UInt64(pageSize))

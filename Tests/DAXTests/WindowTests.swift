@@ -152,3 +152,73 @@ struct WindowTests {
         #expect((window + 4096).load(as: UInt16.self) == 0x5A01)
     }
 }
+
+/// Huge faults: a 2 MiB range of a file that is one aligned run of the image is mapped whole by
+/// one fault, as `dax_iomap_pmd_fault` maps a PMD.
+@Suite("Huge faults", .serialized, .timeLimit(.minutes(1)))
+struct HugeFaultTests {
+    /// A lab whose file is 4 MiB written in order (two aligned runs).
+    private func sequentialFile(_ mechanism: WindowFaultMechanism) throws -> Lab {
+        let lab = try Lab(policy: .sequester, pages: 0, windowFaults: mechanism)
+        for chunk in 0..<64 {
+            let bytes = (0..<16 * 4096).map { UInt8(truncatingIfNeeded: (chunk * 16 + $0 / 4096) &* 7 &+ 1) }
+            try lab.fs.write(lab.file, offset: chunk * 16 * 4096, bytes: bytes)
+        }
+        #expect(lab.fs.alignedRun(lab.file, page: 0) != nil && lab.fs.alignedRun(lab.file, page: 512) != nil,
+                "the file system gave the file no aligned runs: nothing here tests a huge fault")
+        return lab
+    }
+
+    private func expected(_ page: Int) -> UInt8 { UInt8(truncatingIfNeeded: page &* 7 &+ 1) }
+
+    @Test("a 4 MiB file written in order is mapped by two faults of 2 MiB each", arguments: windowMechanisms)
+    func twoFaultsMapFourMebibytes(mechanism: WindowFaultMechanism) throws {
+        let lab = try self.sequentialFile(mechanism)
+        let window = try lab.space.mapWindow()
+        let faults = lab.dax.statistics.windowFaults.load(ordering: .relaxed)
+        var wrong = 0
+        for page in 0..<1024 where (window + page * 4096 + 99).load(as: UInt8.self) != self.expected(page) { wrong += 1 }
+        #expect(wrong == 0)
+        #expect(lab.dax.statistics.windowFaults.load(ordering: .relaxed) - faults == 2, "one fault per 2 MiB")
+        #expect(lab.dax.statistics.hugeFaults.load(ordering: .relaxed) == 2)
+    }
+
+    @Test("stores through the window into a file of holes allocate each 2 MiB range at once, as one aligned run",
+          arguments: windowMechanisms)
+    func coldWritesFaultWholeRuns(mechanism: WindowFaultMechanism) throws {
+        let lab = try Lab(policy: .sequester, pages: 0, windowFaults: mechanism)
+        try lab.fs.truncate(lab.file, size: 1024 * 4096)
+        let window = try lab.space.mapWindow()
+        for page in 0..<1024 { (window + page * 4096).storeBytes(of: self.expected(page), as: UInt8.self) }
+        #expect(lab.dax.statistics.hugeFaults.load(ordering: .relaxed) == 2)
+        #expect(lab.dax.statistics.windowFaults.load(ordering: .relaxed) == 2, "the stores after each range's first faulted")
+        #expect(lab.fs.alignedRun(lab.file, page: 0) != nil && lab.fs.alignedRun(lab.file, page: 1023) != nil)
+        for page in [0, 1, 511, 512, 1023] {
+            #expect(try lab.fs.read(lab.file, offset: page * 4096, count: 1) == [self.expected(page)], "page \(page)")
+        }
+    }
+
+    @Test("a punch of one page inside a huge mapping splits it: zeros there, the rest intact; a pin in the range keeps its block",
+          arguments: windowMechanisms)
+    func punchSplitsAHugeMapping(mechanism: WindowFaultMechanism) throws {
+        let lab = try self.sequentialFile(mechanism)
+        let space = try lab.space
+        let window = try space.mapWindow()
+        _ = (window + 4096).load(as: UInt8.self)  // the first range, mapped whole
+        #expect(lab.dax.statistics.hugeFaults.load(ordering: .relaxed) == 1)
+        try holding(try space.pin(10..<20, write: true)) { handle in
+            let pinned = (0..<handle.count).map { handle.block(at: $0) }
+            try lab.fs.punchHole(lab.file, offset: 300 * 4096, length: 4096)
+            #expect((window + 300 * 4096).load(as: UInt64.self) == 0, "the punched page reads zeros")
+            var wrong = 0
+            for page in 0..<512 where page != 300 && (window + page * 4096 + 99).load(as: UInt8.self) != self.expected(page) {
+                wrong += 1
+            }
+            #expect(wrong == 0, "\(wrong) pages of the split range read wrong")
+            #expect((10..<20).map { lab.fs.currentBlock(lab.file, page: $0) } == pinned, "the pinned pages keep their blocks")
+            var byte: UInt8 = 0xD5
+            #expect(try handle.write(at: 5, from: &byte, count: 1), "the device's write was refused")
+        }
+        #expect((window + 15 * 4096).load(as: UInt8.self) == 0xD5, "the device's write is seen through the window")
+    }
+}
