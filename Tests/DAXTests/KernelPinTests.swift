@@ -56,10 +56,12 @@ func holds(_ lab: Lab, _ file: FileID, pages: Int, _ byte: UInt8) throws -> Bool
 }
 
 /// Creates a file of `pages` pages of 0x42 (the victim) and returns it with the page, if any,
-/// that took `block`.
+/// that took `block`. Written a page at a time, as a small file grows: a write of 16 pages or
+/// more at once would take a 2 MiB-aligned run (stream allocation) instead of the blocks freed
+/// last.
 func makeVictim(_ lab: Lab, pages: Int, taking block: UInt32) throws -> (file: FileID, page: Int?) {
     let file = try lab.fs.create("victim")
-    try lab.fs.write(file, offset: 0, bytes: [UInt8](repeating: 0x42, count: pages * 4096))
+    for page in 0..<pages { try lab.fs.write(file, offset: page * 4096, bytes: [UInt8](repeating: 0x42, count: 4096)) }
     return (file, (0..<pages).first { lab.fs.currentBlock(file, page: $0) == block })
 }
 
