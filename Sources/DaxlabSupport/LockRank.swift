@@ -108,6 +108,10 @@ extension LockRank {
     public static let benchPinCounts = LockRank("benchPinCounts", 250)
     /// The sleeper and waker of `daxlab bench`'s wake-up row.
     public static let benchWake = LockRank("benchWake", 252)
+    /// The registrations of memory whose faults this process's file systems serve
+    /// (`FaultServedMemory`, DaxFS): a window's registration and its removal. The check every
+    /// write makes reads the registrations without it.
+    public static let faultServedMemory = LockRank("faultServedMemory", 254)
     /// A lock made without a rank (tests): nothing may be taken while it is held.
     public static let leaf = LockRank("leaf", 255)
 
@@ -116,6 +120,6 @@ extension LockRank {
         .raceWriter, .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror,
         .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .kernelRingSlots, .leaseOverflow, .waitQueue,
         .reclaimer, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined, .dmaThreads, .crashPending,
-        .crashPoints, .crashChild, .benchPinCounts, .benchWake, .leaf,
+        .crashPoints, .crashChild, .benchPinCounts, .benchWake, .faultServedMemory, .leaf,
     ]
 }
