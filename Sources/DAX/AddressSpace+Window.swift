@@ -45,12 +45,18 @@ extension AddressSpace {
     func window() throws(FSError) -> MappedWindow {
         if let window = self.windowReference.load() { return window }
         let fresh = try MappedWindow(pages: FileSystem.maximumFileSize / pageSize, mapping: self.mapping)
+        // Registered before another thread can see it, so no write from it misses it. Only a
+        // CPU's fault (SIGSEGV) is served: the kernel's own accesses fail with EFAULT.
+        let served = FaultServedMemory.register(base: fresh.base, length: fresh.pages * pageSize, kernelFaults: false)
         let window = self.windowReference.storeIfNilThenLoad(fresh)
         if window === fresh {
+            self.faultServedToken.store(served, ordering: .releasing)
             guard let slot = WindowFaults.register(window, of: self) else {
                 throw FSError(.io, "\(self.id): too many windows open in this process")
             }
             self.windowSlot.store(slot, ordering: .releasing)
+        } else {
+            FaultServedMemory.unregister(served)  // another thread's window is the file's
         }
         return window
     }

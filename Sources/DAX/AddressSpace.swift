@@ -46,6 +46,8 @@ public final class AddressSpace: @unchecked Sendable {
     /// fault handler's table.
     let windowReference = ManagedAtomicLazyReference<MappedWindow>()
     let windowSlot = ManagedAtomic<Int>(-1)
+    /// The window's registration as memory whose faults daxlab serves (`FaultServedMemory`).
+    let faultServedToken = ManagedAtomic<FaultServedMemory.Token>(.none)
 
     #if DAXLAB_TEST_HOOKS
     /// Tests only (builds with DAXLAB_TEST_HOOKS=1): runs in the pin fast path between the page-table load and the
@@ -84,6 +86,7 @@ public final class AddressSpace: @unchecked Sendable {
     }
 
     deinit {
+        FaultServedMemory.unregister(self.faultServedToken.load(ordering: .acquiring))
         let slot = self.windowSlot.load(ordering: .acquiring)
         if slot >= 0 { WindowFaults.unregister(slot) }
     }
