@@ -33,6 +33,11 @@ package enum FaultServedMemory {
 
     /// This process's registrations.
     static let process = Registry(capacity: 4096)  // (as many as the DAX layer's window table holds)
+    /// How many there are: the word a check loads first. A global with a constant initializer,
+    /// so the compiler initializes it statically and the load needs no lazy-initialization check
+    /// (`process`, a class reference, does). Raised before `register` returns and lowered after
+    /// the slot is freed, so it is never 0 while a registration a check must see exists.
+    static let registrations = Atomic<Int>(0)
 
     /// Registers `length` bytes from `base` as memory whose faults this process serves.
     /// - Parameters:
@@ -44,16 +49,25 @@ package enum FaultServedMemory {
     ///     fail with EFAULT instead.
     /// - Returns: the token to unregister it with.
     package static func register(base: UnsafeRawPointer, length: Int, kernelFaults: Bool) -> Token {
-        Self.process.register(base: base, length: length, kernelFaults: kernelFaults)
+        let token = Self.process.register(base: base, length: length, kernelFaults: kernelFaults)
+        Self.registrations.add(1, ordering: .releasing)
+        return token
     }
 
     /// Removes a registration (before its memory is unmapped). `.none` does nothing.
-    package static func unregister(_ token: Token) { Self.process.unregister(token) }
+    package static func unregister(_ token: Token) {
+        guard token != .none else { return }
+        Self.process.unregister(token)
+        Self.registrations.subtract(1, ordering: .releasing)
+    }
 
     /// Whether any byte of `buffer` lies in registered memory (an empty buffer: false). One
     /// atomic load while nothing is registered.
     @inline(__always)
-    package static func overlaps(_ buffer: UnsafeRawBufferPointer) -> Bool { Self.process.overlaps(buffer) }
+    package static func overlaps(_ buffer: UnsafeRawBufferPointer) -> Bool {
+        guard _slowPath(Self.registrations.load(ordering: .acquiring) != 0) else { return false }
+        return Self.process.overlapsRegistered(buffer)
+    }
 
     /// Whether the kernel's own accesses fault in every registered range `buffer` overlaps
     /// (false when any was registered without `kernelFaults`, or could not be told apart).
@@ -61,7 +75,8 @@ package enum FaultServedMemory {
         Self.process.kernelFaultsThroughout(buffer)
     }
 
-    /// A table of registrations: the process has one (`process`); tests make their own.
+    /// A table of registrations: the process has one (`process`, whose count `registrations`
+    /// mirrors for the first load of a check); tests make their own.
     final class Registry: @unchecked Sendable {
         // The slots are written only under `registrar`, and read by anyone (see `table`); the
         // counters are atomics, written under `registrar` too.

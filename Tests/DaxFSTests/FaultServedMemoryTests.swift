@@ -101,6 +101,25 @@ struct FaultServedMemoryTests {
         ordinary.withUnsafeBytes { #expect(!FaultServedMemory.overlaps($0), "ordinary memory") }
     }
 
+    @Test("the process's check loads the count of registrations first: a slot filled behind its back is not looked at while it is 0")
+    func processCheckLoadsTheCountFirst() throws {
+        let length = 1 << 20
+        let reserved = try #require(mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0))
+        try #require(reserved != MAP_FAILED)
+        defer { munmap(reserved, length) }
+        let buffer = UnsafeRawBufferPointer(start: reserved + 4096, count: 4096)
+        // A slot of the process's table, without the count that `FaultServedMemory.register` raises.
+        let token = FaultServedMemory.process.register(base: reserved, length: length, kernelFaults: false)
+        defer { FaultServedMemory.process.unregister(token) }
+        // (Windows another suite left registered would make the count nonzero: then the slots
+        // are scanned, and this one is found.)
+        let others = FaultServedMemory.registrations.load(ordering: .acquiring)
+        #expect(FaultServedMemory.overlaps(buffer) == (others != 0), "\(others) other registrations")
+        FaultServedMemory.registrations.add(1, ordering: .releasing)
+        #expect(FaultServedMemory.overlaps(buffer), "with the count raised, the same slot is found")
+        FaultServedMemory.registrations.subtract(1, ordering: .releasing)
+    }
+
     @Test("a range registered throughout is always seen, and memory beside the churn never, while threads register and unregister")
     func concurrentChurn() throws {
         let registry = FaultServedMemory.Registry(capacity: 16)
