@@ -94,7 +94,7 @@ test-pmem: deps
 tsan: export DAXLAB_TEST_HOOKS := 1
 tsan: deps
 	scripts/run-tests.sh .build-tsan/test.log $(SWIFT) test --no-parallel --sanitize=thread --scratch-path .build-tsan \
-		--filter 'DaxlabSupportTests|DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|DaxFSTests.ReservationTests|PmemTests.MappingTests|DAXTests|RaceTests'
+		--filter 'DaxlabSupportTests|DaxFSTests.FaultServedMemoryTests|DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|DaxFSTests.ReservationTests|PmemTests.MappingTests|DAXTests|RaceTests'
 
 # The comparison harness, then the ordo-one suites (a separate package; its first release build
 # takes several minutes).

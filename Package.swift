@@ -123,7 +123,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["CRing", "CShims", "DaxlabSupport"], path: "Tests/TestSupport"),
         .testTarget(name: "DaxlabSupportTests", dependencies: ["DaxlabSupport", .product(name: "Atomics", package: "swift-atomics")]),
         .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
-        .testTarget(name: "DaxFSTests", dependencies: ["DaxFS", "Pmem", "TestSupport", "DaxlabSupport"]),
+        .testTarget(name: "DaxFSTests", dependencies: ["CShims", "DaxFS", "Pmem", "TestSupport", "DaxlabSupport"]),
         .testTarget(
             name: "DAXTests",
             dependencies: [

@@ -1,5 +1,6 @@
 // CBenchShims: the kernel's and libraries' own paths that `daxlab bench` measures daxlab
-// against (liburing buffer registration, libpmemobj, process_vm_writev, a SIGSEGV-and-mmap window). Linked only by the Bench target, so the
+// against (liburing buffer registration, libpmemobj, process_vm_writev, a SIGSEGV-and-mmap window, a
+// userfaultfd-and-mmap window). Linked only by the Bench target, so the
 // file system and the DAX layer do not carry these libraries.
 #ifndef CBENCHSHIMS_H
 #define CBENCHSHIMS_H
@@ -25,6 +26,15 @@ int CBenchShims_punch_hole(int fd, long offset, long length);
 /// of `fd` are punched out first (untimed), so each store also allocates. Returns the ns per
 /// page of the stores, or -errno.
 double CBenchShims_sigsegv_mmap_touch(int fd, size_t pages);
+
+/// The same floor with userfaultfd delivering the faults: reserves `pages` pages of anonymous
+/// memory registered with a userfaultfd (UFFDIO_REGISTER_MODE_MISSING), whose handler thread
+/// polls it, mmaps the faulting page of `fd` over each missing page (MAP_SHARED | MAP_FIXED |
+/// MAP_POPULATE) and wakes the faulting thread (UFFDIO_WAKE); then stores one byte into each
+/// page, in order. The pages of `fd` are punched out first (untimed), so each store also
+/// allocates. Returns the ns per page of the stores, or -errno: userfaultfd(2) refused (EPERM
+/// where /dev/userfaultfd is no way in either, ENOSYS), or a failure of the handler's.
+double CBenchShims_uffd_mmap_touch(int fd, size_t pages);
 
 /// A libpmemobj pool at `path` (created, `size` bytes); NULL on failure.
 void *CBenchShims_pmemobj_create(const char *path, size_t size);

@@ -164,6 +164,12 @@ extern const int CShims_O_DIRECT;
 /// memfd_create(name, MFD_CLOEXEC): an anonymous shmem file. The descriptor, or -errno.
 int CShims_memfd(const char *name);
 
+/// process_vm_readv(2) of `length` bytes from `source` to `destination`, both in this process:
+/// the kernel copies, and faults the source in as its own accesses do (so a page only a SIGSEGV
+/// handler would map fails with EFAULT instead of running the handler). Returns the bytes
+/// copied (fewer than `length` when a fault stopped it part-way), or -errno.
+long CShims_process_vm_readv_self(void *destination, const void *source, size_t length);
+
 /// What the fault service decided about a window fault.
 enum {
     /// The fault was not in a window: the previous SIGSEGV handler (or the default action) runs.

@@ -30,7 +30,9 @@ extension Bench {
 
     /// fault.mapped_hot against loads from an anonymous array of the same size with the same
     /// indices; fault.mapped_cold_write (SIGSEGV, daxlab's fault path, mmap) against the kernel's
-    /// first-touch write fault on tmpfs.
+    /// first-touch write fault on tmpfs, and against two floors of a userspace fault-and-map
+    /// window in C: a SIGSEGV handler's, and a userfaultfd handler thread's (left out, with the
+    /// reason, where userfaultfd is refused).
     private func mappedRows() throws {
         let pages = 512
         let (_, space) = try self.mappedFile("mapped-hot", pages: pages)
@@ -68,6 +70,17 @@ extension Bench {
         self.add("fault.mapped_cold_write", unit: "ns/page", floor, baseline: "floor.sigsegv_mmap", better: "lower")
         self.setFloor(of: "fault.mapped_cold_write", baseline: "kernel.tmpfs_first_touch", rowOverBaseline: firstTouch,
                       rowOverFloor: floor)
+        // The same floor with userfaultfd delivering the faults to a handler thread, not a signal.
+        let (uffdFD, uffdBase) = try Self.tmpfsMapping(pages: 2048)
+        munmap(uffdBase, 2048 * pageSize)
+        defer { close(uffdFD) }
+        let probe = CBenchShims_uffd_mmap_touch(uffdFD, 1)
+        guard probe >= 0 else {
+            self.unavailable("floor.uffd_mmap", because: "userfaultfd: \(String(cString: strerror(Int32(-probe))))")
+            return
+        }
+        let uffdFloor = self.measure.interleave(samples: cold, { max(0, CBenchShims_uffd_mmap_touch(uffdFD, 2048)) })
+        self.add("fault.mapped_cold_write", unit: "ns/page", uffdFloor, baseline: "floor.uffd_mmap", better: "lower")
     }
 
     /// `count` loads of the first word of page `indices[i]` of `base`.

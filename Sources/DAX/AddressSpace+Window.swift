@@ -54,13 +54,20 @@ extension AddressSpace {
         if mechanism != self.dax.windowFaults, let refusal = service.refusal { Self.reportFallback(refusal) }
         let fresh = try MappedWindow(
             pages: FileSystem.maximumFileSize / pageSize, mapping: self.mapping, faults: mechanism)
-        // Registered before it is published: no address of it is out before the service knows it.
+        // Registered before it is published: no address of it is out before the service knows
+        // it, and no write whose source it is misses it (`FileSystem.write` copies such a source
+        // before it takes a file's lock; with userfaultfd the kernel's copy faults it in).
         let registration = try service.register(fresh, of: self)
+        let served = FaultServedMemory.register(
+            base: fresh.base, length: fresh.pages * pageSize, kernelFaults: mechanism == .userfaultfd)
         let window = self.windowReference.storeIfNilThenLoad(fresh)
         if window === fresh {
             _ = self.windowRegistration.storeIfNilThenLoad(registration)
+            self.faultServedToken.store(served, ordering: .releasing)
         } else {
-            service.retire(registration)  // another thread's window won
+            // Another thread's window won.
+            FaultServedMemory.unregister(served)
+            service.retire(registration)
         }
         return window
     }

@@ -46,6 +46,8 @@ public final class AddressSpace: @unchecked Sendable {
     /// with the fault service.
     let windowReference = ManagedAtomicLazyReference<MappedWindow>()
     let windowRegistration = ManagedAtomicLazyReference<FaultService.Registration>()
+    /// The window's registration as memory whose faults daxlab serves (`FaultServedMemory`).
+    let faultServedToken = ManagedAtomic<FaultServedMemory.Token>(.none)
 
     #if DAXLAB_TEST_HOOKS
     /// Tests only (builds with DAXLAB_TEST_HOOKS=1): runs in the pin fast path between the page-table load and the
@@ -84,6 +86,7 @@ public final class AddressSpace: @unchecked Sendable {
     }
 
     deinit {
+        FaultServedMemory.unregister(self.faultServedToken.load(ordering: .acquiring))
         if let registration = self.windowRegistration.load() { FaultService.shared.retire(registration) }
     }
 

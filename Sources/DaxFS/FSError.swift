@@ -33,6 +33,9 @@ public struct FSError: Error, Sendable, Equatable, CustomStringConvertible {
         /// The kernel (or the medium) refuses what was asked (EOPNOTSUPP): a long-term pin of
         /// fs-dax pages, a window over a device aligned to more than 4 KiB, io_uring under seccomp.
         public static let notSupported = Code("not supported")
+        /// A write's source could not be read (EFAULT): the kernel's copy of it found a page it
+        /// could not fault in, such as a window page past its file's end.
+        public static let badAddress = Code("bad address")
     }
 
     public var code: Code

@@ -56,11 +56,31 @@ extension FileSystem {
 
     /// Writes `bytes` at `offset`, allocating blocks for holes and growing the file as needed.
     /// Durable when it returns.
-    /// - Throws: `.noSpace` (nothing of the failing chunk is mapped), `.fileTooLarge`.
+    ///
+    /// `bytes` may lie in memory whose faults this process's file systems serve (a DAX window,
+    /// even one of this same file): such a source is copied into a bounce buffer before the
+    /// file's lock is taken, `bounceChunk` bytes (1 MiB) at a time, and each chunk then written
+    /// under the lock (see `FaultServedMemory`). That write is atomic per chunk, as the kernel's
+    /// write loop is per iteration: a reader may see the first chunk written and not the second,
+    /// and a failure leaves the chunks before it written.
+    /// - Throws: `.noSpace` (nothing of the failing chunk is mapped), `.fileTooLarge`;
+    ///   `.badAddress` for a source the kernel's copy could not fault in (a window page past its
+    ///   file's end, where the window's faults are the kernel's to serve; one served by a SIGSEGV
+    ///   handler raises SIGBUS there instead, as a load from it does).
     public func write(_ id: FileID, offset: Int, bytes: UnsafeRawBufferPointer) throws(FSError) {
         try self.checkWritable()
         try Self.checkRange("write", offset: offset, length: bytes.count)
         guard bytes.count > 0 else { return }
+        if FaultServedMemory.overlaps(bytes) {
+            try self.writeThroughBounceBuffer(id, offset: offset, bytes: bytes)
+            return
+        }
+        try self.writeLocked(id, offset: offset, bytes: bytes)
+    }
+
+    /// The write itself, under the file's lock (exclusive); `bytes` must not fault into a file
+    /// system of this process.
+    func writeLocked(_ id: FileID, offset: Int, bytes: UnsafeRawBufferPointer) throws(FSError) {
         try self.lock(id).withWriteLock { () throws(FSError) in
             let before = try self.checkedRecord(id).size
             defer { self.noteChange(id.inode, from: before, filling: offset..<(offset + bytes.count)) }

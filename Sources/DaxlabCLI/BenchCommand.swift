@@ -23,10 +23,11 @@ struct BenchCommand: ParsableCommand {
             kernel in the loop: fault.mapped_hot (a load through the MMU window vs the same load \
             from an anonymous array), fault.mapped_cold_write (a store into a hole through the \
             window: SIGSEGV, daxlab's fault path, mmap; vs the kernel's first-touch fault, and vs \
-            floor.sigsegv_mmap, a C handler that only maps the page), pin.kernel_longterm (a \
+            floor.sigsegv_mmap, a C handler that only maps the page, and vs floor.uffd_mmap, the \
+            same with userfaultfd and a handler thread), pin.kernel_longterm (a \
             512-page pin the kernel pins too, io_uring fixed buffer; vs registering anonymous \
             memory), dma.kernel_read_fixed (READ_FIXED into a pinned block vs into anonymous \
-            memory). Rows that need io_uring are left out where it is refused, and the report \
+            memory). Rows that need io_uring or userfaultfd are left out where it is refused, and the report \
             says why. Rows with a physical floor (alloc.block; fault.mapped_cold_write vs \
             tmpfs) carry the floor's own ratio to their \
             baseline (JSON floor_ratio), the best this machine allows: a target the floor misses \

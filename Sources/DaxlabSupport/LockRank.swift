@@ -113,6 +113,10 @@ extension LockRank {
     public static let benchPinCounts = LockRank("benchPinCounts", 250)
     /// The sleeper and waker of `daxlab bench`'s wake-up row.
     public static let benchWake = LockRank("benchWake", 252)
+    /// The registrations of memory whose faults this process's file systems serve
+    /// (`FaultServedMemory`, DaxFS): a window's registration and its removal. The check every
+    /// write makes reads the registrations without it.
+    public static let faultServedMemory = LockRank("faultServedMemory", 254)
     /// A lock made without a rank (tests): nothing may be taken while it is held.
     public static let leaf = LockRank("leaf", 255)
 
@@ -120,7 +124,7 @@ extension LockRank {
     public static let all: [LockRank] = [
         .raceWriter, .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror,
         .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .kernelRingSlots, .leaseOverflow, .waitQueue,
-        .reclaimer, .faultServiceWindows, .windowPages, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined, .dmaThreads, .crashPending,
-        .crashPoints, .crashChild, .benchPinCounts, .benchWake, .leaf,
+        .reclaimer, .faultServiceWindows, .windowPages, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined,
+        .dmaThreads, .crashPending, .crashPoints, .crashChild, .benchPinCounts, .benchWake, .faultServedMemory, .leaf,
     ]
 }

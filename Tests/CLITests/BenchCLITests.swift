@@ -12,6 +12,17 @@ let ioUringAvailable: Bool = {
     return true
 }()
 
+/// Whether this process may use userfaultfd (refused without CAP_SYS_PTRACE where
+/// vm.unprivileged_userfaultfd is 0 and /dev/userfaultfd is closed to it, or by a seccomp filter).
+let userfaultfdAvailable: Bool = {
+    let path = "/dev/shm/daxlab-uffd-probe-\(getpid())"
+    let fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+    guard fd >= 0 else { return false }
+    unlink(path)
+    defer { close(fd) }
+    return ftruncate(fd, 4096) == 0 && CBenchShims_uffd_mmap_touch(fd, 1) >= 0
+}()
+
 @Suite("daxlab bench, end to end", .timeLimit(.minutes(5)))
 struct BenchCLITests {
     static let rows: [(String, String)] = [
@@ -21,7 +32,8 @@ struct BenchCLITests {
         ("pin.batch512", "pin.batch512"), ("pin.batch512", "naive.mutex_dict"), ("fault.hot", "fault.hot"), ("truncate.wake", "condvar.wake"),
         ("dma.copy", "pmem.memcpy_persist"), ("alloc.block", "pmemobj.alloc"), ("floor.persist_alloc_free", "pmemobj.alloc"),
         ("fault.mapped_hot", "array.load"), ("fault.mapped_cold_write", "kernel.tmpfs_first_touch"),
-        ("fault.mapped_cold_write", "floor.sigsegv_mmap"), ("pin.kernel_longterm", "kernel.io_uring_register"),
+        ("fault.mapped_cold_write", "floor.sigsegv_mmap"), ("fault.mapped_cold_write", "floor.uffd_mmap"),
+        ("pin.kernel_longterm", "kernel.io_uring_register"),
         ("dma.kernel_read_fixed", "kernel.read_fixed_anon"),
     ]
 
@@ -59,7 +71,13 @@ struct BenchCLITests {
                 #expect(unavailable.contains { $0["baseline"] as? String == "kernel.io_uring_register" })
                 #expect(unavailable.contains { $0["baseline"] as? String == "kernel.read_fixed_anon" })
             }
-            for (name, baseline) in Self.rows where ioUringAvailable || !Self.needsIOUring(name, baseline) {
+            if !userfaultfdAvailable {
+                #expect(unavailable.contains { $0["baseline"] as? String == "floor.uffd_mmap" })
+            }
+            for (name, baseline) in Self.rows
+            where (ioUringAvailable || !Self.needsIOUring(name, baseline))
+                && (userfaultfdAvailable || baseline != "floor.uffd_mmap")
+            {
                 let row = results.first { $0["name"] as? String == name && $0["baseline"] as? String == baseline }
                 let found = try #require(row, "\(name) vs \(baseline) missing")
                 for key in ["unit", "threads", "value", "baseline_threads", "baseline_value", "ratio", "better", "pairs", "wide"] {
@@ -275,5 +293,20 @@ struct KernelBaselineTests {
         #expect(CBenchShims_sigsegv_mmap_touch(fd, 16) > 0)
         var byte: UInt8 = 0
         #expect(pread(fd, &byte, 1, 5 * 4096) == 1 && byte == 1, "the store went through the mapping into the file")
+    }
+
+    @Test("the userfaultfd floor: a handler thread maps each page of a tmpfs file, and every store lands in it",
+          .enabled(if: userfaultfdAvailable, "userfaultfd is refused here"))
+    func userfaultfdMmapFloor() throws {
+        let path = "/dev/shm/daxlab-uffd-floor-\(getpid())"
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        try #require(fd >= 0)
+        unlink(path)
+        defer { close(fd) }
+        try #require(ftruncate(fd, 16 * 4096) == 0)
+        #expect(CBenchShims_uffd_mmap_touch(fd, 16) > 0)
+        var bytes = [UInt8](repeating: 0, count: 16 * 4096)
+        #expect(pread(fd, &bytes, bytes.count, 0) == bytes.count)
+        #expect((0..<16).allSatisfy { bytes[$0 * 4096] == 1 }, "a store did not go through the mapping into the file")
     }
 }

@@ -11,17 +11,19 @@ import Testing
 /// that passes under it took none of them out of order.
 @Suite("The lock-order checker sees every lock", .serialized, .timeLimit(.minutes(1)))
 struct LockOrderCoverageTests {
-    @Test("faults, pins, a sequestering truncate, a waiting one, a rename over a file, a device mirror and an unmount take every rank of DaxFS and the DAX layer")
+    @Test("a window, faults, pins, a sequestering truncate, a waiting one, a rename over a file, a device mirror and an unmount take every rank of DaxFS and the DAX layer")
     func everyRankChecked() throws {
         // (Not the kernel ring's slots: io_uring may be refused here. KernelPinTests take them.)
         let ranks: [LockRank] = [
             .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror, .faultStripe,
-            .logSlot, .lostFoundPages, .allocatorShard, .leaseOverflow, .waitQueue, .reclaimer,
+            .logSlot, .lostFoundPages, .allocatorShard, .leaseOverflow, .waitQueue, .reclaimer, .faultServedMemory,
         ]
         let before = ranks.map(LockOrder.acquisitions(of:))
 
         let lab = try Lab(policy: .sequester)
         let space = try lab.space
+        // A window: its registration as fault-served memory.
+        try space.mapWindow()
         // A write fault to a hole (a fault stripe), a pin (its lease), a lease list.
         try lab.fs.truncate(lab.file, size: 17 * 4096)
         _ = try space.fault(16, write: true)
