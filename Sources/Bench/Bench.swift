@@ -47,8 +47,8 @@ public final class Bench {
         self.path = path
         self.options = options
         // The hot-fault file twice over, a 512-page file per scaling thread and the shared
-        // fault-scaling file, and room for the rest.
-        let pages = options.pages * 2 + (options.threads.max() ?? 1) * 512 + Self.faultScalingPages
+        // fault-scaling file, the 64 MiB of the huge cold writes, and room for the rest.
+        let pages = options.pages * 2 + (options.threads.max() ?? 1) * 512 + Self.faultScalingPages + Self.hugeColdPages
         let size = (pages * pageSize + (64 << 20) + 0xFFFFF) & ~0xFFFFF
         // libpmem reads PMEM_IS_PMEM_FORCE once, at the first mapping it judges: set before any,
         // so that libpmemobj (alloc.block's baseline) persists to tmpfs with cache flushes, as

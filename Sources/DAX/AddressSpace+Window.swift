@@ -81,6 +81,10 @@ extension AddressSpace {
         }
     }
 
+    /// Why windows fall back to SIGSEGV in this process (userfaultfd refused), in one line; nil
+    /// where they fault through userfaultfd.
+    public static var userfaultfdRefusal: String? { FaultService.shared.refusal }
+
     /// Whether the window maps MAP_SYNC (fs-dax and device-dax, not tmpfs).
     public var windowIsSynchronous: Bool { self.windowReference.load()?.synchronousFaults ?? false }
 

@@ -22,9 +22,12 @@ struct BenchCommand: ParsableCommand {
             pmemobj_alloc+free); with the \
             kernel in the loop: fault.mapped_hot (a load through the MMU window vs the same load \
             from an anonymous array), fault.mapped_cold_write (a store into a hole through the \
-            window: SIGSEGV, daxlab's fault path, mmap; vs the kernel's first-touch fault, and vs \
-            floor.sigsegv_mmap, a C handler that only maps the page, and vs floor.uffd_mmap, the \
-            same with userfaultfd and a handler thread), pin.kernel_longterm (a \
+            window: a userfaultfd fault, daxlab's fault path, mmap; vs the kernel's first-touch \
+            fault, vs floor.uffd_mmap, a C userfaultfd handler thread that only maps the page, and \
+            vs floor.sigsegv_mmap, the same from a SIGSEGV handler, the fallback's mechanism), \
+            fault.mapped_cold_write_2m (64 MiB of holes written in order through the window: a \
+            huge fault allocates and maps each 2 MiB at once; vs the kernel's first-touch fault), \
+            pin.kernel_longterm (a \
             512-page pin the kernel pins too, io_uring fixed buffer; vs registering anonymous \
             memory), dma.kernel_read_fixed (READ_FIXED into a pinned block vs into anonymous \
             memory). Rows that need io_uring or userfaultfd are left out where it is refused, and the report \

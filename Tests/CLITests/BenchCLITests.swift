@@ -33,6 +33,7 @@ struct BenchCLITests {
         ("dma.copy", "pmem.memcpy_persist"), ("alloc.block", "pmemobj.alloc"), ("floor.persist_alloc_free", "pmemobj.alloc"),
         ("fault.mapped_hot", "array.load"), ("fault.mapped_cold_write", "kernel.tmpfs_first_touch"),
         ("fault.mapped_cold_write", "floor.sigsegv_mmap"), ("fault.mapped_cold_write", "floor.uffd_mmap"),
+        ("fault.mapped_cold_write_2m", "kernel.tmpfs_first_touch"),
         ("pin.kernel_longterm", "kernel.io_uring_register"),
         ("dma.kernel_read_fixed", "kernel.read_fixed_anon"),
     ]
