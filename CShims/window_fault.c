@@ -93,6 +93,8 @@ int CShims_window_faults_start(void) {
     if (pipe2(request_pipe, O_CLOEXEC) != 0) {
         return -errno;
     }
+    // The service reads without blocking (it polls); the handler's writes block if ever full.
+    fcntl(request_pipe[0], F_SETFL, fcntl(request_pipe[0], F_GETFL) | O_NONBLOCK);
     struct sigaction action;
     memset(&action, 0, sizeof(action));
     action.sa_sigaction = window_fault_handler;

@@ -151,23 +151,39 @@ final class FaultService: @unchecked Sendable {
         let count = nfds_t(self.userfaultfd >= 0 ? 2 : 1)
         let faults = UnsafeMutablePointer<CShims_uffd_fault>.allocate(capacity: 64)
         let requests = UnsafeMutablePointer<UnsafeMutablePointer<CShims_fault_request>?>.allocate(capacity: 64)
+        // After a fault, the service spins (reads without sleeping) for a while before it sleeps
+        // in poll again: a thread faulting page after page sends its next fault within
+        // microseconds, and waking a sleeping thread on another CPU costs tens of them in a VM.
+        var lastFault = MonotonicClock.now()
         while true {
-            guard poll(&descriptors, count, -1) > 0 else { continue }  // (EINTR)
-            if count > 1, descriptors[1].revents != 0 {
+            var served = 0
+            if count > 1 {
                 let read = CShims_uffd_read_faults(self.userfaultfd, faults, 64)
                 for index in 0..<max(0, Int(read)) {
                     self.serve(faults[index].address, write: faults[index].is_write != 0, request: nil)
                 }
+                served += max(0, Int(read))
             }
-            if descriptors[0].revents != 0 {
-                let read = CShims_window_fault_requests(self.requests, requests, 64)
-                for index in 0..<max(0, Int(read)) {
-                    guard let request = requests[index] else { continue }
-                    self.serve(request.pointee.address, write: request.pointee.is_write != 0, request: request)
-                }
+            let read = CShims_window_fault_requests(self.requests, requests, 64)
+            for index in 0..<max(0, Int(read)) {
+                guard let request = requests[index] else { continue }
+                self.serve(request.pointee.address, write: request.pointee.is_write != 0, request: request)
+            }
+            served += max(0, Int(read))
+            let now = MonotonicClock.now()
+            if served > 0 {
+                lastFault = now
+            } else if now &- lastFault < Self.spinNanoseconds {
+                CShims_cpu_relax()
+            } else {
+                _ = poll(&descriptors, count, -1)  // (EINTR: look again)
+                lastFault = MonotonicClock.now()
             }
         }
     }
+
+    /// How long the service spins after a fault before it sleeps.
+    static let spinNanoseconds: UInt64 = 50_000
 
     /// Serves one fault: a userfaultfd message (`request` nil: the faulting thread is woken when
     /// it is done) or a SIGSEGV handler's request (answered).
