@@ -19,6 +19,11 @@ final class Transaction {
     private let capacity: Int
     private var cursor = 0
     private var staged: [Staged] = []
+    /// Where `find` looks once a transaction is large (a bulk mapping stages hundreds of
+    /// records, and a linear search per record would be quadratic): the newest byte or zero
+    /// record of at most 8 bytes at each offset, and every longer one, by index into `staged`.
+    private var shortRecords: [Int: Int] = [:]
+    private var longRecords: [Int] = []
     private var inodeRecords: [Int] = []
     /// Blocks whose bits this transaction clears; the caller returns them to the allocator after
     /// the commit.
@@ -38,6 +43,8 @@ final class Transaction {
     func reset() {
         self.cursor = 0
         self.staged.removeAll(keepingCapacity: true)
+        self.shortRecords.removeAll(keepingCapacity: true)
+        self.longRecords.removeAll(keepingCapacity: true)
         self.inodeRecords.removeAll(keepingCapacity: true)
         self.freedBlocks.removeAll(keepingCapacity: true)
     }
@@ -60,17 +67,44 @@ final class Transaction {
             (self.records + payload + length).initializeMemory(as: UInt8.self, repeating: 0, count: payloadSize - length)
         }
         self.cursor = payload + payloadSize
+        if kind == .bytes || kind == .zero {
+            if length <= Self.shortRecord { self.shortRecords[offset] = self.staged.count } else { self.longRecords.append(self.staged.count) }
+        }
         self.staged.append(Staged(kind: kind, offset: offset, length: length, payload: payload))
         return payload
     }
 
     /// The staged record covering `offset..<offset+length`, newest first.
     private func find(covering offset: Int, length: Int) -> Staged? {
-        for record in self.staged.reversed() where record.kind == .bytes || record.kind == .zero {
-            if offset >= record.offset && offset + length <= record.offset + record.length { return record }
+        guard self.staged.count > Self.linearSearchLimit, length <= Self.shortRecord else {
+            for record in self.staged.reversed() where record.kind == .bytes || record.kind == .zero {
+                if offset >= record.offset && offset + length <= record.offset + record.length { return record }
+            }
+            return nil
         }
-        return nil
+        // The newest covering record is the newer of the newest short one (it starts at most
+        // 8 - length bytes before `offset`) and the newest long one.
+        var newest = -1
+        for start in (offset + length - Self.shortRecord)...offset {
+            guard let index = self.shortRecords[start], index > newest else { continue }
+            let record = self.staged[index]
+            if offset + length <= record.offset + record.length { newest = index }
+        }
+        for index in self.longRecords.reversed() {
+            guard index > newest else { break }
+            let record = self.staged[index]
+            if offset >= record.offset && offset + length <= record.offset + record.length {
+                newest = index
+                break
+            }
+        }
+        return newest >= 0 ? self.staged[newest] : nil
     }
+
+    /// The longest record `shortRecords` holds (a map entry), and how many records a
+    /// transaction stages before `find` uses the index rather than a search.
+    private static let shortRecord = 8
+    private static let linearSearchLimit = 32
 
     /// A 32-bit metadata word as this transaction sees it.
     func load32(_ offset: Int) -> UInt32 {
