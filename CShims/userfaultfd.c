@@ -62,7 +62,8 @@ int CShims_uffd_wake(int fd, void *address, size_t length) {
 int CShims_uffd_map_zeros(int fd, void *address) {
     static const char zeros[4096] __attribute__((aligned(4096)));
     struct uffdio_copy copy = {
-        .dst = (uintptr_t)address, .src = (uintptr_t)zeros, .len = sizeof(zeros), .mode = UFFDIO_COPY_MODE_WP,
+        .dst = (uintptr_t)address, .src = (uintptr_t)zeros, .len = sizeof(zeros),
+        .mode = UFFDIO_COPY_MODE_WP | UFFDIO_COPY_MODE_DONTWAKE,
     };
     return ioctl(fd, UFFDIO_COPY, &copy) == 0 ? 0 : -errno;
 }

@@ -2,7 +2,7 @@
 // address range is handed to the fault-service thread (through a pipe, as a pointer to a request
 // on the faulting thread's stack), and the faulting thread sleeps on a futex until the service
 // answers. A fault outside every window goes to the handler installed before, or to the default
-// action, exactly as if this handler were not there.
+// action.
 #define _GNU_SOURCE
 #include "CShims.h"
 
@@ -72,7 +72,15 @@ static void window_fault_handler(int signal_number, siginfo_t *info, void *conte
         return;
     }
     if (decision == CShims_FAULT_SIGBUS) {
-        raise(SIGBUS);
+        // As the kernel sends it: BUS_ADRERR with the faulting address.
+        siginfo_t bus;
+        memset(&bus, 0, sizeof(bus));
+        bus.si_signo = SIGBUS;
+        bus.si_code = BUS_ADRERR;
+        bus.si_addr = info->si_addr;
+        if (syscall(SYS_rt_tgsigqueueinfo, getpid(), (pid_t)syscall(SYS_gettid), SIGBUS, &bus) != 0) {
+            raise(SIGBUS);
+        }
         return;
     }
     // Not a window: whoever handled SIGSEGV before us, or the default action (the access is
@@ -98,12 +106,17 @@ int CShims_window_faults_start(void) {
     struct sigaction action;
     memset(&action, 0, sizeof(action));
     action.sa_sigaction = window_fault_handler;
-    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    // SA_ONSTACK: a stack overflow still reaches whoever set up an alternate stack for it.
+    action.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
     sigemptyset(&action.sa_mask);
     if (sigaction(SIGSEGV, &action, &previous_segv) != 0) {
         return -errno;
     }
     return request_pipe[0];
+}
+
+int CShims_window_faults_on_service_thread(void) {
+    return atomic_load_explicit(&service_thread, memory_order_acquire) == (pid_t)syscall(SYS_gettid);
 }
 
 void CShims_window_faults_served_by_this_thread(void) {
@@ -116,8 +129,8 @@ int CShims_window_range_add(void *base, size_t length) {
         if (atomic_load_explicit(&range_base[slot], memory_order_relaxed) != 0) {
             continue;
         }
-        // The length first: a handler that sees the base sees a length with it.
-        atomic_store_explicit(&range_length[slot], 0, memory_order_relaxed);
+        // A free slot's length is 0 (remove clears it before the base), so a handler that sees
+        // the base before the length below sees no range, never another window's.
         if (atomic_compare_exchange_strong_explicit(&range_base[slot], &expected, (uintptr_t)base,
                                                     memory_order_acq_rel, memory_order_relaxed)) {
             atomic_store_explicit(&range_length[slot], length, memory_order_release);

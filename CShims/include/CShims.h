@@ -197,6 +197,9 @@ int CShims_window_faults_start(void);
 /// Marks the calling thread as the fault service: a SIGSEGV on it is never handed to itself.
 void CShims_window_faults_served_by_this_thread(void);
 
+/// Whether the calling thread is the fault service.
+int CShims_window_faults_on_service_thread(void);
+
 /// Adds a window's address range for the handler; the slot, or -ENOSPC.
 int CShims_window_range_add(void *base, size_t length);
 void CShims_window_range_remove(int slot);
@@ -218,8 +221,9 @@ int CShims_uffd_register(int fd, void *address, size_t length);
 /// UFFDIO_WAKE: wakes the threads (CPU or kernel) waiting on faults in the range. 0 or -errno.
 int CShims_uffd_wake(int fd, void *address, size_t length);
 
-/// UFFDIO_COPY of a page of zeros, write-protected, at `address` (wakes its waiters): a read of a
-/// hole; the write after it is a write-protect fault. 0 or -errno (EEXIST: a page is there).
+/// UFFDIO_COPY of a page of zeros, write-protected, at `address`, without waking its waiters
+/// (the caller wakes them): a read of a hole; the write after it is a write-protect fault. 0 or
+/// -errno (EEXIST: a page is there).
 int CShims_uffd_map_zeros(int fd, void *address);
 
 /// One page fault read from a userfaultfd.

@@ -145,7 +145,13 @@ extension AddressSpace {
             else { return nil }
             run = self.source.alignedRun(self.id, page: page)
         } else if write {
-            run = try self.source.allocateAlignedRun(self.id, page: page)
+            // Nothing is allocated once the unmount's final layout break began (as `install`).
+            if self.unmounting.isRaised { throw FSError(.invalidArgument, "\(self.id): the file system is unmounting") }
+            do {
+                run = try self.source.allocateAlignedRun(self.id, page: page)
+            } catch where error.code == .noSpace {
+                return nil  // (a 4 KiB fault may still find a block, as the kernel falls back to PTEs)
+            }
         }
         guard let run else { return nil }
         if self.unmounting.isRaised { throw FSError(.invalidArgument, "\(self.id): the file system is unmounting") }

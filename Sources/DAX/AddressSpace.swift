@@ -139,8 +139,9 @@ public final class AddressSpace: @unchecked Sendable {
         // Two faults may race here; both found the same block under the shared lock.
         if entry.compareExchange(expected: 0, desired: block, ordering: .acquiringAndReleasing).exchanged {
             self.pins.reference(block)
-            // A write that filled a hole the window maps zeros for: the zeros go.
-            if write, let window = self.windowReference.load() { window.dropZeros(page..<(page + 1)) }
+            // A block where the window may map a hole's zeros (this fault filled the hole, or
+            // another's whose install lost to this one did): the zeros go.
+            if let window = self.windowReference.load() { window.dropZeros(page..<(page + 1)) }
         }
         return block
     }
@@ -341,7 +342,8 @@ public final class AddressSpace: @unchecked Sendable {
 
     /// Clears the entries of `pages` (the analogue of `unmap_mapping_range`): no fault or pin can
     /// reach those blocks until the lock is dropped.
-    func unmap(_ pages: Range<Int>) {
+    /// - Parameter keepingData: the range's blocks move within the file (collapse, insert).
+    func unmap(_ pages: Range<Int>, keepingData: Bool = false) {
         // The file's lock, held exclusively, serializes everything that writes the sequence or
         // the entries (faults install under it shared), so both change by plain stores, no
         // read-modify-write. The opening store is sequentially consistent: it must come before
@@ -359,7 +361,7 @@ public final class AddressSpace: @unchecked Sendable {
         }
         // And for real: the window's pages and the kernel pins' views of them go back to
         // PROT_NONE (TLB shootdown included). The kernel's long-term pins keep their pages.
-        self.windowReference.load()?.unmap(pages)
+        self.windowReference.load()?.unmap(pages, keepingData: keepingData)
         self.leases.forEachOverlapping(pages) { $0.unmapView(overlapping: pages) }
     }
 

@@ -13,7 +13,7 @@ extension DAXFileSystem: LayoutBreaker {
         // own before it drops the lock.
         guard let found = self.spaceForBreaker(inode: inode) else { return .proceed(.free) }  // never mapped: no pins
         let busy = found._withUnsafeGuaranteedRef { space in
-            space.unmap(pages)
+            space.unmap(pages, keepingData: call.movesBlocks)
             // The mmu notifiers: on-demand-paging devices drop their translations (any policy).
             let invalidated = space.invalidateSubscriptions(pages)
             if invalidated != 0 { self.statistics.odpInvalidations.wrappingIncrement(by: invalidated, ordering: .relaxed) }

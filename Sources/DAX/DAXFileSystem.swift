@@ -119,13 +119,18 @@ public final class DAXFileSystem {
         if let space = self.space(inode: id.inode), space.id == id { return space }
         // Decided under the file's lock, so no removal or creation of the inode interleaves
         // (the file's lock, then the table's: the lock order).
+        // A removed file's space that this replaces is let go after the locks (its teardown
+        // waits for faults being served in its window, which may wait for this file's lock).
+        var replaced: AddressSpace?
+        defer { replaced = nil }
         return try self.source.invalidateLock(for: id).withReadLock { () throws(FSError) -> AddressSpace in
             guard self.source.isCurrent(id) else { throw FSError(.notFound, "\(id): no such file (removed)") }
             return self.spaces.withLock { spaces in
                 if id.inode < spaces.count, let space = spaces[id.inode], space.id == id { return space }
                 let space = AddressSpace(id: id, dax: self)
                 if id.inode >= spaces.count { spaces += Array(repeating: nil, count: id.inode + 1 - spaces.count) }
-                spaces[id.inode] = space  // (releases a removed file's space, which no breaker reads now)
+                replaced = spaces[id.inode]  // (a removed file's space, which no breaker reads now)
+                spaces[id.inode] = space
                 UnsafeAtomic<UInt>(at: self.spaceSlots + id.inode).store(
                     UInt(bitPattern: Unmanaged.passUnretained(space).toOpaque()), ordering: .releasing)
                 return space

@@ -128,6 +128,9 @@ final class FaultService: @unchecked Sendable {
             windows.removeAll { $0 === registration }
         }
         CShims_window_range_remove(registration.slot)
+        // (On the service's own thread, the fault being served is this one's: the space's last
+        // reference went during it. There is no other to wait for.)
+        guard CShims_window_faults_on_service_thread() == 0 else { return }
         while registration.serving.load(ordering: .acquiring) != 0 { sched_yield() }
     }
 
@@ -200,7 +203,8 @@ final class FaultService: @unchecked Sendable {
         let window = registration.window
         let page = (Int(target) - Int(bitPattern: window.base)) / pageSize
         let resolved = registration.space.serveWindowFault(window, page: page, write: write, signalled: request != nil)
-        if let resolved { self.account(window, resolved) }
+        // (A fence is a mapping too.)
+        self.account(window, resolved ?? page..<(page + 1))
         if let request {
             CShims_window_fault_answer(request, Int32(resolved != nil ? CShims_FAULT_MAPPED : CShims_FAULT_SIGBUS))
         } else {

@@ -30,8 +30,11 @@ import Glibc
 /// block `b` of the image at any page (userfaultfd's COPY copies, and CONTINUE maps only the same
 /// offset of the same file).
 final class MappedWindow: @unchecked Sendable {
-    // Set once in init; the mappings themselves are changed only by mmap, under the file's
-    // invalidate lock (shared for faults, exclusive for unmapping).
+    // Set once in init. The mappings change by mmap and madvise: the fault service maps (under
+    // the file's invalidate lock, shared) and drops regions past the budget (without it); a
+    // removal unmaps and a call that fills holes drops zeros (the lock exclusive); a thread
+    // whose fault or pin fills a hole drops that page's zeros (the lock shared). Each of those
+    // leaves a state any later access faults back from.
     let base: UnsafeMutableRawPointer
     let pages: Int
     /// How the window's faults are served; nil for a pin's view (nothing faults it in).
@@ -70,7 +73,7 @@ final class MappedWindow: @unchecked Sendable {
     /// view maps already keeps the page-table entries the kernel has (as a process's mmap keeps
     /// them from one pin to the next). Written under the rules of `map` and `unmap`.
     private let mappedBlocks: UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>?
-    /// What init mapped: the pages, and the slack that aligned them to 2 MiB.
+    /// What init mapped and kept (the slack that aligned the pages to 2 MiB is unmapped).
     private let reservation: (start: UnsafeMutableRawPointer, length: Int)
 
     /// Reserves a window of `pages` pages over `mapping` (the image), 2 MiB-aligned.
@@ -104,7 +107,13 @@ final class MappedWindow: @unchecked Sendable {
             throw FSError(.io, error.description)
         }
         let aligned = slack == 0 ? start : UnsafeMutableRawPointer(bitPattern: (UInt(bitPattern: start) + UInt(huge - 1)) & ~UInt(huge - 1))!
-        self.reservation = (start, length + slack)
+        if slack > 0 {
+            // The slack goes: an access just outside the window faults as it would elsewhere.
+            if aligned > start { munmap(start, aligned - start) }
+            let end = aligned + length
+            if end < start + length + slack { munmap(end, start + length + slack - end) }
+        }
+        self.reservation = (aligned, length)
         self.base = aligned
         self.pages = pages
         self.faults = faults
@@ -121,7 +130,7 @@ final class MappedWindow: @unchecked Sendable {
         if served {
             let status = CShims_uffd_register(self.userfaultfd, aligned, length)
             guard status == 0 else {
-                munmap(start, length + slack)
+                munmap(aligned, length)
                 self.mappedBlocks?.deallocate()
                 throw FSError(.io, "register a window of \(pages) pages with userfaultfd: \(String(cString: strerror(-status)))")
             }
@@ -207,11 +216,13 @@ final class MappedWindow: @unchecked Sendable {
             // anonymous memory again first: UFFDIO_COPY fills only a missing page of such memory.)
             if state.fences.remove(page) != nil { self.restoreKeepingData(page..<(page + 1)) }
             var status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
-            if status == -EEXIST || status == -ENOENT {
-                self.restore(page..<(page + 1))
+            if status == -ENOENT {
+                // (Not registered memory there: make it so, without a moment of plain memory.)
+                self.restoreKeepingData(page..<(page + 1))
                 status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
             }
-            guard status == 0 else { throw SystemCallError("map zeros at window page \(page)", errno: -status) }
+            // EEXIST: a fault for the same page, served just before, mapped them already.
+            guard status == 0 || status == -EEXIST else { throw SystemCallError("map zeros at window page \(page)", errno: -status) }
         }
     }
 
@@ -223,7 +234,10 @@ final class MappedWindow: @unchecked Sendable {
             for page in state.zeros.filter({ pages.contains($0) }) {
                 state.zeros.remove(page)
                 if self.userfaultfd >= 0 {
-                    self.restore(page..<(page + 1))
+                    // The zeros are a page of the registered memory: zapped, the page is missing
+                    // again, and the next access faults (no remapping, so nothing is ever plain
+                    // memory here, and a racing map of the block is at worst zapped and faulted).
+                    madvise(self.address(page: page), pageSize, MADV_DONTNEED)
                 } else {
                     let result = mmap(
                         self.address(page: page), pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
@@ -270,12 +284,14 @@ final class MappedWindow: @unchecked Sendable {
 
     /// Puts back what was reserved over `pages` (the caller holds the invalidate lock
     /// exclusively): `unmap_mapping_range`, TLB shootdown included.
-    func unmap(_ pages: Range<Int>) {
+    /// - Parameter keepingData: the blocks stay in the file at other pages (collapse-range,
+    ///   insert-range): no access may find zeros meanwhile (see `restoreKeepingData`).
+    func unmap(_ pages: Range<Int>, keepingData: Bool = false) {
         let range = max(0, pages.lowerBound)..<min(pages.upperBound, self.pages)
         guard !range.isEmpty else { return }
         self.forget(range)
         if self.userfaultfd >= 0 {
-            self.restore(range)
+            if keepingData { self.restoreKeepingData(range) } else { self.restore(range) }
         } else {
             let result = mmap(
                 self.address(page: range.lowerBound), range.count * pageSize, PROT_NONE,
@@ -288,7 +304,8 @@ final class MappedWindow: @unchecked Sendable {
     }
 
     /// Anonymous memory registered with the userfaultfd over `range`, as init reserved it: the
-    /// unmap of a truncate or punch (the caller holds the file's lock exclusively). A new mapping
+    /// unmap of a truncate or punch, whose blocks leave the file (the caller holds the file's
+    /// lock exclusively). A new mapping
     /// is never registered, so there is a moment between the `mmap` and the registration when
     /// the range is plain anonymous memory, and an access then (another thread's, or the
     /// kernel's) gets a private page of zeros instead of faulting. For a range whose blocks are
@@ -307,10 +324,10 @@ final class MappedWindow: @unchecked Sendable {
         madvise(address, length, MADV_DONTNEED)
     }
 
-    /// The same for a range whose blocks stay in the file (the budget's drop, with no lock): no
-    /// access may find zeros there, so the range is `PROT_NONE` until it is registered. A CPU
-    /// access meanwhile waits for the fault service (which is running this); a kernel access
-    /// fails with EFAULT, the one place a window does what a DAX file would not.
+    /// The same for a range whose blocks stay in the file (a collapse or insert, the budget's
+    /// drop, a fence lifted): no access may find zeros there, so the range is `PROT_NONE` until
+    /// it is registered. A CPU access meanwhile waits for the fault service; a kernel access
+    /// fails with EFAULT, where a DAX file's would wait.
     private func restoreKeepingData(_ range: Range<Int>) {
         let address = self.address(page: range.lowerBound)
         let length = range.count * pageSize

@@ -51,6 +51,17 @@ final class PatternSource: @unchecked Sendable {  // (immutable after init)
 
 let kernelFaultRefusal: String? = userfaultfdRefusal ?? directIORefusal
 
+/// Whether this kernel's io_uring buffer registration may retry a fault (it pins with
+/// `FAULT_FLAG_ALLOW_RETRY` from 6.10 on; before, a userfaultfd page fails with EFAULT).
+let registrationRetriesFaults: Bool = {
+    var name = utsname()
+    uname(&name)
+    let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    let numbers = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+    guard numbers.count == 2 else { return false }
+    return numbers[0] > 6 || (numbers[0] == 6 && numbers[1] >= 10)
+}()
+
 /// Windows served by userfaultfd: the kernel's own accesses (GUP for O_DIRECT and io_uring,
 /// `copy_to_user` for `read(2)`) fault pages in through daxlab's fault path, as they do on a DAX
 /// file; past the end of file they fail with EFAULT, and the process goes on.
@@ -96,7 +107,8 @@ struct KernelFaultTests {
     }
 
     @Test("io_uring registers an untouched window range (the kernel's long-term GUP faults it in), and READ_FIXED lands in the file",
-          .enabled(if: kernelFaultRefusal == nil && ioUringRefusal == nil, "needs userfaultfd, io_uring and O_DIRECT here"))
+          .enabled(if: kernelFaultRefusal == nil && ioUringRefusal == nil, "needs userfaultfd, io_uring and O_DIRECT here"),
+          .enabled(if: registrationRetriesFaults, "this kernel (before 6.10) registers io_uring buffers without retrying a fault: a userfaultfd page fails with EFAULT"))
     func ioUringRegistersAnUntouchedWindow() throws {
         let lab = try Lab(policy: .wait, pages: 4)
         let ring = try KernelRing(slots: 1)
@@ -149,6 +161,18 @@ struct KernelFaultTests {
             let stray = try mapMemory("map a guard page", length: 4096, protection: PROT_NONE, flags: MAP_PRIVATE | MAP_ANONYMOUS)
             stray.storeBytes(of: 1, as: UInt8.self)
             Issue.record("a store to a PROT_NONE page outside every window did not kill the process")
+        }
+    }
+
+    @Test("a store just past a window's last page is no window's: SIGSEGV, as outside any mapping",
+          .enabled(if: !underThreadSanitizer, "ThreadSanitizer reports the SEGV itself and exits 66"))
+    func pastTheWindowIsNotTheWindow() async {
+        await #expect(processExitsWith: .signal(SIGSEGV)) {
+            let lab = try Lab(policy: .wait, pages: 1)
+            unlink(lab.path)
+            let window = try lab.space.mapWindow()
+            (window + FileSystem.maximumFileSize).storeBytes(of: 1, as: UInt8.self)
+            Issue.record("a store past the window's end landed in memory that was mapped")
         }
     }
 
