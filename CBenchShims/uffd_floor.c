@@ -62,19 +62,34 @@ static void *uffd_floor_handler(void *argument) {
     struct uffd_floor *floor = argument;
     struct pollfd descriptors[2] = {{.fd = floor->uffd, .events = POLLIN}, {.fd = floor->stop[0], .events = POLLIN}};
     struct uffd_msg messages[16];
+    // As daxlab's fault service does: after a fault, read without sleeping for 50 µs before
+    // sleeping in poll again (so the floor and the row pay the same wake-ups).
+    struct timespec last;
+    clock_gettime(CLOCK_MONOTONIC, &last);
     for (;;) {
-        if (poll(descriptors, 2, -1) < 0) {
+        ssize_t got = read(floor->uffd, messages, sizeof(messages));
+        if (got < 0 && errno == EAGAIN) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long idle = (now.tv_sec - last.tv_sec) * 1000000000L + (now.tv_nsec - last.tv_nsec);
+            if (idle < 50000) {
+                __builtin_ia32_pause();
+                continue;
+            }
+            if (poll(descriptors, 2, -1) < 0) {
+                if (errno == EINTR) continue;
+                return uffd_floor_fail(floor, errno);
+            }
+            if (descriptors[1].revents != 0) return NULL;
+            if ((descriptors[0].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) return uffd_floor_fail(floor, EIO);
+            clock_gettime(CLOCK_MONOTONIC, &last);
+            continue;
+        }
+        if (got < 0) {
             if (errno == EINTR) continue;
             return uffd_floor_fail(floor, errno);
         }
-        if (descriptors[1].revents != 0) return NULL;
-        if ((descriptors[0].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) return uffd_floor_fail(floor, EIO);
-        if ((descriptors[0].revents & POLLIN) == 0) continue;
-        ssize_t got = read(floor->uffd, messages, sizeof(messages));
-        if (got < 0) {
-            if (errno == EAGAIN || errno == EINTR) continue;
-            return uffd_floor_fail(floor, errno);
-        }
+        clock_gettime(CLOCK_MONOTONIC, &last);
         for (size_t index = 0; index < (size_t)got / sizeof(messages[0]); index++) {
             if (messages[index].event != UFFD_EVENT_PAGEFAULT) continue;
             char *page = (char *)(uintptr_t)(messages[index].arg.pagefault.address & ~(uint64_t)4095);
