@@ -119,10 +119,10 @@ struct BenchCLITests {
 
     @Test("bench refuses a file it did not create (an image of its own size, PATH.race for --plot) unless --force, and never removes one")
     func keepsExistingFiles() throws {
-        // With --pages 512 and one thread the image is 134 MiB.
+        // With --pages 512 and one thread the image is 198 MiB.
         let quick = ["--only", "wake", "--pages", "512", "--threads", "1", "--seconds", "0.1"]
         try withTemporaryPath("bench-existing") { path in
-            #expect(try DaxlabBinary.run(["mkfs", path, "--size", "134M"]).status == 0)
+            #expect(try DaxlabBinary.run(["mkfs", path, "--size", "198M"]).status == 0)
             let input = path + ".in"
             defer { unlink(input) }
             try Data("precious\n".utf8).write(to: URL(fileURLWithPath: input))

@@ -130,8 +130,8 @@ struct DocumentedExampleTests {
                 try fs.truncate(file, size: 64 << 10)
                 let space = try dax.open(file)
                 // example: kernel
-                let window = try space.mapWindow()                    // PROT_NONE; pages map on first touch
-                window.storeBytes(of: 7, toByteOffset: 5 * 4096, as: UInt8.self)   // a real CPU fault: page 5 allocated
+                let window = try space.mapWindow()                    // reserved; pages map on first touch
+                window.storeBytes(of: 7, toByteOffset: 5 * 4096, as: UInt8.self)   // a real fault: page 5 allocated
                 let ring = try KernelRing(slots: 16)                  // io_uring with a sparse fixed-buffer table
                 let kernelPins = try space.pin(0..<16, write: true, kernel: .longTerm(ring))  // FOLL_LONGTERM
                 let source = open(taggedBlocks, O_RDONLY)  // what the "device" delivers
