@@ -239,10 +239,7 @@ final class MappedWindow: @unchecked Sendable {
                     // memory here, and a racing map of the block is at worst zapped and faulted).
                     madvise(self.address(page: page), pageSize, MADV_DONTNEED)
                 } else {
-                    let result = mmap(
-                        self.address(page: page), pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
-                        -1, 0)
-                    precondition(result != MAP_FAILED, "daxlab: could not unmap window page \(page): errno \(errno)")
+                    self.protectNone(page..<(page + 1))
                 }
             }
         }
@@ -252,9 +249,7 @@ final class MappedWindow: @unchecked Sendable {
     /// SIGBUS, the kernel EFAULT, until the file grows over it (`liftFences`).
     func fence(page: Int) {
         guard self.userfaultfd >= 0 else { return }  // (PROT_NONE already)
-        let result = mmap(
-            self.address(page: page), pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
-        precondition(result != MAP_FAILED, "daxlab: could not fence window page \(page): errno \(errno)")
+        self.protectNone(page..<(page + 1))
         self.state.withLock { _ = $0.fences.insert(page) }
     }
 
@@ -293,12 +288,7 @@ final class MappedWindow: @unchecked Sendable {
         if self.userfaultfd >= 0 {
             if keepingData { self.restoreKeepingData(range) } else { self.restore(range) }
         } else {
-            let result = mmap(
-                self.address(page: range.lowerBound), range.count * pageSize, PROT_NONE,
-                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
-            // The range is ours and of a valid size: mmap over it cannot fail short of ENOMEM, and a
-            // page left mapped would outlive its block. Stop rather than go on.
-            precondition(result != MAP_FAILED, "daxlab: could not unmap window pages \(range): errno \(errno)")
+            self.protectNone(range)
         }
         for page in range { self.mappedBlock(page)?.store(0, ordering: .relaxed) }
     }
@@ -331,10 +321,19 @@ final class MappedWindow: @unchecked Sendable {
     private func restoreKeepingData(_ range: Range<Int>) {
         let address = self.address(page: range.lowerBound)
         let length = range.count * pageSize
-        let result = mmap(address, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
-        precondition(result != MAP_FAILED, "daxlab: could not drop window pages \(range): errno \(errno)")
+        self.protectNone(range)
         self.register(range)
         precondition(mprotect(address, length, PROT_READ | PROT_WRITE) == 0, "daxlab: could not open window pages \(range): errno \(errno)")
+    }
+
+    /// `PROT_NONE` over `range`, not registered: any access faults (the CPU's as SIGSEGV, the
+    /// kernel's as EFAULT). The range is the window's and of a valid size, so `mmap` over it
+    /// fails only for want of memory, and a page left mapped could outlive its block: stop then.
+    private func protectNone(_ range: Range<Int>) {
+        let result = mmap(
+            self.address(page: range.lowerBound), range.count * pageSize, PROT_NONE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
+        precondition(result != MAP_FAILED, "daxlab: could not unmap window pages \(range): errno \(errno)")
     }
 
     private func register(_ range: Range<Int>) {
@@ -370,10 +369,7 @@ final class MappedWindow: @unchecked Sendable {
         if self.userfaultfd >= 0 {
             self.restoreKeepingData(pages)
         } else {
-            let result = mmap(
-                self.address(page: pages.lowerBound), pages.count * pageSize, PROT_NONE,
-                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0)
-            precondition(result != MAP_FAILED, "daxlab: could not drop window pages \(pages): errno \(errno)")
+            self.protectNone(pages)
         }
     }
 }
