@@ -170,6 +170,9 @@ final class MetadataLog: Sendable {
     static func apply(records: UnsafeRawPointer, bytes: Int, media: Media, dataOffset: Int) throws(FSError) {
         for dataPass in [true, false] {
             var cursor = 0
+            // Records that follow each other in the media (a bulk mapping's entries) are flushed
+            // as one range: a flush per 8-byte record would flush each cache line eight times.
+            var pending = 0..<0
             while cursor < bytes {
                 let record = LogRecord(at: records + cursor)
                 cursor += record.size
@@ -188,8 +191,14 @@ final class MetadataLog: Sendable {
                 case nil:
                     preconditionFailure("unvalidated log record")
                 }
-                try media.flush(record.offset, record.length)
+                if record.offset >= pending.lowerBound && record.offset <= pending.upperBound {
+                    pending = pending.lowerBound..<max(pending.upperBound, record.offset + record.length)
+                } else {
+                    if !pending.isEmpty { try media.flush(pending.lowerBound, pending.count) }
+                    pending = record.offset..<(record.offset + record.length)
+                }
             }
+            if !pending.isEmpty { try media.flush(pending.lowerBound, pending.count) }
             if dataPass { media.barrier() }  // (the contents, durable before the pointers)
         }
     }

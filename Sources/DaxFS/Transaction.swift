@@ -22,9 +22,15 @@ final class Transaction {
     /// Where `find` looks once a transaction is large (a bulk mapping stages hundreds of
     /// records, and a linear search per record would be quadratic): the newest byte or zero
     /// record of at most 8 bytes at each offset, and every longer one, by index into `staged`.
-    private var shortRecords: [Int: Int] = [:]
+    private var shortRecords = OffsetIndex(capacity: 1024)
     private var longRecords: [Int] = []
-    private var inodeRecords: [Int] = []
+    /// The staged image of each inode this transaction changes, by inode number: the payload of
+    /// its 512-byte record (no other record is that long, so it is the one `find` would return,
+    /// without a search through every record a bulk mapping staged).
+    private var inodeRecords = OffsetIndex(capacity: 8)
+    /// The newest set-bits record of each bitmap word, by the word's offset, while no clear-bits
+    /// record for the word follows it.
+    private var setBitsRecords = OffsetIndex(capacity: 64)
     /// Blocks whose bits this transaction clears; the caller returns them to the allocator after
     /// the commit.
     private(set) var freedBlocks: [UInt32] = []
@@ -43,9 +49,10 @@ final class Transaction {
     func reset() {
         self.cursor = 0
         self.staged.removeAll(keepingCapacity: true)
-        self.shortRecords.removeAll(keepingCapacity: true)
+        self.shortRecords.removeAll()
         self.longRecords.removeAll(keepingCapacity: true)
-        self.inodeRecords.removeAll(keepingCapacity: true)
+        self.inodeRecords.removeAll()
+        self.setBitsRecords.removeAll()
         self.freedBlocks.removeAll(keepingCapacity: true)
     }
 
@@ -203,21 +210,27 @@ final class Transaction {
     /// The staged image of inode `number`'s 512-byte record, to modify in place; its checksum is
     /// recomputed at commit.
     func inode(_ number: Int) -> InodeRecord {
+        if let payload = self.inodeRecords[number] { return InodeRecord(self.records + payload) }
         let offset = self.geometry.inodeTableOffset + number * Geometry.inodeSize
-        if let record = self.find(covering: offset, length: Geometry.inodeSize), record.kind == .bytes {
-            return InodeRecord(self.records + record.payload)
-        }
         let payload = self.append(.bytes, offset: offset, length: Geometry.inodeSize)
         (self.records + payload).copyMemory(from: self.media.base + offset, byteCount: Geometry.inodeSize)
-        self.inodeRecords.append(payload)
+        self.inodeRecords[number] = payload
         return InodeRecord(self.records + payload)
     }
 
-    /// Stages marking `block` allocated.
+    /// Stages marking `block` allocated: into the word's set-bits record where one is staged and
+    /// no clear-bits record for the word came after it (a run of 512 blocks stages 8 records, not
+    /// 512; only these two kinds touch a bitmap word, and setting bits commutes with setting).
     func setAllocated(_ block: UInt32) {
         let (word, mask) = self.bitmapWord(block)
+        if let payload = self.setBitsRecords[word] {
+            let bits = self.records + payload
+            bits.storeBytes(of: bits.load(as: UInt64.self) | mask, as: UInt64.self)
+            return
+        }
         let payload = self.append(.setBits, offset: word, length: 8)
         (self.records + payload).storeBytes(of: mask, as: UInt64.self)
+        self.setBitsRecords[word] = payload
     }
 
     /// Stages marking `block` free; unless `toAllocator` is false (a busy block whose release
@@ -226,6 +239,7 @@ final class Transaction {
         let (word, mask) = self.bitmapWord(block)
         let payload = self.append(.clearBits, offset: word, length: 8)
         (self.records + payload).storeBytes(of: mask, as: UInt64.self)
+        self.setBitsRecords[word] = nil  // (a later set must come after this clear)
         if toAllocator { self.freedBlocks.append(block) }
     }
 
@@ -239,7 +253,7 @@ final class Transaction {
     /// Makes the staged records durable as one atomic step, applies them in place, retires the slot.
     func commit() throws(FSError) {
         guard !self.staged.isEmpty else { return }
-        for payload in self.inodeRecords { InodeRecord(self.records + payload).sealChecksum() }
+        for payload in self.inodeRecords.presentValues { InodeRecord(self.records + payload).sealChecksum() }
         let header = self.media.base + self.slotOffset
         header.initializeMemory(as: UInt8.self, repeating: 0, count: MetadataLog.headerSize)
         header.storeBytes(of: MetadataLog.magic, as: UInt64.self)
