@@ -53,7 +53,8 @@ extension AddressSpace {
         let mechanism = service.mechanism(self.dax.windowFaults)
         if mechanism != self.dax.windowFaults, let refusal = service.refusal { Self.reportFallback(refusal) }
         let fresh = try MappedWindow(
-            pages: FileSystem.maximumFileSize / pageSize, mapping: self.mapping, faults: mechanism)
+            pages: FileSystem.maximumFileSize / pageSize, mapping: self.mapping, faults: mechanism,
+            granularity: self.dax.windowGranularity)
         // Registered before it is published: no address of it is out before the service knows
         // it, and no write whose source it is misses it (`FileSystem.write` copies such a source
         // before it takes a file's lock; with userfaultfd the kernel's copy faults it in).
@@ -88,6 +89,13 @@ extension AddressSpace {
     /// Whether the window maps MAP_SYNC (fs-dax and device-dax, not tmpfs).
     public var windowIsSynchronous: Bool { self.windowReference.load()?.synchronousFaults ?? false }
 
+    /// The least the window maps at once (nil before `mapWindow`): 4 KiB, or 2 MiB over a
+    /// device-dax device aligned to 2 MiB, where a fault maps a 2 MiB range of the file only if
+    /// it is one aligned run of the image (or holes a write makes one), reads zeros from a hole
+    /// of a range that is not, and otherwise fails as past the end of file does (SIGBUS for the
+    /// CPU, EFAULT for the kernel; `read`/`write` through the file system still reach it).
+    public var windowGranularity: Int? { self.windowReference.load()?.granularity }
+
     /// How the window's faults are served (nil before `mapWindow`): `.userfaultfd`, or
     /// `.signals` where userfaultfd is refused (the kernel's accesses then fail with EFAULT).
     public var windowFaults: WindowFaultMechanism? { self.windowReference.load()?.faults }
@@ -107,6 +115,7 @@ extension AddressSpace {
         return self.lock.withReadLock {
             do {
                 if let range = try self.hugeFault(window, page: page, write: write) { return range }
+                if window.isCoarse { return try self.coarseFault(window, page: page, write: write) }
                 var block = try self.install(page, write: write)
                 if block == 0 {
                     try window.mapZero(page: page)
@@ -121,6 +130,21 @@ extension AddressSpace {
                 return nil
             }
         }
+    }
+
+    /// A fault that `hugeFault` could not serve on a 2 MiB-granular window: the range holding
+    /// `page` is not one aligned run, and the device cannot map a 4 KiB piece of it. A read of a
+    /// hole gets zeros (anonymous memory, not the device's); anything else is refused, as a
+    /// device-dax fault smaller than its alignment is (`VM_FAULT_SIGBUS`). Nothing is allocated.
+    private func coarseFault(_ window: MappedWindow, page: Int, write: Bool) throws(FSError) -> Range<Int> {
+        let refusal = FSError(
+            .notSupported,
+            "\(self.id): page \(page) is in a 2 MiB range that is not one aligned run, which a device aligned to 2 MiB cannot map")
+        guard !write, try self.install(page, write: false) == 0 else { throw refusal }
+        do throws(SystemCallError) { try window.mapZero(page: page) } catch { throw FSError(.io, error.description) }
+        // A write that filled the hole meanwhile dropped zeros that were not there yet.
+        guard try self.install(page, write: false) == 0 else { throw refusal }
+        return page..<(page + 1)
     }
 
     /// A huge fault (`dax_iomap_pmd_fault`): where the 2 MiB range of the file holding `page` is

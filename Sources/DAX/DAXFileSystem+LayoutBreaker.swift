@@ -138,7 +138,10 @@ extension DAXFileSystem: LayoutBreaker {
     package func mappingsChanged(_ inode: Int, filled: Range<Int>, grownTo: Int?) {
         self.spaceForBreaker(inode: inode)?._withUnsafeGuaranteedRef { space in
             guard let window = space.windowReference.load() else { return }
-            if !filled.isEmpty { window.dropZeros(filled) }
+            if !filled.isEmpty {
+                window.dropZeros(filled)
+                if window.isCoarse { window.liftFences(in: filled) }
+            }
             if let grownTo { window.liftFences(below: grownTo) }
         }
     }

@@ -41,6 +41,9 @@ public final class DAXFileSystem {
     let asymmetricFence: Bool
     /// How windows are asked to fault (`.userfaultfd`, falling back to `.signals` where refused).
     let windowFaults: WindowFaultMechanism
+    /// The mapping granularity windows assume instead of the image's alignment (a test's
+    /// stand-in for a device-dax device aligned to 2 MiB); nil: the image's.
+    let windowGranularity: Int?
     /// Set by the unmount's final layout break: new pins are refused from then on.
     let unmounting = UnmountFlag()
 
@@ -58,10 +61,11 @@ public final class DAXFileSystem {
     /// Attaches the layer with its fence chosen: `asymmetricFence` false makes every Dekker pair
     /// use the sequentially consistent fallback, as where membarrier(2) is missing or refused
     /// (true where it is missing is taken as false). The tests run both sides.
-    /// `windowFaults` `.signals` gives windows the fallback a user without userfaultfd gets.
+    /// `windowFaults` `.signals` gives windows the fallback a user without userfaultfd gets;
+    /// `windowGranularity` 2 MiB makes windows behave as over a device aligned to 2 MiB.
     init(
         fs: FileSystem, policy: TruncatePolicy, times: PolicyTimes, asymmetricFence: Bool,
-        windowFaults: WindowFaultMechanism = .userfaultfd
+        windowFaults: WindowFaultMechanism = .userfaultfd, windowGranularity: Int? = nil
     ) throws(FSError) {
         let page: UnsafeMutableRawPointer
         do {
@@ -86,6 +90,7 @@ public final class DAXFileSystem {
         self.source = source
         self.asymmetricFence = asymmetricFence && AsymmetricFence.available
         self.windowFaults = windowFaults
+        self.windowGranularity = windowGranularity
         self.batchPool = BatchPool(usesCells: self.asymmetricFence)
         self.defaultPolicy = policy
         self.times = times

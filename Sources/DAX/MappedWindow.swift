@@ -37,6 +37,12 @@ final class MappedWindow: @unchecked Sendable {
     // leaves a state any later access faults back from.
     let base: UnsafeMutableRawPointer
     let pages: Int
+    /// The least the image can be mapped by: 4 KiB, or 2 MiB for a file's window over a
+    /// device-dax device aligned to 2 MiB, where only whole aligned runs are mapped (a huge
+    /// fault) and a removal unmaps whole 2 MiB regions (the device cannot split its mappings).
+    let granularity: Int
+    /// Whether `granularity` is more than a page.
+    let isCoarse: Bool
     /// How the window's faults are served; nil for a pin's view (nothing faults it in).
     let faults: WindowFaultMechanism?
     /// The image (held: its descriptor is mapped again at every fault).
@@ -81,18 +87,28 @@ final class MappedWindow: @unchecked Sendable {
     ///   - tracked: remember what each page maps (a pin's view; see `isMapped`).
     ///   - faults: how a file's window is faulted (`FaultService.mechanism` decided it); nil for
     ///     a pin's view.
-    /// - Throws: `.notSupported` when the image cannot be mapped block by block (a device-dax
-    ///   device whose alignment is not 4 KiB) or is read-only; `.io` when the reservation fails.
-    init(pages: Int, mapping: PmemMapping, tracked: Bool = false, faults: WindowFaultMechanism? = nil) throws(FSError) {
+    ///   - granularity: the image's mapping granularity (`mapping.alignment` when nil); a test
+    ///     stands a 2 MiB-aligned device in with it.
+    /// - Throws: `.notSupported` when the image cannot be mapped as this window needs (a pin's
+    ///   view block by block, a file's window by 4 KiB or 2 MiB), or is read-only; `.io` when
+    ///   the reservation fails.
+    init(
+        pages: Int, mapping: PmemMapping, tracked: Bool = false, faults: WindowFaultMechanism? = nil,
+        granularity: Int? = nil
+    ) throws(FSError) {
         guard !mapping.isReadOnly else { throw FSError(.readOnly, "\(mapping.path): mounted read-only") }
-        guard mapping.alignment == pageSize else {
+        let granularity = granularity ?? mapping.alignment
+        let huge = Self.regionPages * pageSize
+        guard granularity == pageSize || (faults != nil && granularity == huge) else {
             throw FSError(
                 .notSupported,
-                "\(mapping.path): a device aligned to \(mapping.alignment) bytes cannot map single blocks; "
-                    + "create the namespace with ndctl create-namespace -m devdax --align 4K")
+                "\(mapping.path): a device aligned to \(granularity) bytes cannot map "
+                    + (faults == nil ? "single blocks for a pin" : "a file's window (only 4 KiB and 2 MiB can)")
+                    + "; create the namespace with ndctl create-namespace -m devdax --align 4K")
         }
+        self.granularity = granularity
+        self.isCoarse = granularity > pageSize
         let served = faults == .userfaultfd
-        let huge = 2 << 20
         let length = pages * pageSize
         // Reserved with 2 MiB of slack and trimmed, so that page 512k of the window is 2 MiB-
         // aligned (a 2 MiB run of the image can then be mapped as one huge page).
@@ -256,9 +272,16 @@ final class MappedWindow: @unchecked Sendable {
     /// Makes the fenced pages below `end` fault again (the file grew; the caller holds the
     /// invalidate lock exclusively).
     func liftFences(below end: Int) {
+        self.liftFences(in: 0..<end)
+    }
+
+    /// Makes the fenced pages in `pages` fault again (holes there were filled: on a 2 MiB-granular
+    /// window a page that could not be mapped may be part of an aligned run now).
+    func liftFences(in pages: Range<Int>) {
         guard self.userfaultfd >= 0 else { return }
         let lifted = self.state.withLock { state -> [Int] in
-            let lifted = state.fences.filter { $0 < end }
+            guard !state.fences.isEmpty else { return [] }
+            let lifted = state.fences.filter { pages.contains($0) }
             state.fences.subtract(lifted)
             return Array(lifted)
         }
@@ -281,8 +304,12 @@ final class MappedWindow: @unchecked Sendable {
     /// exclusively): `unmap_mapping_range`, TLB shootdown included.
     /// - Parameter keepingData: the blocks stay in the file at other pages (collapse-range,
     ///   insert-range): no access may find zeros meanwhile (see `restoreKeepingData`).
+    /// On a 2 MiB-granular window the whole regions around `pages` go (the device cannot split
+    /// a mapping): their other pages fault again, and map again only as whole aligned runs.
     func unmap(_ pages: Range<Int>, keepingData: Bool = false) {
-        let range = max(0, pages.lowerBound)..<min(pages.upperBound, self.pages)
+        let step = self.granularity / pageSize
+        let outer = (pages.lowerBound / step * step)..<((pages.upperBound + step - 1) / step * step)
+        let range = max(0, outer.lowerBound)..<min(outer.upperBound, self.pages)
         guard !range.isEmpty else { return }
         self.forget(range)
         if self.userfaultfd >= 0 {

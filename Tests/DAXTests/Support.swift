@@ -16,15 +16,17 @@ final class Lab: @unchecked Sendable {
     ///   - asymmetricFence: false attaches the layer with the sequentially consistent fallback
     ///     fence, as where membarrier(2) is missing.
     ///   - windowFaults: `.signals` gives windows the fallback of a user without userfaultfd.
+    ///   - windowGranularity: 2 MiB makes windows behave as over a device-dax device aligned to 2 MiB.
     init(
         policy: TruncatePolicy, pages: Int = 16, times: PolicyTimes = PolicyTimes(), size: Int = 32 << 20,
-        asymmetricFence: Bool = true, windowFaults: WindowFaultMechanism = .userfaultfd
+        asymmetricFence: Bool = true, windowFaults: WindowFaultMechanism = .userfaultfd, windowGranularity: Int? = nil
     ) throws {
         self.path = "/dev/shm/daxlab-dax-\(getpid())-\(UUID().uuidString.prefix(8))"
         _ = try FileSystem.format(path: self.path, size: size)
         self.fs = try FileSystem.mount(path: self.path)
         self.dax = try DAXFileSystem(
-            fs: self.fs, policy: policy, times: times, asymmetricFence: asymmetricFence, windowFaults: windowFaults)
+            fs: self.fs, policy: policy, times: times, asymmetricFence: asymmetricFence, windowFaults: windowFaults,
+            windowGranularity: windowGranularity)
         self.file = try self.fs.create("data")
         try self.fs.write(self.file, offset: 0, bytes: [UInt8](repeating: 0xAA, count: pages * 4096))
     }

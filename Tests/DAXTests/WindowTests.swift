@@ -158,8 +158,8 @@ struct WindowTests {
 @Suite("Huge faults", .serialized, .timeLimit(.minutes(1)))
 struct HugeFaultTests {
     /// A lab whose file is 4 MiB written in order (two aligned runs).
-    private func sequentialFile(_ mechanism: WindowFaultMechanism) throws -> Lab {
-        let lab = try Lab(policy: .sequester, pages: 0, windowFaults: mechanism)
+    private func sequentialFile(_ mechanism: WindowFaultMechanism, granularity: Int? = nil) throws -> Lab {
+        let lab = try Lab(policy: .sequester, pages: 0, windowFaults: mechanism, windowGranularity: granularity)
         for chunk in 0..<64 {
             let bytes = (0..<16 * 4096).map { UInt8(truncatingIfNeeded: (chunk * 16 + $0 / 4096) &* 7 &+ 1) }
             try lab.fs.write(lab.file, offset: chunk * 16 * 4096, bytes: bytes)
@@ -220,5 +220,46 @@ struct HugeFaultTests {
             #expect(try handle.write(at: 5, from: &byte, count: 1), "the device's write was refused")
         }
         #expect((window + 15 * 4096).load(as: UInt8.self) == 0xD5, "the device's write is seen through the window")
+    }
+
+    @Test("a window over a device aligned to 2 MiB maps aligned runs whole and nothing smaller: zeros for a hole, EFAULT for a block outside a run, nothing allocated",
+          .enabled(if: userfaultfdRefusal == nil, "needs userfaultfd (the kernel's EFAULT is the check)"))
+    func twoMebibyteGranularity() throws {
+        let lab = try self.sequentialFile(.userfaultfd, granularity: 2 << 20)
+        let space = try lab.space
+        let window = try space.mapWindow()
+        #expect(space.windowGranularity == 2 << 20)
+        var wrong = 0
+        for page in 0..<1024 where (window + page * 4096 + 99).load(as: UInt8.self) != self.expected(page) { wrong += 1 }
+        #expect(wrong == 0)
+        #expect(lab.dax.statistics.hugeFaults.load(ordering: .relaxed) == 2, "each 2 MiB by one huge fault")
+
+        // A punch unmaps the whole first range; what is left of it is no aligned run.
+        try lab.fs.punchHole(lab.file, offset: 300 * 4096, length: 4096)
+        #expect((window + 300 * 4096).load(as: UInt64.self) == 0, "the punched page reads zeros")
+        let source = try PatternSource(pages: 1, first: 0x61, direct: false)
+        #expect(source.read(into: window + 5 * 4096, pages: 1) == -Int(EFAULT), "a block outside a run cannot be mapped: EFAULT")
+        #expect(try lab.fs.read(lab.file, offset: 5 * 4096 + 99, count: 1) == [self.expected(5)], "the file still holds it")
+        #expect(source.read(into: window + 300 * 4096, pages: 1) == -Int(EFAULT), "a write into a hole outside a run: EFAULT")
+        #expect(lab.fs.currentBlock(lab.file, page: 300) == 0, "and nothing was allocated for it")
+        let faults = lab.dax.statistics.windowFaults.load(ordering: .relaxed)
+        #expect((window + 700 * 4096 + 99).load(as: UInt8.self) == self.expected(700), "the second range stays mapped")
+        #expect(lab.dax.statistics.windowFaults.load(ordering: .relaxed) == faults)
+
+        // Holes the file grew by become one aligned run at the first store.
+        try lab.fs.truncate(lab.file, size: 2048 * 4096)
+        (window + 1500 * 4096).storeBytes(of: 0x5A, as: UInt8.self)
+        #expect(lab.dax.statistics.hugeFaults.load(ordering: .relaxed) == 3)
+        #expect(try lab.fs.read(lab.file, offset: 1500 * 4096, count: 1) == [0x5A])
+        #expect(lab.fs.alignedRun(lab.file, page: 1024) != nil)
+    }
+
+    @Test("a window refuses a granularity other than 4 KiB and 2 MiB, and a pin's view anything but 4 KiB")
+    func granularitiesRefused() throws {
+        let lab = try Lab(policy: .sequester, pages: 1)
+        let mapping = try lab.space.mapping
+        #expect(throws: FSError.self) { try MappedWindow(pages: 512, mapping: mapping, faults: .userfaultfd, granularity: 1 << 30) }
+        #expect(throws: FSError.self) { try MappedWindow(pages: 512, mapping: mapping, tracked: true, granularity: 2 << 20) }
+        #expect(try MappedWindow(pages: 512, mapping: mapping, faults: .userfaultfd, granularity: 2 << 20).granularity == 2 << 20)
     }
 }
