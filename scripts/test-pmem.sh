@@ -8,10 +8,11 @@
 #           devdax namespace (4 KiB aligned); daxlab devices, info (is-pmem, MAP_SYNC), mkfs, a file
 #           round trip and a race per policy on /dev/daxX.Y and on a file on the fs-dax mount, with
 #           simulated devices, then with the kernel's: long-term pins on devdax, the refusal of
-#           long-term pins on fs-dax, short-term (O_DIRECT from a brd RAM disk) on fs-dax
+#           long-term pins on fs-dax, short-term (O_DIRECT from a brd RAM disk) on fs-dax; daxlab
+#           mmap-check on both (windows the kernel faults, huge faults, EFAULT past the end of file)
 #   reboot  the same NVDIMM image again: what the first boot wrote must mount, fsck and read back
 #   memmap  memmap= legacy e820 pmem: one region made fsdax (ext4 -o dax), one devdax; the same
-#           round trips and races
+#           round trips, races and mmap-checks
 # The guest prints one line per verdict; this script checks every expected one, and fails on any
 # FAIL, on a missing end marker or on a timeout.
 #

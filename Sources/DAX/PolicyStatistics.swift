@@ -55,6 +55,12 @@ public final class PolicyStatistics: Sendable {
         (disposition == .sequester ? self.sequesteredNow : self.deferredNow).wrappingDecrement(ordering: .relaxed)
     }
 
+    /// Window faults served so far, and how many of them were huge faults (read together, for
+    /// a caller that counts what one access cost).
+    public var windowFaultCounts: (served: Int, huge: Int) {
+        (self.windowFaults.load(ordering: .relaxed), self.hugeFaults.load(ordering: .relaxed))
+    }
+
     /// Blocks in limbo now (sequestered plus deferred).
     public var limboNow: Int {
         self.sequesteredNow.load(ordering: .relaxed) + self.deferredNow.load(ordering: .relaxed)

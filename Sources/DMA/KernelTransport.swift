@@ -45,43 +45,14 @@ public enum DeviceKind: String, CaseIterable, Sendable, CustomStringConvertible 
     /// Where a short-term device's source file goes unless told: a disk file system on most
     /// machines (tmpfs has no real O_DIRECT: it would copy, not pin).
     public static let defaultSourceDirectory = "/var/tmp"
-}
 
-/// A kernel device's machinery: the source file its blocks come from (the device stages each
-/// tagged block there, the kernel copies it into the pinned page) and, for long-term pins, the
-/// io_uring whose fixed-buffer table holds its pin.
-final class KernelTransport {
-    let kind: DeviceKind
-    let ring: KernelRing?
-    private let source: Int32
-
-    /// - Throws: `.notSupported` where io_uring (long-term) or O_DIRECT (short-term) is refused,
-    ///   or the source directory is not on a block device; `.io` otherwise. One line each.
-    init(kind: DeviceKind, device: Int, sourceDirectory: String) throws(FSError) {
-        precondition(kind.isKernel, "a transport for a simulated device")
-        self.kind = kind
-        if kind == .kernelLongterm {
-            self.ring = try KernelRing(slots: 4)
-            let descriptor = CShims_memfd("daxlab-device-\(device)")
-            guard descriptor >= 0 else {
-                throw FSError(.io, "memfd for device \(device): \(String(cString: strerror(-descriptor)))")
-            }
-            self.source = descriptor
-        } else {
-            self.ring = nil
-            self.source = try Self.openDirectSource(in: sourceDirectory, device: device)
-        }
-        guard ftruncate(self.source, off_t(pageSize)) == 0 else {
-            let error = errno
-            close(self.source)
-            throw FSError(.io, "size the source file of device \(device): \(String(cString: strerror(error)))")
-        }
-    }
-
-    deinit { close(self.source) }
-
-    /// An unnamed file opened O_DIRECT in `directory`, which must be on a block device.
-    private static func openDirectSource(in directory: String, device: Int) throws(FSError) -> Int32 {
+    /// An unnamed file opened O_DIRECT in `directory`, which must be on a block device: a
+    /// kernel-direct device's source, or any reader that needs the kernel to pin the pages it
+    /// reads into (GUP `FOLL_PIN`) rather than copy.
+    /// - Parameter device: a number that keeps the names of concurrent callers apart.
+    /// - Throws: `.notFound` when `directory` cannot be opened; `.notSupported` when it is on
+    ///   tmpfs or ramfs (no real O_DIRECT: it copies) or its file system refuses O_DIRECT; `.io`.
+    public static func openDirectSource(in directory: String, device: Int) throws(FSError) -> Int32 {
         let probe = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard probe >= 0 else {
             throw FSError(.notFound, "\(directory): \(String(cString: strerror(errno))) (the source directory of kernel-direct devices)")
@@ -107,6 +78,40 @@ final class KernelTransport {
         unlink(path)  // unnamed from now on: nothing to clean up
         return descriptor
     }
+}
+
+/// A kernel device's machinery: the source file its blocks come from (the device stages each
+/// tagged block there, the kernel copies it into the pinned page) and, for long-term pins, the
+/// io_uring whose fixed-buffer table holds its pin.
+final class KernelTransport {
+    let kind: DeviceKind
+    let ring: KernelRing?
+    private let source: Int32
+
+    /// - Throws: `.notSupported` where io_uring (long-term) or O_DIRECT (short-term) is refused,
+    ///   or the source directory is not on a block device; `.io` otherwise. One line each.
+    init(kind: DeviceKind, device: Int, sourceDirectory: String) throws(FSError) {
+        precondition(kind.isKernel, "a transport for a simulated device")
+        self.kind = kind
+        if kind == .kernelLongterm {
+            self.ring = try KernelRing(slots: 4)
+            let descriptor = CShims_memfd("daxlab-device-\(device)")
+            guard descriptor >= 0 else {
+                throw FSError(.io, "memfd for device \(device): \(String(cString: strerror(-descriptor)))")
+            }
+            self.source = descriptor
+        } else {
+            self.ring = nil
+            self.source = try DeviceKind.openDirectSource(in: sourceDirectory, device: device)
+        }
+        guard ftruncate(self.source, off_t(pageSize)) == 0 else {
+            let error = errno
+            close(self.source)
+            throw FSError(.io, "size the source file of device \(device): \(String(cString: strerror(error)))")
+        }
+    }
+
+    deinit { close(self.source) }
 
     /// The kernel pin a pin of this device asks for.
     var kernelPin: KernelPin {

@@ -25,7 +25,7 @@ public struct Daxlab: ParsableCommand {
             DevicesCommand.self, InfoCommand.self, MkfsCommand.self, FsckCommand.self, ListCommand.self,
             WriteCommand.self, ReadCommand.self, RemoveCommand.self, TruncateCommand.self, PunchCommand.self,
             FallocateCommand.self,
-            CrashTestCommand.self, RaceCommand.self, DemoCommand.self, BenchCommand.self,
+            CrashTestCommand.self, RaceCommand.self, DemoCommand.self, BenchCommand.self, MmapCheckCommand.self,
         ],
         // --help only: a file name such as "-dash" must not be read as -d -a -s -h.
         helpNames: [.long]

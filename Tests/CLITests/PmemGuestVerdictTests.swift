@@ -44,7 +44,7 @@ struct PmemGuestVerdictTests {
         return consoles
     }
 
-    @Test("the plan covers what the issue names: every policy on devdax and fs-dax, MAP_SYNC, the reboot")
+    @Test("the plan covers every policy on devdax and fs-dax, MAP_SYNC, windows (mmap-check), the reboot")
     func planCoversTheIssue() throws {
         let nvdimm = Set(try self.expected("nvdimm"))
         let memmap = Set(try self.expected("memmap"))
@@ -55,7 +55,8 @@ struct PmemGuestVerdictTests {
             }
         }
         for name in ["devices-fsdax", "devices-devdax", "mount-option-dax", "info-fsdax-is-pmem",
-                     "info-fsdax-map-sync", "info-devdax-is-pmem", "fsdax-read-back", "devdax-read-back"] {
+                     "info-fsdax-map-sync", "info-devdax-is-pmem", "fsdax-read-back", "devdax-read-back",
+                     "mmap-check-fsdax", "mmap-check-devdax"] {
             #expect(nvdimm.contains(name) && memmap.contains(name), "\(name)")
         }
         // The kernel's own pins: short-term races on both targets; long-term pins refused on fs-dax,

@@ -22,6 +22,8 @@ trip() { echo "$1-mkfs $1-write $1-read-back $1-fsck"; }
 devices="devices-fsdax devices-devdax devices-pmem-path devices-dax-path"
 info="info-fsdax-medium info-fsdax-is-pmem info-fsdax-map-sync info-fsdax-vm-sync-flag"
 info="$info info-devdax-medium info-devdax-is-pmem"
+# daxlab's windows, faulted by the kernel and the CPU (daxlab mmap-check), on both targets.
+windows="mmap-check-fsdax mmap-check-devdax"
 # The kernel's own pins and writes: short-term (O_DIRECT) races on both targets; long-term pins
 # refused on fs-dax, and on device-dax before 6.5 (io_uring registered no file-backed memory but
 # shmem and hugetlbfs until then), raced on device-dax from 6.5.
@@ -40,11 +42,11 @@ expected() {
     kernel=$(kernel_checks "${2:-6.1}")
     case $1 in
         nvdimm) echo labels-initialised create-fsdax create-devdax $devices mkfs-ext4 mount-dax mount-option-dax \
-            $info $(trip fsdax) $(races fsdax) $(races devdax) $kernel $(trip devdax) fsdax-still-intact ;;
+            $info $(trip fsdax) $(races fsdax) $(races devdax) $kernel $windows $(trip devdax) fsdax-still-intact ;;
         reboot) echo namespaces-back $devices mount-dax mount-option-dax \
             fsdax-survived-fsck fsdax-survived-read-back devdax-survived-fsck devdax-survived-read-back ;;
         memmap) echo reconfigure-fsdax reconfigure-devdax $devices mkfs-ext4 mount-dax mount-option-dax \
-            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) $kernel ;;
+            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) $kernel $windows ;;
         *) echo "verdict: unknown stage '$1'" >&2; return 2 ;;
     esac
 }
