@@ -12,7 +12,8 @@
 #           mmap-check on both (windows the kernel faults, huge faults, EFAULT past the end of file)
 #   reboot  the same NVDIMM image again: what the first boot wrote must mount, fsck and read back
 #   memmap  memmap= legacy e820 pmem: one region made fsdax (ext4 -o dax), one devdax; the same
-#           round trips, races and mmap-checks
+#           round trips, races and mmap-checks; then the devdax one aligned to 2 MiB, and
+#           mmap-check there (windows that map whole 2 MiB runs only)
 # The guest prints one line per verdict; this script checks every expected one, and fails on any
 # FAIL, on a missing end marker or on a timeout.
 #

@@ -86,6 +86,9 @@ struct MmapCheckCommand: ParsableCommand {
         /// `userfaultfd`, or `signals` where userfaultfd is refused.
         var windowFaults: WindowFaultMechanism
         var mapSync: Bool
+        /// The least a window maps at once, in bytes: 4096, or 2 MiB over a device-dax device
+        /// aligned to 2 MiB (whole aligned runs only).
+        var windowGranularity: Int
         var checks: [WindowCheck]
         var passed: Int
         var failed: Int
@@ -119,7 +122,8 @@ struct MmapCheckCommand: ParsableCommand {
         } else {
             Output.print(
                 "\(report.path): \(report.medium.description), windows fault through \(report.windowFaults)"
-                    + (report.mapSync ? " (MAP_SYNC)" : ""))
+                    + (report.mapSync ? " (MAP_SYNC)" : "")
+                    + (report.windowGranularity > pageSize ? ", mapping whole 2 MiB aligned runs only" : ""))
             for check in report.checks {
                 Output.print("\(check.outcome.rawValue.uppercased()) \(check.name): \(check.detail)")
             }
@@ -152,6 +156,6 @@ struct MmapCheckCommand: ParsableCommand {
         let count = { (outcome: WindowCheck.Outcome) in results.filter { $0.outcome == outcome }.count }
         return Report(
             path: image.path, medium: fs.mapping.medium, windowFaults: checks.mechanism, mapSync: checks.mapSync,
-            checks: results, passed: count(.pass), failed: count(.fail), skipped: count(.skip))
+            windowGranularity: checks.coarse ? Geometry.runBlocks * pageSize : pageSize, checks: results, passed: count(.pass), failed: count(.fail), skipped: count(.skip))
     }
 }

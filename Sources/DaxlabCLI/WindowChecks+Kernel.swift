@@ -33,8 +33,11 @@ extension WindowChecks {
 
     /// `source`'s pages read by the kernel into the untouched window of a file whose first half
     /// is written and second half holes: the read is whole, each page took one fault through
-    /// daxlab, the holes got blocks, and the bytes are in the file and in the window.
+    /// daxlab, the holes got blocks, and the bytes are in the file and in the window. On a
+    /// 2 MiB-granular window the file is 2 MiB of holes, which the first fault allocates and
+    /// maps whole.
     private func kernelFill(_ name: FileName, _ source: KernelSource, how: String) throws -> Verdict {
+        if self.coarse { return try self.kernelFillCoarse(name, source, how: how) }
         let pages = source.pages
         let file = try self.fs.create(name)
         try self.fs.write(file, offset: 0, bytes: [UInt8](repeating: 0xAA, count: pages / 2 * pageSize))
@@ -65,6 +68,32 @@ extension WindowChecks {
             + "the bytes in the file")
     }
 
+    /// `kernelFill` on a 2 MiB-granular window: one huge fault allocates and maps the range.
+    private func kernelFillCoarse(_ name: FileName, _ source: KernelSource, how: String) throws -> Verdict {
+        let pages = source.pages
+        let file = try self.fs.create(name)
+        try self.fs.truncate(file, size: Self.hugePages * pageSize)
+        let window = try self.dax.open(file).mapWindow()
+        let before = self.dax.statistics.windowFaultCounts
+        let read = source.read(into: window, pages: pages)
+        let after = self.dax.statistics.windowFaultCounts
+        try Self.require(
+            read == pages * pageSize,
+            "\(how) into an untouched window of 2 MiB of holes: \(Self.describe(read)), not \(pages * pageSize) bytes")
+        for page in 0..<pages {
+            try Self.require(
+                try self.fs.read(file, offset: page * pageSize, count: pageSize) == KernelSource.page(page, seed: source.seed),
+                "page \(page) of the file does not hold what the kernel read")
+        }
+        let blocks = try self.fs.stat(file).blocks
+        try Self.require(
+            after.served - before.served == 1 && after.huge - before.huge == 1 && blocks == Self.hugePages,
+            "the kernel's read took \(after.served - before.served) faults (\(after.huge - before.huge) huge) and left "
+                + "\(blocks) blocks: one huge fault allocating the whole range (\(Self.hugePages) blocks) was expected")
+        return (.pass, "\(how) into an untouched window of 2 MiB of holes: \(read) bytes, one huge fault allocated "
+            + "and mapped the whole range, the bytes in the file")
+    }
+
     /// The kernel's access to the window's page just past the end of file: userfaultfd has no
     /// "fail this fault" answer, so the fault service maps a fence there, and the kernel's access
     /// fails with EFAULT instead of hanging or landing in memory the file does not have.
@@ -72,8 +101,10 @@ extension WindowChecks {
         if let reason = self.kernelFaultsRefusal { return (.skip, reason) }
         let source = try KernelSource.buffered(in: self.bufferedDirectory, pages: 1, seed: 0x66)
         let file = try self.fs.create("past-eof")
-        try self.fs.write(file, offset: 0, bytes: [UInt8](repeating: 0xAA, count: 2 * pageSize))
-        let target = try self.dax.open(file).mapWindow() + 2 * pageSize
+        // (On a 2 MiB-granular window, a whole range, so that the page past it begins one.)
+        let size = self.coarse ? Self.hugePages : 2
+        try self.fs.write(file, offset: 0, bytes: [UInt8](repeating: 0xAA, count: size * pageSize))
+        let target = try self.dax.open(file).mapWindow() + size * pageSize
         for attempt in ["a pread", "a second pread"] {
             let read = source.read(into: target, pages: 1)
             try Self.require(
@@ -82,14 +113,14 @@ extension WindowChecks {
         }
         let status = try self.fs.stat(file)
         try Self.require(
-            status.size == 2 * pageSize && status.blocks == 2,
+            status.size == size * pageSize && status.blocks == size,
             "the failed preads changed the file (size \(status.size), \(status.blocks) blocks)")
-        try self.fs.truncate(file, size: 3 * pageSize)
+        try self.fs.truncate(file, size: (self.coarse ? 2 * size : size + 1) * pageSize)
         let read = source.read(into: target, pages: 1)
         try Self.require(
             read == pageSize, "after the file grew over the page: \(Self.describe(read)), not \(pageSize) bytes")
         try Self.require(
-            try self.fs.read(file, offset: 2 * pageSize, count: pageSize) == KernelSource.page(0, seed: source.seed),
+            try self.fs.read(file, offset: size * pageSize, count: pageSize) == KernelSource.page(0, seed: source.seed),
             "the grown page does not hold what the kernel read")
         return (.pass, "a pread into the window's page past the end of file failed with EFAULT, twice, and the "
             + "process went on; once the file grew over the page, the same pread filled it")

@@ -1,6 +1,10 @@
 import DaxFS
 import Pmem
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The CPU's accesses to windows, counted: a huge fault where a file's range is one aligned run
 /// of the image (as `dax_iomap_pmd_fault` maps a PMD), a punch that splits it, and a hole read
 /// then written (the zero page, then the `pfn_mkwrite` path).
@@ -39,6 +43,7 @@ extension WindowChecks {
     /// splits the PMD), so reading the whole file again faults once, for that page.
     func punchSplit() throws -> Verdict {
         guard let (file, window) = self.hugeMapping else { return (.skip, "huge-fault made no huge mapping to split") }
+        if self.coarse { return try self.punchCoarse(file, window) }
         let punched = 300
         let pages = 2 * Self.hugePages
         let before = self.dax.statistics.windowFaultCounts
@@ -60,23 +65,56 @@ extension WindowChecks {
             + "\(pages - 1) pages intact and still mapped (1 fault after it, the punched page's, 4 KiB)")
     }
 
-    /// A load of a hole through the window, then a store to it.
+    /// `punchSplit` on a 2 MiB-granular window: the device cannot split a mapping, so the punch
+    /// unmaps the whole range, whose other pages (no aligned run any more) the window can no
+    /// longer map: the kernel's access fails with EFAULT; the other range stays mapped.
+    private func punchCoarse(_ file: FileID, _ window: UnsafeMutableRawPointer) throws -> Verdict {
+        let punched = 300
+        let before = self.dax.statistics.windowFaultCounts
+        try self.fs.punchHole(file, offset: punched * pageSize, length: pageSize)
+        try Self.require(
+            Self.same(window + punched * pageSize, [UInt8](repeating: 0, count: pageSize)),
+            "the punched page does not read zeros through the window")
+        let source = try KernelSource.buffered(in: self.bufferedDirectory, pages: 1, seed: 0x19)
+        let read = source.read(into: window + 5 * pageSize, pages: 1)
+        try Self.require(
+            read == -Int(EFAULT),
+            "a pread into page 5, in the punched range (no aligned run now): \(Self.describe(read)), not EFAULT")
+        try Self.require(
+            try self.fs.read(file, offset: 5 * pageSize, count: pageSize) == Self.hugePage(5),
+            "page 5 changed in the file")
+        let wrong = (Self.hugePages..<(2 * Self.hugePages)).filter { !Self.same(window + $0 * pageSize, Self.hugePage($0)) }
+        try Self.require(wrong.isEmpty, "\(wrong.count) pages of the other range read wrong")
+        let after = self.dax.statistics.windowFaultCounts
+        try Self.require(
+            after.huge == before.huge, "the other range was mapped again (\(after.huge - before.huge) huge faults)")
+        return (.pass, "a punch of page \(punched): zeros there through the window; the rest of its 2 MiB range is "
+            + "no aligned run now, which a device aligned to 2 MiB cannot map (EFAULT for the kernel, the file intact); "
+            + "the other range still mapped")
+    }
+
+    /// A load of a hole through the window, then a store to it (on a 2 MiB-granular window, in a
+    /// range of holes, which the store allocates whole).
     func holeThenWrite() throws -> Verdict {
         let file = try self.fs.create("hole-then-write")
-        try self.fs.write(file, offset: 0, bytes: [UInt8](repeating: 0xAA, count: pageSize))
-        try self.fs.truncate(file, size: 2 * pageSize)
+        if !self.coarse { try self.fs.write(file, offset: 0, bytes: [UInt8](repeating: 0xAA, count: pageSize)) }
+        let written = self.coarse ? 0 : 1
+        try self.fs.truncate(file, size: (self.coarse ? Self.hugePages : 2) * pageSize)
         let hole = try self.dax.open(file).mapWindow() + pageSize
         let before = self.dax.statistics.windowFaultCounts.served
         try Self.require(
             Self.same(hole, [UInt8](repeating: 0, count: pageSize)),
             "a load of the hole read something other than zeros")
         let afterLoad = try self.fs.stat(file).blocks
-        try Self.require(afterLoad == 1, "the load of a hole allocated (the file has \(afterLoad) blocks, not 1)")
+        try Self.require(
+            afterLoad == written, "the load of a hole allocated (the file has \(afterLoad) blocks, not \(written))")
         let bytes = KernelSource.page(1, seed: 0x48)
         bytes.withUnsafeBytes { hole.copyMemory(from: $0.baseAddress!, byteCount: pageSize) }
         let afterStore = try self.fs.stat(file).blocks
+        let allocated = self.coarse ? Self.hugePages : 2
         try Self.require(
-            afterStore == 2, "the store into the hole allocated nothing (the file has \(afterStore) blocks, not 2)")
+            afterStore == allocated,
+            "the store into the hole left \(afterStore) blocks, not \(allocated)")
         try Self.require(
             try self.fs.read(file, offset: pageSize, count: pageSize) == bytes,
             "the file system does not read what the store wrote")

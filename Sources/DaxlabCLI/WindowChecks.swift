@@ -32,6 +32,10 @@ final class WindowChecks {
     let mechanism: WindowFaultMechanism
     /// Whether windows map the image with MAP_SYNC (fs-dax and device-dax).
     let mapSync: Bool
+    /// Whether windows map only whole 2 MiB aligned runs (a device-dax device aligned to 2 MiB):
+    /// the checks then use files of whole 2 MiB ranges, and expect a refusal (EFAULT) where a
+    /// 4 KiB window would map a single page.
+    let coarse: Bool
     let fs: FileSystem
     let dax: DAXFileSystem
     /// Where the buffered source of kernel-read and past-eof goes.
@@ -45,8 +49,8 @@ final class WindowChecks {
     static let hugePages = Geometry.runBlocks
 
     /// Maps a first window, to learn whether windows work on this medium and how they fault.
-    /// - Throws: `CommandFailure` (exit 2) where windows are refused (a device-dax device that is
-    ///   not 4 KiB aligned cannot map single blocks); what the file system throws otherwise.
+    /// - Throws: `CommandFailure` (exit 2) where windows are refused (a device-dax device aligned
+    ///   to neither 4 KiB nor 2 MiB); what the file system throws otherwise.
     init(fs: FileSystem, dax: DAXFileSystem, bufferedDirectory: String, directDirectory: String) throws {
         self.fs = fs
         self.dax = dax
@@ -59,6 +63,7 @@ final class WindowChecks {
         }
         self.mechanism = probe.windowFaults ?? .signals
         self.mapSync = probe.windowIsSynchronous
+        self.coarse = (probe.windowGranularity ?? pageSize) > pageSize
     }
 
     /// Runs every check, in order.

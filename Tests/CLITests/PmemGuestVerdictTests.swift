@@ -59,6 +59,8 @@ struct PmemGuestVerdictTests {
                      "mmap-check-fsdax", "mmap-check-devdax"] {
             #expect(nvdimm.contains(name) && memmap.contains(name), "\(name)")
         }
+        // A device-dax device aligned to 2 MiB: the memmap guest's device, reconfigured at its end.
+        #expect(memmap.contains("mmap-check-devdax-2m") && memmap.contains("reconfigure-devdax-2m"))
         // The kernel's own pins: short-term races on both targets; long-term pins refused on fs-dax,
         // and on device-dax before 6.5 (io_uring's own rule), raced on device-dax from 6.5.
         for stage in ["nvdimm", "memmap"] {

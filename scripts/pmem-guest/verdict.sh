@@ -46,7 +46,8 @@ expected() {
         reboot) echo namespaces-back $devices mount-dax mount-option-dax \
             fsdax-survived-fsck fsdax-survived-read-back devdax-survived-fsck devdax-survived-read-back ;;
         memmap) echo reconfigure-fsdax reconfigure-devdax $devices mkfs-ext4 mount-dax mount-option-dax \
-            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) $kernel $windows ;;
+            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) $kernel $windows \
+            reconfigure-devdax-2m mmap-check-devdax-2m ;;
         *) echo "verdict: unknown stage '$1'" >&2; return 2 ;;
     esac
 }
