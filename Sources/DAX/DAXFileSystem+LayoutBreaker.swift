@@ -1,5 +1,6 @@
 import DaxFS
 import DaxlabSupport
+import Pmem
 
 /// The policies, as the file system's `LayoutBreaker`: called with the file's lock held
 /// exclusively before blocks leave it (the analogue of `xfs_break_layouts` ->
@@ -140,7 +141,11 @@ extension DAXFileSystem: LayoutBreaker {
             guard let window = space.windowReference.load() else { return }
             if !filled.isEmpty {
                 window.dropZeros(filled)
-                if window.isCoarse { window.liftFences(in: filled) }
+                if window.isCoarse {
+                    // A refused page anywhere in a filled range's regions may be in a run now.
+                    let step = window.granularity / pageSize
+                    window.liftFences(in: (filled.lowerBound / step * step)..<((filled.upperBound + step - 1) / step * step))
+                }
             }
             if let grownTo { window.liftFences(below: grownTo) }
         }

@@ -313,7 +313,9 @@ final class MappedWindow: @unchecked Sendable {
         guard !range.isEmpty else { return }
         self.forget(range)
         if self.userfaultfd >= 0 {
-            if keepingData { self.restoreKeepingData(range) } else { self.restore(range) }
+            // (A region's pages beyond `pages` keep their blocks: nothing may read zeros there.)
+            let whole = range == max(0, pages.lowerBound)..<min(pages.upperBound, self.pages)
+            if keepingData || !whole { self.restoreKeepingData(range) } else { self.restore(range) }
         } else {
             self.protectNone(range)
         }

@@ -59,8 +59,8 @@ final class KernelSource {
             let step = pwrite(descriptor, buffer.baseAddress! + written, buffer.count - written, off_t(written))
             if step < 0, errno == EINTR { continue }
             guard step > 0 else {
-                let error = errno
-                close(descriptor)
+                let error = step == 0 ? ENOSPC : errno
+                // (Every stored property is set: deinit closes the descriptor.)
                 throw CommandFailure("cannot write the source file of mmap-check: \(String(cString: strerror(error)))")
             }
             written += step

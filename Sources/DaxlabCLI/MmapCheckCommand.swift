@@ -104,16 +104,21 @@ struct MmapCheckCommand: ParsableCommand {
             guard stat(directory, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
                 throw ValidationError("--source-dir \(directory): not a directory")
             }
+            guard access(directory, W_OK) == 0 else {
+                throw ValidationError("--source-dir \(directory): cannot create files there: \(String(cString: strerror(errno)))")
+            }
         }
     }
 
     func run() throws {
         let image = try ScratchImage(self.path, command: "mmap-check", force: self.force, defaultPath: Self.defaultPath)
         let report: Report
+        var formatted = false
         do {
-            report = try self.check(image)
+            report = try self.check(image, formatted: &formatted)
         } catch {
-            image.remove()
+            // (Only what this run formatted: a format that failed may have met another run's image.)
+            if formatted { image.remove() }
             throw error
         }
         image.remove()
@@ -135,10 +140,12 @@ struct MmapCheckCommand: ParsableCommand {
     }
 
     /// Formats and mounts the image, runs the checks, and unmounts it.
-    private func check(_ image: ScratchImage) throws -> Report {
+    private func check(_ image: ScratchImage, formatted: inout Bool) throws -> Report {
         // A device-dax device is formatted whole, whatever --size says.
         _ = try FileSystem.format(
             path: image.path, size: image.isDevice ? nil : self.size.bytes, force: image.formatForce)
+        formatted = true
+        ImageRemovalOnSignal.arm(image)
         let fs = try FileSystem.mount(path: image.path)
         let checks: WindowChecks
         let results: [WindowCheck]
@@ -157,5 +164,25 @@ struct MmapCheckCommand: ParsableCommand {
         return Report(
             path: image.path, medium: fs.mapping.medium, windowFaults: checks.mechanism, mapSync: checks.mapSync,
             windowGranularity: checks.coarse ? Geometry.runBlocks * pageSize : pageSize, checks: results, passed: count(.pass), failed: count(.fail), skipped: count(.skip))
+    }
+}
+
+/// SIGINT and SIGTERM during `mmap-check`: the image this run formatted is removed (as at the end
+/// of a run) and the process exits with 128 + the signal. The checks take seconds and leave
+/// nothing to finish; the handler only unlinks a path prepared beforehand and exits.
+enum ImageRemovalOnSignal {
+    /// The path to unlink (a C string made before the handler is installed), or nil.
+    nonisolated(unsafe) private static var path: UnsafeMutablePointer<CChar>?
+
+    /// Installs the handler for `image`, unless it is a device or was there before the run.
+    static func arm(_ image: ScratchImage) {
+        guard image.removable else { return }
+        Self.path = strdup(image.path)
+        for number in [SIGINT, SIGTERM] {
+            signal(number) { number in
+                if let path = ImageRemovalOnSignal.path { unlink(path) }
+                _exit(128 + number)
+            }
+        }
     }
 }

@@ -139,9 +139,12 @@ final class ScratchImage {
         return stat(self.path, &status) == 0 && status.st_mode & S_IFMT == S_IFCHR
     }
 
+    /// Whether `remove` removes the image: this command created it, and it is no device.
+    var removable: Bool { !self.preexisting && !self.isDevice }
+
     /// After a run: removes the image when this command created it.
     func remove() {
-        guard !self.preexisting, !self.isDevice else { return }
+        guard self.removable else { return }
         unlink(self.path)
     }
 

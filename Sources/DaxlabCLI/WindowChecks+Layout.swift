@@ -122,7 +122,8 @@ extension WindowChecks {
         try Self.require(
             faults == 2,
             "the load and the store took \(faults) faults, not 2 (the zeros mapped, then the write-protect fault)")
+        let what = self.coarse ? "allocated its whole 2 MiB range (\(allocated) blocks)" : "allocated a block"
         return (.pass, "a load of a hole read zeros and allocated nothing; the store after it faulted again, "
-            + "allocated a block, and the file system reads what it wrote (2 faults)")
+            + "\(what), and the file system reads what it wrote (2 faults)")
     }
 }

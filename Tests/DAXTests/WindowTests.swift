@@ -254,6 +254,30 @@ struct HugeFaultTests {
         #expect(lab.fs.alignedRun(lab.file, page: 1024) != nil)
     }
 
+    @Test("on a 2 MiB-granular window a refused page is mapped again once writes complete its range as one aligned run",
+          .enabled(if: userfaultfdRefusal == nil, "needs userfaultfd"))
+    func refusalLiftedWhenRunCompletes() throws {
+        let lab = try Lab(policy: .sequester, pages: 0, windowFaults: .userfaultfd, windowGranularity: 2 << 20)
+        // Pages 0..<16 written in order (the start of an aligned run), the rest of 2 MiB holes.
+        try lab.fs.write(lab.file, offset: 0, bytes: (0..<16 * 4096).map { UInt8(truncatingIfNeeded: ($0 / 4096) &* 7 &+ 1) })
+        try lab.fs.truncate(lab.file, size: 512 * 4096)
+        let window = try lab.space.mapWindow()
+        let source = try PatternSource(pages: 1, first: 0x61, direct: false)
+        // The range is no run yet: the kernel's access to page 5 (it has a block) is refused, and fenced.
+        #expect(source.read(into: window + 5 * 4096, pages: 1) == -Int(EFAULT))
+        // The rest written in order: if the allocator continued the run, the range is one aligned run now.
+        for chunk in 1..<32 {
+            try lab.fs.write(lab.file, offset: chunk * 16 * 4096, bytes: (0..<16 * 4096).map { UInt8(truncatingIfNeeded: (chunk * 16 + $0 / 4096) &* 7 &+ 1) })
+        }
+        try #require(lab.fs.alignedRun(lab.file, page: 0) != nil, "the allocator did not complete the run: nothing tested")
+        // A huge fault could map it now; the kernel's pread into page 5 should succeed.
+        #expect(source.read(into: window + 5 * 4096, pages: 1) == 4096, "page 5 still fenced: EFAULT for a mappable range")
+        // Any other page faulting the range (here page 6) maps it whole and clears the fence.
+        #expect(source.read(into: window + 6 * 4096, pages: 1) == 4096)
+        #expect(source.read(into: window + 5 * 4096, pages: 1) == 4096)
+    }
+
+
     @Test("a window refuses a granularity other than 4 KiB and 2 MiB, and a pin's view anything but 4 KiB")
     func granularitiesRefused() throws {
         let lab = try Lab(policy: .sequester, pages: 1)
