@@ -69,6 +69,13 @@ public enum Fsck {
                 structure: "log",
                 message: "\(recovery.replayed) committed transaction(s) not yet replayed (mount or --repair replays them)",
                 repaired: false))
+            // The rest is checked as the replay will leave it: a file's read-only mapping is
+            // private, so the replay changes this process's copy of the pages, never the image.
+            // (A device-dax device is mapped read-only and shared: its pending changes stay
+            // unapplied, and what they fix may be listed too.)
+            if mapping.medium != .deviceDAX {
+                _ = try MetadataLog.recover(media: media, geometry: geometry, apply: true)
+            }
         }
 
         var result = Checker(media: media, geometry: geometry, repair: repair).check()
