@@ -68,6 +68,15 @@ struct FsckCommand: ParsableCommand {
                 Output.print(problem.description)
             }
             if outcome.result.unlistedProblems > 0 { Output.print("... and \(outcome.result.unlistedProblems) more") }
+            if self.repair {
+                // What the repair did besides the problems listed (what a crash left for mount).
+                let done = [
+                    (report.pendingLogTransactions, "committed log transaction(s) replayed"),
+                    (report.finishedOperations, "interrupted truncate(s), punch(es) or unlink(s) finished"),
+                    (report.freedOrphans, "orphan(s) freed"),
+                ].filter { $0.0 > 0 }.map { "\($0.0) \($0.1)" }
+                if !done.isEmpty { Output.print(done.joined(separator: "; ")) }
+            }
             let verdict =
                 outcome.isClean
                 ? (report.problemCount > 0 ? "repaired \(report.problemCount) problem(s); now clean" : "clean")

@@ -41,7 +41,14 @@ struct PendingLogFsckTests {
                     pending += 1
                     let others = report.result.problems.filter { $0.structure != "log" && $0.structure != "intents" }
                     #expect(others.isEmpty, "point \(point): \(report.pendingLogTransactions) pending; problems the replay fixes: \(others.prefix(3))")
-                    #expect(try Fsck.run(path: copy, repair: true).afterRepair?.isClean == true, "point \(point)")
+                    if pending == 1 {
+                        // The command says what the repair replayed, besides the problems it lists.
+                        let repaired = try DaxlabBinary.run(["fsck", copy, "--repair"])
+                        #expect(repaired.status == 0, "point \(point): \(repaired.standardError)")
+                        #expect(repaired.standardOutput.contains("committed log transaction(s) replayed"), "\(repaired.standardOutput)")
+                    } else {
+                        #expect(try Fsck.run(path: copy, repair: true).afterRepair?.isClean == true, "point \(point)")
+                    }
                 }
             }
             #expect(pending > 0, "no persist point left a committed transaction unreplayed: nothing tested")
