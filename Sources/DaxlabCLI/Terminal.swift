@@ -6,9 +6,28 @@ import Glibc
 
 /// Output helpers shared by the commands: one-line errors on stderr, JSON on stdout.
 enum Terminal {
-    /// Prints `daxlab: error: <message>` on stderr.
+    /// Prints `daxlab: error: <message>` on stderr, on one line whatever the message holds (a path
+    /// may hold a newline): control characters are written as escapes.
     static func error(_ message: String) {
-        writeStandardError("daxlab: error: \(message)\n")
+        writeStandardError("daxlab: error: \(Self.oneLine(message))\n")
+    }
+
+    /// `text` with its control characters written as escapes (`\n`, `\r`, `\t`, `\xNN`), so that
+    /// one line shows it whole.
+    static func oneLine(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return text }
+        var line = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": line += "\\n"
+            case "\r": line += "\\r"
+            case "\t": line += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                line += "\\x" + String(scalar.value, radix: 16, uppercase: true).leftPadded(to: 2)
+            default: line.unicodeScalars.append(scalar)
+            }
+        }
+        return line
     }
 
     static func writeStandardError(_ text: String) {
@@ -56,4 +75,11 @@ enum ByteFormat {
     }
 
     static func binary(_ bytes: Int) -> String { self.binary(UInt64(max(0, bytes))) }
+}
+
+extension String {
+    /// Padded on the left with zeros to `width` characters.
+    fileprivate func leftPadded(to width: Int) -> String {
+        String(repeating: "0", count: max(0, width - self.count)) + self
+    }
 }

@@ -43,6 +43,16 @@ struct HardeningCLITests {
         if let text { #expect(standardError.contains(text), "\(label): \(standardError)") }
     }
 
+    @Test("a path holding a newline, a tab or an escape: the error is still one line, the characters written as escapes")
+    func controlCharactersInAPath() throws {
+        for (path, shown) in [("/tmp/no\nsuch", "/tmp/no\\nsuch"), ("/tmp/a\tb", "/tmp/a\\tb"), ("/tmp/\u{1B}[2J", "/tmp/\\x1B[2J")] {
+            let result = try DaxlabBinary.run(["fsck", path])
+            #expect(result.status == 2)
+            #expect(result.standardError.split(separator: "\n", omittingEmptySubsequences: false).count == 2, "\(result.standardError)")
+            #expect(result.standardError.contains(shown), "\(result.standardError)")
+        }
+    }
+
     @Test("offsets, lengths and sizes near 2^63: a clear error, the image untouched")
     func arithmetic() throws {
         try self.image("arith") { image in
