@@ -1,6 +1,5 @@
 import DaxFS
 import DaxlabSupport
-import Pmem
 
 /// The policies, as the file system's `LayoutBreaker`: called with the file's lock held
 /// exclusively before blocks leave it (the analogue of `xfs_break_layouts` ->
@@ -139,14 +138,7 @@ extension DAXFileSystem: LayoutBreaker {
     package func mappingsChanged(_ inode: Int, filled: Range<Int>, grownTo: Int?) {
         self.spaceForBreaker(inode: inode)?._withUnsafeGuaranteedRef { space in
             guard let window = space.windowReference.load() else { return }
-            if !filled.isEmpty {
-                window.dropZeros(filled)
-                if window.isCoarse {
-                    // A refused page anywhere in a filled range's regions may be in a run now.
-                    let step = window.granularity / pageSize
-                    window.liftFences(in: (filled.lowerBound / step * step)..<((filled.upperBound + step - 1) / step * step))
-                }
-            }
+            if !filled.isEmpty { window.holesFilled(filled) }
             if let grownTo { window.liftFences(below: grownTo) }
         }
     }

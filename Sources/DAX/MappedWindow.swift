@@ -269,6 +269,22 @@ final class MappedWindow: @unchecked Sendable {
         self.state.withLock { _ = $0.fences.insert(page) }
     }
 
+    /// `pages` rounded out to whole granules of the window (2 MiB regions on a 2 MiB-granular
+    /// window), within the window.
+    private func granules(around pages: Range<Int>) -> Range<Int> {
+        let step = self.granularity / pageSize
+        let outer = (pages.lowerBound / step * step)..<((pages.upperBound + step - 1) / step * step)
+        return outer.clamped(to: 0..<self.pages)
+    }
+
+    /// Holes in `pages` were filled (the caller holds the invalidate lock exclusively): their
+    /// zeros go, and on a 2 MiB-granular window the refusals anywhere in their regions are lifted
+    /// (a range of them may be one aligned run now).
+    func holesFilled(_ pages: Range<Int>) {
+        self.dropZeros(pages)
+        if self.isCoarse { self.liftFences(in: self.granules(around: pages)) }
+    }
+
     /// Makes the fenced pages below `end` fault again (the file grew; the caller holds the
     /// invalidate lock exclusively).
     func liftFences(below end: Int) {
@@ -307,14 +323,12 @@ final class MappedWindow: @unchecked Sendable {
     /// On a 2 MiB-granular window the whole regions around `pages` go (the device cannot split
     /// a mapping): their other pages fault again, and map again only as whole aligned runs.
     func unmap(_ pages: Range<Int>, keepingData: Bool = false) {
-        let step = self.granularity / pageSize
-        let outer = (pages.lowerBound / step * step)..<((pages.upperBound + step - 1) / step * step)
-        let range = max(0, outer.lowerBound)..<min(outer.upperBound, self.pages)
+        let range = self.granules(around: pages)
         guard !range.isEmpty else { return }
         self.forget(range)
         if self.userfaultfd >= 0 {
             // (A region's pages beyond `pages` keep their blocks: nothing may read zeros there.)
-            let whole = range == max(0, pages.lowerBound)..<min(pages.upperBound, self.pages)
+            let whole = range == pages.clamped(to: 0..<self.pages)
             if keepingData || !whole { self.restoreKeepingData(range) } else { self.restore(range) }
         } else {
             self.protectNone(range)

@@ -283,14 +283,23 @@ struct KernelBaselineTests {
         #expect(CBenchShims_uring_register_unregister(ring, buffer, 16 * 4096) == 0)
     }
 
-    @Test("the fault-and-map floor: a C SIGSEGV handler maps each page of a tmpfs file, and the stores land in it")
-    func sigsegvMmapFloor() throws {
-        let path = "/dev/shm/daxlab-floor-\(getpid())"
+    /// A 16-page tmpfs file, already unlinked, for the floors to map.
+    private func floorFile() throws -> Int32 {
+        let path = "/dev/shm/daxlab-floor-\(getpid())-\(UUID().uuidString.prefix(8))"
         let fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
         try #require(fd >= 0)
         unlink(path)
+        guard ftruncate(fd, 16 * 4096) == 0 else {
+            close(fd)
+            throw CocoaError(.fileWriteUnknown)
+        }
+        return fd
+    }
+
+    @Test("the fault-and-map floor: a C SIGSEGV handler maps each page of a tmpfs file, and the stores land in it")
+    func sigsegvMmapFloor() throws {
+        let fd = try self.floorFile()
         defer { close(fd) }
-        try #require(ftruncate(fd, 16 * 4096) == 0)
         #expect(CBenchShims_sigsegv_mmap_touch(fd, 16) > 0)
         var byte: UInt8 = 0
         #expect(pread(fd, &byte, 1, 5 * 4096) == 1 && byte == 1, "the store went through the mapping into the file")
@@ -299,12 +308,8 @@ struct KernelBaselineTests {
     @Test("the userfaultfd floor: a handler thread maps each page of a tmpfs file, and every store lands in it",
           .enabled(if: userfaultfdAvailable, "userfaultfd is refused here"))
     func userfaultfdMmapFloor() throws {
-        let path = "/dev/shm/daxlab-uffd-floor-\(getpid())"
-        let fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
-        try #require(fd >= 0)
-        unlink(path)
+        let fd = try self.floorFile()
         defer { close(fd) }
-        try #require(ftruncate(fd, 16 * 4096) == 0)
         #expect(CBenchShims_uffd_mmap_touch(fd, 16) > 0)
         var bytes = [UInt8](repeating: 0, count: 16 * 4096)
         #expect(pread(fd, &bytes, bytes.count, 0) == bytes.count)
