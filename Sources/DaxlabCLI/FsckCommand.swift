@@ -65,7 +65,7 @@ struct FsckCommand: ParsableCommand {
             try Terminal.printJSON(report)
         } else {
             for problem in report.problems {
-                Output.print(problem.description)
+                Output.printLine(problem.description)
             }
             if outcome.result.unlistedProblems > 0 { Output.print("... and \(outcome.result.unlistedProblems) more") }
             if self.repair {
@@ -81,7 +81,7 @@ struct FsckCommand: ParsableCommand {
                 outcome.isClean
                 ? (report.problemCount > 0 ? "repaired \(report.problemCount) problem(s); now clean" : "clean")
                 : "\(report.problemCount) problem(s)" + (self.repair ? " remain" : "; run with --repair to fix")
-            Output.print(
+            Output.printLine(
                 "\(report.path): \(verdict): \(report.files) files, \(report.usedDataBlocks) blocks used, "
                     + "\(report.freeDataBlocks) free" + (report.wasDirty ? " (was not cleanly unmounted)" : ""))
         }

@@ -78,7 +78,7 @@ struct InfoCommand: ParsableCommand {
             if report.fileSystemError != nil { throw ExitCode(1) }
             return
         }
-        Output.print(report.path + (report.created ? "  (created)" : ""))
+        Output.printLine(report.path + (report.created ? "  (created)" : ""))
         Output.print("  medium       \(report.mediumDescription)")
         Output.print("  size         \(report.size) bytes (\(ByteFormat.binary(report.size)))")
         Output.print("  alignment    \(ByteFormat.binary(report.alignment))")
@@ -97,7 +97,7 @@ struct InfoCommand: ParsableCommand {
             Output.print("  files        \(fs.files) of \(fs.inodes) inodes")
             Output.print("  log          \(fs.logSlots) slots, \(fs.pendingLogTransactions) committed transactions to replay")
         } else if let failure = report.fileSystemError {
-            Output.print("file system    damaged: \(failure)")
+            Output.printLine("file system    damaged: \(failure)")
         } else {
             Output.print("file system    none (daxlab mkfs creates one)")
         }

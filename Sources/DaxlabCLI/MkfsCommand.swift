@@ -44,7 +44,7 @@ struct MkfsCommand: ParsableCommand {
             path: formatted.path, size: formatted.size, created: formatted.created, blocks: g.blockCount,
             dataBlocks: g.dataBlocks, inodes: g.inodeCount, logSlots: g.logSlotCount)
         if self.json { return try Terminal.printJSON(report) }
-        Output.print(
+        Output.printLine(
             "\(report.path): daxlab file system, \(ByteFormat.binary(report.size))"
                 + (report.created ? " (new file)" : "") + ": \(report.dataBlocks) data blocks of 4 KiB, "
                 + "\(report.inodes) inodes, \(report.logSlots) log slots")

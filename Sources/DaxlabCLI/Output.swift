@@ -29,6 +29,12 @@ enum Output {
 
     /// `print`, to a standard output that may be closed (then the text is lost, and `finish`
     /// says so). The commands print only through this.
+    /// Prints `text` as one line whatever it holds (a path or a name with a newline or a
+    /// terminal escape in it): its control characters written as escapes.
+    static func printLine(_ text: String) {
+        Self.print(Terminal.oneLine(text))
+    }
+
     static func print(_ text: String = "", terminator: String = "\n") {
         if Self.standardOutputClosed {
             Self.textLost = true

@@ -53,6 +53,19 @@ struct HardeningCLITests {
         }
     }
 
+    @Test("an image whose path holds a newline and an escape: mkfs, info and fsck still print one line per line, the characters as escapes")
+    func controlCharactersInAnImagePath() throws {
+        let path = "/dev/shm/daxlab-\(getpid())-new\nFAKE: clean\u{1B}[2K.img"
+        defer { unlink(path) }
+        for arguments in [["mkfs", path, "--size", "4M"], ["info", path], ["fsck", path]] {
+            let result = try DaxlabBinary.run(arguments)
+            #expect(result.status == 0, "\(arguments[0]): \(result.standardError)")
+            #expect(!result.standardOutput.contains("\u{1B}"), "\(arguments[0]) passed an escape through")
+            #expect(!result.standardOutput.split(separator: "\n").contains { $0.hasPrefix("FAKE") }, "\(arguments[0]) split a line at the path's newline")
+            #expect(result.standardOutput.contains("new\\nFAKE"), "\(arguments[0]): \(result.standardOutput)")
+        }
+    }
+
     @Test("offsets, lengths and sizes near 2^63: a clear error, the image untouched")
     func arithmetic() throws {
         try self.image("arith") { image in
