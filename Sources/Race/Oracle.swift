@@ -25,7 +25,9 @@ package final class Oracle: DMAObserver, AllocationObserver, @unchecked Sendable
     // `owners` is one atomic word per block, allocated once; the counters are atomic; the
     // expected tags live in `Writer`s, each used by its own thread and the verifier under the
     // writer's lock.
-    let fs: FileSystem
+    /// Unowned: the file system holds the oracle (its allocator's observer) for as long as it
+    /// lives, so a strong reference back would keep both, and the image's mapping, forever.
+    unowned let fs: FileSystem
     private let owners: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
     private let blockCount: Int
     package let staleWrites = ManagedAtomic<Int>(0)

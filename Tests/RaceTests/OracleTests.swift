@@ -36,6 +36,27 @@ struct OracleTests {
         var stale: Int { self.oracle.staleWrites.load(ordering: .relaxed) }
     }
 
+    /// The file system keeps its allocation observer; the oracle must not keep the file system,
+    /// or neither ever goes (nor the image's mapping, nor the lock on it): a demo's races, each
+    /// on a fresh image, kept every image mapped and a later race found its image in use.
+    @Test("an oracle attached to a file system keeps neither alive once the scene is gone, nor the image mapped")
+    func oracleLetsTheFileSystemGo() throws {
+        weak var fileSystem: FileSystem?
+        weak var oracle: Oracle?
+        var path = ""
+        do {
+            let scene = try Scene()
+            path = scene.path
+            fileSystem = scene.fs
+            oracle = scene.oracle
+            try scene.fs.unmount()
+        }
+        #expect(fileSystem == nil, "the file system outlived its last user")
+        #expect(oracle == nil, "the oracle outlived its last user")
+        let maps = try String(contentsOfFile: "/proc/self/maps", encoding: .utf8)
+        #expect(!maps.contains(path), "the image is still mapped")
+    }
+
     /// One CPU for the whole scene: a freed block goes back to the shard this thread allocates
     /// from, so the next allocation is that very block (the allocator is LIFO per shard).
     private func onOneCPU<Result>(_ body: () throws -> Result) rethrows -> Result {
