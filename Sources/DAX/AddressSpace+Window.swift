@@ -195,11 +195,19 @@ extension AddressSpace {
         return first..<(first + runPages)
     }
 
-    /// Takes the kernel's pin of `batch`'s blocks (pinned by daxlab already): maps them in the
-    /// batch's view and, for a long-term pin, registers the view with the kernel, all under the
-    /// file's lock (shared), after checking that each page's entry still names the pinned block
-    /// (the `pte_same` check): a range a truncate invalidated since it was pinned fails with
-    /// `.busy`, and the kernel never pins a block the batch does not hold.
+    /// Takes the kernel's pin of `batch`'s blocks (pinned by daxlab already) through the batch's
+    /// view, after checking under the file's lock (shared) that each page's entry still names
+    /// the pinned block (the `pte_same` check): a range a truncate invalidated since it was
+    /// pinned fails with `.busy`, and the kernel never pins a block the batch does not hold.
+    ///
+    /// With userfaultfd the view is left for the kernel to fault in: pages that map these blocks
+    /// already keep them, the others are missing, and the kernel's GUP (this pin's O_DIRECT
+    /// I/O, or, for a long-term pin, the registration made here once the lock is dropped) faults
+    /// them in through the fault service, which maps a page only while the file still has the
+    /// pinned block there and the pin stands (`PinBatch.serveViewFault`), as a DAX mapping's
+    /// fault maps what the file has. Without it the pinner maps every page here, and registers
+    /// a long-term pin under the lock (its GUP then faults nothing); so does a long-term pin on
+    /// a kernel whose registration does not wait for userfaultfd faults (before 6.10).
     ///
     /// `sequence` is the invalidation sequence read before the first of the pins. If it is even
     /// and still the same under the lock, no invalidation ran since, and every pinned page's
@@ -209,62 +217,99 @@ extension AddressSpace {
     /// The view is the pin's own (a second mapping of the file, as two `mmap`s of one file are
     /// two VMAs), not the file's window, so the oracle knows which block a kernel write can land
     /// in: in the shared window, a page a truncate unmapped could be mapped again onto the file's
-    /// new block by another pin, and a short-term I/O from the old pin would land there.
+    /// new block by another pin, and a short-term I/O from the old pin would land there. A view
+    /// maps only its pin's blocks, so whatever the kernel pins through it is a pinned block.
     func kernelPin(_ batch: PinBatch, _ kernel: KernelPin, pinnedSince sequence: UInt64) throws(FSError) {
-        let view = try batch.viewForPinning(self.mapping)
-        let first = batch.pages.lowerBound
+        let service = FaultService.shared
+        let served = service.mechanism(self.dax.windowFaults) == .userfaultfd
+        let view = try batch.viewForPinning(self.mapping, served: served)
+        var ring: KernelRing?
         var slot: Int?
-        if case .longTerm(let ring) = kernel {
-            guard let taken = ring.take() else { throw FSError(.busy, "no free fixed-buffer slot in the device's ring") }
+        if case .longTerm(let kernelRing) = kernel {
+            guard let taken = kernelRing.take() else { throw FSError(.busy, "no free fixed-buffer slot in the device's ring") }
+            ring = kernelRing
             slot = taken
         }
         #if DAXLAB_TEST_HOOKS
         self.kernelPinHook?()
         #endif
         do {
-            try self.lock.withReadLock { () throws(FSError) -> Void in
-                batch.useView()  // (before the first map: a failure below unmaps what was mapped)
-                let blocks = batch.blocks  // (read once: the batch's fields are class storage)
-                let count = batch.count
-                let table = self.table
-                let unchanged = sequence & 1 == 0 && self.sequence.load(ordering: .acquiring) == sequence
-                var run = 0  // the first index of the run of consecutive blocks being gathered
-                for index in 0...count {
-                    if index < count {
-                        let block = blocks[index]
-                        guard block != 0 else {
-                            throw FSError(.invalidArgument, "\(self.id): a kernel pin needs blocks; page \(first + index) is a hole")
-                        }
-                        guard unchanged || table.entry(first + index)?.load(ordering: .acquiring) == block else {
-                            throw FSError(.busy, "\(self.id): page \(first + index) was invalidated while it was being pinned")
-                        }
-                        if index == run || block == blocks[index - 1] &+ 1 { continue }
-                    }
-                    // One mmap per run of consecutive blocks (a file's blocks mostly are), none
-                    // for a run the view maps already.
-                    guard index > run else { continue }  // (an empty pin)
-                    if !view.isMapped(pages: run..<index, firstBlock: blocks[run]) {
-                        do throws(SystemCallError) { try view.map(pages: run..<index, firstBlock: blocks[run]) } catch {
-                            throw FSError(.io, error.description)
-                        }
-                    }
-                    run = index
-                }
-                if case .longTerm(let ring) = kernel, let slot {
-                    try ring.register(slot: slot, address: view.base, length: batch.count * pageSize)
-                    batch.attachKernelPin(ring, slot: slot)
-                }
+            guard let ring, let slot else {
+                return try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: served, register: nil)
+            }
+            guard served, service.registrationFaultsViews.load(ordering: .relaxed) else {
+                return try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: false, register: (ring, slot))
+            }
+            try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: true, register: nil)
+            // (Outside the lock: the registration faults the view, and a fault takes the lock.)
+            do {
+                try ring.register(slot: slot, address: view.base, length: batch.count * pageSize)
+                batch.attachKernelPin(ring, slot: slot)
+            } catch where error.code == .busy {
+                // EFAULT: the range was invalidated meanwhile (the fault service fenced a page),
+                // or this kernel's registration does not wait for userfaultfd faults (before
+                // 6.10 it pins without retrying a fault, and the page fails at once). Mapping and
+                // registering under the lock checks the range again: if that works, it was the
+                // kernel, and later pins go that way at once.
+                try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: false, register: (ring, slot))
+                service.registrationFaultsViews.store(false, ordering: .relaxed)
             }
         } catch {
-            if case .longTerm(let ring) = kernel, let slot, batch.kernelRing == nil { ring.give(slot) }
+            if let ring, let slot, batch.kernelRing == nil { ring.give(slot) }
             throw error
         }
     }
 
-    /// A short-term pin's I/O found the `index`-th page of its view unmapped (a truncate's unmap
-    /// ran since): faults it in again, as the kernel's GUP does, if the file's page has had the
-    /// pinned block all along (it still has it, and no truncate under `none` cut the range under
-    /// the pin) and the pin is not revoked. Runs inside the batch's write fence.
+    /// The part of `kernelPin` under the file's lock (shared): checks that each page's entry
+    /// still names the pinned block, then readies the view, a run of consecutive blocks at a
+    /// time: leaves it to the kernel's faults, or maps it (one `mmap` per run, none for a run the
+    /// view maps already), and registers it with `register`'s ring if given.
+    private func checkAndMapView(
+        _ batch: PinBatch, _ view: MappedWindow, pinnedSince sequence: UInt64, leavingToFaults: Bool,
+        register: (ring: KernelRing, slot: Int)?
+    ) throws(FSError) {
+        let first = batch.pages.lowerBound
+        try self.lock.withReadLock { () throws(FSError) -> Void in
+            batch.useView()  // (before the first map: a failure below unmaps what was mapped)
+            let blocks = batch.blocks  // (read once: the batch's fields are class storage)
+            let count = batch.count
+            let table = self.table
+            let unchanged = sequence & 1 == 0 && self.sequence.load(ordering: .acquiring) == sequence
+            var run = 0  // the first index of the run of consecutive blocks being gathered
+            for index in 0...count {
+                if index < count {
+                    let block = blocks[index]
+                    guard block != 0 else {
+                        throw FSError(.invalidArgument, "\(self.id): a kernel pin needs blocks; page \(first + index) is a hole")
+                    }
+                    guard unchanged || table.entry(first + index)?.load(ordering: .acquiring) == block else {
+                        throw FSError(.busy, "\(self.id): page \(first + index) was invalidated while it was being pinned")
+                    }
+                    if index == run || block == blocks[index - 1] &+ 1 { continue }
+                }
+                guard index > run else { continue }  // (an empty pin)
+                if leavingToFaults {
+                    view.leaveToFaults(pages: run..<index, firstBlock: blocks[run])
+                } else if !view.isMapped(pages: run..<index, firstBlock: blocks[run]) {
+                    do throws(SystemCallError) { try view.map(pages: run..<index, firstBlock: blocks[run]) } catch {
+                        throw FSError(.io, error.description)
+                    }
+                }
+                run = index
+            }
+            if let register {
+                try register.ring.register(slot: register.slot, address: view.base, length: count * pageSize)
+                batch.attachKernelPin(register.ring, slot: register.slot)
+            }
+        }
+    }
+
+    /// The kernel reached the `index`-th page of a pin's view and found it unmapped (not
+    /// faulted in yet, or unmapped by a truncate since): maps it, as the kernel's GUP faults a
+    /// page in, if the file's page has had the pinned block all along (it still has it, and no
+    /// truncate under `none` cut the range under the pin) and the pin is not revoked. Runs
+    /// inside the batch's write fence (a short-term pin's retried I/O, or the fault service
+    /// serving that I/O's fault), or for a registration before the pin is published.
     ///
     /// The revocation check is made again after the page is mapped, and a revoked pin's page is
     /// unmapped before returning. A revoker (which holds no file lock) sets the revoked bit,

@@ -53,26 +53,33 @@ final class FaultService: @unchecked Sendable {
     private var estimatedMappings = 0
     /// Regions dropped to keep under the budget, ever.
     let droppedRegions = ManagedAtomic<Int>(0)
+    /// Whether this kernel's io_uring registration faults userfaultfd pages in (6.10 and later:
+    /// its GUP may retry a fault); cleared by the first long-term pin that finds it does not.
+    let registrationFaultsViews = ManagedAtomic<Bool>(true)
 
     struct Weak {
         weak var window: MappedWindow?
     }
 
-    /// One window in the service's table.
+    /// One window in the service's table: a file's window, or a kernel pin's view.
     final class Registration: @unchecked Sendable {
         let window: MappedWindow
-        /// The window's address space: used only between `enter` and `exit`, which its teardown
-        /// waits out (`retire`).
-        unowned(unsafe) let space: AddressSpace
+        /// A file's window's address space: used only between `enter` and `exit`, which its
+        /// teardown waits out (`retire`).
+        unowned(unsafe) let space: AddressSpace?
+        /// A view's batch, which retires the registration before it goes.
+        unowned(unsafe) let batch: PinBatch?
+        /// The SIGSEGV handler's range slot (-1 for a view: only the kernel faults a view).
         let slot: Int32
         /// Faults being served in the window now (changed under the registry's lock; `retire`
         /// waits for 0).
         let serving = ManagedAtomic<Int>(0)
         var retired = false
 
-        init(window: MappedWindow, space: AddressSpace, slot: Int32) {
+        init(window: MappedWindow, space: AddressSpace?, batch: PinBatch?, slot: Int32) {
             self.window = window
             self.space = space
+            self.batch = batch
             self.slot = slot
         }
     }
@@ -116,7 +123,16 @@ final class FaultService: @unchecked Sendable {
         if let startFailure { throw FSError(.io, startFailure) }
         let slot = CShims_window_range_add(window.base, window.pages * pageSize)
         guard slot >= 0 else { throw FSError(.io, "\(space.id): too many windows open in this process") }
-        let registration = Registration(window: window, space: space, slot: slot)
+        let registration = Registration(window: window, space: space, batch: nil, slot: slot)
+        self.windows.withLock { $0.append(registration) }
+        return registration
+    }
+
+    /// Registers `view`, the view of a kernel pin of `batch` served by userfaultfd, before the
+    /// kernel is given its address; `batch` retires it before it lets the view go.
+    func register(view: MappedWindow, of batch: PinBatch) throws(FSError) -> Registration {
+        if let startFailure { throw FSError(.io, startFailure) }
+        let registration = Registration(window: view, space: nil, batch: batch, slot: -1)
         self.windows.withLock { $0.append(registration) }
         return registration
     }
@@ -127,7 +143,7 @@ final class FaultService: @unchecked Sendable {
             registration.retired = true
             windows.removeAll { $0 === registration }
         }
-        CShims_window_range_remove(registration.slot)
+        if registration.slot >= 0 { CShims_window_range_remove(registration.slot) }
         // (On the service's own thread, the fault being served is this one's: the space's last
         // reference went during it. There is no other to wait for.)
         guard CShims_window_faults_on_service_thread() == 0 else { return }
@@ -202,7 +218,14 @@ final class FaultService: @unchecked Sendable {
         defer { registration.serving.wrappingDecrement(ordering: .releasing) }
         let window = registration.window
         let page = (Int(target) - Int(bitPattern: window.base)) / pageSize
-        let resolved = registration.space.serveWindowFault(window, page: page, write: write, signalled: request != nil)
+        if let batch = registration.batch {
+            // (Only the pin's own I/O or registration faults its view, so the pin stands while
+            // the fault is served.)
+            _ = batch.serveViewFault(window, page: page)
+            window.wake(page..<(page + 1))
+            return
+        }
+        let resolved = registration.space!.serveWindowFault(window, page: page, write: write, signalled: request != nil)
         // (A fence is a mapping too.)
         self.account(window, resolved ?? page..<(page + 1))
         if let request {

@@ -21,8 +21,12 @@ import Glibc
 ///   write-protected anonymous page, or a read-only one without userfaultfd: the write after it
 ///   faults again). From then on the access is a plain load or store: no daxlab code runs;
 /// - a kernel pin's view (`PinBatch`): page `i` maps the pin's `i`-th block, and the kernel's
-///   pins and I/O go there (see `AddressSpace.kernelPin`). Nothing faults a view in: its pages
-///   are mapped when the pin is taken.
+///   pins and I/O go there (see `AddressSpace.kernelPin`). With userfaultfd the view is
+///   registered memory too and the kernel faults its pages in as it reaches them (its GUP for
+///   the pin's I/O or registration): the fault service maps the pinned block there while the
+///   file still has it and the pin stands, and fences the page otherwise (EFAULT). Without
+///   userfaultfd its pages are mapped when the pin is taken and after an unmap only the pin's
+///   own retry maps them again (`PinHandle.kernelWrite`).
 ///
 /// Unmapping a range puts back what was reserved (registered anonymous memory, or `PROT_NONE`),
 /// which is `unmap_mapping_range`: every CPU's TLB entry for it is shot down, and a later access
@@ -43,8 +47,11 @@ final class MappedWindow: @unchecked Sendable {
     let granularity: Int
     /// Whether `granularity` is more than a page.
     let isCoarse: Bool
-    /// How the window's faults are served; nil for a pin's view (nothing faults it in).
+    /// How the window's faults are served: a file's window `.userfaultfd` or `.signals`; a pin's
+    /// view `.userfaultfd`, or nil where userfaultfd is refused (nothing faults it in then).
     let faults: WindowFaultMechanism?
+    /// Whether this is a pin's view (it remembers what each page maps; see `isMapped`).
+    var isView: Bool { self.mappedBlocks != nil }
     /// The image (held: its descriptor is mapped again at every fault).
     private let mapping: PmemMapping
     private let mapFlags: Int32
@@ -85,8 +92,8 @@ final class MappedWindow: @unchecked Sendable {
     /// Reserves a window of `pages` pages over `mapping` (the image), 2 MiB-aligned.
     /// - Parameters:
     ///   - tracked: remember what each page maps (a pin's view; see `isMapped`).
-    ///   - faults: how a file's window is faulted (`FaultService.mechanism` decided it); nil for
-    ///     a pin's view.
+    ///   - faults: how the window is faulted (`FaultService.mechanism` decided it); for a pin's
+    ///     view `.userfaultfd` or nil (mapped by the pinner only).
     ///   - granularity: the image's mapping granularity (`mapping.alignment` when nil); a test
     ///     stands a 2 MiB-aligned device in with it.
     /// - Throws: `.notSupported` when the image cannot be mapped as this window needs (a pin's
@@ -99,11 +106,11 @@ final class MappedWindow: @unchecked Sendable {
         guard !mapping.isReadOnly else { throw FSError(.readOnly, "\(mapping.path): mounted read-only") }
         let granularity = granularity ?? mapping.alignment
         let huge = Self.regionPages * pageSize
-        guard granularity == pageSize || (faults != nil && granularity == huge) else {
+        guard granularity == pageSize || (!tracked && faults != nil && granularity == huge) else {
             throw FSError(
                 .notSupported,
                 "\(mapping.path): a device aligned to \(granularity) bytes cannot map "
-                    + (faults == nil ? "single blocks for a pin" : "a file's window (only 4 KiB and 2 MiB can)")
+                    + (tracked ? "single blocks for a pin" : "a file's window (only 4 KiB and 2 MiB can)")
                     + "; create the namespace with ndctl create-namespace -m devdax --align 4K")
         }
         self.granularity = granularity
@@ -112,7 +119,7 @@ final class MappedWindow: @unchecked Sendable {
         let length = pages * pageSize
         // Reserved with 2 MiB of slack and trimmed, so that page 512k of the window is 2 MiB-
         // aligned (a 2 MiB run of the image can then be mapped as one huge page).
-        let slack = faults == nil ? 0 : huge
+        let slack = tracked ? 0 : huge
         let start: UnsafeMutableRawPointer
         do {
             start = try mapMemory(
@@ -215,6 +222,26 @@ final class MappedWindow: @unchecked Sendable {
             descriptor: self.mapping.descriptor, offset: Int(firstBlock) * pageSize)
         for page in pages { self.mappedBlock(page)?.store(firstBlock &+ UInt32(page - pages.lowerBound), ordering: .relaxed) }
         self.forget(pages)
+    }
+
+    /// Readies `pages` of a pin's view served by userfaultfd for the kernel to fault in onto
+    /// consecutive blocks from `firstBlock`: pages that map other blocks (an earlier pin's), or
+    /// were fenced, go back to missing; pages that map these blocks already keep them (as a
+    /// process's mmap keeps its page-table entries from one I/O to the next).
+    func leaveToFaults(pages: Range<Int>, firstBlock: UInt32) {
+        guard let blocks = self.mappedBlocks, !pages.isEmpty else { return }
+        var expected = firstBlock
+        var stale = false
+        for page in pages {
+            let mapped = UnsafeAtomic<UInt32>(at: blocks + page).load(ordering: .relaxed)
+            if mapped != 0 && mapped != expected {
+                stale = true
+                break
+            }
+            expected &+= 1
+        }
+        if !stale { stale = self.state.withLock { state in state.fences.contains { pages.contains($0) } } }
+        if stale { self.unmap(pages) }
     }
 
     /// Maps zeros at `page`: a read of a hole. A store faults again (a write-protect fault with
@@ -327,9 +354,10 @@ final class MappedWindow: @unchecked Sendable {
         guard !range.isEmpty else { return }
         self.forget(range)
         if self.userfaultfd >= 0 {
-            // (A region's pages beyond `pages` keep their blocks: nothing may read zeros there.)
+            // (A region's pages beyond `pages` keep their blocks: nothing may read zeros there.
+            // Nor may a kernel pin's I/O land in plain memory of its view and report success.)
             let whole = range == pages.clamped(to: 0..<self.pages)
-            if keepingData || !whole { self.restoreKeepingData(range) } else { self.restore(range) }
+            if keepingData || !whole || self.isView { self.restoreKeepingData(range) } else { self.restore(range) }
         } else {
             self.protectNone(range)
         }
@@ -358,9 +386,11 @@ final class MappedWindow: @unchecked Sendable {
     }
 
     /// The same for a range whose blocks stay in the file (a collapse or insert, the budget's
-    /// drop, a fence lifted): no access may find zeros there, so the range is `PROT_NONE` until
-    /// it is registered. A CPU access meanwhile waits for the fault service; a kernel access
-    /// fails with EFAULT, where a DAX file's would wait.
+    /// drop, a fence lifted), and for any range of a pin's view: no access may find zeros there
+    /// (nor may a device's write land in plain memory and be reported done), so the range is
+    /// `PROT_NONE` until it is registered. A CPU access meanwhile waits for the fault service;
+    /// a kernel access fails with EFAULT, where a DAX file's would wait (a pin's I/O then tries
+    /// again).
     private func restoreKeepingData(_ range: Range<Int>) {
         let address = self.address(page: range.lowerBound)
         let length = range.count * pageSize

@@ -81,10 +81,12 @@ final class PinBatch: @unchecked Sendable {
     var count = 0
     /// A kernel pin's view of its range: a window of its own whose page `i` maps the `i`-th
     /// pinned block, where the kernel pins and writes. Created on the batch's first kernel pin
-    /// and kept while the batch is pooled; its pages are mapped by the pinning thread under the
-    /// file's lock (shared) and unmapped by a truncate under that lock (exclusive), by a
-    /// revocation, and when the pin ends.
+    /// and kept while the batch is pooled; its pages are mapped by the fault service as the
+    /// kernel faults them (with userfaultfd) or by the pinning thread under the file's lock
+    /// (shared), and unmapped by a truncate under that lock (exclusive) and by a revocation.
     private(set) var view: MappedWindow?
+    /// The view's entry in the fault service's table (a view served by userfaultfd).
+    private var viewRegistration: FaultService.Registration?
     /// A long-term kernel pin: the ring and the fixed-buffer slot holding the range. Set by the
     /// pinning thread before `publishPinned`; dropped once, by `dropKernelPin`.
     private(set) var kernelRing: KernelRing?
@@ -99,7 +101,10 @@ final class PinBatch: @unchecked Sendable {
         self.blocks = .allocate(capacity: 512)
     }
 
-    deinit { self.blocks.deallocate() }
+    deinit {
+        if let registration = self.viewRegistration { FaultService.shared.retire(registration) }
+        self.blocks.deallocate()
+    }
 
     /// The pinned blocks, for loops that unpin them.
     var pinned: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: self.blocks, count: self.count) }
@@ -168,11 +173,38 @@ final class PinBatch: @unchecked Sendable {
     // MARK: Kernel pins (the pinning thread, before publishing)
 
     /// The view for this batch's range, created (or grown) on first use; its pages are unmapped.
-    func viewForPinning(_ mapping: PmemMapping) throws(FSError) -> MappedWindow {
-        if let view = self.view, view.pages >= self.pages.count { return view }
-        let view = try MappedWindow(pages: max(self.capacity, self.pages.count), mapping: mapping, tracked: true)
+    /// - Parameter served: the kernel faults the view through userfaultfd (registered with the
+    ///   fault service); false: the pinner maps it.
+    func viewForPinning(_ mapping: PmemMapping, served: Bool) throws(FSError) -> MappedWindow {
+        if let view = self.view, view.pages >= self.pages.count, (view.faults != nil) == served { return view }
+        let view = try MappedWindow(
+            pages: max(self.capacity, self.pages.count), mapping: mapping, tracked: true,
+            faults: served ? .userfaultfd : nil)
+        // (No pin uses the old view now: no fault can be under way in it.)
+        if let old = self.viewRegistration {
+            self.viewRegistration = nil
+            FaultService.shared.retire(old)
+        }
+        if served { self.viewRegistration = try FaultService.shared.register(view: view, of: self) }
         self.view = view
         return view
+    }
+
+    /// A fault in the view, on the fault service's thread: the kernel, doing this pin's I/O or
+    /// registration, found the `index`-th page missing (not faulted in yet, or unmapped since by
+    /// a truncate or a revocation). Maps the pinned block there when `AddressSpace.refault`
+    /// allows it, and fences the page otherwise, so the kernel's access fails with EFAULT.
+    /// - Returns: whether the page is mapped.
+    func serveViewFault(_ view: MappedWindow, page index: Int) -> Bool {
+        // (The acquiring load orders the pinner's stores before `useView` before the reads below.)
+        guard self.viewInUse.load(ordering: .acquiring), index < self.count, let space = self.space else {
+            view.fence(page: index)
+            return false
+        }
+        space.dax.statistics.viewFaults.wrappingIncrement(ordering: .relaxed)
+        if space.refault(self, index: index) { return true }
+        view.fence(page: index)
+        return false
     }
 
     /// Records that this pin maps its view (before it maps a page): from now on truncates,

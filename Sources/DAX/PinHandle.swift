@@ -50,9 +50,10 @@ public struct PinHandle: ~Copyable {
     /// written or -errno. The write is submitted even after a revocation: the kernel itself
     /// refuses it then (EFAULT).
     ///
-    /// For a short-term pin, an I/O that faulted because a truncate unmapped the page since
-    /// (EFAULT) is tried again after the page is faulted in again, as the kernel's GUP does, but
-    /// only while the page still has the pinned block and the pin is not revoked.
+    /// For a short-term pin the page is faulted in (again, after a truncate unmapped it) as the
+    /// kernel's GUP does, but only while the file still has the pinned block there and the pin
+    /// is not revoked: with userfaultfd the kernel faults it through the fault service; without,
+    /// an I/O that failed with EFAULT is tried again after this maps the page.
     public func kernelWrite(at index: Int, _ body: (UnsafeMutableRawPointer) -> Int32) -> Int32 {
         let batch = self.object
         precondition(index >= 0 && index < batch.count, "pin index out of range")
@@ -64,7 +65,15 @@ public struct PinHandle: ~Copyable {
         var tries = 0
         // (Another truncate may unmap the page again before the retried I/O reaches it: GUP
         // would fault again too. A few tries, then the write counts as refused.)
-        while result == -EFAULT, tries < 8, batch.kernelRing == nil, batch.space!.refault(batch, index: index) {
+        while result == -EFAULT, tries < 8, batch.kernelRing == nil {
+            if view.faults == nil {
+                guard batch.space!.refault(batch, index: index) else { break }
+            } else {
+                // The kernel faulted the page through the fault service, which refused it (a
+                // fence), or found it `PROT_NONE` while an unmap registered it again: a pin that
+                // may still have its page tries once more, and the kernel faults it again.
+                guard !batch.isRevoked, !batch.isOrphaned else { break }
+            }
             result = body(address)
             tries += 1
         }

@@ -28,6 +28,9 @@ public final class PolicyStatistics: Sendable {
     /// mapped a whole 2 MiB range at once (huge faults).
     public let windowFaults = ManagedAtomic<Int>(0)
     public let hugeFaults = ManagedAtomic<Int>(0)
+    /// Faults the kernel took in kernel pins' views (userfaultfd): its GUP, for a pin's I/O or
+    /// registration, reached a page not mapped yet or unmapped since.
+    public let viewFaults = ManagedAtomic<Int>(0)
     /// `mainline`: long-term pins refused (EOPNOTSUPP).
     public let longTermRefused = ManagedAtomic<Int>(0)
     /// Unmounts with pins outstanding: waited for them (`wait`, `mainline`, `sequester`,

@@ -212,7 +212,7 @@ enum RaceRunner {
             \(report.held ? "HELD" : (report.corruptionSeen ? "CORRUPTION" : "FAILED")) \
             (\(report.seconds) s, is_pmem \(report.isPmem))
               DMA writes \(report.dmaWrites) in \(report.pins) pins\
-            \(report.devices == "simulated" ? "" : " (by the kernel: \(report.kernelWrites) writes, \(report.kernelPins) pins\(report.kernelErrors > 0 ? ", \(report.kernelErrors) I/O errors" : ""))"); \
+            \(report.devices == "simulated" ? "" : " (by the kernel: \(report.kernelWrites) writes, \(report.kernelPins) pins, \(report.kernelFaults) faults served\(report.kernelErrors > 0 ? ", \(report.kernelErrors) I/O errors" : ""))"); \
             leases revoked \(report.revocations), writes refused \(report.revokedDmaWrites)\
             \(report.policy == "odp" ? "; translations invalidated \(report.odpInvalidations), device refaults \(report.deviceRefaults)" : "")
               truncates \(report.truncates): EBUSY \(report.truncatesBusy), waited \(report.truncatesWaited); \

@@ -236,6 +236,7 @@ public final class RaceHarness: @unchecked Sendable {
             seconds: (elapsed * 10).rounded() / 10, isPmem: self.isPmem,
             dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed), pins: both(\.pins),
             kernelPins: both(\.kernelPins), kernelWrites: both(\.kernelWrites), kernelErrors: both(\.kernelErrors),
+            kernelFaults: stats.viewFaults.load(ordering: .relaxed),
             kernelPinRefused: kernelPinRefused, longTermRefused: both(\.longTermRefusals),
             longTermPins: both(\.longTermPins),
             truncates: self.truncates.load(ordering: .relaxed), truncatesBusy: self.busy.load(ordering: .relaxed),

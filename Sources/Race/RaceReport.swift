@@ -24,6 +24,10 @@ public struct RaceReport: Sendable, Codable, Equatable {
     public var kernelPins: Int
     public var kernelWrites: Int
     public var kernelErrors: Int
+    /// Faults the kernel took in the devices' views and the fault service served (userfaultfd):
+    /// its GUP for a pin's I/O or registration reached a page not mapped yet, or unmapped by a
+    /// truncate or a revocation since (0 where userfaultfd is refused: the pinner maps then).
+    public var kernelFaults: Int
     /// The kernel refused the devices' long-term pins (EOPNOTSUPP: fs-dax pages): nothing raced,
     /// and that is the outcome observed, not a failure.
     public var kernelPinRefused: Bool
@@ -65,6 +69,7 @@ public struct RaceReport: Sendable, Codable, Equatable {
         case kernelPins = "kernel_pins"
         case kernelWrites = "kernel_writes"
         case kernelErrors = "kernel_errors"
+        case kernelFaults = "kernel_faults"
         case kernelPinRefused = "kernel_pin_refused"
         case longTermRefused = "longterm_refused"
         case longTermPins = "longterm_pins"

@@ -9,7 +9,7 @@ struct RaceCLITests {
     }
 
     static let keys: Set<String> = [
-        "policy", "devices", "profile", "scenario", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors",
+        "policy", "devices", "profile", "scenario", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors", "kernel_faults",
         "kernel_pin_refused", "longterm_refused", "longterm_pins", "truncates", "truncates_busy", "truncates_waited",
         "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes", "persist_errors",
         "revocations", "odp_invalidations", "device_refaults", "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock", "stuck_threads",
@@ -56,6 +56,9 @@ struct RaceCLITests {
             #expect(report["devices"] as? String == "kernel-longterm")
             #expect(report["kernel_pin_refused"] as? Bool == false)
             #expect(report["kernel_pins"] as? Int ?? 0 > 0 && report["kernel_writes"] as? Int ?? 0 > 0, "\(report)")
+            if KernelFacilities.userfaultfdRefusal == nil {
+                #expect(report["kernel_faults"] as? Int ?? 0 > 0, "the registrations faulted the views in: \(report)")
+            }
             #expect(report["stale_dma_writes"] as? Int ?? 0 > 0, "the collision's kernel write is stale: \(report)")
             #expect(report["corrupted_blocks"] as? Int ?? 0 > 0, "and corrupts the collision writer's page: \(report)")
 
@@ -79,6 +82,9 @@ struct RaceCLITests {
             let report = try self.json(wait.standardOutput)
             #expect(report["devices"] as? String == "kernel-direct")
             #expect(report["kernel_writes"] as? Int ?? 0 > 0, "\(report)")
+            if KernelFacilities.userfaultfdRefusal == nil {
+                #expect(report["kernel_faults"] as? Int ?? 0 > 0, "the O_DIRECT reads faulted the views in: \(report)")
+            }
             #expect(report["stale_dma_writes"] as? Int == 0 && report["corrupted_blocks"] as? Int == 0)
 
             let tmpfs = try DaxlabBinary.run(

@@ -50,6 +50,11 @@ final class TaggedSource {
     }
 }
 
+/// How kernel pins' views can be faulted here: through userfaultfd (the kernel faults them in)
+/// where it works, and the pinner's own mapping (the fallback) always.
+let viewMechanisms: [WindowFaultMechanism] =
+    KernelFacilities.userfaultfdRefusal == nil ? [.userfaultfd, .signals] : [.signals]
+
 /// Whether every byte of `pages` pages of `file` is `byte`.
 func holds(_ lab: Lab, _ file: FileID, pages: Int, _ byte: UInt8) throws -> Bool {
     try lab.fs.read(file, offset: 0, count: pages * 4096).allSatisfy { $0 == byte }
@@ -289,11 +294,12 @@ struct KernelPinTests {
     }
 
     @Test("a short-term kernel pin: O_DIRECT lands in the pinned block; after none's truncate it faults (EFAULT) instead of landing in the reused block",
-          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"))
-    func shortTermPin() throws {
+          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"),
+          arguments: viewMechanisms)
+    func shortTermPin(mechanism: WindowFaultMechanism) throws {
         stayOnThisCPU()
         defer { _ = CShims_unbind_cpu() }
-        let lab = try Lab(policy: .none, pages: 4)
+        let lab = try Lab(policy: .none, pages: 4, windowFaults: mechanism)
         let source = try TaggedSource(direct: true)
         let (victim, page) = try holding(try lab.space.pin(0..<1, write: true, kernel: .shortTerm)) { (handle: borrowing PinHandle) throws -> (file: FileID, page: Int?) in
             let block = handle.block(at: 0)
@@ -314,17 +320,76 @@ struct KernelPinTests {
     }
 
     @Test("a short-term kernel pin whose page a refused truncate unmapped faults it in again, as GUP does",
-          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"))
-    func shortTermRefault() throws {
-        let lab = try Lab(policy: .fail, pages: 4)
+          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"),
+          arguments: viewMechanisms)
+    func shortTermRefault(mechanism: WindowFaultMechanism) throws {
+        let lab = try Lab(policy: .fail, pages: 4, windowFaults: mechanism)
         let source = try TaggedSource(direct: true)
+        let faults = lab.dax.statistics.viewFaults
         try holding(try lab.space.pin(1..<2, write: true, kernel: .shortTerm)) { (handle: borrowing PinHandle) throws -> Void in
+            try source.fill(0xD4)
+            #expect(handle.kernelWrite(at: 0) { source.readDirect(into: $0) } == 4096)
+            let before = faults.load(ordering: .relaxed)
             #expect(throws: FSError.self) { try lab.fs.truncate(lab.file, size: 0) }  // EBUSY, after unmapping
             try source.fill(0xD3)
             let written = handle.kernelWrite(at: 0) { source.readDirect(into: $0) }
             #expect(written == 4096)
+            if mechanism == .userfaultfd {
+                #expect(faults.load(ordering: .relaxed) == before + 1, "the kernel faulted the unmapped page through userfaultfd")
+            }
         }
         #expect(try lab.fs.read(lab.file, offset: 4096, count: 4096).allSatisfy { $0 == 0xD3 })
+    }
+
+    /// With userfaultfd nothing of a kernel pin's view is mapped when the pin is taken (unless it
+    /// maps the pinned blocks already): the kernel's own GUP faults each page in as it reaches
+    /// it, once, as an O_DIRECT read into a fresh DAX mapping does.
+    @Test("the kernel faults a short-term pin's view in through userfaultfd: each page once, as its I/O reaches it",
+          .enabled(if: directIORefusal == nil && KernelFacilities.userfaultfdRefusal == nil,
+                   "needs O_DIRECT from a disk file in /var/tmp and userfaultfd"))
+    func shortTermViewFaults() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        let source = try TaggedSource(direct: true)
+        let faults = lab.dax.statistics.viewFaults
+        let before = faults.load(ordering: .relaxed)
+        try holding(try lab.space.pin(0..<3, write: true, kernel: .shortTerm)) { (handle: borrowing PinHandle) throws -> Void in
+            #expect(faults.load(ordering: .relaxed) == before, "the pin itself mapped nothing")
+            try source.fill(0xC1)
+            #expect(handle.kernelWrite(at: 2) { source.readDirect(into: $0) } == 4096)
+            #expect(faults.load(ordering: .relaxed) == before + 1, "the I/O faulted its page in")
+            #expect(handle.kernelWrite(at: 2) { source.readDirect(into: $0) } == 4096)
+            #expect(faults.load(ordering: .relaxed) == before + 1, "a second I/O finds the page mapped")
+            #expect(handle.kernelWrite(at: 0) { source.readDirect(into: $0) } == 4096)
+            #expect(faults.load(ordering: .relaxed) == before + 2)
+        }
+        #expect(try lab.fs.read(lab.file, offset: 0, count: 4096).allSatisfy { $0 == 0xC1 })
+        #expect(try lab.fs.read(lab.file, offset: 8192, count: 4096).allSatisfy { $0 == 0xC1 })
+        // The next pin of the same blocks keeps what the view maps, as a process's mapping stays.
+        try holding(try lab.space.pin(0..<3, write: true, kernel: .shortTerm)) { (handle: borrowing PinHandle) throws -> Void in
+            #expect(handle.kernelWrite(at: 2) { source.readDirect(into: $0) } == 4096)
+        }
+        #expect(faults.load(ordering: .relaxed) == before + 2, "a page the view kept faulted again")
+    }
+
+    /// A long-term pin's registration is the kernel's GUP of the whole view: with userfaultfd it
+    /// faults every page in, outside the file's lock (a fault takes it).
+    @Test("a long-term pin's io_uring registration faults its view in through userfaultfd, and READ_FIXED lands in the file",
+          .enabled(if: ioUringRefusal == nil && KernelFacilities.userfaultfdRefusal == nil, "needs io_uring and userfaultfd"))
+    func longTermViewFaults() throws {
+        let lab = try Lab(policy: .wait, pages: 4)
+        let ring = try KernelRing(slots: 2)
+        let source = try TaggedSource()
+        let faults = lab.dax.statistics.viewFaults
+        let before = faults.load(ordering: .relaxed)
+        try holding(try lab.space.pin(0..<4, write: true, kernel: .longTerm(ring))) { (handle: borrowing PinHandle) throws -> Void in
+            #expect(faults.load(ordering: .relaxed) == before + 4, "the registration faulted each page in")
+            let kernelSlot = handle.kernelSlot
+            let slot = try #require(kernelSlot)
+            try source.fill(0xC2)
+            #expect(handle.kernelWrite(at: 3) { source.readFixed(ring, into: $0, slot: slot) } == 4096)
+        }
+        #expect(try lab.fs.read(lab.file, offset: 3 * 4096, count: 4096).allSatisfy { $0 == 0xC2 })
+        #expect(ring.freeSlots == 2)
     }
 
     /// A revoker holds no file lock, so a short-term pin's refault can pass its revocation check
@@ -335,11 +400,13 @@ struct KernelPinTests {
     /// purpose: the first attempt reports EFAULT (as an I/O on the unmapped page does), and the
     /// refault's hook, past its check, waits until the revoker has set the bit and unmapped.
     @Test("a refault that maps a short-term pin's page just after a lease-break revocation unmapped it refuses the write",
-          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"))
-    func refaultRacingRevocation() throws {
+          .enabled(if: directIORefusal == nil, "O_DIRECT from a disk file in /var/tmp is refused here"),
+          arguments: viewMechanisms)
+    func refaultRacingRevocation(mechanism: WindowFaultMechanism) throws {
         #if DAXLAB_TEST_HOOKS
         // A break time long enough for this thread to reach the refault's check before it ends.
-        let lab = try Lab(policy: .leaseBreak, pages: 4, times: PolicyTimes(leaseBreakTime: .seconds(2)))
+        let lab = try Lab(
+            policy: .leaseBreak, pages: 4, times: PolicyTimes(leaseBreakTime: .seconds(2)), windowFaults: mechanism)
         let source = try TaggedSource(direct: true)
         try source.fill(0xE1)
         let space = try lab.space
@@ -360,10 +427,13 @@ struct KernelPinTests {
             // break time, then revokes the pin.
             let punch = lab.background { _ = try? lab.fs.punchHole(lab.file, offset: 4096, length: 4096) }
             #expect(waitUntil(seconds: 30) { lab.dax.statistics.truncatesWaited.load(ordering: .relaxed) == 1 })
+            // With userfaultfd the kernel's GUP faults the unmapped page and the fault service
+            // refaults it; without, the first attempt reports EFAULT (as an I/O on the unmapped
+            // page does) and the pin's retry refaults it.
             var attempts = 0
             let first = handle.kernelWrite(at: 0) { address in
                 attempts += 1
-                return attempts == 1 ? -EFAULT : source.readDirect(into: address)
+                return attempts == 1 && mechanism == .signals ? -EFAULT : source.readDirect(into: address)
             }
             return (first, punch)
         }

@@ -13,6 +13,15 @@ public enum KernelFacilities {
         return nil
     }()
 
+    /// userfaultfd (refused to a user without CAP_SYS_PTRACE under vm.unprivileged_userfaultfd=0,
+    /// or by a seccomp filter): windows and kernel pins' views fault through it where it works.
+    public static let userfaultfdRefusal: String? = {
+        let descriptor = CShims_uffd_open()
+        guard descriptor >= 0 else { return "userfaultfd is refused here: \(String(cString: strerror(-descriptor)))" }
+        close(descriptor)
+        return nil
+    }()
+
     /// The directory kernel-direct devices use unless told.
     public static let directSourceDirectory = "/var/tmp"
 
