@@ -207,7 +207,8 @@ extension AddressSpace {
     /// pinned block there and the pin stands (`PinBatch.serveViewFault`), as a DAX mapping's
     /// fault maps what the file has. Without it the pinner maps every page here, and registers
     /// a long-term pin under the lock (its GUP then faults nothing); so does a long-term pin on
-    /// a kernel whose registration does not wait for userfaultfd faults (before 6.10).
+    /// a kernel whose registration does not wait for userfaultfd faults (before 6.10), once the
+    /// registration failed.
     ///
     /// `sequence` is the invalidation sequence read before the first of the pins. If it is even
     /// and still the same under the lock, no invalidation ran since, and every pinned page's
@@ -237,7 +238,7 @@ extension AddressSpace {
             guard let ring, let slot else {
                 return try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: served, register: nil)
             }
-            guard served, service.registrationFaultsViews.load(ordering: .relaxed) else {
+            guard served else {
                 return try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: false, register: (ring, slot))
             }
             try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: true, register: nil)
@@ -249,10 +250,8 @@ extension AddressSpace {
                 // EFAULT: the range was invalidated meanwhile (the fault service fenced a page),
                 // or this kernel's registration does not wait for userfaultfd faults (before
                 // 6.10 it pins without retrying a fault, and the page fails at once). Mapping and
-                // registering under the lock checks the range again: if that works, it was the
-                // kernel, and later pins go that way at once.
+                // registering under the lock checks the range again and tells them apart.
                 try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: false, register: (ring, slot))
-                service.registrationFaultsViews.store(false, ordering: .relaxed)
             }
         } catch {
             if let ring, let slot, batch.kernelRing == nil { ring.give(slot) }
@@ -331,7 +330,8 @@ extension AddressSpace {
             #if DAXLAB_TEST_HOOKS
             self.refaultHook?()
             #endif
-            guard (try? view.map(page: index, block: block)) != nil else { return false }
+            // (No populate on the fault service's thread: see `MappedWindow.map`.)
+            guard (try? view.map(page: index, block: block, populate: view.faults == nil)) != nil else { return false }
             if batch.isRevoked {
                 view.unmap(index..<(index + 1))
                 return false

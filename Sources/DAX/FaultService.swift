@@ -53,9 +53,6 @@ final class FaultService: @unchecked Sendable {
     private var estimatedMappings = 0
     /// Regions dropped to keep under the budget, ever.
     let droppedRegions = ManagedAtomic<Int>(0)
-    /// Whether this kernel's io_uring registration faults userfaultfd pages in (6.10 and later:
-    /// its GUP may retry a fault); cleared by the first long-term pin that finds it does not.
-    let registrationFaultsViews = ManagedAtomic<Bool>(true)
 
     struct Weak {
         weak var window: MappedWindow?

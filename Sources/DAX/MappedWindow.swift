@@ -207,18 +207,23 @@ final class MappedWindow: @unchecked Sendable {
     }
 
     /// Maps `page` onto `block` of the image, read-write (the caller holds the invalidate lock).
-    func map(page: Int, block: UInt32) throws(SystemCallError) {
-        try self.map(pages: page..<(page + 1), firstBlock: block)
+    func map(page: Int, block: UInt32, populate: Bool = true) throws(SystemCallError) {
+        try self.map(pages: page..<(page + 1), firstBlock: block, populate: populate)
     }
 
     /// Maps `pages` onto as many consecutive blocks from `firstBlock`, with one `mmap`.
-    func map(pages: Range<Int>, firstBlock: UInt32) throws(SystemCallError) {
+    /// - Parameter populate: fill the page-table entries now (`MAP_POPULATE`), so the retried
+    ///   access (or the kernel's GUP) does not fault a second time. The populate runs after the
+    ///   `mmap` has let go of the process's `mmap_lock`: it walks whatever is mapped there by
+    ///   then, so a caller that another thread may unmap meanwhile (a pin's view, which a
+    ///   revoker unmaps holding no file lock) must not populate on the fault service's thread:
+    ///   registered memory put back there would fault to the service itself, which would wait
+    ///   for itself.
+    func map(pages: Range<Int>, firstBlock: UInt32, populate: Bool = true) throws(SystemCallError) {
         _ = try mapMemory(
             "map blocks \(firstBlock)..<\(Int(firstBlock) + pages.count) at window page \(pages.lowerBound)",
             address: self.address(page: pages.lowerBound), length: pages.count * pageSize,
-            // MAP_POPULATE: the page-table entries are filled now, so the retried access (or the
-            // kernel's GUP) does not fault a second time.
-            protection: PROT_READ | PROT_WRITE, flags: self.mapFlags | MAP_FIXED | MAP_POPULATE,
+            protection: PROT_READ | PROT_WRITE, flags: self.mapFlags | MAP_FIXED | (populate ? MAP_POPULATE : 0),
             descriptor: self.mapping.descriptor, offset: Int(firstBlock) * pageSize)
         for page in pages { self.mappedBlock(page)?.store(firstBlock &+ UInt32(page - pages.lowerBound), ordering: .relaxed) }
         self.forget(pages)
@@ -294,6 +299,21 @@ final class MappedWindow: @unchecked Sendable {
         guard self.userfaultfd >= 0 else { return }  // (PROT_NONE already)
         self.protectNone(page..<(page + 1))
         self.state.withLock { _ = $0.fences.insert(page) }
+    }
+
+    /// Fences `page` of a pin's view unless `inUse()` (read under the page sets' lock) says a
+    /// pin uses the view now: a fault left over from an earlier pin must not fence a page that
+    /// the next pin has readied already (`leaveToFaults` reads the fences under that lock after
+    /// the pin marks the view in use).
+    /// - Returns: whether it fenced the page.
+    func fence(page: Int, unless inUse: () -> Bool) -> Bool {
+        guard self.userfaultfd >= 0 else { return false }
+        return self.state.withLock { state in
+            guard !inUse() else { return false }
+            self.protectNone(page..<(page + 1))
+            state.fences.insert(page)
+            return true
+        }
     }
 
     /// `pages` rounded out to whole granules of the window (2 MiB regions on a 2 MiB-granular

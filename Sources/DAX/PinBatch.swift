@@ -197,7 +197,13 @@ final class PinBatch: @unchecked Sendable {
     /// - Returns: whether the page is mapped.
     func serveViewFault(_ view: MappedWindow, page index: Int) -> Bool {
         // (The acquiring load orders the pinner's stores before `useView` before the reads below.)
-        guard self.viewInUse.load(ordering: .acquiring), index < self.count, let space = self.space else {
+        guard self.viewInUse.load(ordering: .acquiring) else {
+            // No pin uses the view: a fault left over from an earlier pin (or an access outside
+            // any pin), fenced unless a pin took the view meanwhile, which then serves it below.
+            if view.fence(page: index, unless: { self.viewInUse.load(ordering: .acquiring) }) { return false }
+            return self.serveViewFault(view, page: index)
+        }
+        guard index < self.count, let space = self.space else {
             view.fence(page: index)
             return false
         }

@@ -63,7 +63,7 @@ struct DemoCommand: ParsableCommand {
         let image = try ScratchImage(self.path, command: "demo", force: self.force, defaultPath: Self.defaultPath)
         if let file = self.report { try OutputFile(file).checkWritable() }
         var reports: [RaceReport] = []
-        for kind in self.devices {
+        races: for kind in self.devices {
             do { try kind.checkAvailable(sourceDirectory: self.sourceDirectory) } catch {
                 Terminal.writeStandardError("daxlab demo: \(kind) devices skipped: \(error.message)\n")
                 continue
@@ -82,8 +82,11 @@ struct DemoCommand: ParsableCommand {
                     if !self.json {
                         Output.print("racing \(policy) with \(kind) \(profile) devices for \(self.seconds) s ...")
                     }
-                    reports.append(try RaceRunner.run(
-                        image: image, size: 64 << 20, configuration: configuration, keep: false, live: !self.json))
+                    let report = try RaceRunner.run(
+                        image: image, size: 64 << 20, configuration: configuration, keep: false, live: !self.json)
+                    reports.append(report)
+                    // Its stuck threads still hold the image: no later race can have it.
+                    if report.deadlock { break races }
                 }
             }
         }
@@ -97,9 +100,16 @@ struct DemoCommand: ParsableCommand {
         } else {
             Output.print(Self.table(reports))
         }
-        let protectiveHeld = reports.filter { $0.policy != "none" }.allSatisfy(\.held)
+        // (A deadlock is a failure whatever the policy.)
+        let protectiveHeld = reports.filter { $0.policy != "none" || $0.deadlock }.allSatisfy(\.held)
         let unshown = reports.filter { $0.policy == "none" && !$0.corruptionSeen && !$0.pinsRefused }
             .map { "\($0.devices) \($0.profile)" }
+        if let stuck = reports.last, stuck.deadlock {
+            Terminal.writeStandardError(
+                "daxlab demo: the race of \(stuck.policy) with \(stuck.devices) devices DEADLOCKED (no progress from "
+                    + "\(stuck.stuckThreads.joined(separator: ", "))); the races after it were not run, and "
+                    + "\(image.path) is left for inspection\n")
+        }
         if !self.json {
             Output.print(protectiveHeld
                 ? "Every protective policy held"
