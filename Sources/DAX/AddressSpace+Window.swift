@@ -303,6 +303,13 @@ extension AddressSpace {
         }
     }
 
+    /// Waits until no invalidation holds the file's lock (an unmap under way ends with it), so
+    /// that a pin's I/O that met a view page `PROT_NONE` for the instant of its unmap can try
+    /// again after it.
+    func waitForInvalidation() {
+        self.lock.withReadLock {}
+    }
+
     /// The kernel reached the `index`-th page of a pin's view and found it unmapped (not
     /// faulted in yet, or unmapped by a truncate since): maps it, as the kernel's GUP faults a
     /// page in, if the file's page has had the pinned block all along (it still has it, and no

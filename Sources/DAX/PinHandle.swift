@@ -71,8 +71,10 @@ public struct PinHandle: ~Copyable {
             } else {
                 // The kernel faulted the page through the fault service, which refused it (a
                 // fence), or found it `PROT_NONE` while an unmap registered it again: a pin that
-                // may still have its page tries once more, and the kernel faults it again.
+                // may still have its page tries once more, after that unmap, and the kernel
+                // faults it again.
                 guard !batch.isRevoked, !batch.isOrphaned else { break }
+                batch.space!.waitForInvalidation()
             }
             result = body(address)
             tries += 1
