@@ -269,6 +269,11 @@ extension AddressSpace {
     ) throws(FSError) {
         let first = batch.pages.lowerBound
         try self.lock.withReadLock { () throws(FSError) -> Void in
+            // (A registration retried here after the service refused it: `none` may have freed
+            // and handed the very block back to the same page meanwhile.)
+            guard !batch.isOrphaned else {
+                throw FSError(.busy, "\(self.id): pages \(batch.pages) were cut under the pin while it was being pinned")
+            }
             batch.useView()  // (before the first map: a failure below unmaps what was mapped)
             let blocks = batch.blocks  // (read once: the batch's fields are class storage)
             let count = batch.count

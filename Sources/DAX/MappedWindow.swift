@@ -88,6 +88,13 @@ final class MappedWindow: @unchecked Sendable {
     private let mappedBlocks: UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>?
     /// What init mapped and kept (the slack that aligned the pages to 2 MiB is unmapped).
     private let reservation: (start: UnsafeMutableRawPointer, length: Int)
+    /// For a pin's view: held across each change of its mappings. The fault service maps and
+    /// fences a view's pages under the file's lock shared, a truncate unmaps them under it
+    /// exclusive, a revoker with no lock at all, and each change is several system calls (an
+    /// unmap is `mmap`, `UFFDIO_REGISTER`, `mprotect`): interleaved, a fence could end up plain
+    /// memory, or a register meet a file mapping. No holder waits on a fault (nothing is
+    /// populated under it on the service's thread).
+    private let viewChanges: Locked<Void>?
 
     /// Reserves a window of `pages` pages over `mapping` (the image), 2 MiB-aligned.
     /// - Parameters:
@@ -147,8 +154,10 @@ final class MappedWindow: @unchecked Sendable {
             let blocks = UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>.allocate(capacity: pages)
             blocks.initialize(repeating: UnsafeAtomic<UInt32>.Storage(0), count: pages)
             self.mappedBlocks = blocks
+            self.viewChanges = Locked((), rank: .viewMappings)
         } else {
             self.mappedBlocks = nil
+            self.viewChanges = nil
         }
         if served {
             let status = CShims_uffd_register(self.userfaultfd, aligned, length)
@@ -220,6 +229,10 @@ final class MappedWindow: @unchecked Sendable {
     ///   registered memory put back there would fault to the service itself, which would wait
     ///   for itself.
     func map(pages: Range<Int>, firstBlock: UInt32, populate: Bool = true) throws(SystemCallError) {
+        try self.changing { () throws(SystemCallError) in try self.mapNow(pages: pages, firstBlock: firstBlock, populate: populate) }
+    }
+
+    private func mapNow(pages: Range<Int>, firstBlock: UInt32, populate: Bool) throws(SystemCallError) {
         _ = try mapMemory(
             "map blocks \(firstBlock)..<\(Int(firstBlock) + pages.count) at window page \(pages.lowerBound)",
             address: self.address(page: pages.lowerBound), length: pages.count * pageSize,
@@ -227,6 +240,13 @@ final class MappedWindow: @unchecked Sendable {
             descriptor: self.mapping.descriptor, offset: Int(firstBlock) * pageSize)
         for page in pages { self.mappedBlock(page)?.store(firstBlock &+ UInt32(page - pages.lowerBound), ordering: .relaxed) }
         self.forget(pages)
+    }
+
+    /// Runs `body` holding `viewChanges` (a pin's view), or as is (a file's window).
+    @inline(__always)
+    private func changing<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
+        guard let lock = self.viewChanges else { return try body() }
+        return try lock.withLock { (_: inout Void) throws(Failure) -> Result in try body() }
     }
 
     /// Readies `pages` of a pin's view served by userfaultfd for the kernel to fault in onto
@@ -245,8 +265,10 @@ final class MappedWindow: @unchecked Sendable {
             }
             expected &+= 1
         }
-        if !stale { stale = self.state.withLock { state in state.fences.contains { pages.contains($0) } } }
-        if stale { self.unmap(pages) }
+        self.changing {
+            if !stale { stale = self.state.withLock { state in state.fences.contains { pages.contains($0) } } }
+            if stale { self.unmapNow(pages, keepingData: false) }
+        }
     }
 
     /// Maps zeros at `page`: a read of a hole. A store faults again (a write-protect fault with
@@ -297,8 +319,10 @@ final class MappedWindow: @unchecked Sendable {
     /// SIGBUS, the kernel EFAULT, until the file grows over it (`liftFences`).
     func fence(page: Int) {
         guard self.userfaultfd >= 0 else { return }  // (PROT_NONE already)
-        self.protectNone(page..<(page + 1))
-        self.state.withLock { _ = $0.fences.insert(page) }
+        self.changing {
+            self.protectNone(page..<(page + 1))
+            self.state.withLock { _ = $0.fences.insert(page) }
+        }
     }
 
     /// Fences `page` of a pin's view unless `inUse()` (read under the page sets' lock) says a
@@ -308,11 +332,13 @@ final class MappedWindow: @unchecked Sendable {
     /// - Returns: whether it fenced the page.
     func fence(page: Int, unless inUse: () -> Bool) -> Bool {
         guard self.userfaultfd >= 0 else { return false }
-        return self.state.withLock { state in
-            guard !inUse() else { return false }
-            self.protectNone(page..<(page + 1))
-            state.fences.insert(page)
-            return true
+        return self.changing {
+            self.state.withLock { state in
+                guard !inUse() else { return false }
+                self.protectNone(page..<(page + 1))
+                state.fences.insert(page)
+                return true
+            }
         }
     }
 
@@ -370,6 +396,10 @@ final class MappedWindow: @unchecked Sendable {
     /// On a 2 MiB-granular window the whole regions around `pages` go (the device cannot split
     /// a mapping): their other pages fault again, and map again only as whole aligned runs.
     func unmap(_ pages: Range<Int>, keepingData: Bool = false) {
+        self.changing { self.unmapNow(pages, keepingData: keepingData) }
+    }
+
+    private func unmapNow(_ pages: Range<Int>, keepingData: Bool) {
         let range = self.granules(around: pages)
         guard !range.isEmpty else { return }
         self.forget(range)

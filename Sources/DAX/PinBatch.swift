@@ -172,7 +172,8 @@ final class PinBatch: @unchecked Sendable {
 
     // MARK: Kernel pins (the pinning thread, before publishing)
 
-    /// The view for this batch's range, created (or grown) on first use; its pages are unmapped.
+    /// The view for this batch's range, created (or grown) on first use (a new view maps
+    /// nothing; a kept one still maps what the batch's earlier pins mapped).
     /// - Parameter served: the kernel faults the view through userfaultfd (registered with the
     ///   fault service); false: the pinner maps it.
     func viewForPinning(_ mapping: PmemMapping, served: Bool) throws(FSError) -> MappedWindow {
@@ -213,16 +214,21 @@ final class PinBatch: @unchecked Sendable {
         return false
     }
 
-    /// Records that this pin maps its view (before it maps a page): from now on truncates,
-    /// revocations and the end of the pin unmap it.
+    /// Records that this pin uses its view (before it maps a page or leaves one to faults): from
+    /// now on truncates and revocations unmap it, and the fault service serves its faults.
     func useView() { self.viewInUse.store(true, ordering: .releasing) }
 
     /// Ends the view's use as the pin ends (the owner's last kernel I/O is done). Its pages stay
     /// mapped, as a process's mmap stays after an unpin: nothing does I/O through them until a
     /// later kernel pin of this batch maps its own blocks there (keeping the pages that map them
-    /// already), and no truncate looks at a view that is not in use.
+    /// already), and no truncate looks at a view that is not in use. A fault left over from an
+    /// earlier I/O that the service is serving now may still read this pin's blocks: it is
+    /// waited for, before the batch can be reused.
     func retireView() {
         self.viewInUse.store(false, ordering: .releasing)
+        if let registration = self.viewRegistration {
+            while registration.serving.load(ordering: .acquiring) != 0 { sched_yield() }
+        }
     }
 
     func attachKernelPin(_ ring: KernelRing, slot: Int) {
@@ -258,9 +264,10 @@ final class PinBatch: @unchecked Sendable {
         view.unmap((overlap.lowerBound - first)..<(overlap.upperBound - first))
     }
 
-    /// Unmaps the whole view of a kernel pin (a revocation; again is harmless). Only the view's
-    /// owner maps pages, and only inside the write fence or under the file's lock, so an unmap
-    /// after the fence drained cannot be undone by a mapping already under way.
+    /// Unmaps the whole view of a kernel pin (a revocation; again is harmless). Pages are mapped
+    /// only for the pin's own I/O, inside the write fence (the fault service serving it, or the
+    /// owner's retry) or under the file's lock before the pin is published, so an unmap after
+    /// the fence drained cannot be undone by a mapping already under way.
     func unmapView() {
         guard self.viewInUse.load(ordering: .acquiring), let view = self.view else { return }
         view.unmap(0..<self.pages.count)

@@ -76,6 +76,12 @@ extension LockRank {
     /// fault stripes; the allocation observer hears of a free under it. One at a time.
     public static let allocatorShard = LockRank("allocatorShard", 100)
 
+    /// A kernel pin's view's mappings (`MappedWindow.viewChanges`, DAX): each change (a map, an
+    /// unmap, a fence) is several system calls, made by threads that share no other lock (the
+    /// fault service under the file's lock shared, a truncate under it exclusive, a revoker
+    /// with none); a window's page sets are taken under it.
+    public static let viewMappings = LockRank("viewMappings", 110)
+
     // The leaves: nothing is taken under them.
 
     /// A kernel ring's free fixed-buffer slots (`KernelRing`, DAX).
@@ -123,7 +129,7 @@ extension LockRank {
     /// Every rank above, in order (tests check it is ascending; docs/architecture.md lists it).
     public static let all: [LockRank] = [
         .raceWriter, .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror,
-        .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .kernelRingSlots, .leaseOverflow, .waitQueue,
+        .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .viewMappings, .kernelRingSlots, .leaseOverflow, .waitQueue,
         .reclaimer, .faultServiceWindows, .windowPages, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined,
         .dmaThreads, .crashPending, .crashPoints, .crashChild, .benchPinCounts, .benchWake, .faultServedMemory, .leaf,
     ]
