@@ -93,8 +93,9 @@ final class MappedWindow: @unchecked Sendable {
     /// exclusive, a revoker with no lock at all, and each change is several system calls (an
     /// unmap is `mmap`, `UFFDIO_REGISTER`, `mprotect`): interleaved, a fence could end up plain
     /// memory, or a register meet a file mapping. No holder waits on a fault (nothing is
-    /// populated under it on the service's thread).
-    private let viewChanges: Locked<Void>?
+    /// populated under it on the service's thread). It counts the changes (a `Void` value would
+    /// share its address with the lock's next field, which ThreadSanitizer takes for a race).
+    private let viewChanges: Locked<Int>?
 
     /// Reserves a window of `pages` pages over `mapping` (the image), 2 MiB-aligned.
     /// - Parameters:
@@ -154,7 +155,7 @@ final class MappedWindow: @unchecked Sendable {
             let blocks = UnsafeMutablePointer<UnsafeAtomic<UInt32>.Storage>.allocate(capacity: pages)
             blocks.initialize(repeating: UnsafeAtomic<UInt32>.Storage(0), count: pages)
             self.mappedBlocks = blocks
-            self.viewChanges = Locked((), rank: .viewMappings)
+            self.viewChanges = Locked(0, rank: .viewMappings)
         } else {
             self.mappedBlocks = nil
             self.viewChanges = nil
@@ -246,7 +247,10 @@ final class MappedWindow: @unchecked Sendable {
     @inline(__always)
     private func changing<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
         guard let lock = self.viewChanges else { return try body() }
-        return try lock.withLock { (_: inout Void) throws(Failure) -> Result in try body() }
+        return try lock.withLock { (changes: inout Int) throws(Failure) -> Result in
+            changes &+= 1
+            return try body()
+        }
     }
 
     /// Readies `pages` of a pin's view served by userfaultfd for the kernel to fault in onto
