@@ -7,7 +7,7 @@ SWIFT ?= swift
 
 # Libraries the C shims link: libpmem (mapping, persistence), libndctl and libdaxctl (discovery),
 # libblkid (mkfs recognizes data), libpmemobj and liburing (baselines of `daxlab bench`).
-DEBS := libpmem-dev libndctl-dev libdaxctl-dev libblkid-dev libpmemobj-dev liburing-dev
+DEBS := libpmem-dev libndctl-dev libdaxctl-dev libblkid-dev libpmemobj-dev liburing-dev libibverbs-dev ibverbs-providers
 
 # The emulated-pmem default: a file on tmpfs.
 PMEM_FILE ?= /dev/shm/daxlab.pmem

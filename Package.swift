@@ -7,6 +7,7 @@
 //
 //   CShims          C: libpmem, libndctl, libdaxctl, libblkid; prefixed wrappers; futex; the window fault handler
 //   CRing           C: liburing (the kernel's long-term pins and writes)
+//   CVerbs          C: libibverbs (RDMA devices: memory registration, RDMA WRITEs over a loopback pair)
 //   DaxlabSupport   locks, the monotonic clock, named threads, the seeded generator, syscall errors
 //   Pmem            mappings of persistent memory, persistence, device discovery
 //   DaxFS           the file system in the mapping; its side of the DAX contract (DAXContract.swift)
@@ -56,6 +57,9 @@ let package = Package(
         // liburing for the DAX layer's kernel pins and the kernel devices' writes (io_uring fixed
         // buffers and READ_FIXED).
         .target(name: "CRing", path: "CRing", cSettings: [.define("_GNU_SOURCE")], linkerSettings: [.linkedLibrary("uring")]),
+        // libibverbs for RDMA devices: a memory registration is the device's long-term pin, and an
+        // RDMA WRITE between two queue pairs of one port is the device writing into the pages.
+        .target(name: "CVerbs", path: "CVerbs", cSettings: [.define("_GNU_SOURCE")], linkerSettings: [.linkedLibrary("ibverbs")]),
         // The shared tools every layer uses: pthread locks (which ThreadSanitizer understands),
         // the monotonic clock, named joinable threads, SplitMix64, typed syscall errors.
         .target(name: "DaxlabSupport", dependencies: ["CShims", .product(name: "Atomics", package: "swift-atomics")]),
@@ -80,11 +84,11 @@ let package = Package(
             swiftSettings: testHooks
         ),
         // Devices that pin file blocks and write into them: simulated, or the kernel's own
-        // (io_uring fixed buffers, O_DIRECT).
+        // (io_uring fixed buffers, O_DIRECT, RDMA memory registrations).
         .target(
             name: "DMA",
             dependencies: [
-                "CShims", "DAX", "DaxFS", "Pmem", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+                "CShims", "CVerbs", "DAX", "DaxFS", "Pmem", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         // The race harness and its oracle: devices, truncaters and writers on shared files.
@@ -120,7 +124,7 @@ let package = Package(
         ),
         .executableTarget(name: "daxlab", dependencies: ["DaxlabCLI"]),
         // Temporary paths and a runner for the built `daxlab` binary, shared by the test targets.
-        .target(name: "TestSupport", dependencies: ["CRing", "CShims", "DaxlabSupport"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["CRing", "CShims", "CVerbs", "DaxlabSupport"], path: "Tests/TestSupport"),
         .testTarget(name: "DaxlabSupportTests", dependencies: ["DaxlabSupport", .product(name: "Atomics", package: "swift-atomics")]),
         .testTarget(name: "PmemTests", dependencies: ["Pmem", "TestSupport"]),
         .testTarget(name: "DaxFSTests", dependencies: ["CShims", "DaxFS", "Pmem", "TestSupport", "DaxlabSupport"]),

@@ -11,7 +11,7 @@ import Foundation
 /// Bottom to top, as Package.swift's comment draws them. A library target may depend only on
 /// targets before it.
 let layers = [
-    "CShims", "CRing", "DaxlabSupport", "Pmem", "DaxFS", "CrashCampaign", "DAX", "DMA", "Race", "CBenchShims", "Bench",
+    "CShims", "CRing", "CVerbs", "DaxlabSupport", "Pmem", "DaxFS", "CrashCampaign", "DAX", "DMA", "Race", "CBenchShims", "Bench",
     "DaxlabCLI", "daxlab",
 ]
 

@@ -8,11 +8,13 @@
 #           devdax namespace (4 KiB aligned); daxlab devices, info (is-pmem, MAP_SYNC), mkfs, a file
 #           round trip and a race per policy on /dev/daxX.Y and on a file on the fs-dax mount, with
 #           simulated devices, then with the kernel's: long-term pins on devdax, the refusal of
-#           long-term pins on fs-dax, short-term (O_DIRECT from a brd RAM disk) on fs-dax; daxlab
-#           mmap-check on both (windows the kernel faults, huge faults, EFAULT past the end of file)
+#           long-term pins on fs-dax, short-term (O_DIRECT from a brd RAM disk) on fs-dax; RDMA
+#           devices over soft-RoCE (rdma_rxe on lo) on devdax, their refusal on fs-dax, the ODP
+#           answer, and perftest's ib_write_bw on the devdax device; daxlab mmap-check on both
+#           (windows the kernel faults, huge faults, EFAULT past the end of file)
 #   reboot  the same NVDIMM image again: what the first boot wrote must mount, fsck and read back
 #   memmap  memmap= legacy e820 pmem: one region made fsdax (ext4 -o dax), one devdax; the same
-#           round trips, races and mmap-checks; then the devdax one aligned to 2 MiB, and
+#           round trips, races (RDMA's too) and mmap-checks; then the devdax one aligned to 2 MiB, and
 #           mmap-check there (windows that map whole 2 MiB runs only)
 # The guest prints one line per verdict; this script checks every expected one, and fails on any
 # FAIL, on a missing end marker or on a timeout.
@@ -20,7 +22,8 @@
 # Usage: scripts/test-pmem.sh [--if-possible]
 #   --if-possible  when QEMU or a kernel cannot be had here, say so in one line and exit 0
 # Environment: RACE_SECONDS (per race, default 2), BOOT_TIMEOUT (per boot, default 300 s),
-#   PMEM_WORK (work folder, default .build-pmem), SWIFT (default swift).
+#   PMEM_WORK (work folder, default .build-pmem), SWIFT (default swift), PMEM_STAGES (the boots,
+#   default "nvdimm reboot memmap"; reboot needs nvdimm before it; only those are judged).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +39,7 @@ WORK=${PMEM_WORK:-.build-pmem}
 RACE_SECONDS=${RACE_SECONDS:-2}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
 SWIFT=${SWIFT:-swift}
-GUEST_DEBS="qemu-system-x86 linux-image-amd64 busybox-static kmod cpio e2fsprogs ndctl daxctl"
+GUEST_DEBS="qemu-system-x86 linux-image-amd64 busybox-static kmod cpio e2fsprogs ndctl daxctl iproute2 ibverbs-providers perftest"
 
 say() { echo "test-pmem: $*"; }
 die() { echo "test-pmem: error: $*" >&2; exit 1; }
@@ -82,12 +85,21 @@ install_binary "$(command -v busybox)" /bin/busybox
 install_binary "$(command -v ndctl)" /usr/bin/ndctl
 install_binary "$(command -v daxctl)" /usr/bin/daxctl
 install_binary "$(command -v mke2fs)" /sbin/mke2fs
+# RDMA: iproute2's `rdma` makes the soft-RoCE link, perftest's ib_write_bw is a client daxlab did
+# not write, and libibverbs loads the rxe provider named in /etc/libibverbs.d.
+install_binary "$(command -v rdma)" /usr/bin/rdma
+install_binary "$(command -v ib_write_bw)" /usr/bin/ib_write_bw
+for provider in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-*.so; do
+    [ -e "$provider" ] || die "no rxe provider for libibverbs (ibverbs-providers)"
+    install_binary "$provider" "$provider"
+done
+install -D -m 0644 /etc/libibverbs.d/rxe.driver "$root/etc/libibverbs.d/rxe.driver" || die "no /etc/libibverbs.d/rxe.driver"
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"
 install -m 0755 scripts/pmem-guest/init "$root/init"
 
-# The nvdimm, dax and ext4 modules with their dependencies, in load order. ndctl's modprobe.d
-# file hides libnvdimm's path, hence -C /dev/null.
-for module in libnvdimm nfit nd_e820 nd_pmem nd_btt dax_pmem device_dax ext4 brd; do
+# The nvdimm, dax and ext4 modules, and soft-RoCE's (rdma_rxe needs a crc32 crypto module), with
+# their dependencies, in load order. ndctl's modprobe.d file hides libnvdimm's path, hence -C /dev/null.
+for module in libnvdimm nfit nd_e820 nd_pmem nd_btt dax_pmem device_dax ext4 brd crc32_generic rdma_rxe; do
     modprobe -C /dev/null -S "$kver" --show-depends "$module" 2>/dev/null || die "no module $module for $kver"
 done | awk '$1 == "insmod" && !seen[$2]++ { print $2 }' > "$WORK/modules.paths"
 while read -r path; do
@@ -127,10 +139,15 @@ append() { echo "console=ttyS0 panic=-1 loglevel=4 daxlab.seconds=$RACE_SECONDS 
 nvdimm=(-machine pc,nvdimm=on -m 2G,slots=2,maxmem=8G
     -object "memory-backend-file,id=nv0,share=on,mem-path=$WORK/nvdimm.img,size=1G"
     -device nvdimm,id=nvdimm0,memdev=nv0,label-size=128K)
+export PMEM_STAGES=${PMEM_STAGES:-nvdimm reboot memmap}
 truncate -s 1G "$WORK/nvdimm.img"
-boot nvdimm "${nvdimm[@]}" -append "$(append nvdimm)"
-boot reboot "${nvdimm[@]}" -append "$(append reboot)"
-boot memmap -machine pc -m 3G -append "$(append memmap) memmap=512M!1G memmap=512M!2G"
+for stage in $PMEM_STAGES; do
+    case $stage in
+        nvdimm | reboot) boot "$stage" "${nvdimm[@]}" -append "$(append "$stage")" ;;
+        memmap) boot memmap -machine pc -m 3G -append "$(append memmap) memmap=512M!1G memmap=512M!2G" ;;
+        *) die "unknown stage '$stage' in PMEM_STAGES (nvdimm, reboot, memmap)" ;;
+    esac
+done
 
 # --- the verdict -----------------------------------------------------------------------------------
 scripts/pmem-guest/verdict.sh "$WORK"

@@ -15,10 +15,10 @@ public enum KernelPin: Sendable {
     /// caller's own I/O into them pins them for its duration (`FOLL_PIN`, as an O_DIRECT read
     /// into them does).
     case shortTerm
-    /// The pinned blocks are mapped in the pin's view and the view is registered as a fixed
-    /// buffer of `ring`: `pin_user_pages(FOLL_WRITE | FOLL_LONGTERM)`, held until the unpin
-    /// (RDMA-like).
-    case longTerm(KernelRing)
+    /// The pinned blocks are mapped in the pin's view and the view is registered in a slot of
+    /// `registry` (an io_uring fixed buffer, an RDMA memory region):
+    /// `pin_user_pages(FOLL_WRITE | FOLL_LONGTERM)`, held until the unpin.
+    case longTerm(any KernelRegistry)
 
     var isKernel: Bool {
         if case .none = self { return false }
@@ -224,37 +224,37 @@ extension AddressSpace {
         let service = FaultService.shared
         let served = service.mechanism(self.dax.windowFaults) == .userfaultfd
         let view = try batch.viewForPinning(self.mapping, served: served)
-        var ring: KernelRing?
+        var registry: (any KernelRegistry)?
         var slot: Int?
-        if case .longTerm(let kernelRing) = kernel {
-            guard let taken = kernelRing.take() else { throw FSError(.busy, "no free fixed-buffer slot in the device's ring") }
-            ring = kernelRing
+        if case .longTerm(let kernelRegistry) = kernel {
+            guard let taken = kernelRegistry.take() else { throw FSError(.busy, "the device has no free \(kernelRegistry.slotName)") }
+            registry = kernelRegistry
             slot = taken
         }
         #if DAXLAB_TEST_HOOKS
         self.kernelPinHook?()
         #endif
         do {
-            guard let ring, let slot else {
+            guard let registry, let slot else {
                 return try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: served, register: nil)
             }
             guard served else {
-                return try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: false, register: (ring, slot))
+                return try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: false, register: (registry, slot))
             }
             try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: true, register: nil)
             // (Outside the lock: the registration faults the view, and a fault takes the lock.)
             do {
-                try ring.register(slot: slot, address: view.base, length: batch.count * pageSize)
-                batch.attachKernelPin(ring, slot: slot)
+                try registry.register(slot: slot, address: view.base, length: batch.count * pageSize)
+                batch.attachKernelPin(registry, slot: slot)
             } catch where error.code == .busy {
                 // EFAULT: the range was invalidated meanwhile (the fault service fenced a page),
                 // or this kernel's registration does not wait for userfaultfd faults (before
                 // 6.10 it pins without retrying a fault, and the page fails at once). Mapping and
                 // registering under the lock checks the range again and tells them apart.
-                try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: false, register: (ring, slot))
+                try self.checkAndMapView(batch, view, pinnedSince: sequence, leavingToFaults: false, register: (registry, slot))
             }
         } catch {
-            if let ring, let slot, batch.kernelRing == nil { ring.give(slot) }
+            if let registry, let slot, batch.kernelRegistry == nil { registry.give(slot) }
             throw error
         }
     }
@@ -262,10 +262,10 @@ extension AddressSpace {
     /// The part of `kernelPin` under the file's lock (shared): checks that each page's entry
     /// still names the pinned block, then readies the view, a run of consecutive blocks at a
     /// time: leaves it to the kernel's faults, or maps it (one `mmap` per run, none for a run the
-    /// view maps already), and registers it with `register`'s ring if given.
+    /// view maps already), and registers it in `register`'s slot if given.
     private func checkAndMapView(
         _ batch: PinBatch, _ view: MappedWindow, pinnedSince sequence: UInt64, leavingToFaults: Bool,
-        register: (ring: KernelRing, slot: Int)?
+        register: (registry: any KernelRegistry, slot: Int)?
     ) throws(FSError) {
         let first = batch.pages.lowerBound
         try self.lock.withReadLock { () throws(FSError) -> Void in
@@ -302,8 +302,8 @@ extension AddressSpace {
                 run = index
             }
             if let register {
-                try register.ring.register(slot: register.slot, address: view.base, length: count * pageSize)
-                batch.attachKernelPin(register.ring, slot: register.slot)
+                try register.registry.register(slot: register.slot, address: view.base, length: count * pageSize)
+                batch.attachKernelPin(register.registry, slot: register.slot)
             }
         }
     }

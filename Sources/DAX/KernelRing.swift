@@ -15,7 +15,7 @@ import Pmem
 /// One ring per device thread, which alone submits on it; slots are taken and given back by
 /// that thread, and a revoker (another thread) may only `defuse` a slot: registration calls
 /// are serialized by the kernel.
-public final class KernelRing: @unchecked Sendable {
+public final class KernelRing: KernelRegistry, @unchecked Sendable {
     // `ring` is set once; `free` is behind its lock; `harmless` is a page nobody reads.
     private let ring: UnsafeMutableRawPointer
     private let free: Locked<[Int]>
@@ -30,7 +30,7 @@ public final class KernelRing: @unchecked Sendable {
         }
         self.ring = ring
         self.slots = slots
-        self.free = Locked(Array((0..<slots).reversed()), rank: .kernelRingSlots)
+        self.free = Locked(Array((0..<slots).reversed()), rank: .kernelRegistrySlots)
         self.harmless = .allocate(byteCount: pageSize, alignment: pageSize)
         self.harmless.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
     }
@@ -40,10 +40,12 @@ public final class KernelRing: @unchecked Sendable {
         self.harmless.deallocate()
     }
 
-    /// A free slot, or nil.
-    func take() -> Int? { self.free.withLock { $0.popLast() } }
+    public var slotName: String { "fixed-buffer slot" }
 
-    func give(_ slot: Int) { self.free.withLock { $0.append(slot) } }
+    /// A free slot, or nil.
+    public func take() -> Int? { self.free.withLock { $0.popLast() } }
+
+    public func give(_ slot: Int) { self.free.withLock { $0.append(slot) } }
 
     /// Slots no pin holds now.
     public var freeSlots: Int { self.free.withLock { $0.count } }
@@ -52,7 +54,7 @@ public final class KernelRing: @unchecked Sendable {
     /// - Throws: `.notSupported` (EOPNOTSUPP: fs-dax pages, which the kernel will not pin for
     ///   long: mainline's own answer to DMA versus truncate), `.busy` (EFAULT: the range is no
     ///   longer mapped), `.io` otherwise.
-    func register(slot: Int, address: UnsafeMutableRawPointer, length: Int) throws(FSError) {
+    public func register(slot: Int, address: UnsafeMutableRawPointer, length: Int) throws(FSError) {
         let result = CRing_update_buffer(self.ring, UInt32(slot), address, length)
         switch -result {
         case 0: return
@@ -66,14 +68,14 @@ public final class KernelRing: @unchecked Sendable {
     }
 
     /// Empties `slot`: the kernel unpins its pages (once the requests in flight on them finish).
-    func clear(_ slot: Int) {
+    public func clear(_ slot: Int) {
         _ = CRing_update_buffer(self.ring, UInt32(slot), nil, 0)
     }
 
     /// Points `slot` at a page nobody reads: requests on the old range fail with EFAULT from now
     /// on, and the kernel drops the old pages once the requests in flight on them complete (the
     /// revocation of a lease, for real).
-    func defuse(_ slot: Int) {
+    public func defuse(_ slot: Int) {
         _ = CRing_update_buffer(self.ring, UInt32(slot), self.harmless, pageSize)
     }
 

@@ -87,9 +87,9 @@ final class PinBatch: @unchecked Sendable {
     private(set) var view: MappedWindow?
     /// The view's entry in the fault service's table (a view served by userfaultfd).
     private var viewRegistration: FaultService.Registration?
-    /// A long-term kernel pin: the ring and the fixed-buffer slot holding the range. Set by the
+    /// A long-term kernel pin: the registry and the slot holding the range. Set by the
     /// pinning thread before `publishPinned`; dropped once, by `dropKernelPin`.
-    private(set) var kernelRing: KernelRing?
+    private(set) var kernelRegistry: (any KernelRegistry)?
     private(set) var kernelSlot = -1
     private let kernelPinned = Atomic<Bool>(false)
     /// Whether this pin uses its view (a kernel pin): from `useView` to `retireView`.
@@ -166,7 +166,7 @@ final class PinBatch: @unchecked Sendable {
     /// Forgets the lease before the batch goes back to the pool.
     func end() {
         if self.holder != nil { self.holder = nil }  // (nil over nil: see `begin`)
-        if self.kernelRing != nil { self.kernelRing = nil }
+        if self.kernelRegistry != nil { self.kernelRegistry = nil }
         self.kernelSlot = -1
     }
 
@@ -231,8 +231,8 @@ final class PinBatch: @unchecked Sendable {
         }
     }
 
-    func attachKernelPin(_ ring: KernelRing, slot: Int) {
-        self.kernelRing = ring
+    func attachKernelPin(_ ring: any KernelRegistry, slot: Int) {
+        self.kernelRegistry = ring
         self.kernelSlot = slot
         self.kernelPinned.store(true, ordering: .releasing)
     }
@@ -248,7 +248,7 @@ final class PinBatch: @unchecked Sendable {
 
     @inline(never)
     private func dropKernelPinSlow() {
-        guard self.kernelPinned.exchange(false, ordering: .acquiringAndReleasing), let ring = self.kernelRing else {
+        guard self.kernelPinned.exchange(false, ordering: .acquiringAndReleasing), let ring = self.kernelRegistry else {
             return
         }
         ring.clear(self.kernelSlot)
@@ -277,7 +277,7 @@ final class PinBatch: @unchecked Sendable {
     /// requests on the old range fail (EFAULT) without landing (the slot stays taken until
     /// `dropKernelPin`); the view is unmapped, so a short-term I/O started later faults.
     func defuseKernelPin() {
-        if self.kernelPinned.load(ordering: .acquiring), let ring = self.kernelRing { ring.defuse(self.kernelSlot) }
+        if self.kernelPinned.load(ordering: .acquiring), let ring = self.kernelRegistry { ring.defuse(self.kernelSlot) }
         self.unmapView()
     }
 

@@ -41,8 +41,8 @@ public struct PinHandle: ~Copyable {
         return view.address(page: index)
     }
 
-    /// For a long-term kernel pin: the fixed-buffer slot that holds the range.
-    public var kernelSlot: Int? { self.object.kernelRing == nil ? nil : self.object.kernelSlot }
+    /// For a long-term kernel pin: the slot of its `KernelRegistry` that holds the range.
+    public var kernelSlot: Int? { self.object.kernelRegistry == nil ? nil : self.object.kernelSlot }
 
     /// Runs a write the kernel does into the `index`-th pinned block, inside the revocation
     /// fence: a revoker waits for it to complete before it lets the blocks go. `body` gets the
@@ -65,7 +65,7 @@ public struct PinHandle: ~Copyable {
         var tries = 0
         // (Another truncate may unmap the page again before the retried I/O reaches it: GUP
         // would fault again too. A few tries, then the write counts as refused.)
-        while result == -EFAULT, tries < 8, batch.kernelRing == nil {
+        while result == -EFAULT, tries < 8, batch.kernelRegistry == nil {
             if view.faults == nil {
                 guard batch.space!.refault(batch, index: index) else { break }
             } else {

@@ -13,8 +13,9 @@ import Pmem
 ///
 /// - `simulated`: the device's thread, straight through its pin (a non-temporal copy, fenced
 ///   against revocation: a revoked pin's writes are refused);
-/// - `kernel-longterm`, `kernel-direct`: the kernel (`KernelTransport`), into the pin's view of
-///   the blocks, which the kernel pinned for the whole pin or pins for each I/O. The write is
+/// - `kernel-longterm`, `kernel-direct`, `rdma`: the kernel or the RDMA device
+///   (`KernelTransport`), into the pin's view of the blocks, which it pinned for the whole pin
+///   (an io_uring fixed buffer, an RDMA memory region) or pins for each I/O. The write is
 ///   submitted whatever the lease's state; after a revocation or a truncate's unmap the kernel
 ///   itself refuses it (EFAULT), and it is counted refused.
 ///
@@ -52,6 +53,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
     ///   - kind: who writes (see the type's comment).
     ///   - term: the term of a simulated device's pins (a kernel device's kind implies its own).
     ///   - onDemandPaging: mirror ranges instead of pinning them (a simulated device only).
+    ///   - rdmaDevice: the RDMA device an `rdma` device uses (nil: the first here).
     ///   - sourceDirectory: where a `kernel-direct` device keeps its (unnamed) source file: a
     ///     directory on a block device.
     /// - Throws: for a kernel device, `.notSupported` where io_uring or O_DIRECT is refused here
@@ -59,7 +61,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
     public init(
         index: Int, dax: DAXFileSystem, observer: (any DMAObserver)?, statistics: DMAStatistics,
         kind: DeviceKind = .simulated, term: PinTerm = .longTerm, onDemandPaging: Bool = false,
-        sourceDirectory: String = DeviceKind.defaultSourceDirectory
+        sourceDirectory: String = DeviceKind.defaultSourceDirectory, rdmaDevice: String? = nil
     ) throws(FSError) {
         if onDemandPaging && kind.isKernel {
             throw FSError(.invalidArgument, "\(kind) devices pin: only simulated devices page on demand")
@@ -67,7 +69,7 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
         self.term = kind.impliedTerm ?? term
         self.onDemandPaging = onDemandPaging
         self.transport = kind.isKernel
-            ? try KernelTransport(kind: kind, device: index, sourceDirectory: sourceDirectory) : nil
+            ? try KernelTransport(kind: kind, device: index, sourceDirectory: sourceDirectory, rdmaDevice: rdmaDevice) : nil
         self.index = index
         self.dax = dax
         self.observer = observer
@@ -197,6 +199,10 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
             if result > 0 { observer?.didWrite(write, block: block, landed: true) }
             return result
         }
+        if transport.rdma != nil {
+            (result == Int32(pageSize) ? self.statistics.rdmaWrites : self.statistics.rdmaErrors)
+                .wrappingIncrement(ordering: .relaxed)
+        }
         switch result {
         case Int32(pageSize):
             self.statistics.kernelWrites.wrappingIncrement(ordering: .relaxed)
@@ -239,6 +245,11 @@ public final class DMAStatistics: Sendable {
     public let longTermPins = ManagedAtomic<Int>(0)
     /// Kernel writes that failed otherwise (an I/O error, a short read).
     public let kernelErrors = ManagedAtomic<Int>(0)
+    /// RDMA devices: RDMA WRITEs whose work completion was a success (each is a kernel write
+    /// too), and those that completed with an error (a remote access error, the region being
+    /// deregistered, is a refused write; any other is a kernel error too).
+    public let rdmaWrites = ManagedAtomic<Int>(0)
+    public let rdmaErrors = ManagedAtomic<Int>(0)
     /// Simulated writes that landed but could not be made durable (the image's msync failed).
     public let persistErrors = ManagedAtomic<Int>(0)
     /// On-demand paging: writes that met a zapped translation and faulted the range in again.

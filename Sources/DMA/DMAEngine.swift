@@ -16,6 +16,8 @@ public struct DMAConfiguration: Sendable {
     public var kind: DeviceKind
     /// Where `kernel-direct` devices keep their source files (a directory on a block device).
     public var sourceDirectory: String
+    /// The RDMA device `rdma` devices use (nil: the first here).
+    public var rdmaDevice: String?
     /// How long each device keeps a pin batch and writes into it (short like O_DIRECT, long like RDMA).
     public var pinDuration: Duration
     /// The first `longPinDevices` devices keep each pin this long instead: for a share of pins
@@ -35,9 +37,10 @@ public struct DMAConfiguration: Sendable {
         devices: Int = 4, pinDuration: Duration = .milliseconds(2), longPinDuration: Duration = .milliseconds(100),
         longPinDevices: Int = 0, pagesPerPin: ClosedRange<Int> = 1...8, seed: UInt64 = 1,
         kind: DeviceKind = .simulated, term: PinTerm = .longTerm, onDemandPaging: Bool = false,
-        sourceDirectory: String = DeviceKind.defaultSourceDirectory
+        sourceDirectory: String = DeviceKind.defaultSourceDirectory, rdmaDevice: String? = nil
     ) {
         self.devices = devices
+        self.rdmaDevice = rdmaDevice
         self.term = term
         self.onDemandPaging = onDemandPaging
         self.kind = kind
@@ -76,7 +79,7 @@ public final class DMAEngine: Sendable {
                 try DMADevice(
                     index: index, dax: dax, observer: observer, statistics: self.statistics, kind: configuration.kind,
                     term: configuration.term, onDemandPaging: configuration.onDemandPaging,
-                    sourceDirectory: configuration.sourceDirectory))
+                    sourceDirectory: configuration.sourceDirectory, rdmaDevice: configuration.rdmaDevice))
         }
         self.devices = devices
     }

@@ -19,6 +19,11 @@ public enum DeviceKind: String, CaseIterable, Sendable, CustomStringConvertible 
     /// The kernel, short-term: each write is an O_DIRECT read from a file on a block device into
     /// the pinned range (`FOLL_PIN` for the one I/O, block-layer DMA into the page).
     case kernelDirect = "kernel-direct"
+    /// An RDMA device (libibverbs; soft-RoCE in the guests), long-term: each pin registers the
+    /// range as a memory region (`ibv_reg_mr`: `pin_user_pages(FOLL_LONGTERM)` in
+    /// `ib_umem_get`), and each write is an RDMA WRITE the device executes into the pages it
+    /// pinned, posted from a second queue pair of the same port (`RDMAPort`).
+    case rdma
 
     public var description: String { self.rawValue }
 
@@ -29,17 +34,18 @@ public enum DeviceKind: String, CaseIterable, Sendable, CustomStringConvertible 
     public var impliedTerm: PinTerm? {
         switch self {
         case .simulated: nil
-        case .kernelLongterm: .longTerm
+        case .kernelLongterm, .rdma: .longTerm
         case .kernelDirect: .shortTerm
         }
     }
 
     /// Checks that devices of this kind can run here (io_uring for long-term pins, O_DIRECT in
-    /// `sourceDirectory` for short-term ones), before anything is formatted for them.
+    /// `sourceDirectory` for short-term ones, an RDMA device for RDMA ones), before anything is
+    /// formatted for them.
     /// - Throws: what `DMADevice.init` would throw.
-    public func checkAvailable(sourceDirectory: String) throws(FSError) {
+    public func checkAvailable(sourceDirectory: String, rdmaDevice: String? = nil) throws(FSError) {
         guard self.isKernel else { return }
-        _ = try KernelTransport(kind: self, device: 0, sourceDirectory: sourceDirectory)
+        _ = try KernelTransport(kind: self, device: 0, sourceDirectory: sourceDirectory, rdmaDevice: rdmaDevice)
     }
 
     /// Where a short-term device's source file goes unless told: a disk file system on most
@@ -82,17 +88,28 @@ public enum DeviceKind: String, CaseIterable, Sendable, CustomStringConvertible 
 
 /// A kernel device's machinery: the source file its blocks come from (the device stages each
 /// tagged block there, the kernel copies it into the pinned page) and, for long-term pins, the
-/// io_uring whose fixed-buffer table holds its pin.
+/// io_uring whose fixed-buffer table holds its pin; for an RDMA device, its port (the source is
+/// the port's registered buffer, and the regions hold its pins).
 final class KernelTransport {
     let kind: DeviceKind
     let ring: KernelRing?
+    let rdma: RDMAPort?
     private let source: Int32
 
+    /// - Parameter rdmaDevice: the RDMA device's name (nil: the first here).
     /// - Throws: `.notSupported` where io_uring (long-term) or O_DIRECT (short-term) is refused,
-    ///   or the source directory is not on a block device; `.io` otherwise. One line each.
-    init(kind: DeviceKind, device: Int, sourceDirectory: String) throws(FSError) {
+    ///   the source directory is not on a block device, or there is no RDMA device; `.io`
+    ///   otherwise. One line each.
+    init(kind: DeviceKind, device: Int, sourceDirectory: String, rdmaDevice: String? = nil) throws(FSError) {
         precondition(kind.isKernel, "a transport for a simulated device")
         self.kind = kind
+        if kind == .rdma {
+            self.ring = nil
+            self.rdma = try RDMAPort(device: rdmaDevice)
+            self.source = -1
+            return
+        }
+        self.rdma = nil
         if kind == .kernelLongterm {
             self.ring = try KernelRing(slots: 4)
             let descriptor = CShims_memfd("daxlab-device-\(device)")
@@ -111,17 +128,23 @@ final class KernelTransport {
         }
     }
 
-    deinit { close(self.source) }
+    deinit { if self.source >= 0 { close(self.source) } }
 
     /// The kernel pin a pin of this device asks for.
     var kernelPin: KernelPin {
         if let ring = self.ring { return .longTerm(ring) }
+        if let rdma = self.rdma { return .longTerm(rdma) }
         return .shortTerm
     }
 
-    /// Puts `block` (4096 bytes, 4096-aligned) in the source file, where the kernel reads it.
+    /// Puts `block` (4096 bytes, 4096-aligned) in the source file, where the kernel reads it (in
+    /// the RDMA port's source buffer, for an RDMA device).
     /// - Returns: 0, or -errno.
     func stage(_ block: UnsafeRawPointer) -> Int32 {
+        if let rdma = self.rdma {
+            rdma.source.copyMemory(from: block, byteCount: pageSize)
+            return 0
+        }
         while true {
             let written = pwrite(self.source, block, pageSize, 0)
             if written == pageSize { return 0 }
@@ -135,6 +158,7 @@ final class KernelTransport {
     /// - Returns: bytes written, or -errno (-EFAULT: the range is no longer the pin's, because a
     ///   truncate unmapped it or a revocation defused it).
     func write(into address: UnsafeMutableRawPointer, slot: Int?) -> Int32 {
+        if let rdma = self.rdma, let slot { return rdma.write(into: address, length: pageSize, slot: slot) }
         if let ring = self.ring, let slot {
             return ring.readFixed(from: self.source, offset: 0, into: address, length: pageSize, slot: slot)
         }

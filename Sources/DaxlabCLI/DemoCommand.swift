@@ -36,10 +36,12 @@ struct DemoCommand: ParsableCommand {
     @Option(name: .customLong("lease-break-ms"), help: "The lease-break time (ms).") var leaseBreakMs: Double = 1
     @Option(
         name: .long, parsing: .upToNextOption,
-        help: "The kinds of device to race: simulated, kernel-longterm, kernel-direct (default: all three).")
+        help: "The kinds of device to race: simulated, kernel-longterm, kernel-direct, rdma (default: all four; a kind that cannot run here is skipped with one line saying why).")
     var devices: [DeviceKind] = DeviceKind.allCases
     @Option(name: .customLong("source-dir"), help: "Where kernel-direct devices keep their source files (a disk file system).")
     var sourceDirectory = DeviceKind.defaultSourceDirectory
+    @Option(name: .customLong("rdma-device"), help: "The RDMA device rdma devices use (default: the first here).")
+    var rdmaDevice: String?
     @Flag(name: .long, help: "Format PATH even though it exists (its contents are lost; it is not removed afterwards).")
     var force = false
     @Flag(name: .long, help: "Print one JSON array of the reports.") var json = false
@@ -64,7 +66,7 @@ struct DemoCommand: ParsableCommand {
         if let file = self.report { try OutputFile(file).checkWritable() }
         var reports: [RaceReport] = []
         races: for kind in self.devices {
-            do { try kind.checkAvailable(sourceDirectory: self.sourceDirectory) } catch {
+            do { try kind.checkAvailable(sourceDirectory: self.sourceDirectory, rdmaDevice: self.rdmaDevice) } catch {
                 Terminal.writeStandardError("daxlab demo: \(kind) devices skipped: \(error.message)\n")
                 continue
             }
@@ -79,6 +81,7 @@ struct DemoCommand: ParsableCommand {
                     configuration.leaseBreakMilliseconds = self.leaseBreakMs
                     configuration.devices = kind
                     configuration.sourceDirectory = self.sourceDirectory
+                    configuration.rdmaDevice = self.rdmaDevice
                     if !self.json {
                         Output.print("racing \(policy) with \(kind) \(profile) devices for \(self.seconds) s ...")
                     }

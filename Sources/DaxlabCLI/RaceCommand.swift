@@ -46,9 +46,16 @@ struct RaceCommand: ParsableCommand {
             buffer, pin_user_pages(FOLL_LONGTERM), and each write is an IORING_OP_READ_FIXED the \
             kernel copies into the page it pinned; lease-break revokes by replacing the buffer); \
             kernel-direct (each write is an O_DIRECT read from a file in --source-dir into the \
-            pinned range: a short-term pin for one I/O and block-layer DMA). Where the kernel \
-            refuses long-term pins (fs-dax: EOPNOTSUPP, mainline's own answer), nothing races and \
-            the run says so, exit 0. Where io_uring or O_DIRECT is refused, one line and exit 2.
+            pinned range: a short-term pin for one I/O and block-layer DMA); rdma (an RDMA device, \
+            --rdma-device, soft-RoCE's rxe in a guest: each pin registers the range as a memory \
+            region, ibv_reg_mr, which pins it long-term, and each write is an RDMA WRITE the \
+            device executes into the pages, posted from a second queue pair of the same port; \
+            lease-break revokes by deregistering the region, and a later write to it completes \
+            with a remote access error, landing nowhere). Where the kernel refuses long-term pins \
+            (fs-dax: EOPNOTSUPP, mainline's own answer), nothing races and the run says so, exit \
+            0. Where io_uring or O_DIRECT is refused, or there is no RDMA device, one line and \
+            exit 2. --policy odp with rdma devices asks the device for an on-demand-paging \
+            registration and reports its answer (6.1's rxe refuses it: exit 0, nothing raced).
 
             Scenarios (--scenario): mixed (the above) or collision (xfstests' dax group, \
             generic/503's t_mmap_collision: a device writes into its pinned range of a file while \
@@ -73,8 +80,10 @@ struct RaceCommand: ParsableCommand {
 
     @Option(name: .long, help: "How long to race.") var seconds: Double = 5
     @Option(name: .customLong("dma-threads"), help: "Devices (threads).") var dmaThreads = 4
-    @Option(name: .long, help: "Who does the devices' writes: simulated, kernel-longterm or kernel-direct.")
+    @Option(name: .long, help: "Who does the devices' writes: simulated, kernel-longterm, kernel-direct or rdma.")
     var devices: DeviceKind = .simulated
+    @Option(name: .customLong("rdma-device"), help: "The RDMA device rdma devices use (default: the first here).")
+    var rdmaDevice: String?
     @Option(name: .customLong("source-dir"), help: "Where kernel-direct devices keep their source files: a directory on a disk file system (not tmpfs).")
     var sourceDirectory = DeviceKind.defaultSourceDirectory
     @Option(name: .long, help: "Threads that truncate and punch the shared files.") var truncaters = 2
@@ -113,7 +122,7 @@ struct RaceCommand: ParsableCommand {
                 throw ValidationError("\(name) must be in (0, 3600000] ms")
             }
         }
-        if self.policy == .odp && self.devices.isKernel {
+        if self.policy == .odp && self.devices.isKernel && self.devices != .rdma {
             throw ValidationError("--policy odp runs on-demand-paging devices, which never pin: --devices simulated")
         }
         if let profile = self.profile, let implied = self.devices.impliedTerm, profile != implied {
@@ -125,11 +134,13 @@ struct RaceCommand: ParsableCommand {
     }
 
     func run() throws {
+        if self.policy == .odp && self.devices == .rdma { return try self.probeOnDemandPaging() }
         var configuration = RaceConfiguration(policy: self.policy)
         configuration.seconds = self.seconds
         configuration.dmaThreads = self.dmaThreads
         configuration.devices = self.devices
         configuration.sourceDirectory = self.sourceDirectory
+        configuration.rdmaDevice = self.rdmaDevice
         configuration.truncaters = self.truncaters
         configuration.writers = self.writers
         configuration.profile = self.profile
@@ -150,6 +161,41 @@ struct RaceCommand: ParsableCommand {
             RaceRunner.printReport(report)
         }
         if !report.held { throw ExitCode(1) }
+    }
+}
+
+extension RaceCommand {
+    /// `--policy odp --devices rdma`: daxlab's RDMA devices pin; what the device answers to an
+    /// on-demand-paging registration is the outcome (refused: exit 0, nothing raced).
+    func probeOnDemandPaging() throws {
+        let port = try RDMAPort(device: self.rdmaDevice)
+        let refusal = port.onDemandPagingRefusal()
+        if self.json {
+            try Terminal.printJSON(OnDemandProbe(
+                policy: "odp", devices: "rdma", rdmaDevice: port.name, onDemandPagingRefused: refusal != nil,
+                answer: refusal ?? "\(port.name) accepts on-demand-paging registrations"))
+        } else {
+            Output.print(refusal.map { "policy odp, devices rdma: \($0); nothing raced" }
+                ?? "policy odp, devices rdma: \(port.name) accepts on-demand-paging registrations")
+        }
+        guard refusal != nil else {
+            throw CommandFailure(
+                "race: \(port.name) pages on demand, but daxlab's rdma devices pin; race odp with --devices simulated")
+        }
+    }
+}
+
+/// What `race --policy odp --devices rdma --json` prints: the device's answer.
+struct OnDemandProbe: Encodable {
+    var policy: String
+    var devices: String
+    var rdmaDevice: String
+    var onDemandPagingRefused: Bool
+    var answer: String
+    enum CodingKeys: String, CodingKey {
+        case policy, devices, answer
+        case rdmaDevice = "rdma_device"
+        case onDemandPagingRefused = "odp_refused"
     }
 }
 

@@ -84,8 +84,8 @@ extension LockRank {
 
     // The leaves: nothing is taken under them.
 
-    /// A kernel ring's free fixed-buffer slots (`KernelRing`, DAX).
-    public static let kernelRingSlots = LockRank("kernelRingSlots", 200)
+    /// A kernel registry's free slots (`KernelRing`, DAX; `RDMAPort`, DMA).
+    public static let kernelRegistrySlots = LockRank("kernelRegistrySlots", 200)
     /// A file's leases past the lock-free slots (`LeaseTable.overflow`, DAX).
     public static let leaseOverflow = LockRank("leaseOverflow", 202)
     /// A wait-queue bucket (`WaitQueues`, DAX): a removal sleeps on it, a last unpin wakes it.
@@ -129,7 +129,7 @@ extension LockRank {
     /// Every rank above, in order (tests check it is ascending; docs/architecture.md lists it).
     public static let all: [LockRank] = [
         .raceWriter, .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror,
-        .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .viewMappings, .kernelRingSlots, .leaseOverflow, .waitQueue,
+        .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .viewMappings, .kernelRegistrySlots, .leaseOverflow, .waitQueue,
         .reclaimer, .faultServiceWindows, .windowPages, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined,
         .dmaThreads, .crashPending, .crashPoints, .crashChild, .benchPinCounts, .benchWake, .faultServedMemory, .leaf,
     ]

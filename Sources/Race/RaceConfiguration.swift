@@ -11,6 +11,8 @@ public struct RaceConfiguration: Sendable {
     public var devices: DeviceKind = .simulated
     /// Where `kernel-direct` devices keep their source files (a directory on a block device).
     public var sourceDirectory = DeviceKind.defaultSourceDirectory
+    /// The RDMA device `rdma` devices use (nil: the first here).
+    public var rdmaDevice: String?
     public var truncaters = 2
     public var writers = 2
     /// How long a device holds each pin batch.

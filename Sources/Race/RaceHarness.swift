@@ -54,7 +54,8 @@ public final class RaceHarness: @unchecked Sendable {
     /// - Throws: for kernel devices, `.notSupported` where io_uring or O_DIRECT is refused here.
     public init(path: String, size: Int?, configuration: RaceConfiguration, force: Bool) throws(FSError) {
         self.configuration = configuration
-        try configuration.devices.checkAvailable(sourceDirectory: configuration.sourceDirectory)
+        try configuration.devices.checkAvailable(
+            sourceDirectory: configuration.sourceDirectory, rdmaDevice: configuration.rdmaDevice)
         _ = try FileSystem.format(path: path, size: size, force: force)
         self.fs = try FileSystem.mount(path: path)
         self.dax = try DAXFileSystem(
@@ -81,7 +82,7 @@ public final class RaceHarness: @unchecked Sendable {
         self.collisionDevice = try DMADevice(
             index: configuration.dmaThreads, dax: self.dax, observer: self.oracle, statistics: self.collisionStatistics,
             kind: configuration.devices, term: configuration.term, onDemandPaging: configuration.onDemandPaging,
-            sourceDirectory: configuration.sourceDirectory)
+            sourceDirectory: configuration.sourceDirectory, rdmaDevice: configuration.rdmaDevice)
         self.engine = try DMAEngine(
             dax: self.dax, files: self.sharedFiles,
             configuration: DMAConfiguration(
@@ -89,7 +90,7 @@ public final class RaceHarness: @unchecked Sendable {
                 longPinDuration: .milliseconds(configuration.longPinMilliseconds),
                 longPinDevices: configuration.effectiveLongPinDevices, pagesPerPin: 1...8, seed: configuration.seed,
                 kind: configuration.devices, term: configuration.term, onDemandPaging: configuration.onDemandPaging,
-                sourceDirectory: configuration.sourceDirectory),
+                sourceDirectory: configuration.sourceDirectory, rdmaDevice: configuration.rdmaDevice),
             observer: self.oracle)
     }
 
@@ -185,7 +186,7 @@ public final class RaceHarness: @unchecked Sendable {
         self.report(
             engine: self.engine, elapsed: MonotonicClock.seconds(since: started), leaked: self.countLeaks(),
             fsckClean: self.unmountAndCheck(), stuck: [],
-            kernelPinRefused: self.configuration.devices == .kernelLongterm && self.configuration.policy != .mainline)
+            kernelPinRefused: self.configuration.devices.impliedTerm == .longTerm && self.configuration.policy != .mainline)
     }
 
     /// Unmounts the image and runs fsck on it: whether it is clean.
@@ -237,6 +238,7 @@ public final class RaceHarness: @unchecked Sendable {
             dmaWrites: self.oracle.landedWrites.load(ordering: .relaxed), pins: both(\.pins),
             kernelPins: both(\.kernelPins), kernelWrites: both(\.kernelWrites), kernelErrors: both(\.kernelErrors),
             kernelFaults: stats.viewFaults.load(ordering: .relaxed),
+            rdmaWrites: both(\.rdmaWrites), rdmaErrors: both(\.rdmaErrors),
             kernelPinRefused: kernelPinRefused, longTermRefused: both(\.longTermRefusals),
             longTermPins: both(\.longTermPins),
             truncates: self.truncates.load(ordering: .relaxed), truncatesBusy: self.busy.load(ordering: .relaxed),

@@ -9,7 +9,7 @@ public struct RaceReport: Sendable, Codable, Equatable {
     }
 
     public var policy: String
-    /// Who did the devices' writes: `simulated`, `kernel-longterm` or `kernel-direct`.
+    /// Who did the devices' writes: `simulated`, `kernel-longterm`, `kernel-direct` or `rdma`.
     public var devices: String
     /// The devices' pins: `short-term` or `long-term`; `odp` for on-demand-paging devices (no pins).
     public var profile: String
@@ -28,6 +28,11 @@ public struct RaceReport: Sendable, Codable, Equatable {
     /// its GUP for a pin's I/O or registration reached a page not mapped yet, or unmapped by a
     /// truncate or a revocation since (0 where userfaultfd is refused: the pinner maps then).
     public var kernelFaults: Int
+    /// RDMA devices: RDMA WRITEs that completed (each a kernel write too), and those whose work
+    /// completion was an error: a remote access error is a write to a region deregistered by a
+    /// revocation, refused and landed nowhere (0 for other devices).
+    public var rdmaWrites: Int
+    public var rdmaErrors: Int
     /// The kernel refused the devices' long-term pins (EOPNOTSUPP: fs-dax pages): nothing raced,
     /// and that is the outcome observed, not a failure.
     public var kernelPinRefused: Bool
@@ -70,6 +75,8 @@ public struct RaceReport: Sendable, Codable, Equatable {
         case kernelWrites = "kernel_writes"
         case kernelErrors = "kernel_errors"
         case kernelFaults = "kernel_faults"
+        case rdmaWrites = "rdma_writes"
+        case rdmaErrors = "rdma_errors"
         case kernelPinRefused = "kernel_pin_refused"
         case longTermRefused = "longterm_refused"
         case longTermPins = "longterm_pins"

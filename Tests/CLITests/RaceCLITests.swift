@@ -10,6 +10,7 @@ struct RaceCLITests {
 
     static let keys: Set<String> = [
         "policy", "devices", "profile", "scenario", "seconds", "is_pmem", "dma_writes", "pins", "kernel_pins", "kernel_writes", "kernel_errors", "kernel_faults",
+        "rdma_writes", "rdma_errors",
         "kernel_pin_refused", "longterm_refused", "longterm_pins", "truncates", "truncates_busy", "truncates_waited",
         "truncate_latency_us", "stale_dma_writes", "corrupted_blocks", "leaked_blocks", "revoked_dma_writes", "persist_errors",
         "revocations", "odp_invalidations", "device_refaults", "sequestered_blocks_peak", "deferred_blocks_peak", "fsck_clean", "deadlock", "stuck_threads",
@@ -93,6 +94,45 @@ struct RaceCLITests {
             #expect(tmpfs.standardError.contains("tmpfs"), "\(tmpfs.standardError)")
             #expect(tmpfs.standardError.split(separator: "\n").count == 1)
             #expect(!FileManager.default.fileExists(atPath: path), "nothing formatted before the refusal")
+        }
+    }
+
+    @Test("race --devices rdma without an RDMA device: one line saying so, exit 2, nothing formatted; demo skips them in one line",
+          .enabled(if: KernelFacilities.rdmaRefusal != nil, "this machine has an RDMA device (the next test races on it)"))
+    func rdmaMissing() throws {
+        try withTemporaryPath("race-rdma") { path in
+            for policy in ["none", "odp"] {
+                let refused = try DaxlabBinary.run(["race", path, "--policy", policy, "--devices", "rdma", "--seconds", "1"])
+                #expect(refused.status == 2, "\(policy): \(refused.standardOutput)\(refused.standardError)")
+                #expect(refused.standardError.contains("no RDMA device here"), "\(refused.standardError)")
+                #expect(refused.standardError.split(separator: "\n").count == 1)
+                #expect(!FileManager.default.fileExists(atPath: path), "nothing formatted before the refusal")
+            }
+            let demo = try DaxlabBinary.run(["demo", path, "--devices", "rdma", "--seconds", "1"])
+            #expect(demo.status == 2, "nothing raced: \(demo.standardError)")
+            #expect(demo.standardError.contains("rdma devices skipped: no RDMA device here"), "\(demo.standardError)")
+        }
+    }
+
+    @Test("race --devices rdma: RDMA WRITEs corrupt under none; lease-break deregisters the region and the device's later writes complete with a remote access error",
+          .enabled(if: KernelFacilities.rdmaRefusal == nil, "\(KernelFacilities.rdmaRefusal ?? ""); make test-pmem races RDMA devices in its guests"))
+    func rdma() throws {
+        try withTemporaryPath("race-rdma") { path in
+            let none = try DaxlabBinary.run(["race", path, "--policy", "none", "--devices", "rdma", "--seconds", "2", "--json"])
+            let report = try self.json(none.standardOutput)
+            if report["kernel_pin_refused"] as? Bool == true { return }  // (a file system whose pages are not pinned for long)
+            #expect(none.status == 1, "\(none.standardError)")
+            #expect(report["devices"] as? String == "rdma")
+            #expect(report["rdma_writes"] as? Int ?? 0 > 0 && report["kernel_writes"] as? Int == report["rdma_writes"] as? Int)
+            #expect(report["stale_dma_writes"] as? Int ?? 0 > 0, "the collision's RDMA WRITE is stale: \(report)")
+
+            let revoked = try DaxlabBinary.run(
+                ["race", path, "--policy", "lease-break", "--devices", "rdma", "--seconds", "2", "--json"])
+            #expect(revoked.status == 0, "\(revoked.standardOutput)\(revoked.standardError)")
+            let held = try self.json(revoked.standardOutput)
+            #expect(held["revocations"] as? Int ?? 0 > 0 && held["revoked_dma_writes"] as? Int ?? 0 > 0, "\(held)")
+            #expect(held["rdma_errors"] as? Int ?? 0 > 0, "the refused writes completed with an error: \(held)")
+            #expect(held["stale_dma_writes"] as? Int == 0 && held["corrupted_blocks"] as? Int == 0)
         }
     }
 

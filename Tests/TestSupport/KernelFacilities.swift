@@ -1,5 +1,6 @@
 import CRing
 import CShims
+import CVerbs
 import Foundation
 
 /// What the kernel lets this process do, for tests that need its machinery: each is nil where it
@@ -38,6 +39,18 @@ public enum KernelFacilities {
         guard descriptor >= 0 else { return "O_DIRECT in \(directory): \(String(cString: strerror(errno)))" }
         close(descriptor)
         unlink(path)
+        return nil
+    }()
+
+    /// An RDMA device with an active port whose queue pairs connect (none on a kernel without
+    /// InfiniBand, as this project's development machine; `rdma link add rxe0 type rxe netdev
+    /// lo` makes one where the kernel has rdma_rxe).
+    public static let rdmaRefusal: String? = {
+        var reason = [CChar](repeating: 0, count: 256)
+        guard let port = CVerbs_open(nil, &reason, reason.count) else {
+            return String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        CVerbs_close(port)
         return nil
     }()
 }

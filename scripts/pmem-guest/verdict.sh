@@ -3,7 +3,8 @@
 # have passed, nothing may have failed, and each guest must have reached its end marker in time.
 # The guest's line protocol is described at the top of scripts/pmem-guest/init.
 #
-# Usage: verdict.sh DIR          judge DIR/{nvdimm,reboot,memmap}.log; exit 0 pass, 1 fail
+# Usage: verdict.sh DIR          judge DIR/{nvdimm,reboot,memmap}.log (the stages in $PMEM_STAGES,
+#                                 default all three); exit 0 pass, 1 fail
 #        verdict.sh --expected STAGE [KERNEL]   print the checks STAGE must pass on guest kernel
 #                                 KERNEL (default 6.1, Debian 12's), one per line
 set -uo pipefail
@@ -14,7 +15,9 @@ policies="none fail wait sequester deferred lease-break mainline odp"
 races() {
     local policy
     for policy in $policies; do
-        case $1-$policy in devdax-longterm-mainline | *-longterm-odp | *-direct-odp) continue ;; esac
+        case $1-$policy in
+            devdax-longterm-mainline | devdax-rdma-mainline | *-longterm-odp | *-direct-odp | *-rdma-odp) continue ;;
+        esac
         echo "race-$1-$policy"
     done
 }
@@ -36,17 +39,22 @@ kernel_checks() {
         devdax-mainline-refused $(races fsdax-direct)
 }
 
+# RDMA devices over soft-RoCE: races on device-dax, refused on fs-dax (ibv_reg_mr) and by mainline,
+# the device's on-demand-paging answer, and perftest's ib_write_bw on the device-dax device.
+rdma="rdma-link rdma-uverbs $(races devdax-rdma) fsdax-rdma-refused devdax-rdma-mainline-refused rdma-odp-refused"
+rdma="$rdma ib-write-bw-devdax"
+
 # expected STAGE [KERNEL]
 expected() {
     local kernel
     kernel=$(kernel_checks "${2:-6.1}")
     case $1 in
         nvdimm) echo labels-initialised create-fsdax create-devdax $devices mkfs-ext4 mount-dax mount-option-dax \
-            $info $(trip fsdax) $(races fsdax) $(races devdax) $kernel $windows $(trip devdax) fsdax-still-intact ;;
+            $info $(trip fsdax) $(races fsdax) $(races devdax) $kernel $rdma $windows $(trip devdax) fsdax-still-intact ;;
         reboot) echo namespaces-back $devices mount-dax mount-option-dax \
             fsdax-survived-fsck fsdax-survived-read-back devdax-survived-fsck devdax-survived-read-back ;;
         memmap) echo reconfigure-fsdax reconfigure-devdax $devices mkfs-ext4 mount-dax mount-option-dax \
-            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) $kernel $windows \
+            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) $kernel $rdma $windows \
             reconfigure-devdax-2m mmap-check-devdax-2m ;;
         *) echo "verdict: unknown stage '$1'" >&2; return 2 ;;
     esac
@@ -59,7 +67,8 @@ esac
 dir=$1
 problems=()
 checks=0
-for stage in nvdimm reboot memmap; do
+stages=${PMEM_STAGES:-nvdimm reboot memmap}
+for stage in $stages; do
     log=$dir/$stage.log
     if [ ! -s "$log" ]; then problems+=("$stage: no console log ($log)"); continue; fi
     # The guest's kernel, from its first line ("daxlab-guest[STAGE]: kernel 6.1.0-56-amd64, ...").
@@ -84,5 +93,5 @@ if [ ${#problems[@]} -ne 0 ]; then
     echo "test-pmem: FAIL: ${#problems[@]} problem(s); the consoles are in $dir/{nvdimm,reboot,memmap}.log" >&2
     exit 1
 fi
-echo "test-pmem: PASS: $checks checks in 3 boots (fs-dax and device-dax on an NVDIMM and on memmap= pmem," \
-    "simulated and kernel devices; the data survived the reboot)"
+echo "test-pmem: PASS: $checks checks in the boots $(echo $stages | sed 's/ /, /g') (fs-dax and device-dax on an NVDIMM" \
+    "and on memmap= pmem; simulated, kernel and RDMA devices; the data survived the reboot)"
