@@ -1,7 +1,9 @@
 import ArgumentParser
+import DMA
 import Pmem
 
-/// `daxlab devices`: the pmem regions, namespaces and dax devices libndctl and libdaxctl find.
+/// `daxlab devices`: the pmem regions, namespaces and dax devices libndctl and libdaxctl find, and
+/// the RDMA devices libibverbs lists.
 struct DevicesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "devices",
@@ -10,18 +12,33 @@ struct DevicesCommand: ParsableCommand {
             Found through libndctl (NVDIMM buses and memmap= e820 ranges) and libdaxctl. Each \
             namespace shows its mode (fsdax, devdax, sector, raw), size, alignment and device path; \
             each region its persistence domain. Finding nothing is normal on a machine without pmem: \
-            the output then says how to get some.
+            the output then says how to get some. Last, the RDMA devices libibverbs lists (what \
+            race --devices rdma uses; a soft-RoCE one is made with `rdma link add rxe0 type rxe \
+            netdev lo` where the kernel has rdma_rxe).
             """
     )
 
-    @Flag(name: .long, help: "Print one JSON object: {\"regions\": [...], \"dax_devices\": [...]}.")
+    @Flag(name: .long, help: "Print one JSON object: {\"regions\": [...], \"dax_devices\": [...], \"rdma_devices\": [names]}.")
     var json = false
+
+    /// What `--json` prints.
+    struct Listing: Encodable {
+        var regions: [PmemRegion]
+        var daxDevices: [DAXDevice]
+        var rdmaDevices: [String]
+    }
 
     func run() throws {
         let inventory = try PmemDiscovery.discover()
+        let rdma = RDMAPort.deviceNames
         if self.json {
-            try Terminal.printJSON(inventory)
+            try Terminal.printJSON(Listing(regions: inventory.regions, daxDevices: inventory.daxDevices, rdmaDevices: rdma))
             return
+        }
+        defer {
+            Output.print(rdma.isEmpty
+                ? "RDMA devices: none (where the kernel has rdma_rxe: rdma link add rxe0 type rxe netdev lo)"
+                : "RDMA devices: \(rdma.joined(separator: ", "))")
         }
         if inventory.isEmpty {
             Output.print(Self.nothingFound)

@@ -105,6 +105,8 @@ struct CLITests {
         let listing = try self.json(try DaxlabBinary.run(["devices", "--json"]).standardOutput)
         let regions = try #require(listing["regions"] as? [Any])
         let daxDevices = try #require(listing["dax_devices"] as? [Any])
+        let rdma = try #require(listing["rdma_devices"] as? [String])
+        #expect(plain.standardOutput.contains(rdma.isEmpty ? "RDMA devices: none" : "RDMA devices: \(rdma[0])"))
         if regions.isEmpty && daxDevices.isEmpty {
             #expect(plain.standardOutput.contains("No persistent memory found"))
             #expect(plain.standardOutput.contains("memmap="))

@@ -41,7 +41,7 @@ kernel_checks() {
 
 # RDMA devices over soft-RoCE: races on device-dax, refused on fs-dax (ibv_reg_mr) and by mainline,
 # the device's on-demand-paging answer, and perftest's ib_write_bw on the device-dax device.
-rdma="rdma-link rdma-uverbs $(races devdax-rdma) fsdax-rdma-refused devdax-rdma-mainline-refused rdma-odp-refused"
+rdma="rdma-link rdma-uverbs rdma-listed $(races devdax-rdma) fsdax-rdma-refused devdax-rdma-mainline-refused rdma-odp-refused"
 rdma="$rdma ib-write-bw-devdax"
 
 # expected STAGE [KERNEL]
