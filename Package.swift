@@ -110,7 +110,7 @@ let package = Package(
         .target(
             name: "Bench",
             dependencies: [
-                "CBenchShims", "CRing", "CShims", "DAX", "DaxFS", "Pmem", "DaxlabSupport",
+                "CBenchShims", "CRing", "CShims", "DAX", "DMA", "DaxFS", "Pmem", "DaxlabSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),

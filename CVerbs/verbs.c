@@ -23,6 +23,7 @@ struct CVerbs_port {
     union ibv_gid gid;
     int gid_index;
     enum ibv_mtu mtu;
+    uint32_t psn;  // where both queue pairs' packet sequence numbers start; moved at each reconnect
     uint64_t sequence;
     char name[64];
 };
@@ -76,7 +77,7 @@ static int to_init(struct ibv_qp *qp) {
 
 static int to_rtr(CVerbs_port *port, struct ibv_qp *qp, uint32_t destination) {
     struct ibv_qp_attr attr = {
-        .qp_state = IBV_QPS_RTR, .path_mtu = port->mtu, .dest_qp_num = destination, .rq_psn = 0,
+        .qp_state = IBV_QPS_RTR, .path_mtu = port->mtu, .dest_qp_num = destination, .rq_psn = port->psn,
         .max_dest_rd_atomic = 1, .min_rnr_timer = 12,
         .ah_attr = {.is_global = 1, .dlid = 0, .sl = 0, .src_path_bits = 0, .port_num = 1,
                     .grh = {.dgid = port->gid, .sgid_index = (uint8_t)port->gid_index, .hop_limit = 1}},
@@ -86,18 +87,21 @@ static int to_rtr(CVerbs_port *port, struct ibv_qp *qp, uint32_t destination) {
                              | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
 }
 
-static int to_rts(struct ibv_qp *qp) {
-    struct ibv_qp_attr attr = {.qp_state = IBV_QPS_RTS, .timeout = 14, .retry_cnt = 7, .rnr_retry = 7,
-                               .sq_psn = 0, .max_rd_atomic = 1};
+// A local ACK timeout of 4.096 us * 2^18 (about 1 s), as a loopback under emulation can be slow.
+static int to_rts(CVerbs_port *port, struct ibv_qp *qp) {
+    struct ibv_qp_attr attr = {.qp_state = IBV_QPS_RTS, .timeout = 18, .retry_cnt = 7, .rnr_retry = 7,
+                               .sq_psn = port->psn, .max_rd_atomic = 1};
     return ibv_modify_qp(qp, &attr,
                          IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN
                              | IBV_QP_MAX_QP_RD_ATOMIC);
 }
 
 /// Resets both queue pairs and connects them to each other again (after an error completion
-/// moved them to the error state). Returns 0 or an errno value.
+/// moved them to the error state), starting from new packet sequence numbers so that nothing
+/// left from before matches. Returns 0 or an errno value.
 static int connect_pair(CVerbs_port *port) {
     struct ibv_qp *pair[2] = {port->requester, port->responder};
+    port->psn = (port->psn + 0x10000u) & 0xffffffu;
     for (int i = 0; i < 2; i++) {
         struct ibv_qp_attr reset = {.qp_state = IBV_QPS_RESET};
         int error = ibv_modify_qp(pair[i], &reset, IBV_QP_STATE);
@@ -108,17 +112,24 @@ static int connect_pair(CVerbs_port *port) {
     for (int i = 0; i < 2; i++) {
         int error = to_init(pair[i]);
         if (!error) error = to_rtr(port, pair[i], pair[1 - i]->qp_num);
-        if (!error) error = to_rts(pair[i]);
+        if (!error) error = to_rts(port, pair[i]);
         if (error) return error;
     }
     return 0;
 }
 
+/// Destroys both queue pairs (which flushes anything posted on them: nothing executes after
+/// this returns); the port writes nothing from then on.
+static void drop_pair(CVerbs_port *port) {
+    if (port->requester) ibv_destroy_qp(port->requester);
+    if (port->responder) ibv_destroy_qp(port->responder);
+    port->requester = port->responder = NULL;
+}
+
 void CVerbs_close(CVerbs_port *port) {
     if (!port) return;
     if (port->source_region) ibv_dereg_mr(port->source_region);
-    if (port->requester) ibv_destroy_qp(port->requester);
-    if (port->responder) ibv_destroy_qp(port->responder);
+    drop_pair(port);
     if (port->queue) ibv_destroy_cq(port->queue);
     if (port->domain) ibv_dealloc_pd(port->domain);
     if (port->context) ibv_close_device(port->context);
@@ -147,7 +158,12 @@ CVerbs_port *CVerbs_open(const char *name, char *reason, size_t reason_size) {
         return NULL;
     }
     CVerbs_port *port = calloc(1, sizeof(*port));
-    if (!port) { ibv_free_device_list(list); errno = ENOMEM; return NULL; }
+    if (!port) {
+        ibv_free_device_list(list);
+        say(reason, reason_size, "out of memory");
+        errno = ENOMEM;
+        return NULL;
+    }
     snprintf(port->name, sizeof(port->name), "%s", ibv_get_device_name(device));
     port->context = ibv_open_device(device);
     int error = errno;
@@ -192,6 +208,7 @@ void *CVerbs_source(CVerbs_port *port) { return port->source; }
 
 int CVerbs_register(CVerbs_port *port, void *address, size_t length, int on_demand, void **region, uint32_t *rkey) {
     int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | (on_demand ? IBV_ACCESS_ON_DEMAND : 0);
+    errno = 0;
     struct ibv_mr *mr = ibv_reg_mr(port->domain, address, length, access);
     if (!mr) return -(errno ? errno : EIO);
     *region = mr;
@@ -211,13 +228,14 @@ static uint64_t now_ns(void) {
 }
 
 int CVerbs_write(CVerbs_port *port, uint64_t remote, uint32_t rkey, uint32_t length, int *status) {
+    *status = 0;
+    if (!port->requester) return -ENOTCONN;
     struct ibv_sge piece = {.addr = (uintptr_t)port->source, .length = length, .lkey = port->source_region->lkey};
     struct ibv_send_wr request = {
         .wr_id = ++port->sequence, .sg_list = &piece, .num_sge = 1, .opcode = IBV_WR_RDMA_WRITE,
         .send_flags = IBV_SEND_SIGNALED, .wr.rdma = {.remote_addr = remote, .rkey = rkey},
     };
     struct ibv_send_wr *bad = NULL;
-    *status = 0;
     int error = ibv_post_send(port->requester, &request, &bad);
     if (error) return -error;
     uint64_t deadline = now_ns() + 30ull * 1000000000u;
@@ -229,7 +247,7 @@ int CVerbs_write(CVerbs_port *port, uint64_t remote, uint32_t rkey, uint32_t len
         if (found > 0) continue;  // (a flushed completion of an earlier request)
         if (spins >= 64) {
             if (now_ns() > deadline) {
-                connect_pair(port);
+                if (connect_pair(port)) drop_pair(port);
                 return -ETIMEDOUT;
             }
             sched_yield();
@@ -237,10 +255,10 @@ int CVerbs_write(CVerbs_port *port, uint64_t remote, uint32_t rkey, uint32_t len
     }
     *status = completion.status;
     if (completion.status == IBV_WC_SUCCESS) return (int)length;
-    // Any error completion moves both queue pairs to the error state: connect them again.
-    int reconnect = connect_pair(port);
-    if (completion.status == IBV_WC_REM_ACCESS_ERR && !reconnect) return -EFAULT;
-    return -EIO;
+    // Any error completion moves both queue pairs to the error state: connect them again (or,
+    // if that fails, drop them, so that nothing posted can still execute).
+    if (connect_pair(port)) drop_pair(port);
+    return completion.status == IBV_WC_REM_ACCESS_ERR ? -EFAULT : -EIO;
 }
 
 int CVerbs_probe_on_demand(CVerbs_port *port, int *capable) {

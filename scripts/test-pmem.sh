@@ -21,7 +21,7 @@
 #
 # Usage: scripts/test-pmem.sh [--if-possible]
 #   --if-possible  when QEMU or a kernel cannot be had here, say so in one line and exit 0
-# Environment: RACE_SECONDS (per race, default 2), BOOT_TIMEOUT (per boot, default 300 s),
+# Environment: RACE_SECONDS (per race, default 2), BOOT_TIMEOUT (per boot, default 600 s),
 #   PMEM_WORK (work folder, default .build-pmem), SWIFT (default swift), PMEM_STAGES (the boots,
 #   default "nvdimm reboot memmap"; reboot needs nvdimm before it; only those are judged).
 set -uo pipefail
@@ -37,7 +37,7 @@ esac
 
 WORK=${PMEM_WORK:-.build-pmem}
 RACE_SECONDS=${RACE_SECONDS:-2}
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-600}
 SWIFT=${SWIFT:-swift}
 GUEST_DEBS="qemu-system-x86 linux-image-amd64 busybox-static kmod cpio e2fsprogs ndctl daxctl iproute2 ibverbs-providers perftest"
 

@@ -40,9 +40,12 @@ int CVerbs_deregister(void *region);
 
 /// An RDMA WRITE of `length` bytes of the source buffer to `remote` in the region with `rkey`,
 /// posted and waited for (its work completion). Returns `length` once it has landed; -EFAULT when
-/// the completion is a remote access error (no such region any more: nothing landed), after which
-/// the queue pairs are connected again; -ETIMEDOUT after 30 s without a completion; -EIO for any
-/// other completion error. `*status` gets the completion's status (0 for success).
+/// the completion is a remote access error (no such region any more: nothing landed); -EIO for
+/// any other error completion and -ETIMEDOUT after 30 s without one (the write may or may not
+/// have landed: a retry-exceeded error can follow a write whose acknowledgement was lost);
+/// -ENOTCONN when the port can no longer write. After an error the queue pairs are reset and
+/// connected again, or destroyed if that fails: nothing posted executes after the return.
+/// `*status` gets the completion's status (0 for success or none).
 int CVerbs_write(CVerbs_port *port, uint64_t remote, uint32_t rkey, uint32_t length, int *status);
 
 /// The device's answer to an on-demand-paging registration of one anonymous page: 0 (accepted),

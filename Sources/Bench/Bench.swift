@@ -15,7 +15,7 @@ import Glibc
 public final class Bench {
     /// Rows, in groups that share their setup.
     public enum Group: String, CaseIterable, Sendable {
-        case fault, pin, kernel, scaling, wake, copy, alloc
+        case fault, pin, kernel, scaling, wake, copy, alloc, rdma
     }
 
     public struct Options: Sendable {
@@ -54,7 +54,10 @@ public final class Bench {
         // so that libpmemobj (alloc.block's baseline) persists to tmpfs with cache flushes, as
         // daxlab does there, and not with msync.
         if Self.isOnTmpfs(PathComponents.directory(of: path)) { setenv("PMEM_IS_PMEM_FORCE", "1", 1) }
-        _ = try FileSystem.format(path: path, size: size, force: force)
+        // (A device-dax device is formatted whole.)
+        var status = stat()
+        let device = stat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFCHR
+        _ = try FileSystem.format(path: path, size: device ? nil : size, force: force)
         // tmpfs is daxlab's emulated pmem: persist with cache flushes as on real pmem, the way
         // libpmem and libpmemobj (the baselines) persist to the same mapping, not with msync.
         let medium = try PmemMapping(path: path).medium
@@ -88,6 +91,7 @@ public final class Bench {
         if groups.contains(.wake) { try self.wakeRow() }
         if groups.contains(.copy) { try self.copyRow() }
         if groups.contains(.alloc) { try self.allocationRow() }
+        if groups.contains(.rdma) { try self.rdmaRows() }
         try self.fs.unmount()
         machine.cpusAvailable = min(before, try Measure.availableCPUs())
         return BenchReport(

@@ -194,12 +194,18 @@ public final class DMADevice: LeaseHolder, @unchecked Sendable {
         let block = handle.block(at: index)
         let slot = handle.kernelSlot
         let observer = self.observer
+        let rdma = transport.rdma != nil
         let result = handle.kernelWrite(at: index) { address in
             let result = transport.write(into: address, slot: slot)
-            if result > 0 { observer?.didWrite(write, block: block, landed: true) }
+            // An RDMA WRITE that failed otherwise than by a remote access error (refused, nothing
+            // landed) or the port's being gone (nothing posted) may have landed: the oracle hears
+            // of it as landed, while the fence still holds the block.
+            if result > 0 || (rdma && result != -EFAULT && result != -ENOTCONN) {
+                observer?.didWrite(write, block: block, landed: true)
+            }
             return result
         }
-        if transport.rdma != nil {
+        if rdma {
             (result == Int32(pageSize) ? self.statistics.rdmaWrites : self.statistics.rdmaErrors)
                 .wrappingIncrement(ordering: .relaxed)
         }
@@ -246,8 +252,9 @@ public final class DMAStatistics: Sendable {
     /// Kernel writes that failed otherwise (an I/O error, a short read).
     public let kernelErrors = ManagedAtomic<Int>(0)
     /// RDMA devices: RDMA WRITEs whose work completion was a success (each is a kernel write
-    /// too), and those that completed with an error (a remote access error, the region being
-    /// deregistered, is a refused write; any other is a kernel error too).
+    /// too), and those that did not complete successfully: a remote access error (the region was
+    /// deregistered) is a refused write; any other error completion, a timeout or a failed post
+    /// is a kernel error too.
     public let rdmaWrites = ManagedAtomic<Int>(0)
     public let rdmaErrors = ManagedAtomic<Int>(0)
     /// Simulated writes that landed but could not be made durable (the image's msync failed).

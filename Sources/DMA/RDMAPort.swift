@@ -21,9 +21,11 @@ import Pmem
 /// remote access error, landing nowhere.
 public final class RDMAPort: KernelRegistry, @unchecked Sendable {
     // `port` is set once and used by the device thread (libibverbs' calls are thread-safe); each
-    // slot's region is exchanged atomically (a defuse and the unpin's clear race); its rkey is
-    // set by the pinning thread before the pin is published and kept after a defuse, so that
-    // the device's later writes go to the deregistered region and are refused.
+    // slot's region is its `ibv_mr` pointer, 0 (none) or `deregistering` (a defuse and the
+    // unpin's clear race: the one that takes the region deregisters it, the other waits until
+    // it is gone, so neither returns before the region is); its rkey is set by the pinning
+    // thread before the pin is published and kept after a defuse, so that the device's later
+    // writes go to the deregistered region and are refused.
     private let port: OpaquePointer
     private let regions: [ManagedAtomic<UInt>]
     private let rkeys: [ManagedAtomic<UInt32>]
@@ -101,10 +103,29 @@ public final class RDMAPort: KernelRegistry, @unchecked Sendable {
 
     public func defuse(_ slot: Int) { self.deregister(slot) }
 
-    /// Deregisters `slot`'s region, once whoever calls first (the rkey stays).
+    /// A slot's region while one caller deregisters it.
+    private static let deregistering: UInt = 1
+
+    /// Deregisters `slot`'s region, once, and returns when it is gone (whoever calls first
+    /// deregisters; a second caller waits for it). The rkey stays.
     private func deregister(_ slot: Int) {
-        let region = self.regions[slot].exchange(0, ordering: .acquiringAndReleasing)
-        if let pointer = UnsafeMutableRawPointer(bitPattern: region) { _ = CVerbs_deregister(pointer) }
+        while true {
+            let region = self.regions[slot].load(ordering: .acquiring)
+            if region == 0 { return }
+            if region == Self.deregistering {
+                sched_yield()
+                continue
+            }
+            guard self.regions[slot].compareExchange(
+                expected: region, desired: Self.deregistering, ordering: .acquiringAndReleasing
+            ).exchanged else { continue }
+            let result = CVerbs_deregister(UnsafeMutableRawPointer(bitPattern: region))
+            // (It fails only with memory windows bound to the region, which daxlab never binds: a
+            // region left registered would leave the revoked pin's writes landing.)
+            precondition(result == 0, "ibv_dereg_mr on \(self.name): \(String(cString: strerror(-result)))")
+            self.regions[slot].store(0, ordering: .releasing)
+            return
+        }
     }
 
     /// The buffer the writes are sent from (4 KiB, registered for local use).
@@ -113,7 +134,9 @@ public final class RDMAPort: KernelRegistry, @unchecked Sendable {
     /// An RDMA WRITE of the source buffer's `length` bytes to `address` in the region registered
     /// in `slot` (even after a defuse: then it is refused), posted and waited for.
     /// - Returns: `length` once it landed; -EFAULT when the device refused it (a remote access
-    ///   error: the region is deregistered, nothing landed); -EIO or -ETIMEDOUT otherwise.
+    ///   error: the region is deregistered, nothing landed); -EIO or -ETIMEDOUT when it may or
+    ///   may not have landed (another error completion, or none); -ENOTCONN when the port can no
+    ///   longer write (nothing was posted).
     public func write(into address: UnsafeMutableRawPointer, length: Int, slot: Int) -> Int32 {
         var status: Int32 = 0
         return CVerbs_write(

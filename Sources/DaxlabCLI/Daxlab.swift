@@ -26,6 +26,7 @@ public struct Daxlab: ParsableCommand {
             WriteCommand.self, ReadCommand.self, RemoveCommand.self, TruncateCommand.self, PunchCommand.self,
             FallocateCommand.self,
             CrashTestCommand.self, RaceCommand.self, DemoCommand.self, BenchCommand.self, MmapCheckCommand.self,
+            RDMACheckCommand.self,
         ],
         // --help only: a file name such as "-dash" must not be read as -d -a -s -h.
         helpNames: [.long]

@@ -16,12 +16,13 @@ struct DemoCommand: ParsableCommand {
             --force, and only an image demo created is removed afterwards), once for each kind of \
             device in --devices: simulated (daxlab's threads write; raced twice, with long-term \
             RDMA-like pins and with short-term O_DIRECT-like ones), kernel-longterm (the kernel \
-            writes through io_uring fixed buffers it pinned for long) and kernel-direct (O_DIRECT \
-            reads from a disk file: the kernel pins for one I/O). Under mainline long-term pins are refused (EOPNOTSUPP): \
+            writes through io_uring fixed buffers it pinned for long), kernel-direct (O_DIRECT \
+            reads from a disk file: the kernel pins for one I/O) and rdma (RDMA WRITEs into memory \
+            regions an RDMA device registered, --rdma-device). Under mainline long-term pins are refused (EOPNOTSUPP): \
             that row says so; odp (on-demand paging) is raced with simulated devices only, which \
             mirror instead of pinning. Then it prints a table: corruption seen, truncate latency, \
             EBUSY refusals, blocks held in limbo, revoked and refused writes, and the verdict. A \
-            kind of device this machine cannot run (io_uring or O_DIRECT refused) is skipped with \
+            kind of device this machine cannot run (io_uring or O_DIRECT refused, no RDMA device) is skipped with \
             one line saying why; when every kind was skipped nothing raced, and it exits 2. Exit 0 \
             when every protective policy held.
             """
@@ -49,6 +50,9 @@ struct DemoCommand: ParsableCommand {
     var report: String?
 
     func validate() throws {
+        if self.rdmaDevice != nil && !self.devices.contains(.rdma) {
+            throw ValidationError("--rdma-device is for rdma devices, which --devices leaves out")
+        }
         guard self.seconds.isFinite, self.seconds > 0, self.seconds <= 3600 else {
             throw ValidationError("--seconds must be in (0, 3600]")
         }

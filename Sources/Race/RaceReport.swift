@@ -28,9 +28,10 @@ public struct RaceReport: Sendable, Codable, Equatable {
     /// its GUP for a pin's I/O or registration reached a page not mapped yet, or unmapped by a
     /// truncate or a revocation since (0 where userfaultfd is refused: the pinner maps then).
     public var kernelFaults: Int
-    /// RDMA devices: RDMA WRITEs that completed (each a kernel write too), and those whose work
-    /// completion was an error: a remote access error is a write to a region deregistered by a
-    /// revocation, refused and landed nowhere (0 for other devices).
+    /// RDMA devices: RDMA WRITEs that completed (each a kernel write too), and those that did
+    /// not complete successfully: a remote access error is a write to a region deregistered by a
+    /// revocation, refused and landed nowhere; any other (an error completion, a timeout, a
+    /// failed post) is counted in `kernelErrors` too (0 for other devices).
     public var rdmaWrites: Int
     public var rdmaErrors: Int
     /// The kernel refused the devices' long-term pins (EOPNOTSUPP: fs-dax pages): nothing raced,

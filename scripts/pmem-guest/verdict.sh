@@ -41,7 +41,7 @@ kernel_checks() {
 
 # RDMA devices over soft-RoCE: races on device-dax, refused on fs-dax (ibv_reg_mr) and by mainline,
 # the device's on-demand-paging answer, and perftest's ib_write_bw on the device-dax device.
-rdma="rdma-link rdma-uverbs rdma-listed $(races devdax-rdma) fsdax-rdma-refused devdax-rdma-mainline-refused rdma-odp-refused"
+rdma="rdma-link rdma-uverbs rdma-listed rdma-check-devdax $(races devdax-rdma) fsdax-rdma-refused devdax-rdma-mainline-refused rdma-odp-refused"
 rdma="$rdma ib-write-bw-devdax"
 
 # expected STAGE [KERNEL]
@@ -54,7 +54,7 @@ expected() {
         reboot) echo namespaces-back $devices mount-dax mount-option-dax \
             fsdax-survived-fsck fsdax-survived-read-back devdax-survived-fsck devdax-survived-read-back ;;
         memmap) echo reconfigure-fsdax reconfigure-devdax $devices mkfs-ext4 mount-dax mount-option-dax \
-            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) $kernel $rdma $windows \
+            $info $(trip fsdax) $(trip devdax) $(races fsdax) $(races devdax) $kernel $rdma bench-rdma $windows \
             reconfigure-devdax-2m mmap-check-devdax-2m ;;
         *) echo "verdict: unknown stage '$1'" >&2; return 2 ;;
     esac
