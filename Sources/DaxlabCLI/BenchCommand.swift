@@ -30,8 +30,11 @@ struct BenchCommand: ParsableCommand {
             pin.kernel_longterm (a \
             512-page pin the kernel pins too, io_uring fixed buffer; vs registering anonymous \
             memory), dma.kernel_read_fixed (READ_FIXED into a pinned block vs into anonymous \
-            memory). Rows that need io_uring or userfaultfd are left out where it is refused, and the report \
-            says why. Rows with a physical floor (alloc.block; fault.mapped_cold_write vs \
+            memory); where an RDMA device exists (group rdma, no targets): rdma.write (an RDMA \
+            WRITE into a block pinned and registered through daxlab vs into registered anonymous \
+            memory) and rdma.register (a 512-page pin the RDMA device registers, ibv_reg_mr, per \
+            page, vs registering anonymous memory). Rows that need io_uring, userfaultfd or an \
+            RDMA device are left out where there is none, and the report says why. Rows with a physical floor (alloc.block; fault.mapped_cold_write vs \
             tmpfs) carry the floor's own ratio to their \
             baseline (JSON floor_ratio), the best this machine allows: a target the floor misses \
             too reads 'NO, floor'. Method: each row and its baseline run interleaved (A B B A …, 11 pairs of \

@@ -75,6 +75,15 @@ struct BenchCLITests {
             if !userfaultfdAvailable {
                 #expect(unavailable.contains { $0["baseline"] as? String == "floor.uffd_mmap" })
             }
+            if let refusal = KernelFacilities.rdmaRefusal {
+                // No RDMA device: the RDMA rows are left out, with the reason.
+                #expect(unavailable.contains { $0["baseline"] as? String == "rdma.*" && $0["reason"] as? String == refusal },
+                        "\(unavailable)")
+            } else {
+                for (name, baseline) in [("rdma.write", "rdma.write_anon"), ("rdma.register", "rdma.register_anon")] {
+                    #expect(results.contains { $0["name"] as? String == name && $0["baseline"] as? String == baseline })
+                }
+            }
             for (name, baseline) in Self.rows
             where (ioUringAvailable || !Self.needsIOUring(name, baseline))
                 && (userfaultfdAvailable || baseline != "floor.uffd_mmap")

@@ -109,6 +109,9 @@ struct RaceCLITests {
                 #expect(refused.standardError.split(separator: "\n").count == 1)
                 #expect(!FileManager.default.fileExists(atPath: path), "nothing formatted before the refusal")
             }
+            let check = try DaxlabBinary.run(["rdma-check", path])
+            #expect(check.status == 2 && check.standardError.contains("no RDMA device here"), "\(check.standardError)")
+            #expect(!FileManager.default.fileExists(atPath: path), "rdma-check formatted nothing")
             let demo = try DaxlabBinary.run(["demo", path, "--devices", "rdma", "--seconds", "1"])
             #expect(demo.status == 2, "nothing raced: \(demo.standardError)")
             #expect(demo.standardError.contains("rdma devices skipped: no RDMA device here"), "\(demo.standardError)")
