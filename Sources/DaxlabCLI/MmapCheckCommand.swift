@@ -129,12 +129,7 @@ struct MmapCheckCommand: ParsableCommand {
                 "\(report.path): \(report.medium.description), windows fault through \(report.windowFaults)"
                     + (report.mapSync ? " (MAP_SYNC)" : "")
                     + (report.windowGranularity > pageSize ? ", mapping whole 2 MiB aligned runs only" : ""))
-            for check in report.checks {
-                Output.print("\(check.outcome.rawValue.uppercased()) \(check.name): \(check.detail)")
-            }
-            Output.print(
-                "\(report.checks.count) checks: \(report.passed) passed, \(report.failed) failed, "
-                    + "\(report.skipped) skipped")
+            WindowCheck.printLines(report.checks)
         }
         if report.failed > 0 { throw ExitCode(1) }
     }
@@ -160,7 +155,7 @@ struct MmapCheckCommand: ParsableCommand {
             throw error
         }
         try fs.unmount()
-        let count = { (outcome: WindowCheck.Outcome) in results.filter { $0.outcome == outcome }.count }
+        let count = { (outcome: WindowCheck.Outcome) in WindowCheck.count(results, outcome) }
         return Report(
             path: image.path, medium: fs.mapping.medium, windowFaults: checks.mechanism, mapSync: checks.mapSync,
             windowGranularity: checks.coarse ? Geometry.runBlocks * pageSize : pageSize, checks: results, passed: count(.pass), failed: count(.fail), skipped: count(.skip))

@@ -89,11 +89,7 @@ struct RDMACheckCommand: ParsableCommand {
             try Terminal.printJSON(report)
         } else {
             Output.print("\(report.path): \(report.medium.description), RDMA device \(report.rdmaDevice)")
-            for check in report.checks {
-                Output.print("\(check.outcome.rawValue.uppercased()) \(check.name): \(check.detail)")
-            }
-            Output.print(
-                "\(report.checks.count) checks: \(report.passed) passed, \(report.failed) failed, \(report.skipped) skipped")
+            WindowCheck.printLines(report.checks)
         }
         if report.failed > 0 { throw ExitCode(1) }
     }
@@ -116,7 +112,7 @@ struct RDMACheckCommand: ParsableCommand {
             throw error
         }
         try fs.unmount()
-        let count = { (outcome: WindowCheck.Outcome) in checks.filter { $0.outcome == outcome }.count }
+        let count = { (outcome: WindowCheck.Outcome) in WindowCheck.count(checks, outcome) }
         return Report(
             path: image.path, medium: fs.mapping.medium, rdmaDevice: port.name, checks: checks,
             passed: count(.pass), failed: count(.fail), skipped: count(.skip))

@@ -15,6 +15,18 @@ struct WindowCheck: Encodable {
     var name: String
     var outcome: Outcome
     var detail: String
+
+    /// How many of `checks` had `outcome`.
+    static func count(_ checks: [WindowCheck], _ outcome: Outcome) -> Int { checks.filter { $0.outcome == outcome }.count }
+
+    /// One line per check (PASS, FAIL or SKIP, its name and detail), then the counts: what the
+    /// check commands print without --json.
+    static func printLines(_ checks: [WindowCheck]) {
+        for check in checks { Output.print("\(check.outcome.rawValue.uppercased()) \(check.name): \(check.detail)") }
+        Output.print(
+            "\(checks.count) checks: \(Self.count(checks, .pass)) passed, \(Self.count(checks, .fail)) failed, "
+                + "\(Self.count(checks, .skip)) skipped")
+    }
 }
 
 /// The checks of `daxlab mmap-check`: windows (`AddressSpace.mapWindow`) of files on a mounted
