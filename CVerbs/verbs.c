@@ -277,5 +277,3 @@ int CVerbs_probe_on_demand(CVerbs_port *port, int *capable) {
     munmap(page, 4096);
     return result;
 }
-
-const char *CVerbs_status_string(int status) { return ibv_wc_status_str((enum ibv_wc_status)status); }

@@ -53,7 +53,4 @@ int CVerbs_write(CVerbs_port *port, uint64_t remote, uint32_t rkey, uint32_t len
 /// advertises ODP for RC RDMA WRITEs (ibv_query_device_ex).
 int CVerbs_probe_on_demand(CVerbs_port *port, int *capable);
 
-/// ibv_wc_status_str.
-const char *CVerbs_status_string(int status);
-
 #endif
