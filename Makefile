@@ -6,8 +6,10 @@ export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT ?= swift
 
 # Libraries the C shims link: libpmem (mapping, persistence), libndctl and libdaxctl (discovery),
-# libblkid (mkfs recognizes data), libpmemobj and liburing (baselines of `daxlab bench`).
-DEBS := libpmem-dev libndctl-dev libdaxctl-dev libblkid-dev libpmemobj-dev liburing-dev libibverbs-dev ibverbs-providers
+# libblkid (mkfs recognizes data), libpmemobj and liburing (baselines of `daxlab bench`),
+# libibverbs and its providers (RDMA devices); pkg-config for libdaxlab's C tests.
+DEBS := libpmem-dev libndctl-dev libdaxctl-dev libblkid-dev libpmemobj-dev liburing-dev libibverbs-dev ibverbs-providers \
+	pkg-config
 
 # The emulated-pmem default: a file on tmpfs.
 PMEM_FILE ?= /dev/shm/daxlab.pmem
@@ -27,7 +29,12 @@ SEED ?= 1
 SCALING_THREADS ?= 1,2,4,8,16
 OPS ?= 800
 
-.PHONY: help deps build demo test check-layers test-pmem tsan crash-test bench bench-suites bench-scaling count-locked clean
+# Where `make install` puts libdaxlab, daxlab.h, daxlab.pc and the daxlab command.
+PREFIX ?= /usr/local
+LIB := .build-lib/release/libDaxlabC.so
+
+.PHONY: help deps build demo test check-layers test-pmem test-c tsan crash-test bench bench-suites bench-scaling \
+	count-locked lib install clean
 
 help:
 	@echo "make demo        build (release) and run daxlab's main job on $(PMEM_FILE)"
@@ -35,6 +42,10 @@ help:
 	@echo "make check-layers  every package dependency used, and in layer order (scripts/check-layers.swift)"
 	@echo "make test-pmem   daxlab on kernel fs-dax and device-dax in QEMU guests (NVDIMM, reboot, memmap=)"
 	@echo "make tsan        the concurrency tests under ThreadSanitizer"
+	@echo "make test-c      libdaxlab from C: installed in a temporary prefix, the C tests and examples"
+	@echo "                 built through pkg-config alone"
+	@echo "make install     libdaxlab (Swift runtime linked in), daxlab.h, daxlab.pc and the daxlab"
+	@echo "                 command into PREFIX=$(PREFIX)"
 	@echo "make crash-test  the crash campaign: SEEDS=$(SEEDS) workloads of OPS=$(OPS) operations from SEED=$(SEED),"
 	@echo "                 POINTS=$(POINTS) persist points each"
 	@echo "make bench       daxlab bench (every row against its baseline) -> docs/bench.json, .svg, .md,"
@@ -78,6 +89,7 @@ test: export DAXLAB_TEST_HOOKS := 1
 test: deps check-layers
 	$(SWIFT) build --build-tests
 	scripts/run-tests.sh .build/test.log $(SWIFT) test --no-parallel
+	$(MAKE) test-c
 	$(MAKE) tsan
 	@# Real pmem: skipped, with one line saying why, where QEMU or a kernel cannot be had.
 	SWIFT=$(SWIFT) scripts/test-pmem.sh --if-possible
@@ -89,6 +101,21 @@ check-layers:
 # Real kernel pmem in QEMU guests under software emulation (about 2 minutes; see scripts/test-pmem.sh).
 test-pmem: deps
 	SWIFT=$(SWIFT) scripts/test-pmem.sh
+
+# libdaxlab from C (scripts/test-c.sh): the tests' build of the library (the Swift runtime found
+# through its RUNPATH), installed in a temporary prefix; C builds through pkg-config alone.
+test-c: export DAXLAB_TEST_HOOKS := 1
+test-c: deps
+	$(SWIFT) build --product DaxlabC
+	scripts/test-c.sh .build/debug/libDaxlabC.so
+
+# libdaxlab for installing: a release build with the Swift runtime linked into the library, so
+# that a C program needs nothing of Swift's where it runs.
+lib: deps
+	$(SWIFT) build -c release --product DaxlabC -Xswiftc -static-stdlib --scratch-path .build-lib
+
+install: lib build
+	scripts/install-lib.sh $(LIB) $(PREFIX) --cli $(RELEASE_BIN)
 
 # The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
 tsan: export DAXLAB_TEST_HOOKS := 1

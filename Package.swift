@@ -17,6 +17,8 @@
 //   Race            the race harness and its oracle
 //   CBenchShims     C: liburing, libpmemobj, process_vm_writev (the baselines of daxlab bench)
 //   Bench           daxlab bench: every row against a baseline in the same run
+//   CDaxlab         C: libdaxlab's header (daxlab.h), its errno names and thread-local last error
+//   LibDaxlab       libdaxlab: the C interface (daxlab.h) over DaxFS and DAX, built as a shared library
 //   DaxlabCLI       the commands (swift-argument-parser), and the `daxlab` executable on top
 import PackageDescription
 
@@ -37,6 +39,9 @@ let package = Package(
         .library(name: "DaxFS", targets: ["DaxFS"]),
         .library(name: "DAX", targets: ["DAX"]),
         .library(name: "DMA", targets: ["DMA"]),
+        // libdaxlab for C programs: `make install` puts it in PREFIX/lib as libdaxlab.so, with
+        // daxlab.h and daxlab.pc (docs/c-api.md).
+        .library(name: "DaxlabC", type: .dynamic, targets: ["LibDaxlab"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -113,6 +118,14 @@ let package = Package(
                 "CBenchShims", "CRing", "CShims", "DAX", "DMA", "DaxFS", "Pmem", "DaxlabSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
+        ),
+        // libdaxlab's C half: the public header, errno names, the thread-local last error.
+        .target(name: "CDaxlab", path: "CDaxlab", cSettings: [.define("_GNU_SOURCE")]),
+        // libdaxlab: the C interface over the file system and the DAX layer (handles, errors as
+        // negative errno values, lease-break callbacks on a thread of its own).
+        .target(
+            name: "LibDaxlab",
+            dependencies: ["CDaxlab", "DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics")]
         ),
         // The command-line interface, as a library so tests can reach its pieces.
         .target(

@@ -12,7 +12,7 @@ import Foundation
 /// targets before it.
 let layers = [
     "CShims", "CRing", "CVerbs", "DaxlabSupport", "Pmem", "DaxFS", "CrashCampaign", "DAX", "DMA", "Race", "CBenchShims", "Bench",
-    "DaxlabCLI", "daxlab",
+    "CDaxlab", "LibDaxlab", "DaxlabCLI", "daxlab",
 ]
 
 struct Manifest: Decodable {

@@ -39,6 +39,11 @@ public struct LockRank: Sendable, Equatable, CustomStringConvertible {
 extension LockRank {
     /// A race writer's file and what it last wrote (`Writer.lock`, Race): held across the
     /// writer's file-system calls (write, read, truncate, punch), so over everything below.
+    /// A libdaxlab pin (`CPin`, LibDaxlab): held around a C program's write through the pin and
+    /// its unpin, which take the DAX layer's locks.
+    public static let cPin = LockRank("cPin", 4)
+    /// A libdaxlab mount's DAX layer, attached once (`CMount`, LibDaxlab): the attach runs under it.
+    public static let cMount = LockRank("cMount", 6)
     public static let raceWriter = LockRank("raceWriter", 10)
     /// Attach and detach of the file system's layout breaker (`BreakerSlot`, DaxFS): detach
     /// takes and drops every inode lock under it, in ascending order.
@@ -119,6 +124,10 @@ extension LockRank {
     public static let benchPinCounts = LockRank("benchPinCounts", 250)
     /// The sleeper and waker of `daxlab bench`'s wake-up row.
     public static let benchWake = LockRank("benchWake", 252)
+    /// libdaxlab's queue of lease-break callbacks to run (`LeaseNotifier`, LibDaxlab).
+    public static let cLeaseQueue = LockRank("cLeaseQueue", 251)
+    /// libdaxlab's table of live handles (`Handles`, LibDaxlab).
+    public static let cHandles = LockRank("cHandles", 253)
     /// The registrations of memory whose faults this process's file systems serve
     /// (`FaultServedMemory`, DaxFS): a window's registration and its removal. The check every
     /// write makes reads the registrations without it.
@@ -128,9 +137,9 @@ extension LockRank {
 
     /// Every rank above, in order (tests check it is ascending; docs/architecture.md lists it).
     public static let all: [LockRank] = [
-        .raceWriter, .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror,
+        .cPin, .cMount, .raceWriter, .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror,
         .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .viewMappings, .kernelRegistrySlots, .leaseOverflow, .waitQueue,
         .reclaimer, .faultServiceWindows, .windowPages, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined,
-        .dmaThreads, .crashPending, .crashPoints, .crashChild, .benchPinCounts, .benchWake, .faultServedMemory, .leaf,
+        .dmaThreads, .crashPending, .crashPoints, .crashChild, .benchPinCounts, .cLeaseQueue, .benchWake, .cHandles, .faultServedMemory, .leaf,
     ]
 }

@@ -1,0 +1,195 @@
+import CDaxlab
+import DAX
+import DaxFS
+import DaxlabSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A mount as the C interface holds it: the file system, the DAX layer once attached, the pins
+/// its handles name, and the thread that runs its lease-break callbacks.
+final class CMount: @unchecked Sendable {
+    let fs: FileSystem
+    /// Set once, by `daxlab_attach`.
+    let dax = Locked<DAXFileSystem?>(nil, rank: .cMount)
+    /// The handles of its pins held now (changed under the handle table's lock).
+    var pins: Set<UInt64> = []
+    let notifier = LeaseNotifier()
+
+    init(fs: FileSystem) { self.fs = fs }
+
+    /// The DAX layer, or -EINVAL when `daxlab_attach` was not called.
+    func attached() throws(CFailure) -> DAXFileSystem {
+        guard let dax = self.dax.withLock({ $0 }) else {
+            throw CFailure(EINVAL, "\(self.fs.path): the DAX layer is not attached (call daxlab_attach first)")
+        }
+        return dax
+    }
+}
+
+@_cdecl("daxlab_format")
+public func daxlabFormat(_ path: UnsafePointer<CChar>?, _ size: UInt64, _ flags: Int32) -> Int32 {
+    cCall { () throws(CFailure) in
+        let path = try string(path, "path")
+        guard size <= UInt64(Int.max) else { throw CFailure(EINVAL, "size \(size) is out of range") }
+        _ = try fsCall { () throws(FSError) in
+            try FileSystem.format(path: path, size: size == 0 ? nil : Int(size), force: flags & Int32(DAXLAB_FORCE.rawValue) != 0)
+        }
+    }
+}
+
+@_cdecl("daxlab_mount")
+public func daxlabMount(_ path: UnsafePointer<CChar>?, _ flags: Int32, _ mount: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall { () throws(CFailure) in
+        let path = try string(path, "path")
+        let out = try output(mount, "mount")
+        let readOnly = flags & Int32(DAXLAB_READ_ONLY.rawValue) != 0
+        let fs = try fsCall { () throws(FSError) in try FileSystem.mount(path: path, readOnly: readOnly) }
+        out.pointee = Handles.add(CMount(fs: fs))
+    }
+}
+
+@_cdecl("daxlab_unmount")
+public func daxlabUnmount(_ handle: UInt64) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.removeMount(handle) { (mount: CMount) throws(CFailure) in
+            guard mount.pins.isEmpty else {
+                throw CFailure(EBUSY, "\(mount.fs.path): \(mount.pins.count) pin(s) still held: unpin them first")
+            }
+        }
+        do throws(FSError) { try mount.fs.unmount() } catch {
+            // Still mounted: the same handle names it again, for another try.
+            Handles.restore(handle, mount)
+            throw CFailure(error)
+        }
+        // (No pin is left, so no lease can break now: the callbacks queued have all been posted.)
+        mount.notifier.stop()
+    }
+}
+
+@_cdecl("daxlab_create")
+public func daxlabCreate(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ file: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let name = try string(name, "name")
+        let out = try output(file, "file")
+        let id = try fsCall { () throws(FSError) in try mount.fs.create(FileName(name)) }
+        out.pointee = fileHandle(id)
+    }
+}
+
+@_cdecl("daxlab_open")
+public func daxlabOpen(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ file: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let name = try string(name, "name")
+        let out = try output(file, "file")
+        let id = try fsCall { () throws(FSError) in try mount.fs.lookup(FileName(name)) }
+        out.pointee = fileHandle(id)
+    }
+}
+
+@_cdecl("daxlab_unlink")
+public func daxlabUnlink(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ policyValue: Int32) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let name = try string(name, "name")
+        let chosen = try policy(policyValue)
+        try fsCall { () throws(FSError) in try mount.fs.unlink(FileName(name), policy: chosen) }
+    }
+}
+
+@_cdecl("daxlab_rename")
+public func daxlabRename(_ handle: UInt64, _ from: UnsafePointer<CChar>?, _ to: UnsafePointer<CChar>?) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let source = try string(from, "from")
+        let target = try string(to, "to")
+        try fsCall { () throws(FSError) in try mount.fs.rename(FileName(source), to: FileName(target)) }
+    }
+}
+
+/// An offset and count in range of `Int`.
+private func range(_ offset: UInt64, _ count: Int) throws(CFailure) -> Int {
+    guard offset <= UInt64(Int.max) - UInt64(count) else { throw CFailure(EINVAL, "offset \(offset) is out of range") }
+    return Int(offset)
+}
+
+@_cdecl("daxlab_read")
+public func daxlabRead(
+    _ handle: UInt64, _ file: UInt64, _ buffer: UnsafeMutableRawPointer?, _ count: Int, _ offset: UInt64
+) -> Int64 {
+    cCall { () throws(CFailure) -> Int64 in
+        let mount = try Handles.mount(handle)
+        guard count >= 0, count <= 1 << 30 else { throw CFailure(EINVAL, "count \(count) is out of range (at most 1 GiB)") }
+        guard let buffer else { throw CFailure(EINVAL, "buffer is NULL") }
+        let start = try range(offset, count)
+        let bytes = try fsCall { () throws(FSError) in try mount.fs.read(fileID(file), offset: start, count: count) }
+        bytes.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        return Int64(bytes.count)
+    }
+}
+
+@_cdecl("daxlab_write")
+public func daxlabWrite(
+    _ handle: UInt64, _ file: UInt64, _ buffer: UnsafeRawPointer?, _ count: Int, _ offset: UInt64
+) -> Int64 {
+    cCall { () throws(CFailure) -> Int64 in
+        let mount = try Handles.mount(handle)
+        guard count >= 0 else { throw CFailure(EINVAL, "count \(count) is out of range") }
+        guard let buffer else { throw CFailure(EINVAL, "buffer is NULL") }
+        let start = try range(offset, count)
+        try fsCall { () throws(FSError) in
+            try mount.fs.write(fileID(file), offset: start, bytes: UnsafeRawBufferPointer(start: buffer, count: count))
+        }
+        return Int64(count)
+    }
+}
+
+@_cdecl("daxlab_truncate")
+public func daxlabTruncate(_ handle: UInt64, _ file: UInt64, _ size: UInt64, _ policyValue: Int32) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let chosen = try policy(policyValue)
+        let bytes = try range(size, 0)
+        try fsCall { () throws(FSError) in try mount.fs.truncate(fileID(file), size: bytes, policy: chosen) }
+    }
+}
+
+@_cdecl("daxlab_fallocate")
+public func daxlabFallocate(
+    _ handle: UInt64, _ file: UInt64, _ mode: Int32, _ offset: UInt64, _ length: UInt64, _ policyValue: Int32
+) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let chosen = try policy(policyValue)
+        guard length <= UInt64(Int.max) else { throw CFailure(EINVAL, "length \(length) is out of range") }
+        let start = try range(offset, Int(length))
+        let count = Int(length)
+        let id = fileID(file)
+        let fs = mount.fs
+        try fsCall { () throws(FSError) in
+            switch UInt32(bitPattern: mode) {
+            case DAXLAB_FALLOC_ALLOCATE.rawValue: _ = try fs.fallocate(id, offset: start, length: count)
+            case DAXLAB_FALLOC_KEEP_SIZE.rawValue: _ = try fs.fallocate(id, offset: start, length: count, keepSize: true)
+            case DAXLAB_FALLOC_PUNCH_HOLE.rawValue: try fs.punchHole(id, offset: start, length: count, policy: chosen)
+            case DAXLAB_FALLOC_ZERO_RANGE.rawValue: try fs.zeroRange(id, offset: start, length: count, policy: chosen)
+            case DAXLAB_FALLOC_COLLAPSE_RANGE.rawValue: try fs.collapseRange(id, offset: start, length: count, policy: chosen)
+            case DAXLAB_FALLOC_INSERT_RANGE.rawValue: try fs.insertRange(id, offset: start, length: count, policy: chosen)
+            default: throw FSError(.invalidArgument, "mode \(mode) is not a daxlab_fallocate_mode (0 to 5)")
+            }
+        }
+    }
+}
+
+@_cdecl("daxlab_stat")
+public func daxlabStat(_ handle: UInt64, _ file: UInt64, _ stat: UnsafeMutablePointer<daxlab_stat>?) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let out = try output(stat, "stat")
+        let found = try fsCall { () throws(FSError) in try mount.fs.stat(fileID(file)) }
+        out.pointee = daxlab_stat(
+            size: UInt64(found.size), blocks: UInt64(found.blocks), modified_ns: found.modifiedNanoseconds)
+    }
+}

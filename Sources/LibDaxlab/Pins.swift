@@ -1,0 +1,286 @@
+import Atomics
+import CDaxlab
+import DAX
+import DaxFS
+import DaxlabSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A pin as the C interface holds it: the handle, until the unpin takes it (under `handle`'s
+/// lock, which a write through the pin holds too, so an unpin never ends a pin under a write).
+final class CPin: @unchecked Sendable {
+    let handle: Locked<PinHandleBox>
+    let mount: CMount
+    let holder: CLeaseHolder?
+
+    init(_ pinned: consuming PinHandle, mount: CMount, holder: CLeaseHolder?) {
+        self.handle = Locked(PinHandleBox(pinned), rank: .cPin)
+        self.mount = mount
+        self.holder = holder
+    }
+}
+
+/// A `PinHandle` (non-copyable) in a class, taken once by the unpin.
+final class PinHandleBox {
+    var pinned: PinHandle?
+    init(_ pinned: consuming PinHandle) { self.pinned = consume pinned }
+
+    /// Runs `body` with the handle (-EBADF once it was unpinned).
+    func use<Result>(_ pin: UInt64, _ body: (borrowing PinHandle) throws(CFailure) -> Result) throws(CFailure) -> Result {
+        guard let pinned = self.pinned.take() else { throw CFailure(EBADF, "pin \(pin) was unpinned") }
+        let outcome: Swift.Result<Result, CFailure>
+        do throws(CFailure) { outcome = .success(try body(pinned)) } catch { outcome = .failure(error) }
+        self.pinned = consume pinned
+        return try outcome.get()
+    }
+}
+
+/// A pin's lease holder for C: a break is handed to the mount's notifier thread, which calls the
+/// program's function, so that the function may unpin (the truncating thread, which tells the
+/// holder, must not wait for its own unpin).
+final class CLeaseHolder: LeaseHolder, @unchecked Sendable {
+    let function: daxlab_lease_break_fn
+    let context: UnsafeMutableRawPointer?
+    let notifier: LeaseNotifier
+    /// The pin's handle, set once it is registered (a break before that is delivered after it),
+    /// or `Self.never` when the pin was let go before it could be registered.
+    let pin = ManagedAtomic<UInt64>(0)
+    static let never = UInt64.max
+
+    init(_ function: @escaping daxlab_lease_break_fn, _ context: UnsafeMutableRawPointer?, _ notifier: LeaseNotifier) {
+        self.function = function
+        self.context = context
+        self.notifier = notifier
+    }
+
+    func leaseBroken(_ lease: LeaseInfo) {
+        let pages = lease.pages
+        self.notifier.post { [self] in
+            // (The pin is registered as soon as `pin` returns: a break in between waits for it.)
+            var handle = self.pin.load(ordering: .acquiring)
+            while handle == 0 {
+                sched_yield()
+                handle = self.pin.load(ordering: .acquiring)
+            }
+            guard handle != Self.never else { return }
+            self.function(self.context, handle, UInt64(pages.lowerBound), UInt64(pages.count))
+        }
+    }
+}
+
+/// One mount's lease-break callbacks, run in order on a thread of their own, started at the first.
+final class LeaseNotifier: @unchecked Sendable {
+    private struct Queue {
+        var calls: [@Sendable () -> Void] = []
+        var stopping = false
+        var thread: JoinableThread?
+        /// A poster is starting the thread.
+        var starting = false
+    }
+
+    private let queue = ConditionLock(Queue(), rank: .cLeaseQueue)
+
+    func post(_ call: @escaping @Sendable () -> Void) {
+        let start = self.queue.withLockThenBroadcast { queue -> Bool in
+            guard !queue.stopping else { return false }
+            queue.calls.append(call)
+            guard queue.thread == nil, !queue.starting else { return false }
+            queue.starting = true
+            return true
+        }
+        guard start else { return }
+        let thread = try? JoinableThread.spawn(name: "daxlab-lease-cb") { [self] in self.run() }
+        self.queue.withLockThenBroadcast { queue in
+            queue.thread = thread
+            queue.starting = false
+        }
+        // (No thread to be had: the callbacks wait for one, started by the next break or run by the
+        // unmount; they are never run on the truncating thread, which must not wait for itself.)
+    }
+
+    private func run() {
+        while true {
+            let next = self.queue.wait(until: { !$0.calls.isEmpty || $0.stopping }) { queue -> (@Sendable () -> Void)? in
+                queue.calls.isEmpty ? nil : queue.calls.removeFirst()
+            }
+            guard let call = next ?? nil else { return }
+            call()
+        }
+    }
+
+    private func runPending() {
+        while let call = self.queue.withLock({ $0.calls.isEmpty ? nil : $0.calls.removeFirst() }) { call() }
+    }
+
+    /// Runs what is queued, then ends the thread (the unmount).
+    func stop() {
+        let thread = self.queue.withLockThenBroadcast { queue -> JoinableThread? in
+            queue.stopping = true
+            return queue.thread
+        }
+        thread?.join()
+        self.runPending()
+    }
+}
+
+@_cdecl("daxlab_attach")
+public func daxlabAttach(_ handle: UInt64, _ policyValue: Int32, _ times: UnsafePointer<daxlab_times>?) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        guard let chosen = try policy(policyValue) else {
+            throw CFailure(EINVAL, "daxlab_attach needs a policy (DAXLAB_POLICY_DEFAULT names the mount's, which this sets)")
+        }
+        var policyTimes = PolicyTimes()
+        if let times = times?.pointee {
+            guard times.wait_timeout_ms >= 0, times.lease_break_time_ms >= 0 else {
+                throw CFailure(EINVAL, "negative times: wait_timeout_ms \(times.wait_timeout_ms), lease_break_time_ms \(times.lease_break_time_ms)")
+            }
+            policyTimes = PolicyTimes(
+                waitTimeout: times.wait_timeout_ms == 0 ? nil : .milliseconds(times.wait_timeout_ms),
+                leaseBreakTime: .milliseconds(times.lease_break_time_ms))
+        }
+        try mount.dax.withLock { (dax: inout DAXFileSystem?) throws(CFailure) in
+            guard dax == nil else { throw CFailure(EBUSY, "\(mount.fs.path): the DAX layer is attached already") }
+            dax = try fsCall { () throws(FSError) in try DAXFileSystem(fs: mount.fs, policy: chosen, times: policyTimes) }
+        }
+    }
+}
+
+@_cdecl("daxlab_map")
+public func daxlabMap(
+    _ handle: UInt64, _ file: UInt64, _ address: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+    _ length: UnsafeMutablePointer<Int>?
+) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let dax = try mount.attached()
+        let out = try output(address, "address")
+        let base = try fsCall { () throws(FSError) in try dax.open(fileID(file)).mapWindow() }
+        out.pointee = base
+        length?.pointee = FileSystem.maximumFileSize
+    }
+}
+
+@_cdecl("daxlab_pin")
+public func daxlabPin(
+    _ handle: UInt64, _ file: UInt64, _ first: UInt64, _ pages: UInt64, _ flags: Int32,
+    _ onBreak: daxlab_lease_break_fn?, _ context: UnsafeMutableRawPointer?, _ pin: UnsafeMutablePointer<UInt64>?
+) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let dax = try mount.attached()
+        let out = try output(pin, "pin")
+        guard pages >= 1, pages <= 512, first <= UInt64(Int32.max) else {
+            throw CFailure(EINVAL, "pages \(first)..<\(first &+ pages): a pin covers 1 to 512 pages")
+        }
+        let write = flags & Int32(DAXLAB_PIN_WRITE.rawValue) != 0
+        let term: PinTerm = flags & Int32(DAXLAB_PIN_LONG_TERM.rawValue) != 0 ? .longTerm : .shortTerm
+        let holder = onBreak.map { CLeaseHolder($0, context, mount.notifier) }
+        let range = Int(first)..<Int(first + pages)
+        let pinned = try fsCall { () throws(FSError) in
+            try dax.open(fileID(file)).pin(range, write: write, holder: holder, term: term)
+        }
+        let box = CPin(pinned, mount: mount, holder: holder)
+        let number: UInt64
+        do throws(CFailure) {
+            number = try Handles.addPin(box, of: mount)
+        } catch {
+            holder?.pin.store(CLeaseHolder.never, ordering: .releasing)
+            box.handle.withLock { $0.pinned.take()?.unpin() }
+            throw error
+        }
+        holder?.pin.store(number, ordering: .releasing)
+        out.pointee = number
+    }
+}
+
+@_cdecl("daxlab_pin_block")
+public func daxlabPinBlock(_ pin: UInt64, _ index: UInt64) -> Int64 {
+    cCall { () throws(CFailure) -> Int64 in
+        let box = try Handles.pin(pin)
+        return try box.handle.withLock { (box: inout PinHandleBox) throws(CFailure) -> Int64 in
+            try box.use(pin) { (pinned: borrowing PinHandle) throws(CFailure) -> Int64 in
+                guard index < UInt64(pinned.count) else {
+                    throw CFailure(EINVAL, "index \(index) is outside the pin's \(pinned.count) page(s)")
+                }
+                return Int64(pinned.block(at: Int(index)))
+            }
+        }
+    }
+}
+
+@_cdecl("daxlab_pin_write")
+public func daxlabPinWrite(
+    _ pin: UInt64, _ index: UInt64, _ data: UnsafeRawPointer?, _ count: Int, _ offset: UInt64
+) -> Int32 {
+    Int32(cCall { () throws(CFailure) -> Int64 in
+        let box = try Handles.pin(pin)
+        guard let data else { throw CFailure(EINVAL, "data is NULL") }
+        guard offset <= 4096, count >= 0, UInt64(count) <= 4096 - offset else {
+            throw CFailure(EINVAL, "\(count) bytes at offset \(offset) do not fit in a 4096-byte page")
+        }
+        return try box.handle.withLock { (box: inout PinHandleBox) throws(CFailure) -> Int64 in
+            try box.use(pin) { (pinned: borrowing PinHandle) throws(CFailure) -> Int64 in
+                guard index < UInt64(pinned.count) else {
+                    throw CFailure(EINVAL, "index \(index) is outside the pin's \(pinned.count) page(s)")
+                }
+                guard pinned.block(at: Int(index)) != 0 else {
+                    throw CFailure(EINVAL, "page \(index) of a read pin is a hole: pin with DAXLAB_PIN_WRITE to write")
+                }
+                let landed = try fsCall { () throws(FSError) in
+                    try pinned.write(at: Int(index), offset: Int(offset), from: data, count: count)
+                }
+                return landed ? 1 : 0
+            }
+        }
+    })
+}
+
+@_cdecl("daxlab_pin_revoked")
+public func daxlabPinRevoked(_ pin: UInt64) -> Int32 {
+    Int32(cCall { () throws(CFailure) -> Int64 in
+        let box = try Handles.pin(pin)
+        return try box.handle.withLock { (box: inout PinHandleBox) throws(CFailure) -> Int64 in
+            try box.use(pin) { (pinned: borrowing PinHandle) throws(CFailure) -> Int64 in
+                pinned.isRevoked ? 1 : 0
+            }
+        }
+    })
+}
+
+@_cdecl("daxlab_unpin")
+public func daxlabUnpin(_ pin: UInt64) -> Int32 {
+    cCall { () throws(CFailure) in
+        let box = try Handles.pin(pin)
+        // (The handle is taken under its lock: of two unpins, one finds it gone.)
+        let unpinned = box.handle.withLock { (box: inout PinHandleBox) -> Bool in
+            guard let pinned = box.pinned.take() else { return false }
+            pinned.unpin()
+            return true
+        }
+        guard unpinned else {
+            throw CFailure(EBADF, "pin handle \(pin) is not a pin held now (unpinned already, or never pinned)")
+        }
+        Handles.removePin(pin, of: box.mount)
+    }
+}
+
+@_cdecl("daxlab_statistics")
+public func daxlabStatistics(_ handle: UInt64, _ statistics: UnsafeMutablePointer<daxlab_statistics>?) -> Int32 {
+    cCall { () throws(CFailure) in
+        let mount = try Handles.mount(handle)
+        let out = try output(statistics, "statistics")
+        let counters = try mount.attached().statistics
+        func value(_ counter: KeyPath<PolicyStatistics, ManagedAtomic<Int>>) -> UInt64 {
+            UInt64(max(0, counters[keyPath: counter].load(ordering: .relaxed)))
+        }
+        out.pointee = daxlab_statistics(
+            refused_busy: value(\.refusedBusy), waits: value(\.waits), truncates_waited: value(\.truncatesWaited),
+            lease_breaks: value(\.leaseBreaks), revocations: value(\.revocations),
+            sequestered_now: value(\.sequesteredNow), deferred_now: value(\.deferredNow),
+            pinned_blocks_freed: value(\.pinnedBlocksFreed), window_faults: value(\.windowFaults),
+            long_term_refused: value(\.longTermRefused))
+    }
+}
