@@ -122,6 +122,9 @@ tsan: export DAXLAB_TEST_HOOKS := 1
 tsan: deps
 	scripts/run-tests.sh .build-tsan/test.log $(SWIFT) test --no-parallel --sanitize=thread --scratch-path .build-tsan \
 		--filter 'DaxlabSupportTests|DaxFSTests.FaultServedMemoryTests|DaxFSTests.SemanticsTests|DaxFSTests.FileSystemTests|DaxFSTests.ReservationTests|PmemTests.MappingTests|DAXTests|RaceTests'
+	@# libdaxlab from C threads: the library and the C programs built with ThreadSanitizer.
+	$(SWIFT) build --sanitize=thread --scratch-path .build-tsan --product DaxlabC
+	scripts/test-c.sh --tsan .build-tsan/debug/libDaxlabC.so
 
 # The comparison harness, then the ordo-one suites (a separate package; its first release build
 # takes several minutes).

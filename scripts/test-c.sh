@@ -11,11 +11,16 @@
 # and checks daxlab.h with clang -Weverything as C11 (no warning at all) and as C++17 (all but the
 # C++98-compatibility ones, which concern only style).
 #
-# Usage: scripts/test-c.sh LIBRARY     (SwiftPM's libDaxlabC.so)
+# With --tsan (make tsan): LIBRARY is a ThreadSanitizer build, and test_api and rdma-like are built
+# with clang -fsanitize=thread against it and run; any report fails them (exit status 66).
+#
+# Usage: scripts/test-c.sh [--tsan] LIBRARY     (SwiftPM's libDaxlabC.so)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-library=${1:?usage: $0 LIBRARY}
+tsan=false
+if [ "${1:-}" = --tsan ]; then tsan=true; shift; fi
+library=${1:?usage: $0 [--tsan] LIBRARY}
 work=$(mktemp -d /tmp/daxlab-test-c.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 CC=${CC:-$(command -v cc || command -v clang)}
@@ -28,12 +33,29 @@ flags=$(pkg-config --cflags --libs daxlab)
 echo "test-c: pkg-config --cflags --libs daxlab: $flags"
 strict=(-Wall -Wextra -Werror -pthread)
 
+
 # run NAME TIMEOUT COMMAND...: one program, time-limited.
 run() {
     local name=$1 limit=$2; shift 2
     echo "test-c: $name"
     if ! timeout --kill-after=5 "$limit" "$@"; then echo "test-c: FAIL: $name" >&2; exit 1; fi
 }
+
+if $tsan; then
+    # The toolchain's clang and ThreadSanitizer runtime, the ones the Swift build used (the
+    # runtime's libdispatch interceptors need the toolchain's libdispatch).
+    [ -n "$CLANG" ] || { echo "test-c: --tsan needs the toolchain's clang" >&2; exit 1; }
+    runtime=$(dirname "$(dirname "$CLANG")")/lib/swift/linux
+    for program in tests/c/test_api.c examples/c/rdma-like.c; do
+        name=$(basename "$program" .c)
+        # shellcheck disable=SC2086
+        "$CLANG" -std=c11 -g -fsanitize=thread "${strict[@]}" "$program" $flags \
+            -L "$runtime" -Wl,-rpath,"$runtime" -ldispatch -lBlocksRuntime -o "$work/$name"
+        TSAN_OPTIONS=${TSAN_OPTIONS:-exitcode=66} run "$name (ThreadSanitizer)" 600 "$work/$name" "/dev/shm/daxlab-tsan-$name-$$.img"
+    done
+    echo "test-c: PASS (ThreadSanitizer: no report)"
+    exit 0
+fi
 
 # shellcheck disable=SC2086
 "$CC" -std=c11 "${strict[@]}" tests/c/test_api.c $flags -o "$work/test_api"

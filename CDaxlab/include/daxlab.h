@@ -124,7 +124,9 @@ int daxlab_format(const char *path, uint64_t size, int flags);
 int daxlab_mount(const char *path, int flags, daxlab_mount_t *mount);
 
 /** Unmounts `mount`: its handle, its files' handles and its mappings end. Pins still held give
- * -EBUSY and nothing changes (unpin them first). */
+ * -EBUSY and nothing changes (unpin them first). Calls in progress on the mount in other threads
+ * are waited for (a truncate asleep on a pin of another program, say); calls made after the
+ * unmount began give -EBADF. */
 int daxlab_unmount(daxlab_mount_t mount);
 
 /** Creates the empty file `name` (-EEXIST if it exists). */

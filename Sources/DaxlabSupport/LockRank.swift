@@ -124,6 +124,8 @@ extension LockRank {
     public static let benchPinCounts = LockRank("benchPinCounts", 250)
     /// The sleeper and waker of `daxlab bench`'s wake-up row.
     public static let benchWake = LockRank("benchWake", 252)
+    /// A libdaxlab mount's calls in progress (`CMount.activity`, LibDaxlab): an unmount waits for them.
+    public static let cMountCalls = LockRank("cMountCalls", 249)
     /// libdaxlab's queue of lease-break callbacks to run (`LeaseNotifier`, LibDaxlab).
     public static let cLeaseQueue = LockRank("cLeaseQueue", 251)
     /// libdaxlab's table of live handles (`Handles`, LibDaxlab).
@@ -140,6 +142,6 @@ extension LockRank {
         .cPin, .cMount, .raceWriter, .breakerSlot, .namespace, .inode, .lostFound, .spaceTable, .subscriptions, .deviceMirror,
         .faultStripe, .logSlot, .lostFoundPages, .allocatorShard, .viewMappings, .kernelRegistrySlots, .leaseOverflow, .waitQueue,
         .reclaimer, .faultServiceWindows, .windowPages, .oracleMoved, .oracleCorruptions, .raceLatencies, .raceJoined,
-        .dmaThreads, .crashPending, .crashPoints, .crashChild, .benchPinCounts, .cLeaseQueue, .benchWake, .cHandles, .faultServedMemory, .leaf,
+        .dmaThreads, .crashPending, .crashPoints, .crashChild, .cMountCalls, .benchPinCounts, .cLeaseQueue, .benchWake, .cHandles, .faultServedMemory, .leaf,
     ]
 }

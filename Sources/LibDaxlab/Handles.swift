@@ -35,6 +35,14 @@ enum Handles {
         return mount
     }
 
+    /// `handle`'s mount, counted as in use until `leave()`: an unmount waits for the calls in
+    /// progress on its mount, and a call that comes after the unmount began gets -EBADF.
+    static func enter(_ handle: UInt64) throws(CFailure) -> CMount {
+        let mount = try Self.mount(handle)
+        try mount.enter(handle)
+        return mount
+    }
+
     static func pin(_ handle: UInt64) throws(CFailure) -> CPin {
         guard let pin = Self.table.withLock({ $0.pins[handle] }) else {
             throw CFailure(EBADF, "pin handle \(handle) is not a pin held now (unpinned, or never pinned)")

@@ -16,8 +16,31 @@ final class CMount: @unchecked Sendable {
     /// The handles of its pins held now (changed under the handle table's lock).
     var pins: Set<UInt64> = []
     let notifier = LeaseNotifier()
+    /// Calls in progress on the mount, and whether an unmount has begun.
+    private let activity = ConditionLock((calls: 0, closing: false), rank: .cMountCalls)
 
     init(fs: FileSystem) { self.fs = fs }
+
+    /// Counts a call in progress, or -EBADF once an unmount has begun.
+    func enter(_ handle: UInt64) throws(CFailure) {
+        try self.activity.withLock { (state: inout (calls: Int, closing: Bool)) throws(CFailure) in
+            guard !state.closing else { throw CFailure(EBADF, "mount handle \(handle) is being unmounted") }
+            state.calls += 1
+        }
+    }
+
+    func leave() { self.activity.withLockThenBroadcast { $0.calls -= 1 } }
+
+    /// Refuses new calls and waits until those in progress have returned (or, with `reopen`,
+    /// takes them again: the unmount failed).
+    func close(reopen: Bool = false) {
+        if reopen {
+            self.activity.withLock { $0.closing = false }
+            return
+        }
+        self.activity.withLock { $0.closing = true }
+        _ = self.activity.wait(until: { $0.calls == 0 }) { _ in () }
+    }
 
     /// The DAX layer, or -EINVAL when `daxlab_attach` was not called.
     func attached() throws(CFailure) -> DAXFileSystem {
@@ -58,8 +81,10 @@ public func daxlabUnmount(_ handle: UInt64) -> Int32 {
                 throw CFailure(EBUSY, "\(mount.fs.path): \(mount.pins.count) pin(s) still held: unpin them first")
             }
         }
+        mount.close()
         do throws(FSError) { try mount.fs.unmount() } catch {
             // Still mounted: the same handle names it again, for another try.
+            mount.close(reopen: true)
             Handles.restore(handle, mount)
             throw CFailure(error)
         }
@@ -71,7 +96,8 @@ public func daxlabUnmount(_ handle: UInt64) -> Int32 {
 @_cdecl("daxlab_create")
 public func daxlabCreate(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ file: UnsafeMutablePointer<UInt64>?) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let name = try string(name, "name")
         let out = try output(file, "file")
         let id = try fsCall { () throws(FSError) in try mount.fs.create(FileName(name)) }
@@ -82,7 +108,8 @@ public func daxlabCreate(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ file
 @_cdecl("daxlab_open")
 public func daxlabOpen(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ file: UnsafeMutablePointer<UInt64>?) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let name = try string(name, "name")
         let out = try output(file, "file")
         let id = try fsCall { () throws(FSError) in try mount.fs.lookup(FileName(name)) }
@@ -93,7 +120,8 @@ public func daxlabOpen(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ file: 
 @_cdecl("daxlab_unlink")
 public func daxlabUnlink(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ policyValue: Int32) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let name = try string(name, "name")
         let chosen = try policy(policyValue)
         try fsCall { () throws(FSError) in try mount.fs.unlink(FileName(name), policy: chosen) }
@@ -103,7 +131,8 @@ public func daxlabUnlink(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ poli
 @_cdecl("daxlab_rename")
 public func daxlabRename(_ handle: UInt64, _ from: UnsafePointer<CChar>?, _ to: UnsafePointer<CChar>?) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let source = try string(from, "from")
         let target = try string(to, "to")
         try fsCall { () throws(FSError) in try mount.fs.rename(FileName(source), to: FileName(target)) }
@@ -121,7 +150,8 @@ public func daxlabRead(
     _ handle: UInt64, _ file: UInt64, _ buffer: UnsafeMutableRawPointer?, _ count: Int, _ offset: UInt64
 ) -> Int64 {
     cCall { () throws(CFailure) -> Int64 in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         guard count >= 0, count <= 1 << 30 else { throw CFailure(EINVAL, "count \(count) is out of range (at most 1 GiB)") }
         guard let buffer else { throw CFailure(EINVAL, "buffer is NULL") }
         let start = try range(offset, count)
@@ -136,7 +166,8 @@ public func daxlabWrite(
     _ handle: UInt64, _ file: UInt64, _ buffer: UnsafeRawPointer?, _ count: Int, _ offset: UInt64
 ) -> Int64 {
     cCall { () throws(CFailure) -> Int64 in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         guard count >= 0 else { throw CFailure(EINVAL, "count \(count) is out of range") }
         guard let buffer else { throw CFailure(EINVAL, "buffer is NULL") }
         let start = try range(offset, count)
@@ -150,7 +181,8 @@ public func daxlabWrite(
 @_cdecl("daxlab_truncate")
 public func daxlabTruncate(_ handle: UInt64, _ file: UInt64, _ size: UInt64, _ policyValue: Int32) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let chosen = try policy(policyValue)
         let bytes = try range(size, 0)
         try fsCall { () throws(FSError) in try mount.fs.truncate(fileID(file), size: bytes, policy: chosen) }
@@ -162,7 +194,8 @@ public func daxlabFallocate(
     _ handle: UInt64, _ file: UInt64, _ mode: Int32, _ offset: UInt64, _ length: UInt64, _ policyValue: Int32
 ) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let chosen = try policy(policyValue)
         guard length <= UInt64(Int.max) else { throw CFailure(EINVAL, "length \(length) is out of range") }
         let start = try range(offset, Int(length))
@@ -186,7 +219,8 @@ public func daxlabFallocate(
 @_cdecl("daxlab_stat")
 public func daxlabStat(_ handle: UInt64, _ file: UInt64, _ stat: UnsafeMutablePointer<daxlab_stat>?) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let out = try output(stat, "stat")
         let found = try fsCall { () throws(FSError) in try mount.fs.stat(fileID(file)) }
         out.pointee = daxlab_stat(

@@ -128,7 +128,8 @@ final class LeaseNotifier: @unchecked Sendable {
 @_cdecl("daxlab_attach")
 public func daxlabAttach(_ handle: UInt64, _ policyValue: Int32, _ times: UnsafePointer<daxlab_times>?) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         guard let chosen = try policy(policyValue) else {
             throw CFailure(EINVAL, "daxlab_attach needs a policy (DAXLAB_POLICY_DEFAULT names the mount's, which this sets)")
         }
@@ -154,7 +155,8 @@ public func daxlabMap(
     _ length: UnsafeMutablePointer<Int>?
 ) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let dax = try mount.attached()
         let out = try output(address, "address")
         let base = try fsCall { () throws(FSError) in try dax.open(fileID(file)).mapWindow() }
@@ -169,7 +171,8 @@ public func daxlabPin(
     _ onBreak: daxlab_lease_break_fn?, _ context: UnsafeMutableRawPointer?, _ pin: UnsafeMutablePointer<UInt64>?
 ) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let dax = try mount.attached()
         let out = try output(pin, "pin")
         guard pages >= 1, pages <= 512, first <= UInt64(Int32.max) else {
@@ -270,7 +273,8 @@ public func daxlabUnpin(_ pin: UInt64) -> Int32 {
 @_cdecl("daxlab_statistics")
 public func daxlabStatistics(_ handle: UInt64, _ statistics: UnsafeMutablePointer<daxlab_statistics>?) -> Int32 {
     cCall { () throws(CFailure) in
-        let mount = try Handles.mount(handle)
+        let mount = try Handles.enter(handle)
+        defer { mount.leave() }
         let out = try output(statistics, "statistics")
         let counters = try mount.attached().statistics
         func value(_ counter: KeyPath<PolicyStatistics, ManagedAtomic<Int>>) -> UInt64 {

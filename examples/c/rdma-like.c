@@ -53,8 +53,9 @@ static void lease_broken(void *context, daxlab_pin_t pin, uint64_t first_page, u
            (unsigned long long)(first_page + pages - 1));
     atomic_store(&app->stop_device, 1);
     while (!atomic_load(&app->device_stopped)) usleep(100);
-    int result = daxlab_unpin(pin);
-    printf("the application stopped its device and released its pin (%s)\n", result == 0 ? "ok" : daxlab_last_error());
+    printf("the application stopped its device and releases its pin\n");
+    fflush(stdout);
+    if (daxlab_unpin(pin) < 0) printf("rdma-like: the unpin failed: %s\n", daxlab_last_error());
 }
 
 struct truncation {
