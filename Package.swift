@@ -125,7 +125,9 @@ let package = Package(
         // negative errno values, lease-break callbacks on a thread of its own).
         .target(
             name: "LibDaxlab",
-            dependencies: ["CDaxlab", "DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: [
+                "CDaxlab", "CShims", "DAX", "DaxFS", "DaxlabSupport", .product(name: "Atomics", package: "swift-atomics"),
+            ]
         ),
         // The command-line interface, as a library so tests can reach its pieces.
         .target(

@@ -4,6 +4,7 @@
 #include "daxlab.h"
 #include "daxlab_internal.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,7 +14,7 @@ static _Thread_local char error_name[160];
 const char *daxlab_version(void) { return "0.1.0"; }
 
 const char *daxlab_strerror(int error) {
-    int number = error < 0 ? -error : error;
+    int number = error == INT_MIN ? 0 : error < 0 ? -error : error;
     const char *name = strerrorname_np(number);
     char text[96];
     snprintf(error_name, sizeof(error_name), "%s: %s", name ? name : "unknown",

@@ -98,10 +98,12 @@ struct daxlab_statistics {
 /**
  * Called when a truncate, punch or unlink breaks a pin's lease under lease-break: the pin covers
  * pages [first_page, first_page + pages) of its file. It runs on a thread of daxlab's own (one
- * per mount), never on the truncating thread, so it may call daxlab_unpin(pin) itself; the
- * truncate goes on at the last unpin or, at the latest, when the break time runs out, when the
- * pin is revoked: its later daxlab_pin_write calls return 0 (refused) and it must still be
- * unpinned. Callbacks of one mount run one at a time, in order.
+ * per broken lease, so the callbacks of one truncate run at the same time), never on the
+ * truncating thread, so it may call daxlab_unpin(pin) itself; the truncate goes on at the last
+ * unpin or, at the latest, when the break time runs out, when the pins still held are revoked:
+ * their later daxlab_pin_write calls return 0 (refused), and they must still be unpinned. A
+ * callback not started when its pin is unpinned is skipped (one already running may finish
+ * after daxlab_unpin returns).
  */
 typedef void (*daxlab_lease_break_fn)(void *context, daxlab_pin_t pin, uint64_t first_page, uint64_t pages);
 
@@ -114,22 +116,24 @@ const char *daxlab_strerror(int error);
 /** The calling thread's last failure, one line (empty before any); valid until its next call. */
 const char *daxlab_last_error(void);
 
-/** Formats a daxlab file system at `path` (created with `size` bytes when it does not exist; a
- * device-dax device is formatted whole and `size` is ignored). A target that holds anything is
- * refused (-ENOTEMPTY) unless `flags` has DAXLAB_FORCE. */
+/** Formats a daxlab file system at `path` (created with `size` bytes when it does not exist, 0
+ * for 256 MiB; a device-dax device is formatted whole and `size` is ignored). A target that holds
+ * anything is refused (-ENOTEMPTY) unless `flags` has DAXLAB_FORCE. Paths are UTF-8; flag bits
+ * other than those named give -EINVAL, here and everywhere. */
 int daxlab_format(const char *path, uint64_t size, int flags);
 
 /** Mounts the image at `path` (DAXLAB_READ_ONLY in `flags` for read-only); `*mount` gets its
  * handle. Another mount of the same image, here or in another process, gives -EBUSY. */
 int daxlab_mount(const char *path, int flags, daxlab_mount_t *mount);
 
-/** Unmounts `mount`: its handle, its files' handles and its mappings end. Pins still held give
- * -EBUSY and nothing changes (unpin them first). Calls in progress on the mount in other threads
- * are waited for (a truncate asleep on a pin of another program, say); calls made after the
- * unmount began give -EBADF. */
+/** Unmounts `mount`: its handle, its files' handles and its mappings end (touching a mapping
+ * afterwards is SIGSEGV: the address is no longer mapped). Pins still held give -EBUSY and
+ * nothing changes (unpin them first). Calls in progress on the mount in other threads are waited
+ * for (a large read, say); calls made after the unmount began give -EBADF. */
 int daxlab_unmount(daxlab_mount_t mount);
 
-/** Creates the empty file `name` (-EEXIST if it exists). */
+/** Creates the empty file `name` (-EEXIST if it exists). Names are bytes, taken as they are
+ * (not UTF-8 checked); "", ".", "..", names with '/' and names over 255 bytes give -EINVAL. */
 int daxlab_create(daxlab_mount_t mount, const char *name, daxlab_file_t *file);
 /** The file `name` (-ENOENT if none). */
 int daxlab_open(daxlab_mount_t mount, const char *name, daxlab_file_t *file);
@@ -138,7 +142,8 @@ int daxlab_unlink(daxlab_mount_t mount, const char *name, int policy);
 /** Renames `from` to `to`, replacing `to` if it exists. */
 int daxlab_rename(daxlab_mount_t mount, const char *from, const char *to);
 
-/** Reads up to `count` bytes at `offset`: the bytes read (0 at or past the end), or -errno. */
+/** Reads `count` bytes (at most 1 GiB) at `offset`: the bytes read (fewer at the end, 0 past
+ * it), or -errno; a buffer that cannot be written gives -EFAULT, as read(2). */
 int64_t daxlab_read(daxlab_mount_t mount, daxlab_file_t file, void *buffer, size_t count, uint64_t offset);
 /** Writes `count` bytes at `offset`, all or nothing: `count`, or -errno. */
 int64_t daxlab_write(daxlab_mount_t mount, daxlab_file_t file, const void *buffer, size_t count, uint64_t offset);
@@ -149,7 +154,8 @@ int daxlab_fallocate(daxlab_mount_t mount, daxlab_file_t file, int mode, uint64_
 int daxlab_stat(daxlab_mount_t mount, daxlab_file_t file, struct daxlab_stat *stat);
 
 /** Attaches the DAX layer to `mount` with its default `policy` and `times` (NULL: a wait without
- * a timeout, a 45 s lease-break time); once per mount. Mapping and pinning need it. */
+ * a timeout, a 45 s lease-break time; each at most 100 days); once per mount, and not on a
+ * read-only mount (-EROFS). Mapping and pinning need it. */
 int daxlab_attach(daxlab_mount_t mount, int policy, const struct daxlab_times *times);
 
 /** Maps `file` (daxlab_attach first): `*address` gets a real mapping of its pages, as large as a
@@ -157,14 +163,15 @@ int daxlab_attach(daxlab_mount_t mount, int policy, const struct daxlab_times *t
  * by the CPU or by the kernel (an O_DIRECT read into it, a registration), a hole allocated for a
  * write; a truncate unmaps what it removes; an access past the end of file is SIGBUS for the
  * CPU and EFAULT for the kernel, as on a DAX file. The same address for every call on the file;
- * it stays mapped until the file is removed or the image unmounted. */
+ * it stays mapped until the image is unmounted (after an unlink every access is SIGBUS). */
 int daxlab_map(daxlab_mount_t mount, daxlab_file_t file, void **address, size_t *length);
 
-/** Pins pages [first_page, first_page + pages) of `file` as a device does (pin_user_pages):
- * DAXLAB_PIN_WRITE allocates holes first, DAXLAB_PIN_LONG_TERM makes it long-term. A pin holds a
- * lease; `on_break` (may be NULL) is told when a truncate breaks it (daxlab_lease_break_fn).
- * Refused with -EOPNOTSUPP for a long-term pin under mainline, -EINVAL for a range past the end
- * of file, -ENOSPC when a hole cannot be allocated. */
+/** Pins pages [first_page, first_page + pages) of `file` (1 to 512 pages) as a device does
+ * (pin_user_pages): DAXLAB_PIN_WRITE allocates holes first, DAXLAB_PIN_LONG_TERM makes it
+ * long-term. A pin holds a lease; `on_break` (may be NULL) is told when a truncate breaks it
+ * (daxlab_lease_break_fn). Refused with -EOPNOTSUPP for a long-term pin under mainline, -EINVAL
+ * for a range past the end of file, -ENOSPC when a hole cannot be allocated, -EBUSY when a
+ * truncate took the range while it was being pinned. */
 int daxlab_pin(daxlab_mount_t mount, daxlab_file_t file, uint64_t first_page, uint64_t pages, int flags,
                daxlab_lease_break_fn on_break, void *context, daxlab_pin_t *pin);
 
@@ -173,7 +180,8 @@ int64_t daxlab_pin_block(daxlab_pin_t pin, uint64_t index);
 
 /** A device's write of `count` bytes into the `index`-th pinned page at `offset` (within the
  * page), straight into the pinned block: 1 when it landed, 0 when it was refused because the
- * pin was revoked, or -errno. One pin may be written from one thread at a time. */
+ * pin was revoked, or -errno (-EPERM for a pin taken without DAXLAB_PIN_WRITE). Several threads
+ * may write through one pin; their writes are made one at a time. */
 int daxlab_pin_write(daxlab_pin_t pin, uint64_t index, const void *data, size_t count, uint64_t offset);
 
 /** Whether the pin's lease was revoked (1) or not (0). */

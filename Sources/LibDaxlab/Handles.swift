@@ -148,10 +148,18 @@ func fsCall<Result: ~Copyable>(_ body: () throws(FSError) -> Result) throws(CFai
     do { return try body() } catch { throw CFailure(error) }
 }
 
-/// A C string argument, checked for NULL.
+/// A C string argument naming a path: checked for NULL and for UTF-8 (a path is not rewritten).
 func string(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(CFailure) -> String {
     guard let pointer else { throw CFailure(EINVAL, "\(what) is NULL") }
-    return String(cString: pointer)
+    guard let text = String(validatingCString: pointer) else { throw CFailure(EINVAL, "\(what) is not UTF-8") }
+    return text
+}
+
+/// A C string argument naming a file: its bytes as they are (daxlab's names are bytes).
+func fileName(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(CFailure) -> FileName {
+    guard let pointer else { throw CFailure(EINVAL, "\(what) is NULL") }
+    let bytes = UnsafeRawBufferPointer(start: pointer, count: strlen(pointer))
+    return FileName(bytes: Array(bytes))
 }
 
 /// A C out-pointer argument, checked for NULL.
@@ -170,9 +178,18 @@ func policy(_ value: Int32) throws(CFailure) -> TruncatePolicy? {
     return policies[Int(value)]
 }
 
-/// A daxlab_file_t: the inode in the low 32 bits, the generation in the high ones.
-func fileID(_ file: UInt64) -> FileID {
-    FileID(inode: Int(file & 0xFFFF_FFFF), generation: UInt32(truncatingIfNeeded: file >> 32))
+extension CMount {
+    /// A daxlab_file_t of this mount: the inode in the low 32 bits, the generation in the high
+    /// ones, mixed with the mount's own key, so that a handle of another mount's file names no
+    /// file here (-ENOENT) rather than this mount's file of the same inode.
+    func fileID(_ file: UInt64) -> FileID {
+        FileID(inode: Int(file & 0xFFFF_FFFF), generation: UInt32(truncatingIfNeeded: file >> 32) ^ self.key)
+    }
+
+    func fileHandle(_ id: FileID) -> UInt64 { UInt64(id.inode) | UInt64(id.generation ^ self.key) << 32 }
 }
 
-func fileHandle(_ id: FileID) -> UInt64 { UInt64(id.inode) | UInt64(id.generation) << 32 }
+/// Flag bits a call takes; any other gives -EINVAL.
+func checkFlags(_ flags: Int32, allowed: Int32, _ what: String) throws(CFailure) {
+    guard flags & ~allowed == 0 else { throw CFailure(EINVAL, "\(what) flags 0x\(String(flags, radix: 16)): unknown bits") }
+}

@@ -1,4 +1,5 @@
 import CDaxlab
+import CShims
 import DAX
 import DaxFS
 import DaxlabSupport
@@ -16,6 +17,8 @@ final class CMount: @unchecked Sendable {
     /// The handles of its pins held now (changed under the handle table's lock).
     var pins: Set<UInt64> = []
     let notifier = LeaseNotifier()
+    /// Mixed into its file handles (`fileHandle`).
+    let key = UInt32.random(in: 1...UInt32.max)
     /// Calls in progress on the mount, and whether an unmount has begun.
     private let activity = ConditionLock((calls: 0, closing: false), rank: .cMountCalls)
 
@@ -55,6 +58,7 @@ final class CMount: @unchecked Sendable {
 public func daxlabFormat(_ path: UnsafePointer<CChar>?, _ size: UInt64, _ flags: Int32) -> Int32 {
     cCall { () throws(CFailure) in
         let path = try string(path, "path")
+        try checkFlags(flags, allowed: Int32(DAXLAB_FORCE.rawValue), "daxlab_format")
         guard size <= UInt64(Int.max) else { throw CFailure(EINVAL, "size \(size) is out of range") }
         _ = try fsCall { () throws(FSError) in
             try FileSystem.format(path: path, size: size == 0 ? nil : Int(size), force: flags & Int32(DAXLAB_FORCE.rawValue) != 0)
@@ -67,6 +71,7 @@ public func daxlabMount(_ path: UnsafePointer<CChar>?, _ flags: Int32, _ mount: 
     cCall { () throws(CFailure) in
         let path = try string(path, "path")
         let out = try output(mount, "mount")
+        try checkFlags(flags, allowed: Int32(DAXLAB_READ_ONLY.rawValue), "daxlab_mount")
         let readOnly = flags & Int32(DAXLAB_READ_ONLY.rawValue) != 0
         let fs = try fsCall { () throws(FSError) in try FileSystem.mount(path: path, readOnly: readOnly) }
         out.pointee = Handles.add(CMount(fs: fs))
@@ -98,10 +103,10 @@ public func daxlabCreate(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ file
     cCall { () throws(CFailure) in
         let mount = try Handles.enter(handle)
         defer { mount.leave() }
-        let name = try string(name, "name")
+        let name = try fileName(name, "name")
         let out = try output(file, "file")
-        let id = try fsCall { () throws(FSError) in try mount.fs.create(FileName(name)) }
-        out.pointee = fileHandle(id)
+        let id = try fsCall { () throws(FSError) in try mount.fs.create(name) }
+        out.pointee = mount.fileHandle(id)
     }
 }
 
@@ -110,10 +115,10 @@ public func daxlabOpen(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ file: 
     cCall { () throws(CFailure) in
         let mount = try Handles.enter(handle)
         defer { mount.leave() }
-        let name = try string(name, "name")
+        let name = try fileName(name, "name")
         let out = try output(file, "file")
-        let id = try fsCall { () throws(FSError) in try mount.fs.lookup(FileName(name)) }
-        out.pointee = fileHandle(id)
+        let id = try fsCall { () throws(FSError) in try mount.fs.lookup(name) }
+        out.pointee = mount.fileHandle(id)
     }
 }
 
@@ -122,9 +127,9 @@ public func daxlabUnlink(_ handle: UInt64, _ name: UnsafePointer<CChar>?, _ poli
     cCall { () throws(CFailure) in
         let mount = try Handles.enter(handle)
         defer { mount.leave() }
-        let name = try string(name, "name")
+        let name = try fileName(name, "name")
         let chosen = try policy(policyValue)
-        try fsCall { () throws(FSError) in try mount.fs.unlink(FileName(name), policy: chosen) }
+        try fsCall { () throws(FSError) in try mount.fs.unlink(name, policy: chosen) }
     }
 }
 
@@ -133,9 +138,31 @@ public func daxlabRename(_ handle: UInt64, _ from: UnsafePointer<CChar>?, _ to: 
     cCall { () throws(CFailure) in
         let mount = try Handles.enter(handle)
         defer { mount.leave() }
-        let source = try string(from, "from")
-        let target = try string(to, "to")
-        try fsCall { () throws(FSError) in try mount.fs.rename(FileName(source), to: FileName(target)) }
+        let source = try fileName(from, "from")
+        let target = try fileName(to, "to")
+        try fsCall { () throws(FSError) in try mount.fs.rename(source, to: target) }
+    }
+}
+
+/// Copies `source` to the caller's `destination` as the kernel's `copy_to_user` would: a
+/// destination that cannot be written (not mapped, or a mapping's page past its file's end)
+/// gives -EFAULT, not a signal (`process_vm_readv` within this process; the CPU copies where it
+/// is refused).
+private func copyOut(_ source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawPointer) throws(CFailure) {
+    var copied = 0
+    while copied < source.count {
+        let result = CShims_process_vm_readv_self(destination + copied, source.baseAddress! + copied, source.count - copied)
+        if result > 0 {
+            copied += result
+            continue
+        }
+        let error = Int32(-result)
+        if error == EINTR { continue }
+        if error == ENOSYS || error == EPERM {
+            (destination + copied).copyMemory(from: source.baseAddress! + copied, byteCount: source.count - copied)
+            return
+        }
+        throw CFailure(EFAULT, "read: the buffer at \(destination + copied) cannot be written (bad address)")
     }
 }
 
@@ -155,8 +182,12 @@ public func daxlabRead(
         guard count >= 0, count <= 1 << 30 else { throw CFailure(EINVAL, "count \(count) is out of range (at most 1 GiB)") }
         guard let buffer else { throw CFailure(EINVAL, "buffer is NULL") }
         let start = try range(offset, count)
-        let bytes = try fsCall { () throws(FSError) in try mount.fs.read(fileID(file), offset: start, count: count) }
-        bytes.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        let bytes = try fsCall { () throws(FSError) in try mount.fs.read(mount.fileID(file), offset: start, count: count) }
+        let copied: CFailure? = bytes.withUnsafeBytes { source in
+            do throws(CFailure) { try copyOut(source, to: buffer) } catch { return error }
+            return nil
+        }
+        if let copied { throw copied }
         return Int64(bytes.count)
     }
 }
@@ -172,7 +203,7 @@ public func daxlabWrite(
         guard let buffer else { throw CFailure(EINVAL, "buffer is NULL") }
         let start = try range(offset, count)
         try fsCall { () throws(FSError) in
-            try mount.fs.write(fileID(file), offset: start, bytes: UnsafeRawBufferPointer(start: buffer, count: count))
+            try mount.fs.write(mount.fileID(file), offset: start, bytes: UnsafeRawBufferPointer(start: buffer, count: count))
         }
         return Int64(count)
     }
@@ -185,7 +216,7 @@ public func daxlabTruncate(_ handle: UInt64, _ file: UInt64, _ size: UInt64, _ p
         defer { mount.leave() }
         let chosen = try policy(policyValue)
         let bytes = try range(size, 0)
-        try fsCall { () throws(FSError) in try mount.fs.truncate(fileID(file), size: bytes, policy: chosen) }
+        try fsCall { () throws(FSError) in try mount.fs.truncate(mount.fileID(file), size: bytes, policy: chosen) }
     }
 }
 
@@ -197,10 +228,10 @@ public func daxlabFallocate(
         let mount = try Handles.enter(handle)
         defer { mount.leave() }
         let chosen = try policy(policyValue)
-        guard length <= UInt64(Int.max) else { throw CFailure(EINVAL, "length \(length) is out of range") }
+        guard length > 0, length <= UInt64(Int.max) else { throw CFailure(EINVAL, "length \(length) is out of range") }
         let start = try range(offset, Int(length))
         let count = Int(length)
-        let id = fileID(file)
+        let id = mount.fileID(file)
         let fs = mount.fs
         try fsCall { () throws(FSError) in
             switch UInt32(bitPattern: mode) {
@@ -222,7 +253,7 @@ public func daxlabStat(_ handle: UInt64, _ file: UInt64, _ stat: UnsafeMutablePo
         let mount = try Handles.enter(handle)
         defer { mount.leave() }
         let out = try output(stat, "stat")
-        let found = try fsCall { () throws(FSError) in try mount.fs.stat(fileID(file)) }
+        let found = try fsCall { () throws(FSError) in try mount.fs.stat(mount.fileID(file)) }
         out.pointee = daxlab_stat(
             size: UInt64(found.size), blocks: UInt64(found.blocks), modified_ns: found.modifiedNanoseconds)
     }

@@ -14,11 +14,14 @@ final class CPin: @unchecked Sendable {
     let handle: Locked<PinHandleBox>
     let mount: CMount
     let holder: CLeaseHolder?
+    /// Taken with DAXLAB_PIN_WRITE: the device may write through it.
+    let writable: Bool
 
-    init(_ pinned: consuming PinHandle, mount: CMount, holder: CLeaseHolder?) {
+    init(_ pinned: consuming PinHandle, mount: CMount, holder: CLeaseHolder?, writable: Bool) {
         self.handle = Locked(PinHandleBox(pinned), rank: .cPin)
         self.mount = mount
         self.holder = holder
+        self.writable = writable
     }
 }
 
@@ -45,7 +48,8 @@ final class CLeaseHolder: LeaseHolder, @unchecked Sendable {
     let context: UnsafeMutableRawPointer?
     let notifier: LeaseNotifier
     /// The pin's handle, set once it is registered (a break before that is delivered after it),
-    /// or `Self.never` when the pin was let go before it could be registered.
+    /// or `Self.never` once the pin is gone: it failed, or it was unpinned (a callback not started
+    /// by then is skipped).
     let pin = ManagedAtomic<UInt64>(0)
     static let never = UInt64.max
 
@@ -64,64 +68,62 @@ final class CLeaseHolder: LeaseHolder, @unchecked Sendable {
                 sched_yield()
                 handle = self.pin.load(ordering: .acquiring)
             }
-            guard handle != Self.never else { return }
+            // (Unpinned, or failed, before this started: skipped; the program may have freed `context`.)
+            guard handle != Self.never, self.pin.load(ordering: .acquiring) != Self.never else { return }
             self.function(self.context, handle, UInt64(pages.lowerBound), UInt64(pages.count))
         }
     }
 }
 
-/// One mount's lease-break callbacks, run in order on a thread of their own, started at the first.
+/// One mount's lease-break callbacks, each on a thread of its own: a truncate over several pins
+/// tells every holder at once, and each holder's unpin returns only when the truncate has stopped
+/// holding the leases it broke, that is when every one of them was released (or revoked at the
+/// break time). Callbacks run one after another would make the first unpin wait for the
+/// second callback, which would wait for the first.
 final class LeaseNotifier: @unchecked Sendable {
-    private struct Queue {
-        var calls: [@Sendable () -> Void] = []
-        var stopping = false
+    private final class Call: @unchecked Sendable {
+        let done = ManagedAtomic<Bool>(false)
         var thread: JoinableThread?
-        /// A poster is starting the thread.
-        var starting = false
     }
 
-    private let queue = ConditionLock(Queue(), rank: .cLeaseQueue)
+    // (A leaf: nothing is taken under it.)
+    private let calls = Locked<(running: [Call], stopped: Bool)>(([], false), rank: .cLeaseQueue)
 
     func post(_ call: @escaping @Sendable () -> Void) {
-        let start = self.queue.withLockThenBroadcast { queue -> Bool in
-            guard !queue.stopping else { return false }
-            queue.calls.append(call)
-            guard queue.thread == nil, !queue.starting else { return false }
-            queue.starting = true
-            return true
+        let record = Call()
+        // The ones finished since the last break are joined now: threads do not pile up.
+        let finished = self.calls.withLock { calls -> [Call]? in
+            guard !calls.stopped else { return nil }
+            let finished = calls.running.filter { $0.done.load(ordering: .acquiring) }
+            calls.running.removeAll { $0.done.load(ordering: .acquiring) }
+            calls.running.append(record)
+            return finished
         }
-        guard start else { return }
-        let thread = try? JoinableThread.spawn(name: "daxlab-lease-cb") { [self] in self.run() }
-        self.queue.withLockThenBroadcast { queue in
-            queue.thread = thread
-            queue.starting = false
-        }
-        // (No thread to be had: the callbacks wait for one, started by the next break or run by the
-        // unmount; they are never run on the truncating thread, which must not wait for itself.)
-    }
-
-    private func run() {
-        while true {
-            let next = self.queue.wait(until: { !$0.calls.isEmpty || $0.stopping }) { queue -> (@Sendable () -> Void)? in
-                queue.calls.isEmpty ? nil : queue.calls.removeFirst()
-            }
-            guard let call = next ?? nil else { return }
+        guard let finished else { return }
+        for call in finished { call.thread?.join() }
+        let thread = try? JoinableThread.spawn(name: "daxlab-lease-cb") {
             call()
+            record.done.store(true, ordering: .releasing)
         }
+        guard let thread else {
+            // (No thread to be had: the callback is not run on the truncating thread, which
+            // must not wait for its own unpin; the holder is revoked at the break time.)
+            record.done.store(true, ordering: .releasing)
+            return
+        }
+        self.calls.withLock { _ in record.thread = thread }
     }
 
-    private func runPending() {
-        while let call = self.queue.withLock({ $0.calls.isEmpty ? nil : $0.calls.removeFirst() }) { call() }
-    }
-
-    /// Runs what is queued, then ends the thread (the unmount).
+    /// Waits for the callbacks running (the unmount: no pin is left, so no new one can come).
     func stop() {
-        let thread = self.queue.withLockThenBroadcast { queue -> JoinableThread? in
-            queue.stopping = true
-            return queue.thread
+        let running = self.calls.withLock { calls -> [Call] in
+            calls.stopped = true
+            return calls.running
         }
-        thread?.join()
-        self.runPending()
+        for call in running {
+            while self.calls.withLock({ _ in call.thread }) == nil && !call.done.load(ordering: .acquiring) { sched_yield() }
+            self.calls.withLock { _ in call.thread }?.join()
+        }
     }
 }
 
@@ -130,6 +132,11 @@ public func daxlabAttach(_ handle: UInt64, _ policyValue: Int32, _ times: Unsafe
     cCall { () throws(CFailure) in
         let mount = try Handles.enter(handle)
         defer { mount.leave() }
+        // (Past about 100 days the DAX layer's deadlines would overflow their nanoseconds.)
+        let most: Int64 = 8_640_000_000
+        if let times = times?.pointee, times.wait_timeout_ms > most || times.lease_break_time_ms > most {
+            throw CFailure(EINVAL, "times above \(most) ms (100 days): wait_timeout_ms \(times.wait_timeout_ms), lease_break_time_ms \(times.lease_break_time_ms)")
+        }
         guard let chosen = try policy(policyValue) else {
             throw CFailure(EINVAL, "daxlab_attach needs a policy (DAXLAB_POLICY_DEFAULT names the mount's, which this sets)")
         }
@@ -159,7 +166,7 @@ public func daxlabMap(
         defer { mount.leave() }
         let dax = try mount.attached()
         let out = try output(address, "address")
-        let base = try fsCall { () throws(FSError) in try dax.open(fileID(file)).mapWindow() }
+        let base = try fsCall { () throws(FSError) in try dax.open(mount.fileID(file)).mapWindow() }
         out.pointee = base
         length?.pointee = FileSystem.maximumFileSize
     }
@@ -175,6 +182,7 @@ public func daxlabPin(
         defer { mount.leave() }
         let dax = try mount.attached()
         let out = try output(pin, "pin")
+        try checkFlags(flags, allowed: Int32(DAXLAB_PIN_WRITE.rawValue | DAXLAB_PIN_LONG_TERM.rawValue), "daxlab_pin")
         guard pages >= 1, pages <= 512, first <= UInt64(Int32.max) else {
             throw CFailure(EINVAL, "pages \(first)..<\(first &+ pages): a pin covers 1 to 512 pages")
         }
@@ -182,10 +190,15 @@ public func daxlabPin(
         let term: PinTerm = flags & Int32(DAXLAB_PIN_LONG_TERM.rawValue) != 0 ? .longTerm : .shortTerm
         let holder = onBreak.map { CLeaseHolder($0, context, mount.notifier) }
         let range = Int(first)..<Int(first + pages)
-        let pinned = try fsCall { () throws(FSError) in
-            try dax.open(fileID(file)).pin(range, write: write, holder: holder, term: term)
+        let pinned: PinHandle
+        do throws(FSError) {
+            pinned = try dax.open(mount.fileID(file)).pin(range, write: write, holder: holder, term: term)
+        } catch {
+            // (The lease may have been broken before the pin failed: its callback is skipped.)
+            holder?.pin.store(CLeaseHolder.never, ordering: .releasing)
+            throw CFailure(error)
         }
-        let box = CPin(pinned, mount: mount, holder: holder)
+        let box = CPin(pinned, mount: mount, holder: holder, writable: write)
         let number: UInt64
         do throws(CFailure) {
             number = try Handles.addPin(box, of: mount)
@@ -224,6 +237,7 @@ public func daxlabPinWrite(
         guard offset <= 4096, count >= 0, UInt64(count) <= 4096 - offset else {
             throw CFailure(EINVAL, "\(count) bytes at offset \(offset) do not fit in a 4096-byte page")
         }
+        guard box.writable else { throw CFailure(EPERM, "pin \(pin) was taken without DAXLAB_PIN_WRITE: a device cannot write through it") }
         return try box.handle.withLock { (box: inout PinHandleBox) throws(CFailure) -> Int64 in
             try box.use(pin) { (pinned: borrowing PinHandle) throws(CFailure) -> Int64 in
                 guard index < UInt64(pinned.count) else {
@@ -266,6 +280,7 @@ public func daxlabUnpin(_ pin: UInt64) -> Int32 {
         guard unpinned else {
             throw CFailure(EBADF, "pin handle \(pin) is not a pin held now (unpinned already, or never pinned)")
         }
+        box.holder?.pin.store(CLeaseHolder.never, ordering: .releasing)
         Handles.removePin(pin, of: box.mount)
     }
 }

@@ -45,9 +45,13 @@ static void test_errors_and_version(void) {
     CHECK(daxlab_mount("/nonexistent/daxlab.img", 0, &(daxlab_mount_t){0}) < 0);
     CHECK(strlen(daxlab_last_error()) > 0);
     CHECK(daxlab_format(NULL, 0, 0) == -EINVAL);
+    CHECK(daxlab_format(image, 32u << 20, DAXLAB_FORCE | 0x100) == -EINVAL);  // unknown flag bits
+    CHECK(daxlab_format("/dev/shm/daxlab-\xff.img", 32u << 20, 0) == -EINVAL);  // a path that is not UTF-8
+    CHECK(strlen(daxlab_strerror(-2147483647 - 1)) > 0);
 }
 
 static void test_files(void) {
+    daxlab_mount_t second = 0;
     daxlab_mount_t mount = fresh_mount(DAXLAB_POLICY_WAIT, 50);
     daxlab_file_t file = 0, again = 0;
     CHECK(daxlab_create(mount, "data", &file) == 0);
@@ -77,10 +81,16 @@ static void test_files(void) {
     CHECK(daxlab_fallocate(mount, file, DAXLAB_FALLOC_ZERO_RANGE, 0, 16384, DAXLAB_POLICY_DEFAULT) == 0);
     CHECK(daxlab_stat(mount, file, &stat) == 0 && stat.size == 16384);
     CHECK(daxlab_fallocate(mount, file, 99, 0, 4096, DAXLAB_POLICY_DEFAULT) == -EINVAL);
+    CHECK(daxlab_fallocate(mount, file, DAXLAB_FALLOC_PUNCH_HOLE, 0, 0, DAXLAB_POLICY_DEFAULT) == -EINVAL);  // no length
+    CHECK(daxlab_read(mount, file, (void *)16, 16, 0) == -EFAULT);  // a buffer that cannot be written
     CHECK(daxlab_truncate(mount, file, 0, 42) == -EINVAL);  // not a policy
     CHECK(daxlab_truncate(mount, file, 4096, DAXLAB_POLICY_NONE) == 0);
     CHECK(daxlab_stat(mount, file, &stat) == 0 && stat.size == 4096);
 
+    // Names are bytes: two names that are not UTF-8 are two files.
+    daxlab_file_t ff = 0, fe = 0;
+    CHECK(daxlab_create(mount, "\xff", &ff) == 0 && daxlab_create(mount, "\xfe", &fe) == 0 && ff != fe);
+    CHECK(daxlab_open(mount, "\xef\xbf\xbd", &again) == -ENOENT);
     CHECK(daxlab_rename(mount, "data", "renamed") == 0);
     CHECK(daxlab_open(mount, "data", &again) == -ENOENT);
     CHECK(daxlab_open(mount, "renamed", &again) == 0 && again == file);
@@ -93,10 +103,22 @@ static void test_files(void) {
     CHECK(daxlab_create(mount, "late", &file) == -EBADF);          // a stale mount handle
     CHECK(daxlab_create(987654321, "never", &file) == -EBADF);     // one that never existed
 
+    // A file handle of one mount names no file of another (whose first file has the same inode).
+    char other[4096];
+    snprintf(other, sizeof(other), "%s.other", image);
+    daxlab_mount_t mine = 0, theirs = 0;
+    daxlab_file_t my_file = 0, their_file = 0;
+    CHECK(daxlab_format(image, 32u << 20, DAXLAB_FORCE) == 0 && daxlab_format(other, 32u << 20, DAXLAB_FORCE) == 0);
+    CHECK(daxlab_mount(image, 0, &mine) == 0 && daxlab_mount(other, 0, &theirs) == 0);
+    CHECK(daxlab_create(mine, "first", &my_file) == 0 && daxlab_create(theirs, "first", &their_file) == 0);
+    CHECK(daxlab_write(theirs, my_file, "CLOBBER", 7, 0) == -ENOENT);
+    CHECK(daxlab_unmount(mine) == 0 && daxlab_unmount(theirs) == 0);
+    unlink(other);
+
     // Read-only: writes are refused.
     CHECK(daxlab_mount(image, DAXLAB_READ_ONLY, &mount) == 0);
+    CHECK(daxlab_mount(image, 0x40, &second) == -EINVAL);  // unknown flag bits
     CHECK(daxlab_create(mount, "nope", &file) == -EROFS);
-    daxlab_mount_t second = 0;
     CHECK(daxlab_mount(image, 0, &second) == -EBUSY);  // the image is mounted already
     CHECK(daxlab_unmount(mount) == 0);
 }
@@ -134,6 +156,11 @@ static void test_map_and_pins(void) {
     CHECK(daxlab_truncate(mount, file, 0, DAXLAB_POLICY_DEFAULT) == 0);
     CHECK(daxlab_pin(mount, file, 0, 1, DAXLAB_PIN_WRITE, NULL, NULL, &pin) == -EINVAL);  // past the end
     CHECK(daxlab_pin(mount, file, 0, 0, 0, NULL, NULL, &pin) == -EINVAL);
+    CHECK(daxlab_truncate(mount, file, 4096, DAXLAB_POLICY_DEFAULT) == 0);
+    CHECK(daxlab_pin(mount, file, 0, 1, 0x10, NULL, NULL, &pin) == -EINVAL);  // unknown flag bits
+    CHECK(daxlab_pin(mount, file, 0, 1, 0, NULL, NULL, &pin) == 0);            // a read pin
+    CHECK(daxlab_pin_write(pin, 0, tag, 1, 0) == -EPERM);                      // is not written through
+    CHECK(daxlab_unpin(pin) == 0);
     CHECK(daxlab_unmount(mount) == 0);
 
     // Without daxlab_attach there is no mapping.
@@ -142,6 +169,8 @@ static void test_map_and_pins(void) {
     CHECK(daxlab_create(mount, "plain", &file) == 0);
     CHECK(daxlab_map(mount, file, &address, &length) == -EINVAL);
     CHECK(daxlab_attach(mount, DAXLAB_POLICY_DEFAULT, NULL) == -EINVAL);
+    struct daxlab_times forever = {.wait_timeout_ms = INT64_MAX, .lease_break_time_ms = 1000};
+    CHECK(daxlab_attach(mount, DAXLAB_POLICY_WAIT, &forever) == -EINVAL);  // past 100 days
     CHECK(daxlab_attach(mount, DAXLAB_POLICY_MAINLINE, NULL) == 0);
     CHECK(daxlab_attach(mount, DAXLAB_POLICY_MAINLINE, NULL) == -EBUSY);  // once
     CHECK(daxlab_truncate(mount, file, 4096, DAXLAB_POLICY_DEFAULT) == 0);
@@ -170,6 +199,15 @@ static void on_break(void *context, daxlab_pin_t pin, uint64_t first_page, uint6
     if (atomic_load(&story->truncated)) atomic_store(&story->truncated_before_release, 1);
     atomic_store(&story->called, 1);
     CHECK(daxlab_unpin(pin) == 0);  // the application releases its pin from the callback
+    atomic_store(&story->released, 1);
+}
+
+// A callback that only releases its pin.
+static void release_only(void *context, daxlab_pin_t pin, uint64_t first_page, uint64_t pages) {
+    struct lease_story *story = context;
+    (void)first_page;
+    (void)pages;
+    CHECK(daxlab_unpin(pin) == 0);
     atomic_store(&story->released, 1);
 }
 
@@ -211,6 +249,26 @@ static void test_lease_break(void) {
     CHECK(!atomic_load(&story.on_truncating_thread));
     struct daxlab_statistics statistics;
     CHECK(daxlab_statistics(mount, &statistics) == 0 && statistics.lease_breaks == 1 && statistics.revocations == 0);
+    CHECK(daxlab_unmount(mount) == 0);
+
+    // One truncate over two pins, each released from its own callback: both are told at once,
+    // and the truncate completes at the second release, long before an hour's break time.
+    mount = fresh_mount(DAXLAB_POLICY_LEASE_BREAK, 3600 * 1000);
+    CHECK(daxlab_create(mount, "two", &file) == 0);
+    CHECK(daxlab_truncate(mount, file, 8 * 4096, DAXLAB_POLICY_DEFAULT) == 0);
+    struct lease_story first = {0}, second = {0};
+    CHECK(daxlab_pin(mount, file, 0, 4, DAXLAB_PIN_WRITE | DAXLAB_PIN_LONG_TERM, release_only, &first, &first.pin) == 0);
+    CHECK(daxlab_pin(mount, file, 4, 4, DAXLAB_PIN_WRITE | DAXLAB_PIN_LONG_TERM, release_only, &second, &second.pin) == 0);
+    struct truncation both = {.mount = mount, .file = file, .story = &first};
+    atomic_store(&first.truncated, 0);
+    CHECK(pthread_create(&thread, NULL, truncate_file, &both) == 0);
+    for (int i = 0; i < 60000 && !atomic_load(&first.truncated); i++) usleep(1000);
+    CHECK(atomic_load(&first.truncated));
+    pthread_join(thread, NULL);
+    CHECK(both.result == 0);
+    for (int i = 0; i < 10000 && !(atomic_load(&first.released) && atomic_load(&second.released)); i++) usleep(1000);
+    CHECK(atomic_load(&first.released) && atomic_load(&second.released));
+    CHECK(daxlab_statistics(mount, &statistics) == 0 && statistics.lease_breaks == 2 && statistics.revocations == 0);
     CHECK(daxlab_unmount(mount) == 0);
 
     // A holder that does not answer is revoked at the break time: its writes are refused.
