@@ -114,8 +114,10 @@ test-c: deps
 lib: deps
 	$(SWIFT) build -c release --product DaxlabC -Xswiftc -static-stdlib --scratch-path .build-lib
 
-install: lib build
-	scripts/install-lib.sh $(LIB) $(PREFIX) --cli $(RELEASE_BIN)
+# The command is the static build test-pmem's guests run (the Swift standard library linked in).
+install: lib
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build-static --product daxlab
+	scripts/install-lib.sh $(LIB) $(PREFIX) --cli .build-static/release/daxlab
 
 # The tests that run threads against one file system, under ThreadSanitizer (its own build folder).
 tsan: export DAXLAB_TEST_HOOKS := 1
