@@ -93,6 +93,7 @@ struct daxlab_statistics {
     uint64_t pinned_blocks_freed; /**< pinned blocks freed anyway (none): the corruption's cause */
     uint64_t window_faults;   /**< faults served in mapped windows */
     uint64_t long_term_refused; /**< long-term pins refused (mainline) */
+    uint64_t callbacks_dropped; /**< lease-break callbacks not run: no thread could be started */
 };
 
 /**
@@ -127,9 +128,11 @@ int daxlab_format(const char *path, uint64_t size, int flags);
 int daxlab_mount(const char *path, int flags, daxlab_mount_t *mount);
 
 /** Unmounts `mount`: its handle, its files' handles and its mappings end (touching a mapping
- * afterwards is SIGSEGV: the address is no longer mapped). Pins still held give -EBUSY and
- * nothing changes (unpin them first). Calls in progress on the mount in other threads are waited
- * for (a large read, say); calls made after the unmount began give -EBADF. */
+ * afterwards is SIGSEGV: the address is no longer mapped; a file handle of a later mount of the
+ * same image names no file, -ENOENT). Pins still held give -EBUSY and nothing changes (unpin
+ * them first). Calls in progress on the mount in other threads are waited for (a large read, an
+ * unpin), and so are lease-break callbacks still running: a callback must not wait for the
+ * unmount. Calls made after the unmount began give -EBADF. */
 int daxlab_unmount(daxlab_mount_t mount);
 
 /** Creates the empty file `name` (-EEXIST if it exists). Names are bytes, taken as they are
@@ -180,15 +183,20 @@ int64_t daxlab_pin_block(daxlab_pin_t pin, uint64_t index);
 
 /** A device's write of `count` bytes into the `index`-th pinned page at `offset` (within the
  * page), straight into the pinned block: 1 when it landed, 0 when it was refused because the
- * pin was revoked, or -errno (-EPERM for a pin taken without DAXLAB_PIN_WRITE). Several threads
- * may write through one pin; their writes are made one at a time. */
+ * pin was revoked, or -errno (-EPERM for a pin taken without DAXLAB_PIN_WRITE, -EFAULT for a
+ * source that cannot be read). Several threads may write through one pin; their writes are made
+ * one at a time. */
 int daxlab_pin_write(daxlab_pin_t pin, uint64_t index, const void *data, size_t count, uint64_t offset);
 
 /** Whether the pin's lease was revoked (1) or not (0). */
 int daxlab_pin_revoked(daxlab_pin_t pin);
 
 /** Drops the pin (a second unpin gives -EBADF). A truncate waiting for it goes on, possibly
- * before this returns; the mount counts the pin as held until it has returned. */
+ * before this returns. Under lease-break, the unpin of a pin whose lease a truncate broke
+ * returns only when that truncate stops holding the leases it broke: at the last of their
+ * releases, or at the break time. So a thread releasing several such pins one after another
+ * waits the break time at the first; release each from its own callback (they run in
+ * parallel) instead. An unmount waits for an unpin in progress. */
 int daxlab_unpin(daxlab_pin_t pin);
 
 /** What the policies did since daxlab_attach. */

@@ -148,7 +148,7 @@ public func daxlabRename(_ handle: UInt64, _ from: UnsafePointer<CChar>?, _ to: 
 /// destination that cannot be written (not mapped, or a mapping's page past its file's end)
 /// gives -EFAULT, not a signal (`process_vm_readv` within this process; the CPU copies where it
 /// is refused).
-private func copyOut(_ source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawPointer) throws(CFailure) {
+func copyOut(_ source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawPointer) throws(CFailure) {
     var copied = 0
     while copied < source.count {
         let result = CShims_process_vm_readv_self(destination + copied, source.baseAddress! + copied, source.count - copied)
@@ -163,6 +163,26 @@ private func copyOut(_ source: UnsafeRawBufferPointer, to destination: UnsafeMut
             return
         }
         throw CFailure(EFAULT, "read: the buffer at \(destination + copied) cannot be written (bad address)")
+    }
+}
+
+/// Copies the caller's `source` into `destination` as the kernel's `copy_from_user` would: a
+/// source that cannot be read gives -EFAULT, not a signal.
+func copyIn(_ source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawPointer) throws(CFailure) {
+    var copied = 0
+    while copied < source.count {
+        let result = CShims_process_vm_readv_self(destination + copied, source.baseAddress! + copied, source.count - copied)
+        if result > 0 {
+            copied += result
+            continue
+        }
+        let error = Int32(-result)
+        if error == EINTR { continue }
+        if error == ENOSYS || error == EPERM {
+            (destination + copied).copyMemory(from: source.baseAddress! + copied, byteCount: source.count - copied)
+            return
+        }
+        throw CFailure(EFAULT, "the source at \(source.baseAddress! + copied) cannot be read (bad address)")
     }
 }
 

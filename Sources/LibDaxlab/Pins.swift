@@ -88,6 +88,9 @@ final class LeaseNotifier: @unchecked Sendable {
 
     // (A leaf: nothing is taken under it.)
     private let calls = Locked<(running: [Call], stopped: Bool)>(([], false), rank: .cLeaseQueue)
+    /// Callbacks not run because no thread could be started (the holder is revoked at the break
+    /// time instead).
+    let dropped = ManagedAtomic<Int>(0)
 
     func post(_ call: @escaping @Sendable () -> Void) {
         let record = Call()
@@ -108,6 +111,7 @@ final class LeaseNotifier: @unchecked Sendable {
         guard let thread else {
             // (No thread to be had: the callback is not run on the truncating thread, which
             // must not wait for its own unpin; the holder is revoked at the break time.)
+            self.dropped.wrappingIncrement(ordering: .relaxed)
             record.done.store(true, ordering: .releasing)
             return
         }
@@ -246,8 +250,13 @@ public func daxlabPinWrite(
                 guard pinned.block(at: Int(index)) != 0 else {
                     throw CFailure(EINVAL, "page \(index) of a read pin is a hole: pin with DAXLAB_PIN_WRITE to write")
                 }
+                // The source is read as the kernel would read it: one that cannot be read gives
+                // -EFAULT, not a signal.
+                let bounce = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 64)
+                defer { bounce.deallocate() }
+                try copyIn(UnsafeRawBufferPointer(start: data, count: count), to: bounce)
                 let landed = try fsCall { () throws(FSError) in
-                    try pinned.write(at: Int(index), offset: Int(offset), from: data, count: count)
+                    try pinned.write(at: Int(index), offset: Int(offset), from: bounce, count: count)
                 }
                 return landed ? 1 : 0
             }
@@ -270,18 +279,24 @@ public func daxlabPinRevoked(_ pin: UInt64) -> Int32 {
 @_cdecl("daxlab_unpin")
 public func daxlabUnpin(_ pin: UInt64) -> Int32 {
     cCall { () throws(CFailure) in
-        let box = try Handles.pin(pin)
+        let cPin = try Handles.pin(pin)
+        // Counted as a call on the mount: the pin leaves the mount's set before the unpin (which
+        // may wait for a truncate's lease break), and an unmount then waits for the unpin to end
+        // instead of refusing.
+        let mount = cPin.mount
+        try mount.enter(pin)
+        defer { mount.leave() }
         // (The handle is taken under its lock: of two unpins, one finds it gone.)
-        let unpinned = box.handle.withLock { (box: inout PinHandleBox) -> Bool in
+        let unpinned = cPin.handle.withLock { (box: inout PinHandleBox) -> Bool in
             guard let pinned = box.pinned.take() else { return false }
+            cPin.holder?.pin.store(CLeaseHolder.never, ordering: .releasing)
+            Handles.removePin(pin, of: mount)
             pinned.unpin()
             return true
         }
         guard unpinned else {
             throw CFailure(EBADF, "pin handle \(pin) is not a pin held now (unpinned already, or never pinned)")
         }
-        box.holder?.pin.store(CLeaseHolder.never, ordering: .releasing)
-        Handles.removePin(pin, of: box.mount)
     }
 }
 
@@ -300,6 +315,7 @@ public func daxlabStatistics(_ handle: UInt64, _ statistics: UnsafeMutablePointe
             lease_breaks: value(\.leaseBreaks), revocations: value(\.revocations),
             sequestered_now: value(\.sequesteredNow), deferred_now: value(\.deferredNow),
             pinned_blocks_freed: value(\.pinnedBlocksFreed), window_faults: value(\.windowFaults),
-            long_term_refused: value(\.longTermRefused))
+            long_term_refused: value(\.longTermRefused),
+            callbacks_dropped: UInt64(mount.notifier.dropped.load(ordering: .relaxed)))
     }
 }
