@@ -144,14 +144,17 @@ public func daxlabRename(_ handle: UInt64, _ from: UnsafePointer<CChar>?, _ to: 
     }
 }
 
-/// Copies `source` to the caller's `destination` as the kernel's `copy_to_user` would: a
-/// destination that cannot be written (not mapped, or a mapping's page past its file's end)
-/// gives -EFAULT, not a signal (`process_vm_readv` within this process; the CPU copies where it
-/// is refused).
-func copyOut(_ source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawPointer) throws(CFailure) {
+/// Copies `count` bytes from `source` to `destination` as the kernel copies to and from a
+/// caller's buffer (`copy_to_user`, `copy_from_user`): a side that cannot be read or written
+/// (not mapped, or a mapping's page past its file's end) gives -EFAULT, not a signal
+/// (`process_vm_readv` within this process; the CPU copies where it is refused).
+/// - Parameter what: names the caller's side in the error ("the buffer at", "the source at").
+func copyChecked(
+    to destination: UnsafeMutableRawPointer, from source: UnsafeRawPointer, count: Int, _ what: String
+) throws(CFailure) {
     var copied = 0
-    while copied < source.count {
-        let result = CShims_process_vm_readv_self(destination + copied, source.baseAddress! + copied, source.count - copied)
+    while copied < count {
+        let result = CShims_process_vm_readv_self(destination + copied, source + copied, count - copied)
         if result > 0 {
             copied += result
             continue
@@ -159,30 +162,10 @@ func copyOut(_ source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawP
         let error = Int32(-result)
         if error == EINTR { continue }
         if error == ENOSYS || error == EPERM {
-            (destination + copied).copyMemory(from: source.baseAddress! + copied, byteCount: source.count - copied)
+            (destination + copied).copyMemory(from: source + copied, byteCount: count - copied)
             return
         }
-        throw CFailure(EFAULT, "read: the buffer at \(destination + copied) cannot be written (bad address)")
-    }
-}
-
-/// Copies the caller's `source` into `destination` as the kernel's `copy_from_user` would: a
-/// source that cannot be read gives -EFAULT, not a signal.
-func copyIn(_ source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawPointer) throws(CFailure) {
-    var copied = 0
-    while copied < source.count {
-        let result = CShims_process_vm_readv_self(destination + copied, source.baseAddress! + copied, source.count - copied)
-        if result > 0 {
-            copied += result
-            continue
-        }
-        let error = Int32(-result)
-        if error == EINTR { continue }
-        if error == ENOSYS || error == EPERM {
-            (destination + copied).copyMemory(from: source.baseAddress! + copied, byteCount: source.count - copied)
-            return
-        }
-        throw CFailure(EFAULT, "the source at \(source.baseAddress! + copied) cannot be read (bad address)")
+        throw CFailure(EFAULT, "\(what) cannot be read or written (bad address)")
     }
 }
 
@@ -204,7 +187,10 @@ public func daxlabRead(
         let start = try range(offset, count)
         let bytes = try fsCall { () throws(FSError) in try mount.fs.read(mount.fileID(file), offset: start, count: count) }
         let copied: CFailure? = bytes.withUnsafeBytes { source in
-            do throws(CFailure) { try copyOut(source, to: buffer) } catch { return error }
+            guard let start = source.baseAddress else { return nil }  // (nothing read)
+            do throws(CFailure) {
+                try copyChecked(to: buffer, from: start, count: source.count, "read: the buffer at \(buffer)")
+            } catch { return error }
             return nil
         }
         if let copied { throw copied }

@@ -254,7 +254,7 @@ public func daxlabPinWrite(
                 // -EFAULT, not a signal.
                 let bounce = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 64)
                 defer { bounce.deallocate() }
-                try copyIn(UnsafeRawBufferPointer(start: data, count: count), to: bounce)
+                try copyChecked(to: bounce, from: data, count: count, "the source at \(data)")
                 let landed = try fsCall { () throws(FSError) in
                     try pinned.write(at: Int(index), offset: Int(offset), from: bounce, count: count)
                 }
