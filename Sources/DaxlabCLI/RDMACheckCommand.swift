@@ -73,9 +73,10 @@ struct RDMACheckCommand: ParsableCommand {
     }
 
     func run() throws {
-        // (Before anything is formatted: no RDMA device is one line and exit 2.)
-        let port = try RDMAPort(device: self.rdmaDevice)
+        // The path first (its error is the more useful), then the device; nothing is formatted
+        // before both are good: no RDMA device is one line and exit 2.
         let image = try ScratchImage(self.path, command: "rdma-check", force: self.force, defaultPath: Self.defaultPath)
+        let port = try RDMAPort(device: self.rdmaDevice)
         _ = try FileSystem.format(path: image.path, size: image.isDevice ? nil : self.size.bytes, force: image.formatForce)
         let report: Report
         do {
