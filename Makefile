@@ -33,7 +33,7 @@ OPS ?= 800
 PREFIX ?= /usr/local
 LIB := .build-lib/release/libDaxlabC.so
 
-.PHONY: help deps build demo test check-layers test-pmem test-c tsan crash-test bench bench-suites bench-scaling \
+.PHONY: help deps build demo test check-layers test-pmem test-c tsan crash-test bench bench-suites bench-scaling bench-haltpoll \
 	count-locked lib install clean
 
 help:
@@ -52,6 +52,8 @@ help:
 	@echo "                 then the ordo-one/benchmark suites in Benchmarks/ (malloc thresholds)"
 	@echo "make bench-scaling  on a many-core machine: a static build, then only the thread-scaling rows"
 	@echo "                 (SCALING_THREADS=$(SCALING_THREADS)) -> docs/bench-scaling.json and .svg"
+	@echo "make bench-haltpoll  as root on a VM booted with guest halt polling off: the kernel rows with"
+	@echo "                 the haltpoll governor's default (200 us), then the old value -> docs/bench-haltpoll.json"
 	@echo "make count-locked  the instructions and locked instructions of one pin+unpin (1 and 512 pages)"
 	@echo "                 and of one alloc.block cycle (write fault + punch), stepped in gdb: counts no"
 	@echo "                 noisy machine can move"
@@ -145,6 +147,11 @@ bench-scaling: deps
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build-static --product daxlab
 	.build-static/release/daxlab bench --only scaling --threads $(SCALING_THREADS) \
 		--json docs/bench-scaling.json --plot docs/bench-scaling.svg
+
+# The kernel rows with the guest's idle CPUs polling 200 µs before they halt (the 4 KiB window
+# fault's wake-up is what halt polling changes): docs/benchmarks.md, "The window's 4 KiB fault".
+bench-haltpoll: build
+	scripts/bench-haltpoll.sh $(RELEASE_BIN) docs/bench-haltpoll.json
 
 # What one pin+unpin executes (instructions, and locked ones with where they run), stepped in gdb.
 count-locked: build

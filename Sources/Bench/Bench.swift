@@ -81,7 +81,7 @@ public final class Bench {
         var machine = BenchMachine(
             cpus: Self.onlineCPUs, cpusAvailable: before,
             medium: self.fs.mapping.medium.rawValue, isPmem: self.fs.mapping.medium != .tmpfs && self.fs.mapping.isPmem, kernel: Self.kernelRelease(),
-            cpuModel: Self.cpuModel())
+            cpuModel: Self.cpuModel(), guestHaltPollNanoseconds: Self.guestHaltPollNanoseconds())
         if before < 1.8 { self.progress(String(format: "warning: only %.2f CPUs available: ratios are less certain", before)) }
         let groups = self.options.groups ?? Set(Group.allCases)
         if groups.contains(.fault) { try self.faultRows() }
@@ -213,6 +213,15 @@ public final class Bench {
             return name.isEmpty ? nil : name
         }
         return nil
+    }
+
+    /// `guest_halt_poll_ns` of the haltpoll idle governor, where it is the one in use.
+    static func guestHaltPollNanoseconds() -> Int? {
+        func read(_ path: String) -> String? {
+            (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        guard read("/sys/devices/system/cpu/cpuidle/current_governor") == "haltpoll" else { return nil }
+        return read("/sys/module/haltpoll/parameters/guest_halt_poll_ns").flatMap { Int($0) }
     }
 
     static func kernelRelease() -> String {

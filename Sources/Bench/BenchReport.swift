@@ -78,9 +78,15 @@ public struct BenchMachine: Sendable, Codable, Equatable {
     /// The CPU's model name (nil in runs from before it was recorded, or where the kernel does
     /// not say): ratios of rows made of atomics differ by CPU (see docs/benchmarks.md, "Other machines").
     public var cpuModel: String?
+    /// How long an idle CPU of this (virtual) machine polls before it halts, where the kernel's
+    /// haltpoll idle governor runs it (nil elsewhere, and in runs from before it was recorded).
+    /// 0 (halt at once) makes every wake-up of a sleeping thread on another CPU bring a halted
+    /// vCPU back: the window's 4 KiB fault pays that once per fault.
+    public var guestHaltPollNanoseconds: Int?
 
     enum CodingKeys: String, CodingKey {
         case cpuModel = "cpu_model"
+        case guestHaltPollNanoseconds = "guest_halt_poll_ns"
         case cpus
         case cpusAvailable = "cpus_available"
         case medium
@@ -113,6 +119,8 @@ public struct BenchReport: Sendable, Codable, Equatable {
 extension BenchReport {
     /// The most threads a row may have run on (`daxlab bench --threads` takes 1...256).
     public static let threadRange = 1...256
+    /// The halt polling a machine line may claim (0 to an hour, in ns).
+    public static let haltPollRange = 0...3_600_000_000_000
     /// The most CPUs a machine line may claim.
     public static let cpuRange = 1...65536
     /// The largest number a report may hold: far above any rate, time or ratio a run measures,
@@ -129,6 +137,9 @@ extension BenchReport {
             return "machine.cpus \(machine.cpus) is not in \(Self.cpuRange)"
         }
         if let bad = Self.badNumber(machine.cpusAvailable) { return "machine.cpus_available \(bad)" }
+        if let poll = machine.guestHaltPollNanoseconds, !Self.haltPollRange.contains(poll) {
+            return "machine.guest_halt_poll_ns \(poll) is not in \(Self.haltPollRange)"
+        }
         for (index, result) in self.results.enumerated() {
             let row = "results[\(index)] (\(result.name))"
             for (key, threads) in [("threads", result.threads), ("baseline_threads", result.baselineThreads)]

@@ -248,6 +248,7 @@ struct BenchCommand: ParsableCommand {
             format: "machine: %d CPUs%@ (%.2f available while two threads spin), %@, is_pmem %@, kernel %@",
             machine.cpus, machine.cpuModel.map { " (\($0))" } ?? "", machine.cpusAvailable, machine.medium,
             machine.isPmem ? "yes" : "no", machine.kernel)
+            + (machine.guestHaltPollNanoseconds.map { $0 == 0 ? ", idle CPUs halt at once (guest_halt_poll_ns 0)" : ", idle CPUs poll \($0) ns before they halt" } ?? "")
     }
 
     /// A warning when the run did not really have two CPUs: its ratios are less certain.
@@ -275,6 +276,14 @@ struct BenchCommand: ParsableCommand {
             notes.append(String(
                 format: "%@ at %d threads vs %@: its samples ran on %.2f CPUs, not %d (another load, or the host took CPU time): no verdict",
                 result.name, result.threads, result.baseline, cpus, wanted))
+        }
+        if report.machine.guestHaltPollNanoseconds == 0,
+            report.results.contains(where: { $0.name == "fault.mapped_cold_write" && $0.met == false })
+        {
+            notes.append(
+                "fault.mapped_cold_write: this machine's idle CPUs halt at once (guest_halt_poll_ns 0), so each fault's "
+                    + "wake-up brings a halted CPU back, and the later it comes the dearer: see docs/benchmarks.md "
+                    + "(scripts/bench-haltpoll.sh runs the row with the kernel's default of 200 µs)")
         }
         return notes
     }

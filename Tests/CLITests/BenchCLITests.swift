@@ -65,6 +65,14 @@ struct BenchCLITests {
                 let model = machine["cpu_model"] as? String ?? ""
                 #expect(!model.isEmpty && cpuinfo.contains(model), "cpu_model \(model) is not this machine's")
             }
+            let governor = (try? String(contentsOfFile: "/sys/devices/system/cpu/cpuidle/current_governor", encoding: .utf8)) ?? ""
+            if governor.trimmingCharacters(in: .whitespacesAndNewlines) == "haltpoll",
+                let poll = try? String(contentsOfFile: "/sys/module/haltpoll/parameters/guest_halt_poll_ns", encoding: .utf8)
+            {
+                #expect(machine["guest_halt_poll_ns"] as? Int == Int(poll.trimmingCharacters(in: .whitespacesAndNewlines)), "\(machine)")
+            } else {
+                #expect(machine["guest_halt_poll_ns"] == nil, "\(machine): no haltpoll governor here")
+            }
             let results = try #require(report["results"] as? [[String: Any]])
             let unavailable = try #require(report["unavailable"] as? [[String: Any]])
             if !ioUringAvailable {
@@ -213,6 +221,30 @@ struct BenchTableTests {
         }
     }
 
+    @Test("a run on a guest whose idle CPUs halt at once says so on its machine line, and explains a missed window fault row by it; one that polls says how long")
+    func haltPolling() throws {
+        let row = """
+              {"name": "fault.mapped_cold_write", "unit": "ns/page", "threads": 1, "value": 26000, "baseline": "floor.uffd_mmap",
+               "baseline_threads": 1, "baseline_value": 11000, "ratio": 2.36, "ratio_q1": 2.3, "ratio_q3": 2.4,
+               "ratio_min": 2.2, "ratio_max": 2.5, "pairs": 11, "wide": false, "better": "lower", "target": "<= 1.25", "met": false},
+            """
+        try withTemporaryPath("bench-haltpoll") { path in
+            for (poll, halts) in [(0, true), (200000, false)] {
+                let text = Self.report
+                    .replacingOccurrences(of: #""cpus_available": 1.97"#, with: #""cpus_available": 1.97, "guest_halt_poll_ns": "# + "\(poll)")
+                    .replacingOccurrences(of: #""results": ["#, with: #""results": ["# + row)
+                try text.write(toFile: path, atomically: true, encoding: .utf8)
+                let table = try DaxlabBinary.run(["bench", "--from", path], timeout: 60)
+                #expect(table.status == 0, "\(table.standardError)")
+                let machine = table.standardOutput.split(separator: "\n").first { $0.hasPrefix("machine:") } ?? ""
+                #expect(machine.hasSuffix(halts ? "idle CPUs halt at once (guest_halt_poll_ns 0)" : "idle CPUs poll 200000 ns before they halt"),
+                        "\(machine)")
+                #expect(table.standardOutput.contains("fault.mapped_cold_write: this machine's idle CPUs halt at once") == halts,
+                        "\(table.standardOutput)")
+            }
+        }
+    }
+
     @Test("a report read back with a field out of range is refused with one line, before the table or plot: never a trap or a hang")
     func outOfRange() throws {
         let latencies = #", "truncate_latencies_us": {"wait": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}"#
@@ -229,6 +261,8 @@ struct BenchTableTests {
             (#""target": "<= 1/15""#, #""target": "<= lots""#, "target"),
             (#""cpus": 2,"#, #""cpus": 0,"#, "machine.cpus"),
             (#""cpus_available": 1.97"#, #""cpus_available": -1"#, "cpus_available"),
+            (#""cpus_available": 1.97"#, #""cpus_available": 1.97, "guest_halt_poll_ns": -5"#, "guest_halt_poll_ns -5"),
+            (#""cpus_available": 1.97"#, #""cpus_available": 1.97, "guest_halt_poll_ns": 200000"#, ""),
             ("]}", "]" + latencies, ""),
             ("]}", "]" + latencies.replacingOccurrences(of: "\"wait\"", with: "\"<svg>\""), "policy"),
             ("]}", "]" + latencies.replacingOccurrences(of: "[1, 2", with: "[-1, 2"), "negative"),
