@@ -5,8 +5,11 @@ import CShims
 /// for changes to its size or block map (the analogue of a file system's per-inode `i_rwsem` /
 /// `invalidate_lock`). Writer-preferring, like the `PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP`
 /// rwlock it replaces: once a writer waits, new readers wait behind it, so a truncate is not
-/// starved by a stream of faults. Not recursive: a thread that takes it twice exclusively, or
-/// exclusively while it holds it shared, deadlocks.
+/// starved by a stream of faults. And readers are not starved by a writer that loops: a writer
+/// leaving the lock to sleeping readers hands it to them (they are woken with the lock marked
+/// theirs, and no writer takes it before one of them has), so each writer's turn lets at least
+/// one reader's in. Not recursive: a thread that takes it twice exclusively, or exclusively while
+/// it holds it shared, deadlocks.
 ///
 /// Why not pthread_rwlock: one uncontended shared lock, unlock and exclusive lock, unlock cost
 /// glibc nine locked instructions and about 250 others (its rwlock keeps phases and a separate
@@ -14,8 +17,9 @@ import CShims
 /// others, the floor for a lock that readers share. A write fault plus a punch takes both.
 ///
 /// The algorithm is the one of Rust's standard library (`sys/sync/rwlock/futex.rs`), written
-/// anew. `state` holds the number of readers in its low 30 bits (all ones: a writer holds it),
-/// bit 30 says readers sleep, bit 31 says writers sleep. Readers sleep on `state`; writers
+/// anew, with one bit more. `state` holds the number of readers in its low 29 bits (all ones: a
+/// writer holds it), bit 29 says the lock was handed to woken readers (the first reader in
+/// clears it), bit 30 says readers sleep, bit 31 says writers sleep. Readers sleep on `state`; writers
 /// sleep on `writerWakeups`, a counter bumped before every wake-up of a writer, so a writer
 /// about to sleep cannot miss one. The uncontended paths are one compare-exchange (lock) or
 /// one subtraction (unlock); only the contended ones spin briefly and then call futex.
@@ -58,18 +62,26 @@ public struct ReadWriteLock: @unchecked Sendable {
     public var sleepingWriters: Int { Int(self.writerSleepers.load(ordering: .relaxed)) }
 
     /// The low bits: readers holding the lock, or `writeLocked`.
-    @usableFromInline static var mask: UInt32 { (1 << 30) - 1 }
+    @usableFromInline static var mask: UInt32 { (1 << 29) - 1 }
     @usableFromInline static var writeLocked: UInt32 { mask }
     @usableFromInline static var maxReaders: UInt32 { mask - 1 }
+    /// A writer left the lock to the readers it woke: only a reader may take it, and the first
+    /// one in clears this (a writer that loops cannot take it back before any woken reader ran).
+    @usableFromInline static var readersWoken: UInt32 { 1 << 29 }
     @usableFromInline static var readersWaiting: UInt32 { 1 << 30 }
     @usableFromInline static var writersWaiting: UInt32 { 1 << 31 }
 
     /// A reader may take it: no writer holds it, there is room, and nobody sleeps (a sleeping
-    /// writer goes first; sleeping readers are woken together when the writer leaves).
+    /// writer goes first; sleeping readers are woken together when the writer leaves), or the
+    /// lock was handed to readers (then a writer that went to sleep since waits for them).
     @inlinable
     static func isReadLockable(_ state: UInt32) -> Bool {
-        state & mask < maxReaders && state & (readersWaiting | writersWaiting) == 0
+        state & mask < maxReaders && (state & (readersWaiting | writersWaiting) == 0 || state & readersWoken != 0)
     }
+
+    /// The state with one reader more (a hand-off to readers is taken up).
+    @inlinable
+    static func withReader(_ state: UInt32) -> UInt32 { (state & ~readersWoken) + 1 }
 
     @inlinable
     public func withReadLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
@@ -100,7 +112,7 @@ public struct ReadWriteLock: @unchecked Sendable {
         let state = self.state.load(ordering: .relaxed)
         if Self.isReadLockable(state),
             self.state.weakCompareExchange(
-                expected: state, desired: state + 1, successOrdering: .acquiring, failureOrdering: .relaxed
+                expected: state, desired: Self.withReader(state), successOrdering: .acquiring, failureOrdering: .relaxed
             ).exchanged
         {
             return
@@ -149,7 +161,7 @@ public struct ReadWriteLock: @unchecked Sendable {
         while true {
             if Self.isReadLockable(state) {
                 let (exchanged, current) = self.state.weakCompareExchange(
-                    expected: state, desired: state + 1, successOrdering: .acquiring, failureOrdering: .relaxed)
+                    expected: state, desired: Self.withReader(state), successOrdering: .acquiring, failureOrdering: .relaxed)
                 if exchanged { return }
                 state = current
                 continue
@@ -178,7 +190,7 @@ public struct ReadWriteLock: @unchecked Sendable {
         // so its unlock wakes one of them (or finds none and wakes the readers).
         var otherWritersWaiting: UInt32 = 0
         while true {
-            if state & Self.mask == 0 {
+            if state & (Self.mask | Self.readersWoken) == 0 {
                 let (exchanged, current) = self.state.weakCompareExchange(
                     expected: state, desired: state | Self.writeLocked | otherWritersWaiting,
                     successOrdering: .acquiring, failureOrdering: .relaxed)
@@ -199,7 +211,7 @@ public struct ReadWriteLock: @unchecked Sendable {
             // check bumps it, and the futex then refuses to sleep.
             let wakeups = self.writerWakeups.load(ordering: .acquiring)
             state = self.state.load(ordering: .relaxed)
-            if state & Self.mask == 0 || state & Self.writersWaiting == 0 { continue }
+            if state & (Self.mask | Self.readersWoken) == 0 || state & Self.writersWaiting == 0 { continue }
             self.writerSleepers.wrappingIncrement(ordering: .relaxed)
             _ = CShims_futex_wait(UnsafeMutableRawPointer(self.words + 1), wakeups)
             self.writerSleepers.wrappingDecrement(ordering: .relaxed)
@@ -208,7 +220,7 @@ public struct ReadWriteLock: @unchecked Sendable {
     }
 
     /// The lock was just released (`state` has no holder) with sleepers: wakes one writer if
-    /// one sleeps (writer preference), else every reader.
+    /// one sleeps (writer preference), else every reader, handing the lock to them.
     @usableFromInline
     func wake(_ state: UInt32) {
         var state = state
@@ -229,7 +241,7 @@ public struct ReadWriteLock: @unchecked Sendable {
             state = Self.readersWaiting
         }
         if state == Self.readersWaiting,
-            self.state.compareExchange(expected: state, desired: 0, ordering: .relaxed).exchanged
+            self.state.compareExchange(expected: state, desired: Self.readersWoken, ordering: .relaxed).exchanged
         {
             _ = CShims_futex_wake(UnsafeMutableRawPointer(self.words), Int32.max)
         }
@@ -248,9 +260,9 @@ public struct ReadWriteLock: @unchecked Sendable {
         state & mask != writeLocked || state & ~mask != 0
     }
 
-    /// A writer spins while the lock is held and no writer sleeps.
+    /// A writer spins while the lock is held (or handed to readers) and no writer sleeps.
     static func writerStopsSpinning(_ state: UInt32) -> Bool {
-        state & mask == 0 || state & writersWaiting != 0
+        state & (mask | readersWoken) == 0 || state & writersWaiting != 0
     }
 
     /// Spins a little (a holder is usually out soon) until `done` holds; the state last seen.

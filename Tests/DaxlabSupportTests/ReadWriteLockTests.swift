@@ -111,6 +111,25 @@ struct ReadWriteLockTests {
         #expect(self.state(lock) == 0)
     }
 
+    @Test("a writer that leaves and takes the lock again at once lets a sleeping reader in first: readers are not starved by a looping writer")
+    func readerNotStarved() {
+        let locks = ReadWriteLocks(count: 1)
+        let lock = locks[0]
+        let entered = ManagedAtomic<Bool>(false)
+        lock.lockExclusive()
+        let reader = Worker { lock.withReadLock { entered.store(true, ordering: .releasing) } }
+        #expect(eventually { lock.sleepingReaders == 1 }, "the reader never slept")
+        lock.unlock()
+        // At once, before the woken reader can have run: without the hand-off this takes it back.
+        lock.lockExclusive()
+        let readerWentFirst = value(entered)
+        lock.unlock()
+        #expect(readerWentFirst, "the writer took the lock back before the reader it woke got in")
+        #expect(eventually { reader.isDone }, "the reader was never woken")
+        #expect(self.state(lock) == 0, "bits left behind: \(self.state(lock))")
+        #expect(lock.sleepingReaders == 0 && lock.sleepingWriters == 0)
+    }
+
     /// Checked state for the stress test: how many hold the lock of each kind, and a plain
     /// counter only writers touch (a lost update, or ThreadSanitizer, catches a writer that
     /// was not alone).
