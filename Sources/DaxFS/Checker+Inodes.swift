@@ -78,7 +78,11 @@ extension Checker {
             default:
                 break
             }
-            if record.intent != nil, record.intent != InodeRecord.Intent.none { self.result.pendingOperations += 1 }
+            switch record.intent {
+            case .truncate?, .punch?: self.result.pendingOperations += 1
+            case .orphan?: self.result.pendingOrphans += 1
+            case .none?, nil: break
+            }
             if record.intent != .orphan || record.nameLength != 0 {
                 if let why = self.nameProblem(record) {
                     issues.append(why)

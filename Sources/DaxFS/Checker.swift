@@ -32,8 +32,11 @@ public struct CheckResult: Sendable, Equatable {
     public var usedDataBlocks = 0
     public var freeDataBlocks = 0
     public var lostFoundBlocks = 0
-    /// Truncates, punches and orphans a crash left for mount to finish (not problems).
+    /// Truncates and punches a crash left for mount to finish (not problems).
     public var pendingOperations = 0
+    /// Orphans a crash left for mount to free: files without a name (unlinked, replaced by a
+    /// rename, or written as a temporary that was never published). Not problems.
+    public var pendingOrphans = 0
     /// Files a repair renamed `lost+found#N` because their name or map could not be trusted.
     public var salvagedFiles: [String] = []
 

@@ -131,7 +131,9 @@ extension FileSystem {
         var blocks = (firstPage...lastPage).map { reader.block(of: record, number, page: $0) }
         let holes = (firstPage...lastPage).filter { blocks[$0 - firstPage] == 0 }
         guard let fresh = self.blocksForHoles(number, record: record, holes: holes, end: end) else {
-            throw FSError(.noSpace, "no space left for \(holes.count) blocks")
+            throw FSError(
+                .noSpace,
+                "no space left: bytes \(start)..<\(end) need \(holes.count) new block(s), \(self.allocator.freeCount) free")
         }
         let observer = self.allocator.allocationObserver
         for (page, block) in zip(holes, fresh) {

@@ -146,6 +146,12 @@ public final class FileSystem: Sendable {
         if let slot = recovery.invalidSlots.first {
             throw FSError(.corrupt, "\(mapping.path): log slot \(slot): a record points outside metadata; run daxlab fsck")
         }
+        if let slot = recovery.damagedSlots.first {
+            throw FSError(
+                .corrupt,
+                "\(mapping.path): log slot \(slot): a committed transaction is damaged (its records fail their checksum) "
+                    + "and cannot be replayed; run daxlab fsck --repair")
+        }
 
         let check = Checker(media: media, geometry: geometry).check()
         if let first = check.problems.first {

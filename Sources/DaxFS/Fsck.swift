@@ -62,6 +62,14 @@ public enum Fsck {
                 repaired: repair, action: "discarded it"))
             if repair { try MetadataLog.retire(offset: MetadataLog.slotOffset(slot, geometry), media: media) }
         }
+        for slot in recovery.damagedSlots {
+            logProblems.append(FsckProblem(
+                structure: "log",
+                message: "slot \(slot) holds a committed transaction whose records fail their checksum (damaged since "
+                    + "it was committed): it cannot be replayed, so what it had begun to change stays half done",
+                repaired: repair, action: "discarded it; what it left half done is listed below"))
+            if repair { try MetadataLog.retire(offset: MetadataLog.slotOffset(slot, geometry), media: media) }
+        }
         if repair {
             recovery = try MetadataLog.recover(media: media, geometry: geometry, apply: true)
         } else if recovery.replayed > 0 {
@@ -82,8 +90,15 @@ public enum Fsck {
         if !repair, result.pendingOperations > 0 {
             logProblems.append(FsckProblem(
                 structure: "intents",
-                message: "\(result.pendingOperations) truncate, punch or unlink a crash interrupted "
+                message: "\(result.pendingOperations) truncate(s) or punch(es) a crash interrupted "
                     + "(mount or --repair finishes them)",
+                repaired: false))
+        }
+        if !repair, result.pendingOrphans > 0 {
+            logProblems.append(FsckProblem(
+                structure: "intents",
+                message: "\(result.pendingOrphans) orphan(s): file(s) left without a name by an unlink, a rename over them "
+                    + "or a write of a temporary a crash interrupted (mount or --repair frees them)",
                 repaired: false))
         }
         result.problems.insert(contentsOf: superblockProblems + logProblems, at: 0)

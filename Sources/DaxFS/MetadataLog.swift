@@ -7,10 +7,19 @@ import Synchronization
 ///
 /// The log is `logSlotCount` independent slots, so transactions on different files commit in
 /// parallel. A transaction stages its records in a slot (not yet valid: the slot's header magic
-/// is 0), then commits by writing the header with a checksum over header and records and making
-/// it durable: one barrier. It then applies the records in place, makes them durable, and retires
-/// the slot by zeroing the magic. Mount replays every slot whose header is valid; replay is
-/// idempotent (byte images, zeroing, and setting or clearing bits).
+/// is 0), makes them durable, then commits by writing the header, sealed by two checksums (one
+/// over header and records, one over the header alone), and making it durable. It then applies
+/// the records in place, makes them durable, and retires the slot by zeroing the magic. Mount
+/// replays every slot whose header is valid; replay is idempotent (byte images, zeroing, and
+/// setting or clearing bits). Since the records are durable before their header is written, a
+/// header that holds with records that fail their checksum is a committed transaction damaged
+/// since (fsck names it, mount refuses the image), never a commit a crash cut short (a header
+/// that fails its own checksum: ignored).
+///
+/// A slot's 64-byte header: magic (8 bytes), the records' bytes and count (4 each), the records'
+/// checksum (4: CRC-32C of the header with both checksum fields as zero, then the records), the
+/// header's checksum (4: CRC-32C of the header with its own field as zero; 0 in slots written
+/// before it existed, whose records' checksum alone decides), zeros.
 ///
 /// Why slots never conflict on replay: a transaction holds the lock of every inode it changes
 /// (and so of that inode's block-map blocks) until it retires, and a block it frees returns to
@@ -76,11 +85,15 @@ final class MetadataLog: Sendable {
         var discarded = 0
         /// Slots whose checksum holds but whose records point outside metadata: damage.
         var invalidSlots: [Int] = []
+        /// Slots whose header holds but whose records fail their checksum: committed, and
+        /// damaged since (the records were durable before the header was written).
+        var damagedSlots: [Int] = []
     }
 
     /// Checks every slot: a valid committed header whose records all target metadata is replayed
     /// (with `apply`), a header that fails its checksum is an uncommitted or torn transaction and
-    /// ignored. With `apply` and any invalid slot, nothing is written.
+    /// ignored, a sealed header over records that fail theirs is damage. With `apply` and any
+    /// invalid or damaged slot, nothing is written.
     static func recover(media: Media, geometry: Geometry, apply: Bool) throws(FSError) -> Recovery {
         var recovery = Recovery()
         var pending: [Int] = []
@@ -93,7 +106,12 @@ final class MetadataLog: Sendable {
             guard bytes <= capacity - Self.headerSize,
                 header.load(fromByteOffset: 16, as: UInt32.self) == Self.checksum(header, recordBytes: bytes)
             else {
-                recovery.discarded += 1
+                let sealed = header.load(fromByteOffset: 20, as: UInt32.self)
+                if sealed != 0, sealed == Self.headerChecksum(header) {
+                    recovery.damagedSlots.append(slot)
+                } else {
+                    recovery.discarded += 1
+                }
                 continue
             }
             let count = Int(header.load(fromByteOffset: 12, as: UInt32.self))
@@ -103,7 +121,7 @@ final class MetadataLog: Sendable {
                 recovery.invalidSlots.append(slot)
             }
         }
-        guard apply, recovery.invalidSlots.isEmpty else {
+        guard apply, recovery.invalidSlots.isEmpty, recovery.damagedSlots.isEmpty else {
             recovery.replayed = pending.count
             return recovery
         }
@@ -128,9 +146,27 @@ final class MetadataLog: Sendable {
         try media.persist(offset, 8)
     }
 
+    /// The records' checksum: the header with both checksum fields as zero, then the records.
     static func checksum(_ header: UnsafeRawPointer, recordBytes: Int) -> UInt32 {
-        let sum = CRC32C.checksum(header, count: Self.headerSize, skipping: 16)
+        var copy = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        let sum = withUnsafeMutableBytes(of: &copy) { copy in
+            copy.copyMemory(from: UnsafeRawBufferPointer(start: header, count: Self.headerSize))
+            copy.storeBytes(of: 0, toByteOffset: 16, as: UInt64.self)
+            return CRC32C.checksum(copy.baseAddress!, count: Self.headerSize)
+        }
         return CRC32C.checksum(header + Self.headerSize, count: recordBytes, seed: sum)
+    }
+
+    /// The header's own checksum (its field as zero; the records' checksum is part of it).
+    static func headerChecksum(_ header: UnsafeRawPointer) -> UInt32 {
+        let sum = CRC32C.checksum(header, count: Self.headerSize, skipping: 20)
+        return sum == 0 ? 1 : sum  // (0 means a slot from before the field)
+    }
+
+    /// Writes both checksums into a header whose other fields are written.
+    static func seal(_ header: UnsafeMutableRawPointer, recordBytes: Int) {
+        header.storeBytes(of: Self.checksum(header, recordBytes: recordBytes), toByteOffset: 16, as: UInt32.self)
+        header.storeBytes(of: Self.headerChecksum(header), toByteOffset: 20, as: UInt32.self)
     }
 
     /// Whether every record is well formed and targets the inode table, the bitmap or the data

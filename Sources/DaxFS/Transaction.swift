@@ -254,14 +254,18 @@ final class Transaction {
     func commit() throws(FSError) {
         guard !self.staged.isEmpty else { return }
         for payload in self.inodeRecords.presentValues { InodeRecord(self.records + payload).sealChecksum() }
+        // The records are durable before the header that commits them, so a header whose own
+        // checksum holds proves its records were whole: records failing their checksum under it
+        // are damage, not a commit a crash cut short (see `MetadataLog.recover`).
+        try self.media.flush(self.slotOffset + MetadataLog.headerSize, self.cursor)
+        self.media.barrier()
         let header = self.media.base + self.slotOffset
         header.initializeMemory(as: UInt8.self, repeating: 0, count: MetadataLog.headerSize)
         header.storeBytes(of: MetadataLog.magic, as: UInt64.self)
         header.storeBytes(of: UInt32(self.cursor), toByteOffset: 8, as: UInt32.self)
         header.storeBytes(of: UInt32(self.staged.count), toByteOffset: 12, as: UInt32.self)
-        header.storeBytes(of: MetadataLog.checksum(header, recordBytes: self.cursor), toByteOffset: 16, as: UInt32.self)
-        try self.media.flush(self.slotOffset, MetadataLog.headerSize + self.cursor)
-        self.media.barrier()  // committed: mount replays from here on
+        MetadataLog.seal(header, recordBytes: self.cursor)
+        try self.media.persist(self.slotOffset, MetadataLog.headerSize)  // committed: mount replays from here on
 
         try MetadataLog.apply(records: self.records, bytes: self.cursor, media: self.media, dataOffset: self.geometry.dataOffset)
         self.media.barrier()  // applied

@@ -40,8 +40,10 @@ struct FsckCommand: ParsableCommand {
         var usedDataBlocks: Int
         var freeDataBlocks: Int
         var lostFoundBlocks: Int
-        /// Truncates, punches and orphans a crash left for mount (or --repair) to finish.
+        /// Truncates and punches a crash left for mount (or --repair) to finish.
         var pendingOperations: Int
+        /// Orphans (files without a name) a crash left for mount (or --repair) to free.
+        var pendingOrphans: Int
         /// With --repair: files renamed lost+found#N, their readable blocks kept.
         var salvagedFiles: [String]
         var finishedOperations: Int
@@ -58,6 +60,7 @@ struct FsckCommand: ParsableCommand {
             pendingLogTransactions: outcome.pendingLogTransactions, files: final.files,
             usedDataBlocks: final.usedDataBlocks, freeDataBlocks: final.freeDataBlocks,
             lostFoundBlocks: final.lostFoundBlocks, pendingOperations: outcome.result.pendingOperations,
+            pendingOrphans: outcome.result.pendingOrphans,
             salvagedFiles: outcome.result.salvagedFiles, finishedOperations: outcome.finishedOperations,
             freedOrphans: outcome.freedOrphans, problemCount: outcome.result.problemCount,
             problems: outcome.result.problems)
@@ -72,8 +75,8 @@ struct FsckCommand: ParsableCommand {
                 // What the repair did besides the problems listed (what a crash left for mount).
                 let done = [
                     (report.pendingLogTransactions, "committed log transaction(s) replayed"),
-                    (report.finishedOperations, "interrupted truncate(s), punch(es) or unlink(s) finished"),
-                    (report.freedOrphans, "orphan(s) freed"),
+                    (report.finishedOperations, "interrupted truncate(s) or punch(es) finished"),
+                    (report.freedOrphans, "orphan(s) freed (files left without a name: unlinked, renamed over, or unpublished temporaries)"),
                 ].filter { $0.0 > 0 }.map { "\($0.0) \($0.1)" }
                 if !done.isEmpty { Output.print(done.joined(separator: "; ")) }
             }

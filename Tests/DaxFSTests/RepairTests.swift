@@ -166,7 +166,9 @@ struct RepairTests {
             try fs.discardUnnamed(unnamed)
             try fs.unmount()
             let pending = try Fsck.run(path: crashed)
-            #expect(pending.result.pendingOperations == 1)
+            #expect(pending.result.pendingOrphans == 1 && pending.result.pendingOperations == 0)
+            #expect(pending.result.problems.contains { $0.structure == "intents" && $0.message.hasPrefix("1 orphan(s): file(s) left without a name") },
+                    "\(pending.result.problems)")
             let recovered = try FileSystem.mount(path: crashed)
             #expect(recovered.mountReport.freedOrphans == 1)
             #expect(recovered.usage.freeBlocks == free)
