@@ -236,6 +236,13 @@ typedef struct {
 /// none).
 int CShims_uffd_read_faults(int fd, CShims_uffd_fault *faults, int capacity);
 
+/// An eventfd (close-on-exec, non-blocking) a thread polls to be woken: the descriptor, or -errno.
+int CShims_event_open(void);
+/// Wakes the thread polling `fd` (makes it readable).
+void CShims_event_signal(int fd);
+/// Consumes the wake-ups signalled so far (`fd` is not readable afterwards, until the next).
+void CShims_event_drain(int fd);
+
 /// Names the calling thread (prctl PR_SET_NAME, which keeps the first 15 bytes); 0 or -errno.
 int CShims_set_thread_name(const char *name);
 

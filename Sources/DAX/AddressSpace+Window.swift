@@ -109,7 +109,9 @@ extension AddressSpace {
     ///   page of a userfaultfd window, or any fault of a signals window).
     /// - Returns: the pages now mapped, or nil for a SIGBUS (past the end of file, the file gone,
     ///   no space for a hole), as the kernel answers such a fault: the page is fenced, so the
-    ///   CPU's retried access raises SIGBUS and the kernel's fails with EFAULT.
+    ///   CPU's retried access raises SIGBUS and the kernel's fails with EFAULT. A fence for want
+    ///   of space lasts until blocks are freed (the fault service lifts it then), one past the
+    ///   end until the file grows over it.
     func serveWindowFault(_ window: MappedWindow, page: Int, write: Bool, signalled: Bool) -> Range<Int>? {
         self.dax.statistics.windowFaults.wrappingIncrement(ordering: .relaxed)
         return self.lock.withReadLock {
@@ -126,7 +128,7 @@ extension AddressSpace {
                 if block != 0 { try window.map(page: page, block: block) }
                 return page..<(page + 1)
             } catch {
-                if !signalled { window.fence(page: page) }
+                if !signalled { window.fence(page: page, forSpace: (error as? FSError)?.code == .noSpace) }
                 return nil
             }
         }

@@ -53,6 +53,14 @@ final class FaultService: @unchecked Sendable {
     private var estimatedMappings = 0
     /// Regions dropped to keep under the budget, ever.
     let droppedRegions = ManagedAtomic<Int>(0)
+    /// Windows with pages fenced because their fault found no free block (the service's thread
+    /// only), and the wake-up a call that frees blocks sends it (`spaceFreed`): an eventfd it
+    /// polls, and a flag it reads between faults.
+    private var spaceWaiters: [Weak] = []
+    private let spaceEvents: Int32
+    private let spaceWasFreed = ManagedAtomic<Bool>(false)
+    /// Fences lifted because blocks were freed, ever.
+    let liftedSpaceFences = ManagedAtomic<Int>(0)
 
     struct Weak {
         weak var window: MappedWindow?
@@ -97,6 +105,8 @@ final class FaultService: @unchecked Sendable {
                 : "userfaultfd is unavailable (\(reason)): windows serve only the CPU's own faults, and the kernel's "
                     + "accesses to pages not touched yet fail with EFAULT"
         }
+        let events = CShims_event_open()
+        self.spaceEvents = events >= 0 ? events : -1
         let pipe = CShims_window_faults_start()
         self.requests = pipe >= 0 ? pipe : -1
         self.startFailure = pipe >= 0 ? nil : "install the window fault handler: \(String(cString: strerror(-pipe)))"
@@ -163,8 +173,10 @@ final class FaultService: @unchecked Sendable {
         var descriptors = [
             pollfd(fd: self.requests, events: Int16(POLLIN), revents: 0),
             pollfd(fd: self.userfaultfd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: self.spaceEvents, events: Int16(POLLIN), revents: 0),
         ]
-        let count = nfds_t(self.userfaultfd >= 0 ? 2 : 1)
+        // (Only userfaultfd windows fence pages: without it there is no space wake-up to poll.)
+        let count = nfds_t(self.userfaultfd < 0 ? 1 : self.spaceEvents < 0 ? 2 : 3)
         let faults = UnsafeMutablePointer<CShims_uffd_fault>.allocate(capacity: 64)
         let requests = UnsafeMutablePointer<UnsafeMutablePointer<CShims_fault_request>?>.allocate(capacity: 64)
         // After a fault, the service spins (reads without sleeping) for a while before it sleeps
@@ -186,6 +198,9 @@ final class FaultService: @unchecked Sendable {
                 self.serve(request.pointee.address, write: request.pointee.is_write != 0, request: request)
             }
             served += max(0, Int(read))
+            if self.spaceWasFreed.load(ordering: .relaxed), self.spaceWasFreed.exchange(false, ordering: .acquiring) {
+                self.liftSpaceFences()
+            }
             let now = MonotonicClock.now()
             if served > 0 {
                 lastFault = now
@@ -193,6 +208,7 @@ final class FaultService: @unchecked Sendable {
                 CShims_cpu_relax()
             } else {
                 _ = poll(&descriptors, count, -1)  // (EINTR: look again)
+                if count > 2, descriptors[2].revents != 0 { CShims_event_drain(self.spaceEvents) }
                 lastFault = MonotonicClock.now()
             }
         }
@@ -222,13 +238,44 @@ final class FaultService: @unchecked Sendable {
             window.wake(page..<(page + 1))
             return
         }
-        let resolved = registration.space!.serveWindowFault(window, page: page, write: write, signalled: request != nil)
+        let space = registration.space!
+        let resolved = space.serveWindowFault(window, page: page, write: write, signalled: request != nil)
         // (A fence is a mapping too.)
         self.account(window, resolved ?? page..<(page + 1))
+        if resolved == nil, request == nil, window.waitsForSpace { self.waitForSpace(window, of: space) }
         if let request {
             CShims_window_fault_answer(request, Int32(resolved != nil ? CShims_FAULT_MAPPED : CShims_FAULT_SIGBUS))
         } else {
             window.wake(resolved ?? page..<(page + 1))
+        }
+    }
+}
+
+// MARK: Fences that wait for space
+
+extension FaultService {
+    /// A call of this process freed blocks on a file system whose fault found none: the service
+    /// lifts the fences that fault left (any thread; the service does the work on its own).
+    func spaceFreed() {
+        self.spaceWasFreed.store(true, ordering: .releasing)
+        if self.spaceEvents >= 0 { CShims_event_signal(self.spaceEvents) }
+    }
+
+    /// `window` has pages fenced for want of space (the service's thread): they are lifted when
+    /// its file system next frees blocks (at once if it has some free already), so that their
+    /// next fault, the kernel's or the CPU's, tries to allocate again, as a DAX file's does.
+    fileprivate func waitForSpace(_ window: MappedWindow, of space: AddressSpace) {
+        if !self.spaceWaiters.contains(where: { $0.window === window }) { self.spaceWaiters.append(Weak(window: window)) }
+        space.source.notifyWhenSpaceFrees { FaultService.shared.spaceFreed() }
+    }
+
+    /// Lifts every waiting window's space fences (the service's thread).
+    fileprivate func liftSpaceFences() {
+        let waiting = self.spaceWaiters
+        self.spaceWaiters.removeAll()
+        for reference in waiting {
+            guard let window = reference.window else { continue }
+            self.liftedSpaceFences.wrappingIncrement(by: window.liftSpaceFences(), ordering: .relaxed)
         }
     }
 }

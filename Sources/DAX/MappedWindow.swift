@@ -67,19 +67,30 @@ final class MappedWindow: @unchecked Sendable {
 
     private struct PageSets {
         var fences: Set<Int> = []
+        /// Of `fences`, the pages fenced because the image had no block for them (a write fault
+        /// on a full file system): that lasts only until blocks are freed (`liftSpaceFences`),
+        /// as the kernel's next fault there tries to allocate again.
+        var spaceFences: Set<Int> = []
         var zeros: Set<Int> = []
 
-        /// Removes `pages` from both sets; whether any was fenced.
+        /// Removes `pages` from the sets; whether any was fenced.
         mutating func forget(_ pages: Range<Int>) -> Bool {
             if self.zeros.isEmpty && self.fences.isEmpty { return false }
             if pages.count == 1 {
                 self.zeros.remove(pages.lowerBound)
-                return self.fences.remove(pages.lowerBound) != nil
+                return self.unfence(pages.lowerBound)
             }
             if !self.zeros.isEmpty { self.zeros = self.zeros.filter { !pages.contains($0) } }
             let before = self.fences.count
             if before > 0 { self.fences = self.fences.filter { !pages.contains($0) } }
+            if !self.spaceFences.isEmpty { self.spaceFences = self.spaceFences.filter { !pages.contains($0) } }
             return self.fences.count != before
+        }
+
+        /// Removes one page's fence; whether it had one.
+        mutating func unfence(_ page: Int) -> Bool {
+            if !self.spaceFences.isEmpty { self.spaceFences.remove(page) }
+            return self.fences.remove(page) != nil
         }
     }
     /// For a pin's view: the block each page maps now (0: none), so that a pin of blocks the
@@ -288,7 +299,7 @@ final class MappedWindow: @unchecked Sendable {
             }
             // (A fenced page, or one whose file mapping a racing fault left, is made registered
             // anonymous memory again first: UFFDIO_COPY fills only a missing page of such memory.)
-            if state.fences.remove(page) != nil { self.restoreKeepingData(page..<(page + 1)) }
+            if state.unfence(page) { self.restoreKeepingData(page..<(page + 1)) }
             var status = CShims_uffd_map_zeros(self.userfaultfd, self.address(page: page))
             if status == -ENOENT {
                 // (Not registered memory there: make it so, without a moment of plain memory.)
@@ -319,14 +330,39 @@ final class MappedWindow: @unchecked Sendable {
         }
     }
 
-    /// Makes `page` past the end of file fault for good (a userfaultfd window): the CPU gets
-    /// SIGBUS, the kernel EFAULT, until the file grows over it (`liftFences`).
-    func fence(page: Int) {
+    /// Makes `page` fault for good (a userfaultfd window): the CPU gets SIGBUS, the kernel
+    /// EFAULT. A page past the end of file stays so until the file grows over it (`liftFences`);
+    /// one whose fault found no free block (`forSpace`), until blocks are freed
+    /// (`liftSpaceFences`).
+    func fence(page: Int, forSpace: Bool = false) {
         guard self.userfaultfd >= 0 else { return }  // (PROT_NONE already)
         self.changing {
             self.protectNone(page..<(page + 1))
-            self.state.withLock { _ = $0.fences.insert(page) }
+            self.state.withLock { state in
+                state.fences.insert(page)
+                if forSpace { state.spaceFences.insert(page) }
+            }
         }
+    }
+
+    /// Whether a page is fenced for want of space (see `fence(page:forSpace:)`).
+    var waitsForSpace: Bool { self.state.withLock { !$0.spaceFences.isEmpty } }
+
+    /// Makes the pages fenced for want of space fault again (blocks were freed: their next fault
+    /// tries to allocate again). Runs on the fault service's thread without the file's lock, as
+    /// `drop(region:)` does: a truncate that unmaps the same pages meanwhile leaves what this
+    /// leaves, registered memory. - Returns: how many were lifted.
+    @discardableResult
+    func liftSpaceFences() -> Int {
+        guard self.userfaultfd >= 0 else { return 0 }
+        let lifted = self.state.withLock { state -> [Int] in
+            let lifted = state.spaceFences.intersection(state.fences)
+            state.spaceFences.removeAll()
+            state.fences.subtract(lifted)
+            return Array(lifted)
+        }
+        for page in lifted { self.restoreKeepingData(page..<(page + 1)) }
+        return lifted.count
     }
 
     /// Fences `page` of a pin's view unless `inUse()` (read under the page sets' lock) says a
@@ -376,6 +412,7 @@ final class MappedWindow: @unchecked Sendable {
             guard !state.fences.isEmpty else { return [] }
             let lifted = state.fences.filter { pages.contains($0) }
             state.fences.subtract(lifted)
+            state.spaceFences.subtract(lifted)
             return Array(lifted)
         }
         for page in lifted { self.restoreKeepingData(page..<(page + 1)) }

@@ -39,6 +39,14 @@ final class BlockAllocator: Sendable {
     /// Where the shards' grid starts: shard `i` ends at `gridStart + (i + 1) * shardSize`.
     private let gridStart: UInt32
     private let observer = ManagedAtomicLazyReference<ObserverBox>()
+    /// Who hears that blocks were freed (`notifyWhenSpaceFrees`), set once, and whether anyone
+    /// waits for it now.
+    private let spaceNotifier = ManagedAtomicLazyReference<SpaceNotifier>()
+    private let spaceWanted = ManagedAtomic<Bool>(false)
+    private final class SpaceNotifier: Sendable {
+        let notify: @Sendable () -> Void
+        init(_ notify: @escaping @Sendable () -> Void) { self.notify = notify }
+    }
     /// Whole free runs in every shard's stack, together: whether a claim can succeed, asked
     /// before a file looks for one (changes under the shards' locks; read relaxed, a hint).
     let wholeRuns = Atomic<Int>(0)
@@ -135,6 +143,24 @@ final class BlockAllocator: Sendable {
                 list.push(block)
             }
         }
+        if !blocks.isEmpty { self.spaceFreed() }
+    }
+
+    /// Calls `notify` once, from the next `release` (at once when blocks are free now). No
+    /// wake-up is lost: a waiter sets the flag before it counts the free blocks under the
+    /// shards' locks, and a release pushes its blocks under those locks before it reads the
+    /// flag, so either the count sees the blocks or the release sees the flag.
+    func notifyWhenSpaceFrees(_ notify: @escaping @Sendable () -> Void) {
+        _ = self.spaceNotifier.storeIfNilThenLoad(SpaceNotifier(notify))
+        self.spaceWanted.store(true, ordering: .releasing)
+        if self.freeCount > 0 { self.spaceFreed() }
+    }
+
+    private func spaceFreed() {
+        guard self.spaceWanted.load(ordering: .relaxed),
+            self.spaceWanted.exchange(false, ordering: .acquiringAndReleasing)
+        else { return }
+        self.spaceNotifier.load()?.notify()
     }
 
     /// How many blocks are free now (claimed runs' unused blocks included: an allocation that

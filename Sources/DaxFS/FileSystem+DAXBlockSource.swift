@@ -20,6 +20,10 @@ extension FileSystem: DAXBlockSource {
 
     package func invalidateLock(for file: FileID) -> ReadWriteLock { self.locks[file.inode] }
 
+    package func notifyWhenSpaceFrees(_ notify: @escaping @Sendable () -> Void) {
+        self.allocator.notifyWhenSpaceFrees(notify)
+    }
+
     package func isCurrent(_ file: FileID) -> Bool {
         do {
             _ = try self.checkedRecord(file)

@@ -138,6 +138,36 @@ struct KernelFaultTests {
         #expect(source.read(into: window + 3 * 4096, pages: 1) == 4096)
     }
 
+    @Test("the kernel's write fault on a full file system fails with EFAULT, and again while nothing is freed; once blocks are freed the same read faults in and lands in the file",
+          .enabled(if: userfaultfdRefusal == nil, "needs userfaultfd"))
+    func kernelAccessWithoutSpace() throws {
+        let lab = try Lab(policy: .wait, pages: 1, size: 4 << 20)
+        try lab.fs.truncate(lab.file, size: 2 * 4096)  // page 1: a hole
+        // Every block taken: a big file page by page, then single pages of files needing no map block.
+        let filler = try lab.fs.create("filler")
+        var page = 0
+        while (try? lab.fs.write(filler, offset: page * 4096, bytes: [9])) != nil { page += 1 }
+        var crumbs = 0
+        while lab.fs.usage.freeBlocks > 0, crumbs < 64 {
+            let crumb = try lab.fs.create(FileName("crumb-\(crumbs)"))
+            try lab.fs.write(crumb, offset: 0, bytes: [1])
+            crumbs += 1
+        }
+        try #require(lab.fs.usage.freeBlocks == 0, "could not fill the image")
+
+        let window = try lab.space.mapWindow()
+        let source = try PatternSource(pages: 1, first: 0x77, direct: false)
+        #expect(source.read(into: window + 4096, pages: 1) == -Int(EFAULT), "a hole with no block for it")
+        #expect(source.read(into: window + 4096, pages: 1) == -Int(EFAULT), "still no block: the page stays fenced")
+        let lifted = FaultService.shared.liftedSpaceFences.load(ordering: .relaxed)
+        try lab.fs.truncate(filler, size: 0)
+        #expect(waitUntil(seconds: 30) { FaultService.shared.liftedSpaceFences.load(ordering: .relaxed) > lifted },
+                "freeing blocks did not lift the fence")
+        #expect(source.read(into: window + 4096, pages: 1) == 4096, "blocks were freed: the kernel's fault allocates")
+        #expect(try source.landed(lab, page: 1, sourcePage: 0))
+        #expect(lab.fs.currentBlock(lab.file, page: 1) != 0)
+    }
+
     @Test("without userfaultfd (the fallback) the kernel cannot fault a window: EFAULT until the CPU has touched the page",
           .enabled(if: directIORefusal == nil, "needs O_DIRECT on a disk file system here"))
     func signalsFallbackLosesKernelFaults() throws {
