@@ -12,10 +12,13 @@ import Glibc
 ///
 /// The shadow starts as a copy of the image taken before the mount. Each barrier copies the
 /// cache lines flushed since the last one into it; the crashing barrier copies only a seeded
-/// random half of them (stores flushed but not yet drained may or may not have reached the
-/// media). Stores never flushed never reach it. After the kill, the shadow is the crashed image.
+/// random half of their 8-byte words (stores flushed but not yet drained may or may not have
+/// reached the media, and power failure keeps only 8-byte stores whole, not a cache line).
+/// Stores never flushed never reach it. After the kill, the shadow is the crashed image.
 package final class CrashInjector: PersistObserver, Sendable {
     static let cacheLine = 64
+    /// What power failure keeps whole.
+    static let atomicWrite = 8
 
     /// The persist point to die at, or nil (count only: the dry run).
     let crashAt: Int?
@@ -63,7 +66,7 @@ package final class CrashInjector: PersistObserver, Sendable {
     }
 
     /// Copies what the last flushes made durable into the shadow; when `tornAt` is set, only a
-    /// random half of the lines (seeded by the point, so a run can be replayed).
+    /// random half of the lines' 8-byte words (seeded by the point, so a run can be replayed).
     private func mirror(tornAt point: Int?) {
         guard let image = self.image, let shadow = self.shadow else { return }
         let ranges = self.pending.withLock { ranges in
@@ -73,8 +76,15 @@ package final class CrashInjector: PersistObserver, Sendable {
         var coin = SplitMix64(seed: UInt64(point ?? 0))
         for range in ranges {
             for line in stride(from: range.lowerBound, to: range.upperBound, by: Self.cacheLine) {
-                if point != nil, coin.next() & 1 == 0 { continue }
-                (shadow.base + line).copyMemory(from: image.base + line, byteCount: Self.cacheLine)
+                guard point != nil else {
+                    (shadow.base + line).copyMemory(from: image.base + line, byteCount: Self.cacheLine)
+                    continue
+                }
+                let kept = coin.next()
+                for word in 0..<(Self.cacheLine / Self.atomicWrite) where kept >> UInt64(word) & 1 != 0 {
+                    let at = line + word * Self.atomicWrite
+                    (shadow.base + at).copyMemory(from: image.base + at, byteCount: Self.atomicWrite)
+                }
             }
         }
     }

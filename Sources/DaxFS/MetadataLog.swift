@@ -8,18 +8,24 @@ import Synchronization
 /// The log is `logSlotCount` independent slots, so transactions on different files commit in
 /// parallel. A transaction stages its records in a slot (not yet valid: the slot's header magic
 /// is 0), makes them durable, then commits by writing the header, sealed by two checksums (one
-/// over header and records, one over the header alone), and making it durable. It then applies
-/// the records in place, makes them durable, and retires the slot by zeroing the magic. Mount
-/// replays every slot whose header is valid; replay is idempotent (byte images, zeroing, and
-/// setting or clearing bits). Since the records are durable before their header is written, a
-/// header that holds with records that fail their checksum is a committed transaction damaged
-/// since (fsck names it, mount refuses the image), never a commit a crash cut short (a header
-/// that fails its own checksum: ignored).
+/// over the header's fields, one over header and records), and making it durable. It then
+/// applies the records in place, makes them durable, and retires the slot by zeroing the header's
+/// first three words (magic, sizes, checksums). Mount replays every slot whose records' checksum
+/// holds; replay is idempotent (byte images, zeroing, and setting or clearing bits).
+///
+/// A commit a crash cut short and a committed transaction damaged since are told apart: the
+/// records are durable before the header is written, and the header's words were zero before it
+/// (power failure keeps 8-byte stores whole, not the 64-byte header), so a header whose every
+/// word is the new one, proved by the header checksum, sits over whole records. Records that fail
+/// their checksum under such a header are damage (fsck names the slot, mount refuses the image);
+/// a header that fails its own checksum, or lacks the records' checksum, is a commit cut short,
+/// ignored.
 ///
 /// A slot's 64-byte header: magic (8 bytes), the records' bytes and count (4 each), the records'
-/// checksum (4: CRC-32C of the header with both checksum fields as zero, then the records), the
-/// header's checksum (4: CRC-32C of the header with its own field as zero; 0 in slots written
-/// before it existed, whose records' checksum alone decides), zeros.
+/// checksum (4: CRC-32C of the header with this field as zero, then the records), the header's
+/// checksum (4: CRC-32C of the header with both checksum fields as zero, 1 where that is 0; 0 in
+/// slots written before it existed), zeros. The records' checksum is the one earlier daxlab
+/// wrote, over the whole header, so earlier daxlab still replays these slots.
 ///
 /// Why slots never conflict on replay: a transaction holds the lock of every inode it changes
 /// (and so of that inode's block-map blocks) until it retires, and a block it frees returns to
@@ -103,11 +109,11 @@ final class MetadataLog: Sendable {
             let header = UnsafeRawPointer(media.base + offset)
             guard header.load(as: UInt64.self) == Self.magic else { continue }
             let bytes = Int(header.load(fromByteOffset: 8, as: UInt32.self))
-            guard bytes <= capacity - Self.headerSize,
-                header.load(fromByteOffset: 16, as: UInt32.self) == Self.checksum(header, recordBytes: bytes)
+            let recordsChecksum = header.load(fromByteOffset: 16, as: UInt32.self)
+            guard bytes <= capacity - Self.headerSize, recordsChecksum == Self.checksum(header, recordBytes: bytes)
             else {
                 let sealed = header.load(fromByteOffset: 20, as: UInt32.self)
-                if sealed != 0, sealed == Self.headerChecksum(header) {
+                if sealed != 0, recordsChecksum != 0, sealed == Self.headerChecksum(header) {
                     recovery.damagedSlots.append(slot)
                 } else {
                     recovery.discarded += 1
@@ -125,6 +131,7 @@ final class MetadataLog: Sendable {
             recovery.replayed = pending.count
             return recovery
         }
+        try Self.clearStaleHeaders(media: media, geometry: geometry)
         for offset in pending {
             let header = media.base + offset
             let bytes = Int(header.load(fromByteOffset: 8, as: UInt32.self))
@@ -140,33 +147,53 @@ final class MetadataLog: Sendable {
         geometry.logOffset + slot * geometry.logSlotBlocks * pageSize
     }
 
-    /// Marks a slot empty.
+    /// The header words a commit writes: magic, sizes, checksums.
+    static let headerWords = 24
+
+    /// Marks a slot empty: its first three words zero, so that the next commit's header, should a
+    /// crash keep only some of its words, never mixes them with this one's (see the type's note).
     static func retire(offset: Int, media: Media) throws(FSError) {
-        (media.base + offset).storeBytes(of: 0, as: UInt64.self)
-        try media.persist(offset, 8)
+        (media.base + offset).initializeMemory(as: UInt8.self, repeating: 0, count: Self.headerWords)
+        try media.persist(offset, Self.headerWords)
     }
 
-    /// The records' checksum: the header with both checksum fields as zero, then the records.
+    /// Zeroes what an empty slot's header still holds of its last transaction (retired by a
+    /// daxlab that zeroed only the magic): mount, before anything commits.
+    private static func clearStaleHeaders(media: Media, geometry: Geometry) throws(FSError) {
+        for slot in 0..<geometry.logSlotCount {
+            let offset = Self.slotOffset(slot, geometry)
+            let header = UnsafeRawPointer(media.base + offset)
+            guard header.load(as: UInt64.self) == 0,
+                header.load(fromByteOffset: 8, as: UInt64.self) != 0 || header.load(fromByteOffset: 16, as: UInt64.self) != 0
+            else { continue }
+            try Self.retire(offset: offset, media: media)
+        }
+    }
+
+    /// The records' checksum: the header with this field as zero, then the records.
     static func checksum(_ header: UnsafeRawPointer, recordBytes: Int) -> UInt32 {
+        let sum = CRC32C.checksum(header, count: Self.headerSize, skipping: 16)
+        return CRC32C.checksum(header + Self.headerSize, count: recordBytes, seed: sum)
+    }
+
+    /// The header's checksum: the header with both checksum fields as zero (1 where that is 0:
+    /// 0 means a slot from before the field).
+    static func headerChecksum(_ header: UnsafeRawPointer) -> UInt32 {
         var copy = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
         let sum = withUnsafeMutableBytes(of: &copy) { copy in
             copy.copyMemory(from: UnsafeRawBufferPointer(start: header, count: Self.headerSize))
             copy.storeBytes(of: 0, toByteOffset: 16, as: UInt64.self)
             return CRC32C.checksum(copy.baseAddress!, count: Self.headerSize)
         }
-        return CRC32C.checksum(header + Self.headerSize, count: recordBytes, seed: sum)
+        return sum == 0 ? 1 : sum
     }
 
-    /// The header's own checksum (its field as zero; the records' checksum is part of it).
-    static func headerChecksum(_ header: UnsafeRawPointer) -> UInt32 {
-        let sum = CRC32C.checksum(header, count: Self.headerSize, skipping: 20)
-        return sum == 0 ? 1 : sum  // (0 means a slot from before the field)
-    }
-
-    /// Writes both checksums into a header whose other fields are written.
+    /// Writes both checksums into a header whose other fields are written: the header's first,
+    /// since the records' covers it.
     static func seal(_ header: UnsafeMutableRawPointer, recordBytes: Int) {
-        header.storeBytes(of: Self.checksum(header, recordBytes: recordBytes), toByteOffset: 16, as: UInt32.self)
+        header.storeBytes(of: 0, toByteOffset: 16, as: UInt64.self)
         header.storeBytes(of: Self.headerChecksum(header), toByteOffset: 20, as: UInt32.self)
+        header.storeBytes(of: Self.checksum(header, recordBytes: recordBytes), toByteOffset: 16, as: UInt32.self)
     }
 
     /// Whether every record is well formed and targets the inode table, the bitmap or the data

@@ -270,8 +270,7 @@ final class Transaction {
         try MetadataLog.apply(records: self.records, bytes: self.cursor, media: self.media, dataOffset: self.geometry.dataOffset)
         self.media.barrier()  // applied
 
-        header.storeBytes(of: 0, as: UInt64.self)
-        try self.media.persist(self.slotOffset, 8)  // retired
+        try MetadataLog.retire(offset: self.slotOffset, media: self.media)  // retired
     }
 }
 

@@ -116,4 +116,61 @@ struct DamagedLogTests {
             try fs.unmount()
         }
     }
+
+    @Test("a commit cut short with only its magic durable (the header's other words still the zeros a retire leaves) is ignored, not called damage")
+    func magicOnly() throws {
+        try withTemporaryPath("log-magic-only") { path in
+            let (committed, slot, geometry, _) = try self.committedPunch(path)
+            var image = committed
+            let header = MetadataLog.slotOffset(slot, geometry)
+            for index in 8..<MetadataLog.headerWords { image[header + index] = 0 }
+            image[header + MetadataLog.headerSize + 20] ^= 0x10  // (records not all new either)
+            try Data(image).write(to: URL(fileURLWithPath: path))
+            let report = try Fsck.run(path: path)
+            #expect(!report.result.problems.contains { $0.structure == "log" }, "\(report.result.problems)")
+            let fs = try FileSystem.mount(path: path)
+            #expect(fs.mountReport.discardedTransactions == 1 && fs.mountReport.replayedTransactions == 0)
+            try fs.unmount()
+        }
+    }
+
+    @Test("a slot committed without the header's checksum (its field 0, as earlier daxlab wrote) is replayed; the records' checksum is the one earlier daxlab computes")
+    func slotWithoutHeaderChecksum() throws {
+        try withTemporaryPath("log-old-slot") { path in
+            let (committed, slot, geometry, _) = try self.committedPunch(path)
+            var image = committed
+            let header = MetadataLog.slotOffset(slot, geometry)
+            // Earlier daxlab's checksum: the whole header but its own field, then the records. The
+            // new header's (non-zero) field is part of it, as earlier daxlab would read it.
+            image.withUnsafeMutableBytes { raw in
+                let base = raw.baseAddress! + header
+                let bytes = Int(base.load(fromByteOffset: 8, as: UInt32.self))
+                let old = CRC32C.checksum(base + MetadataLog.headerSize, count: bytes, seed: CRC32C.checksum(base, count: 64, skipping: 16))
+                #expect(base.load(fromByteOffset: 16, as: UInt32.self) == old, "earlier daxlab would not replay this slot")
+                base.storeBytes(of: 0, toByteOffset: 20, as: UInt32.self)
+                base.storeBytes(of: MetadataLog.checksum(UnsafeRawPointer(base), recordBytes: bytes), toByteOffset: 16, as: UInt32.self)
+            }
+            try Data(image).write(to: URL(fileURLWithPath: path))
+            #expect(try Fsck.run(path: path).pendingLogTransactions == 1)
+            let fs = try FileSystem.mount(path: path)
+            #expect(fs.mountReport.replayedTransactions == 1)
+            try fs.unmount()
+            #expect(try Fsck.run(path: path).isClean)
+        }
+    }
+
+    @Test("an empty slot whose header still holds an earlier transaction's sizes and checksums (retired by zeroing the magic alone) is cleared by a mount")
+    func staleHeaderCleared() throws {
+        try withFileSystem(size: 4 << 20) { fs, path in
+            let geometry = fs.geometry
+            try fs.unmount()
+            let header = MetadataLog.slotOffset(3, geometry)
+            var image = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+            for index in 8..<MetadataLog.headerWords { image[header + index] = UInt8(index) }
+            try Data(image).write(to: URL(fileURLWithPath: path))
+            try FileSystem.mount(path: path).unmount()
+            let after = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+            #expect(after[header..<(header + MetadataLog.headerWords)].allSatisfy { $0 == 0 })
+        }
+    }
 }
