@@ -53,10 +53,16 @@ final class FaultService: @unchecked Sendable {
     private var estimatedMappings = 0
     /// Regions dropped to keep under the budget, ever.
     let droppedRegions = ManagedAtomic<Int>(0)
-    /// Windows with pages fenced because their fault found no free block (the service's thread
+    /// Windows with pages fenced because their fault found no free block, each with its file
+    /// system and how many calls had freed blocks there before the fault (the service's thread
     /// only), and the wake-up a call that frees blocks sends it (`spaceFreed`): an eventfd it
     /// polls, and a flag it reads between faults.
-    private var spaceWaiters: [Weak] = []
+    private var spaceWaiters: [SpaceWaiter] = []
+    private struct SpaceWaiter {
+        weak var window: MappedWindow?
+        weak var space: AddressSpace?
+        let generation: UInt64
+    }
     private let spaceEvents: Int32
     private let spaceWasFreed = ManagedAtomic<Bool>(false)
     /// Fences lifted because blocks were freed, ever.
@@ -239,10 +245,11 @@ final class FaultService: @unchecked Sendable {
             return
         }
         let space = registration.space!
+        let generation = space.source.spaceGeneration
         let resolved = space.serveWindowFault(window, page: page, write: write, signalled: request != nil)
         // (A fence is a mapping too.)
         self.account(window, resolved ?? page..<(page + 1))
-        if resolved == nil, request == nil, window.waitsForSpace { self.waitForSpace(window, of: space) }
+        if resolved == nil, request == nil, window.waitsForSpace { self.waitForSpace(window, of: space, since: generation) }
         if let request {
             CShims_window_fault_answer(request, Int32(resolved != nil ? CShims_FAULT_MAPPED : CShims_FAULT_SIGBUS))
         } else {
@@ -262,21 +269,28 @@ extension FaultService {
     }
 
     /// `window` has pages fenced for want of space (the service's thread): they are lifted when
-    /// its file system next frees blocks (at once if it has some free already), so that their
-    /// next fault, the kernel's or the CPU's, tries to allocate again, as a DAX file's does.
-    fileprivate func waitForSpace(_ window: MappedWindow, of space: AddressSpace) {
-        if !self.spaceWaiters.contains(where: { $0.window === window }) { self.spaceWaiters.append(Weak(window: window)) }
-        space.source.notifyWhenSpaceFrees { FaultService.shared.spaceFreed() }
+    /// its file system frees blocks after `generation` (its count of frees before the fault; at
+    /// once if it did since), so that their next fault, the kernel's or the CPU's, tries to
+    /// allocate again, as a DAX file's does.
+    fileprivate func waitForSpace(_ window: MappedWindow, of space: AddressSpace, since generation: UInt64) {
+        self.spaceWaiters.removeAll { $0.window === window || $0.window == nil }
+        self.spaceWaiters.append(SpaceWaiter(window: window, space: space, generation: generation))
+        space.source.notifyWhenSpaceFrees(since: generation) { FaultService.shared.spaceFreed() }
     }
 
-    /// Lifts every waiting window's space fences (the service's thread).
+    /// Lifts the space fences of the windows whose file system freed blocks since their fault
+    /// (the service's thread); the others wait on.
     fileprivate func liftSpaceFences() {
-        let waiting = self.spaceWaiters
-        self.spaceWaiters.removeAll()
-        for reference in waiting {
-            guard let window = reference.window else { continue }
+        var waiting: [SpaceWaiter] = []
+        for waiter in self.spaceWaiters {
+            guard let window = waiter.window, let space = waiter.space else { continue }
+            guard space.source.spaceGeneration != waiter.generation else {
+                waiting.append(waiter)
+                continue
+            }
             self.liftedSpaceFences.wrappingIncrement(by: window.liftSpaceFences(), ordering: .relaxed)
         }
+        self.spaceWaiters = waiting
     }
 }
 

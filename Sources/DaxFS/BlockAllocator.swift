@@ -40,9 +40,10 @@ final class BlockAllocator: Sendable {
     private let gridStart: UInt32
     private let observer = ManagedAtomicLazyReference<ObserverBox>()
     /// Who hears that blocks were freed (`notifyWhenSpaceFrees`), set once, and whether anyone
-    /// waits for it now.
+    /// waits for it now; and how many calls freed blocks so far (`spaceGeneration`).
     private let spaceNotifier = ManagedAtomicLazyReference<SpaceNotifier>()
     private let spaceWanted = ManagedAtomic<Bool>(false)
+    private let frees = ManagedAtomic<UInt64>(0)
     private final class SpaceNotifier: Sendable {
         let notify: @Sendable () -> Void
         init(_ notify: @escaping @Sendable () -> Void) { self.notify = notify }
@@ -135,7 +136,9 @@ final class BlockAllocator: Sendable {
     /// reuse that turns a DMA into a freed block into corruption of another file. The observer
     /// hears of each block before it can be handed out again, unless `report` is false (blocks
     /// taken and given back before anyone heard of them).
-    func release(_ blocks: [UInt32], report: Bool = true) {
+    /// - Parameter aborted: the blocks are the caller's own, taken a moment ago by the call that
+    ///   failed: giving them back frees no space a waiter could want (no `notifyWhenSpaceFrees`).
+    func release(_ blocks: [UInt32], report: Bool = true, aborted: Bool = false) {
         let observer = report ? self.allocationObserver : nil
         for block in blocks.reversed() {
             self.withFreeList(self.shard(of: block)) { list in
@@ -143,22 +146,29 @@ final class BlockAllocator: Sendable {
                 list.push(block)
             }
         }
-        if !blocks.isEmpty { self.spaceFreed() }
+        if !aborted, !blocks.isEmpty {
+            self.frees.wrappingIncrement(ordering: .sequentiallyConsistent)
+            self.spaceFreed()
+        }
     }
 
-    /// Calls `notify` once, from the next `release` (at once when blocks are free now). No
-    /// wake-up is lost: a waiter sets the flag before it counts the free blocks under the
-    /// shards' locks, and a release pushes its blocks under those locks before it reads the
-    /// flag, so either the count sees the blocks or the release sees the flag.
-    func notifyWhenSpaceFrees(_ notify: @escaping @Sendable () -> Void) {
+    /// How many calls have freed blocks so far: read before an allocation that may fail, it is
+    /// what `notifyWhenSpaceFrees` compares with.
+    var spaceGeneration: UInt64 { self.frees.load(ordering: .sequentiallyConsistent) }
+
+    /// Calls `notify` once, from the next `release` that frees blocks, or at once when one did
+    /// since `generation` (`spaceGeneration` before the allocation that failed). No wake-up is
+    /// lost: the waiter sets the flag, then reads the count; a release bumps the count, then
+    /// reads the flag (all sequentially consistent), so one of them sees the other's.
+    func notifyWhenSpaceFrees(since generation: UInt64, _ notify: @escaping @Sendable () -> Void) {
         _ = self.spaceNotifier.storeIfNilThenLoad(SpaceNotifier(notify))
-        self.spaceWanted.store(true, ordering: .releasing)
-        if self.freeCount > 0 { self.spaceFreed() }
+        self.spaceWanted.store(true, ordering: .sequentiallyConsistent)
+        if self.spaceGeneration != generation { self.spaceFreed() }
     }
 
     private func spaceFreed() {
-        guard self.spaceWanted.load(ordering: .relaxed),
-            self.spaceWanted.exchange(false, ordering: .acquiringAndReleasing)
+        guard self.spaceWanted.load(ordering: .sequentiallyConsistent),
+            self.spaceWanted.exchange(false, ordering: .sequentiallyConsistent)
         else { return }
         self.spaceNotifier.load()?.notify()
     }

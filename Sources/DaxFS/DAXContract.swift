@@ -189,10 +189,13 @@ package protocol DAXBlockSource: AnyObject, Sendable {
     /// layer's reclaimer thread, never from a device's unpin.
     func releaseFromLimbo(_ block: UInt32, _ disposition: BusyBlockDisposition) throws(FSError)
 
-    /// Calls `notify` once, from the next call that frees blocks (at once when some are free
-    /// now): a fault that found no space waits for some (the DAX layer lifts the fences it left
-    /// then). Every call shares the first `notify` given (the process's fault service).
-    func notifyWhenSpaceFrees(_ notify: @escaping @Sendable () -> Void)
+    /// How many calls have freed blocks so far (read before a fault that may find no space).
+    var spaceGeneration: UInt64 { get }
+
+    /// Calls `notify` once, from the next call that frees blocks (at once when one did since
+    /// `generation`): a fault that found no space waits for some (the DAX layer lifts the fences
+    /// it left then). Every call shares the first `notify` given (the process's fault service).
+    func notifyWhenSpaceFrees(since generation: UInt64, _ notify: @escaping @Sendable () -> Void)
 
     /// Makes `breaker` the one every removal asks from now on (held until unmount, which drops it).
     /// - Throws: `.inUse` when another DAX layer is attached, `.invalidArgument` when unmounted.

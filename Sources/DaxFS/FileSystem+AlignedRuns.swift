@@ -52,7 +52,7 @@ extension FileSystem {
         }
         guard served.count < holes.count else { return blocks }
         guard let rest = self.allocator.allocate(holes.count - served.count, hint: BlockAllocator.currentCPUHint) else {
-            self.allocator.release(served, report: false)
+            self.allocator.release(served, report: false, aborted: true)
             return nil
         }
         var next = rest.makeIterator()

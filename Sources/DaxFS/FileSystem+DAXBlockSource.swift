@@ -20,8 +20,10 @@ extension FileSystem: DAXBlockSource {
 
     package func invalidateLock(for file: FileID) -> ReadWriteLock { self.locks[file.inode] }
 
-    package func notifyWhenSpaceFrees(_ notify: @escaping @Sendable () -> Void) {
-        self.allocator.notifyWhenSpaceFrees(notify)
+    package var spaceGeneration: UInt64 { self.allocator.spaceGeneration }
+
+    package func notifyWhenSpaceFrees(since generation: UInt64, _ notify: @escaping @Sendable () -> Void) {
+        self.allocator.notifyWhenSpaceFrees(since: generation, notify)
     }
 
     package func isCurrent(_ file: FileID) -> Bool {

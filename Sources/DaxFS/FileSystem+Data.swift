@@ -171,7 +171,7 @@ extension FileSystem {
                 staged.modifiedNanoseconds = FileSystem.now()
             }
         } catch {
-            self.allocator.release(fresh + reserved)
+            self.allocator.release(fresh + reserved, aborted: true)
             throw error
         }
     }

@@ -94,7 +94,7 @@ extension FileSystem {
                     lostFound.size = max(lostFound.size, UInt64(page + 1) * UInt64(pageSize))
                 },
                 aborted: {
-                    self.allocator.release(reserved)
+                    self.allocator.release(reserved, aborted: true)
                     // (claims of earlier, committed chunks stay committed)
                     self.lostFound.withLock { pages in
                         for block in assigned {

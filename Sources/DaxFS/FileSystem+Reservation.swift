@@ -273,7 +273,7 @@ extension FileSystem {
                 staged.blocks += UInt64(blocks.count)
             }
         } catch {
-            self.allocator.release(blocks)
+            self.allocator.release(blocks, aborted: true)
             throw error
         }
         stripe.setZeroed(number, blocks.reversed())

@@ -150,7 +150,7 @@ extension FileSystem {
                 return moves
             }
         } catch {
-            self.allocator.release(reserved)
+            self.allocator.release(reserved, aborted: true)
             guard error.code != .noSpace else {
                 throw FSError(.noSpace, "\(what): \(error.message); nothing changed")
             }

@@ -168,6 +168,39 @@ struct KernelFaultTests {
         #expect(lab.fs.currentBlock(lab.file, page: 1) != 0)
     }
 
+    @Test("with a block free but a fault needing two (a data block and a map block), the fence holds: the kernel's retry does not come back to the service until blocks are freed",
+          .enabled(if: userfaultfdRefusal == nil, "needs userfaultfd"))
+    func kernelAccessWithTooLittleSpace() throws {
+        let lab = try Lab(policy: .wait, pages: 1, size: 4 << 20)
+        try lab.fs.truncate(lab.file, size: 30 * 4096)  // page 20: a hole past the direct pointers
+        let filler = try lab.fs.create("filler")
+        var page = 0
+        while (try? lab.fs.write(filler, offset: page * 4096, bytes: [9])) != nil { page += 1 }
+        var crumbs = 0
+        while lab.fs.usage.freeBlocks > 0, crumbs < 64 {
+            try lab.fs.write(try lab.fs.create(FileName("crumb-\(crumbs)")), offset: 0, bytes: [1])
+            crumbs += 1
+        }
+        try #require(crumbs > 0 || lab.fs.usage.freeBlocks == 0)
+        if crumbs > 0 { try lab.fs.unlink(FileName("crumb-0")) } else { try lab.fs.truncate(filler, size: (page - 1) * 4096) }
+        try #require(lab.fs.usage.freeBlocks == 1, "could not leave exactly one block free")
+
+        let window = try lab.space.mapWindow()
+        let source = try PatternSource(pages: 1, first: 0x78, direct: false)
+        // One fault served, not a loop of faults and lifts (the failed allocation gives back what
+        // it took, which frees nothing anyone waits for).
+        var served = lab.dax.statistics.windowFaults.load(ordering: .relaxed)
+        #expect(source.read(into: window + 20 * 4096, pages: 1) == -Int(EFAULT), "a hole needing two blocks, one free")
+        #expect(lab.dax.statistics.windowFaults.load(ordering: .relaxed) - served == 1, "the fence was lifted with nothing freed")
+        served = lab.dax.statistics.windowFaults.load(ordering: .relaxed)
+        #expect(source.read(into: window + 20 * 4096, pages: 1) == -Int(EFAULT))
+        #expect(lab.dax.statistics.windowFaults.load(ordering: .relaxed) == served,
+                "the fence was lifted with nothing freed: the kernel's access went back to the service")
+        try lab.fs.truncate(filler, size: 0)
+        #expect(waitUntil(seconds: 30) { source.read(into: window + 20 * 4096, pages: 1) == 4096 }, "blocks were freed: the page faults in")
+        #expect(try source.landed(lab, page: 20, sourcePage: 0))
+    }
+
     @Test("without userfaultfd (the fallback) the kernel cannot fault a window: EFAULT until the CPU has touched the page",
           .enabled(if: directIORefusal == nil, "needs O_DIRECT on a disk file system here"))
     func signalsFallbackLosesKernelFaults() throws {
