@@ -5,11 +5,12 @@ import CShims
 /// for changes to its size or block map (the analogue of a file system's per-inode `i_rwsem` /
 /// `invalidate_lock`). Writer-preferring, like the `PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP`
 /// rwlock it replaces: once a writer waits, new readers wait behind it, so a truncate is not
-/// starved by a stream of faults. And readers are not starved by a writer that loops: a writer
-/// leaving the lock to sleeping readers hands it to them (they are woken with the lock marked
-/// theirs, and no writer takes it before one of them has), so each writer's turn lets at least
-/// one reader's in. Not recursive: a thread that takes it twice exclusively, or exclusively while
-/// it holds it shared, deadlocks.
+/// starved by a stream of faults. And readers are not starved by writers that loop: a writer
+/// leaving the lock while readers sleep hands it to them, even with other writers asleep (they
+/// are woken with the lock marked theirs, and no writer takes it before one of them has), and the
+/// last of them out wakes a writer; so turns alternate, all readers that waited, then one writer
+/// (phase-fair). Not recursive: a thread that takes it twice exclusively, or exclusively while it
+/// holds it shared, deadlocks.
 ///
 /// Why not pthread_rwlock: one uncontended shared lock, unlock and exclusive lock, unlock cost
 /// glibc nine locked instructions and about 250 others (its rwlock keeps phases and a separate
@@ -144,12 +145,12 @@ public struct ReadWriteLock: @unchecked Sendable {
         // a reader a count of at least its own one.
         if self.state.load(ordering: .relaxed) & Self.mask == Self.writeLocked {
             let state = self.state.loadThenWrappingDecrement(by: Self.writeLocked, ordering: .releasing) - Self.writeLocked
-            if state & (Self.readersWaiting | Self.writersWaiting) != 0 { self.wake(state) }
+            if state & (Self.readersWaiting | Self.writersWaiting) != 0 { self.wake(state, fromWriter: true) }
         } else {
             let state = self.state.loadThenWrappingDecrement(ordering: .releasing) &- 1
             precondition(state & Self.mask != Self.mask, "unlock of a ReadWriteLock nobody holds")
             // The last reader out lets a sleeping writer in (readers only sleep behind one).
-            if state & Self.mask == 0, state & Self.writersWaiting != 0 { self.wake(state) }
+            if state & Self.mask == 0, state & Self.writersWaiting != 0 { self.wake(state, fromWriter: false) }
         }
     }
 
@@ -219,11 +220,20 @@ public struct ReadWriteLock: @unchecked Sendable {
         }
     }
 
-    /// The lock was just released (`state` has no holder) with sleepers: wakes one writer if
-    /// one sleeps (writer preference), else every reader, handing the lock to them.
+    /// The lock was just released (`state` has no holder) with sleepers. A writer leaving hands
+    /// the lock to the sleeping readers if there are any (their turn: writers that sleep too keep
+    /// their bit, so the last reader out wakes one); the last reader leaving wakes one writer
+    /// (writer preference), or every reader if no writer sleeps after all.
     @usableFromInline
-    func wake(_ state: UInt32) {
+    func wake(_ state: UInt32, fromWriter: Bool) {
         var state = state
+        if fromWriter, state & Self.readersWaiting != 0 {
+            let turn = Self.readersWoken | (state & Self.writersWaiting)
+            if self.state.compareExchange(expected: state, desired: turn, ordering: .relaxed).exchanged {
+                _ = CShims_futex_wake(UnsafeMutableRawPointer(self.words), Int32.max)
+            }
+            return  // (changed meanwhile: whoever holds it now wakes at its unlock)
+        }
         if state == Self.writersWaiting {
             let (exchanged, current) = self.state.compareExchange(expected: state, desired: 0, ordering: .relaxed)
             if exchanged {
