@@ -12,10 +12,10 @@
 # Usage: scripts/bench-haltpoll.sh BINARY [OUT.json]   (as root, on a guest with the haltpoll
 # cpuidle governor; exit 2 elsewhere)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
-binary=${1:?usage: $0 BINARY [OUT.json]}
-out=${2:-docs/bench-haltpoll.json}
+[ -x "${1:-}" ] || { echo "usage: $0 BINARY [OUT.json] (BINARY: a built daxlab; ${1:-none} is not one)" >&2; exit 2; }
+binary=$(realpath "$1")
+out=$(realpath -m "${2:-$(dirname "$0")/../docs/bench-haltpoll.json}")
 parameter=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 governor=$(cat /sys/devices/system/cpu/cpuidle/current_governor 2>/dev/null || true)
 if [ "$governor" != haltpoll ] || [ ! -w "$parameter" ]; then
@@ -23,8 +23,14 @@ if [ "$governor" != haltpoll ] || [ ! -w "$parameter" ]; then
     exit 2
 fi
 old=$(cat "$parameter")
+child=
+# The old value comes back however this ends; a signal ends the run first, so that no part of
+# it goes on at the old value under a report that says 200000.
 trap 'echo "$old" > "$parameter"' EXIT
+trap '[ -n "$child" ] && kill "$child" 2>/dev/null; wait; exit 143' TERM INT HUP
 echo 200000 > "$parameter"
 echo "bench-haltpoll: guest_halt_poll_ns $old -> 200000 for this run"
-"$binary" bench --only kernel --json "$out"
+"$binary" bench --only kernel --json "$out" &
+child=$!
+wait "$child"
 echo "bench-haltpoll: report in $out (guest_halt_poll_ns goes back to $old)"
