@@ -15,8 +15,10 @@ import Synchronization
 ///
 /// A commit a crash cut short and a committed transaction damaged since are told apart: the
 /// records are durable before the header is written, and the header's words were zero before it
-/// (power failure keeps 8-byte stores whole, not the 64-byte header), so a header whose every
-/// word is the new one, proved by the header checksum, sits over whole records. Records that fail
+/// (a retire zeroes them, and mount zeroes them in every slot it does not replay, so that a torn
+/// commit or retire never leaves words a later commit could mix with; power failure keeps 8-byte
+/// stores whole, not the 64-byte header), so a header whose every word is the new one, proved by
+/// the header checksum, sits over whole records. Records that fail
 /// their checksum under such a header are damage (fsck names the slot, mount refuses the image);
 /// a header that fails its own checksum, or lacks the records' checksum, is a commit cut short,
 /// ignored.
@@ -103,6 +105,7 @@ final class MetadataLog: Sendable {
     static func recover(media: Media, geometry: Geometry, apply: Bool) throws(FSError) -> Recovery {
         var recovery = Recovery()
         var pending: [Int] = []
+        var discarded: [Int] = []
         for slot in 0..<geometry.logSlotCount {
             let offset = Self.slotOffset(slot, geometry)
             let capacity = geometry.logSlotBlocks * pageSize
@@ -117,6 +120,7 @@ final class MetadataLog: Sendable {
                     recovery.damagedSlots.append(slot)
                 } else {
                     recovery.discarded += 1
+                    discarded.append(offset)
                 }
                 continue
             }
@@ -131,6 +135,9 @@ final class MetadataLog: Sendable {
             recovery.replayed = pending.count
             return recovery
         }
+        // Every slot that is not a commit to replay is made empty: one a crash cut short keeps
+        // its magic otherwise, beside words the next commit's torn header could mix with.
+        for offset in discarded { try Self.retire(offset: offset, media: media) }
         try Self.clearStaleHeaders(media: media, geometry: geometry)
         for offset in pending {
             let header = media.base + offset

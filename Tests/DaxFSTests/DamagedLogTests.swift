@@ -131,6 +131,10 @@ struct DamagedLogTests {
             let fs = try FileSystem.mount(path: path)
             #expect(fs.mountReport.discardedTransactions == 1 && fs.mountReport.replayedTransactions == 0)
             try fs.unmount()
+            // The mount emptied the slot, magic and all: a later commit's torn header there can
+            // only mix its words with zeros.
+            let after = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+            #expect(after[header..<(header + MetadataLog.headerWords)].allSatisfy { $0 == 0 }, "the discarded slot kept its words")
         }
     }
 
