@@ -272,20 +272,26 @@ extension FaultService {
     /// its file system frees blocks after `generation` (its count of frees before the fault; at
     /// once if it did since), so that their next fault, the kernel's or the CPU's, tries to
     /// allocate again, as a DAX file's does.
+    /// (A window waiting already keeps its older count: its earlier fence waits for a free
+    /// since then, and a later one is lifted with it, to fault and wait again if need be.)
     fileprivate func waitForSpace(_ window: MappedWindow, of space: AddressSpace, since generation: UInt64) {
-        self.spaceWaiters.removeAll { $0.window === window || $0.window == nil }
-        self.spaceWaiters.append(SpaceWaiter(window: window, space: space, generation: generation))
-        space.source.notifyWhenSpaceFrees(since: generation) { FaultService.shared.spaceFreed() }
+        self.spaceWaiters.removeAll { $0.window == nil }
+        let waiting = self.spaceWaiters.first { $0.window === window }
+        if waiting == nil { self.spaceWaiters.append(SpaceWaiter(window: window, space: space, generation: generation)) }
+        space.source.notifyWhenSpaceFrees(since: waiting?.generation ?? generation) { FaultService.shared.spaceFreed() }
     }
 
     /// Lifts the space fences of the windows whose file system freed blocks since their fault
-    /// (the service's thread); the others wait on.
+    /// (the service's thread); the others wait on, asking again to be told (the wake-up that
+    /// brought the service here may have been a free their fault had counted already, which took
+    /// their file system's request with it).
     fileprivate func liftSpaceFences() {
         var waiting: [SpaceWaiter] = []
         for waiter in self.spaceWaiters {
             guard let window = waiter.window, let space = waiter.space else { continue }
             guard space.source.spaceGeneration != waiter.generation else {
                 waiting.append(waiter)
+                space.source.notifyWhenSpaceFrees(since: waiter.generation) { FaultService.shared.spaceFreed() }
                 continue
             }
             self.liftedSpaceFences.wrappingIncrement(by: window.liftSpaceFences(), ordering: .relaxed)

@@ -125,7 +125,7 @@ final class BlockAllocator: Sendable {
             }
         }
         guard taken.count == count else {
-            self.release(taken)
+            self.release(taken, aborted: true)
             return nil
         }
         return taken
@@ -159,7 +159,9 @@ final class BlockAllocator: Sendable {
     /// Calls `notify` once, from the next `release` that frees blocks, or at once when one did
     /// since `generation` (`spaceGeneration` before the allocation that failed). No wake-up is
     /// lost: the waiter sets the flag, then reads the count; a release bumps the count, then
-    /// reads the flag (all sequentially consistent), so one of them sees the other's.
+    /// reads the flag (all sequentially consistent), so one of them sees the other's. A release
+    /// may take a flag set after its bump, for a waiter that counted that free already: the
+    /// waiter, told with nothing new for it, asks again (`FaultService.liftSpaceFences`).
     func notifyWhenSpaceFrees(since generation: UInt64, _ notify: @escaping @Sendable () -> Void) {
         _ = self.spaceNotifier.storeIfNilThenLoad(SpaceNotifier(notify))
         self.spaceWanted.store(true, ordering: .sequentiallyConsistent)
