@@ -5,12 +5,12 @@ import CShims
 /// for changes to its size or block map (the analogue of a file system's per-inode `i_rwsem` /
 /// `invalidate_lock`). Writer-preferring, like the `PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP`
 /// rwlock it replaces: once a writer waits, new readers wait behind it, so a truncate is not
-/// starved by a stream of faults. And readers are not starved by writers that loop: a writer
-/// leaving the lock while readers sleep hands it to them, even with other writers asleep: they
-/// are woken into a readers' turn, which no writer enters and which lets in every reader that
-/// waited, and the turn's last reader out wakes a writer; so turns alternate, the readers that
-/// waited, then one writer (phase-fair). Not recursive: a thread that takes it twice exclusively, or exclusively while it
-/// holds it shared, deadlocks.
+/// starved by a stream of faults. And readers are not starved by a writer that loops alone: a
+/// writer leaving the lock to sleeping readers, with no writer asleep, hands it to them (they are
+/// woken with the lock marked theirs, and no writer takes it before one of them has). Writers
+/// that loop together still can starve readers: a writer leaving wakes a sleeping writer first.
+/// Not recursive: a thread that takes it twice exclusively, or exclusively while it holds it
+/// shared, deadlocks.
 ///
 /// Why not pthread_rwlock: one uncontended shared lock, unlock and exclusive lock, unlock cost
 /// glibc nine locked instructions and about 250 others (its rwlock keeps phases and a separate
@@ -19,8 +19,8 @@ import CShims
 ///
 /// The algorithm is the one of Rust's standard library (`sys/sync/rwlock/futex.rs`), written
 /// anew, with one bit more. `state` holds the number of readers in its low 29 bits (all ones: a
-/// writer holds it), bit 29 says it is the readers' turn (the last reader out clears it), bit 30
-/// says readers sleep, bit 31 says writers sleep. Readers sleep on `state`; writers
+/// writer holds it), bit 29 says the lock was handed to woken readers (the first reader in
+/// clears it), bit 30 says readers sleep, bit 31 says writers sleep. Readers sleep on `state`; writers
 /// sleep on `writerWakeups`, a counter bumped before every wake-up of a writer, so a writer
 /// about to sleep cannot miss one. The uncontended paths are one compare-exchange (lock) or
 /// one subtraction (unlock); only the contended ones spin briefly and then call futex.
@@ -66,26 +66,23 @@ public struct ReadWriteLock: @unchecked Sendable {
     @usableFromInline static var mask: UInt32 { (1 << 29) - 1 }
     @usableFromInline static var writeLocked: UInt32 { mask }
     @usableFromInline static var maxReaders: UInt32 { mask - 1 }
-    /// The readers' turn: a writer left the lock to the readers it woke. Only readers take it
-    /// meanwhile: the woken ones whatever else waits, new ones only while nothing waits (as
-    /// always); the last reader out clears this, ending the turn.
+    /// A writer left the lock to the readers it woke: only a reader may take it, and the first
+    /// one in clears this (a writer that loops cannot take it back before any woken reader ran).
     @usableFromInline static var readersWoken: UInt32 { 1 << 29 }
     @usableFromInline static var readersWaiting: UInt32 { 1 << 30 }
     @usableFromInline static var writersWaiting: UInt32 { 1 << 31 }
 
     /// A reader may take it: no writer holds it, there is room, and nobody sleeps (a sleeping
-    /// writer goes first; sleeping readers are woken together when the writer leaves).
+    /// writer goes first; sleeping readers are woken together when the writer leaves), or the
+    /// lock was handed to readers (then a writer that went to sleep since waits for them).
     @inlinable
     static func isReadLockable(_ state: UInt32) -> Bool {
-        state & mask < maxReaders && state & (readersWaiting | writersWaiting) == 0
+        state & mask < maxReaders && (state & (readersWaiting | writersWaiting) == 0 || state & readersWoken != 0)
     }
 
-    /// A reader that slept and was woken may take it also in the readers' turn, though a writer
-    /// sleeps by then (the writer waits for the turn's last reader).
+    /// The state with one reader more (a hand-off to readers is taken up).
     @inlinable
-    static func isReadLockableWoken(_ state: UInt32) -> Bool {
-        state & mask < maxReaders && (state & readersWoken != 0 || state & (readersWaiting | writersWaiting) == 0)
-    }
+    static func withReader(_ state: UInt32) -> UInt32 { (state & ~readersWoken) + 1 }
 
     @inlinable
     public func withReadLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
@@ -116,7 +113,7 @@ public struct ReadWriteLock: @unchecked Sendable {
         let state = self.state.load(ordering: .relaxed)
         if Self.isReadLockable(state),
             self.state.weakCompareExchange(
-                expected: state, desired: state + 1, successOrdering: .acquiring, failureOrdering: .relaxed
+                expected: state, desired: Self.withReader(state), successOrdering: .acquiring, failureOrdering: .relaxed
             ).exchanged
         {
             return
@@ -148,13 +145,12 @@ public struct ReadWriteLock: @unchecked Sendable {
         // a reader a count of at least its own one.
         if self.state.load(ordering: .relaxed) & Self.mask == Self.writeLocked {
             let state = self.state.loadThenWrappingDecrement(by: Self.writeLocked, ordering: .releasing) - Self.writeLocked
-            if state & (Self.readersWaiting | Self.writersWaiting) != 0 { self.wake(state, fromWriter: true) }
+            if state & (Self.readersWaiting | Self.writersWaiting) != 0 { self.wake(state) }
         } else {
             let state = self.state.loadThenWrappingDecrement(ordering: .releasing) &- 1
             precondition(state & Self.mask != Self.mask, "unlock of a ReadWriteLock nobody holds")
-            // The last reader out ends the readers' turn and lets a sleeping writer in (readers
-            // only sleep behind one).
-            if state & Self.mask == 0, state & (Self.writersWaiting | Self.readersWoken) != 0 { self.readersLeft(state) }
+            // The last reader out lets a sleeping writer in (readers only sleep behind one).
+            if state & Self.mask == 0, state & Self.writersWaiting != 0 { self.wake(state) }
         }
     }
 
@@ -163,13 +159,10 @@ public struct ReadWriteLock: @unchecked Sendable {
     @usableFromInline
     func lockSharedContended() {
         var state = self.spin(until: Self.readerStopsSpinning)
-        // Once this reader has slept, it was one of the sleepers a writer's unlock woke (or one
-        // about to sleep then, whose wait found the state changed): the readers' turn is its.
-        var woken = false
         while true {
-            if woken ? Self.isReadLockableWoken(state) : Self.isReadLockable(state) {
+            if Self.isReadLockable(state) {
                 let (exchanged, current) = self.state.weakCompareExchange(
-                    expected: state, desired: state + 1, successOrdering: .acquiring, failureOrdering: .relaxed)
+                    expected: state, desired: Self.withReader(state), successOrdering: .acquiring, failureOrdering: .relaxed)
                 if exchanged { return }
                 state = current
                 continue
@@ -187,7 +180,6 @@ public struct ReadWriteLock: @unchecked Sendable {
             self.readerSleepers.wrappingIncrement(ordering: .relaxed)
             _ = CShims_futex_wait(UnsafeMutableRawPointer(self.words), state | Self.readersWaiting)
             self.readerSleepers.wrappingDecrement(ordering: .relaxed)
-            woken = true
             state = self.spin(until: Self.readerStopsSpinning)
         }
     }
@@ -228,38 +220,11 @@ public struct ReadWriteLock: @unchecked Sendable {
         }
     }
 
-    /// The last reader left (`state` has no holder): ends the readers' turn if one was on, then
-    /// wakes a sleeping writer if there is one.
+    /// The lock was just released (`state` has no holder) with sleepers: wakes one writer if
+    /// one sleeps (writer preference), else every reader, handing the lock to them.
     @usableFromInline
-    func readersLeft(_ state: UInt32) {
+    func wake(_ state: UInt32) {
         var state = state
-        while state & Self.readersWoken != 0 {
-            let (exchanged, current) = self.state.compareExchange(
-                expected: state, desired: state & ~Self.readersWoken, ordering: .relaxed)
-            if exchanged {
-                state &= ~Self.readersWoken
-                break
-            }
-            state = current
-            if state & Self.mask != 0 { return }  // (a reader came in: its unlock ends the turn)
-        }
-        if state & Self.writersWaiting != 0 { self.wake(state, fromWriter: false) }
-    }
-
-    /// The lock was just released (`state` has no holder) with sleepers. A writer leaving hands
-    /// the lock to the sleeping readers if there are any (their turn: writers that sleep too keep
-    /// their bit, so the last reader out wakes one); the last reader leaving wakes one writer
-    /// (writer preference), or every reader if no writer sleeps after all.
-    @usableFromInline
-    func wake(_ state: UInt32, fromWriter: Bool) {
-        var state = state
-        if fromWriter, state & Self.readersWaiting != 0 {
-            let turn = Self.readersWoken | (state & Self.writersWaiting)
-            if self.state.compareExchange(expected: state, desired: turn, ordering: .relaxed).exchanged {
-                _ = CShims_futex_wake(UnsafeMutableRawPointer(self.words), Int32.max)
-            }
-            return  // (changed meanwhile: whoever holds it now wakes at its unlock)
-        }
         if state == Self.writersWaiting {
             let (exchanged, current) = self.state.compareExchange(expected: state, desired: 0, ordering: .relaxed)
             if exchanged {

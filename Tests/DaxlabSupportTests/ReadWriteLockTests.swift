@@ -130,53 +130,6 @@ struct ReadWriteLockTests {
         #expect(lock.sleepingReaders == 0 && lock.sleepingWriters == 0)
     }
 
-    @Test("a writer leaving with a reader and another writer asleep hands the lock to the reader first: looping writers cannot starve readers either")
-    func readersBeforeTheNextWriter() {
-        let locks = ReadWriteLocks(count: 1)
-        let lock = locks[0]
-        let order = ManagedAtomic<Int>(0)
-        let readerTurn = ManagedAtomic<Int>(-1)
-        let writerTurn = ManagedAtomic<Int>(-1)
-        lock.lockExclusive()
-        let writer = Worker { lock.withWriteLock { writerTurn.store(order.loadThenWrappingIncrement(ordering: .relaxed), ordering: .relaxed) } }
-        #expect(eventually { lock.sleepingWriters == 1 }, "the second writer never slept")
-        let reader = Worker { lock.withReadLock { readerTurn.store(order.loadThenWrappingIncrement(ordering: .relaxed), ordering: .relaxed) } }
-        #expect(eventually { lock.sleepingReaders == 1 }, "the reader never slept")
-        lock.unlock()
-        #expect(eventually { writer.isDone && reader.isDone }, "a sleeper was never woken")
-        #expect(value(readerTurn) == 0 && value(writerTurn) == 1, "the next writer went before the reader that waited")
-        #expect(self.state(lock) == 0, "bits left behind: \(self.state(lock))")
-        #expect(lock.sleepingReaders == 0 && lock.sleepingWriters == 0)
-    }
-
-    @Test("the readers' turn lets in every reader that waited, not one: two sleeping readers hold the lock together while a writer waits")
-    func everyWaitingReaderInTheTurn() {
-        let locks = ReadWriteLocks(count: 1)
-        let lock = locks[0]
-        let inside = ManagedAtomic<Int>(0)
-        let most = ManagedAtomic<Int>(0)
-        let letGo = ManagedAtomic<Bool>(false)
-        lock.lockExclusive()
-        let writer = Worker { lock.withWriteLock {} }
-        #expect(eventually { lock.sleepingWriters == 1 }, "the second writer never slept")
-        let readers = (0..<2).map { _ in
-            Worker {
-                lock.withReadLock {
-                    let now = inside.wrappingIncrementThenLoad(ordering: .relaxed)
-                    if now > most.load(ordering: .relaxed) { most.store(now, ordering: .relaxed) }
-                    while !letGo.load(ordering: .acquiring) && inside.load(ordering: .relaxed) < 2 { usleep(100) }
-                    inside.wrappingDecrement(ordering: .relaxed)
-                }
-            }
-        }
-        #expect(eventually { lock.sleepingReaders == 2 }, "the readers never both slept")
-        lock.unlock()
-        #expect(eventually { value(most) == 2 }, "one reader held the lock alone: the turn let in only one")
-        letGo.store(true, ordering: .releasing)
-        #expect(eventually { writer.isDone && readers.allSatisfy(\.isDone) }, "a sleeper was never woken")
-        #expect(self.state(lock) == 0, "bits left behind: \(self.state(lock))")
-    }
-
     /// Checked state for the stress test: how many hold the lock of each kind, and a plain
     /// counter only writers touch (a lost update, or ThreadSanitizer, catches a writer that
     /// was not alone).
